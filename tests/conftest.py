@@ -1,0 +1,25 @@
+"""Shared fixtures: a bridge wired to the echo agent over in-memory WebSockets.
+
+Testing charter (after trio-websocket's): every test that waits on I/O runs on trio's autojump clock
+or under a real-time budget, so a hang fails fast instead of hanging CI; deadlines are asserted to the
+virtual millisecond; real sockets are exercised in ``test_e2e_*`` on loopback only.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+import pytest
+from voxbridge.metrics import Metrics
+from voxbridge.providers.endpoint import ProviderEndpoint
+from voxbridge.testing import EchoAgent
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def agent() -> EchoAgent:
+    return EchoAgent(delay=0.1)

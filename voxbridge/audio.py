@@ -1,0 +1,70 @@
+"""G.711 mu-law audio helpers: pure functions over bytes.
+
+The codec itself is CPython's ``audioop`` (C, exact G.711), which the standard library ships up to
+3.12 and the ``audioop-lts`` package provides, under the same module name, from 3.13. It is
+deprecated on 3.11/3.12 with a warning at import; that warning is about the module's future in the
+standard library, which ``audioop-lts`` covers, so it is silenced here and only here.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import wave
+from pathlib import Path
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    import audioop
+
+__all__ = ["FRAME_BYTES", "SAMPLE_RATE", "SILENCE", "pcm16_to_ulaw", "read_wav_as_ulaw", "tone", "ulaw_to_pcm16"]
+
+SAMPLE_RATE = 8000
+FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
+SILENCE = b"\xff"  # mu-law code for 0
+
+
+def pcm16_to_ulaw(pcm: bytes) -> bytes:
+    """Signed 16-bit little-endian PCM to G.711 mu-law (same rate)."""
+    return audioop.lin2ulaw(pcm, 2)
+
+
+def ulaw_to_pcm16(ulaw: bytes) -> bytes:
+    """G.711 mu-law to signed 16-bit little-endian PCM (same rate)."""
+    return audioop.ulaw2lin(ulaw, 2)
+
+
+def tone(seconds: float, frequency: float = 440.0, *, amplitude: float = 0.3) -> bytes:
+    """A sine tone as 8 kHz mu-law: the default audio of simulated callers."""
+    count = int(seconds * SAMPLE_RATE)
+    scale = amplitude * 32767
+    step = 2 * math.pi * frequency / SAMPLE_RATE
+    samples = bytearray()
+    for n in range(count):
+        samples += int(scale * math.sin(step * n)).to_bytes(2, "little", signed=True)
+    return pcm16_to_ulaw(bytes(samples))
+
+
+def read_wav_as_ulaw(path: str | Path) -> bytes:
+    """Read a PCM WAV file (any rate, mono or stereo, 8/16/24/32-bit) as 8 kHz mono mu-law.
+
+    Raises:
+        ValueError: the file is not a PCM WAV file.
+    """
+    try:
+        with wave.open(str(path), "rb") as wav:
+            width, channels, rate = wav.getsampwidth(), wav.getnchannels(), wav.getframerate()
+            data = wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as exc:
+        raise ValueError(f"{path}: not a PCM WAV file ({exc})") from None
+    if width == 1:  # 8-bit WAV is unsigned; audioop works on signed samples
+        data = audioop.bias(data, 1, -128)
+    if width != 2:
+        data = audioop.lin2lin(data, width, 2)
+    if channels == 2:
+        data = audioop.tomono(data, 2, 0.5, 0.5)
+    elif channels != 1:
+        raise ValueError(f"{path}: {channels} channels; mono or stereo only")
+    if rate != SAMPLE_RATE:
+        data, _ = audioop.ratecv(data, 2, 1, rate, SAMPLE_RATE, None)
+    return pcm16_to_ulaw(data)

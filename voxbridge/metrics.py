@@ -1,0 +1,123 @@
+"""Every Prometheus metric voxbridge exports, defined once, on an injected registry.
+
+Library code never touches prometheus-client's global registry: a process (``voxbridge serve``)
+creates one ``CollectorRegistry`` and hands it here; an embedding app can pass its own, and tests get
+a fresh one each. Every label value is pre-initialised so a scrape shows a 0 series before the first
+event (``rate()`` over a series that appears late misses its first increment).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .errors import Reason
+
+__all__ = ["DIRECTIONS", "REJECTIONS", "Metrics"]
+
+DIRECTIONS = ("to_upstream", "to_caller")
+REJECTIONS = ("bad_signature", "capacity", "draining", "duplicate", "bad_request")
+RECONNECT_OUTCOMES = ("resumed", "failed")
+CARRIERS = ("twilio",)
+PROVIDERS = ("echo", "openai", "ultravox")
+
+# Calls last seconds to an hour; the buckets are chosen for that range.
+_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
+_CONNECT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, float("inf"))
+_RTT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, float("inf"))
+
+
+class Metrics:
+    """The metric families, bound to one registry.
+
+    Args:
+        registry: where to register; a new private registry if omitted.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.calls_active = Gauge("voxbridge_calls_active", "Calls in progress.", registry=r)
+        self.calls_started = Counter(
+            "voxbridge_calls_started",
+            "Calls accepted and started.",
+            ["carrier", "provider"],
+            registry=r,
+        )
+        self.call_disconnects = Counter(
+            "voxbridge_call_disconnects",
+            "Calls ended, by reason (closed set).",
+            ["reason"],
+            registry=r,
+        )
+        self.call_duration = Histogram(
+            "voxbridge_call_duration_seconds",
+            "Call duration from accept to teardown, by reason.",
+            ["reason"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.connections_rejected = Counter(
+            "voxbridge_connections_rejected",
+            "Connections turned away before a call started, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.media_frames = Counter(
+            "voxbridge_media_frames",
+            "Audio frames relayed, by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.media_frames_dropped = Counter(
+            "voxbridge_media_frames_dropped",
+            "Audio frames dropped by a backpressure policy, by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.upstream_connect_seconds = Histogram(
+            "voxbridge_upstream_connect_seconds",
+            "Time to open a provider session (TCP, TLS, WebSocket handshake).",
+            ["provider"],
+            buckets=_CONNECT_BUCKETS,
+            registry=r,
+        )
+        self.upstream_reconnects = Counter(
+            "voxbridge_upstream_reconnects",
+            "Provider reconnect attempts mid-call, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.upstream_ping_rtt = Histogram(
+            "voxbridge_upstream_ping_rtt_seconds",
+            "Round-trip time of WebSocket pings to the provider.",
+            buckets=_RTT_BUCKETS,
+            registry=r,
+        )
+        self.barge_ins = Counter(
+            "voxbridge_barge_ins", "Times the caller interrupted the agent.", registry=r
+        )
+        self.journal_write_errors = Counter(
+            "voxbridge_journal_write_errors", "Journal writes that failed.", registry=r
+        )
+        self._preinitialise()
+
+    def _preinitialise(self) -> None:
+        for reason in Reason:
+            self.call_disconnects.labels(reason=reason.value)
+            self.call_duration.labels(reason=reason.value)
+        for carrier in CARRIERS:
+            for provider in PROVIDERS:
+                self.calls_started.labels(carrier=carrier, provider=provider)
+        for rejection in REJECTIONS:
+            self.connections_rejected.labels(reason=rejection)
+        for direction in DIRECTIONS:
+            self.media_frames.labels(direction=direction)
+            self.media_frames_dropped.labels(direction=direction)
+        for provider in PROVIDERS:
+            self.upstream_connect_seconds.labels(provider=provider)
+        for outcome in RECONNECT_OUTCOMES:
+            self.upstream_reconnects.labels(outcome=outcome)
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text exposition format."""
+        return generate_latest(self.registry)

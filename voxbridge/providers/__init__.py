@@ -1,0 +1,19 @@
+"""Sans-IO codecs for realtime voice-AI providers, and how to reach each one.
+
+A codec turns neutral events (:mod:`voxbridge.providers.events`) into the provider's frames and
+back. It never does I/O: the call (``voxbridge.session``) owns the sockets and the clock.
+"""
+
+from .endpoint import ProviderEndpoint, endpoint_for
+from .events import AgentAudio, AgentHangup, ProviderError, ProviderEvent, SpeechStarted, Transcript
+
+__all__ = [
+    "AgentAudio",
+    "AgentHangup",
+    "ProviderEndpoint",
+    "ProviderError",
+    "ProviderEvent",
+    "SpeechStarted",
+    "Transcript",
+    "endpoint_for",
+]

@@ -1,0 +1,64 @@
+"""The carrier side of a call, as the call sees it: a small protocol any transport can implement.
+
+voxbridge ships two: the ASGI one the server uses (``voxbridge.server.asgi_carrier``) and
+:class:`TrioWebSocketCarrier` for apps that accept carrier WebSockets with trio-websocket (and for
+tests, over ``trio.testing.memory_stream_pair``). An implementation maps its library's "the peer is
+gone" signals to ``Disconnect(CALLER_CLOSED)`` and nothing else; deadlines are the call's job.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from ..errors import Disconnect, Reason
+
+__all__ = ["CarrierSocket", "TrioWebSocketCarrier"]
+
+
+class CarrierSocket(Protocol):
+    """One accepted carrier WebSocket."""
+
+    async def receive(self) -> str | bytes:
+        """The next frame. Raises ``Disconnect(CALLER_CLOSED)`` once the peer is gone."""
+        ...
+
+    async def send(self, frame: str) -> None:
+        """Send one text frame. Raises ``Disconnect(CALLER_CLOSED)`` once the peer is gone."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code``. Idempotent, never raises; the call bounds how long it may take."""
+        ...
+
+
+class TrioWebSocketCarrier:
+    """:class:`CarrierSocket` over an accepted ``trio_websocket.WebSocketConnection``."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+
+    async def receive(self) -> str | bytes:
+        try:
+            message: str | bytes = await self.ws.get_message()
+        except ConnectionClosed as exc:
+            raise Disconnect(
+                Reason.CALLER_CLOSED, f"carrier socket closed (code {exc.reason.code})"
+            ) from None
+        return message
+
+    async def send(self, frame: str) -> None:
+        try:
+            await self.ws.send_message(frame)
+        except ConnectionClosed as exc:
+            raise Disconnect(
+                Reason.CALLER_CLOSED, f"carrier socket closed (code {exc.reason.code})"
+            ) from None
+
+    async def close(self, code: int, reason: str) -> None:
+        try:
+            await self.ws.aclose(code, reason)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass

@@ -1,0 +1,64 @@
+"""What a call knows about itself, as plain data owned by the call (not closures)."""
+
+from __future__ import annotations
+
+import attrs
+
+from ..errors import Reason
+from ..providers.events import Transcript
+
+__all__ = ["CallRecord", "CallState"]
+
+
+@attrs.define
+class CallState:
+    """Mutable state of one live call. Times are ``trio.current_time()`` values."""
+
+    call_id: str
+    accepted_at: float
+    call_sid: str | None = None
+    stream_sid: str | None = None
+    account_sid: str | None = None
+    custom_parameters: dict[str, str] = attrs.Factory(dict)
+    started_at: float | None = None
+    last_caller_frame_at: float | None = None
+    frames_from_caller: int = 0
+    frames_to_caller: int = 0
+    upstream_connected_at: float | None = None
+    upstream_closed_at: float | None = None
+    transcript: list[Transcript] = attrs.Factory(list)
+
+    @property
+    def last_heard(self) -> float:
+        """When the carrier last sent anything (accept time before the first frame)."""
+        return self.accepted_at if self.last_caller_frame_at is None else self.last_caller_frame_at
+
+
+@attrs.frozen
+class CallRecord:
+    """A finished call, as the registry remembers it. Times are ``trio.current_time()`` values."""
+
+    call_id: str
+    call_sid: str | None
+    stream_sid: str | None
+    reason: Reason
+    detail: str
+    close_code: int
+    accepted_at: float
+    ended_at: float
+    last_caller_frame_at: float | None
+    upstream_opened: bool
+    upstream_closed_at: float | None
+    frames_from_caller: int
+    frames_to_caller: int
+    transcript: tuple[Transcript, ...] = ()
+
+    @property
+    def duration(self) -> float:
+        return self.ended_at - self.accepted_at
+
+    @property
+    def silence(self) -> float:
+        """Seconds from the carrier's last frame (or accept) to the end of teardown."""
+        last = self.accepted_at if self.last_caller_frame_at is None else self.last_caller_frame_at
+        return self.ended_at - last

@@ -1,0 +1,211 @@
+"""Settings: one frozen value, built from defaults < environment < command-line flags.
+
+Every field that an operator may set has a CLI flag (``--idle-timeout``) and an environment variable
+(``VOXBRIDGE_IDLE_TIMEOUT``); both are derived from the field name, so the table in CONTRACT.md and
+``voxbridge serve --help`` cannot drift apart. Durations are seconds (floats), sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = ["PROVIDERS", "Settings", "SettingsError"]
+
+SECONDS = 1.0
+PROVIDERS = ("echo", "openai", "ultravox")
+LOG_FORMATS = ("console", "json")
+
+# Environment variables that are aliases of a setting, for operators coming from other bridges.
+ENV_ALIASES: dict[str, tuple[str, ...]] = {"idle_timeout": ("WS_IDLE_TIMEOUT_SECONDS",)}
+
+
+class SettingsError(ValueError):
+    """A setting has a value voxbridge cannot run with. The message names the flag and env var."""
+
+
+def _positive(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise SettingsError(f"{_names(attribute.name)} must be a positive number, got {value!r}")
+
+
+def _non_negative(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise SettingsError(f"{_names(attribute.name)} must be >= 0, got {value!r}")
+
+
+def _one_of(*choices: str) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+        if value not in choices:
+            raise SettingsError(
+                f"{_names(attribute.name)} must be one of {', '.join(choices)}; got {value!r}"
+            )
+
+    return check
+
+
+def _port(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
+    if not 0 <= value <= 65535:
+        raise SettingsError(f"{_names(attribute.name)} must be 0..65535, got {value}")
+
+
+def _names(field: str) -> str:
+    return f"--{field.replace('_', '-')} / VOXBRIDGE_{field.upper()}"
+
+
+def _help(text: str, *, secret: bool = False, cli: bool = True) -> dict[str, Any]:
+    return {"help": text, "secret": secret, "cli": cli}
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Everything a voxbridge process or an embedded call needs to know.
+
+    Construct directly in code (``Settings(idle_timeout=5)``), or with :meth:`from_env` /
+    :meth:`load` in a process. Invalid values raise :class:`SettingsError` at construction.
+    """
+
+    # --- serving ---------------------------------------------------------------------------------
+    host: str = attrs.field(default="127.0.0.1", metadata=_help("bind address"))
+    port: int = attrs.field(default=8080, validator=_port, metadata=_help("bind port (0 = any)"))
+    public_url: str | None = attrs.field(
+        default=None,
+        metadata=_help("external https:// base Twilio uses (default: derived from host/port)"),
+    )
+    max_calls: int = attrs.field(
+        default=500, validator=_positive, metadata=_help("admission cap per process")
+    )
+    drain_timeout: float = attrs.field(
+        default=30 * SECONDS,
+        validator=_non_negative,
+        metadata=_help("on SIGTERM: how long running calls may continue"),
+    )
+    tcp_user_timeout: float = attrs.field(
+        default=10 * SECONDS,
+        validator=_positive,
+        metadata=_help("kernel deadline for unacknowledged data on carrier sockets (TCP_USER_TIMEOUT)"),
+    )
+    websocket_ping_interval: float = attrs.field(
+        default=15 * SECONDS,
+        validator=_positive,
+        metadata=_help("WebSocket pings to the carrier, so proxies see traffic (<= 20 s)"),
+    )
+    # --- provider --------------------------------------------------------------------------------
+    provider: str = attrs.field(
+        default="echo", validator=_one_of(*PROVIDERS), metadata=_help("voice-AI provider")
+    )
+    provider_url: str | None = attrs.field(
+        default=None, metadata=_help("override the provider endpoint (ws:// or wss:// URL)")
+    )
+    openai_model: str = attrs.field(default="gpt-realtime", metadata=_help("OpenAI model"))
+    voice: str = attrs.field(default="alloy", metadata=_help("agent voice"))
+    instructions: str = attrs.field(
+        default="You are a helpful, concise phone assistant.",
+        metadata=_help("agent instructions"),
+    )
+    openai_api_key: str | None = attrs.field(
+        default=None, repr=False, metadata=_help("OpenAI key", secret=True, cli=False)
+    )
+    # --- deadlines (docs/timeouts.md explains each) ----------------------------------------------
+    idle_timeout: float = attrs.field(
+        default=60 * SECONDS,
+        validator=_positive,
+        metadata=_help("seconds without any carrier frame before the call ends (idle_timeout)"),
+    )
+    start_timeout: float = attrs.field(
+        default=10 * SECONDS,
+        validator=_positive,
+        metadata=_help("seconds from accept to the carrier's start event (start_timeout)"),
+    )
+    max_call_duration: float = attrs.field(
+        default=3600 * SECONDS,
+        validator=_positive,
+        metadata=_help("hard cap per call in seconds (max_duration)"),
+    )
+    keepalive_interval: float = attrs.field(
+        default=20 * SECONDS, validator=_positive, metadata=_help("upstream ping cadence")
+    )
+    pong_timeout: float = attrs.field(
+        default=10 * SECONDS,
+        validator=_positive,
+        metadata=_help("upstream pong deadline (upstream_keepalive_timeout)"),
+    )
+    send_timeout: float = attrs.field(
+        default=5 * SECONDS,
+        validator=_positive,
+        metadata=_help("deadline for one send to either peer (caller_stalled / upstream_stalled)"),
+    )
+    connect_timeout: float = attrs.field(
+        default=10 * SECONDS,
+        validator=_positive,
+        metadata=_help("deadline to open the provider session (upstream_connect_failed)"),
+    )
+    close_timeout: float = attrs.field(
+        default=2 * SECONDS,
+        validator=_positive,
+        metadata=_help("deadline for each close handshake during teardown"),
+    )
+    upstream_batch_ms: float = attrs.field(
+        default=0,
+        validator=_non_negative,
+        metadata=_help("opt-in: gather caller audio this many ms before sending upstream (0 = off)"),
+    )
+    # --- journal and logs ------------------------------------------------------------------------
+    db: str = attrs.field(default="voxbridge.db", metadata=_help("journal location (SQLite path)"))
+    log_format: str = attrs.field(
+        default="console", validator=_one_of(*LOG_FORMATS), metadata=_help("console or json")
+    )
+    log_level: str = attrs.field(default="info", metadata=_help("debug, info, warning, error"))
+
+    @property
+    def teardown_timeout(self) -> float:
+        """The bound on the whole teardown: two close handshakes plus a margin."""
+        return 2 * self.close_timeout + 1 * SECONDS
+
+    @classmethod
+    def cli_fields(cls) -> list[attrs.Attribute[Any]]:
+        """The fields exposed as ``voxbridge serve`` flags, in declaration order."""
+        return [f for f in attrs.fields(cls) if f.metadata.get("cli", True)]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``VOXBRIDGE_*`` variables (and aliases), then ``overrides`` on top.
+
+        Raises:
+            SettingsError: a variable does not parse or is out of range.
+        """
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            names = [f"VOXBRIDGE_{field.name.upper()}", *ENV_ALIASES.get(field.name, ())]
+            if field.name == "openai_api_key":
+                names.append("OPENAI_API_KEY")
+            for name in names:
+                raw = env.get(name)
+                if raw is not None and raw != "":
+                    values[field.name] = _parse(field, raw, source=name)
+                    break
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def _parse(field: attrs.Attribute[Any], raw: str, *, source: str) -> Any:
+    kind = _kind(field)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{source}={raw!r}: expected {kind.__name__}") from None
+
+
+def _kind(field: attrs.Attribute[Any]) -> type:
+    """The scalar type of a field (its annotation is a string under postponed evaluation)."""
+    annotation = str(field.type)
+    if annotation.startswith("int"):
+        return int
+    if annotation.startswith("float"):
+        return float
+    return str

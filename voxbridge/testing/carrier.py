@@ -1,0 +1,251 @@
+"""A Twilio Media Streams carrier simulator: a fake phone call over a real WebSocket.
+
+It sends what Twilio sends (``connected``, ``start``, 20 ms ``media`` frames in real time, ``stop``),
+echoes ``mark`` messages back the way Twilio does once audio has played, and records what the
+bridge sent and how it closed the socket. Behaviours for fault tests:
+
+* ``stall_after`` -- stop sending after that many seconds but keep the TCP connection open and keep
+  reading: the zombie caller every other bridge leaks;
+* ``vanish_after`` -- drop the TCP connection abruptly (no ``stop``, no close frame): a phone dying
+  in a tunnel.
+
+The same :class:`CarrierSimulator` drives in-memory tests (hand it a stream from
+``trio.testing.memory_stream_pair``), ``voxbridge call`` and the demo (:func:`simulate_call`).
+Every wait is bounded by ``close_wait``: the simulator cannot hang a test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from urllib.parse import urlsplit
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+
+from ..audio import FRAME_BYTES, tone
+from ..carriers.twilio_wire import (
+    encode_connected,
+    encode_inbound_media,
+    encode_mark_echo,
+    encode_start,
+    encode_stop,
+)
+from .faults import FaultStream
+
+__all__ = ["CallResult", "CarrierSimulator", "simulate_call"]
+
+FRAME_SECONDS = FRAME_BYTES / 8000  # 20 ms
+
+
+@attrs.define
+class CallResult:
+    """What the simulated caller saw. Times are ``trio.current_time()`` values."""
+
+    call_sid: str
+    stream_sid: str
+    frames_sent: int = 0
+    frames_received: int = 0
+    marks_received: int = 0
+    clears_received: int = 0
+    audio_received: bytearray = attrs.Factory(bytearray)
+    connected_at: float | None = None
+    first_sent_at: float | None = None
+    first_received_at: float | None = None
+    last_sent_at: float | None = None
+    closed_at: float | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+
+    @property
+    def round_trip(self) -> float | None:
+        """Seconds from the first frame sent to the first audio received back."""
+        if self.first_sent_at is None or self.first_received_at is None:
+            return None
+        return self.first_received_at - self.first_sent_at
+
+
+def _sid(prefix: str) -> str:
+    return prefix + secrets.token_hex(16)
+
+
+class CarrierSimulator:
+    """Plays one Twilio call over an open byte stream.
+
+    Args:
+        stream: the TCP (or in-memory) stream to the bridge.
+        host, resource: for the WebSocket handshake (``Host`` header and path).
+        audio: mu-law 8 kHz audio to stream (looped); a 440 Hz tone if omitted.
+        seconds: how long to stream before sending ``stop``.
+        stall_after: stop sending after this many seconds, keep the socket open and reading.
+        vanish_after: drop the connection abruptly after this many seconds.
+        send_stop: send ``stop`` at the end (the normal hang-up).
+        close_wait: how long to wait for the bridge to close the socket at the end.
+        custom_parameters: ``start.customParameters``.
+        extra_headers: handshake headers (e.g. a signature).
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        host: str = "localhost",
+        resource: str = "/twilio/media",
+        audio: bytes | None = None,
+        seconds: float = 2.0,
+        stall_after: float | None = None,
+        vanish_after: float | None = None,
+        send_stop: bool = True,
+        close_wait: float = 10.0,
+        custom_parameters: dict[str, str] | None = None,
+        extra_headers: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.stream = FaultStream(stream)
+        self.host = host
+        self.resource = resource
+        self.audio = audio if audio else tone(1.0)
+        self.seconds = seconds
+        self.stall_after = stall_after
+        self.vanish_after = vanish_after
+        self.send_stop = send_stop
+        self.close_wait = close_wait
+        self.custom_parameters = custom_parameters or {}
+        self.extra_headers = extra_headers or []
+        self.result = CallResult(call_sid=_sid("CA"), stream_sid=_sid("MZ"))
+        self.account_sid = _sid("AC")
+
+    def frames(self) -> list[str]:
+        """Every payload the call will send, precomputed (base64 of 20 ms of audio)."""
+        count = max(1, round(self.seconds / FRAME_SECONDS))
+        audio = self.audio
+        while len(audio) < count * FRAME_BYTES:
+            audio += self.audio
+        return [
+            base64.b64encode(audio[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]).decode("ascii")
+            for i in range(count)
+        ]
+
+    async def run(self) -> CallResult:
+        """Run the call to its end (the bridge closed, or ``close_wait`` passed)."""
+        result = self.result
+        ws: WebSocketConnection | None = None
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(self.close_wait):
+                ws = await wrap_client_stream(
+                    nursery,
+                    self.stream,
+                    self.host,
+                    self.resource,
+                    extra_headers=self.extra_headers,
+                )
+            if ws is None:
+                nursery.cancel_scope.cancel()
+                return result
+            result.connected_at = trio.current_time()
+            done = trio.Event()
+            nursery.start_soon(self._read, ws, done)
+            await self._talk(ws, done)
+            with trio.move_on_after(self.close_wait):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+        await trio.aclose_forcefully(self.stream)
+        return result
+
+    async def _send(self, ws: WebSocketConnection, frame: str) -> bool:
+        with trio.move_on_after(self.close_wait):
+            try:
+                await ws.send_message(frame)
+                return True
+            except ConnectionClosed:
+                return False
+        return False
+
+    async def _talk(self, ws: WebSocketConnection, done: trio.Event) -> None:
+        result, sid = self.result, self.result.stream_sid
+        if not (
+            await self._send(ws, encode_connected())
+            and await self._send(
+                ws,
+                encode_start(
+                    sid,
+                    result.call_sid,
+                    self.account_sid,
+                    sequence_number=1,
+                    custom_parameters=self.custom_parameters,
+                ),
+            )
+        ):
+            return
+        start = trio.current_time()
+        result.first_sent_at = start
+        for index, payload in enumerate(self.frames()):
+            at = start + index * FRAME_SECONDS
+            if self.vanish_after is not None and at - start >= self.vanish_after:
+                await self.stream.vanish()
+                return
+            if self.stall_after is not None and at - start >= self.stall_after:
+                return  # stay connected and reading; send nothing more
+            await trio.sleep_until(at)
+            if done.is_set():
+                return
+            frame = encode_inbound_media(
+                sid, payload, chunk=index + 1, timestamp=index * 20, sequence_number=index + 2
+            )
+            if not await self._send(ws, frame):
+                return
+            result.frames_sent += 1
+            result.last_sent_at = trio.current_time()
+        if self.send_stop and not done.is_set():
+            sequence = result.frames_sent + 2
+            await self._send(ws, encode_stop(sid, result.call_sid, self.account_sid, sequence))
+
+    async def _read(self, ws: WebSocketConnection, done: trio.Event) -> None:
+        result, sid = self.result, self.result.stream_sid
+        sequence = 10**6  # our echo sequence numbers, apart from the media ones
+        try:
+            while True:
+                message = await ws.get_message()
+                event = json.loads(message)
+                kind = event.get("event")
+                if kind == "media":
+                    now = trio.current_time()
+                    if result.first_received_at is None:
+                        result.first_received_at = now
+                    result.frames_received += 1
+                    result.audio_received += base64.b64decode(event["media"]["payload"])
+                elif kind == "mark":
+                    result.marks_received += 1
+                    sequence += 1
+                    await self._send(ws, encode_mark_echo(sid, event["mark"]["name"], sequence))
+                elif kind == "clear":
+                    result.clears_received += 1
+        except ConnectionClosed as exc:
+            result.close_code = exc.reason.code
+            result.close_reason = exc.reason.reason
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            result.closed_at = trio.current_time()
+            done.set()
+
+
+async def simulate_call(url: str, **options: object) -> CallResult:
+    """Open a TCP connection to ``url`` (``ws://host:port/path``) and play one call on it.
+
+    ``options`` are :class:`CarrierSimulator`'s keyword arguments.
+    """
+    parts = urlsplit(url)
+    if parts.scheme != "ws" or parts.hostname is None:
+        raise ValueError(f"expected ws://host:port/path, got {url!r}")
+    port = parts.port or 80
+    with trio.fail_after(float(options.get("close_wait", 10.0))):  # type: ignore[arg-type]
+        stream = await trio.open_tcp_stream(parts.hostname, port)
+    simulator = CarrierSimulator(
+        stream,
+        host=f"{parts.hostname}:{port}",
+        resource=parts.path or "/",
+        **options,  # type: ignore[arg-type]
+    )
+    return await simulator.run()
