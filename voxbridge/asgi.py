@@ -1,0 +1,17 @@
+"""``voxbridge.asgi:app`` -- the app with settings from the environment.
+
+For operators who run hypercorn themselves::
+
+    VOXBRIDGE_PROVIDER=echo hypercorn -k trio voxbridge.asgi:app
+
+Importing this module also installs the hypercorn #225 containment (see
+``voxbridge.server.containment``). Prefer ``voxbridge serve``: it adds TCP_USER_TIMEOUT on the
+listening socket and drains calls on SIGTERM.
+"""
+
+from __future__ import annotations
+
+from .server import VoxbridgeApp
+from .settings import Settings
+
+app = VoxbridgeApp(Settings.from_env())
