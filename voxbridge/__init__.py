@@ -1,0 +1,35 @@
+"""voxbridge: bridge phone calls to realtime voice AI, with a deadline on every wait.
+
+The embedding API (see docs/embedding.md)::
+
+    from voxbridge import run_call, Settings, TrioWebSocketCarrier, ProviderEndpoint
+
+    disconnect = await run_call(TrioWebSocketCarrier(ws), endpoint, settings=Settings())
+    print(disconnect.reason)   # one of voxbridge.Reason
+"""
+
+from .errors import Disconnect, Reason, RemoteProtocolError
+from .metrics import Metrics
+from .providers.endpoint import ProviderEndpoint, endpoint_for
+from .session import Call, CallRecord, CallRegistry, CarrierSocket, TrioWebSocketCarrier, run_call
+from .settings import Settings, SettingsError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Call",
+    "CallRecord",
+    "CallRegistry",
+    "CarrierSocket",
+    "Disconnect",
+    "Metrics",
+    "ProviderEndpoint",
+    "Reason",
+    "RemoteProtocolError",
+    "Settings",
+    "SettingsError",
+    "TrioWebSocketCarrier",
+    "__version__",
+    "endpoint_for",
+    "run_call",
+]

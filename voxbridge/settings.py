@@ -48,6 +48,11 @@ def _one_of(*choices: str) -> Any:
     return check
 
 
+def _not_yet(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if value:
+        raise SettingsError(f"{_names(attribute.name)}: upstream batching is not available yet; use 0")
+
+
 def _port(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
     if not 0 <= value <= 65535:
         raise SettingsError(f"{_names(attribute.name)} must be 0..65535, got {value}")
@@ -151,7 +156,7 @@ class Settings:
     )
     upstream_batch_ms: float = attrs.field(
         default=0,
-        validator=_non_negative,
+        validator=[_non_negative, _not_yet],
         metadata=_help("opt-in: gather caller audio this many ms before sending upstream (0 = off)"),
     )
     # --- journal and logs ------------------------------------------------------------------------
@@ -194,14 +199,14 @@ class Settings:
 
 
 def _parse(field: attrs.Attribute[Any], raw: str, *, source: str) -> Any:
-    kind = _kind(field)
+    kind = scalar_type(field)
     try:
         return kind(raw)
     except ValueError:
         raise SettingsError(f"{source}={raw!r}: expected {kind.__name__}") from None
 
 
-def _kind(field: attrs.Attribute[Any]) -> type:
+def scalar_type(field: attrs.Attribute[Any]) -> type:
     """The scalar type of a field (its annotation is a string under postponed evaluation)."""
     annotation = str(field.type)
     if annotation.startswith("int"):

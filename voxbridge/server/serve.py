@@ -73,9 +73,11 @@ def hypercorn_config(settings: Settings, fd: int) -> Config:
     config.workers = 1
     config.websocket_max_message_size = MAX_MESSAGE_SIZE
     config.websocket_ping_interval = settings.websocket_ping_interval
-    # hypercorn cancels handlers graceful_timeout after shutdown starts; drain runs before that,
-    # so this only has to cover teardown of the calls drain ended.
-    config.graceful_timeout = settings.teardown_timeout + 1
+    # Drain (in the shutdown trigger) has ended every call before hypercorn starts its graceful
+    # period, so what is left then is idle keep-alive connections and hypercorn's WebSocket ping
+    # loops, which outlive a closed socket by up to one ping interval (LIBRARY_FACTS addendum in
+    # docs/operations.md). Nothing there is worth waiting for.
+    config.graceful_timeout = 1.0
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     return config
@@ -124,5 +126,5 @@ async def serve(
 
         await nursery.start(run_hypercorn)
         url = f"http://{shown_host}:{port}"
-        log.info("voxbridge listening on %s (provider %s)", url, settings.provider)
+        log.debug("listening on %s (provider %s)", url, settings.provider)
         task_status.started(RunningServer(url=url, app=app, port=port))

@@ -1,0 +1,525 @@
+"""A sans-IO codec for Twilio Media Streams (bidirectional ``<Connect><Stream>``).
+
+Twilio talks to us over one WebSocket per call, one JSON text frame per message. This module turns
+those frames into typed, frozen events and builds the frames we send back; it never touches a
+socket, a clock or a logger, so the whole protocol can be tested synchronously and fuzzed. The I/O
+layer owns the socket: it hands every received text frame to :meth:`TwilioStream.receive` and
+writes whatever :meth:`TwilioStream.media`, :meth:`TwilioStream.mark` and
+:meth:`TwilioStream.clear` return.
+
+The state machine of one stream (PROTOCOLS.md section A.2)::
+
+    fresh --connected--> connected --start--> started --stop--> stopped
+      |                                 ^      |    ^
+      +-------------start---------------+      +----+ media / mark / dtmf
+
+``connected`` is optional and may come at most once, before ``start``. ``start`` comes exactly
+once. ``media``, ``mark`` (the echo of a mark we sent) and ``dtmf`` are valid only while started.
+``stop`` ends the stream and nothing may follow it. Any ``streamSid`` a frame carries must be the
+one ``start`` announced. A frame that breaks a rule raises :class:`RemoteProtocolError` -- it is
+*their* bad input, and the call layer turns it into ``Disconnect(Reason.PROTOCOL_ERROR)`` -- and
+leaves the state exactly as it was. No other exception escapes ``receive``, whatever text or
+bytes it is fed. Sending before ``start`` raises :class:`LocalProtocolError`: we cannot address a
+stream we have not been told about, so that is *our* bug. Sending after ``stop`` is allowed (a send
+racing the caller's hang-up is not a bug; the bytes just go to a closing socket).
+
+Audio stays base64 text. Twilio sends mu-law audio as base64 inside JSON and the AI provider wants
+base64 inside JSON too, so the hot path forwards :attr:`Media.payload` verbatim: it is validated
+once (strict base64, non-empty) and never decoded and re-encoded. :attr:`Media.audio` decodes it
+for the rare consumer that needs the bytes. Outbound frames are likewise built from string
+templates prepared once at ``start``, with the stream SID JSON-escaped a single time.
+
+The inbound-frame encoders used by simulators and tests live in
+:mod:`voxbridge.carriers.twilio_wire` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from typing import Final, TypeAlias
+
+import attrs
+
+from voxbridge.carriers.twilio_wire import (
+    CHANNELS,
+    DTMF_DIGITS,
+    MULAW_ENCODING,
+    SAMPLE_RATE,
+    encode_connected,
+    encode_dtmf,
+    encode_inbound_media,
+    encode_mark_echo,
+    encode_start,
+    encode_stop,
+)
+from voxbridge.errors import RemoteProtocolError
+
+__all__ = [
+    "CHANNELS",
+    "DTMF_DIGITS",
+    "MULAW_ENCODING",
+    "SAMPLE_RATE",
+    "Connected",
+    "Dtmf",
+    "LocalProtocolError",
+    "Mark",
+    "Media",
+    "MediaFormat",
+    "Start",
+    "Stop",
+    "TwilioEvent",
+    "TwilioStream",
+    "encode_connected",
+    "encode_dtmf",
+    "encode_inbound_media",
+    "encode_mark_echo",
+    "encode_start",
+    "encode_stop",
+]
+
+
+class LocalProtocolError(RuntimeError):
+    """We did something the protocol does not allow (e.g. sent before ``start``): our bug."""
+
+
+# --------------------------------------------------------------------------------------- events
+
+
+@attrs.frozen
+class Connected:
+    """Twilio's greeting, the optional first frame. Missing fields read as ``""``."""
+
+    protocol: str
+    version: str
+
+
+@attrs.frozen
+class MediaFormat:
+    """``start.mediaFormat``; always mu-law, 8000 Hz, mono (anything else is rejected)."""
+
+    encoding: str
+    sample_rate: int
+    channels: int
+
+
+def _copy_params(params: Mapping[str, str]) -> dict[str, str]:
+    return dict(params)
+
+
+@attrs.frozen
+class Start:
+    """The stream has started: who it is for and what was passed in ``<Parameter>`` tags.
+
+    ``custom_parameters`` is a private ``dict`` copy and takes no part in hashing.
+    ``sequence_number`` is ``None`` when Twilio did not send one.
+    """
+
+    stream_sid: str
+    call_sid: str
+    account_sid: str
+    tracks: tuple[str, ...]
+    media_format: MediaFormat
+    custom_parameters: Mapping[str, str] = attrs.field(converter=_copy_params, hash=False)
+    sequence_number: int | None = None
+
+
+@attrs.frozen
+class Media:
+    """A chunk of caller audio.
+
+    ``payload`` is the base64 text exactly as received (validated: strict, non-empty), ready to be
+    forwarded without re-encoding. ``chunk`` and ``timestamp`` (ms since stream start) are parsed
+    from Twilio's digit strings.
+    """
+
+    track: str
+    chunk: int
+    timestamp: int
+    payload: str
+
+    @property
+    def audio(self) -> bytes:
+        """The raw mu-law bytes of ``payload`` (decoded on every access)."""
+        return binascii.a2b_base64(self.payload)
+
+
+@attrs.frozen
+class Mark:
+    """Twilio's echo of a mark we sent: the audio before it has played, or was cleared."""
+
+    name: str
+
+
+@attrs.frozen
+class Dtmf:
+    """The caller pressed a key; ``digit`` is one of ``0-9 * # A-D``."""
+
+    digit: str
+    track: str
+
+
+@attrs.frozen
+class Stop:
+    """The stream stopped or the call ended. Fields Twilio left out read as ``""``."""
+
+    account_sid: str
+    call_sid: str
+
+
+TwilioEvent: TypeAlias = Connected | Start | Media | Mark | Dtmf | Stop
+"""Every event :meth:`TwilioStream.receive` can return."""
+
+
+# ------------------------------------------------------------------------------ field checking
+
+_MISSING: Final = object()
+_MAX_COUNTER: Final = 2**63 - 1
+_TYPE_NAMES: Final[Mapping[type, str]] = {dict: "an object", list: "an array"}
+
+
+def _show(value: object) -> str:
+    """Describe a JSON value for an error message, briefly and without recursing into it."""
+    if isinstance(value, str):
+        return repr(value[:60] + "..." if len(value) > 60 else value)
+    if value is None or isinstance(value, bool | int | float):
+        text = json.dumps(value)
+        return text[:60] + "..." if len(text) > 60 else text
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _object(obj: dict[str, object], key: str, path: str) -> dict[str, object]:
+    value = obj.get(key, _MISSING)
+    if value is _MISSING:
+        raise RemoteProtocolError(f"{path} is missing")
+    if type(value) is not dict:
+        raise RemoteProtocolError(f"{path} must be an object, got {_show(value)}")
+    return value
+
+
+def _string(obj: dict[str, object], key: str, path: str, default: str | None = None) -> str:
+    value = obj.get(key, _MISSING)
+    if type(value) is str:
+        return value
+    if value is _MISSING:
+        if default is None:
+            raise RemoteProtocolError(f"{path} is missing")
+        return default
+    raise RemoteProtocolError(f"{path} must be a string, got {_show(value)}")
+
+
+def _counter(value: object, path: str) -> int:
+    """Parse a non-negative integer sent as a digit string (Twilio's way) or a JSON integer."""
+    if value is _MISSING:
+        raise RemoteProtocolError(f"{path} is missing")
+    if type(value) is str:
+        if 0 < len(value) <= 19 and value.isascii() and value.isdigit():
+            number = int(value)
+            if number <= _MAX_COUNTER:
+                return number
+    elif type(value) is int and 0 <= value <= _MAX_COUNTER:
+        return value
+    raise RemoteProtocolError(f"{path} must be a non-negative integer, got {_show(value)}")
+
+
+# ---------------------------------------------------------------------------------------- codec
+
+_Decoder: TypeAlias = Callable[["TwilioStream", dict[str, object]], TwilioEvent]
+_SAFETY_NET: Final = (
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    ValueError,
+    OverflowError,
+    RecursionError,
+)
+
+
+def _reject_constant(name: str) -> object:
+    raise RemoteProtocolError(f"malformed JSON: {name} is not JSON")
+
+
+class TwilioStream:
+    """The state of one Twilio Media Stream, fed one WebSocket text frame at a time.
+
+    Attributes:
+        MAX_FRAME: frames longer than this (characters for ``str``, bytes for ``bytes``) are
+            rejected before parsing.
+    """
+
+    MAX_FRAME: int = 64 * 1024
+
+    def __init__(self) -> None:
+        self._connected = False
+        self._start: Start | None = None
+        self._stopped = False
+        self._sid_json = ""
+        self._media_prefix = ""
+
+    # ------------------------------------------------------------------------------- state
+
+    @property
+    def start(self) -> Start | None:
+        """The ``start`` event, once received."""
+        return self._start
+
+    @property
+    def started(self) -> bool:
+        """True once ``start`` has been received (it stays true after ``stop``)."""
+        return self._start is not None
+
+    @property
+    def stopped(self) -> bool:
+        """True once ``stop`` has been received; no further frame is accepted."""
+        return self._stopped
+
+    @property
+    def stream_sid(self) -> str | None:
+        """The ``MZ...`` stream SID from ``start``, or ``None`` before it."""
+        return None if self._start is None else self._start.stream_sid
+
+    @property
+    def call_sid(self) -> str | None:
+        """The ``CA...`` call SID from ``start``, or ``None`` before it."""
+        return None if self._start is None else self._start.call_sid
+
+    # ----------------------------------------------------------------------------- inbound
+
+    def receive(self, frame: str | bytes) -> TwilioEvent:
+        """Decode one WebSocket text frame from Twilio and advance the state machine.
+
+        Args:
+            frame: the frame's text; ``bytes`` are decoded as UTF-8.
+
+        Returns:
+            The decoded event.
+
+        Raises:
+            RemoteProtocolError: the frame is not a valid Twilio message in the current state (too
+                long, not UTF-8, not a JSON object, unknown event, missing or mistyped field, bad
+                base64, out of order, wrong stream SID, ...). The state is left unchanged.
+            TypeError: ``frame`` is neither ``str`` nor ``bytes`` (a bug in the caller).
+        """
+        if self._stopped:
+            raise RemoteProtocolError("frame after stop")
+        if not isinstance(frame, str | bytes):
+            raise TypeError(f"frame must be str or bytes, not {type(frame).__name__}")
+        if len(frame) > self.MAX_FRAME:
+            raise RemoteProtocolError(f"frame of {len(frame)} exceeds MAX_FRAME={self.MAX_FRAME}")
+        if isinstance(frame, bytes):
+            try:
+                frame = frame.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RemoteProtocolError(f"frame is not valid UTF-8: {exc.reason}") from exc
+        try:
+            message = json.loads(frame, parse_constant=_reject_constant)
+        except RecursionError as exc:
+            raise RemoteProtocolError("malformed JSON: nested too deeply") from exc
+        except RemoteProtocolError:
+            raise
+        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+            raise RemoteProtocolError(f"malformed JSON: {exc}") from exc
+        if type(message) is not dict:
+            raise RemoteProtocolError(f"frame must be a JSON object, got {_show(message)}")
+        event = message.get("event", _MISSING)
+        if type(event) is not str:
+            if event is _MISSING:
+                raise RemoteProtocolError("frame has no 'event' field")
+            raise RemoteProtocolError(f"event must be a string, got {_show(event)}")
+        decoder = _DECODERS.get(event)
+        if decoder is None:
+            raise RemoteProtocolError(f"unknown event {_show(event)}")
+        try:
+            return decoder(self, message)
+        except RemoteProtocolError:
+            raise
+        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
+            raise RemoteProtocolError(
+                f"unexpected error decoding {event} frame: {type(exc).__name__}"
+            ) from exc
+
+    def _require_started(self, message: dict[str, object], event: str) -> None:
+        start = self._start
+        if start is None:
+            raise RemoteProtocolError(f"{event} before start")
+        sid = message.get("streamSid", _MISSING)
+        if sid is not _MISSING and sid != start.stream_sid:
+            raise RemoteProtocolError(
+                f"{event}.streamSid {_show(sid)} does not match the stream {start.stream_sid!r}"
+            )
+
+    def _decode_connected(self, message: dict[str, object]) -> Connected:
+        if self._start is not None:
+            raise RemoteProtocolError("connected after start")
+        if self._connected:
+            raise RemoteProtocolError("duplicate connected")
+        event = Connected(
+            protocol=_string(message, "protocol", "connected.protocol", ""),
+            version=_string(message, "version", "connected.version", ""),
+        )
+        self._connected = True
+        return event
+
+    def _decode_start(self, message: dict[str, object]) -> Start:
+        if self._start is not None:
+            raise RemoteProtocolError("duplicate start")
+        body = _object(message, "start", "start")
+        stream_sid = _string(body, "streamSid", "start.streamSid")
+        if not stream_sid:
+            raise RemoteProtocolError("start.streamSid is empty")
+        top_sid = message.get("streamSid", _MISSING)
+        if top_sid is not _MISSING and top_sid != stream_sid:
+            raise RemoteProtocolError(
+                f"streamSid {_show(top_sid)} does not match start.streamSid {stream_sid!r}"
+            )
+        call_sid = _string(body, "callSid", "start.callSid")
+        account_sid = _string(body, "accountSid", "start.accountSid", "")
+
+        raw_tracks = body.get("tracks", [])
+        if type(raw_tracks) is not list:
+            raise RemoteProtocolError(f"start.tracks must be an array, got {_show(raw_tracks)}")
+        for track in raw_tracks:
+            if type(track) is not str:
+                raise RemoteProtocolError(f"start.tracks must hold strings, got {_show(track)}")
+
+        fmt = _object(body, "mediaFormat", "start.mediaFormat")
+        encoding = _string(fmt, "encoding", "start.mediaFormat.encoding")
+        if encoding != MULAW_ENCODING:
+            raise RemoteProtocolError(
+                f"start.mediaFormat.encoding must be {MULAW_ENCODING!r}, got {_show(encoding)}"
+            )
+        for key, expected in (("sampleRate", SAMPLE_RATE), ("channels", CHANNELS)):
+            value = fmt.get(key, _MISSING)
+            if value is _MISSING:
+                raise RemoteProtocolError(f"start.mediaFormat.{key} is missing")
+            if type(value) is not int or value != expected:
+                raise RemoteProtocolError(
+                    f"start.mediaFormat.{key} must be {expected}, got {_show(value)}"
+                )
+
+        params = body.get("customParameters", {})
+        if type(params) is not dict:
+            raise RemoteProtocolError(
+                f"start.customParameters must be an object, got {_show(params)}"
+            )
+        for name, value in params.items():
+            if type(value) is not str:
+                raise RemoteProtocolError(
+                    f"start.customParameters[{_show(name)}] must be a string, got {_show(value)}"
+                )
+
+        raw_seq = message.get("sequenceNumber", _MISSING)
+        sequence_number = None if raw_seq is _MISSING else _counter(raw_seq, "sequenceNumber")
+
+        start = Start(
+            stream_sid=stream_sid,
+            call_sid=call_sid,
+            account_sid=account_sid,
+            tracks=tuple(raw_tracks),
+            media_format=MediaFormat(MULAW_ENCODING, SAMPLE_RATE, CHANNELS),
+            custom_parameters=params,
+            sequence_number=sequence_number,
+        )
+        self._sid_json = json.dumps(stream_sid)
+        self._media_prefix = f'{{"event":"media","streamSid":{self._sid_json},"media":{{"payload":"'
+        self._start = start
+        return start
+
+    def _decode_media(self, message: dict[str, object]) -> Media:
+        self._require_started(message, "media")
+        body = _object(message, "media", "media")
+        payload = _string(body, "payload", "media.payload")
+        if not payload:
+            raise RemoteProtocolError("empty media payload")
+        try:
+            binascii.a2b_base64(payload, strict_mode=True)
+        except ValueError as exc:  # binascii.Error, or non-ASCII text
+            raise RemoteProtocolError(f"media.payload is not valid base64: {exc}") from exc
+        return Media(
+            track=_string(body, "track", "media.track", "inbound"),
+            chunk=_counter(body.get("chunk", _MISSING), "media.chunk"),
+            timestamp=_counter(body.get("timestamp", _MISSING), "media.timestamp"),
+            payload=payload,
+        )
+
+    def _decode_mark(self, message: dict[str, object]) -> Mark:
+        self._require_started(message, "mark")
+        body = _object(message, "mark", "mark")
+        return Mark(name=_string(body, "name", "mark.name"))
+
+    def _decode_dtmf(self, message: dict[str, object]) -> Dtmf:
+        self._require_started(message, "dtmf")
+        body = _object(message, "dtmf", "dtmf")
+        digit = _string(body, "digit", "dtmf.digit")
+        if digit not in DTMF_DIGITS:
+            raise RemoteProtocolError(f"dtmf.digit must be one of 0-9 * # A-D, got {_show(digit)}")
+        return Dtmf(digit=digit, track=_string(body, "track", "dtmf.track", "inbound_track"))
+
+    def _decode_stop(self, message: dict[str, object]) -> Stop:
+        self._require_started(message, "stop")
+        body = _object(message, "stop", "stop") if "stop" in message else {}
+        event = Stop(
+            account_sid=_string(body, "accountSid", "stop.accountSid", ""),
+            call_sid=_string(body, "callSid", "stop.callSid", ""),
+        )
+        self._stopped = True
+        return event
+
+    # ---------------------------------------------------------------------------- outbound
+
+    def _sid(self, what: str) -> str:
+        if self._start is None:
+            raise LocalProtocolError(f"cannot send {what} before start")
+        return self._sid_json
+
+    def media(self, payload_b64: str) -> str:
+        """Build a ``media`` frame that plays audio to the caller.
+
+        Args:
+            payload_b64: base64 of raw mu-law 8 kHz mono audio, no header. It is inserted verbatim
+                (base64 needs no JSON escaping), so it must really be base64.
+
+        Returns:
+            ``{"event":"media","streamSid":"MZ...","media":{"payload":"..."}}``
+
+        Raises:
+            LocalProtocolError: no ``start`` has been received yet.
+        """
+        if self._start is None:
+            raise LocalProtocolError("cannot send media before start")
+        return f'{self._media_prefix}{payload_b64}"}}}}'
+
+    def mark(self, name: str) -> str:
+        """Build a ``mark`` frame; Twilio echoes it once the audio sent before it has played.
+
+        Returns:
+            ``{"event":"mark","streamSid":"MZ...","mark":{"name":"..."}}`` (``name`` JSON-escaped).
+
+        Raises:
+            LocalProtocolError: no ``start`` has been received yet.
+        """
+        sid = self._sid("mark")
+        return f'{{"event":"mark","streamSid":{sid},"mark":{{"name":{json.dumps(name)}}}}}'
+
+    def clear(self) -> str:
+        """Build a ``clear`` frame: drop all buffered audio (pending marks are echoed back).
+
+        Returns:
+            ``{"event":"clear","streamSid":"MZ..."}``
+
+        Raises:
+            LocalProtocolError: no ``start`` has been received yet.
+        """
+        return f'{{"event":"clear","streamSid":{self._sid("clear")}}}'
+
+
+_DECODERS: Final[dict[str, _Decoder]] = {
+    "connected": TwilioStream._decode_connected,
+    "start": TwilioStream._decode_start,
+    "media": TwilioStream._decode_media,
+    "mark": TwilioStream._decode_mark,
+    "dtmf": TwilioStream._decode_dtmf,
+    "stop": TwilioStream._decode_stop,
+}

@@ -1,0 +1,159 @@
+"""``voxbridge`` command line: serve, call, demo.
+
+Every ``Settings`` field is a ``serve`` flag and a ``VOXBRIDGE_*`` variable; flags win over the
+environment, the environment over defaults. Bad values exit with status 2 and a one-line message
+that names the flag and the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .logs import configure
+from .settings import Settings, SettingsError, scalar_type
+
+__all__ = ["main"]
+
+console = Console(highlight=False)
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser, *, only: Sequence[str] | None = None) -> None:
+    for field in Settings.cli_fields():
+        if only is not None and field.name not in only:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = scalar_type(field)
+        default = field.default
+        parser.add_argument(
+            flag,
+            dest=field.name,
+            type=kind,
+            default=None,
+            metavar=field.name.upper() if kind is str else kind.__name__.upper(),
+            help=f"{field.metadata['help']} (env VOXBRIDGE_{field.name.upper()}; default {default})",
+        )
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
+    values = {f.name: getattr(args, f.name, None) for f in attrs.fields(Settings)}
+    values.update(overrides)
+    return Settings.from_env(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voxbridge",
+        description="Bridge phone calls (Twilio Media Streams) to realtime voice AI, with a "
+        "deadline on every wait.",
+    )
+    parser.add_argument("--version", action="version", version=f"voxbridge {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM, then drain")
+    _add_settings_flags(serve)
+
+    call = commands.add_parser("call", help="place a simulated Twilio call against a server")
+    call.add_argument("url", help="the media endpoint, e.g. ws://127.0.0.1:8080/twilio/media")
+    call.add_argument("--seconds", type=float, default=5.0, help="seconds of audio (default 5)")
+    call.add_argument("--wav", help="stream this WAV file (any PCM rate; default: a 440 Hz tone)")
+    call.add_argument(
+        "--stall-after", type=float, help="stop sending after S seconds, keep TCP open"
+    )
+    call.add_argument("--vanish-after", type=float, help="drop TCP abruptly after S seconds")
+    call.add_argument("--no-stop", action="store_true", help="do not send the final stop")
+    call.add_argument(
+        "--close-wait", type=float, default=90.0, help="how long to wait for the server to close"
+    )
+
+    demo = commands.add_parser("demo", help="the tour: echo agent, a normal, a stalled and a lost call")
+    demo.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=3.0,
+        help="idle timeout for the demo's server (default 3 s, so the stall ends quickly)",
+    )
+    demo.add_argument("--seconds", type=float, default=3.0, help="length of the normal call")
+    for sub in (call, demo):
+        sub.add_argument("--log-level", dest="log_level", default=None, help="debug, info, warning")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``voxbridge`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            settings = _settings(args)
+            configure(settings.log_format, settings.log_level)
+            trio.run(_serve, settings)
+        elif args.command == "call":
+            configure("console", args.log_level or "warning")
+            return trio.run(_call, args)
+        elif args.command == "demo":
+            configure("console", args.log_level or "warning")
+            from .demo import run_demo
+
+            return trio.run(run_demo, console, args.idle_timeout, args.seconds)
+    except SettingsError as exc:
+        console.print(f"voxbridge: {exc}", style="red", soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+async def _serve(settings: Settings) -> None:
+    from .server import serve
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve, settings)
+        # One line, flushed, for scripts and tests that start us with --port 0.
+        print(f"voxbridge listening on {server.url}", flush=True)
+
+
+async def _call(args: argparse.Namespace) -> int:
+    from .audio import read_wav_as_ulaw
+    from .testing import simulate_call
+
+    audio = None
+    if args.wav:
+        try:
+            audio = read_wav_as_ulaw(args.wav)
+        except (OSError, ValueError) as exc:
+            console.print(f"voxbridge call: {exc}", style="red")
+            return 2
+    try:
+        result = await simulate_call(
+            args.url,
+            audio=audio,
+            seconds=args.seconds,
+            stall_after=args.stall_after,
+            vanish_after=args.vanish_after,
+            send_stop=not args.no_stop,
+            close_wait=args.close_wait,
+        )
+    except (OSError, ValueError, trio.TooSlowError) as exc:
+        console.print(f"voxbridge call: cannot reach {args.url}: {exc}", style="red")
+        return 1
+    table = Table(title=f"call {result.call_sid}", show_header=False)
+    table.add_row("frames sent", str(result.frames_sent))
+    table.add_row("frames received", str(result.frames_received))
+    rtt = result.round_trip
+    table.add_row("first round trip", f"{rtt * 1000:.0f} ms" if rtt is not None else "-")
+    table.add_row("close code", str(result.close_code) if result.close_code else "- (no close frame)")
+    table.add_row("close reason", result.close_reason or "-")
+    console.print(table)
+    return 0 if result.close_code is not None else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
