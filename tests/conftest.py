@@ -7,6 +7,9 @@ virtual millisecond; real sockets are exercised in ``test_e2e_*`` on loopback on
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+
 import trio
 import trio.testing
 import pytest
@@ -23,3 +26,10 @@ def metrics() -> Metrics:
 @pytest.fixture
 def agent() -> EchoAgent:
     return EchoAgent(delay=0.1)
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_per_test() -> Iterator[None]:
+    """Collect after each test so a leaked socket's ResourceWarning names the test that leaked it."""
+    yield
+    gc.collect()

@@ -261,8 +261,10 @@ class Call:
         watchdog = Watchdog()
         with watchdog:
             while True:
-                # The idle deadline counts from the last frame heard, whatever came in between.
-                watchdog.arm(idle_timeout, Reason.IDLE_TIMEOUT, since=state.last_caller_frame_at)
+                # The idle deadline counts from when we are ready to listen again: the last frame
+                # heard, or later if a send (or the provider connect) kept us from reading --
+                # a caller is never charged for our own delays.
+                watchdog.arm(idle_timeout, Reason.IDLE_TIMEOUT)
                 frame = await carrier.receive()
                 now = state.last_caller_frame_at = trio.current_time()
                 event = self._decode(frame)

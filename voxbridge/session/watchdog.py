@@ -45,7 +45,13 @@ class Watchdog:
         self._since = 0.0
 
     def arm(self, seconds: float, reason: Reason, *, since: float | None = None) -> None:
-        """The next wait must finish within ``seconds`` of ``since`` (default: now), or ``reason``."""
+        """The next wait must finish within ``seconds`` of ``since`` (default: now), or ``reason``.
+
+        If the current deadline already expired (a wait finished at the very instant it fired),
+        the scope is cancelled for good: keep the reason of the deadline that really expired.
+        """
+        if self._scope.cancel_called:
+            return
         start = trio.current_time() if since is None else since
         self._scope.deadline = start + seconds
         self._reason = reason

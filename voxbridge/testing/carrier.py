@@ -131,26 +131,28 @@ class CarrierSimulator:
         """Run the call to its end (the bridge closed, or ``close_wait`` passed)."""
         result = self.result
         ws: WebSocketConnection | None = None
-        async with trio.open_nursery() as nursery:
-            with trio.move_on_after(self.close_wait):
-                ws = await wrap_client_stream(
-                    nursery,
-                    self.stream,
-                    self.host,
-                    self.resource,
-                    extra_headers=self.extra_headers,
-                )
-            if ws is None:
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(self.close_wait):
+                    ws = await wrap_client_stream(
+                        nursery,
+                        self.stream,
+                        self.host,
+                        self.resource,
+                        extra_headers=self.extra_headers,
+                    )
+                if ws is None:
+                    nursery.cancel_scope.cancel()
+                    return result
+                result.connected_at = trio.current_time()
+                done = trio.Event()
+                nursery.start_soon(self._read, ws, done)
+                await self._talk(ws, done)
+                with trio.move_on_after(self.close_wait):
+                    await done.wait()
                 nursery.cancel_scope.cancel()
-                return result
-            result.connected_at = trio.current_time()
-            done = trio.Event()
-            nursery.start_soon(self._read, ws, done)
-            await self._talk(ws, done)
-            with trio.move_on_after(self.close_wait):
-                await done.wait()
-            nursery.cancel_scope.cancel()
-        await trio.aclose_forcefully(self.stream)
+        finally:
+            await trio.aclose_forcefully(self.stream)
         return result
 
     async def _send(self, ws: WebSocketConnection, frame: str) -> bool:

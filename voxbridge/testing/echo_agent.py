@@ -154,7 +154,7 @@ class EchoAgent:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._play, send, playback_out, session)
             if self.hangup_after is not None:
-                nursery.start_soon(self._hang_up, ws, self.hangup_after)
+                nursery.start_soon(self._hang_up, session, ws, self.hangup_after)
             await send({"type": "session.created", "session": {"type": "realtime"}})
             try:
                 while True:
@@ -177,8 +177,9 @@ class EchoAgent:
                         await send({"type": "session.updated", "session": event.get("session")})
             except ConnectionClosed as exc:
                 session.closed_at = trio.current_time()
-                session.close_code = exc.reason.code
-                session.close_reason = exc.reason.reason
+                if session.close_code is None:  # else we closed it (a fault knob) and said why
+                    session.close_code = exc.reason.code
+                    session.close_reason = exc.reason.reason
             finally:
                 nursery.cancel_scope.cancel()
 
@@ -210,8 +211,10 @@ class EchoAgent:
             except ConnectionClosed:
                 pass
 
-    async def _hang_up(self, ws: WebSocketConnection, after: float) -> None:
+    async def _hang_up(self, session: AgentSession, ws: WebSocketConnection, after: float) -> None:
         await trio.sleep(after)
+        session.close_code = self.hangup_code
+        session.close_reason = "echo agent hangs up (fault knob)"
         with trio.move_on_after(SEND_TIMEOUT):
-            await ws.aclose(self.hangup_code, "echo agent hangs up (fault knob)")
+            await ws.aclose(session.close_code, session.close_reason)
 

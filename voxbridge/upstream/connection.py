@@ -83,9 +83,12 @@ def open_tcp_stream_tuned(user_timeout: float) -> StreamConnector:
 class Upstream:
     """An open provider session. Build it with :meth:`connect`."""
 
-    def __init__(self, ws: WebSocketConnection, endpoint: ProviderEndpoint) -> None:
+    def __init__(
+        self, ws: WebSocketConnection, stream: trio.abc.Stream, endpoint: ProviderEndpoint
+    ) -> None:
         self.ws = ws
         self.endpoint = endpoint
+        self._stream = stream
 
     @classmethod
     async def connect(
@@ -101,15 +104,16 @@ class Upstream:
         Raises:
             Disconnect: ``UPSTREAM_CONNECT_FAILED`` on timeout, refusal, TLS or handshake failure.
         """
-        with trio.move_on_after(connect_timeout) as scope:
+        stream: trio.abc.Stream | None = None
+        upstream: Upstream | None = None
+        with trio.move_on_after(connect_timeout):
             try:
                 stream = await connect_stream(endpoint.host, endpoint.port)
                 if endpoint.secure:
-                    tls = trio.SSLStream(
+                    stream = trio.SSLStream(
                         stream, ssl.create_default_context(), server_hostname=endpoint.host
                     )
-                    await tls.do_handshake()
-                    stream = tls
+                    await stream.do_handshake()
                 ws = await wrap_client_stream(
                     nursery,
                     stream,
@@ -119,12 +123,16 @@ class Upstream:
                     message_queue_size=MESSAGE_QUEUE_SIZE,
                     max_message_size=MAX_MESSAGE_SIZE,
                 )
+                upstream = cls(ws, stream, endpoint)
+                return upstream
             except (OSError, HandshakeError, trio.BrokenResourceError, ConnectionClosed) as exc:
                 raise Disconnect(
                     Reason.UPSTREAM_CONNECT_FAILED, f"{endpoint.name}: {type(exc).__name__}: {exc}"
                 ) from exc
-            return cls(ws, endpoint)
-        assert scope.cancelled_caught
+            finally:
+                # Any way out but success (failure, timeout, cancellation) leaves no socket open.
+                if stream is not None and upstream is None:
+                    await trio.aclose_forcefully(stream)
         raise Disconnect(
             Reason.UPSTREAM_CONNECT_FAILED,
             f"{endpoint.name}: no session within connect_timeout={connect_timeout:g}s",
@@ -174,9 +182,13 @@ class Upstream:
 
     async def aclose(self, code: int, reason: str, *, close_timeout: float) -> None:
         """Close handshake bounded by ``close_timeout``; the stream is closed either way."""
-        # trio-websocket closes the TCP stream in a ``finally`` even when the handshake is cut short.
-        with trio.move_on_after(close_timeout):
-            await self.ws.aclose(code, reason)
+        try:
+            with trio.move_on_after(close_timeout):
+                await self.ws.aclose(code, reason)
+        finally:
+            # trio-websocket's aclose returns at once, stream still open, when the provider already
+            # closed the session; so the stream is closed here, whatever happened above.
+            await trio.aclose_forcefully(self._stream)
 
     def _closed(self, exc: ConnectionClosed) -> Disconnect:
         reason = exc.reason

@@ -1,0 +1,752 @@
+"""Every way a call ends, to the virtual microsecond: reason, time, both sockets, metrics.
+
+All calls run in memory on the autojump clock (see ``callkit``). Times are seconds after the carrier
+socket was accepted (``rig.t0``). Where a peer cannot complete the close handshake, teardown waits
+``close_timeout`` (2 s) for it: "decided" is when the reason was decided (the bridge's first close
+frame), "returned" is when ``run_call`` returned.
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+from callkit import (
+    ENDPOINT,
+    STREAM_SID,
+    approx,
+    connected_frame,
+    media_frame,
+    rig,
+    start_frame,
+)
+
+from voxbridge.carriers.twilio_wire import encode_dtmf
+from voxbridge.errors import Disconnect, Reason
+from voxbridge.session import run_call
+from voxbridge.session.watchdog import Watchdog, deadline
+from voxbridge.settings import Settings
+from voxbridge.testing import EchoAgent
+
+CLOSE_TIMEOUT = Settings().close_timeout  # 2 s: a close handshake that cannot complete
+
+
+def elapsed(t0: float) -> float:
+    return trio.current_time() - t0
+
+
+# --- idle_timeout ---------------------------------------------------------------------------------
+
+
+async def test_idle_timeout_default_ends_60s_after_the_last_frame(autojump_clock):
+    async with rig() as r:
+        await r.accept_sim(seconds=3, stall_after=1.0)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.IDLE_TIMEOUT
+    assert r.rel(r.sim.result.last_sent_at) == approx(0.98)
+    assert returned == approx(0.98 + 60)
+    # the provider socket: the bridge sent a normal close and the agent saw it, right then
+    assert r.upstream.close_frames == [(approx(r.t0 + 60.98), 1000, "idle_timeout")]
+    assert r.rel(r.upstream.closed_at) == approx(60.98)
+    assert r.rel(r.session.closed_at) == approx(60.98)
+    assert r.session.close_code == 1000
+    # the carrier
+    assert r.carrier_close == (1000, "idle_timeout", approx(60.98))
+    r.assert_accounted_once(Reason.IDLE_TIMEOUT)
+    record = r.registry.recent[0]
+    assert record.silence == approx(60)
+    assert record.frames_from_caller == r.sim.result.frames_sent == 50
+
+
+@pytest.mark.parametrize(
+    ("script", "expected_end"),
+    [
+        # media at 4, 8, 12: each frame moves the 5 s deadline; the call outlives 5 s by far
+        ([(0, start_frame()), (4, media_frame(0)), (8, media_frame(1)), (12, media_frame(2))], 17),
+        # any frame counts as heard, not only media (dtmf at 16)
+        (
+            [
+                (0, start_frame()),
+                (4, media_frame(0)),
+                (8, media_frame(1)),
+                (12, media_frame(2)),
+                (16, encode_dtmf(STREAM_SID, "5", 5)),
+            ],
+            21,
+        ),
+        # no frame after start: 5 s after start (start arrived at 2, not at accept)
+        ([(2, start_frame())], 7),
+    ],
+    ids=["media-moves-it", "dtmf-moves-it", "start-only"],
+)
+async def test_idle_timeout_custom_moves_with_each_frame(autojump_clock, script, expected_end):
+    async with rig(Settings(idle_timeout=5)) as r:
+        await r.accept_script(script)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.IDLE_TIMEOUT
+    assert returned == approx(expected_end)
+    assert r.upstream.close_frames == [(approx(r.t0 + expected_end), 1000, "idle_timeout")]
+    assert r.rel(r.session.closed_at) == approx(expected_end)
+    assert r.session.close_code == 1000
+    assert r.carrier_close == (1000, "idle_timeout", approx(expected_end))
+    r.assert_accounted_once(Reason.IDLE_TIMEOUT)
+
+
+async def test_idle_timeout_custom_with_streaming_caller(autojump_clock):
+    async with rig(Settings(idle_timeout=5)) as r:
+        await r.accept_sim(seconds=20, stall_after=3.0)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.IDLE_TIMEOUT
+    assert r.rel(r.sim.result.last_sent_at) == approx(2.98)
+    assert returned == approx(7.98)
+    assert r.rel(r.session.closed_at) == approx(7.98)
+    assert r.carrier_close == (1000, "idle_timeout", approx(7.98))
+    r.assert_accounted_once(Reason.IDLE_TIMEOUT)
+    assert r.registry.recent[0].frames_from_caller == 150
+    assert r.sim.result.frames_received > 0  # the echo flowed while the caller talked
+
+
+async def test_idle_timeout_is_not_charged_for_a_slow_upstream_connect(autojump_clock):
+    """A caller that talks without pause must never end with idle_timeout.
+
+    The provider takes 7 s to connect (within connect_timeout=10); the caller streams a frame every
+    second from start on. The frames queue in the carrier socket while the bridge connects; they are
+    heard as soon as the bridge starts reading. The caller is silent after its frame at 12 s, so
+    the call ends with idle_timeout at 12 + 5 = 17. (Today it ends at 7, the moment the tasks
+    start, blamed on upstream_stalled: see the Watchdog re-arm test below.)
+    """
+    settings = Settings(idle_timeout=5, connect_timeout=10)
+    script = [(0, start_frame())] + [(1 + i, media_frame(i)) for i in range(12)]
+    async with rig(settings) as r:
+        await r.accept_script(script)
+        inner = r.connector()
+
+        async def slow_connect(host: str, port: int) -> trio.abc.Stream:
+            await trio.sleep(7)
+            return await inner(host, port)
+
+        disconnect = await r.run(slow_connect)
+        returned = r.now()
+    assert disconnect.reason is Reason.IDLE_TIMEOUT, disconnect
+    assert returned == approx(17)
+    r.assert_accounted_once(Reason.IDLE_TIMEOUT)
+
+
+# --- start_timeout --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "script",
+    [[], [(0, connected_frame())], [(4, connected_frame())], [(9.999, connected_frame())]],
+    ids=["silent", "connected-at-once", "connected-at-4s", "connected-at-9.999s"],
+)
+async def test_start_timeout_counts_from_accept(autojump_clock, script):
+    async with rig() as r:
+        await r.accept_script(script)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.START_TIMEOUT
+    assert returned == approx(10)
+    assert r.connects == 0
+    assert r.agent.sessions == []
+    assert r.carrier_tap.close_frames == [(approx(r.t0 + 10), 1000, "start_timeout")]
+    assert r.carrier_close == (1000, "start_timeout", approx(10))
+    r.assert_accounted_once(Reason.START_TIMEOUT)
+    record = r.registry.recent[0]
+    assert record.upstream_opened is False
+    assert record.call_sid is None
+
+
+# --- max_duration ---------------------------------------------------------------------------------
+
+
+async def test_max_duration_ends_a_talking_call_exactly(autojump_clock):
+    # a frame every 0.25 s from 0.1 s on, for 40 s: never idle, never stops by itself
+    script = [(0, start_frame())] + [(0.1 + 0.25 * i, media_frame(i)) for i in range(160)]
+    async with rig(Settings(max_call_duration=30, idle_timeout=1000)) as r:
+        await r.accept_script(script)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.MAX_DURATION
+    assert returned == approx(30)
+    assert r.upstream.close_frames == [(approx(r.t0 + 30), 1000, "max_duration")]
+    assert r.rel(r.session.closed_at) == approx(30)
+    assert r.session.close_code == 1000
+    assert r.carrier_close == (1000, "max_duration", approx(30))
+    r.assert_accounted_once(Reason.MAX_DURATION)
+    assert r.registry.recent[0].frames_from_caller == 120  # 0.1 .. 29.85; none after 30
+    assert r.session.audio_in == 120
+    assert r.upstream.pings == [approx(r.t0 + 20)]  # the keepalive ran meanwhile
+
+
+# --- upstream_keepalive_timeout -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("freeze_at", "decided", "pongs"),
+    [(5, 30, 0), (25, 50, 1)],  # first ping after the freeze is at 20 (resp. 40); + pong_timeout
+)
+@pytest.mark.parametrize("frozen", ["agent-stops-reading", "bridge-hears-nothing"])
+async def test_upstream_keepalive_timeout(autojump_clock, freeze_at, decided, pongs, frozen):
+    settings = Settings(keepalive_interval=20, pong_timeout=10, idle_timeout=1000)
+    async with rig(settings) as r:
+        await r.accept_sim(seconds=100, stall_after=1.0)
+        if frozen == "agent-stops-reading":
+            r.at(freeze_at, lambda: r.session.stream.stop_reading())
+        else:
+            r.at(freeze_at, lambda: r.upstream.stop_reading())
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.UPSTREAM_KEEPALIVE_TIMEOUT
+    # decided at the first ping after the freeze + pong_timeout; the close handshake cannot
+    # complete (nobody reads the close frame, or its answer), so teardown waits close_timeout
+    assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, "upstream_keepalive_timeout")]
+    assert r.rel(r.upstream.closed_at) == approx(decided + CLOSE_TIMEOUT)
+    assert returned == approx(decided + CLOSE_TIMEOUT)
+    if frozen == "bridge-hears-nothing":  # the agent itself is fine and saw the close at once
+        assert r.rel(r.session.closed_at) == approx(decided)
+        assert r.session.close_code == 1000
+    assert r.carrier_close == (1011, "upstream_keepalive_timeout", approx(returned))
+    r.assert_accounted_once(Reason.UPSTREAM_KEEPALIVE_TIMEOUT)
+    get = r.metrics.registry.get_sample_value
+    assert get("voxbridge_upstream_ping_rtt_seconds_count") == pongs
+
+
+# --- upstream_stalled -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["session-update", "mid-call"])
+async def test_upstream_stalled(autojump_clock, where):
+    async with rig() as r:
+        await r.accept_sim(seconds=20)
+        if where == "session-update":
+            # the handshake request goes out, nothing after it: session.update blocks at 0
+            connector, first_blocked = r.connector(writes_before_stall=1), 0.0
+        else:
+            connector, first_blocked = r.connector(), 1.02  # the first frame after 1.005
+            r.at(1.005, lambda: r.upstream.stop_writing())
+        disconnect = await r.run(connector)
+        returned = r.now()
+    decided = first_blocked + 5  # send_timeout
+    assert disconnect.reason is Reason.UPSTREAM_STALLED
+    assert r.rel(r.upstream.first_blocked_write_at) == approx(first_blocked)
+    assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, "upstream_stalled")]
+    # the close frame cannot leave either: the stream is closed after close_timeout
+    assert r.rel(r.upstream.closed_at) == approx(decided + CLOSE_TIMEOUT)
+    assert returned == approx(decided + CLOSE_TIMEOUT)
+    assert r.rel(r.session.closed_at) == approx(decided + CLOSE_TIMEOUT)
+    assert r.session.close_code == 1006  # the agent saw the TCP close, no close frame
+    assert r.carrier_close == (1011, "upstream_stalled", approx(returned))
+    r.assert_accounted_once(Reason.UPSTREAM_STALLED)
+
+
+# --- caller_stalled -------------------------------------------------------------------------------
+
+
+async def test_caller_stalled(autojump_clock):
+    async with rig() as r:
+        await r.accept_sim(seconds=20)
+        r.at(1.005, lambda: r.carrier_tap.stop_writing())
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.CALLER_STALLED
+    # the first echo after 1.005 is that of the frame sent at 0.92 (agent delay 0.1)
+    assert r.rel(r.carrier_tap.first_blocked_write_at) == approx(1.02)
+    decided = 1.02 + 5
+    # the provider is fine: it is closed first, at once, normally
+    assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, "caller_stalled")]
+    assert r.rel(r.session.closed_at) == approx(decided)
+    assert r.session.close_code == 1000
+    # the carrier's close frame is sent (1011) but cannot leave; the stream is closed after 2 s
+    assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), 1011, "caller_stalled")]
+    assert r.rel(r.carrier_tap.closed_at) == approx(decided + CLOSE_TIMEOUT)
+    assert returned == approx(decided + CLOSE_TIMEOUT)
+    assert r.carrier_close == (1006, None, approx(decided + CLOSE_TIMEOUT))  # no close frame
+    r.assert_accounted_once(Reason.CALLER_STALLED)
+
+
+# --- upstream_connect_failed ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("connector", "decided"),
+    [("hanging", 3 + 10), ("silent", 3 + 10), ("refusing", 3)],
+    ids=["tcp-hangs", "handshake-unanswered", "refused"],
+)
+async def test_upstream_connect_failed(autojump_clock, connector, decided):
+    # start arrives at 3: the connect deadline counts from there
+    script = [(3, start_frame())] + [(3 + 0.5 * i, media_frame(i)) for i in range(1, 30)]
+    async with rig() as r:
+        await r.accept_script(script)
+        disconnect = await r.run(getattr(r, f"{connector}_connector")())
+        returned = r.now()
+    assert disconnect.reason is Reason.UPSTREAM_CONNECT_FAILED
+    assert returned == approx(decided)
+    assert r.connects == 1
+    assert r.agent.sessions == []
+    assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), 1011, "upstream_connect_failed")]
+    assert r.carrier_close == (1011, "upstream_connect_failed", approx(decided))
+    r.assert_accounted_once(Reason.UPSTREAM_CONNECT_FAILED)
+    assert r.registry.recent[0].upstream_opened is False
+    if connector == "silent":
+        # TCP was open when the handshake timed out: the bridge must close what it opened
+        assert r.rel(r.upstream.closed_at) == approx(decided)
+
+
+# --- natural ends ---------------------------------------------------------------------------------
+
+
+async def test_caller_stop(autojump_clock):
+    async with rig() as r:
+        await r.accept_sim(seconds=2)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert returned == approx(1.98)  # stop follows the 100th frame at once
+    assert r.upstream.close_frames == [(approx(r.t0 + 1.98), 1000, "caller_stop")]
+    assert r.rel(r.session.closed_at) == approx(1.98)
+    assert r.session.close_code == 1000
+    assert r.carrier_close == (1000, "caller_stop", approx(1.98))
+    r.assert_accounted_once(Reason.CALLER_STOP)
+    assert r.registry.recent[0].frames_from_caller == 100
+
+
+async def test_caller_closed(autojump_clock):
+    async with rig() as r:
+        await r.accept_sim(seconds=3, vanish_after=1.0)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.CALLER_CLOSED
+    assert returned == approx(0.98)  # the simulator vanishes right after its 50th frame
+    assert r.upstream.close_frames == [(approx(r.t0 + 0.98), 1000, "caller_closed")]
+    assert r.rel(r.session.closed_at) == approx(0.98)
+    assert r.session.close_code == 1000
+    assert r.carrier_tap.close_frames == []  # nobody left to send a close frame to
+    assert r.sim.result.close_code == 1006  # the simulator's own abort, nothing from the bridge
+    r.assert_accounted_once(Reason.CALLER_CLOSED)
+
+
+@pytest.mark.parametrize("hangup_code", [1011, 1000])
+async def test_upstream_closed_by_agent(autojump_clock, hangup_code):
+    agent = EchoAgent(delay=0.1, hangup_after=2.0, hangup_code=hangup_code)
+    async with rig(agent=agent) as r:
+        await r.accept_sim(seconds=10)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.UPSTREAM_CLOSED
+    assert str(hangup_code) in disconnect.detail
+    assert returned == approx(2.0)
+    assert r.rel(r.session.opened_at) == approx(0)
+    assert r.rel(r.session.closed_at) == approx(2.0)
+    assert r.carrier_close == (1011, "upstream_closed", approx(2.0))
+    r.assert_accounted_once(Reason.UPSTREAM_CLOSED)
+
+
+@pytest.mark.parametrize("how", ["agent-hangs-up", "agent-vanishes"])
+async def test_upstream_socket_is_closed_when_the_provider_leaves(autojump_clock, how):
+    """The bridge opened the provider's TCP stream; it must close it, however the provider left."""
+    agent = EchoAgent(delay=0.1, hangup_after=2.0 if how == "agent-hangs-up" else None)
+    async with rig(agent=agent) as r:
+        await r.accept_sim(seconds=10)
+        if how == "agent-vanishes":
+            r.when(2.0, lambda: r.session.stream.vanish())
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.UPSTREAM_CLOSED
+    assert returned == approx(2.0)
+    assert r.carrier_close == (1011, "upstream_closed", approx(2.0))
+    r.assert_accounted_once(Reason.UPSTREAM_CLOSED)
+    assert r.upstream.closed_at is not None, "the bridge never closed its provider stream"
+    assert r.rel(r.upstream.closed_at) == approx(2.0)
+
+
+# --- protocol_error -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "decided", "upstream"),
+    [
+        ([(1, "{not json")], 1, False),
+        ([(1, media_frame(0))], 1, False),
+        ([(0.5, connected_frame()), (1, connected_frame())], 1, False),
+        ([(0, start_frame()), (1, media_frame(0)), (2, "[]")], 2, True),
+        ([(0, start_frame()), (1, media_frame(0)), (2, start_frame())], 2, True),
+    ],
+    ids=[
+        "malformed-json-first",
+        "media-before-start",
+        "connected-twice",
+        "malformed-mid-call",
+        "second-start",
+    ],
+)
+async def test_protocol_error(autojump_clock, script, decided, upstream):
+    async with rig() as r:
+        await r.accept_script(script)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.PROTOCOL_ERROR
+    assert returned == approx(decided)
+    assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), 1008, "protocol_error")]
+    assert r.carrier_close == (1008, "protocol_error", approx(decided))
+    r.assert_accounted_once(Reason.PROTOCOL_ERROR)
+    if upstream:
+        assert r.rel(r.session.closed_at) == approx(decided)
+        assert r.session.close_code == 1000
+    else:
+        assert r.connects == 0
+        assert r.agent.sessions == []
+
+
+# --- first reason wins ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("max_call_duration", "reason", "decided"),
+    [
+        (4.99, Reason.MAX_DURATION, 4.99),
+        # Same instant: the call scope is the outermost cancelled scope, so it catches the
+        # Cancelled and the idle watchdog never converts it: max_duration, and only it.
+        (5.0, Reason.MAX_DURATION, 5.0),
+        (5.01, Reason.IDLE_TIMEOUT, 5.0),
+    ],
+)
+async def test_first_deadline_wins(autojump_clock, max_call_duration, reason, decided):
+    settings = Settings(idle_timeout=5, max_call_duration=max_call_duration)
+    async with rig(settings) as r:
+        await r.accept_script([(0, start_frame())])
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is reason
+    assert returned == approx(decided)
+    assert r.carrier_close == (reason.close_code, reason.value, approx(decided))
+    assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, reason.value)]
+    r.assert_accounted_once(reason)
+
+
+async def test_first_end_wins_over_a_later_end_in_the_same_instant(autojump_clock):
+    async with rig() as r:
+        await r.accept_sim(seconds=20)
+        call = r.call()
+
+        def end_twice() -> None:
+            call.end(Reason.AGENT_HANGUP, "first")
+            call.end(Reason.SERVER_SHUTDOWN, "second")
+
+        r.at(3, end_twice)
+        disconnect = await call.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.AGENT_HANGUP
+    assert disconnect.detail == "first"
+    assert call.disconnect is disconnect
+    assert returned == approx(3)
+    assert r.carrier_close == (1000, "agent_hangup", approx(3))
+    r.assert_accounted_once(Reason.AGENT_HANGUP)
+
+
+@pytest.mark.parametrize("late", ["carrier-vanishes", "agent-hangs-up", "end-called"])
+async def test_an_end_during_teardown_does_not_change_the_reason(autojump_clock, late):
+    # upstream_stalled is decided at 6.02; the upstream close then waits 2 s (until 8.02)
+    agent = EchoAgent(delay=0.1, hangup_after=7.0 if late == "agent-hangs-up" else None)
+    async with rig(agent=agent) as r:
+        await r.accept_sim(seconds=20)
+        r.at(1.005, lambda: r.upstream.stop_writing())
+        call = r.call()
+        if late == "carrier-vanishes":
+            r.when(7.0, lambda: r.sim.stream.vanish())
+        elif late == "end-called":
+            r.at(7.0, lambda: call.end(Reason.SERVER_SHUTDOWN))
+        disconnect = await call.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.UPSTREAM_STALLED
+    assert returned == approx(8.02)
+    r.assert_accounted_once(Reason.UPSTREAM_STALLED)
+    if late != "carrier-vanishes":
+        assert r.carrier_close == (1011, "upstream_stalled", approx(8.02))
+
+
+# --- teardown is bounded --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frozen", "teardown"),
+    [("carrier", CLOSE_TIMEOUT), ("agent-and-carrier", 2 * CLOSE_TIMEOUT)],
+)
+async def test_teardown_is_bounded_when_close_handshakes_cannot_finish(
+    autojump_clock, frozen, teardown
+):
+    settings = Settings(idle_timeout=5)
+    async with rig(settings) as r:
+        await r.accept_sim(seconds=10, stall_after=1.0)
+        r.at(1.5, lambda: r.sim.stream.stop_reading())
+        if frozen == "agent-and-carrier":
+            r.at(1.5, lambda: r.session.stream.stop_reading())
+        disconnect = await r.run()
+        returned = r.now()
+    decided = 0.98 + 5
+    assert disconnect.reason is Reason.IDLE_TIMEOUT
+    assert r.upstream.first_close_at - r.t0 == approx(decided)
+    assert r.carrier_tap.close_frames == [
+        (approx(r.t0 + decided + teardown - CLOSE_TIMEOUT), 1000, "idle_timeout")
+    ]
+    assert returned == approx(decided + teardown)
+    assert returned - decided <= settings.teardown_timeout
+    # both streams closed by the bridge, whatever the peers did
+    assert r.rel(r.carrier_tap.closed_at) == approx(returned)
+    assert r.rel(r.upstream.closed_at) == approx(decided + teardown - CLOSE_TIMEOUT)
+    r.assert_accounted_once(Reason.IDLE_TIMEOUT)
+    assert r.registry.recent[0].ended_at - r.t0 == approx(returned)
+
+
+async def test_teardown_is_bounded_when_carrier_close_never_returns(autojump_clock):
+    class NeverCloses:
+        def __init__(self, inner):
+            self.inner = inner
+            self.close_called_at = None
+
+        async def receive(self):
+            return await self.inner.receive()
+
+        async def send(self, frame):
+            await self.inner.send(frame)
+
+        async def close(self, code, reason):
+            self.close_called_at = trio.current_time()
+            await trio.sleep_forever()
+
+    settings = Settings(idle_timeout=5)
+    async with rig(settings) as r:
+        await r.accept_sim(seconds=10, stall_after=1.0)
+        carrier = NeverCloses(r.carrier)
+        disconnect = await run_call(
+            carrier,
+            ENDPOINT,
+            settings=settings,
+            metrics=r.metrics,
+            registry=r.registry,
+            connect_stream=r.connector(),
+        )
+        returned = r.now()
+    assert disconnect.reason is Reason.IDLE_TIMEOUT
+    assert r.rel(carrier.close_called_at) == approx(5.98)
+    assert returned == approx(5.98 + CLOSE_TIMEOUT)
+    r.assert_accounted_once(Reason.IDLE_TIMEOUT)
+
+
+# --- Watchdog and deadline ------------------------------------------------------------------------
+
+
+async def test_watchdog_unarmed_never_fires(autojump_clock):
+    t0 = trio.current_time()
+    with Watchdog():
+        await trio.sleep(10_000)
+    assert elapsed(t0) == approx(10_000)
+
+
+async def test_watchdog_fires_at_exactly_the_armed_time_with_its_reason(autojump_clock):
+    t0 = trio.current_time()
+    watchdog = Watchdog()
+    with pytest.raises(Disconnect) as caught, watchdog:
+        watchdog.arm(5, Reason.IDLE_TIMEOUT)
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(5)
+    assert caught.value.reason is Reason.IDLE_TIMEOUT
+    assert caught.value.detail == "waited 5.000s (limit 5s)"
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+
+
+async def test_watchdog_since_counts_from_the_given_instant(autojump_clock):
+    t0 = trio.current_time()
+    await trio.sleep(2)
+    watchdog = Watchdog()
+    with pytest.raises(Disconnect) as caught, watchdog:
+        watchdog.arm(5, Reason.START_TIMEOUT, since=t0)
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(5)
+    assert caught.value.reason is Reason.START_TIMEOUT
+    assert caught.value.detail == "waited 5.000s (limit 5s)"
+
+
+async def test_watchdog_since_already_past_fires_at_the_next_checkpoint(autojump_clock):
+    t0 = trio.current_time()
+    await trio.sleep(7)
+    watchdog = Watchdog()
+    with pytest.raises(Disconnect) as caught, watchdog:
+        watchdog.arm(5, Reason.IDLE_TIMEOUT, since=t0)
+        await trio.lowlevel.checkpoint()
+        raise AssertionError("not reached")  # pragma: no cover
+    assert elapsed(t0) == approx(7)
+    assert caught.value.detail == "waited 7.000s (limit 5s)"
+
+
+async def test_watchdog_deadline_moves_with_each_rearm(autojump_clock):
+    t0 = trio.current_time()
+    send, receive = trio.open_memory_channel[int](0)
+    received = []
+
+    async def sender() -> None:
+        for at in (3, 6, 11):
+            await trio.sleep_until(t0 + at)
+            await send.send(at)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender)
+        with pytest.raises(Disconnect) as caught, (watchdog := Watchdog()):
+            while True:
+                watchdog.arm(4, Reason.IDLE_TIMEOUT)
+                received.append(await receive.receive())
+        nursery.cancel_scope.cancel()
+    # 3 and 6 each arrive within 4 s of the previous one; 11 comes 5 s after 6
+    assert received == [3, 6]
+    assert caught.value.reason is Reason.IDLE_TIMEOUT
+    assert elapsed(t0) == approx(10)
+
+
+async def test_watchdog_rearm_replaces_reason_and_deadline(autojump_clock):
+    t0 = trio.current_time()
+    watchdog = Watchdog()
+    with pytest.raises(Disconnect) as caught, watchdog:
+        watchdog.arm(10, Reason.IDLE_TIMEOUT)
+        watchdog.arm(2, Reason.UPSTREAM_STALLED)
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(2)
+    assert caught.value.reason is Reason.UPSTREAM_STALLED
+    assert caught.value.detail == "waited 2.000s (limit 2s)"
+
+    t0 = trio.current_time()
+    watchdog = Watchdog()
+    with pytest.raises(Disconnect) as caught, watchdog:
+        watchdog.arm(2, Reason.UPSTREAM_STALLED)
+        watchdog.arm(10, Reason.IDLE_TIMEOUT)  # later, too: a rearm can extend
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(10)
+    assert caught.value.reason is Reason.IDLE_TIMEOUT
+
+
+async def test_watchdog_rearm_after_an_unnoticed_expiry_blames_the_right_deadline(autojump_clock):
+    """The call tasks' pattern: arm, a wait that completes without blocking, arm for the next wait.
+
+    Here the first (idle) deadline has already passed when the wait starts, but the wait completes
+    at once (a frame was queued). The re-arm gives the next wait (a send) a fresh 5 s. The watchdog
+    may report the idle deadline that expired, or let the send run its fresh 5 s -- it must not
+    end the wait at once blaming the send ("upstream_stalled: waited 0.000s").
+    """
+    t0 = trio.current_time()
+    send, receive = trio.open_memory_channel[str](1)
+    send.send_nowait("frame")  # queued: receive() returns without blocking
+    await trio.sleep(7)
+    watchdog = Watchdog()
+    with pytest.raises(Disconnect) as caught, watchdog:
+        watchdog.arm(5, Reason.IDLE_TIMEOUT, since=t0)  # expired 2 s ago
+        assert await receive.receive() == "frame"
+        watchdog.arm(5, Reason.UPSTREAM_STALLED)
+        await trio.sleep_forever()
+    fired_at, reason = elapsed(t0), caught.value.reason
+    assert (reason, fired_at) in [
+        (Reason.IDLE_TIMEOUT, approx(7)),
+        (Reason.UPSTREAM_STALLED, approx(12)),
+    ], caught.value
+
+
+async def test_watchdog_disarm(autojump_clock):
+    t0 = trio.current_time()
+    watchdog = Watchdog()
+    with watchdog:
+        watchdog.arm(1, Reason.CALLER_STALLED)
+        watchdog.disarm()
+        await trio.sleep(100)  # no deadline of the watchdog's
+    assert elapsed(t0) == approx(100)
+
+    t0 = trio.current_time()
+    with pytest.raises(Disconnect) as caught, (watchdog := Watchdog()):
+        watchdog.arm(1, Reason.CALLER_STALLED)
+        watchdog.disarm()
+        await trio.sleep(3)
+        watchdog.arm(1, Reason.CALLER_STALLED)  # armed again after a disarm
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(4)
+    assert caught.value.reason is Reason.CALLER_STALLED
+
+
+async def test_watchdog_finishing_in_time_raises_nothing(autojump_clock):
+    t0 = trio.current_time()
+    watchdog = Watchdog()
+    with watchdog:
+        watchdog.arm(5, Reason.IDLE_TIMEOUT)
+        await trio.sleep(4.999)
+    await trio.sleep(10)  # the expired deadline of an exited watchdog does nothing
+    assert elapsed(t0) == approx(14.999)
+
+
+async def test_watchdog_lets_other_exceptions_through(autojump_clock):
+    watchdog = Watchdog()
+    with pytest.raises(KeyError), watchdog:
+        watchdog.arm(5, Reason.IDLE_TIMEOUT)
+        await trio.sleep(1)
+        raise KeyError("boom")
+    disconnect = Disconnect(Reason.CALLER_STOP)
+    with pytest.raises(Disconnect) as caught, (watchdog := Watchdog()):
+        watchdog.arm(5, Reason.IDLE_TIMEOUT)
+        raise disconnect
+    assert caught.value is disconnect
+
+
+@pytest.mark.parametrize(("outer_after", "disconnect"), [(3.0, False), (5.0, False), (5.001, True)])
+async def test_watchdog_does_not_claim_an_outer_cancellation(
+    autojump_clock, outer_after, disconnect
+):
+    # An outer scope cancelled first -- or at the very same instant as the watchdog -- is the
+    # outermost cancelled scope: the Cancelled is its, not the watchdog's (max_duration relies on
+    # this). Only when the watchdog fires first does it become a Disconnect.
+    t0 = trio.current_time()
+    raised = None
+    with trio.move_on_after(outer_after) as outer:
+        try:
+            with (watchdog := Watchdog()):
+                watchdog.arm(5, Reason.IDLE_TIMEOUT)
+                await trio.sleep_forever()
+        except Disconnect as exc:
+            raised = exc
+    assert outer.cancelled_caught is not disconnect
+    assert (raised is not None) is disconnect
+    assert elapsed(t0) == approx(5.0 if disconnect else outer_after)
+
+
+async def test_deadline_fires_with_its_reason(autojump_clock):
+    t0 = trio.current_time()
+    with pytest.raises(Disconnect) as caught, deadline(5, Reason.UPSTREAM_STALLED):
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(5)
+    assert caught.value.reason is Reason.UPSTREAM_STALLED
+    assert caught.value.detail == "waited 5.000s (limit 5s)"
+
+
+async def test_deadline_in_time_and_nested(autojump_clock):
+    t0 = trio.current_time()
+    with deadline(5, Reason.UPSTREAM_STALLED):
+        await trio.sleep(4.5)
+    assert elapsed(t0) == approx(4.5)
+
+    t0 = trio.current_time()
+    with (
+        pytest.raises(Disconnect) as caught,
+        deadline(5, Reason.UPSTREAM_STALLED),
+        deadline(2, Reason.CALLER_STALLED),
+    ):
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(2)
+    assert caught.value.reason is Reason.CALLER_STALLED
+
+    t0 = trio.current_time()
+    with (
+        pytest.raises(Disconnect) as caught,
+        deadline(2, Reason.UPSTREAM_STALLED),
+        deadline(5, Reason.CALLER_STALLED),
+    ):
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(2)
+    assert caught.value.reason is Reason.UPSTREAM_STALLED
