@@ -10,11 +10,9 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 
-import trio
-import trio.testing
 import pytest
+
 from voxbridge.metrics import Metrics
-from voxbridge.providers.endpoint import ProviderEndpoint
 from voxbridge.testing import EchoAgent
 
 

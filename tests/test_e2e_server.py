@@ -133,7 +133,10 @@ async def test_normal_call_round_trips_audio_and_counts_caller_stop() -> None:
     assert set(counts) == {r.value for r in Reason}  # every reason pre-initialised
     assert samples[("voxbridge_calls_active", ())] == 0
     assert samples[("voxbridge_media_frames_total", (("direction", "to_upstream"),))] == 50
-    assert samples[("voxbridge_calls_started_total", (("carrier", "twilio"), ("provider", "echo")))] == 1
+    assert (
+        samples[("voxbridge_calls_started_total", (("carrier", "twilio"), ("provider", "echo")))]
+        == 1
+    )
 
 
 async def test_stalled_caller_upstream_closed_within_idle_timeout() -> None:
@@ -255,7 +258,9 @@ async def test_shutdown_drains_then_ends_calls_with_server_shutdown_1001() -> No
             url = await nursery.start(agent.serve)
             settings = Settings(port=0, provider="echo", provider_url=url, drain_timeout=0.5)
             server = await nursery.start(
-                lambda task_status: serve(settings, shutdown_trigger=stop.wait, task_status=task_status)
+                lambda task_status: serve(
+                    settings, shutdown_trigger=stop.wait, task_status=task_status
+                )
             )
             results = []
 

@@ -89,7 +89,7 @@ DOC_MEDIA = """{
 }"""
 DOC_DTMF = """{ "event": "dtmf", "streamSid": "MZ...", "sequenceNumber": "5",
   "dtmf": { "track": "inbound_track", "digit": "1" } }"""
-DOC_MARK = '{ "event": "mark", "sequenceNumber": "4", "streamSid": "MZ...", "mark": { "name": "my label" } }'  # noqa: E501 (verbatim from the doc)
+DOC_MARK = '{ "event": "mark", "sequenceNumber": "4", "streamSid": "MZ...", "mark": { "name": "my label" } }'
 DOC_STOP = """{ "event": "stop", "sequenceNumber": "5",
   "stop": { "accountSid": "AC...", "callSid": "CA..." }, "streamSid": "MZ..." }"""
 DOC_SID = "MZXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"

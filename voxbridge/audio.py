@@ -17,7 +17,15 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-__all__ = ["FRAME_BYTES", "SAMPLE_RATE", "SILENCE", "pcm16_to_ulaw", "read_wav_as_ulaw", "tone", "ulaw_to_pcm16"]
+__all__ = [
+    "FRAME_BYTES",
+    "SAMPLE_RATE",
+    "SILENCE",
+    "pcm16_to_ulaw",
+    "read_wav_as_ulaw",
+    "tone",
+    "ulaw_to_pcm16",
+]
 
 SAMPLE_RATE = 8000
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law

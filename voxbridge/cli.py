@@ -26,7 +26,9 @@ __all__ = ["main"]
 console = Console(highlight=False)
 
 
-def _add_settings_flags(parser: argparse.ArgumentParser, *, only: Sequence[str] | None = None) -> None:
+def _add_settings_flags(
+    parser: argparse.ArgumentParser, *, only: Sequence[str] | None = None
+) -> None:
     for field in Settings.cli_fields():
         if only is not None and field.name not in only:
             continue
@@ -74,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--close-wait", type=float, default=90.0, help="how long to wait for the server to close"
     )
 
-    demo = commands.add_parser("demo", help="the tour: echo agent, a normal, a stalled and a lost call")
+    demo = commands.add_parser(
+        "demo", help="the tour: echo agent, a normal, a stalled and a lost call"
+    )
     demo.add_argument(
         "--idle-timeout",
         type=float,
@@ -149,7 +153,9 @@ async def _call(args: argparse.Namespace) -> int:
     table.add_row("frames received", str(result.frames_received))
     rtt = result.round_trip
     table.add_row("first round trip", f"{rtt * 1000:.0f} ms" if rtt is not None else "-")
-    table.add_row("close code", str(result.close_code) if result.close_code else "- (no close frame)")
+    table.add_row(
+        "close code", str(result.close_code) if result.close_code else "- (no close frame)"
+    )
     table.add_row("close reason", result.close_reason or "-")
     console.print(table)
     return 0 if result.close_code is not None else 1

@@ -59,9 +59,11 @@ async def run_demo(console: Console, idle_timeout: float = 3.0, seconds: float =
             "talks 1 s, then silence, TCP left open",
             {"seconds": seconds + idle_timeout + 5, "stall_after": 1.0},
         ),
-        Scenario("vanished caller", "talks 1 s, then the TCP connection drops", {
-            "seconds": seconds + 5, "vanish_after": 1.0
-        }),
+        Scenario(
+            "vanished caller",
+            "talks 1 s, then the TCP connection drops",
+            {"seconds": seconds + 5, "vanish_after": 1.0},
+        ),
     ]
     rows: list[tuple[Scenario, CallResult, CallRecord | None, AgentSession | None]] = []
     stop = trio.Event()

@@ -28,18 +28,18 @@ class SettingsError(ValueError):
     """A setting has a value voxbridge cannot run with. The message names the flag and env var."""
 
 
-def _positive(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
         raise SettingsError(f"{_names(attribute.name)} must be a positive number, got {value!r}")
 
 
-def _non_negative(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
         raise SettingsError(f"{_names(attribute.name)} must be >= 0, got {value!r}")
 
 
 def _one_of(*choices: str) -> Any:
-    def check(instance: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
             raise SettingsError(
                 f"{_names(attribute.name)} must be one of {', '.join(choices)}; got {value!r}"
@@ -48,12 +48,14 @@ def _one_of(*choices: str) -> Any:
     return check
 
 
-def _not_yet(instance: Any, attribute: attrs.Attribute[float], value: float) -> None:
+def _not_yet(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value:
-        raise SettingsError(f"{_names(attribute.name)}: upstream batching is not available yet; use 0")
+        raise SettingsError(
+            f"{_names(attribute.name)}: upstream batching is not available yet; use 0"
+        )
 
 
-def _port(instance: Any, attribute: attrs.Attribute[int], value: int) -> None:
+def _port(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not 0 <= value <= 65535:
         raise SettingsError(f"{_names(attribute.name)} must be 0..65535, got {value}")
 
@@ -92,7 +94,9 @@ class Settings:
     tcp_user_timeout: float = attrs.field(
         default=10 * SECONDS,
         validator=_positive,
-        metadata=_help("kernel deadline for unacknowledged data on carrier sockets (TCP_USER_TIMEOUT)"),
+        metadata=_help(
+            "kernel deadline for unacknowledged data on carrier sockets (TCP_USER_TIMEOUT)"
+        ),
     )
     websocket_ping_interval: float = attrs.field(
         default=15 * SECONDS,
@@ -157,7 +161,9 @@ class Settings:
     upstream_batch_ms: float = attrs.field(
         default=0,
         validator=[_non_negative, _not_yet],
-        metadata=_help("opt-in: gather caller audio this many ms before sending upstream (0 = off)"),
+        metadata=_help(
+            "opt-in: gather caller audio this many ms before sending upstream (0 = off)"
+        ),
     )
     # --- journal and logs ------------------------------------------------------------------------
     db: str = attrs.field(default="voxbridge.db", metadata=_help("journal location (SQLite path)"))

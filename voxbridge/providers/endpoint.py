@@ -62,7 +62,11 @@ def endpoint_for(settings: Settings, *, echo_url: str | None = None) -> Provider
         return ProviderEndpoint("echo", _checked(url))
     if settings.provider == "openai":
         base = settings.provider_url or OPENAI_URL
-        url = base if "model=" in base else f"{base}{'&' if '?' in base else '?'}model={settings.openai_model}"
+        url = (
+            base
+            if "model=" in base
+            else f"{base}{'&' if '?' in base else '?'}model={settings.openai_model}"
+        )
         headers: list[tuple[str, str]] = []
         if settings.openai_api_key:
             headers.append(("Authorization", f"Bearer {settings.openai_api_key}"))

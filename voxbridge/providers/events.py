@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import attrs
 
-__all__ = ["AgentAudio", "AgentHangup", "ProviderError", "ProviderEvent", "SpeechStarted", "Transcript"]
+__all__ = [
+    "AgentAudio",
+    "AgentHangup",
+    "ProviderError",
+    "ProviderEvent",
+    "SpeechStarted",
+    "Transcript",
+]
 
 
 @attrs.frozen

@@ -104,5 +104,7 @@ class OpenAIRealtimeCodec:
         if kind == "error":
             error = event.get("error")
             error = error if isinstance(error, dict) else {}
-            return ProviderError(str(error.get("code") or error.get("type") or ""), str(error.get("message", "")))
+            return ProviderError(
+                str(error.get("code") or error.get("type") or ""), str(error.get("message", ""))
+            )
         return None

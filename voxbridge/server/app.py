@@ -159,16 +159,16 @@ class VoxbridgeApp:
         )
         await send({"type": "websocket.http.response.body", "body": body})
 
-    async def drain(self, timeout: float | None = None) -> None:
-        """Stop admitting calls, let running ones finish for ``timeout`` seconds, end the rest.
+    async def drain(self, grace: float | None = None) -> None:
+        """Stop admitting calls, let running ones finish for ``grace`` seconds, end the rest.
 
         Calls still running at the deadline end with ``server_shutdown`` (close 1001) through
         their normal teardown; this returns when every call is gone.
         """
         self.draining = True
-        timeout = self.settings.drain_timeout if timeout is None else timeout
-        log.info("draining: %d calls, up to %gs", len(self.registry), timeout)
-        with trio.move_on_after(timeout):
+        grace = self.settings.drain_timeout if grace is None else grace
+        log.info("draining: %d calls, up to %gs", len(self.registry), grace)
+        with trio.move_on_after(grace):
             await self.registry.wait_empty()
         ended = self.registry.end_all(Reason.SERVER_SHUTDOWN, "drain deadline reached")
         if ended:

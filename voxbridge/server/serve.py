@@ -121,7 +121,12 @@ async def serve(
         await app.start(nursery)  # the echo agent lives as long as the server
 
         async def run_hypercorn(*, task_status: trio.TaskStatus[object]) -> None:
-            await hypercorn_serve(app, config, shutdown_trigger=shutdown, task_status=task_status)
+            await hypercorn_serve(
+                app,  # type: ignore[arg-type]  # an ASGI 3 callable; hypercorn's union is narrower
+                config,
+                shutdown_trigger=shutdown,
+                task_status=task_status,
+            )
             nursery.cancel_scope.cancel()  # hypercorn is done: stop the app's own tasks too
 
         await nursery.start(run_hypercorn)

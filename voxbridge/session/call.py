@@ -147,7 +147,9 @@ class Call:
         self.state.accepted_at = trio.current_time()
         self._scope.deadline = self.state.accepted_at + self.settings.max_call_duration
         self.metrics.calls_active.inc()
-        self.metrics.calls_started.labels(carrier=self.carrier_name, provider=self.endpoint.name).inc()
+        self.metrics.calls_started.labels(
+            carrier=self.carrier_name, provider=self.endpoint.name
+        ).inc()
         if self.registry is not None:
             self.registry.add(self)
         try:
@@ -165,9 +167,13 @@ class Call:
                 finally:
                     if self._ending is None:
                         if self._scope.cancelled_caught:
-                            self._record(Disconnect(Reason.MAX_DURATION, "max_call_duration reached"))
+                            self._record(
+                                Disconnect(Reason.MAX_DURATION, "max_call_duration reached")
+                            )
                         else:
-                            self._record(Disconnect(Reason.SERVER_SHUTDOWN, "cancelled by the host"))
+                            self._record(
+                                Disconnect(Reason.SERVER_SHUTDOWN, "cancelled by the host")
+                            )
                     await self._teardown()
         finally:
             self._account()
@@ -194,20 +200,23 @@ class Call:
     async def _wait_for_start(self) -> None:
         watchdog = Watchdog()
         with watchdog:
-            watchdog.arm(self.settings.start_timeout, Reason.START_TIMEOUT, since=self.state.accepted_at)
+            watchdog.arm(
+                self.settings.start_timeout, Reason.START_TIMEOUT, since=self.state.accepted_at
+            )
             while True:
                 event = self._decode(await self._carrier.receive())
                 self.state.last_caller_frame_at = trio.current_time()
                 if isinstance(event, Start):
+                    start = event
                     break
                 if not isinstance(event, Connected):  # pragma: no cover - the codec orders events
                     raise Disconnect(Reason.PROTOCOL_ERROR, f"{type(event).__name__} before start")
         state = self.state
         state.started_at = state.last_caller_frame_at
-        state.call_sid = event.call_sid
-        state.stream_sid = event.stream_sid
-        state.account_sid = event.account_sid
-        state.custom_parameters = dict(event.custom_parameters)
+        state.call_sid = start.call_sid
+        state.stream_sid = start.stream_sid
+        state.account_sid = start.account_sid
+        state.custom_parameters = dict(start.custom_parameters)
         log.debug("call started", extra={"call_id": state.call_id, "call_sid": state.call_sid})
 
     async def _host_upstream(self, *, task_status: trio.TaskStatus[Upstream]) -> None:
@@ -235,9 +244,9 @@ class Call:
                 else:
                     scope.shield = True
                     self.state.upstream_connected_at = trio.current_time()
-                    self.metrics.upstream_connect_seconds.labels(provider=self.endpoint.name).observe(
-                        self.state.upstream_connected_at - started
-                    )
+                    self.metrics.upstream_connect_seconds.labels(
+                        provider=self.endpoint.name
+                    ).observe(self.state.upstream_connected_at - started)
                     task_status.started(upstream)
                     await trio.sleep_forever()
         if failure is not None:

@@ -18,6 +18,10 @@ from ..errors import Disconnect, Reason
 __all__ = ["CarrierSocket", "TrioWebSocketCarrier"]
 
 
+def _code(exc: ConnectionClosed) -> int:
+    return exc.reason.code if exc.reason is not None else 1006
+
+
 class CarrierSocket(Protocol):
     """One accepted carrier WebSocket."""
 
@@ -45,7 +49,7 @@ class TrioWebSocketCarrier:
             message: str | bytes = await self.ws.get_message()
         except ConnectionClosed as exc:
             raise Disconnect(
-                Reason.CALLER_CLOSED, f"carrier socket closed (code {exc.reason.code})"
+                Reason.CALLER_CLOSED, f"carrier socket closed (code {_code(exc)})"
             ) from None
         return message
 
@@ -54,7 +58,7 @@ class TrioWebSocketCarrier:
             await self.ws.send_message(frame)
         except ConnectionClosed as exc:
             raise Disconnect(
-                Reason.CALLER_CLOSED, f"carrier socket closed (code {exc.reason.code})"
+                Reason.CALLER_CLOSED, f"carrier socket closed (code {_code(exc)})"
             ) from None
 
     async def close(self, code: int, reason: str) -> None:

@@ -136,10 +136,10 @@ class CarrierSimulator:
                 with trio.move_on_after(self.close_wait):
                     ws = await wrap_client_stream(
                         nursery,
-                        self.stream,
+                        self.stream,  # type: ignore[arg-type]  # any trio Stream works
                         self.host,
                         self.resource,
-                        extra_headers=self.extra_headers,
+                        extra_headers=[(k.encode(), v.encode()) for k, v in self.extra_headers],
                     )
                 if ws is None:
                     nursery.cancel_scope.cancel()
@@ -224,8 +224,9 @@ class CarrierSimulator:
                 elif kind == "clear":
                     result.clears_received += 1
         except ConnectionClosed as exc:
-            result.close_code = exc.reason.code
-            result.close_reason = exc.reason.reason
+            if exc.reason is not None:
+                result.close_code = exc.reason.code
+                result.close_reason = exc.reason.reason
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:

@@ -177,7 +177,8 @@ class EchoAgent:
                         await send({"type": "session.updated", "session": event.get("session")})
             except ConnectionClosed as exc:
                 session.closed_at = trio.current_time()
-                if session.close_code is None:  # else we closed it (a fault knob) and said why
+                if session.close_code is None and exc.reason is not None:
+                    # (when set already, we closed it ourselves -- a fault knob -- and said why)
                     session.close_code = exc.reason.code
                     session.close_reason = exc.reason.reason
             finally:
@@ -204,7 +205,9 @@ class EchoAgent:
             )
             session.audio_out += 1
 
-    async def _send(self, session: AgentSession, ws: WebSocketConnection, event: dict[str, Any]) -> None:
+    async def _send(
+        self, session: AgentSession, ws: WebSocketConnection, event: dict[str, Any]
+    ) -> None:
         with trio.move_on_after(SEND_TIMEOUT):
             try:
                 await ws.send_message(json.dumps(event, separators=(",", ":")))
@@ -217,4 +220,3 @@ class EchoAgent:
         session.close_reason = "echo agent hangs up (fault knob)"
         with trio.move_on_after(SEND_TIMEOUT):
             await ws.aclose(session.close_code, session.close_reason)
-

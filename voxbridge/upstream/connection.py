@@ -116,10 +116,10 @@ class Upstream:
                     await stream.do_handshake()
                 ws = await wrap_client_stream(
                     nursery,
-                    stream,
+                    stream,  # type: ignore[arg-type]  # any trio Stream works; memory ones in tests
                     endpoint.host,
                     endpoint.resource,
-                    extra_headers=list(endpoint.headers),
+                    extra_headers=[(k.encode(), v.encode()) for k, v in endpoint.headers],
                     message_queue_size=MESSAGE_QUEUE_SIZE,
                     max_message_size=MAX_MESSAGE_SIZE,
                 )
@@ -191,9 +191,10 @@ class Upstream:
             await trio.aclose_forcefully(self._stream)
 
     def _closed(self, exc: ConnectionClosed) -> Disconnect:
-        reason = exc.reason
+        code = exc.reason.code if exc.reason else 1006
+        said = exc.reason.reason if exc.reason else None
         return Disconnect(
             Reason.UPSTREAM_CLOSED,
-            f"{self.endpoint.name} closed the session (code {reason.code}"
-            + (f", {reason.reason!r})" if reason.reason else ")"),
+            f"{self.endpoint.name} closed the session (code {code}"
+            + (f", {said!r})" if said else ")"),
         )
