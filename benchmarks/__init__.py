@@ -1,0 +1,1 @@
+"""voxbridge benchmark suite (planned; see benchmarks/README.md)."""

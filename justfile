@@ -1,0 +1,40 @@
+# voxbridge developer tasks. The README's two commands create .venv and call `demo` / `check`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+venv := ".venv/bin"
+paths := "voxbridge tests docs benchmarks"
+
+# list the recipes
+default:
+    @just --list
+
+# the tour: echo agent, a normal, a stalled and a vanished call, with no accounts or keys
+demo *args:
+    {{venv}}/voxbridge demo {{args}}
+
+# run the server (see `voxbridge serve --help` for every flag)
+serve *args:
+    {{venv}}/voxbridge serve {{args}}
+
+# place a simulated Twilio call: just call ws://127.0.0.1:8080/twilio/media --stall-after 2
+call *args:
+    {{venv}}/voxbridge call {{args}}
+
+# the test suite (pytest arguments pass through)
+test *args:
+    {{venv}}/pytest {{args}}
+
+# lint, format check and strict typing
+lint:
+    {{venv}}/ruff check {{paths}}
+    {{venv}}/ruff format --check {{paths}}
+    {{venv}}/mypy
+
+# everything CI runs
+check: lint test
+
+# format and auto-fix
+fmt:
+    {{venv}}/ruff format {{paths}}
+    {{venv}}/ruff check --fix {{paths}}
