@@ -70,8 +70,8 @@ class VoxbridgeApp:
         connect_stream: StreamConnector | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
-        self.registry = registry or CallRegistry()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.registry = registry if registry is not None else CallRegistry()
         self.endpoint = endpoint
         self.echo_agent: EchoAgent | None = None
         self.connect_stream = connect_stream
