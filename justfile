@@ -21,8 +21,12 @@ serve *args:
 call *args:
     {{venv}}/voxbridge call {{args}}
 
-# the test suite (pytest arguments pass through)
-test *args:
+# lint, strict typing, then the test suite (pytest arguments pass through): what CI runs
+test *args: lint
+    {{venv}}/pytest {{args}}
+
+# only the test suite, no lint (pytest arguments pass through)
+pytest *args:
     {{venv}}/pytest {{args}}
 
 # lint, format check and strict typing
@@ -31,8 +35,8 @@ lint:
     {{venv}}/ruff format --check {{paths}}
     {{venv}}/mypy
 
-# everything CI runs
-check: lint test
+# everything CI runs (same as test)
+check: test
 
 # format and auto-fix
 fmt:

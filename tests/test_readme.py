@@ -19,7 +19,7 @@ def quick_start_commands() -> list[str]:
 def test_quick_start_has_exactly_two_commands_demo_and_tests() -> None:
     demo, tests = quick_start_commands()
     assert demo.endswith("just demo")
-    assert tests.endswith("just check")
+    assert tests.endswith("just test")
     for command in (demo, tests):
         assert command.startswith("python3 -m venv .venv && ")  # each sets itself up
 

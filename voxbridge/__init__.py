@@ -5,7 +5,7 @@ The embedding API (see docs/embedding.md)::
     from voxbridge import run_call, Settings, TrioWebSocketCarrier, ProviderEndpoint
 
     disconnect = await run_call(TrioWebSocketCarrier(ws), endpoint, settings=Settings())
-    print(disconnect.reason)   # one of voxbridge.Reason
+    disconnect.reason   # one of voxbridge.Reason: why the call ended
 """
 
 from .errors import Disconnect, Reason, RemoteProtocolError
