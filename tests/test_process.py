@@ -114,6 +114,8 @@ def test_listening_socket_options_are_inherited_by_accepted_sockets() -> None:
         (["serve"], {"VOXBRIDGE_PORT": "eighty"}, "VOXBRIDGE_PORT='eighty': expected int"),
         (["serve"], {"VOXBRIDGE_PROVIDER": "nope"}, "must be one of echo, openai, ultravox"),
         (["serve", "--upstream-batch-ms", "20"], {}, "not available yet"),
+        (["serve", "--provider", "openai"], {"OPENAI_API_KEY": ""}, "needs OPENAI_API_KEY"),
+        (["serve", "--provider-url", "http://x"], {}, "must be ws:// or wss://"),
     ],
 )
 def test_bad_settings_exit_2_with_a_clear_message(
@@ -169,3 +171,22 @@ async def test_call_command_against_a_server_prints_the_outcome(
     assert code.returncode == 0, code.stderr
     assert "caller_stop" in code.stdout
     assert "1000" in code.stdout
+
+
+async def test_call_command_reports_a_refused_call_in_one_line() -> None:
+    from test_e2e_server import running
+
+    with trio.fail_after(20):
+        async with running() as (server, _agent):
+            wrong = server.media_url.replace("/twilio/media", "/nowhere")
+            done = await trio.to_thread.run_sync(
+                lambda: subprocess.run(
+                    [PYTHON, "-m", "voxbridge", "call", wrong, "--seconds", "0.2"],
+                    capture_output=True,
+                    text=True,
+                    timeout=15,
+                )
+            )
+    assert done.returncode == 1
+    assert "refused the call (HTTP 404)" in done.stdout
+    assert "Traceback" not in done.stdout + done.stderr

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from . import __version__
 from .logs import configure
+from .providers.endpoint import endpoint_for
 from .settings import Settings, SettingsError, scalar_type
 
 __all__ = ["main"]
@@ -97,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             settings = _settings(args)
+            if settings.provider != "echo" or settings.provider_url:
+                endpoint_for(
+                    settings
+                )  # a missing key or a bad URL: one line, exit 2, before binding
             configure(settings.log_format, settings.log_level)
             trio.run(_serve, settings)
         elif args.command == "call":
@@ -147,6 +152,11 @@ async def _call(args: argparse.Namespace) -> int:
         )
     except (OSError, ValueError, trio.TooSlowError) as exc:
         console.print(f"voxbridge call: cannot reach {args.url}: {exc}", style="red")
+        return 1
+    if result.rejected_status is not None:
+        console.print(
+            f"voxbridge call: the server refused the call (HTTP {result.rejected_status})"
+        )
         return 1
     table = Table(title=f"call {result.call_sid}", show_header=False)
     table.add_row("frames sent", str(result.frames_sent))

@@ -23,7 +23,12 @@ from urllib.parse import urlsplit
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    wrap_client_stream,
+)
 
 from ..audio import FRAME_BYTES, tone
 from ..carriers.twilio_wire import (
@@ -58,6 +63,7 @@ class CallResult:
     closed_at: float | None = None
     close_code: int | None = None
     close_reason: str | None = None
+    rejected_status: int | None = None  # the HTTP status if the server refused the upgrade
 
     @property
     def round_trip(self) -> float | None:
@@ -65,6 +71,13 @@ class CallResult:
         if self.first_sent_at is None or self.first_received_at is None:
             return None
         return self.first_received_at - self.first_sent_at
+
+
+def _status(group: BaseExceptionGroup[ConnectionRejected]) -> int:
+    leaf = group.exceptions[0]
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return int(leaf.status_code)
 
 
 def _sid(prefix: str) -> str:
@@ -151,6 +164,8 @@ class CarrierSimulator:
                 with trio.move_on_after(self.close_wait):
                     await done.wait()
                 nursery.cancel_scope.cancel()
+        except* ConnectionRejected as rejected:  # the library raises it from its reader task
+            result.rejected_status = _status(rejected)
         finally:
             await trio.aclose_forcefully(self.stream)
         return result
