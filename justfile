@@ -42,3 +42,11 @@ check: test
 fmt:
     {{venv}}/ruff format {{paths}}
     {{venv}}/ruff check --fix {{paths}}
+
+# the full benchmark suite: voxbridge vs two baselines; writes benchmarks/results/<timestamp>/
+bench *args:
+    {{venv}}/python -m benchmarks.run {{args}}
+
+# every scenario at toy size (< 1 min): checks the harness, not the targets
+bench-smoke:
+    {{venv}}/python -m benchmarks.run --smoke

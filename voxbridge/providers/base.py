@@ -1,0 +1,89 @@
+"""What a voice-AI provider is to voxbridge: a way to open a session, and a codec for it.
+
+Adding a provider means one module with a :class:`Provider` and a :class:`ProviderCodec`, and one
+line in :mod:`voxbridge.providers.registry`. Nothing in the call changes.
+
+* :meth:`Provider.session` prepares one provider session: where to connect (a
+  :class:`~voxbridge.providers.endpoint.ProviderEndpoint`) and a fresh codec. It may do I/O (Ultravox
+  creates the call over REST first); it is called again on every reconnect, with the conversation so
+  far, so the new session can be seeded with it.
+* A :class:`ProviderCodec` is sans-IO and belongs to one session. It turns caller audio (base64
+  mu-law, as Twilio sends it) into provider frames, provider frames into neutral events
+  (:mod:`voxbridge.providers.events`), and says what to send when the session opens, when the caller
+  interrupts, and when the call ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import attrs
+
+from ..errors import Reason
+from .endpoint import ProviderEndpoint
+from .events import ProviderEvent, Transcript
+
+__all__ = ["Frame", "Provider", "ProviderCodec", "ProviderSession"]
+
+#: One WebSocket message: text (JSON) or binary (audio for some providers).
+Frame = str | bytes
+
+
+class ProviderCodec(Protocol):
+    """Sans-IO encoding and decoding for one provider session."""
+
+    def opening(self, history: Sequence[Transcript]) -> list[Frame]:
+        """Frames to send right after the session opens (configuration, then ``history`` replayed)."""
+        ...
+
+    def audio(self, payload: str) -> Frame:
+        """One chunk of caller audio (base64 G.711 mu-law 8 kHz, as Twilio sends it)."""
+        ...
+
+    def decode(self, frame: Frame) -> ProviderEvent | None:
+        """A provider frame as a neutral event, or ``None`` for frames the bridge ignores.
+
+        Raises:
+            RemoteProtocolError: the frame is malformed.
+        """
+        ...
+
+    def interrupt(self, item_id: str | None, audio_end_ms: int) -> list[Frame]:
+        """The caller barged in after hearing ``audio_end_ms`` of agent item ``item_id``."""
+        ...
+
+    def closing(self) -> list[Frame]:
+        """Frames to send before closing the session at the end of the call (best effort)."""
+        ...
+
+    def close_reason(self, code: int) -> Reason:
+        """What the provider closing its socket with ``code`` means.
+
+        ``UPSTREAM_CLOSED`` (the call tries to resume the session) or ``AGENT_HANGUP`` (the call ends).
+        """
+        ...
+
+
+@attrs.frozen
+class ProviderSession:
+    """One prepared provider session: where to connect, and its codec."""
+
+    endpoint: ProviderEndpoint
+    codec: ProviderCodec
+
+
+class Provider(Protocol):
+    """A voice-AI provider: its metric label and how to prepare a session."""
+
+    name: str
+
+    async def session(self, history: Sequence[Transcript]) -> ProviderSession:
+        """Prepare a session seeded with ``history`` (empty at call start).
+
+        The call bounds this with ``connect_timeout``.
+
+        Raises:
+            Disconnect: ``UPSTREAM_CONNECT_FAILED`` when the provider refuses (bad key, REST error).
+        """
+        ...
