@@ -272,20 +272,29 @@ async def test_caller_stalled(autojump_clock):
 
 
 @pytest.mark.parametrize(
-    ("connector", "decided"),
-    [("hanging", 3 + 10), ("silent", 3 + 10), ("refusing", 3)],
-    ids=["tcp-hangs", "handshake-unanswered", "refused"],
+    ("connector", "budget", "decided"),
+    [
+        ("hanging", 5, 3 + 10),
+        ("silent", 5, 3 + 10),
+        ("refusing", 5, 3 + 10),
+        ("refusing", 0, 3),
+    ],
+    ids=["tcp-hangs", "handshake-unanswered", "refused-retried", "refused-no-retry"],
 )
-async def test_upstream_connect_failed(autojump_clock, connector, decided):
-    # start arrives at 3: the connect deadline counts from there
+async def test_upstream_connect_failed(autojump_clock, connector, budget, decided):
+    # start arrives at 3: the connect deadline counts from there. A refused connect is retried
+    # with backoff until connect_timeout, unless reconnect_budget is 0.
     script = [(3, start_frame())] + [(3 + 0.5 * i, media_frame(i)) for i in range(1, 30)]
-    async with rig() as r:
+    async with rig(Settings(reconnect_budget=budget)) as r:
         await r.accept_script(script)
         disconnect = await r.run(getattr(r, f"{connector}_connector")())
         returned = r.now()
     assert disconnect.reason is Reason.UPSTREAM_CONNECT_FAILED
     assert returned == approx(decided)
-    assert r.connects == 1
+    if connector == "refusing" and budget:
+        assert 4 <= r.connects <= 16  # backoff from 0.1 s doubling to 2 s, jittered, within 10 s
+    else:
+        assert r.connects == 1
     assert r.agent.sessions == []
     assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), 1011, "upstream_connect_failed")]
     assert r.carrier_close == (1011, "upstream_connect_failed", approx(decided))
@@ -294,6 +303,10 @@ async def test_upstream_connect_failed(autojump_clock, connector, decided):
     if connector == "silent":
         # TCP was open when the handshake timed out: the bridge must close what it opened
         assert r.rel(r.upstream.closed_at) == approx(decided)
+
+
+#: The provider dropping ends the call at once (the resume path has its own tests).
+NO_RESUME = Settings(reconnect_budget=0)
 
 
 # --- natural ends ---------------------------------------------------------------------------------
@@ -332,7 +345,7 @@ async def test_caller_closed(autojump_clock):
 @pytest.mark.parametrize("hangup_code", [1011, 1000])
 async def test_upstream_closed_by_agent(autojump_clock, hangup_code):
     agent = EchoAgent(delay=0.1, hangup_after=2.0, hangup_code=hangup_code)
-    async with rig(agent=agent) as r:
+    async with rig(NO_RESUME, agent=agent) as r:
         await r.accept_sim(seconds=10)
         disconnect = await r.run()
         returned = r.now()
@@ -349,7 +362,7 @@ async def test_upstream_closed_by_agent(autojump_clock, hangup_code):
 async def test_upstream_socket_is_closed_when_the_provider_leaves(autojump_clock, how):
     """The bridge opened the provider's TCP stream; it must close it, however the provider left."""
     agent = EchoAgent(delay=0.1, hangup_after=2.0 if how == "agent-hangs-up" else None)
-    async with rig(agent=agent) as r:
+    async with rig(NO_RESUME, agent=agent) as r:
         await r.accept_sim(seconds=10)
         if how == "agent-vanishes":
             r.when(2.0, lambda: r.session.stream.vanish())

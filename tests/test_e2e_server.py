@@ -175,7 +175,10 @@ async def test_vanished_caller_upstream_closed() -> None:
 
 async def test_upstream_closes_caller_closed_with_1011() -> None:
     with trio.fail_after(BUDGET):
-        async with running(EchoAgent(delay=0.05, hangup_after=0.5)) as (server, agent):
+        async with running(EchoAgent(delay=0.05, hangup_after=0.5), reconnect_budget=0) as (
+            server,
+            agent,
+        ):
             result = await simulate_call(server.media_url, seconds=30)
             samples = await scrape(server)
 

@@ -143,14 +143,16 @@ def test_settings_precedence_flag_over_env_over_default(monkeypatch: pytest.Monk
 
 
 def test_secrets_stay_out_of_reprs(monkeypatch: pytest.MonkeyPatch) -> None:
-    from voxbridge.providers.endpoint import endpoint_for
+    from voxbridge.providers.registry import provider_for
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-123")
     settings = Settings.from_env(provider="openai")
-    endpoint = endpoint_for(settings)
+    provider = provider_for(settings)
+    endpoint = provider.endpoint  # type: ignore[attr-defined]
     assert ("Authorization", "Bearer sk-test-secret-123") in endpoint.headers
     assert "sk-test-secret" not in repr(settings)
     assert "sk-test-secret" not in repr(endpoint)
+    assert "sk-test-secret" not in repr(provider)
 
 
 async def test_call_command_against_a_server_prints_the_outcome(

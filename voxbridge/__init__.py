@@ -9,8 +9,11 @@ The embedding API (see docs/embedding.md)::
 """
 
 from .errors import Disconnect, Reason, RemoteProtocolError
+from .journal import CallJournal, MemoryJournal
 from .metrics import Metrics
-from .providers.endpoint import ProviderEndpoint, endpoint_for
+from .providers.base import Provider
+from .providers.endpoint import ProviderEndpoint
+from .providers.registry import provider_for
 from .session import Call, CallRecord, CallRegistry, CarrierSocket, TrioWebSocketCarrier, run_call
 from .settings import Settings, SettingsError
 
@@ -18,11 +21,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Call",
+    "CallJournal",
     "CallRecord",
     "CallRegistry",
     "CarrierSocket",
     "Disconnect",
+    "MemoryJournal",
     "Metrics",
+    "Provider",
     "ProviderEndpoint",
     "Reason",
     "RemoteProtocolError",
@@ -30,6 +36,6 @@ __all__ = [
     "SettingsError",
     "TrioWebSocketCarrier",
     "__version__",
-    "endpoint_for",
+    "provider_for",
     "run_call",
 ]

@@ -8,6 +8,7 @@ standard library, which ``audioop-lts`` covers, so it is silenced here and only 
 
 from __future__ import annotations
 
+import binascii
 import math
 import warnings
 import wave
@@ -22,8 +23,10 @@ __all__ = [
     "SAMPLE_RATE",
     "SILENCE",
     "pcm16_to_ulaw",
+    "pcm16_to_ulaw_b64",
     "read_wav_as_ulaw",
     "tone",
+    "ulaw_b64_to_pcm16",
     "ulaw_to_pcm16",
 ]
 
@@ -33,13 +36,41 @@ SILENCE = b"\xff"  # mu-law code for 0
 
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:
-    """Signed 16-bit little-endian PCM to G.711 mu-law (same rate)."""
+    """Signed 16-bit little-endian PCM to G.711 mu-law (same rate).
+
+    Raises:
+        ValueError: ``pcm`` has an odd length (not a whole number of 16-bit samples).
+    """
+    if len(pcm) % 2:
+        raise ValueError(f"16-bit PCM must have an even length, got {len(pcm)} bytes")
     return audioop.lin2ulaw(pcm, 2)
 
 
 def ulaw_to_pcm16(ulaw: bytes) -> bytes:
     """G.711 mu-law to signed 16-bit little-endian PCM (same rate)."""
     return audioop.ulaw2lin(ulaw, 2)
+
+
+def ulaw_b64_to_pcm16(payload: str) -> bytes:
+    """Base64 mu-law (a Twilio ``media.payload``) to signed 16-bit little-endian PCM.
+
+    Raises:
+        ValueError: ``payload`` is not strict base64.
+    """
+    try:
+        ulaw = binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"audio payload is not valid base64: {exc}") from None
+    return audioop.ulaw2lin(ulaw, 2)
+
+
+def pcm16_to_ulaw_b64(pcm: bytes) -> str:
+    """Signed 16-bit little-endian PCM to base64 mu-law, ready for a Twilio ``media.payload``.
+
+    Raises:
+        ValueError: ``pcm`` has an odd length.
+    """
+    return binascii.b2a_base64(pcm16_to_ulaw(pcm), newline=False).decode("ascii")
 
 
 def tone(seconds: float, frequency: float = 440.0, *, amplitude: float = 0.3) -> bytes:

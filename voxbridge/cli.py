@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import __version__
 from .logs import configure
-from .providers.endpoint import endpoint_for
+from .providers.registry import provider_for
 from .settings import Settings, SettingsError, scalar_type
 
 __all__ = ["main"]
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             settings = _settings(args)
             if settings.provider != "echo" or settings.provider_url:
-                endpoint_for(
+                provider_for(
                     settings
                 )  # a missing key or a bad URL: one line, exit 2, before binding
             configure(settings.log_format, settings.log_level)

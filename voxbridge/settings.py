@@ -18,6 +18,7 @@ __all__ = ["PROVIDERS", "Settings", "SettingsError"]
 
 SECONDS = 1.0
 PROVIDERS = ("echo", "openai", "ultravox")
+OPENAI_FLAVOURS = ("ga", "beta")
 LOG_FORMATS = ("console", "json")
 
 # Environment variables that are aliases of a setting, for operators coming from other bridges.
@@ -111,13 +112,32 @@ class Settings:
         default=None, metadata=_help("override the provider endpoint (ws:// or wss:// URL)")
     )
     openai_model: str = attrs.field(default="gpt-realtime", metadata=_help("OpenAI model"))
-    voice: str = attrs.field(default="alloy", metadata=_help("agent voice"))
+    openai_flavour: str = attrs.field(
+        default="ga",
+        validator=_one_of(*OPENAI_FLAVOURS),
+        metadata=_help("OpenAI Realtime API: ga (gpt-realtime) or beta (OpenAI-Beta: realtime=v1)"),
+    )
+    transcription_model: str = attrs.field(
+        default="whisper-1", metadata=_help("OpenAI model that transcribes the caller")
+    )
+    ultravox_model: str | None = attrs.field(
+        default=None, metadata=_help("Ultravox model (default: Ultravox's own default)")
+    )
+    voice: str | None = attrs.field(
+        default=None, metadata=_help("agent voice (default: alloy for OpenAI, Ultravox's default)")
+    )
     instructions: str = attrs.field(
         default="You are a helpful, concise phone assistant.",
         metadata=_help("agent instructions"),
     )
+    instructions_file: str | None = attrs.field(
+        default=None, metadata=_help("read the agent instructions from this file")
+    )
     openai_api_key: str | None = attrs.field(
         default=None, repr=False, metadata=_help("OpenAI key", secret=True, cli=False)
+    )
+    ultravox_api_key: str | None = attrs.field(
+        default=None, repr=False, metadata=_help("Ultravox key", secret=True, cli=False)
     )
     # --- deadlines (docs/timeouts.md explains each) ----------------------------------------------
     idle_timeout: float = attrs.field(
@@ -153,6 +173,16 @@ class Settings:
         validator=_positive,
         metadata=_help("deadline to open the provider session (upstream_connect_failed)"),
     )
+    reconnect_budget: float = attrs.field(
+        default=5 * SECONDS,
+        validator=_non_negative,
+        metadata=_help("how long a call may spend resuming a dropped provider session (0 = never)"),
+    )
+    session_max_age: float = attrs.field(
+        default=55 * 60 * SECONDS,
+        validator=_positive,
+        metadata=_help("recycle a provider session this old (OpenAI ends them at 60 min)"),
+    )
     close_timeout: float = attrs.field(
         default=2 * SECONDS,
         validator=_positive,
@@ -171,6 +201,23 @@ class Settings:
         default="console", validator=_one_of(*LOG_FORMATS), metadata=_help("console or json")
     )
     log_level: str = attrs.field(default="info", metadata=_help("debug, info, warning, error"))
+
+    def agent_instructions(self) -> str:
+        """The instructions text, read from ``instructions_file`` when one is set.
+
+        Raises:
+            SettingsError: the file cannot be read.
+        """
+        if self.instructions_file is None:
+            return self.instructions
+        try:
+            with open(self.instructions_file, encoding="utf-8") as file:
+                return file.read().strip()
+        except OSError as exc:
+            raise SettingsError(
+                f"--instructions-file / VOXBRIDGE_INSTRUCTIONS_FILE: cannot read "
+                f"{self.instructions_file!r}: {exc.strerror}"
+            ) from None
 
     @property
     def teardown_timeout(self) -> float:
@@ -193,8 +240,8 @@ class Settings:
         values: dict[str, Any] = {}
         for field in attrs.fields(cls):
             names = [f"VOXBRIDGE_{field.name.upper()}", *ENV_ALIASES.get(field.name, ())]
-            if field.name == "openai_api_key":
-                names.append("OPENAI_API_KEY")
+            if field.name in ("openai_api_key", "ultravox_api_key"):
+                names.append(field.name.upper())
             for name in names:
                 raw = env.get(name)
                 if raw is not None and raw != "":

@@ -4,16 +4,20 @@ A codec turns neutral events (:mod:`voxbridge.providers.events`) into the provid
 back. It never does I/O: the call (``voxbridge.session``) owns the sockets and the clock.
 """
 
-from .endpoint import ProviderEndpoint, endpoint_for
+from .base import Frame, Provider, ProviderCodec, ProviderSession
+from .endpoint import ProviderEndpoint
 from .events import AgentAudio, AgentHangup, ProviderError, ProviderEvent, SpeechStarted, Transcript
 
 __all__ = [
     "AgentAudio",
     "AgentHangup",
+    "Frame",
+    "Provider",
+    "ProviderCodec",
     "ProviderEndpoint",
     "ProviderError",
     "ProviderEvent",
+    "ProviderSession",
     "SpeechStarted",
     "Transcript",
-    "endpoint_for",
 ]

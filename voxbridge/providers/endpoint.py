@@ -6,23 +6,21 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ..settings import Settings, SettingsError
+from ..settings import SettingsError
 
-__all__ = ["ProviderEndpoint", "endpoint_for"]
-
-OPENAI_URL = "wss://api.openai.com/v1/realtime"
+__all__ = ["ProviderEndpoint", "checked_ws_url"]
 
 
 @attrs.frozen
 class ProviderEndpoint:
     """A provider's WebSocket endpoint.
 
-    ``headers`` may hold credentials: the class keeps them out of its ``repr`` so they never reach a
-    log line by accident.
+    ``headers`` may hold credentials, and a join URL (Ultravox) is itself one: the ``repr`` shows
+    neither, so they never reach a log line by accident.
     """
 
     name: str
-    url: str
+    url: str = attrs.field(repr=lambda url: _without_query(url))
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
     flavour: str = "ga"
 
@@ -45,38 +43,18 @@ class ProviderEndpoint:
         return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
-def endpoint_for(settings: Settings, *, echo_url: str | None = None) -> ProviderEndpoint:
-    """The endpoint the settings select.
+def _without_query(url: str) -> str:
+    """The URL for display: a join URL's path and query can act as a credential (Ultravox)."""
+    parts = urlsplit(url)
+    return repr(f"{parts.scheme}://{parts.netloc}/...") if parts.path.strip("/") else repr(url)
 
-    Args:
-        settings: the process settings.
-        echo_url: where the in-process echo agent listens (``provider == "echo"``).
+
+def checked_ws_url(url: str) -> str:
+    """``url`` if it is a ws:// or wss:// URL.
 
     Raises:
-        SettingsError: the provider needs a key or URL that is missing, or the URL is not ws(s)://.
+        SettingsError: it is not.
     """
-    if settings.provider == "echo":
-        url = settings.provider_url or echo_url
-        if url is None:
-            raise SettingsError("the echo provider needs a running echo agent (echo_url)")
-        return ProviderEndpoint("echo", _checked(url))
-    if settings.provider == "openai":
-        base = settings.provider_url or OPENAI_URL
-        url = (
-            base
-            if "model=" in base
-            else f"{base}{'&' if '?' in base else '?'}model={settings.openai_model}"
-        )
-        headers: list[tuple[str, str]] = []
-        if settings.openai_api_key:
-            headers.append(("Authorization", f"Bearer {settings.openai_api_key}"))
-        elif settings.provider_url is None:
-            raise SettingsError("provider openai needs OPENAI_API_KEY")
-        return ProviderEndpoint("openai", _checked(url), tuple(headers))
-    raise SettingsError(f"provider {settings.provider!r} is not available in this version")
-
-
-def _checked(url: str) -> str:
     if urlsplit(url).scheme not in ("ws", "wss"):
         raise SettingsError(f"provider URL must be ws:// or wss://, got {url!r}")
     return url

@@ -27,8 +27,10 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import Reason
+from ..journal import CallJournal, MemoryJournal
 from ..metrics import Metrics
-from ..providers.endpoint import ProviderEndpoint, endpoint_for
+from ..providers.base import Provider
+from ..providers.registry import provider_for
 from ..session.call import Call
 from ..session.registry import CallRegistry
 from ..settings import Settings
@@ -56,7 +58,8 @@ class VoxbridgeApp:
         settings: process settings.
         metrics: metric families (and their registry); a private registry if omitted.
         registry: the calls this app runs.
-        endpoint: the provider endpoint; derived from ``settings`` at startup if omitted.
+        provider: the provider; built from ``settings`` at startup if omitted.
+        journal: where calls are recorded; in memory if omitted.
         connect_stream: how calls open provider streams (tests inject memory streams).
     """
 
@@ -66,13 +69,15 @@ class VoxbridgeApp:
         *,
         metrics: Metrics | None = None,
         registry: CallRegistry | None = None,
-        endpoint: ProviderEndpoint | None = None,
+        provider: Provider | None = None,
+        journal: CallJournal | None = None,
         connect_stream: StreamConnector | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
         self.registry = registry if registry is not None else CallRegistry()
-        self.endpoint = endpoint
+        self.provider = provider
+        self.journal: CallJournal = journal if journal is not None else MemoryJournal()
         self.echo_agent: EchoAgent | None = None
         self.connect_stream = connect_stream
         self.draining = False
@@ -112,13 +117,13 @@ class VoxbridgeApp:
 
         Idempotent: ``voxbridge serve`` may have done it already.
         """
-        if self.endpoint is None:
+        if self.provider is None:
             echo_url = None
             if self.settings.provider == "echo" and self.settings.provider_url is None:
                 self.echo_agent = EchoAgent()
                 echo_url = await nursery.start(self.echo_agent.serve)
-            self.endpoint = endpoint_for(self.settings, echo_url=echo_url)
-            log.info("provider %s at %s", self.endpoint.name, self.endpoint.url)
+            self.provider = provider_for(self.settings, echo_url=echo_url)
+            log.info("provider %s", self.provider.name)
         self.ready.set()
 
     # --- calls --------------------------------------------------------------------------------
@@ -130,7 +135,7 @@ class VoxbridgeApp:
         if self.draining:
             await self._reject(send, 503, "draining", b"draining: not accepting calls\n")
             return
-        if len(self.registry) >= self.settings.max_calls or self.endpoint is None:
+        if len(self.registry) >= self.settings.max_calls or self.provider is None:
             await self._reject(send, 503, "capacity", b"at capacity\n")
             return
         message = await receive()
@@ -139,10 +144,11 @@ class VoxbridgeApp:
         await send({"type": "websocket.accept"})
         call = Call(
             AsgiCarrier(receive, send),
-            self.endpoint,
+            self.provider,
             settings=self.settings,
             metrics=self.metrics,
             registry=self.registry,
+            journal=self.journal,
             connect_stream=self.connect_stream,
         )
         await call.run()
@@ -185,7 +191,7 @@ class VoxbridgeApp:
         elif path == "/readyz":
             if self.draining:
                 await _respond(send, 503, b"draining\n")
-            elif self.endpoint is None:
+            elif self.provider is None:
                 await _respond(send, 503, b"starting\n")
             elif len(self.registry) >= self.settings.max_calls:
                 await _respond(send, 503, b"at capacity\n")

@@ -7,14 +7,17 @@ The shape (ARCHITECTURE.md, "The call")::
       │                   close handshake can complete during teardown
       └─ call scope    ── deadline = accept + max_call_duration; Call.end() cancels it
            wait for the carrier's `start`            (start_timeout)
-           open the provider session                 (connect_timeout)
-           send session.update                       (send_timeout)
+           open the provider session (ProviderLink)  (connect_timeout, retried with backoff)
            task nursery
-           ├── caller_to_upstream   receive (idle_timeout, moving) -> decode -> send (send_timeout)
-           ├── upstream_to_caller   receive (keepalive bounds it) -> decode -> send (send_timeout)
-           └── keepalive            every keepalive_interval: ping under pong_timeout
+           ├── caller_to_upstream   receive (idle_timeout) -> decode -> send (send_timeout);
+           │                        mark echoes -> Playback; audio dropped (counted) while resuming
+           ├── upstream_to_caller   receive (keepalive bounds it) -> decode -> send (send_timeout);
+           │                        a mark after each chunk; barge-in -> `clear` + truncate;
+           │                        a dropped session -> ProviderLink.resume (reconnect_budget)
+           ├── keepalive            every keepalive_interval: ping under pong_timeout
+           └── recycler             at session_max_age: ProviderLink.recycle (make before break)
       teardown (shielded, bounded by teardown_timeout): close provider, close carrier
-    account (synchronous, exactly once): metrics, one log line, registry removal
+    account (synchronous, exactly once): metrics, journal, one log line, registry removal
 
 Every way the call can end becomes a ``Disconnect(reason)``: a deadline firing (a task's
 ``Watchdog``), a peer leaving (the transports), the carrier's ``stop``, a bad frame, ``Call.end()``
@@ -35,16 +38,20 @@ import trio
 
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
 from ..errors import Disconnect, Reason, RemoteProtocolError
+from ..journal import CallJournal, MemoryJournal
 from ..metrics import Metrics
+from ..providers.base import Provider
 from ..providers.endpoint import ProviderEndpoint
-from ..providers.events import AgentAudio, AgentHangup, ProviderError, Transcript
-from ..providers.openai_realtime import OpenAIRealtimeCodec
+from ..providers.events import AgentAudio, AgentHangup, ProviderError, SpeechStarted, Transcript
+from ..providers.openai_realtime import OpenAIProvider
 from ..settings import Settings
-from ..upstream import StreamConnector, Upstream, open_tcp_stream_tuned
+from ..upstream import StreamConnector, open_tcp_stream_tuned
 from .carrier import CarrierSocket
+from .link import ProviderLink
+from .playback import Playback
 from .registry import CallRegistry
 from .state import CallRecord, CallState
-from .watchdog import Watchdog, deadline
+from .watchdog import Watchdog
 
 __all__ = ["Call", "run_call"]
 
@@ -64,11 +71,12 @@ _LIMITS = {
 
 async def run_call(
     carrier: CarrierSocket,
-    endpoint: ProviderEndpoint,
+    provider: Provider | ProviderEndpoint,
     *,
     settings: Settings | None = None,
     metrics: Metrics | None = None,
     registry: CallRegistry | None = None,
+    journal: CallJournal | None = None,
     connect_stream: StreamConnector | None = None,
 ) -> Disconnect:
     """Bridge one accepted carrier WebSocket to a provider until the call ends.
@@ -79,10 +87,12 @@ async def run_call(
 
     Args:
         carrier: the accepted carrier socket (see :class:`voxbridge.session.CarrierSocket`).
-        endpoint: the provider to bridge to (see :func:`voxbridge.providers.endpoint_for`).
+        provider: the provider (see :func:`voxbridge.providers.provider_for`), or just the
+            endpoint of an OpenAI-Realtime-compatible service (GA protocol).
         settings: deadlines and provider options; defaults to ``Settings()``.
         metrics: where to count; a private registry if omitted.
         registry: where the call registers itself while it runs (and is remembered after).
+        journal: where the call's record and transcript go; in memory if omitted.
         connect_stream: opens the byte stream to the provider; defaults to tuned TCP.
 
     Returns:
@@ -90,13 +100,31 @@ async def run_call(
     """
     call = Call(
         carrier,
-        endpoint,
-        settings=settings or Settings(),
-        metrics=metrics or Metrics(),
+        provider,
+        settings=settings if settings is not None else Settings(),
+        metrics=metrics if metrics is not None else Metrics(),
         registry=registry,
+        journal=journal,
         connect_stream=connect_stream,
     )
     return await call.run()
+
+
+def _as_provider(provider: Provider | ProviderEndpoint, settings: Settings) -> Provider:
+    if isinstance(provider, ProviderEndpoint):
+        return OpenAIProvider(
+            provider,
+            model=settings.openai_model,
+            voice=settings.voice or "alloy",
+            instructions=settings.agent_instructions(),
+            transcription_model=settings.transcription_model,
+        )
+    return provider
+
+
+def _decoded_size(payload: str) -> int:
+    """Bytes of audio in a base64 payload, without decoding it."""
+    return len(payload) * 3 // 4 - (2 if payload.endswith("==") else payload.endswith("="))
 
 
 class Call:
@@ -105,25 +133,26 @@ class Call:
     def __init__(
         self,
         carrier: CarrierSocket,
-        endpoint: ProviderEndpoint,
+        provider: Provider | ProviderEndpoint,
         *,
         settings: Settings,
         metrics: Metrics,
         registry: CallRegistry | None = None,
+        journal: CallJournal | None = None,
         connect_stream: StreamConnector | None = None,
         carrier_name: str = "twilio",
     ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.registry = registry
-        self.endpoint = endpoint
+        self.journal: CallJournal = journal if journal is not None else MemoryJournal()
+        self.provider = _as_provider(provider, settings)
         self.carrier_name = carrier_name
         self._carrier = carrier
         self._connect_stream = connect_stream or open_tcp_stream_tuned(settings.tcp_user_timeout)
         self._twilio = TwilioStream()
-        self._codec = OpenAIRealtimeCodec("beta" if endpoint.flavour == "beta" else "ga")
-        self._upstream: Upstream | None = None
-        self._upstream_scope: trio.CancelScope | None = None
+        self._playback = Playback()
+        self._link: ProviderLink | None = None
         self._scope = trio.CancelScope()
         self._ending: Disconnect | None = None
         self._ran = False
@@ -148,7 +177,7 @@ class Call:
         self._scope.deadline = self.state.accepted_at + self.settings.max_call_duration
         self.metrics.calls_active.inc()
         self.metrics.calls_started.labels(
-            carrier=self.carrier_name, provider=self.endpoint.name
+            carrier=self.carrier_name, provider=self.provider.name
         ).inc()
         if self.registry is not None:
             self.registry.add(self)
@@ -167,13 +196,9 @@ class Call:
                 finally:
                     if self._ending is None:
                         if self._scope.cancelled_caught:
-                            self._record(
-                                Disconnect(Reason.MAX_DURATION, "max_call_duration reached")
-                            )
+                            self._record(Disconnect(Reason.MAX_DURATION, "max_call_duration"))
                         else:
-                            self._record(
-                                Disconnect(Reason.SERVER_SHUTDOWN, "cancelled by the host")
-                            )
+                            self._record(Disconnect(Reason.SERVER_SHUTDOWN, "cancelled by host"))
                     await self._teardown()
         finally:
             self._account()
@@ -184,18 +209,23 @@ class Call:
 
     async def _lifecycle(self, sockets: trio.Nursery) -> None:
         await self._wait_for_start()
-        self._upstream = await sockets.start(self._host_upstream)
-        session_update = self._codec.session_update(
-            model=self.settings.openai_model,
-            voice=self.settings.voice,
-            instructions=self.settings.instructions,
+        self.journal.call_started(self.state)
+        self._link = ProviderLink(
+            self.provider,
+            settings=self.settings,
+            metrics=self.metrics,
+            nursery=sockets,
+            connect_stream=self._connect_stream,
+            history=self.state.transcript,
+            call_id=self.state.call_id,
         )
-        with deadline(self.settings.send_timeout, Reason.UPSTREAM_STALLED):
-            await self._upstream.send(session_update)
+        await self._link.open()
+        self.state.upstream_connected_at = trio.current_time()
         async with trio.open_nursery() as tasks:
             tasks.start_soon(self._guard, self._caller_to_upstream)
             tasks.start_soon(self._guard, self._upstream_to_caller)
             tasks.start_soon(self._guard, self._keepalive)
+            tasks.start_soon(self._guard, self._recycler)
 
     async def _wait_for_start(self) -> None:
         watchdog = Watchdog()
@@ -219,40 +249,7 @@ class Call:
         state.custom_parameters = dict(start.custom_parameters)
         log.debug("call started", extra={"call_id": state.call_id, "call_sid": state.call_sid})
 
-    async def _host_upstream(self, *, task_status: trio.TaskStatus[Upstream]) -> None:
-        """Open the provider socket and keep its reader alive until teardown cancels it.
-
-        After the handshake the scope is shielded: cancelling the call's tasks (or the host
-        cancelling the call) must not kill the reader, or the close handshake in teardown could
-        not complete. Teardown cancels this scope explicitly once the socket is closed.
-        """
-        failure: Disconnect | None = None
-        started = trio.current_time()
-        with trio.CancelScope() as scope:
-            self._upstream_scope = scope
-            async with trio.open_nursery() as nursery:
-                try:
-                    upstream = await Upstream.connect(
-                        nursery,
-                        self.endpoint,
-                        connect_timeout=self.settings.connect_timeout,
-                        connect_stream=self._connect_stream,
-                    )
-                except Disconnect as exc:
-                    failure = exc
-                    nursery.cancel_scope.cancel()
-                else:
-                    scope.shield = True
-                    self.state.upstream_connected_at = trio.current_time()
-                    self.metrics.upstream_connect_seconds.labels(
-                        provider=self.endpoint.name
-                    ).observe(self.state.upstream_connected_at - started)
-                    task_status.started(upstream)
-                    await trio.sleep_forever()
-        if failure is not None:
-            raise failure
-
-    # --- the three tasks ----------------------------------------------------------------------
+    # --- the call's tasks ---------------------------------------------------------------------
 
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
         """Run one call task; its ``Disconnect`` ends the call (first reason wins)."""
@@ -262,10 +259,10 @@ class Call:
             self._record(disconnect)
 
     async def _caller_to_upstream(self) -> None:
-        carrier, upstream, state = self._carrier, self._upstream, self.state
-        assert upstream is not None
-        append = self._codec.append_audio
+        carrier, link, state, playback = self._carrier, self._link, self.state, self._playback
+        assert link is not None
         frames = self.metrics.media_frames.labels(direction="to_upstream")
+        dropped = self.metrics.media_frames_dropped.labels(direction="to_upstream")
         idle_timeout, send_timeout = self.settings.idle_timeout, self.settings.send_timeout
         watchdog = Watchdog()
         with watchdog:
@@ -280,38 +277,76 @@ class Call:
                 if type(event) is Media:
                     if event.track != "inbound":
                         continue
+                    upstream, codec = link.upstream, link.codec
+                    if not link.ready or upstream is None or codec is None:
+                        dropped.inc()  # resuming the provider session: never queue without bound
+                        continue
                     watchdog.arm(send_timeout, Reason.UPSTREAM_STALLED, since=now)
-                    await upstream.send(append(event.payload))
+                    try:
+                        await upstream.send(codec.audio(event.payload))
+                    except Disconnect as exc:
+                        if exc.reason is not Reason.UPSTREAM_CLOSED:
+                            raise
+                        dropped.inc()  # the receiving task notices the drop and resumes
+                        continue
                     state.frames_from_caller += 1
                     frames.inc()
+                elif type(event) is Mark:
+                    playback.played(event.name)
                 elif type(event) is Stop:
                     raise Disconnect(Reason.CALLER_STOP, "carrier sent stop")
-                elif type(event) is Mark or type(event) is Dtmf:
-                    log.debug("carrier %s", event, extra={"call_id": state.call_id})
+                elif type(event) is Dtmf:
+                    log.debug("caller pressed %s", event.digit, extra={"call_id": state.call_id})
 
     async def _upstream_to_caller(self) -> None:
-        carrier, upstream, state, twilio = self._carrier, self._upstream, self.state, self._twilio
-        assert upstream is not None
-        decode = self._codec.decode
+        carrier, link, state = self._carrier, self._link, self.state
+        twilio, playback, journal = self._twilio, self._playback, self.journal
+        assert link is not None
         frames = self.metrics.media_frames.labels(direction="to_caller")
         send_timeout = self.settings.send_timeout
         watchdog = Watchdog()
         with watchdog:
             while True:
+                upstream, codec = link.upstream, link.codec
+                assert upstream is not None and codec is not None
                 watchdog.disarm()  # liveness of a quiet provider is the keepalive's job
-                frame = await upstream.receive()
                 try:
-                    event = decode(frame)
+                    frame = await upstream.receive()
+                except Disconnect as exc:
+                    if link.upstream is not upstream:
+                        continue  # recycled under us: read the new session
+                    code = upstream.close_code or 1006
+                    if codec.close_reason(code) is Reason.AGENT_HANGUP:
+                        raise Disconnect(Reason.AGENT_HANGUP, exc.detail) from None
+                    await link.resume(exc.detail)
+                    continue
+                try:
+                    event = codec.decode(frame)
                 except RemoteProtocolError as exc:
                     log.warning("provider frame dropped: %s", exc, extra={"call_id": state.call_id})
                     continue
                 if type(event) is AgentAudio:
+                    payload = event.payload
+                    mark = playback.sent(event.item_id, _decoded_size(payload))
                     watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                    await carrier.send(twilio.media(event.payload))
+                    await carrier.send(twilio.media(payload))
+                    await carrier.send(twilio.mark(mark))
                     state.frames_to_caller += 1
                     frames.inc()
+                elif type(event) is SpeechStarted:
+                    heard = playback.interrupt()
+                    if heard is not None:  # the caller talks over the agent: barge-in
+                        watchdog.arm(send_timeout, Reason.CALLER_STALLED)
+                        await carrier.send(twilio.clear())
+                        watchdog.arm(send_timeout, Reason.UPSTREAM_STALLED)
+                        for message in codec.interrupt(*heard):
+                            await upstream.send(message)
+                        state.barge_ins += 1
+                        self.metrics.barge_ins.inc()
+                        log.debug("barge-in at %d ms", heard[1], extra={"call_id": state.call_id})
                 elif type(event) is Transcript:
                     state.transcript.append(event)
+                    journal.transcript_line(state, event)
                     log.debug("%s: %s", event.role, event.text, extra={"call_id": state.call_id})
                 elif type(event) is AgentHangup:
                     raise Disconnect(Reason.AGENT_HANGUP, event.message or "agent hung up")
@@ -324,12 +359,29 @@ class Call:
                     )
 
     async def _keepalive(self) -> None:
-        upstream = self._upstream
-        assert upstream is not None
+        link = self._link
+        assert link is not None
         rtt = self.metrics.upstream_ping_rtt
         while True:
             await trio.sleep(self.settings.keepalive_interval)
-            rtt.observe(await upstream.ping(self.settings.pong_timeout))
+            upstream = link.upstream
+            if not link.ready or upstream is None:
+                continue  # resuming: the new session is checked at the next interval
+            try:
+                rtt.observe(await upstream.ping(self.settings.pong_timeout))
+            except Disconnect as exc:
+                if exc.reason is not Reason.UPSTREAM_CLOSED:
+                    raise  # no pong in time: the provider is frozen
+
+    async def _recycler(self) -> None:
+        link = self._link
+        assert link is not None
+        while True:
+            upstream = link.upstream
+            opened = upstream.opened_at if upstream is not None else trio.current_time()
+            await trio.sleep_until(opened + self.settings.session_max_age)
+            if link.ready and link.upstream is upstream:
+                await link.recycle()
 
     # --- ending -------------------------------------------------------------------------------
 
@@ -348,25 +400,24 @@ class Call:
         """Close both peers, shielded from cancellation and bounded by ``teardown_timeout``."""
         assert self._ending is not None
         reason = self._ending.reason
-        close_timeout = self.settings.close_timeout
         with trio.CancelScope(shield=True) as bound:
             bound.deadline = trio.current_time() + self.settings.teardown_timeout
             try:
-                if self._upstream is not None:
+                if self._link is not None:
                     code = 1001 if reason is Reason.SERVER_SHUTDOWN else 1000
-                    await self._upstream.aclose(code, reason.value, close_timeout=close_timeout)
-                    self.state.upstream_closed_at = trio.current_time()
+                    await self._link.aclose(code, reason.value)
+                    if self.state.upstream_connected_at is not None:
+                        self.state.upstream_closed_at = trio.current_time()
             finally:
-                if self._upstream_scope is not None:
-                    self._upstream_scope.cancel()
-                with trio.move_on_after(close_timeout):
+                with trio.move_on_after(self.settings.close_timeout):
                     await self._carrier.close(reason.close_code, reason.value)
 
     def _account(self) -> None:
-        """Count, log and deregister the call: synchronous, so it cannot be cut short."""
+        """Count, journal, log and deregister the call: synchronous, so it cannot be cut short."""
         ending = self._ending
         assert ending is not None
         state, reason = self.state, ending.reason
+        link = self._link
         ended_at = trio.current_time()
         record = CallRecord(
             call_id=state.call_id,
@@ -383,10 +434,17 @@ class Call:
             frames_from_caller=state.frames_from_caller,
             frames_to_caller=state.frames_to_caller,
             transcript=tuple(state.transcript),
+            barge_ins=state.barge_ins,
+            resumes=link.resumes if link is not None else 0,
         )
         self.metrics.call_disconnects.labels(reason=reason.value).inc()
         self.metrics.call_duration.labels(reason=reason.value).observe(record.duration)
         self.metrics.calls_active.dec()
+        try:
+            self.journal.call_ended(record)
+        except Exception:  # a journal bug must not stop the accounting
+            self.metrics.journal_write_errors.inc()
+            log.exception("journal failed to record the call", extra={"call_id": state.call_id})
         fields: dict[str, object] = {
             "call_id": state.call_id,
             "call_sid": state.call_sid,

@@ -27,6 +27,7 @@ class CallState:
     upstream_connected_at: float | None = None
     upstream_closed_at: float | None = None
     transcript: list[Transcript] = attrs.Factory(list)
+    barge_ins: int = 0
 
     @property
     def last_heard(self) -> float:
@@ -52,6 +53,8 @@ class CallRecord:
     frames_from_caller: int
     frames_to_caller: int
     transcript: tuple[Transcript, ...] = ()
+    barge_ins: int = 0
+    resumes: int = 0
 
     @property
     def duration(self) -> float:

@@ -54,8 +54,11 @@ class CallResult:
     frames_sent: int = 0
     frames_received: int = 0
     marks_received: int = 0
+    marks_echoed: int = 0
     clears_received: int = 0
-    audio_received: bytearray = attrs.Factory(bytearray)
+    #: For each ``clear``: milliseconds of agent audio the caller had heard when it arrived.
+    heard_ms_at_clear: list[float] = attrs.Factory(list)
+    audio_received: bytearray = attrs.field(factory=bytearray, repr=False)
     connected_at: float | None = None
     first_sent_at: float | None = None
     first_received_at: float | None = None
@@ -127,6 +130,7 @@ class CarrierSimulator:
         self.custom_parameters = custom_parameters or {}
         self.extra_headers = extra_headers or []
         self.result = CallResult(call_sid=_sid("CA"), stream_sid=_sid("MZ"))
+        self.stalled = False
         self.account_sid = _sid("AC")
 
     def frames(self) -> list[str]:
@@ -203,7 +207,8 @@ class CarrierSimulator:
                 await self.stream.vanish()
                 return
             if self.stall_after is not None and at - start >= self.stall_after:
-                return  # stay connected and reading; send nothing more
+                self.stalled = True  # stay connected and reading; send nothing more, not even marks
+                return
             await trio.sleep_until(at)
             if done.is_set():
                 return
@@ -219,34 +224,112 @@ class CarrierSimulator:
             await self._send(ws, encode_stop(sid, result.call_sid, self.account_sid, sequence))
 
     async def _read(self, ws: WebSocketConnection, done: trio.Event) -> None:
-        result, sid = self.result, self.result.stream_sid
-        sequence = 10**6  # our echo sequence numbers, apart from the media ones
+        """Receive what the bridge sends and play it back like Twilio does.
+
+        Agent audio is "played" in real time from when it arrives (queued behind what is still
+        playing); a ``mark`` is echoed when the audio sent before it has finished playing; a
+        ``clear`` discards the queued audio and echoes every pending mark at once.
+        """
+        result = self.result
+        player = _Player(self, ws)
         try:
-            while True:
-                message = await ws.get_message()
-                event = json.loads(message)
-                kind = event.get("event")
-                if kind == "media":
-                    now = trio.current_time()
-                    if result.first_received_at is None:
-                        result.first_received_at = now
-                    result.frames_received += 1
-                    result.audio_received += base64.b64decode(event["media"]["payload"])
-                elif kind == "mark":
-                    result.marks_received += 1
-                    sequence += 1
-                    await self._send(ws, encode_mark_echo(sid, event["mark"]["name"], sequence))
-                elif kind == "clear":
-                    result.clears_received += 1
-        except ConnectionClosed as exc:
-            if exc.reason is not None:
-                result.close_code = exc.reason.code
-                result.close_reason = exc.reason.reason
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(player.echo_marks)
+                try:
+                    while True:
+                        message = await ws.get_message()
+                        event = json.loads(message)
+                        kind = event.get("event")
+                        if kind == "media":
+                            now = trio.current_time()
+                            if result.first_received_at is None:
+                                result.first_received_at = now
+                            result.frames_received += 1
+                            audio = base64.b64decode(event["media"]["payload"])
+                            result.audio_received += audio
+                            player.queue(now, len(audio))
+                        elif kind == "mark":
+                            result.marks_received += 1
+                            player.mark(event["mark"]["name"])
+                        elif kind == "clear":
+                            result.clears_received += 1
+                            result.heard_ms_at_clear.append(player.heard_ms(trio.current_time()))
+                            await player.clear()
+                except ConnectionClosed as exc:
+                    if exc.reason is not None:
+                        result.close_code = exc.reason.code
+                        result.close_reason = exc.reason.reason
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+                finally:
+                    nursery.cancel_scope.cancel()
         finally:
             result.closed_at = trio.current_time()
             done.set()
+
+
+class _Player:
+    """Twilio's playback, simulated: real-time audio, marks echoed when played or cleared."""
+
+    def __init__(self, simulator: CarrierSimulator, ws: WebSocketConnection) -> None:
+        self._simulator = simulator
+        self._ws = ws
+        self._play_until = 0.0  # when the audio queued so far has finished playing
+        self._started_at: float | None = None  # when the current stretch of audio began playing
+        self._queued_seconds = 0.0  # seconds of audio in the current stretch
+        self._pending: list[tuple[float, str]] = []  # (due, mark name)
+        self._wake = trio.Event()
+        self._sequence = 10**6  # our echo sequence numbers, apart from the media ones
+
+    def queue(self, now: float, nbytes: int) -> None:
+        if self._started_at is None or now >= self._play_until:
+            self._started_at, self._queued_seconds = now, 0.0  # silence before: a new stretch
+            self._play_until = now
+        seconds = nbytes / 8000
+        self._play_until += seconds
+        self._queued_seconds += seconds
+
+    def heard_ms(self, now: float) -> float:
+        if self._started_at is None:
+            return 0.0
+        return min(now - self._started_at, self._queued_seconds) * 1000
+
+    def mark(self, name: str) -> None:
+        self._pending.append((self._play_until, name))
+        self._wake.set()
+
+    async def clear(self) -> None:
+        now = trio.current_time()
+        self._play_until = now
+        self._started_at = None
+        pending, self._pending = self._pending, []
+        for _, name in pending:
+            await self._echo(name)
+        self._wake.set()
+
+    async def echo_marks(self) -> None:
+        while True:
+            if not self._pending:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            due, name = self._pending[0]
+            with trio.move_on_at(due):
+                await self._wake.wait()  # a clear or a new mark may change what is due
+                self._wake = trio.Event()
+                continue
+            if self._pending and self._pending[0] == (due, name):
+                self._pending.pop(0)
+                await self._echo(name)
+
+    async def _echo(self, name: str) -> None:
+        simulator = self._simulator
+        if simulator.stalled:
+            return  # a stalled carrier sends nothing at all
+        self._sequence += 1
+        stream_sid = simulator.result.stream_sid
+        if await simulator._send(self._ws, encode_mark_echo(stream_sid, name, self._sequence)):
+            simulator.result.marks_echoed += 1
 
 
 async def simulate_call(url: str, **options: object) -> CallResult:

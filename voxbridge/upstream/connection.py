@@ -80,6 +80,14 @@ def open_tcp_stream_tuned(user_timeout: float) -> StreamConnector:
     return connect
 
 
+def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception in a group, for a log line."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
 class Upstream:
     """An open provider session. Build it with :meth:`connect`."""
 
@@ -89,6 +97,69 @@ class Upstream:
         self.ws = ws
         self.endpoint = endpoint
         self._stream = stream
+        self._host: trio.CancelScope | None = None
+        #: The close code the provider sent, once the session is closed (1006: no close frame).
+        self.close_code: int | None = None
+        self.opened_at = trio.current_time()
+
+    @classmethod
+    async def open(
+        cls,
+        nursery: trio.Nursery,
+        endpoint: ProviderEndpoint,
+        *,
+        connect_timeout: float,
+        connect_stream: StreamConnector,
+    ) -> Upstream:
+        """:meth:`connect`, with the socket's reader hosted in a task of ``nursery``.
+
+        After the handshake the host task shields itself: cancelling the call's own tasks (or the
+        application cancelling the call) must not stop the reader, or :meth:`aclose` could not
+        complete the close handshake. :meth:`aclose` ends the host task once the socket is closed.
+
+        Raises:
+            Disconnect: ``UPSTREAM_CONNECT_FAILED``, as :meth:`connect`.
+        """
+        upstream: Upstream = await nursery.start(
+            cls._host_task, endpoint, connect_timeout, connect_stream
+        )
+        return upstream
+
+    @classmethod
+    async def _host_task(
+        cls,
+        endpoint: ProviderEndpoint,
+        connect_timeout: float,
+        connect_stream: StreamConnector,
+        *,
+        task_status: trio.TaskStatus[Upstream],
+    ) -> None:
+        failure: Disconnect | None = None
+        with trio.CancelScope() as scope:
+            try:
+                async with trio.open_nursery() as nursery:
+                    try:
+                        upstream = await cls.connect(
+                            nursery,
+                            endpoint,
+                            connect_timeout=connect_timeout,
+                            connect_stream=connect_stream,
+                        )
+                    except Disconnect as exc:  # re-raised below, outside the nursery
+                        failure = exc
+                        nursery.cancel_scope.cancel()
+                    else:
+                        scope.shield = True
+                        upstream._host = scope
+                        task_status.started(upstream)
+                        await trio.sleep_forever()
+            except* HandshakeError as group:  # a rejected handshake surfaces from the reader task
+                failure = Disconnect(
+                    Reason.UPSTREAM_CONNECT_FAILED,
+                    f"{endpoint.name}: handshake failed: {_leaf(group)}",
+                )
+        if failure is not None:
+            raise failure
 
     @classmethod
     async def connect(
@@ -189,9 +260,13 @@ class Upstream:
             # trio-websocket's aclose returns at once, stream still open, when the provider already
             # closed the session; so the stream is closed here, whatever happened above.
             await trio.aclose_forcefully(self._stream)
+            if self._host is not None:
+                self._host.cancel()  # the reader has nothing left to read
 
     def _closed(self, exc: ConnectionClosed) -> Disconnect:
         code = exc.reason.code if exc.reason else 1006
+        if self.close_code is None:
+            self.close_code = code
         said = exc.reason.reason if exc.reason else None
         return Disconnect(
             Reason.UPSTREAM_CLOSED,

@@ -1,0 +1,269 @@
+"""The call with real provider behaviour, in memory on the autojump clock: resume, recycle,
+barge-in, transcripts, provider faults. The provider is ``FakeOpenAIRealtime`` (every event it
+sends validates against the official ``openai`` types, see test_fake_openai.py); the caller is the
+Twilio carrier simulator, which plays agent audio in real time and echoes marks as Twilio does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from pytest import approx
+
+from voxbridge.audio import tone
+from voxbridge.errors import Disconnect, Reason
+from voxbridge.journal import MemoryJournal
+from voxbridge.metrics import Metrics
+from voxbridge.providers.openai_realtime import OpenAIProvider
+from voxbridge.session import CallRegistry, run_call
+from voxbridge.settings import Settings
+from voxbridge.testing import CallResult, CarrierSimulator
+from voxbridge.testing.fake_openai import FakeOpenAIRealtime
+from voxbridge.testing.memory import accept_carrier, memory_connector
+
+
+class Outcome:
+    def __init__(self) -> None:
+        self.disconnect: Disconnect | None = None
+        self.caller: CallResult | None = None
+        self.metrics = Metrics()
+        self.registry = CallRegistry()
+        self.journal = MemoryJournal()
+        self.ended_at = 0.0
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels)
+        assert value is not None, name
+        return value
+
+
+@asynccontextmanager
+async def bridged(
+    fake: FakeOpenAIRealtime, settings: Settings, **caller: Any
+) -> AsyncIterator[Outcome]:
+    """One call: simulator -> bridge -> fake, all in memory. The body runs alongside the call."""
+    outcome = Outcome()
+    with trio.fail_after(10_000):  # virtual seconds: a hang fails instead of spinning for ever
+        async with trio.open_nursery() as nursery:
+            caller_end, bridge_end = trio.testing.memory_stream_pair()
+            simulator = CarrierSimulator(caller_end, close_wait=500, **caller)
+
+            done = [trio.Event(), trio.Event()]
+
+            async def call() -> None:
+                outcome.caller = await simulator.run()
+                done[0].set()
+
+            nursery.start_soon(call)
+            carrier = await accept_carrier(nursery, bridge_end)
+            provider = OpenAIProvider(fake.endpoint(), instructions="be brief")
+
+            async def bridge() -> None:
+                outcome.disconnect = await run_call(
+                    carrier,
+                    provider,
+                    settings=settings,
+                    metrics=outcome.metrics,
+                    registry=outcome.registry,
+                    journal=outcome.journal,
+                    connect_stream=memory_connector(nursery, fake),  # type: ignore[arg-type]
+                )
+                outcome.ended_at = trio.current_time()
+                done[1].set()
+
+            nursery.start_soon(bridge)
+            yield outcome
+            for event in done:
+                await event.wait()
+            nursery.cancel_scope.cancel()  # a frozen fake never finishes on its own
+    assert outcome.disconnect is not None
+
+
+async def served(fake: FakeOpenAIRealtime) -> FakeOpenAIRealtime:
+    fake.url = "ws://fake.invalid/v1/realtime"  # reached in memory; the URL only names it
+    return fake
+
+
+async def test_barge_in_truncates_at_what_the_caller_heard(autojump_clock: Any) -> None:
+    speech = tone(3.0, 300)
+    fake = await served(
+        FakeOpenAIRealtime(speak=[(0.5, speech, "a long answer")], speech_started_at=[1.7])
+    )
+    t0 = trio.current_time()
+    async with bridged(fake, Settings(), seconds=4.0) as outcome:
+        pass
+    caller = outcome.caller
+    assert caller is not None and outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    session = fake.sessions[0]
+    assert caller.clears_received == 1
+    assert len(session.truncates) == 1
+    truncate = session.truncates[0]
+    heard = caller.heard_ms_at_clear[0]
+    # The agent spoke from 0.5 s (5x real time); playback began as audio arrived; speech started
+    # at 1.7 s: the caller had heard 1.2 s of it. The truncate says so, within one 20 ms frame.
+    assert heard == approx(1200, abs=1)
+    assert abs(truncate["audio_end_ms"] - heard) <= 20
+    assert truncate["item_id"] == session.responses[0].item_id
+    assert outcome.sample("voxbridge_barge_ins_total") == 1
+    assert outcome.registry.recent[0].barge_ins == 1
+    assert trio.current_time() - t0 < 10
+
+
+async def test_no_barge_in_when_the_agent_is_silent(autojump_clock: Any) -> None:
+    fake = await served(FakeOpenAIRealtime(speech_started_at=[1.0]))
+    async with bridged(fake, Settings(), seconds=2.0) as outcome:
+        pass
+    assert outcome.caller is not None
+    assert outcome.caller.clears_received == 0
+    assert fake.sessions[0].truncates == []
+    assert outcome.sample("voxbridge_barge_ins_total") == 0
+
+
+async def test_transcripts_are_collected_in_order_and_journaled(autojump_clock: Any) -> None:
+    fake = await served(
+        FakeOpenAIRealtime(
+            caller_transcripts=[(0.5, "hello there")],
+            speak=[(1.0, tone(0.2), "hi, how can I help?")],
+        )
+    )
+    async with bridged(fake, Settings(), seconds=3.0) as outcome:
+        pass
+    record = outcome.registry.recent[0]
+    assert [(t.role, t.text) for t in record.transcript] == [
+        ("caller", "hello there"),
+        ("agent", "hi, how can I help?"),
+    ]
+    assert [t.text for t in outcome.journal.lines[record.call_id]] == [
+        "hello there",
+        "hi, how can I help?",
+    ]
+    assert outcome.journal.records[0] == record
+
+
+async def test_provider_drop_is_resumed_with_the_conversation_replayed(autojump_clock: Any) -> None:
+    fake = await served(
+        FakeOpenAIRealtime(
+            echo_delay=0.05,
+            caller_transcripts=[(0.5, "my order number is 42")],
+            close_at=(2.0, 1011),
+            only_session=1,
+        )
+    )
+    async with bridged(fake, Settings(), seconds=5.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP  # the call survived the drop
+    first, second = fake.sessions
+    assert first.close_code == 1011
+    # the new session was seeded with what was said before the drop
+    creates = [e for e in second.events_in if e["type"] == "conversation.item.create"]
+    assert [c["item"]["content"][0]["text"] for c in creates] == ["my order number is 42"]
+    assert second.events_in[0]["type"] == "session.update"
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 1
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="failed") == 0
+    # audio kept flowing after the resume, and what arrived while resuming was dropped, not queued
+    assert second.audio_in > 0
+    assert outcome.caller.frames_sent == first.audio_in + second.audio_in + outcome.sample(
+        "voxbridge_media_frames_dropped_total", direction="to_upstream"
+    )
+    assert outcome.registry.recent[0].resumes == 1
+    assert second.closed.is_set() and second.close_code == 1000
+
+
+async def test_resume_budget_exhausted_ends_with_upstream_closed(autojump_clock: Any) -> None:
+    fake = await served(FakeOpenAIRealtime(close_at=(1.0, 1011)))
+    # every session drops after 1 s; the third connection onwards is refused
+    fake_refusing = fake
+
+    async def refuse_after_first() -> None:
+        await fake.wait_for_session(1)
+        fake_refusing.refuse_status = 503
+
+    t0 = trio.current_time()
+    async with bridged(fake, Settings(reconnect_budget=3), seconds=20.0) as outcome:
+        await refuse_after_first()
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.UPSTREAM_CLOSED
+    assert outcome.ended_at - t0 == approx(1.0 + 3.0, abs=0.01)  # drop + budget
+    assert outcome.caller.close_code == 1011
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="failed") == 1
+    assert all(s.closed.is_set() for s in fake.sessions)
+
+
+async def test_session_expired_is_resumed_seamlessly(autojump_clock: Any) -> None:
+    fake = await served(FakeOpenAIRealtime(echo_delay=0.05, session_expired_at=1.5, only_session=1))
+    async with bridged(fake, Settings(), seconds=4.0) as outcome:
+        pass
+    assert outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    first, second = fake.sessions
+    assert first.close_code == 1001
+    assert second.audio_in > 0
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 1
+
+
+async def test_session_is_recycled_before_it_gets_too_old(autojump_clock: Any) -> None:
+    fake = await served(FakeOpenAIRealtime(echo_delay=0.05, caller_transcripts=[(1.0, "hi")]))
+    settings = Settings(session_max_age=3.0, idle_timeout=100)
+    async with bridged(fake, settings, seconds=8.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    assert len(fake.sessions) == 3  # opened at 0, recycled at 3 and 6
+    first, second, third = fake.sessions
+    # make before break: the next session was open before the old one closed
+    assert second.opened_at <= first.closed_at
+    assert third.opened_at <= second.closed_at
+    assert (first.close_code, first.close_reason) == (1000, "recycled")
+    creates = [e for e in second.events_in if e["type"] == "conversation.item.create"]
+    assert len(creates) == 1
+    # nothing was dropped: the caller's audio always had a session to go to
+    assert outcome.sample("voxbridge_media_frames_dropped_total", direction="to_upstream") == 0
+    assert outcome.caller.frames_sent == sum(s.audio_in for s in fake.sessions)
+
+
+@pytest.mark.parametrize(
+    ("knobs", "settings", "reason", "code"),
+    [
+        ({"refuse_status": 403}, {"reconnect_budget": 0}, Reason.UPSTREAM_CONNECT_FAILED, 1011),
+        ({"handshake_delay": 30}, {}, Reason.UPSTREAM_CONNECT_FAILED, 1011),
+        ({"close_at": (1.0, 1011)}, {"reconnect_budget": 0}, Reason.UPSTREAM_CLOSED, 1011),
+        ({"stop_reading_at": 1.0}, {}, Reason.UPSTREAM_KEEPALIVE_TIMEOUT, 1011),
+    ],
+    ids=["refuse", "slow-handshake", "close-mid-call", "stop-reading"],
+)
+async def test_provider_faults_end_in_their_reason(
+    autojump_clock: Any,
+    knobs: dict[str, Any],
+    settings: dict[str, Any],
+    reason: Reason,
+    code: int,
+) -> None:
+    fake = await served(FakeOpenAIRealtime(echo_delay=0.05, **knobs))
+    async with bridged(fake, Settings(**settings), seconds=60.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is reason
+    assert outcome.caller.close_code == code
+    assert outcome.caller.close_reason == reason.value
+    assert all(s.closed.is_set() for s in fake.sessions)
+    assert outcome.sample("voxbridge_call_disconnects_total", reason=reason.value) == 1
+
+
+@pytest.mark.parametrize("knobs", [{"flood": 500}, {"error_at": (1.0, "bad", "recoverable")}])
+async def test_provider_noise_does_not_end_the_call(
+    autojump_clock: Any, knobs: dict[str, Any]
+) -> None:
+    fake = await served(FakeOpenAIRealtime(echo_delay=0.05, **knobs))
+    async with bridged(fake, Settings(), seconds=3.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    if "flood" in knobs:
+        assert outcome.caller.frames_received >= 500

@@ -1,0 +1,515 @@
+"""The fake OpenAI Realtime service: every event it sends is a real GA server event, every knob works.
+
+Over real loopback TCP (trio-websocket client, each test under a real-time budget), plus one
+in-memory run on the autojump clock where pacing is checked to the virtual millisecond. The oracle is
+the ``openai`` package: every frame the fake sends validates against
+``openai.types.realtime.RealtimeServerEvent`` as the variant its ``type`` names.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import trio
+import trio.testing
+from openai.types.realtime import RealtimeClientEvent, RealtimeServerEvent
+from pydantic import BaseModel, TypeAdapter
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from voxbridge.errors import Reason
+from voxbridge.providers.events import AgentAudio, ProviderError, SpeechStarted, Transcript
+from voxbridge.providers.openai_realtime import OpenAIRealtimeCodec
+from voxbridge.testing.echo_agent import EchoAgent
+from voxbridge.testing.fake_openai import AgentSession, FakeOpenAIRealtime
+
+SERVER = TypeAdapter(RealtimeServerEvent)
+CLIENT = TypeAdapter(RealtimeClientEvent)
+BUDGET = 10.0  # real seconds per test
+CODEC = OpenAIRealtimeCodec("ga", voice="marin", instructions="Be brief.")
+CHUNK = base64.b64encode(bytes(range(160))).decode()  # 20 ms of mu-law
+#: Session configuration fields the service sends that the SDK's request model does not declare.
+SESSION_EXTRAS = {"id", "object", "expires_at"}
+
+
+def extras(value: Any) -> set[str]:
+    found: set[str] = set()
+    if isinstance(value, BaseModel):
+        found |= set(value.model_extra or {})
+        for name in type(value).model_fields:
+            found |= extras(getattr(value, name))
+    elif isinstance(value, list | tuple):
+        for item in value:
+            found |= extras(item)
+    return found
+
+
+def validated(frame: str | bytes) -> dict[str, Any]:
+    """A server frame, checked to be a real GA server event with no field the SDK does not know."""
+    assert isinstance(frame, str), "the service sends text frames"
+    event = json.loads(frame)
+    model = SERVER.validate_python(event)
+    assert model.type == event["type"]
+    assert extras(model) <= SESSION_EXTRAS, (event["type"], extras(model))
+    return event
+
+
+def validate_all_sent(session: AgentSession) -> None:
+    for event in session.events_out:
+        validated(json.dumps(event))
+    for event in session.events_in:
+        CLIENT.validate_python(event)
+
+
+@asynccontextmanager
+async def served(fake: FakeOpenAIRealtime) -> AsyncIterator[str]:
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(fake.serve)
+        try:
+            yield url
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def connected(
+    url: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> AsyncIterator[WebSocketConnection]:
+    """A client WebSocket that owns its TCP stream and always closes it.
+
+    (trio-websocket's ``open_websocket_url`` leaves the socket open when the handshake is rejected
+    or the peer closes first; the conftest's ``gc.collect()`` would flag that as a leak.)
+    """
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    resource = parts.path + (f"?{parts.query}" if parts.query else "")
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(
+                nursery, stream, f"{parts.hostname}:{parts.port}", resource, extra_headers=headers
+            )
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(1):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def rejection(url: str, headers: list[tuple[bytes, bytes]] | None = None) -> int:
+    """The HTTP status the server rejected the handshake with (it must reject it)."""
+    try:
+        async with connected(url, headers):
+            pass
+    except BaseExceptionGroup as group:
+        matched, _ = group.split(ConnectionRejected)
+        assert matched is not None, group
+        while isinstance(matched, BaseExceptionGroup):
+            [matched] = matched.exceptions
+        assert isinstance(matched, ConnectionRejected)
+        return matched.status_code
+    except ConnectionRejected as exc:
+        return exc.status_code
+    raise AssertionError("the handshake was accepted")
+
+
+async def until(ws: WebSocketConnection, kind: str, seen: list[dict[str, Any]]) -> dict[str, Any]:
+    """Receive (validating every frame into ``seen``) until an event of ``kind`` arrives."""
+    while True:
+        event = validated(await ws.get_message())
+        seen.append(event)
+        if event["type"] == kind:
+            return event
+
+
+def types(events: list[dict[str, Any]]) -> list[str]:
+    return [event["type"] for event in events]
+
+
+# --- the protocol -------------------------------------------------------------------------------
+
+
+async def test_session_update_history_and_events_in_validate() -> None:
+    fake = FakeOpenAIRealtime()
+    history = [Transcript("caller", "hi"), Transcript("agent", "hello")]
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url + "?model=gpt-realtime") as ws:
+            seen: list[dict[str, Any]] = []
+            created = await until(ws, "session.created", seen)
+            assert created["session"]["type"] == "realtime"
+            for frame in CODEC.opening(history):
+                await ws.send_message(frame)
+            updated = await until(ws, "session.updated", seen)
+            effective = updated["session"]
+            assert effective["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+            assert effective["audio"]["output"] == {
+                "format": {"type": "audio/pcmu"},
+                "voice": "marin",
+                "speed": 1.0,
+            }
+            assert effective["instructions"] == "Be brief."
+            await until(ws, "conversation.item.done", seen)
+            added = await until(ws, "conversation.item.added", seen)
+            await until(ws, "conversation.item.done", seen)
+            assert added["item"]["role"] == "assistant"
+            assert added["item"]["content"] == [{"type": "output_text", "text": "hello"}]
+            await ws.send_message(CODEC.audio(CHUNK))
+            await ws.send_message(CODEC.interrupt("item_nope", 10)[0])
+            error = await until(ws, "error", seen)
+            assert error["error"]["param"] == "item_id"
+        [session] = fake.sessions
+        await session.closed.wait()
+    assert session.path == "/v1/realtime?model=gpt-realtime"
+    assert len(session.session_updates) == 1
+    assert [e["item"]["role"] for e in session.items_created] == ["user", "assistant"]
+    assert session.truncates == [json.loads(CODEC.interrupt("item_nope", 10)[0])]
+    assert session.audio_in == 1 and session.audio_in_bytes == 160
+    assert types(session.events_in) == [
+        "session.update",
+        "conversation.item.create",
+        "conversation.item.create",
+        "input_audio_buffer.append",
+        "conversation.item.truncate",
+    ]
+    assert session.close_code == 1000
+    validate_all_sent(session)
+
+
+async def test_beta_shapes_are_refused_as_the_ga_service_does() -> None:
+    fake = FakeOpenAIRealtime()
+    beta = OpenAIRealtimeCodec("beta")
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            seen: list[dict[str, Any]] = []
+            await until(ws, "session.created", seen)
+            await ws.send_message(beta.session_update())
+            error = (await until(ws, "error", seen))["error"]
+            assert error["code"] == "missing_required_parameter"
+            assert error["param"] == "session.type"
+            await ws.send_message(beta.history_item(Transcript("agent", "hi")))
+            error = (await until(ws, "error", seen))["error"]
+            assert (error["code"], error["param"]) == ("invalid_value", "item.content[0].type")
+            both = {
+                "type": "session.update",
+                "session": {"type": "realtime", "output_modalities": ["text", "audio"]},
+            }
+            await ws.send_message(json.dumps(both))
+            assert (await until(ws, "error", seen))["error"]["param"] == "session.output_modalities"
+            stray = {"type": "session.update", "session": {"type": "realtime", "voice": "alloy"}}
+            await ws.send_message(json.dumps(stray))
+            error = (await until(ws, "error", seen))["error"]
+            assert (error["code"], error["param"]) == ("unknown_parameter", "session.voice")
+            await ws.send_message('{"type": "input_audio_buffer.commit"}')
+            error = (await until(ws, "error", seen))["error"]
+            assert error["code"] == "input_audio_buffer_commit_empty"
+            await ws.send_message('{"type": "response.cancel"}')
+            assert (await until(ws, "error", seen))["error"]["code"] == "response_cancel_not_active"
+            await ws.send_message('{"type": "nonsense"}')
+            assert (await until(ws, "error", seen))["error"]["param"] == "type"
+    assert fake.sessions[0].session_updates and not any(
+        e["type"] == "session.updated" for e in seen
+    )
+
+
+# --- echo (the EchoAgent) -----------------------------------------------------------------------
+
+
+async def test_echo_agent_plays_the_audio_back_after_its_delay() -> None:
+    agent = EchoAgent(delay=0.2)
+    with trio.fail_after(BUDGET):
+        async with served(agent) as url, connected(url) as ws:
+            assert agent.endpoint().name == "echo" and agent.endpoint().url == url
+            seen: list[dict[str, Any]] = []
+            await until(ws, "session.created", seen)
+            await ws.send_message(CODEC.opening([])[0])
+            await until(ws, "session.updated", seen)
+            sent_at = trio.current_time()
+            for _ in range(3):
+                await ws.send_message(CODEC.audio(CHUNK))
+            deltas = [await until(ws, "response.output_audio.delta", seen) for _ in range(3)]
+            assert trio.current_time() - sent_at >= 0.2
+            assert [CODEC.decode(json.dumps(d)) for d in deltas] == [
+                AgentAudio(CHUNK, "item_echo")
+            ] * 3
+            # the echoed item can be truncated, as the bridge does on barge-in
+            await ws.send_message(CODEC.interrupt("item_echo", 40)[0])
+            truncated = await until(ws, "conversation.item.truncated", seen)
+            assert truncated["audio_end_ms"] == 40
+        session = await agent.wait_for_session()
+        await session.closed.wait()
+    assert (session.audio_in, session.audio_out, session.dropped, session.frames_in) == (3, 3, 0, 5)
+    assert agent.delay == 0.2 and agent.hangup_after is None and agent.queue == 512
+    assert (
+        session.is_closed
+        and session.closed_at is not None
+        and session.opened_at <= session.closed_at
+    )
+    assert session.ws is not None
+    validate_all_sent(session)
+
+
+async def test_echo_agent_hangs_up_with_its_code() -> None:
+    agent = EchoAgent(delay=0.05, hangup_after=0.3, hangup_code=1011)
+    with trio.fail_after(BUDGET):
+        async with served(agent) as url, connected(url) as ws:
+            opened = trio.current_time()
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    validated(await ws.get_message())
+            assert trio.current_time() - opened == pytest.approx(0.3, abs=0.15)
+    assert closed.value.reason is not None and closed.value.reason.code == 1011
+    session = agent.sessions[0]
+    assert session.close_code == 1011
+    assert session.close_reason == "echo agent hangs up (fault knob)"
+    assert agent.close_at == (0.3, 1011)
+
+
+# --- speaking -----------------------------------------------------------------------------------
+
+SPOKEN = bytes(i % 256 for i in range(8000))  # one second of mu-law
+
+
+async def test_speak_bursts_faster_than_real_time_and_sends_the_audio_exactly() -> None:
+    fake = FakeOpenAIRealtime(speak=[(0.1, SPOKEN, "Good morning.")], speak_pace=5.0)
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            seen: list[dict[str, Any]] = []
+            done = await until(ws, "response.done", seen)
+    deltas = [e for e in seen if e["type"] == "response.output_audio.delta"]
+    assert len(deltas) == 50
+    assert b"".join(base64.b64decode(d["delta"]) for d in deltas) == SPOKEN
+    [record] = fake.sessions[0].responses
+    assert record.finished_at is not None
+    assert record.finished_at - record.started_at < 0.5  # 1 s of audio at 5x: ~0.2 s
+    assert done["response"]["status"] == "completed"
+    lifecycle = [t for t in types(seen) if t not in ("response.output_audio.delta",)]
+    assert lifecycle == [
+        "session.created",
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.content_part.added",
+        "response.output_audio_transcript.delta",
+        "response.output_audio.done",
+        "response.output_audio_transcript.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
+    ids = {(d["response_id"], d["item_id"]) for d in deltas}
+    assert ids == {(record.response_id, record.item_id)}
+    decoded = [CODEC.decode(json.dumps(e)) for e in seen]
+    assert Transcript("agent", "Good morning.") in decoded
+    assert done["response"]["output"][0]["content"] == [
+        {"type": "output_audio", "transcript": "Good morning."}
+    ]
+    validate_all_sent(fake.sessions[0])
+
+
+async def test_speak_pacing_to_the_virtual_millisecond(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(speak=[(1.0, SPOKEN), (1.1, SPOKEN[:800])], speak_pace=4.0)
+    client, server = trio.testing.memory_stream_pair()
+    arrivals: list[float] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake.handle_stream, server)
+        ws = await wrap_client_stream(nursery, client, "localhost", "/v1/realtime")  # type: ignore[arg-type]
+        start = trio.current_time()
+        responses = 0
+        while responses < 2:
+            event = validated(await ws.get_message())
+            if event["type"] == "response.output_audio.delta":
+                arrivals.append(trio.current_time() - start)
+            responses += event["type"] == "response.done"
+        await ws.aclose()
+    # 20 ms chunks at 4x real time: one every 5 ms; the second turn (due at 1.1) waits for the first
+    assert arrivals[0] == pytest.approx(1.0)
+    assert arrivals[49] == pytest.approx(1.0 + 49 * 0.005)
+    assert arrivals[50] == pytest.approx(1.0 + 50 * 0.005)
+    assert len(arrivals) == 55
+    assert [r.status for r in fake.sessions[0].responses] == ["completed", "completed"]
+
+
+async def test_speech_started_cancels_the_turn_and_truncate_checks_the_length() -> None:
+    fake = FakeOpenAIRealtime(speak=[(0.0, SPOKEN * 3)], speak_pace=1.0, speech_started_at=[0.3])
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            seen: list[dict[str, Any]] = []
+            for _ in range(5):
+                await ws.send_message(CODEC.audio(CHUNK))
+            started = await until(ws, "input_audio_buffer.speech_started", seen)
+            assert CODEC.decode(json.dumps(started)) == SpeechStarted(100)  # 5 x 20 ms heard so far
+            done = await until(ws, "response.done", seen)
+            assert done["response"]["status"] == "cancelled"
+            assert done["response"]["status_details"] == {
+                "type": "cancelled",
+                "reason": "turn_detected",
+            }
+            [record] = fake.sessions[0].responses
+            assert 0 < record.sent_ms < 3000
+            await ws.send_message(CODEC.interrupt(record.item_id, record.sent_ms + 20)[0])
+            error = (await until(ws, "error", seen))["error"]
+            assert "shorter than" in error["message"]
+            await ws.send_message(CODEC.interrupt(record.item_id, 200)[0])
+            truncated = await until(ws, "conversation.item.truncated", seen)
+            assert (truncated["item_id"], truncated["audio_end_ms"]) == (record.item_id, 200)
+    assert [t["audio_end_ms"] for t in fake.sessions[0].truncates] == [record.sent_ms + 20, 200]
+    validate_all_sent(fake.sessions[0])
+
+
+async def test_response_cancel_stops_the_turn() -> None:
+    fake = FakeOpenAIRealtime(speak=[(0.0, SPOKEN * 3)], speak_pace=1.0)
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            seen: list[dict[str, Any]] = []
+            await until(ws, "response.output_audio.delta", seen)
+            await ws.send_message('{"type": "response.cancel"}')
+            done = await until(ws, "response.done", seen)
+    assert done["response"]["status_details"]["reason"] == "client_cancelled"
+
+
+async def test_caller_transcripts() -> None:
+    fake = FakeOpenAIRealtime(caller_transcripts=[(0.05, "I'd like a loaf."), (0.1, "Thanks.")])
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            seen: list[dict[str, Any]] = []
+            kind = "conversation.item.input_audio_transcription.completed"
+            first, second = [await until(ws, kind, seen) for _ in range(2)]
+    assert [CODEC.decode(json.dumps(e)) for e in (first, second)] == [
+        Transcript("caller", "I'd like a loaf."),
+        Transcript("caller", "Thanks."),
+    ]
+
+
+# --- fault knobs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 403, 429, 503])
+async def test_refuse_status_rejects_the_handshake(status: int) -> None:
+    fake = FakeOpenAIRealtime(refuse_status=status)
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url:
+            assert await rejection(url) == status
+    assert fake.sessions == [] and len(fake.refused) == 1 and fake.connections == 1
+
+
+async def test_api_key_is_checked_and_endpoint_carries_it() -> None:
+    fake = FakeOpenAIRealtime(api_key="sk-fake")
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url:
+            assert await rejection(url) == 401
+            endpoint = fake.endpoint()
+            assert endpoint.name == "openai" and endpoint.url == url + "?model=gpt-realtime"
+            assert "sk-fake" not in repr(endpoint)
+            headers = [(k.encode(), v.encode()) for k, v in endpoint.headers]
+            async with connected(endpoint.url, headers) as ws:
+                validated(await ws.get_message())
+    assert fake.sessions[0].headers["authorization"] == "Bearer sk-fake"
+
+
+async def test_handshake_delay_slows_the_accept() -> None:
+    fake = FakeOpenAIRealtime(handshake_delay=0.4)
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url:
+            began = trio.current_time()
+            async with connected(url) as ws:
+                assert trio.current_time() - began >= 0.4
+                validated(await ws.get_message())
+    session = fake.sessions[0]
+    assert session.accepted_at is not None and session.accepted_at - session.opened_at >= 0.4
+
+
+@pytest.mark.parametrize("code", [1000, 1001, 1011, 4000])
+async def test_close_at_closes_with_the_code(code: int) -> None:
+    fake = FakeOpenAIRealtime(close_at=(0.2, code))
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    validated(await ws.get_message())
+    assert closed.value.reason is not None and closed.value.reason.code == code
+    assert fake.sessions[0].close_code == code
+
+
+async def test_stop_reading_at_means_no_pong() -> None:
+    fake = FakeOpenAIRealtime(stop_reading_at=0.1)
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url:
+            with trio.CancelScope() as client:
+                async with connected(url) as ws:
+                    await ws.ping(b"before")  # answered
+                    await trio.sleep(0.2)
+                    with trio.move_on_after(0.5) as waited:
+                        await ws.ping(b"after")
+                    assert waited.cancelled_caught, "a peer that stopped reading answered a ping"
+                    client.cancel()  # no close handshake with a peer that does not read
+    assert fake.sessions[0].stream._reading is False
+
+
+async def test_flood_sends_that_many_deltas_at_once() -> None:
+    fake = FakeOpenAIRealtime(flood=300)
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            seen: list[dict[str, Any]] = []
+            await until(ws, "response.done", seen)
+    assert types(seen).count("response.output_audio.delta") == 300
+    assert fake.sessions[0].audio_out == 300
+
+
+async def test_error_at_sends_an_error_event() -> None:
+    fake = FakeOpenAIRealtime(error_at=(0.1, "rate_limit_exceeded", "Slow down."))
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            error = await until(ws, "error", [])
+    assert CODEC.decode(json.dumps(error)) == ProviderError("rate_limit_exceeded", "Slow down.")
+
+
+async def test_session_expired_sends_the_error_then_closes_1001() -> None:
+    fake = FakeOpenAIRealtime(session_expired_at=0.2)
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            seen: list[dict[str, Any]] = []
+            error = await until(ws, "error", seen)
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+    event = CODEC.decode(json.dumps(error))
+    assert isinstance(event, ProviderError) and event.code == "session_expired"
+    assert "60 minutes" in event.message
+    assert closed.value.reason is not None and closed.value.reason.code == 1001
+    assert CODEC.close_reason(1001) is Reason.UPSTREAM_CLOSED
+    assert fake.sessions[0].close_code == 1001
+
+
+async def test_only_session_drops_the_first_and_keeps_the_second() -> None:
+    fake = FakeOpenAIRealtime(close_at=(0.1, 1011), speak=[(0.0, SPOKEN[:1600])], only_session=1)
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url:
+            async with connected(url) as ws:
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        validated(await ws.get_message())
+            async with connected(url) as ws:
+                seen: list[dict[str, Any]] = []
+                await until(ws, "session.created", seen)
+                with trio.move_on_after(0.3):
+                    await until(ws, "never", seen)
+                assert types(seen) == ["session.created"]  # no turn, no close
+            second = await fake.wait_for_session(2)
+            await second.closed.wait()
+    assert fake.sessions[0].close_code == 1011
+    assert second.number == 2 and second.close_code == 1000 and second.responses == []

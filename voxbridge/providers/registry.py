@@ -1,0 +1,81 @@
+"""Provider name -> how to build it from settings. Adding a provider adds one line to ``PROVIDERS``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..settings import Settings, SettingsError
+from .base import Provider
+from .endpoint import ProviderEndpoint, checked_ws_url
+from .openai_realtime import OpenAIProvider, openai_endpoint
+from .ultravox import UltravoxProvider
+
+__all__ = ["PROVIDERS", "provider_for"]
+
+OPENAI_URL = "wss://api.openai.com/v1/realtime"
+ULTRAVOX_URL = "https://api.ultravox.ai/api"
+
+
+def _echo(settings: Settings, echo_url: str | None) -> Provider:
+    url = settings.provider_url or echo_url
+    if url is None:
+        raise SettingsError("the echo provider needs a running echo agent (echo_url)")
+    return OpenAIProvider(
+        ProviderEndpoint("echo", checked_ws_url(url)),
+        flavour="ga",
+        model=settings.openai_model,
+        voice=settings.voice or "alloy",
+        instructions=settings.agent_instructions(),
+        transcription_model=settings.transcription_model,
+    )
+
+
+def _openai(settings: Settings, echo_url: str | None) -> Provider:
+    if not settings.openai_api_key and settings.provider_url is None:
+        raise SettingsError("provider openai needs OPENAI_API_KEY")
+    endpoint = openai_endpoint(
+        checked_ws_url(settings.provider_url or OPENAI_URL),
+        settings.openai_api_key,
+        flavour=settings.openai_flavour,  # type: ignore[arg-type]
+        model=settings.openai_model,
+    )
+    return OpenAIProvider(
+        endpoint,
+        flavour=settings.openai_flavour,  # type: ignore[arg-type]
+        model=settings.openai_model,
+        voice=settings.voice or "alloy",
+        instructions=settings.agent_instructions(),
+        transcription_model=settings.transcription_model,
+    )
+
+
+def _ultravox(settings: Settings, echo_url: str | None) -> Provider:
+    if not settings.ultravox_api_key and settings.provider_url is None:
+        raise SettingsError("provider ultravox needs ULTRAVOX_API_KEY")
+    base = settings.provider_url or ULTRAVOX_URL
+    if not base.startswith(("http://", "https://")):
+        raise SettingsError(f"the Ultravox URL is its REST base, http(s)://.../api; got {base!r}")
+    return UltravoxProvider(
+        settings.ultravox_api_key,
+        base_url=base,
+        voice=settings.voice,
+        system_prompt=settings.agent_instructions(),
+        model=settings.ultravox_model,
+        connect_timeout=settings.connect_timeout,
+    )
+
+
+PROVIDERS: dict[str, Callable[[Settings, str | None], Provider]] = {
+    "echo": _echo,
+    "openai": _openai,
+    "ultravox": _ultravox,
+}
+
+
+def provider_for(settings: Settings, *, echo_url: str | None = None) -> Provider:
+    """The provider the settings select.
+
+    Raises:
+        SettingsError: a key or URL is missing or malformed.
+    """
+    return PROVIDERS[settings.provider](settings, echo_url)

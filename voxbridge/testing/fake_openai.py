@@ -1,0 +1,1051 @@
+"""A local OpenAI Realtime (GA): a real WebSocket server that speaks the protocol as the service does.
+
+It serves trio-websocket on a :class:`~voxbridge.testing.FaultStream`-wrapped stream (real TCP on
+loopback via :meth:`FakeOpenAIRealtime.serve`, or any ``trio.abc.Stream`` via
+:meth:`FakeOpenAIRealtime.handle_stream` for in-memory tests). Every server event it sends is shaped
+as the service sends it (``event_id``, ``response_id``, ``item_id``, ``output_index``,
+``content_index``, ...): ``tests/test_fake_openai.py`` validates them against the ``openai``
+package's ``RealtimeServerEvent`` union.
+
+What it does for a bridge:
+
+* ``session.created`` on connect; ``session.update`` is checked the way the GA service checks it (a
+  ``session.type``; no beta-only or unknown field; one output modality) and answered with
+  ``session.updated`` carrying the effective configuration, or with an ``error``.
+* ``conversation.item.create`` -> ``conversation.item.added`` + ``conversation.item.done`` (GA
+  content types per role checked); ``conversation.item.truncate`` -> ``conversation.item.truncated``,
+  or an ``error`` for an unknown item or a position past the audio sent; ``response.cancel``,
+  ``input_audio_buffer.commit`` / ``clear`` answered as the service does; unknown types -> ``error``.
+* Echo mode (``echo_delay``): each ``input_audio_buffer.append`` comes back ``echo_delay`` seconds
+  later as a ``response.output_audio.delta`` (item ``item_echo``) -- what :class:`EchoAgent` is.
+* Scripted agent turns (``speak``): a full response -- ``response.created``, the output item and
+  ``conversation.item.added``, the content part, 20 ms ``response.output_audio.delta`` chunks sent
+  *faster than real time* (``speak_pace``, as the real service bursts), then the ``.done`` events,
+  the transcript and ``response.done``. ``input_audio_buffer.speech_started`` during a turn cancels
+  it as server VAD does (``response.done`` with status ``cancelled``, reason ``turn_detected``).
+* Fault knobs: ``refuse_status``, ``handshake_delay``, ``close_at``, ``stop_reading_at``, ``flood``,
+  ``error_at``, ``session_expired_at`` (the 60-minute limit: ``error`` ``session_expired``, then
+  close 1001). ``only_session=k`` applies the scripted and fault knobs to the k-th connection only,
+  so a test can drop one session and let the resumed one run healthy.
+
+Each accepted connection is recorded as an :class:`AgentSession` (open/close times and code, every
+client event received, the truncates, item creates and ``session.update`` events, the responses
+spoken), so a test checks *from the provider's side* what the bridge did.
+
+Every wait here is bounded: a fake that hangs would hide the bugs it exists to find.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import Any
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+
+from ..providers.endpoint import ProviderEndpoint
+from ..providers.openai_realtime import openai_endpoint
+from .faults import FaultStream
+
+__all__ = [
+    "AgentSession",
+    "FakeOpenAIRealtime",
+    "ResponseRecord",
+]
+
+HANDSHAKE_TIMEOUT = 10.0
+SEND_TIMEOUT = 5.0
+BYTES_PER_MS = 8  # G.711 mu-law, 8 kHz mono
+SILENCE = b"\xff"  # mu-law silence
+ECHO_ITEM = "item_echo"
+ECHO_RESPONSE = "resp_echo"
+SESSION_EXPIRED_MESSAGE = "Your session hit the maximum duration of 60 minutes."
+
+Event = dict[str, Any]
+Send = Callable[[Event], Awaitable[bool]]
+
+# What a GA ``session.update`` may name (RealtimeSessionCreateRequest and its audio config).
+_SESSION_KEYS = frozenset(
+    {
+        "type",
+        "model",
+        "output_modalities",
+        "audio",
+        "instructions",
+        "include",
+        "max_output_tokens",
+        "prompt",
+        "tool_choice",
+        "tools",
+        "tracing",
+        "truncation",
+        "reasoning",
+        "parallel_tool_calls",
+    }
+)
+_AUDIO_KEYS = {
+    "input": frozenset({"format", "noise_reduction", "transcription", "turn_detection"}),
+    "output": frozenset({"format", "speed", "voice"}),
+}
+# GA content part types a client may create, per message role.
+_CONTENT_TYPES = {
+    "system": frozenset({"input_text"}),
+    "user": frozenset({"input_text", "input_audio", "input_image"}),
+    "assistant": frozenset({"output_text"}),
+}
+# Client events the GA service knows; the ones the fake does not act on are only recorded.
+_CLIENT_EVENTS = frozenset(
+    {
+        "session.update",
+        "input_audio_buffer.append",
+        "input_audio_buffer.commit",
+        "input_audio_buffer.clear",
+        "output_audio_buffer.clear",
+        "conversation.item.create",
+        "conversation.item.retrieve",
+        "conversation.item.truncate",
+        "conversation.item.delete",
+        "response.create",
+        "response.cancel",
+    }
+)
+
+
+def _decoded_size(payload: str) -> int:
+    """Bytes of audio in a base64 payload, without decoding it."""
+    return len(payload) * 3 // 4 - (2 if payload.endswith("==") else payload.endswith("="))
+
+
+def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
+    """Deep-merge ``update`` into ``into``: only the fields present are updated.
+
+    An object of another ``type`` (an audio format, a turn detection mode) replaces the old one.
+    """
+    for key, value in update.items():
+        old = into.get(key)
+        if (
+            isinstance(value, dict)
+            and isinstance(old, dict)
+            and value.get("type") == old.get("type")
+        ):
+            _merge(old, value)
+        else:
+            into[key] = value
+
+
+@attrs.define(eq=False)
+class ResponseRecord:
+    """One agent turn the fake spoke (``speak`` or ``flood``). Times are ``trio.current_time()``."""
+
+    response_id: str
+    item_id: str
+    started_at: float
+    audio: bytes
+    transcript: str
+    sent_bytes: int = 0
+    deltas: int = 0
+    finished_at: float | None = None
+    status: str = "in_progress"  # completed | cancelled | failed
+    reason: str | None = None  # turn_detected | client_cancelled, once cancelled
+    interrupted: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def sent_ms(self) -> int:
+        return self.sent_bytes // BYTES_PER_MS
+
+    def cancel(self, reason: str) -> None:
+        """Stop the turn before its next chunk (never in the middle of a send)."""
+        if self.reason is None:
+            self.reason = reason
+        self.interrupted.set()
+
+
+@attrs.define(eq=False)
+class AgentSession:
+    """One provider-side WebSocket, as the fake saw it. Times are ``trio.current_time()``.
+
+    ``opened_at`` is when the connection arrived, ``accepted_at`` when the WebSocket handshake
+    completed (the scripted times count from there). ``events_in`` holds the client events received
+    (parsed, the first ``record_limit`` of them; ``events_in_at`` their arrival times); ``truncates``,
+    ``items_created`` and ``session_updates`` hold every event of those types. ``config`` is the
+    effective session configuration.
+    """
+
+    stream: FaultStream
+    opened_at: float
+    number: int = 0
+    path: str = ""
+    headers: dict[str, str] = attrs.Factory(dict)
+    accepted_at: float | None = None
+    closed_at: float | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    frames_in: int = 0
+    audio_in: int = 0
+    audio_in_bytes: int = 0
+    audio_out: int = 0
+    dropped: int = 0
+    session_updates: list[dict[str, Any]] = attrs.Factory(list)
+    events_in: list[dict[str, Any]] = attrs.Factory(list)
+    events_in_at: list[float] = attrs.Factory(list)
+    events_out: list[dict[str, Any]] = attrs.Factory(list)
+    truncates: list[dict[str, Any]] = attrs.Factory(list)
+    items_created: list[dict[str, Any]] = attrs.Factory(list)
+    errors_sent: list[dict[str, Any]] = attrs.Factory(list)
+    speech_started_at: list[float] = attrs.Factory(list)
+    responses: list[ResponseRecord] = attrs.Factory(list)
+    config: dict[str, Any] = attrs.Factory(dict)
+    items: dict[str, int] = attrs.Factory(dict)  # conversation item id -> ms of audio sent
+    current: ResponseRecord | None = None
+    closed: trio.Event = attrs.Factory(trio.Event)
+    ws: WebSocketConnection | None = None
+    _ids: int = 0
+    _last_item: str | None = None
+    _buffered_bytes: int = 0
+    _speaking: trio.Lock = attrs.Factory(trio.Lock)
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.is_set()
+
+    def next_id(self, prefix: str) -> str:
+        self._ids += 1
+        return f"{prefix}_{self.number}_{self._ids}"
+
+
+class FakeOpenAIRealtime:
+    """A local OpenAI Realtime GA service with behaviour and fault knobs.
+
+    Times (``speak``, ``*_at``) are seconds after the session's WebSocket opened.
+
+    Args:
+        echo_delay: echo each appended chunk back as an audio delta this many seconds later
+            (``None``: no echo).
+        queue: echo chunks waiting per session; beyond that audio is dropped (counted in
+            ``AgentSession.dropped``), never queued without bound.
+        speak: ``(at, mulaw_audio)`` or ``(at, mulaw_audio, transcript)``: the agent speaks at
+            ``at`` (turns never overlap: a turn waits for the previous one).
+        speak_pace: how many times faster than real time a turn's chunks are sent
+            (``math.inf``: all at once).
+        chunk_ms: milliseconds of audio per delta.
+        speech_started_at: send ``input_audio_buffer.speech_started`` at these times (cancelling
+            a turn in progress, as server VAD with ``interrupt_response`` does).
+        caller_transcripts: ``(at, text)``: send
+            ``conversation.item.input_audio_transcription.completed``.
+        refuse_status: reject the WebSocket handshake with this HTTP status.
+        handshake_delay: wait this long before accepting the handshake.
+        api_key: when set, reject (401) handshakes without ``Authorization: Bearer <api_key>``.
+        close_at: ``(at, code)``: close the WebSocket with ``code``.
+        close_reason: the close reason sent with ``close_at``.
+        stop_reading_at: the connection stops reading (no pongs; the bridge's sends block).
+        flood: send this many 20 ms audio deltas as one turn, as fast as possible, at open.
+        error_at: ``(at, code, message)``: send an ``error`` event.
+        session_expired_at: send the ``session_expired`` error, then close with 1001.
+        only_session: apply the scripted and fault knobs above (not the echo) to the
+            ``only_session``-th connection only (1-based, counting refused ones).
+        model: the model named by :meth:`endpoint` and in the initial session configuration.
+        record_limit: client (and server) events kept per session in ``events_in``
+            (``events_out``); the typed lists are never capped.
+    """
+
+    endpoint_name = "openai"
+
+    def __init__(
+        self,
+        *,
+        echo_delay: float | None = None,
+        queue: int = 512,
+        speak: Sequence[tuple[float, bytes] | tuple[float, bytes, str]] = (),
+        speak_pace: float = 5.0,
+        chunk_ms: int = 20,
+        speech_started_at: Sequence[float] = (),
+        caller_transcripts: Sequence[tuple[float, str]] = (),
+        refuse_status: int | None = None,
+        handshake_delay: float = 0.0,
+        api_key: str | None = None,
+        close_at: tuple[float, int] | None = None,
+        close_reason: str = "fake provider closes (fault knob)",
+        stop_reading_at: float | None = None,
+        flood: int = 0,
+        error_at: tuple[float, str, str] | None = None,
+        session_expired_at: float | None = None,
+        only_session: int | None = None,
+        model: str = "gpt-realtime",
+        record_limit: int = 1000,
+    ) -> None:
+        if speak_pace <= 0 or chunk_ms <= 0:
+            raise ValueError("speak_pace and chunk_ms must be positive")
+        self.echo_delay = echo_delay
+        self.queue = queue
+        self.speak = list(speak)
+        self.speak_pace = speak_pace
+        self.chunk_ms = chunk_ms
+        self.speech_started_at = list(speech_started_at)
+        self.caller_transcripts = list(caller_transcripts)
+        self.refuse_status = refuse_status
+        self.handshake_delay = handshake_delay
+        self.api_key = api_key
+        self.close_at = close_at
+        self.close_reason = close_reason
+        self.stop_reading_at = stop_reading_at
+        self.flood = flood
+        self.error_at = error_at
+        self.session_expired_at = session_expired_at
+        self.only_session = only_session
+        self.model = model
+        self.record_limit = record_limit
+        self.sessions: list[AgentSession] = []
+        self.refused: list[AgentSession] = []
+        self.connections = 0
+        self.url: str | None = None
+        self._session_opened = trio.Event()
+
+    def scripted(self, number: int) -> bool:
+        """Whether the scripted and fault knobs apply to connection ``number``."""
+        return self.only_session is None or self.only_session == number
+
+    # --- serving ------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` (0 = any free port) until cancelled.
+
+        ``await nursery.start(fake.serve)`` returns the ``ws://`` URL to connect to.
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()
+        self.url = f"ws://{bound[0]}:{bound[1]}/v1/realtime"
+        task_status.started(self.url)
+        await trio.serve_listeners(self.handle_stream, listeners)
+
+    def endpoint(self) -> ProviderEndpoint:
+        """The endpoint a bridge uses to reach this fake (after :meth:`serve` started)."""
+        if self.url is None:
+            raise RuntimeError(f"{type(self).__name__}.serve() has not started")
+        return openai_endpoint(self.url, self.api_key, model=self.model, name=self.endpoint_name)
+
+    async def wait_for_session(self, count: int = 1) -> AgentSession:
+        """Wait until at least ``count`` sessions have opened; return the ``count``-th.
+
+        The caller bounds this wait (``trio.fail_after``): only it knows how long is too long.
+        """
+        while len(self.sessions) < count:
+            await self._session_opened.wait()
+        return self.sessions[count - 1]
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection on an already-open byte stream (TCP or in-memory)."""
+        self.connections += 1
+        number = self.connections
+        scripted = self.scripted(number)
+        delay = self.handshake_delay if scripted else 0.0
+        fault = FaultStream(stream)
+        session = AgentSession(stream=fault, opened_at=trio.current_time(), number=number)
+        try:
+            await self._serve_one(stream, fault, session, scripted, delay)
+        except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the client left (perhaps mid-handshake): nothing more to serve
+        finally:
+            if session.closed_at is None:
+                session.closed_at = trio.current_time()
+            session.closed.set()
+            await trio.aclose_forcefully(fault)
+
+    async def _serve_one(
+        self,
+        stream: trio.abc.Stream,
+        fault: FaultStream,
+        session: AgentSession,
+        scripted: bool,
+        delay: float,
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(HANDSHAKE_TIMEOUT + delay):
+                request = await wrap_server_stream(nursery, fault)
+                session.path = request.path
+                session.headers = {
+                    k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers
+                }
+                status = self._refusal(session, scripted)
+                if status is not None:
+                    self.refused.append(session)
+                    body = {"error": {"type": "invalid_request_error", "code": str(status)}}
+                    await request.reject(
+                        status,
+                        extra_headers=[(b"content-type", b"application/json")],
+                        body=json.dumps(body).encode(),
+                    )
+                else:
+                    if delay > 0:
+                        await trio.sleep(delay)
+                    session.ws = await request.accept()
+            if session.ws is not None:
+                session.accepted_at = trio.current_time()
+                self.sessions.append(session)
+                self._session_opened.set()
+                self._session_opened = trio.Event()
+                await self._converse(session, session.ws, scripted)
+            nursery.cancel_scope.cancel()
+
+    def _refusal(self, session: AgentSession, scripted: bool) -> int | None:
+        if scripted and self.refuse_status is not None:
+            return self.refuse_status
+        authorization = session.headers.get("authorization")
+        if self.api_key is not None and authorization != f"Bearer {self.api_key}":
+            return 401
+        return None
+
+    # --- one session --------------------------------------------------------------------------
+
+    async def _converse(
+        self, session: AgentSession, ws: WebSocketConnection, scripted: bool
+    ) -> None:
+        assert session.accepted_at is not None
+        t0 = session.accepted_at
+        session.config = self._initial_config(session)
+        send: Send = partial(self._send, session, ws)
+        playback_in, playback_out = trio.open_memory_channel[tuple[float, str]](self.queue)
+        async with trio.open_nursery() as nursery:
+            if self.echo_delay is not None:
+                nursery.start_soon(self._play, send, playback_out, session)
+            created = {"type": "session.created", "event_id": self._event_id(session)}
+            await send({**created, "session": copy.deepcopy(session.config)})
+            if scripted:  # times count from t0, however long session.created took to send
+                self._schedule(nursery, session, ws, send, t0)
+            try:
+                while True:
+                    message = await ws.get_message()
+                    session.frames_in += 1
+                    await self._receive(session, send, message, playback_in)
+            except ConnectionClosed as exc:
+                session.closed_at = trio.current_time()
+                if session.close_code is None and exc.reason is not None:
+                    # (when set already, we closed it ourselves -- a fault knob -- and said why)
+                    session.close_code = exc.reason.code
+                    session.close_reason = exc.reason.reason
+            finally:
+                nursery.cancel_scope.cancel()
+
+    def _schedule(
+        self,
+        nursery: trio.Nursery,
+        session: AgentSession,
+        ws: WebSocketConnection,
+        send: Send,
+        t0: float,
+    ) -> None:
+        def at(when: float, action: Callable[[], Awaitable[object]]) -> None:
+            async def run() -> None:
+                await trio.sleep_until(t0 + when)
+                await action()
+
+            nursery.start_soon(run)
+
+        async def stop_reading() -> None:
+            session.stream.stop_reading()
+
+        if self.flood > 0:
+            audio = SILENCE * (self.flood * 20 * BYTES_PER_MS)
+            at(0.0, partial(self._turn, session, send, audio, "", math.inf, 20))
+        for when, audio, *said in self.speak:
+            transcript = str(said[0]) if said else f"agent turn at {when:g}s"
+            at(when, partial(self._turn, session, send, audio, transcript))
+        for when in self.speech_started_at:
+            at(when, partial(self._speech_started, session, send))
+        for when, text in self.caller_transcripts:
+            at(when, partial(self._caller_transcript, session, send, text))
+        if self.error_at is not None:
+            when, code, text = self.error_at
+            at(when, partial(self._error, session, send, code, text))
+        if self.stop_reading_at is not None:
+            at(self.stop_reading_at, stop_reading)
+        if self.close_at is not None:
+            when, close_code = self.close_at
+            at(when, partial(self._close, session, ws, close_code, self.close_reason))
+        if self.session_expired_at is not None:
+            at(self.session_expired_at, partial(self._expire, session, ws, send))
+
+    # --- client events ------------------------------------------------------------------------
+
+    async def _receive(
+        self,
+        session: AgentSession,
+        send: Send,
+        message: str | bytes,
+        playback: trio.MemorySendChannel[tuple[float, str]],
+    ) -> None:
+        if isinstance(message, bytes):
+            await self._error(session, send, "invalid_message", "Binary frames are not supported.")
+            return
+        try:
+            event = json.loads(message)
+        except ValueError:
+            await self._error(session, send, "invalid_json", "The server could not parse the JSON.")
+            return
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            await self._error(session, send, "invalid_value", "Events must have a string 'type'.")
+            return
+        if len(session.events_in) < self.record_limit:
+            session.events_in.append(event)
+            session.events_in_at.append(trio.current_time())
+        kind = event["type"]
+        client_event = event.get("event_id")
+        client_event = client_event if isinstance(client_event, str) else None
+        error = partial(self._error, session, send, event_id=client_event)
+        if kind == "input_audio_buffer.append":
+            audio = event.get("audio")
+            if not isinstance(audio, str):
+                await error("missing_required_parameter", "Missing 'audio'.", param="audio")
+                return
+            session.audio_in += 1
+            size = _decoded_size(audio)
+            session.audio_in_bytes += size
+            session._buffered_bytes += size
+            if self.echo_delay is not None:
+                try:
+                    playback.send_nowait((trio.current_time() + self.echo_delay, audio))
+                except trio.WouldBlock:
+                    session.dropped += 1
+        elif kind == "session.update":
+            session.session_updates.append(event)
+            await self._session_update(session, send, event, error)
+        elif kind == "conversation.item.create":
+            session.items_created.append(event)
+            await self._item_create(session, send, event, error)
+        elif kind == "conversation.item.truncate":
+            session.truncates.append(event)
+            await self._truncate(session, send, event, error)
+        elif kind == "response.cancel":
+            if session.current is None:
+                await error(
+                    "response_cancel_not_active", "Cancellation failed: no active response found."
+                )
+            else:
+                session.current.cancel("client_cancelled")
+        elif kind == "input_audio_buffer.clear":
+            session._buffered_bytes = 0
+            await send({"type": "input_audio_buffer.cleared", "event_id": self._event_id(session)})
+        elif kind == "input_audio_buffer.commit":
+            if session._buffered_bytes < 100 * BYTES_PER_MS:
+                ms = session._buffered_bytes / BYTES_PER_MS
+                await error(
+                    "input_audio_buffer_commit_empty",
+                    "Error committing input audio buffer: buffer too small. Expected at least "
+                    f"100ms of audio, but buffer only has {ms:.2f}ms of audio.",
+                )
+                return
+            session._buffered_bytes = 0
+            item_id = session.next_id("item")
+            await send(
+                {
+                    "type": "input_audio_buffer.committed",
+                    "event_id": self._event_id(session),
+                    "previous_item_id": session._last_item,
+                    "item_id": item_id,
+                }
+            )
+            session._last_item = item_id
+        elif kind == "output_audio_buffer.clear":
+            await error(
+                "invalid_value", "output_audio_buffer.clear is only supported for WebRTC and SIP."
+            )
+        elif kind not in _CLIENT_EVENTS:
+            await error("invalid_value", f"Invalid value: {kind!r}.", param="type")
+
+    async def _session_update(
+        self, session: AgentSession, send: Send, event: Event, error: Callable[..., Awaitable[None]]
+    ) -> None:
+        update = event.get("session")
+        if not isinstance(update, dict):
+            await error(
+                "missing_required_parameter",
+                "Missing required parameter: 'session'.",
+                param="session",
+            )
+            return
+        problem = _session_problem(update)
+        if problem is not None:
+            code, param, text = problem
+            await error(code, text, param=param)
+            return
+        _merge(session.config, copy.deepcopy(update))
+        updated = {"type": "session.updated", "event_id": self._event_id(session)}
+        await send({**updated, "session": copy.deepcopy(session.config)})
+
+    async def _item_create(
+        self, session: AgentSession, send: Send, event: Event, error: Callable[..., Awaitable[None]]
+    ) -> None:
+        item = event.get("item")
+        if not isinstance(item, dict):
+            await error(
+                "missing_required_parameter", "Missing required parameter: 'item'.", param="item"
+            )
+            return
+        if item.get("type") == "message":
+            role = item.get("role")
+            allowed = _CONTENT_TYPES.get(role) if isinstance(role, str) else None
+            if allowed is None:
+                await error("invalid_value", f"Invalid value: {role!r}.", param="item.role")
+                return
+            content = item.get("content")
+            if not isinstance(content, list):
+                await error(
+                    "missing_required_parameter", "Missing 'item.content'.", param="item.content"
+                )
+                return
+            for index, part in enumerate(content):
+                part_type = part.get("type") if isinstance(part, dict) else None
+                if part_type not in allowed:
+                    await error(
+                        "invalid_value",
+                        f"Invalid value: {part_type!r}. Supported values are: "
+                        + ", ".join(repr(t) for t in sorted(allowed))
+                        + ".",
+                        param=f"item.content[{index}].type",
+                    )
+                    return
+        item_id = item.get("id")
+        if not isinstance(item_id, str):
+            item_id = session.next_id("item")
+        created = {**item, "id": item_id, "object": "realtime.item", "status": "completed"}
+        previous = event.get("previous_item_id", session._last_item)
+        for kind in ("conversation.item.added", "conversation.item.done"):
+            await send(
+                {
+                    "type": kind,
+                    "event_id": self._event_id(session),
+                    "previous_item_id": previous,
+                    "item": created,
+                }
+            )
+        session.items.setdefault(item_id, 0)
+        session._last_item = item_id
+
+    async def _truncate(
+        self, session: AgentSession, send: Send, event: Event, error: Callable[..., Awaitable[None]]
+    ) -> None:
+        item_id, end, index = (
+            event.get("item_id"),
+            event.get("audio_end_ms"),
+            event.get("content_index"),
+        )
+        if not isinstance(item_id, str) or item_id not in session.items:
+            await error("invalid_value", f"Item {item_id!r} not found.", param="item_id")
+            return
+        if type(index) is not int or index != 0:
+            await error("invalid_value", "content_index must be 0.", param="content_index")
+            return
+        if type(end) is not int or end < 0:
+            await error(
+                "invalid_value",
+                "audio_end_ms must be a non-negative integer.",
+                param="audio_end_ms",
+            )
+            return
+        sent = session.items[item_id]
+        if end > sent:
+            await error(
+                "invalid_value",
+                f"Audio content of {sent}ms is already shorter than {end}ms",
+                param="audio_end_ms",
+            )
+            return
+        session.items[item_id] = end
+        await send(
+            {
+                "type": "conversation.item.truncated",
+                "event_id": self._event_id(session),
+                "item_id": item_id,
+                "content_index": 0,
+                "audio_end_ms": end,
+            }
+        )
+
+    # --- server events ------------------------------------------------------------------------
+
+    async def _play(
+        self,
+        send: Send,
+        playback: trio.MemoryReceiveChannel[tuple[float, str]],
+        session: AgentSession,
+    ) -> None:
+        session.items.setdefault(ECHO_ITEM, 0)
+        async for due, audio in playback:
+            await trio.sleep_until(due)
+            await send(
+                {
+                    "type": "response.output_audio.delta",
+                    "event_id": self._event_id(session),
+                    "response_id": ECHO_RESPONSE,
+                    "item_id": ECHO_ITEM,
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": audio,
+                }
+            )
+            session.audio_out += 1
+            session.items[ECHO_ITEM] += _decoded_size(audio) // BYTES_PER_MS
+
+    async def _turn(
+        self,
+        session: AgentSession,
+        send: Send,
+        audio: bytes,
+        transcript: str,
+        pace: float | None = None,
+        chunk_ms: int | None = None,
+    ) -> None:
+        """Speak one agent turn: the whole response lifecycle, audio faster than real time."""
+        pace = self.speak_pace if pace is None else pace
+        chunk = (self.chunk_ms if chunk_ms is None else chunk_ms) * BYTES_PER_MS
+        async with session._speaking:
+            record = ResponseRecord(
+                response_id=session.next_id("resp"),
+                item_id=session.next_id("item"),
+                started_at=trio.current_time(),
+                audio=audio,
+                transcript=transcript,
+            )
+            session.responses.append(record)
+            session.current = record
+            session.items[record.item_id] = 0
+            try:
+                await self._respond(session, send, record, chunk, pace)
+            finally:
+                session.current = None
+                record.finished_at = trio.current_time()
+
+    async def _respond(
+        self, session: AgentSession, send: Send, record: ResponseRecord, chunk: int, pace: float
+    ) -> None:
+        ids = {"response_id": record.response_id, "item_id": record.item_id, "output_index": 0}
+        voice = session.config.get("audio", {}).get("output", {}).get("voice", "alloy")
+        output_format = session.config.get("audio", {}).get("output", {}).get("format")
+        response: dict[str, Any] = {
+            "object": "realtime.response",
+            "id": record.response_id,
+            "status": "in_progress",
+            "status_details": None,
+            "output": [],
+            "conversation_id": f"conv_{session.number}",
+            "output_modalities": ["audio"],
+            "max_output_tokens": "inf",
+            "audio": {"output": {"format": output_format, "voice": voice}},
+            "usage": None,
+            "metadata": None,
+        }
+        item: dict[str, Any] = {
+            "id": record.item_id,
+            "object": "realtime.item",
+            "type": "message",
+            "status": "in_progress",
+            "role": "assistant",
+            "content": [],
+        }
+        event_id = partial(self._event_id, session)
+        await send({"type": "response.created", "event_id": event_id(), "response": response})
+        await send(
+            {
+                "type": "response.output_item.added",
+                "event_id": event_id(),
+                "response_id": record.response_id,
+                "output_index": 0,
+                "item": item,
+            }
+        )
+        await send(
+            {
+                "type": "conversation.item.added",
+                "event_id": event_id(),
+                "previous_item_id": session._last_item,
+                "item": item,
+            }
+        )
+        session._last_item = record.item_id
+        part = {"type": "audio", "transcript": ""}
+        await send(
+            {
+                "type": "response.content_part.added",
+                "event_id": event_id(),
+                **ids,
+                "content_index": 0,
+                "part": part,
+            }
+        )
+        if record.transcript:
+            await send(
+                {
+                    "type": "response.output_audio_transcript.delta",
+                    "event_id": event_id(),
+                    **ids,
+                    "content_index": 0,
+                    "delta": record.transcript,
+                }
+            )
+        gap = 0.0 if math.isinf(pace) else chunk / BYTES_PER_MS / 1000 / pace
+        status = "completed"
+        for start in range(0, len(record.audio), chunk):
+            if record.interrupted.is_set():
+                break
+            piece = record.audio[start : start + chunk]
+            delta = base64.b64encode(piece).decode("ascii")
+            event = {"type": "response.output_audio.delta", "event_id": event_id(), **ids}
+            if not await send({**event, "content_index": 0, "delta": delta}):
+                status = "failed"
+                break
+            record.sent_bytes += len(piece)
+            record.deltas += 1
+            session.audio_out += 1
+            session.items[record.item_id] = record.sent_ms
+            if gap:
+                with trio.move_on_after(gap):
+                    await record.interrupted.wait()
+        if status == "completed" and record.interrupted.is_set():
+            status = "cancelled"
+        record.status = status
+        transcript = record.transcript
+        await send(
+            {
+                "type": "response.output_audio.done",
+                "event_id": event_id(),
+                **ids,
+                "content_index": 0,
+            }
+        )
+        await send(
+            {
+                "type": "response.output_audio_transcript.done",
+                "event_id": event_id(),
+                **ids,
+                "content_index": 0,
+                "transcript": transcript,
+            }
+        )
+        part = {"type": "audio", "transcript": transcript}
+        await send(
+            {
+                "type": "response.content_part.done",
+                "event_id": event_id(),
+                **ids,
+                "content_index": 0,
+                "part": part,
+            }
+        )
+        done_item = {
+            **item,
+            "status": "completed" if record.status == "completed" else "incomplete",
+            "content": [{"type": "output_audio", "transcript": transcript}],
+        }
+        await send(
+            {
+                "type": "response.output_item.done",
+                "event_id": event_id(),
+                "response_id": record.response_id,
+                "output_index": 0,
+                "item": done_item,
+            }
+        )
+        await send({"type": "conversation.item.done", "event_id": event_id(), "item": done_item})
+        details: dict[str, Any] | None = None
+        if record.status == "cancelled":
+            details = {"type": "cancelled", "reason": record.reason}
+        elif record.status == "failed":
+            details = {"type": "failed", "error": {"type": "server_error", "code": "send_timeout"}}
+        audio_tokens = record.sent_ms // 50
+        done = {
+            **response,
+            "status": record.status,
+            "status_details": details,
+            "output": [done_item],
+            "usage": {
+                "total_tokens": audio_tokens,
+                "input_tokens": 0,
+                "output_tokens": audio_tokens,
+                "input_token_details": {"text_tokens": 0, "audio_tokens": 0, "cached_tokens": 0},
+                "output_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
+            },
+        }
+        await send({"type": "response.done", "event_id": event_id(), "response": done})
+        await send(
+            {
+                "type": "rate_limits.updated",
+                "event_id": event_id(),
+                "rate_limits": [
+                    {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+                    {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5},
+                ],
+            }
+        )
+
+    async def _speech_started(self, session: AgentSession, send: Send) -> None:
+        session.speech_started_at.append(trio.current_time())
+        await send(
+            {
+                "type": "input_audio_buffer.speech_started",
+                "event_id": self._event_id(session),
+                "item_id": session.next_id("item"),
+                "audio_start_ms": session.audio_in_bytes // BYTES_PER_MS,
+            }
+        )
+        turn_detection = session.config.get("audio", {}).get("input", {}).get("turn_detection")
+        interrupts = isinstance(turn_detection, dict) and turn_detection.get(
+            "interrupt_response", True
+        )
+        if interrupts and session.current is not None:
+            session.current.cancel("turn_detected")
+
+    async def _caller_transcript(self, session: AgentSession, send: Send, text: str) -> None:
+        await send(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "event_id": self._event_id(session),
+                "item_id": session.next_id("item"),
+                "content_index": 0,
+                "transcript": text,
+                "usage": {"type": "duration", "seconds": 1.0},
+            }
+        )
+
+    async def _error(
+        self,
+        session: AgentSession,
+        send: Send,
+        code: str,
+        message: str,
+        *,
+        param: str | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        error = {
+            "type": "invalid_request_error",
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": event_id,
+        }
+        session.errors_sent.append(error)
+        await send({"type": "error", "event_id": self._event_id(session), "error": error})
+
+    async def _close(
+        self, session: AgentSession, ws: WebSocketConnection, code: int, reason: str
+    ) -> None:
+        session.close_code = code
+        session.close_reason = reason
+        with trio.move_on_after(SEND_TIMEOUT):
+            await ws.aclose(code, reason)
+
+    async def _expire(self, session: AgentSession, ws: WebSocketConnection, send: Send) -> None:
+        await self._error(session, send, "session_expired", SESSION_EXPIRED_MESSAGE)
+        await self._close(session, ws, 1001, "session expired")
+
+    async def _send(self, session: AgentSession, ws: WebSocketConnection, event: Event) -> bool:
+        """Send one event (bounded by ``SEND_TIMEOUT``); ``False`` if it could not be sent."""
+        if len(session.events_out) < self.record_limit:
+            session.events_out.append(event)
+        with trio.move_on_after(SEND_TIMEOUT):
+            try:
+                await ws.send_message(json.dumps(event, separators=(",", ":")))
+            except ConnectionClosed:
+                return False
+            return True
+        return False
+
+    def _event_id(self, session: AgentSession) -> str:
+        return session.next_id("event")
+
+    def _initial_config(self, session: AgentSession) -> dict[str, Any]:
+        """The session configuration the service starts with (pcm16 24 kHz, server VAD)."""
+        pcm = {"type": "audio/pcm", "rate": 24000}
+        return {
+            "type": "realtime",
+            "object": "realtime.session",
+            "id": f"sess_{session.number}",
+            "model": self.model,
+            "output_modalities": ["audio"],
+            "instructions": "You are a helpful assistant.",
+            "tools": [],
+            "tool_choice": "auto",
+            "max_output_tokens": "inf",
+            "tracing": None,
+            "truncation": "auto",
+            "prompt": None,
+            "expires_at": 0,
+            "include": None,
+            "audio": {
+                "input": {
+                    "format": dict(pcm),
+                    "transcription": None,
+                    "noise_reduction": None,
+                    "turn_detection": {
+                        "type": "server_vad",
+                        "threshold": 0.5,
+                        "prefix_padding_ms": 300,
+                        "silence_duration_ms": 200,
+                        "idle_timeout_ms": None,
+                        "create_response": True,
+                        "interrupt_response": True,
+                    },
+                },
+                "output": {"format": dict(pcm), "voice": "alloy", "speed": 1.0},
+            },
+        }
+
+
+def _session_problem(update: dict[str, Any]) -> tuple[str, str, str] | None:
+    """What the GA service would object to in a ``session.update``: ``(code, param, message)``."""
+    if "type" not in update:
+        return (
+            "missing_required_parameter",
+            "session.type",
+            "Missing required parameter: 'session.type'.",
+        )
+    if update["type"] != "realtime":
+        return (
+            "invalid_value",
+            "session.type",
+            f"Invalid value: {update['type']!r}. This fake serves realtime sessions only.",
+        )
+    for key in update:
+        if key not in _SESSION_KEYS:
+            return ("unknown_parameter", f"session.{key}", f"Unknown parameter: 'session.{key}'.")
+    audio = update.get("audio")
+    if audio is not None:
+        if not isinstance(audio, dict):
+            return ("invalid_type", "session.audio", "Invalid type for 'session.audio'.")
+        for direction, value in audio.items():
+            allowed = _AUDIO_KEYS.get(direction)
+            if allowed is None:
+                return (
+                    "unknown_parameter",
+                    f"session.audio.{direction}",
+                    f"Unknown parameter: 'session.audio.{direction}'.",
+                )
+            if not isinstance(value, dict):
+                return (
+                    "invalid_type",
+                    f"session.audio.{direction}",
+                    f"Invalid type for 'session.audio.{direction}'.",
+                )
+            for key in value:
+                if key not in allowed:
+                    param = f"session.audio.{direction}.{key}"
+                    return ("unknown_parameter", param, f"Unknown parameter: '{param}'.")
+    modalities = update.get("output_modalities")
+    if modalities is not None and modalities not in (["audio"], ["text"]):
+        return (
+            "invalid_value",
+            "session.output_modalities",
+            "output_modalities must be ['audio'] or ['text']; both at once is not supported.",
+        )
+    return None

@@ -1,0 +1,534 @@
+"""A local Ultravox: the REST call-creation API and the server-WebSocket medium, on real sockets.
+
+Two real servers on loopback, each on its own port:
+
+* **REST** -- a tiny ASGI app served by hypercorn's trio worker. ``POST /api/calls`` checks
+  ``X-API-Key`` (401 otherwise), validates the ``StartCallRequest`` as far as a bridge uses it (an
+  8 kHz ``serverWebSocket`` medium, well-formed ``initialMessages`` and ``firstSpeakerSettings``; 400
+  otherwise), records it as a :class:`CallRequest` and answers 201 with a ``Call`` whose ``joinUrl``
+  points at the WebSocket server.
+* **WebSocket** -- trio-websocket on a :class:`~voxbridge.testing.FaultStream`-wrapped TCP stream,
+  like :class:`~voxbridge.testing.EchoAgent`. ``/calls/<callId>`` (only for created calls) sends
+  ``call_started`` and ``state``; plays every binary (PCM) frame back ``delay`` seconds later; answers
+  ``ping`` with ``pong``; speaks a scripted list of :class:`Utterance` as ``transcript`` messages
+  (partials, then ``final``); sends ``playback_clear_buffer`` at ``clear_at``; hangs up at
+  ``hangup_at`` (close 1000: the agent ended the call); and ends the call with 1000 when it receives
+  ``hang_up``, as Ultravox does.
+
+Each WebSocket is recorded as an :class:`UltravoxSession` (open/close times, close code, audio
+frames in and out, data messages received and sent), so a test checks from the provider's side what
+the bridge did. Fault knobs: ``refuse_status`` (REST answers that status), ``rest_delay`` (slow
+REST), ``close_at=(seconds, code)`` (drop mid-call) and, per session, the ``FaultStream``
+(``stop_reading`` -> no pongs, ``vanish`` -> no close frame).
+
+Every wait here is bounded: a fake that hangs would hide the bugs it exists to find.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+
+from .faults import FaultStream
+
+__all__ = ["CallRequest", "FakeUltravox", "UltravoxSession", "Utterance"]
+
+HANDSHAKE_TIMEOUT = 10.0
+WAIT_TIMEOUT = 10.0  # wait_for_session / wait_closed raise trio.TooSlowError after this
+SEND_TIMEOUT = 5.0
+MAX_BODY = 1 << 20
+SAMPLE_RATE = 8000
+WORD_GAP = 0.01  # seconds between the transcript messages of one utterance
+
+_MESSAGE_ROLES = {"MESSAGE_ROLE_USER", "MESSAGE_ROLE_AGENT"}
+_MESSAGE_MEDIA = {"MESSAGE_MEDIUM_UNSPECIFIED", "MESSAGE_MEDIUM_VOICE", "MESSAGE_MEDIUM_TEXT"}
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@attrs.frozen
+class Utterance:
+    """A scripted utterance, spoken ``at`` seconds after the session opened.
+
+    ``mode="delta"`` streams it word by word as ``delta`` messages (the last one ``final``);
+    ``mode="text"`` sends the full text so far each time.
+    """
+
+    at: float
+    role: str  # "agent" or "user"
+    text: str
+    mode: str = "delta"
+
+    def messages(self, ordinal: int) -> list[dict[str, Any]]:
+        words = self.text.split(" ")
+        chunks = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        out: list[dict[str, Any]] = []
+        for i, chunk in enumerate(chunks):
+            so_far = "".join(chunks[: i + 1])
+            message: dict[str, Any] = {
+                "type": "transcript",
+                "role": self.role,
+                "medium": "voice",
+                "text": so_far if self.mode == "text" else None,
+                "delta": chunk if self.mode != "text" else None,
+                "final": i == len(chunks) - 1,
+                "ordinal": ordinal,
+            }
+            out.append(message)
+        return out
+
+
+@attrs.define(eq=False)
+class CallRequest:
+    """One ``POST /api/calls`` as the fake saw it (``status`` is what it answered)."""
+
+    api_key: str | None
+    body: Any
+    query: dict[str, str]
+    status: int = 0
+    call_id: str | None = None
+
+    @property
+    def initial_messages(self) -> list[dict[str, Any]]:
+        messages = self.body.get("initialMessages") if isinstance(self.body, dict) else None
+        return messages if isinstance(messages, list) else []
+
+    @property
+    def medium(self) -> dict[str, Any]:
+        medium = self.body.get("medium") if isinstance(self.body, dict) else None
+        socket = medium.get("serverWebSocket") if isinstance(medium, dict) else None
+        return socket if isinstance(socket, dict) else {}
+
+
+@attrs.define(eq=False)
+class UltravoxSession:
+    """One joined call's WebSocket, as the fake saw it. Times are ``trio.current_time()``."""
+
+    stream: FaultStream
+    opened_at: float
+    call_id: str = ""
+    path: str = ""
+    query: dict[str, str] = attrs.Factory(dict)
+    closed_at: float | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    audio_in: int = 0
+    audio_bytes_in: int = 0
+    audio_out: int = 0
+    dropped: int = 0
+    messages: list[dict[str, Any]] = attrs.Factory(list)
+    invalid: int = 0
+    sent: list[dict[str, Any]] = attrs.Factory(list)
+    closed: trio.Event = attrs.Factory(trio.Event)
+    ws: WebSocketConnection | None = None
+
+    @property
+    def is_closed(self) -> bool:
+        return self.closed.is_set()
+
+    @property
+    def hang_ups(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("type") == "hang_up"]
+
+    async def wait_closed(self) -> None:
+        """Wait (at most ``WAIT_TIMEOUT``) until the session has closed."""
+        with trio.fail_after(WAIT_TIMEOUT):
+            await self.closed.wait()
+
+
+class FakeUltravox:
+    """A local Ultravox (REST + WebSocket) for tests and demos.
+
+    Args:
+        api_key: the key ``POST /api/calls`` accepts (``X-API-Key``).
+        delay: seconds between receiving caller audio and playing it back.
+        script: utterances (transcripts) to speak in every session.
+        clear_at: send ``playback_clear_buffer`` this many seconds after a session opened.
+        hangup_at: the agent hangs up (close 1000) this many seconds after a session opened.
+        close_at: fault knob -- ``(seconds, code)``: drop each session with ``code``.
+        refuse_status: fault knob -- answer every ``POST /api/calls`` with this status.
+        rest_delay: fault knob -- seconds before ``POST /api/calls`` answers.
+        close_on_hang_up: end the call (close 1000) when the client sends ``hang_up``.
+        queue: chunks waiting to be played back per session; beyond that audio is dropped.
+    """
+
+    def __init__(
+        self,
+        api_key: str = "uv-test-key",
+        *,
+        delay: float = 0.1,
+        script: Sequence[Utterance] = (),
+        clear_at: float | None = None,
+        hangup_at: float | None = None,
+        close_at: tuple[float, int] | None = None,
+        refuse_status: int | None = None,
+        rest_delay: float = 0.0,
+        close_on_hang_up: bool = True,
+        queue: int = 512,
+    ) -> None:
+        self.api_key = api_key
+        self.delay = delay
+        self.script = tuple(script)
+        self.clear_at = clear_at
+        self.hangup_at = hangup_at
+        self.close_at = close_at
+        self.refuse_status = refuse_status
+        self.rest_delay = rest_delay
+        self.close_on_hang_up = close_on_hang_up
+        self.queue = queue
+        self.requests: list[CallRequest] = []
+        self.calls: dict[str, CallRequest] = {}
+        self.sessions: list[UltravoxSession] = []
+        self.base_url: str | None = None
+        self.ws_url: str | None = None
+        self._changed = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"FakeUltravox(base_url={self.base_url!r}, calls={len(self.calls)})"
+
+    # --- serving ------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run both servers on free ports until cancelled.
+
+        ``await nursery.start(fake.serve)`` returns :attr:`base_url` (``http://host:port/api``).
+        """
+        config = Config()
+        config.bind = [f"{host}:0"]
+        config.accesslog = None
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.graceful_timeout = 0.5
+        listeners = await trio.open_tcp_listeners(0, host=host)
+        try:
+            bound = listeners[0].socket.getsockname()
+            self.ws_url = f"ws://{bound[0]}:{bound[1]}"
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, self.handle_stream, listeners)
+                binds = await nursery.start(
+                    hypercorn_serve,
+                    self.app,
+                    config,
+                )
+                self.base_url = f"{binds[0]}/api"
+                task_status.started(self.base_url)
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+
+    async def wait_for_session(self, count: int = 1) -> UltravoxSession:
+        """Wait (at most ``WAIT_TIMEOUT``) until ``count`` sessions have opened; return the last."""
+        with trio.fail_after(WAIT_TIMEOUT):
+            while len(self.sessions) < count:
+                await self._changed.wait()
+        return self.sessions[count - 1]
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # --- REST ---------------------------------------------------------------------------------
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The REST API as an ASGI 3 application."""
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        if scope["path"].rstrip("/") != "/api/calls":
+            await _respond(send, 404, {"detail": "Not found."})
+            return
+        if scope["method"] != "POST":
+            await _respond(send, 405, {"detail": f'Method "{scope["method"]}" not allowed.'})
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            raw = await _read_body(receive)
+        except _ClientGone:
+            return
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        request = CallRequest(api_key=headers.get("x-api-key"), body=None, query=query)
+        self.requests.append(request)
+        if self.rest_delay:
+            await trio.sleep(self.rest_delay)
+        status, answer = self._create_call(request, raw)
+        request.status = status
+        self._notify()
+        await _respond(send, status, answer)
+
+    def _create_call(self, request: CallRequest, raw: bytes | None) -> tuple[int, dict[str, Any]]:
+        if self.refuse_status is not None:
+            return self.refuse_status, {
+                "detail": f"refused by the fake (HTTP {self.refuse_status})"
+            }
+        if request.api_key is None:
+            return 401, {"detail": "Authentication credentials were not provided."}
+        if request.api_key != self.api_key:
+            return 401, {"detail": "Invalid API key."}
+        if raw is None:
+            return 413, {"detail": "Request body too large."}
+        try:
+            request.body = json.loads(raw)
+        except ValueError:
+            return 400, {"detail": "JSON parse error."}
+        problem = _invalid(request.body)
+        if problem:
+            return 400, {"detail": problem}
+        call_id = str(uuid.uuid4())
+        request.call_id = call_id
+        self.calls[call_id] = request
+        body = request.body
+        return 201, {
+            "callId": call_id,
+            "created": "2026-01-01T00:00:00Z",
+            "joined": None,
+            "ended": None,
+            "model": body.get("model", "ultravox-v0.7"),
+            "systemPrompt": body.get("systemPrompt"),
+            "voice": body.get("voice"),
+            "medium": body["medium"],
+            "firstSpeakerSettings": body.get("firstSpeakerSettings", {"agent": {}}),
+            "joinUrl": f"{self.ws_url}/calls/{call_id}",
+        }
+
+    # --- WebSocket ----------------------------------------------------------------------------
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one WebSocket connection on an already-open byte stream."""
+        fault = FaultStream(stream)
+        session = UltravoxSession(stream=fault, opened_at=trio.current_time())
+        try:
+            async with trio.open_nursery() as nursery:
+                with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                    request = await wrap_server_stream(nursery, fault)
+                    parts = urlsplit(request.path)
+                    session.path = parts.path
+                    session.query = dict(parse_qsl(parts.query))
+                    session.call_id = parts.path.rsplit("/", 1)[-1]
+                    if not parts.path.startswith("/calls/") or session.call_id not in self.calls:
+                        await request.reject(404, body=b"no such call")
+                    elif any(s.call_id == session.call_id for s in self.sessions):
+                        await request.reject(409, body=b"call already joined")
+                    else:
+                        session.ws = await request.accept()
+                if session.ws is not None:
+                    session.opened_at = trio.current_time()
+                    self.sessions.append(session)
+                    self._notify()
+                    await self._converse(session, session.ws)
+                nursery.cancel_scope.cancel()
+        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if session.closed_at is None:
+                session.closed_at = trio.current_time()
+            session.closed.set()
+            self._notify()
+            await trio.aclose_forcefully(fault)
+
+    async def _converse(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
+        playback_in, playback_out = trio.open_memory_channel[tuple[float, bytes]](self.queue)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._play, session, ws, playback_out)
+            for ordinal, utterance in enumerate(self.script, start=1):
+                nursery.start_soon(self._speak, session, ws, utterance, ordinal)
+            if self.clear_at is not None:
+                nursery.start_soon(self._at, session, self.clear_at, self._clear, ws)
+            if self.hangup_at is not None:
+                nursery.start_soon(self._at, session, self.hangup_at, self._hang_up, ws)
+            if self.close_at is not None:
+                nursery.start_soon(self._at, session, self.close_at[0], self._drop, ws)
+            await self._send(session, ws, {"type": "call_started", "callId": session.call_id})
+            await self._send(session, ws, {"type": "state", "state": "listening"})
+            try:
+                while True:
+                    message = await ws.get_message()
+                    if isinstance(message, bytes):
+                        session.audio_in += 1
+                        session.audio_bytes_in += len(message)
+                        try:
+                            playback_in.send_nowait((trio.current_time() + self.delay, message))
+                        except trio.WouldBlock:
+                            session.dropped += 1
+                    else:
+                        await self._on_data(session, ws, message)
+            except ConnectionClosed as exc:
+                session.closed_at = trio.current_time()
+                if session.close_code is None and exc.reason is not None:
+                    # (when set already, we closed it ourselves and said why)
+                    session.close_code = exc.reason.code
+                    session.close_reason = exc.reason.reason
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _on_data(self, session: UltravoxSession, ws: WebSocketConnection, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            session.invalid += 1
+            return
+        session.messages.append(message)
+        if message["type"] == "ping":
+            await self._send(session, ws, {"type": "pong", "timestamp": message.get("timestamp")})
+        elif message["type"] == "hang_up" and self.close_on_hang_up:
+            await self._close(session, ws, 1000, "client hung up")
+
+    async def _play(
+        self,
+        session: UltravoxSession,
+        ws: WebSocketConnection,
+        playback: trio.MemoryReceiveChannel[tuple[float, bytes]],
+    ) -> None:
+        async for due, pcm in playback:
+            await trio.sleep_until(due)
+            with trio.move_on_after(SEND_TIMEOUT):
+                try:
+                    await ws.send_message(pcm)
+                    session.audio_out += 1
+                except ConnectionClosed:
+                    return
+
+    async def _at(
+        self,
+        session: UltravoxSession,
+        at: float,
+        action: Callable[[UltravoxSession, WebSocketConnection], Awaitable[None]],
+        ws: WebSocketConnection,
+    ) -> None:
+        await trio.sleep_until(session.opened_at + at)
+        await action(session, ws)
+
+    async def _speak(
+        self, session: UltravoxSession, ws: WebSocketConnection, utterance: Utterance, ordinal: int
+    ) -> None:
+        await trio.sleep_until(session.opened_at + utterance.at)
+        for message in utterance.messages(ordinal):
+            await self._send(session, ws, message)
+            await trio.sleep(WORD_GAP)
+
+    async def _clear(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
+        await self._send(session, ws, {"type": "playback_clear_buffer"})
+
+    async def _hang_up(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
+        await self._close(session, ws, 1000, "agent hung up")
+
+    async def _drop(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
+        assert self.close_at is not None
+        await self._close(session, ws, self.close_at[1], "dropped by the fake (close_at)")
+
+    async def _close(
+        self, session: UltravoxSession, ws: WebSocketConnection, code: int, reason: str
+    ) -> None:
+        if session.close_code is None:
+            session.close_code, session.close_reason = code, reason
+        with trio.move_on_after(SEND_TIMEOUT):
+            await ws.aclose(code, reason)
+
+    async def _send(
+        self, session: UltravoxSession, ws: WebSocketConnection, message: dict[str, Any]
+    ) -> None:
+        with trio.move_on_after(SEND_TIMEOUT):
+            try:
+                await ws.send_message(json.dumps(message, separators=(",", ":")))
+                session.sent.append(message)
+            except ConnectionClosed:
+                pass
+
+
+def _invalid(body: Any) -> str | None:
+    """What is wrong with a ``StartCallRequest`` for an 8 kHz bridge, or ``None``."""
+    if not isinstance(body, dict):
+        return "The request body must be a JSON object."
+    for field in ("systemPrompt", "voice", "model"):
+        if field in body and not isinstance(body[field], str):
+            return f"{field} must be a string."
+    medium = body.get("medium")
+    socket = medium.get("serverWebSocket") if isinstance(medium, dict) else None
+    if not isinstance(medium, dict) or len(medium) != 1 or not isinstance(socket, dict):
+        return "medium must be exactly {'serverWebSocket': {...}}."
+    if socket.get("inputSampleRate") != SAMPLE_RATE:
+        return f"medium.serverWebSocket.inputSampleRate must be {SAMPLE_RATE}."
+    if socket.get("outputSampleRate", SAMPLE_RATE) != SAMPLE_RATE:
+        return f"medium.serverWebSocket.outputSampleRate must be {SAMPLE_RATE}."
+    buffer = socket.get("clientBufferSizeMs", 60)
+    if not isinstance(buffer, int) or isinstance(buffer, bool) or buffer <= 0:
+        return "medium.serverWebSocket.clientBufferSizeMs must be a positive integer."
+    first = body.get("firstSpeakerSettings")
+    if first is not None and (
+        not isinstance(first, dict) or len(first) != 1 or next(iter(first)) not in ("agent", "user")
+    ):
+        return "firstSpeakerSettings must set exactly one of agent or user."
+    messages = body.get("initialMessages", [])
+    if not isinstance(messages, list):
+        return "initialMessages must be a list."
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _MESSAGE_ROLES:
+            return f"initialMessages[{i}].role must be MESSAGE_ROLE_USER or MESSAGE_ROLE_AGENT."
+        if not isinstance(message.get("text"), str):
+            return f"initialMessages[{i}].text must be a string."
+        if message.get("medium", "MESSAGE_MEDIUM_UNSPECIFIED") not in _MESSAGE_MEDIA:
+            return f"initialMessages[{i}].medium is not a MessageMedium."
+    return None
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The request body; ``None`` when it is larger than ``MAX_BODY``.
+
+    Raises:
+        _ClientGone: the client disconnected before sending all of it.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        with trio.fail_after(HANDSHAKE_TIMEOUT):
+            message = await receive()
+        if message["type"] != "http.request":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
