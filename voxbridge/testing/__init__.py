@@ -1,12 +1,14 @@
 """Fakes that speak the real protocols over real (or in-memory) WebSockets.
 
 Shipped with voxbridge so users can test their deployments and embeddings the way voxbridge tests
-itself: the echo agent (an OpenAI-Realtime-shaped provider that plays the caller's audio back), a
-Twilio carrier simulator, and a fault-injecting stream wrapper.
+itself: an OpenAI Realtime fake with fault knobs (and the echo agent built on it), an Ultravox fake
+(REST + WebSocket), a Twilio carrier simulator, and a fault-injecting stream wrapper.
 """
 
 from .carrier import CallResult, CarrierSimulator, simulate_call
 from .echo_agent import AgentSession, EchoAgent
+from .fake_openai import FakeOpenAIRealtime
+from .fake_ultravox import FakeUltravox, Utterance
 from .faults import FaultStream
 
 __all__ = [
@@ -14,6 +16,9 @@ __all__ = [
     "CallResult",
     "CarrierSimulator",
     "EchoAgent",
+    "FakeOpenAIRealtime",
+    "FakeUltravox",
     "FaultStream",
+    "Utterance",
     "simulate_call",
 ]
