@@ -267,3 +267,31 @@ async def test_provider_noise_does_not_end_the_call(
     assert outcome.disconnect.reason is Reason.CALLER_STOP
     if "flood" in knobs:
         assert outcome.caller.frames_received >= 500
+
+
+async def test_a_refused_key_is_not_retried(autojump_clock: Any) -> None:
+    fake = await served(FakeOpenAIRealtime(refuse_status=401))
+    t0 = trio.current_time()
+    async with bridged(fake, Settings(), seconds=30.0) as outcome:
+        pass
+    assert outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.UPSTREAM_CONNECT_FAILED
+    assert outcome.ended_at - t0 < 0.1  # at once, not after connect_timeout of retries
+    assert fake.connections == 1
+
+
+async def test_a_failing_recycle_keeps_the_working_session(autojump_clock: Any) -> None:
+    fake = await served(FakeOpenAIRealtime(echo_delay=0.05))
+
+    async def refuse_new_sessions() -> None:
+        await fake.wait_for_session(1)
+        fake.refuse_status = 503
+        fake.only_session = None
+
+    settings = Settings(session_max_age=2.0, idle_timeout=100)
+    async with bridged(fake, settings, seconds=5.0) as outcome:
+        await refuse_new_sessions()
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    assert len(fake.sessions) == 1  # every replacement was refused; the first carried the call
+    assert outcome.caller.frames_sent == fake.sessions[0].audio_in

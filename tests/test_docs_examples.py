@@ -6,12 +6,16 @@
 * Every ``--flag`` in ``docs/timeouts.md`` is a ``voxbridge serve`` flag; its table's defaults and
   environment variables are those of ``Settings``; every ``Reason`` is documented with its close
   code; every metric is in ``docs/operations.md``.
+* ``docs/providers.md`` names only real flags, variables and providers, lists every registered
+  provider, and its knob tables list exactly the fakes' keyword arguments; every ``serve`` flag is
+  documented somewhere; no doc names a metric that does not exist.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import re
 from functools import partial
 from pathlib import Path
@@ -25,9 +29,10 @@ from prometheus_client import CollectorRegistry
 from voxbridge.cli import build_parser
 from voxbridge.errors import Reason
 from voxbridge.metrics import Metrics
+from voxbridge.providers.registry import PROVIDERS
 from voxbridge.session import CallRegistry
 from voxbridge.settings import ENV_ALIASES, Settings
-from voxbridge.testing import simulate_call
+from voxbridge.testing import FakeOpenAIRealtime, FakeUltravox, simulate_call
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -205,6 +210,95 @@ def test_every_metric_is_documented(doc: str) -> None:
     for family in Metrics().registry.collect():
         name = family.name + ("_total" if family.type == "counter" else "")
         assert f"`{name}`" in text, f"{name} missing from docs/{doc}"
+
+
+# --- docs/providers.md ---------------------------------------------------------------------------
+
+# Environment variables that are not ``VOXBRIDGE_<FIELD>`` but that ``Settings.from_env`` reads.
+API_KEY_VARIABLES = {"OPENAI_API_KEY": "openai_api_key", "ULTRAVOX_API_KEY": "ultravox_api_key"}
+
+
+def tables(text: str) -> list[list[list[str]]]:
+    """Every Markdown table in ``text``: its rows (header first) as stripped cells."""
+    found: list[list[list[str]]] = []
+    current: list[list[str]] | None = None
+    for line in text.splitlines():
+        rows = table_rows(line)
+        if line.strip().startswith("|"):
+            if current is None:
+                current = []
+                found.append(current)
+            current.extend(rows)
+        else:
+            current = None
+    return found
+
+
+def backticked(cell: str) -> str:
+    """The name in a table cell that starts with one in backticks."""
+    match = re.match(r"`([\w-]+)`", cell)
+    assert match, f"expected a `name` in the cell {cell!r}"
+    return match.group(1)
+
+
+def test_every_flag_in_providers_doc_is_a_serve_flag() -> None:
+    mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", read("providers.md")))
+    assert "--provider-url" in mentioned
+    missing = mentioned - serve_flags()
+    assert not missing, f"not flags of `voxbridge serve`: {sorted(missing)}"
+
+
+def test_every_env_variable_in_providers_doc_is_read_by_settings() -> None:
+    names = {f"VOXBRIDGE_{field.name.upper()}" for field in attrs.fields(Settings)}
+    mentioned = set(re.findall(r"\bVOXBRIDGE_[A-Z_]+\b", read("providers.md")))
+    assert mentioned - names == set()
+    for variable, field in API_KEY_VARIABLES.items():
+        assert f"`{variable}`" in read("providers.md"), variable
+        assert getattr(Settings.from_env({variable: "k"}), field) == "k", variable
+
+
+def test_providers_doc_lists_every_registered_provider() -> None:
+    first = tables(read("providers.md"))[0]
+    assert first[0][:2] == ["provider", "`--provider`"], first[0]
+    documented = {backticked(row[1]) for row in first[1:]}
+    assert documented == set(PROVIDERS)
+
+
+@pytest.mark.parametrize(("index", "fake"), [(0, FakeOpenAIRealtime), (1, FakeUltravox)])
+def test_fake_knob_tables_match_the_fakes(index: int, fake: type) -> None:
+    knob_tables = [
+        table for table in tables(read("providers.md")) if table[0] == ["knob", "effect"]
+    ]
+    assert len(knob_tables) == 2, "docs/providers.md has one knob table per fake"
+    documented = {backticked(row[0]) for row in knob_tables[index][1:]}
+    parameters = set(inspect.signature(fake.__init__).parameters) - {"self"}
+    assert documented == parameters, (fake.__name__, documented ^ parameters)
+
+
+def test_every_serve_flag_is_documented() -> None:
+    text = read("timeouts.md") + read("operations.md") + read("providers.md")
+    missing = sorted(
+        f for f in serve_flags() if f.startswith("--") and f != "--help" and f"`{f}`" not in text
+    )
+    assert not missing, f"flags documented in none of timeouts, operations, providers: {missing}"
+
+
+def test_docs_name_only_existing_metrics() -> None:
+    families = Metrics().registry.collect()
+    names = {f.name + ("_total" if f.type == "counter" else "") for f in families}
+    for page in sorted(DOCS.glob("*.md")):
+        if page.name == "benchmarks.md":  # the benchmark suite's own page
+            continue
+        for name in set(re.findall(r"\bvoxbridge_[a-z_]+", page.read_text(encoding="utf-8"))):
+            base = re.sub(r"_(bucket|count|sum)$", "", name)
+            assert base in names, f"{page.name}: no metric {name}"
+
+
+def test_built_features_are_not_listed_as_unbuilt() -> None:
+    section = read("architecture.md").split("## Designed but not built yet", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    for built in ("barge-in", "Ultravox", "reconnect"):
+        assert built.lower() not in section.lower(), built
 
 
 # --- links ----------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-
 from test_e2e_server import disconnects, scrape
+
 from voxbridge.audio import tone
 from voxbridge.server import RunningServer, serve
 from voxbridge.settings import Settings

@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             settings = _settings(args)
+            settings.agent_instructions()  # an unreadable --instructions-file: one line, exit 2
             if settings.provider != "echo" or settings.provider_url:
                 provider_for(
                     settings

@@ -93,12 +93,14 @@ class Disconnect(Exception):
     Args:
         reason: one of the closed set of reasons.
         detail: a short human sentence for the log (never a secret, never audio).
+        final: retrying cannot help (a provider refused our credentials): do not retry.
     """
 
-    def __init__(self, reason: Reason, detail: str = "") -> None:
+    def __init__(self, reason: Reason, detail: str = "", *, final: bool = False) -> None:
         super().__init__(reason, detail)
         self.reason = reason
         self.detail = detail
+        self.final = final
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value

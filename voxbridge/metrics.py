@@ -70,20 +70,20 @@ class Metrics:
         )
         self.media_frames_dropped = Counter(
             "voxbridge_media_frames_dropped",
-            "Audio frames dropped by a backpressure policy, by direction.",
+            "Audio frames dropped, by direction (caller audio while a provider session resumes).",
             ["direction"],
             registry=r,
         )
         self.upstream_connect_seconds = Histogram(
             "voxbridge_upstream_connect_seconds",
-            "Time to open a provider session (TCP, TLS, WebSocket handshake).",
+            "Time to open a provider session (REST call creation, TCP, TLS, handshake, opening frames).",
             ["provider"],
             buckets=_CONNECT_BUCKETS,
             registry=r,
         )
         self.upstream_reconnects = Counter(
             "voxbridge_upstream_reconnects",
-            "Provider reconnect attempts mid-call, by outcome.",
+            "Provider sessions that dropped mid-call, by how resuming them ended.",
             ["outcome"],
             registry=r,
         )

@@ -109,7 +109,11 @@ class Settings:
         default="echo", validator=_one_of(*PROVIDERS), metadata=_help("voice-AI provider")
     )
     provider_url: str | None = attrs.field(
-        default=None, metadata=_help("override the provider endpoint (ws:// or wss:// URL)")
+        default=None,
+        metadata=_help(
+            "override the provider endpoint: OpenAI/echo ws(s)://.../v1/realtime, "
+            "Ultravox REST base http(s)://.../api"
+        ),
     )
     openai_model: str = attrs.field(default="gpt-realtime", metadata=_help("OpenAI model"))
     openai_flavour: str = attrs.field(
@@ -221,8 +225,8 @@ class Settings:
 
     @property
     def teardown_timeout(self) -> float:
-        """The bound on the whole teardown: two close handshakes plus a margin."""
-        return 2 * self.close_timeout + 1 * SECONDS
+        """The bound on the whole teardown: the provider's goodbye, two close handshakes, a margin."""
+        return 3 * self.close_timeout + 1 * SECONDS
 
     @classmethod
     def cli_fields(cls) -> list[attrs.Attribute[Any]]:

@@ -1,7 +1,7 @@
 """Embed voxbridge in your own trio app: carrier WebSockets served with trio-websocket.
 
 Every accepted WebSocket on ``/twilio/media`` becomes one call, bridged to an ``EchoAgent`` that
-runs in the same nursery (use ``voxbridge.endpoint_for(settings)`` for a real provider). Run it
+runs in the same nursery (use ``voxbridge.provider_for(settings)`` for a real provider). Run it
 with ``python docs/examples/embed_trio_websocket.py`` and place a call with
 ``voxbridge call ws://127.0.0.1:8080/twilio/media``.
 """

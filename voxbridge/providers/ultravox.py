@@ -274,7 +274,8 @@ class UltravoxProvider:
         if response.status_code != 201:
             raise self._failed(
                 f"creating the call was refused: HTTP {response.status_code}"
-                f" {response.reason_phrase}: {_error_text(response)}"
+                f" {response.reason_phrase}: {_error_text(response)}",
+                final=response.status_code in (401, 403),  # a bad key stays bad: do not retry
             )
         try:
             call = response.json()
@@ -283,7 +284,6 @@ class UltravoxProvider:
         join_url = call.get("joinUrl") if isinstance(call, dict) else None
         if not isinstance(join_url, str) or urlsplit(join_url).scheme not in ("ws", "wss"):
             raise self._failed("call creation answered 201 without a ws(s):// joinUrl")
-        log.debug("created Ultravox call %s", call.get("callId"))
         return ProviderSession(
             ProviderEndpoint(self.name, _with_api_version(join_url)),
             UltravoxCodec(hangup_message=self.hangup_message),
@@ -294,10 +294,10 @@ class UltravoxProvider:
             return self._client_factory()
         return httpx.AsyncClient(timeout=self.connect_timeout)
 
-    def _failed(self, detail: str) -> Disconnect:
+    def _failed(self, detail: str, *, final: bool = False) -> Disconnect:
         if self._api_key:
             detail = detail.replace(self._api_key, "<redacted>")
-        return Disconnect(Reason.UPSTREAM_CONNECT_FAILED, f"Ultravox: {detail}")
+        return Disconnect(Reason.UPSTREAM_CONNECT_FAILED, f"Ultravox: {detail}", final=final)
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -1,4 +1,4 @@
-"""One phone call, bridged: a nursery, three tasks, a deadline on every wait, one teardown.
+"""One phone call, bridged: a nursery, four tasks, a deadline on every wait, one teardown.
 
 The shape (ARCHITECTURE.md, "The call")::
 
@@ -56,6 +56,8 @@ from .watchdog import Watchdog
 __all__ = ["Call", "run_call"]
 
 log = logging.getLogger("voxbridge.call")
+
+RECYCLE_RETRY = 60.0  # seconds between recycle attempts after one failed
 
 # Which setting bounds the wait behind each timeout reason (for the one log line per call).
 _LIMITS = {
@@ -209,7 +211,7 @@ class Call:
 
     async def _lifecycle(self, sockets: trio.Nursery) -> None:
         await self._wait_for_start()
-        self.journal.call_started(self.state)
+        self._journal(self.journal.call_started, self.state)
         self._link = ProviderLink(
             self.provider,
             settings=self.settings,
@@ -346,7 +348,7 @@ class Call:
                         log.debug("barge-in at %d ms", heard[1], extra={"call_id": state.call_id})
                 elif type(event) is Transcript:
                     state.transcript.append(event)
-                    journal.transcript_line(state, event)
+                    self._journal(journal.transcript_line, state, event)
                     log.debug("%s: %s", event.role, event.text, extra={"call_id": state.call_id})
                 elif type(event) is AgentHangup:
                     raise Disconnect(Reason.AGENT_HANGUP, event.message or "agent hung up")
@@ -381,7 +383,17 @@ class Call:
             opened = upstream.opened_at if upstream is not None else trio.current_time()
             await trio.sleep_until(opened + self.settings.session_max_age)
             if link.ready and link.upstream is upstream:
-                await link.recycle()
+                try:
+                    await link.recycle()
+                except Disconnect as exc:
+                    if exc.reason is not Reason.UPSTREAM_CLOSED:
+                        raise
+                    # The old session still works (until the provider's own cap, when the drop
+                    # path resumes it): keep it, try again in a minute.
+                    log.warning(
+                        "recycle failed: %s", exc.detail, extra={"call_id": self.state.call_id}
+                    )
+                    await trio.sleep(RECYCLE_RETRY)
 
     # --- ending -------------------------------------------------------------------------------
 
@@ -390,6 +402,14 @@ class Call:
             return self._twilio.receive(frame)
         except RemoteProtocolError as exc:
             raise Disconnect(Reason.PROTOCOL_ERROR, str(exc)) from None
+
+    def _journal(self, write: Callable[..., None], *args: object) -> None:
+        """A journal failure is counted and logged; it never ends or breaks the call."""
+        try:
+            write(*args)
+        except Exception:
+            self.metrics.journal_write_errors.inc()
+            log.exception("journal write failed", extra={"call_id": self.state.call_id})
 
     def _record(self, disconnect: Disconnect) -> None:
         if self._ending is None:
@@ -440,11 +460,7 @@ class Call:
         self.metrics.call_disconnects.labels(reason=reason.value).inc()
         self.metrics.call_duration.labels(reason=reason.value).observe(record.duration)
         self.metrics.calls_active.dec()
-        try:
-            self.journal.call_ended(record)
-        except Exception:  # a journal bug must not stop the accounting
-            self.metrics.journal_write_errors.inc()
-            log.exception("journal failed to record the call", extra={"call_id": state.call_id})
+        self._journal(self.journal.call_ended, record)
         fields: dict[str, object] = {
             "call_id": state.call_id,
             "call_sid": state.call_sid,

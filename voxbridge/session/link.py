@@ -152,6 +152,8 @@ class ProviderLink:
                 if exc.reason is not Reason.UPSTREAM_CONNECT_FAILED:
                     raise
                 last = exc.detail
+                if exc.final:
+                    raise Disconnect(failure, f"{self.provider.name}: {last}") from None
             now = trio.current_time()
             if not retry or now >= until:
                 raise Disconnect(failure, f"{self.provider.name}: {last}")

@@ -154,9 +154,12 @@ class Upstream:
                         task_status.started(upstream)
                         await trio.sleep_forever()
             except* HandshakeError as group:  # a rejected handshake surfaces from the reader task
+                leaf = _leaf(group)
+                status = getattr(leaf, "status_code", None)
                 failure = Disconnect(
                     Reason.UPSTREAM_CONNECT_FAILED,
-                    f"{endpoint.name}: handshake failed: {_leaf(group)}",
+                    f"{endpoint.name}: handshake failed: {leaf}",
+                    final=status in (401, 403),  # a bad key stays bad: do not retry
                 )
         if failure is not None:
             raise failure
