@@ -29,6 +29,7 @@ ever picks exception groups apart by hand.
 
 from __future__ import annotations
 
+import binascii
 import logging
 import math
 import uuid
@@ -40,12 +41,19 @@ from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioS
 from ..errors import Disconnect, Reason, RemoteProtocolError
 from ..journal import CallJournal, MemoryJournal
 from ..metrics import Metrics
-from ..providers.base import Provider
+from ..providers.base import Provider, ProviderCodec
 from ..providers.endpoint import ProviderEndpoint
-from ..providers.events import AgentAudio, AgentHangup, ProviderError, SpeechStarted, Transcript
+from ..providers.events import (
+    AgentAudio,
+    AgentHangup,
+    ProviderError,
+    ProviderEvent,
+    SpeechStarted,
+    Transcript,
+)
 from ..providers.openai_realtime import OpenAIProvider
 from ..settings import Settings
-from ..upstream import StreamConnector, open_tcp_stream_tuned
+from ..upstream import StreamConnector, Upstream, open_tcp_stream_tuned
 from .carrier import CarrierSocket
 from .link import ProviderLink
 from .playback import Playback
@@ -122,6 +130,42 @@ def _as_provider(provider: Provider | ProviderEndpoint, settings: Settings) -> P
             transcription_model=settings.transcription_model,
         )
     return provider
+
+
+# Audio merged into one media message at most: 100 ms of mu-law. A mark follows every media
+# message, so this is also the worst-case granularity of barge-in truncation during a burst.
+MAX_COALESCE_BYTES = 800
+
+
+def _coalesce(
+    first: AgentAudio, upstream: Upstream, codec: ProviderCodec
+) -> tuple[str, ProviderEvent | None]:
+    """``first``'s payload merged with the audio of the same item already queued behind it.
+
+    Returns the payload and the first non-matching event read ahead (to handle next), if any.
+    """
+    receive_nowait = upstream.receive_nowait
+    frame = receive_nowait()
+    if frame is None:
+        return first.payload, None  # the common case in real time: nothing queued
+    chunks = [binascii.a2b_base64(first.payload)]
+    size = len(chunks[0])
+    carry: ProviderEvent | None = None
+    while frame is not None:
+        try:
+            event = codec.decode(frame)
+        except RemoteProtocolError:
+            event = None
+        if type(event) is AgentAudio and event.item_id == first.item_id:
+            chunks.append(binascii.a2b_base64(event.payload))
+            size += len(chunks[-1])
+        elif event is not None:
+            carry = event
+            break
+        if size >= MAX_COALESCE_BYTES:
+            break
+        frame = receive_nowait()
+    return binascii.b2a_base64(b"".join(chunks), newline=False).decode("ascii"), carry
 
 
 def _decoded_size(payload: str) -> int:
@@ -306,29 +350,39 @@ class Call:
         assert link is not None
         frames = self.metrics.media_frames.labels(direction="to_caller")
         send_timeout = self.settings.send_timeout
+        carry: ProviderEvent | None = None  # an event read ahead while coalescing audio
+        event: ProviderEvent | None
         watchdog = Watchdog()
         with watchdog:
             while True:
                 upstream, codec = link.upstream, link.codec
                 assert upstream is not None and codec is not None
-                watchdog.disarm()  # liveness of a quiet provider is the keepalive's job
-                try:
-                    frame = await upstream.receive()
-                except Disconnect as exc:
-                    if link.upstream is not upstream:
-                        continue  # recycled under us: read the new session
-                    code = upstream.close_code or 1006
-                    if codec.close_reason(code) is Reason.AGENT_HANGUP:
-                        raise Disconnect(Reason.AGENT_HANGUP, exc.detail) from None
-                    await link.resume(exc.detail)
-                    continue
-                try:
-                    event = codec.decode(frame)
-                except RemoteProtocolError as exc:
-                    log.warning("provider frame dropped: %s", exc, extra={"call_id": state.call_id})
-                    continue
+                if carry is not None:
+                    event, carry = carry, None
+                else:
+                    watchdog.disarm()  # liveness of a quiet provider is the keepalive's job
+                    try:
+                        frame = await upstream.receive()
+                    except Disconnect as exc:
+                        if link.upstream is not upstream:
+                            continue  # recycled under us: read the new session
+                        code = upstream.close_code or 1006
+                        if codec.close_reason(code) is Reason.AGENT_HANGUP:
+                            raise Disconnect(Reason.AGENT_HANGUP, exc.detail) from None
+                        await link.resume(exc.detail)
+                        continue
+                    try:
+                        event = codec.decode(frame)
+                    except RemoteProtocolError as exc:
+                        log.warning(
+                            "provider frame dropped: %s", exc, extra={"call_id": state.call_id}
+                        )
+                        continue
                 if type(event) is AgentAudio:
-                    payload = event.payload
+                    # Providers send audio in bursts faster than real time. What is already
+                    # queued goes out as one media message and one mark (fewer messages on the
+                    # hot path); nothing ever waits for more to arrive.
+                    payload, carry = _coalesce(event, upstream, codec)
                     mark = playback.sent(event.item_id, _decoded_size(payload))
                     watchdog.arm(send_timeout, Reason.CALLER_STALLED)
                     await carrier.send(twilio.media(payload))

@@ -235,6 +235,16 @@ class Upstream:
             raise self._closed(exc) from None
         return message
 
+    def receive_nowait(self) -> str | bytes | None:
+        """The next frame if one is already queued, else ``None`` (a close is left to
+        :meth:`receive` to report). Lets the call coalesce a burst without waiting for more."""
+        try:
+            # trio-websocket has no public non-blocking receive; its queue is a trio channel.
+            message: str | bytes = self.ws._recv_channel.receive_nowait()
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.EndOfChannel):
+            return None
+        return message
+
     async def ping(self, pong_timeout: float) -> float:
         """Ping and wait for the pong. Returns the round-trip time in seconds.
 
