@@ -1,0 +1,231 @@
+"""Scenario *relay*: what a call costs in CPU, and how fast and complete the audio gets through.
+
+N simulated Twilio callers each stream 20 ms mu-law frames in real time through the bridge for T
+seconds. Two upstream variants, each peer in both:
+
+* ``agent`` (the headline): the upstream fake answers like a realtime agent -- after every second
+  of caller audio, one second of its own audio as 50 deltas back to back, faster than real time;
+* ``echo``: every caller frame comes straight back as one delta.
+
+Figures per peer and variant, over the measurement window (after the calls connected and a
+warm-up): server CPU (user+sys of the server process) per call-second of bridged caller audio and
+per relayed frame (20 ms of audio in either direction; a bridge that merges queued frames into
+one message pays per message, so merging shows here), the messages it sent each caller per
+call-second (media, marks, clears), server CPU use, latency (echo: caller round
+trip; agent: delivery from the agent's send to the caller), frames lost over the whole run (sent
+by one side, never seen by the other), and the CPU of the load generators and the fake next to the
+server's so a saturated load side is visible.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .common import Proc, fig
+from .harness import Bench, latency_summary, ratio
+from .wire import FRAME_SECONDS
+
+NAME = "relay"
+TITLE = "Relay: CPU per call and per message, latency, loss"
+
+
+@dataclass
+class Params:
+    """Relay parameters (``--calls`` ... on the command line)."""
+
+    calls: int = 20
+    seconds: float = 15.0
+    warmup: float = 2.0
+    variants: str = "agent,echo"
+    burst: int = 50
+
+    @classmethod
+    def smoke(cls) -> Params:
+        return cls(calls=3, seconds=0.5, warmup=0.1, variants="agent,echo", burst=10)
+
+
+def measure(
+    bench: Bench,
+    peer: Proc,
+    fake: Proc | None,
+    *,
+    calls: int,
+    seconds: float,
+    warmup: float,
+    label: str,
+    url: str | None = None,
+) -> dict[str, Any]:
+    """Run ``calls`` real-time callers against ``peer`` for ``seconds``; return the raw readings.
+
+    Shared with the capacity and floor scenarios. ``url`` overrides the peer's media URL (the
+    floor's echo servers take any path).
+    """
+    if fake is not None:
+        fake.command("reset")
+    start = time.monotonic() + bench.lead
+    ramp = max(0.05 if bench.smoke else 0.3, calls / 100)
+    w0 = start + ramp + warmup
+    w1 = w0 + seconds
+    spec = {
+        "url": url or bench.media_url(peer),
+        "calls": calls,
+        "start_at": start,
+        "ramp": ramp,
+        "stream_until": w1,
+        "grace": 0.2 if bench.smoke else 1.0,
+        "after": "stop",
+        "window": [w0, w1],
+        "deadline": w1 + 20,
+        "frames": math.ceil((w1 - start) / FRAME_SECONDS) + 100,
+    }
+    run = bench.load(label, spec)
+    watched = [peer, *run.procs] + ([fake] if fake is not None else [])
+    try:
+        cpu = bench.cpu_window(watched, w0, w1, label)
+        load = run.wait()
+    finally:
+        run.stop()
+    time.sleep(0.05 if bench.smoke else 0.3)
+    upstream = fake.command("stats") if fake is not None else None
+    window = cpu.pop("_seconds")
+    gen_cpu = sum(v for k, v in cpu.items() if "-gen" in k)
+    return {
+        "window": window,
+        "server_cpu": cpu[peer.name],
+        "gen_cpu": gen_cpu,
+        "fake_cpu": cpu.get(fake.name, 0.0) if fake is not None else 0.0,
+        "load": load,
+        "upstream": upstream,
+        "calls": calls,
+    }
+
+
+def figures(raw: dict[str, Any], *, echo_fake: bool = True) -> dict[str, Any]:
+    """The relay figures from :func:`measure`'s readings."""
+    load, upstream, window = raw["load"], raw["upstream"], raw["window"]
+    call_seconds = load["sent_window"] * FRAME_SECONDS
+    messages = load["sent_window"] + load["received_window"]
+    cpu = raw["server_cpu"]
+    lat = latency_summary(load["samples"])
+    if upstream is not None:
+        lost_up = load["sent"] - upstream["appends"]
+        lost_down = upstream["deltas"] - load["received"]
+        total = load["sent"] + upstream["deltas"]
+    else:  # echo server: what came back
+        lost_up, lost_down = 0, load["sent"] - load["received"]
+        total = 2 * load["sent"]
+    lost = max(0, lost_up) + max(0, lost_down)
+    return {
+        "calls": fig(raw["calls"], "calls"),
+        "calls_opened": fig(load["opened"], "calls"),
+        "window": fig(window, "s"),
+        "call_seconds": fig(call_seconds, "call-s"),
+        "messages": fig(messages, "messages"),
+        "server_cpu": fig(cpu, "s"),
+        "cpu_per_call_second": fig(
+            cpu / call_seconds * 1000 if call_seconds else None, "ms/call-s"
+        ),
+        "cpu_per_message": fig(
+            cpu / messages * 1e6 if messages else None,
+            "us/frame",
+            note="per 20 ms frame relayed in either direction",
+        ),
+        "caller_messages_per_call_second": fig(
+            (load.get("media_messages", 0) + load.get("marks", 0) + load.get("clears", 0))
+            / (load["sent"] * FRAME_SECONDS)
+            if load["sent"]
+            else None,
+            "messages/call-s",
+            note="media, mark and clear messages the bridge sent each caller (whole run)",
+        ),
+        "server_cpu_pct": fig(cpu / window * 100, "% of a core"),
+        "generator_cpu_pct": fig(raw["gen_cpu"] / window * 100, "% of a core"),
+        "fake_cpu_pct": fig(raw["fake_cpu"] / window * 100, "% of a core"),
+        "latency_p50": fig(lat["p50"], "ms"),
+        "latency_p99": fig(lat["p99"], "ms"),
+        "latency_max": fig(lat["max"], "ms"),
+        "latency_samples": fig(lat["n"], "samples"),
+        "frames_lost": fig(lost, "frames", up=lost_up, down=lost_down),
+        "loss_pct": fig(lost / total * 100 if total else None, "%"),
+        "generator_lateness_max": fig(load.get("lateness_max_ms", 0.0), "ms"),
+    }
+
+
+def run(bench: Bench, params: Params) -> dict[str, Any]:
+    """Run every peer through every variant; return the scenario's results."""
+    variants = [v.strip() for v in params.variants.split(",") if v.strip()]
+    result: dict[str, Any] = {"title": TITLE, "params": vars(params), "variants": {}}
+    for v in variants:
+        result["variants"][v] = {}
+    with bench.scenario(NAME, len(bench.peers) * len(variants)) as task:
+        fake = bench.fake("agent", tag="-relay", burst=params.burst)
+        try:
+            assert fake.url is not None
+            peers = bench.start_peers(fake.url, tag="-relay")
+            try:
+                for key, peer in peers.items():
+                    for variant in variants:
+                        fake.command(f"mode {variant}")
+                        raw = measure(
+                            bench,
+                            peer,
+                            fake,
+                            calls=params.calls,
+                            seconds=params.seconds,
+                            warmup=params.warmup,
+                            label=f"relay {variant} {key}",
+                        )
+                        result["variants"][variant][key] = figures(raw)
+                        bench.advance(task)
+                    peer.terminate()
+            finally:
+                bench.retire(*peers.values())
+        finally:
+            bench.retire(fake)
+    result["ratios"] = ratios(result)
+    return result
+
+
+def ratios(result: dict[str, Any]) -> dict[str, Any]:
+    """voxbridge / each baseline for the cost figures, per variant."""
+    out: dict[str, Any] = {}
+    for variant, peers in result["variants"].items():
+        vox = peers.get("voxbridge")
+        if vox is None:
+            continue
+        for other in peers:
+            if other == "voxbridge":
+                continue
+            for name in ("cpu_per_call_second", "cpu_per_message"):
+                out[f"{variant}.{name}.voxbridge/{other}"] = ratio(
+                    vox[name]["value"], peers[other][name]["value"]
+                )
+    return out
+
+
+def check(result: dict[str, Any]) -> list[str]:
+    """Sanity problems (smoke): every peer measured, figures finite and positive."""
+    problems = []
+    for variant, peers in result["variants"].items():
+        for key, figs in peers.items():
+            for name in ("cpu_per_call_second", "cpu_per_message", "latency_p50", "latency_p99"):
+                value = figs[name]["value"]
+                if value is None or not math.isfinite(value) or value <= 0:
+                    problems.append(f"relay {variant} {key}: {name} = {value}")
+            if figs["calls_opened"]["value"] != figs["calls"]["value"]:
+                problems.append(f"relay {variant} {key}: not every call connected")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .run import main as run_main
+
+    return run_main(argv, only=[NAME])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

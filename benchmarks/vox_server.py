@@ -1,0 +1,95 @@
+"""voxbridge as the benchmarks run it: ``voxbridge serve``, plus a task count and an optional profile.
+
+This does what ``voxbridge serve`` does -- ``Settings`` from ``VOXBRIDGE_*`` variables, the same
+logging set-up, :func:`voxbridge.server.serve` until SIGINT/SIGTERM -- and adds what the harness
+needs from inside the process:
+
+* ``--stats-interval S``: every S seconds a line ``stats {"tasks": N, ...}`` with the live trio
+  tasks (walked from the root task; no instrument, so no cost per task) and garbage-collector
+  pauses (:mod:`benchmarks.gcstats`);
+* ``--profile PATH``: run under cProfile (CPU-time clock) and write the stats to PATH on
+  shutdown.
+
+The harness passes every setting through the environment (``VOXBRIDGE_IDLE_TIMEOUT`` ...), so the
+server runs exactly the configuration an operator would get from the same variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import trio
+
+from voxbridge.logs import configure
+from voxbridge.server import serve
+from voxbridge.settings import Settings, SettingsError
+
+from .gcstats import GcStats
+from .trio_tasks import count_tasks
+
+
+async def report_stats(interval: float) -> None:
+    """Print ``stats {"tasks": N, "gc_...": ...}`` every ``interval`` seconds."""
+    gc_stats = GcStats()
+    while True:
+        await trio.sleep(interval)
+        line = {"tasks": count_tasks(), **gc_stats.snapshot()}
+        sys.stdout.write("stats " + json.dumps(line) + "\n")
+        sys.stdout.flush()
+
+
+async def run(settings: Settings, stats_interval: float) -> None:
+    async with trio.open_nursery() as nursery:
+
+        async def serve_then_stop(*, task_status: trio.TaskStatus[object]) -> None:
+            await serve(settings, task_status=task_status)
+            nursery.cancel_scope.cancel()
+
+        server = await nursery.start(serve_then_stop)
+        sys.stdout.write(f"voxbridge listening on {server.url}\n")  # type: ignore[attr-defined]
+        sys.stdout.flush()
+        if stats_interval > 0:
+            nursery.start_soon(report_stats, stats_interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.vox_server",
+        description="voxbridge serve for the benchmarks (settings from VOXBRIDGE_* variables).",
+    )
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--upstream-url", help="provider URL (sets provider_url)")
+    parser.add_argument("--stats-interval", type=float, default=0.0, help="0 = no stats lines")
+    parser.add_argument("--profile", help="write cProfile stats here on shutdown")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env(port=args.port, provider_url=args.upstream_url)
+    except SettingsError as exc:
+        sys.stderr.write(f"vox_server: {exc}\n")
+        return 2
+    configure(settings.log_format, settings.log_level)
+    if args.profile:
+        import cProfile
+        import time
+
+        profiler = cProfile.Profile(time.process_time)  # CPU time: idle waits do not count
+        profiler.enable()
+        try:
+            trio.run(run, settings, args.stats_interval)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
+    else:
+        try:
+            trio.run(run, settings, args.stats_interval)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
