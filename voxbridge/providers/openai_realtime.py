@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 
 from ..errors import Reason, RemoteProtocolError
+from ..settings import Settings
 from .base import Frame, ProviderSession
 from .endpoint import ProviderEndpoint
 from .events import AgentAudio, ProviderError, ProviderEvent, SpeechStarted, Transcript
@@ -334,6 +335,24 @@ class OpenAIProvider:
         self.instructions = instructions
         self.transcription_model = transcription_model
         self.name = endpoint.name if name is None else name
+
+    @classmethod
+    def from_settings(
+        cls, endpoint: ProviderEndpoint, settings: Settings, *, flavour: Flavour | None = None
+    ) -> OpenAIProvider:
+        """The provider for ``endpoint`` with the model, voice and instructions of ``settings``.
+
+        Raises:
+            SettingsError: ``instructions_file`` cannot be read.
+        """
+        return cls(
+            endpoint,
+            flavour=flavour,
+            model=settings.openai_model,
+            voice=settings.voice or "alloy",
+            instructions=settings.agent_instructions(),
+            transcription_model=settings.transcription_model,
+        )
 
     def __repr__(self) -> str:
         return f"OpenAIProvider({self.endpoint!r}, flavour={self.flavour!r}, model={self.model!r})"

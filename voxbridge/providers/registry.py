@@ -20,13 +20,8 @@ def _echo(settings: Settings, echo_url: str | None) -> Provider:
     url = settings.provider_url or echo_url
     if url is None:
         raise SettingsError("the echo provider needs a running echo agent (echo_url)")
-    return OpenAIProvider(
-        ProviderEndpoint("echo", checked_ws_url(url)),
-        flavour="ga",
-        model=settings.openai_model,
-        voice=settings.voice or "alloy",
-        instructions=settings.agent_instructions(),
-        transcription_model=settings.transcription_model,
+    return OpenAIProvider.from_settings(
+        ProviderEndpoint("echo", checked_ws_url(url)), settings, flavour="ga"
     )
 
 
@@ -39,14 +34,7 @@ def _openai(settings: Settings, echo_url: str | None) -> Provider:
         flavour=settings.openai_flavour,  # type: ignore[arg-type]
         model=settings.openai_model,
     )
-    return OpenAIProvider(
-        endpoint,
-        flavour=settings.openai_flavour,  # type: ignore[arg-type]
-        model=settings.openai_model,
-        voice=settings.voice or "alloy",
-        instructions=settings.agent_instructions(),
-        transcription_model=settings.transcription_model,
-    )
+    return OpenAIProvider.from_settings(endpoint, settings)  # flavour: the endpoint's
 
 
 def _ultravox(settings: Settings, echo_url: str | None) -> Provider:

@@ -122,13 +122,7 @@ async def run_call(
 
 def _as_provider(provider: Provider | ProviderEndpoint, settings: Settings) -> Provider:
     if isinstance(provider, ProviderEndpoint):
-        return OpenAIProvider(
-            provider,
-            model=settings.openai_model,
-            voice=settings.voice or "alloy",
-            instructions=settings.agent_instructions(),
-            transcription_model=settings.transcription_model,
-        )
+        return OpenAIProvider.from_settings(provider, settings)
     return provider
 
 

@@ -51,7 +51,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_st
 
 from ..providers.endpoint import ProviderEndpoint
 from ..providers.openai_realtime import openai_endpoint
-from .faults import FaultStream
+from .faults import FaultStream, record_close
 
 __all__ = [
     "AgentSession",
@@ -429,11 +429,7 @@ class FakeOpenAIRealtime:
                     session.frames_in += 1
                     await self._receive(session, send, message, playback_in)
             except ConnectionClosed as exc:
-                session.closed_at = trio.current_time()
-                if session.close_code is None and exc.reason is not None:
-                    # (when set already, we closed it ourselves -- a fault knob -- and said why)
-                    session.close_code = exc.reason.code
-                    session.close_reason = exc.reason.reason
+                record_close(session, exc)
             finally:
                 nursery.cancel_scope.cancel()
 

@@ -39,7 +39,7 @@ from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
-from .faults import FaultStream
+from .faults import FaultStream, record_close
 
 __all__ = ["CallRequest", "FakeUltravox", "UltravoxSession", "Utterance"]
 
@@ -373,11 +373,7 @@ class FakeUltravox:
                     else:
                         await self._on_data(session, ws, message)
             except ConnectionClosed as exc:
-                session.closed_at = trio.current_time()
-                if session.close_code is None and exc.reason is not None:
-                    # (when set already, we closed it ourselves and said why)
-                    session.close_code = exc.reason.code
-                    session.close_reason = exc.reason.reason
+                record_close(session, exc)
             finally:
                 nursery.cancel_scope.cancel()
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import trio
+from typing import Any
 
-__all__ = ["FaultStream"]
+import trio
+from trio_websocket import ConnectionClosed
+
+__all__ = ["FaultStream", "record_close"]
 
 
 class FaultStream(trio.abc.Stream):
@@ -59,3 +62,14 @@ class FaultStream(trio.abc.Stream):
     async def aclose(self) -> None:
         self._closed.set()
         await self.inner.aclose()
+
+
+def record_close(session: Any, exc: ConnectionClosed) -> None:
+    """Note on a fake's session record when and how the peer closed its WebSocket.
+
+    A close code already set means the fake closed the socket itself (a fault knob) and said why.
+    """
+    session.closed_at = trio.current_time()
+    if session.close_code is None and exc.reason is not None:
+        session.close_code = exc.reason.code
+        session.close_reason = exc.reason.reason
