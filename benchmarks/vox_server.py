@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import trio
@@ -40,8 +41,38 @@ async def report_stats(interval: float) -> None:
         sys.stdout.flush()
 
 
+async def trace_peak(path: str, interval: float = 2.0) -> None:
+    """Keep in ``path`` the tracemalloc top allocation sites at the highest traced total seen.
+
+    Diagnostics only (``VOXBENCH_TRACEMALLOC=path``): tracing slows the server down several times.
+    """
+    import tracemalloc
+
+    peak = 0
+    while True:
+        await trio.sleep(interval)
+        snapshot = tracemalloc.take_snapshot()
+        total = sum(stat.size for stat in snapshot.statistics("filename"))
+        if total <= peak:
+            continue
+        peak = total
+        with open(path, "w") as out:
+            out.write(f"traced {total / 1024:.0f} KiB\n\nby file\n")
+            for stat in snapshot.statistics("filename")[:25]:
+                out.write(f"{stat}\n")
+            out.write("\nby line\n")
+            for stat in snapshot.statistics("lineno")[:60]:
+                out.write(f"{stat}\n")
+
+
 async def run(settings: Settings, stats_interval: float) -> None:
     async with trio.open_nursery() as nursery:
+        trace_path = os.environ.get("VOXBENCH_TRACEMALLOC")
+        if trace_path:
+            import tracemalloc
+
+            tracemalloc.start()
+            nursery.start_soon(trace_peak, trace_path)
 
         async def serve_then_stop(*, task_status: trio.TaskStatus[object]) -> None:
             await serve(settings, task_status=task_status)

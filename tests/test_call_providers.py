@@ -6,6 +6,7 @@ Twilio carrier simulator, which plays agent audio in real time and echoes marks 
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,7 +16,7 @@ import trio
 import trio.testing
 from pytest import approx
 
-from voxbridge.audio import tone
+from voxbridge.audio import FRAME_BYTES, tone
 from voxbridge.errors import Disconnect, Reason
 from voxbridge.journal import MemoryJournal
 from voxbridge.metrics import Metrics
@@ -146,7 +147,10 @@ async def test_transcripts_are_collected_in_order_and_journaled(autojump_clock: 
     assert outcome.journal.records[0] == record
 
 
-async def test_provider_drop_is_resumed_with_the_conversation_replayed(autojump_clock: Any) -> None:
+@pytest.mark.parametrize("batch_ms", [0, 100])
+async def test_provider_drop_is_resumed_with_the_conversation_replayed(
+    autojump_clock: Any, batch_ms: int
+) -> None:
     fake = await served(
         FakeOpenAIRealtime(
             echo_delay=0.05,
@@ -155,7 +159,7 @@ async def test_provider_drop_is_resumed_with_the_conversation_replayed(autojump_
             only_session=1,
         )
     )
-    async with bridged(fake, Settings(), seconds=5.0) as outcome:
+    async with bridged(fake, Settings(upstream_batch_ms=batch_ms), seconds=5.0) as outcome:
         pass
     assert outcome.disconnect is not None and outcome.caller is not None
     assert outcome.disconnect.reason is Reason.CALLER_STOP  # the call survived the drop
@@ -169,9 +173,15 @@ async def test_provider_drop_is_resumed_with_the_conversation_replayed(autojump_
     assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="failed") == 0
     # audio kept flowing after the resume, and what arrived while resuming was dropped, not queued
     assert second.audio_in > 0
-    assert outcome.caller.frames_sent == first.audio_in + second.audio_in + outcome.sample(
+    frames_in = (first.audio_in_bytes + second.audio_in_bytes) // FRAME_BYTES
+    assert outcome.caller.frames_sent == frames_in + outcome.sample(
         "voxbridge_media_frames_dropped_total", direction="to_upstream"
     )
+    assert outcome.registry.recent[0].frames_from_caller == frames_in
+    if batch_ms:  # every append but the last carried a whole 100 ms window
+        sizes = [s.audio_in_bytes for s in (first, second)]
+        assert first.audio_in == math.ceil(sizes[0] / 800)
+        assert second.audio_in == math.ceil(sizes[1] / 800)
     assert outcome.registry.recent[0].resumes == 1
     assert second.closed.is_set() and second.close_code == 1000
 

@@ -113,7 +113,11 @@ def test_listening_socket_options_are_inherited_by_accepted_sockets() -> None:
         (["serve", "--idle-timeout", "-1"], {}, "--idle-timeout / VOXBRIDGE_IDLE_TIMEOUT must be"),
         (["serve"], {"VOXBRIDGE_PORT": "eighty"}, "VOXBRIDGE_PORT='eighty': expected int"),
         (["serve"], {"VOXBRIDGE_PROVIDER": "nope"}, "must be one of echo, openai, ultravox"),
-        (["serve", "--upstream-batch-ms", "20"], {}, "not available yet"),
+        (
+            ["serve", "--upstream-batch-ms", "501"],
+            {},
+            "--upstream-batch-ms / VOXBRIDGE_UPSTREAM_BATCH_MS must be <= 500",
+        ),
         (["serve", "--provider", "openai"], {"OPENAI_API_KEY": ""}, "needs OPENAI_API_KEY"),
         (["serve", "--provider-url", "http://x"], {}, "must be ws:// or wss://"),
     ],

@@ -19,9 +19,12 @@ with warnings.catch_warnings():
     import audioop
 
 __all__ = [
+    "BYTES_PER_MS",
     "FRAME_BYTES",
     "SAMPLE_RATE",
     "SILENCE",
+    "b64_join",
+    "b64_size",
     "pcm16_to_ulaw",
     "pcm16_to_ulaw_b64",
     "read_wav_as_ulaw",
@@ -32,7 +35,25 @@ __all__ = [
 
 SAMPLE_RATE = 8000
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
+BYTES_PER_MS = 8  # 8 kHz mu-law: one byte per sample
 SILENCE = b"\xff"  # mu-law code for 0
+
+
+def b64_size(payload: str) -> int:
+    """Bytes of audio in a (well-formed) base64 payload, without decoding it."""
+    return len(payload) * 3 // 4 - (2 if payload.endswith("==") else payload.endswith("="))
+
+
+def b64_join(payloads: list[str]) -> str:
+    """Base64 payloads merged into one that carries their bytes in order.
+
+    Base64 text cannot simply be concatenated (padding may sit between them), so the bytes are
+    decoded and encoded once; a single payload is returned as it is.
+    """
+    if len(payloads) == 1:
+        return payloads[0]
+    joined = b"".join([binascii.a2b_base64(payload) for payload in payloads])
+    return binascii.b2a_base64(joined, newline=False).decode("ascii")
 
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:

@@ -20,6 +20,7 @@ SECONDS = 1.0
 PROVIDERS = ("echo", "openai", "ultravox")
 OPENAI_FLAVOURS = ("ga", "beta")
 LOG_FORMATS = ("console", "json")
+MAX_UPSTREAM_BATCH_MS = 500  # beyond half a second, batching would wreck turn-taking
 
 # Environment variables that are aliases of a setting, for operators coming from other bridges.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {"idle_timeout": ("WS_IDLE_TIMEOUT_SECONDS",)}
@@ -49,11 +50,12 @@ def _one_of(*choices: str) -> Any:
     return check
 
 
-def _not_yet(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value:
-        raise SettingsError(
-            f"{_names(attribute.name)}: upstream batching is not available yet; use 0"
-        )
+def _at_most(limit: float) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, int | float) and value > limit:
+            raise SettingsError(f"{_names(attribute.name)} must be <= {limit:g}, got {value!r}")
+
+    return check
 
 
 def _port(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -194,9 +196,10 @@ class Settings:
     )
     upstream_batch_ms: float = attrs.field(
         default=0,
-        validator=[_non_negative, _not_yet],
+        validator=[_non_negative, _at_most(MAX_UPSTREAM_BATCH_MS)],
         metadata=_help(
-            "opt-in: gather caller audio this many ms before sending upstream (0 = off)"
+            "opt-in: send caller audio upstream in batches of up to this many ms "
+            f"(adds up to that much latency; 0 = off, at most {MAX_UPSTREAM_BATCH_MS})"
         ),
     )
     # --- journal and logs ------------------------------------------------------------------------

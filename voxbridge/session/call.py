@@ -10,7 +10,8 @@ The shape (ARCHITECTURE.md, "The call")::
            open the provider session (ProviderLink)  (connect_timeout, retried with backoff)
            task nursery
            ├── caller_to_upstream   receive (idle_timeout) -> decode -> send (send_timeout);
-           │                        mark echoes -> Playback; audio dropped (counted) while resuming
+           │                        mark echoes -> Playback; audio dropped (counted) while resuming;
+           │                        opt-in: audio gathered for upstream_batch_ms (AudioBatch)
            ├── upstream_to_caller   receive (keepalive bounds it) -> decode -> send (send_timeout);
            │                        a mark after each chunk; barge-in -> `clear` + truncate;
            │                        a dropped session -> ProviderLink.resume (reconnect_budget)
@@ -37,6 +38,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from ..audio import b64_size
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
 from ..errors import Disconnect, Reason, RemoteProtocolError
 from ..journal import CallJournal, MemoryJournal
@@ -54,6 +56,7 @@ from ..providers.events import (
 from ..providers.openai_realtime import OpenAIProvider
 from ..settings import Settings
 from ..upstream import StreamConnector, Upstream, open_tcp_stream_tuned
+from .batch import AudioBatch
 from .carrier import CarrierSocket
 from .link import ProviderLink
 from .playback import Playback
@@ -160,11 +163,6 @@ def _coalesce(
             break
         frame = receive_nowait()
     return binascii.b2a_base64(b"".join(chunks), newline=False).decode("ascii"), carry
-
-
-def _decoded_size(payload: str) -> int:
-    """Bytes of audio in a base64 payload, without decoding it."""
-    return len(payload) * 3 // 4 - (2 if payload.endswith("==") else payload.endswith("="))
 
 
 class Call:
@@ -304,36 +302,62 @@ class Call:
         frames = self.metrics.media_frames.labels(direction="to_upstream")
         dropped = self.metrics.media_frames_dropped.labels(direction="to_upstream")
         idle_timeout, send_timeout = self.settings.idle_timeout, self.settings.send_timeout
+        batch_ms = self.settings.upstream_batch_ms
+        batch = AudioBatch(batch_ms) if batch_ms else None  # opt-in: off by default
+        listen_since: float | None = None
+        now = trio.current_time()  # when the caller's last frame arrived
         watchdog = Watchdog()
+
+        async def forward(payload: str, count: int) -> None:
+            """Send ``count`` frames of caller audio upstream; while resuming, drop them."""
+            upstream, codec = link.upstream, link.codec
+            if not link.ready or upstream is None or codec is None:
+                dropped.inc(count)  # resuming the provider session: never queue without bound
+                return
+            watchdog.arm(send_timeout, Reason.UPSTREAM_STALLED)
+            try:
+                await upstream.send(codec.audio(payload))
+            except Disconnect as exc:
+                if exc.reason is not Reason.UPSTREAM_CLOSED:
+                    raise
+                dropped.inc(count)  # the receiving task notices the drop and resumes
+                return
+            state.frames_from_caller += count
+            frames.inc(count)
+
         with watchdog:
             while True:
                 # The idle deadline counts from when we are ready to listen again: the last frame
                 # heard, or later if a send (or the provider connect) kept us from reading --
                 # a caller is never charged for our own delays.
-                watchdog.arm(idle_timeout, Reason.IDLE_TIMEOUT)
-                frame = await carrier.receive()
+                watchdog.arm(idle_timeout, Reason.IDLE_TIMEOUT, since=listen_since)
+                listen_since = None
+                if batch:  # audio gathered: wait for the next frame no longer than the window
+                    frame: str | bytes | None = None
+                    with trio.move_on_at(batch.flush_at):
+                        frame = await carrier.receive()
+                    if frame is None:
+                        flushing = trio.current_time()
+                        await forward(*batch.take())
+                        # the caller's silence still counts from its last frame (plus our send)
+                        listen_since = now + (trio.current_time() - flushing)
+                        continue
+                else:
+                    frame = await carrier.receive()
                 now = state.last_caller_frame_at = trio.current_time()
                 event = self._decode(frame)
                 if type(event) is Media:
                     if event.track != "inbound":
                         continue
-                    upstream, codec = link.upstream, link.codec
-                    if not link.ready or upstream is None or codec is None:
-                        dropped.inc()  # resuming the provider session: never queue without bound
-                        continue
-                    watchdog.arm(send_timeout, Reason.UPSTREAM_STALLED, since=now)
-                    try:
-                        await upstream.send(codec.audio(event.payload))
-                    except Disconnect as exc:
-                        if exc.reason is not Reason.UPSTREAM_CLOSED:
-                            raise
-                        dropped.inc()  # the receiving task notices the drop and resumes
-                        continue
-                    state.frames_from_caller += 1
-                    frames.inc()
+                    if batch is None:
+                        await forward(event.payload, 1)
+                    elif batch.add(event.payload, now):
+                        await forward(*batch.take())
                 elif type(event) is Mark:
                     playback.played(event.name)
                 elif type(event) is Stop:
+                    if batch:
+                        await forward(*batch.take())  # the caller's last words still count
                     raise Disconnect(Reason.CALLER_STOP, "carrier sent stop")
                 elif type(event) is Dtmf:
                     log.debug("caller pressed %s", event.digit, extra={"call_id": state.call_id})
@@ -377,7 +401,7 @@ class Call:
                     # queued goes out as one media message and one mark (fewer messages on the
                     # hot path); nothing ever waits for more to arrive.
                     payload, carry = _coalesce(event, upstream, codec)
-                    mark = playback.sent(event.item_id, _decoded_size(payload))
+                    mark = playback.sent(event.item_id, b64_size(payload))
                     watchdog.arm(send_timeout, Reason.CALLER_STALLED)
                     await carrier.send(twilio.media(payload))
                     await carrier.send(twilio.mark(mark))

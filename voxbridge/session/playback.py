@@ -18,9 +18,10 @@ from __future__ import annotations
 
 from collections import deque
 
+from ..audio import BYTES_PER_MS
+
 __all__ = ["BYTES_PER_MS", "Playback"]
 
-BYTES_PER_MS = 8
 _PREFIX = "vb"
 
 

@@ -49,6 +49,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
 
+from ..audio import BYTES_PER_MS, b64_size
 from ..providers.endpoint import ProviderEndpoint
 from ..providers.openai_realtime import openai_endpoint
 from .faults import FaultStream, record_close
@@ -61,7 +62,6 @@ __all__ = [
 
 HANDSHAKE_TIMEOUT = 10.0
 SEND_TIMEOUT = 5.0
-BYTES_PER_MS = 8  # G.711 mu-law, 8 kHz mono
 SILENCE = b"\xff"  # mu-law silence
 ECHO_ITEM = "item_echo"
 ECHO_RESPONSE = "resp_echo"
@@ -115,11 +115,6 @@ _CLIENT_EVENTS = frozenset(
         "response.cancel",
     }
 )
-
-
-def _decoded_size(payload: str) -> int:
-    """Bytes of audio in a base64 payload, without decoding it."""
-    return len(payload) * 3 // 4 - (2 if payload.endswith("==") else payload.endswith("="))
 
 
 def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
@@ -505,7 +500,7 @@ class FakeOpenAIRealtime:
                 await error("missing_required_parameter", "Missing 'audio'.", param="audio")
                 return
             session.audio_in += 1
-            size = _decoded_size(audio)
+            size = b64_size(audio)
             session.audio_in_bytes += size
             session._buffered_bytes += size
             if self.echo_delay is not None:
@@ -691,7 +686,7 @@ class FakeOpenAIRealtime:
                 }
             )
             session.audio_out += 1
-            session.items[ECHO_ITEM] += _decoded_size(audio) // BYTES_PER_MS
+            session.items[ECHO_ITEM] += b64_size(audio) // BYTES_PER_MS
 
     async def _turn(
         self,
