@@ -52,34 +52,38 @@ class PeerSpec:
     env: dict[str, str] = field(default_factory=dict)
     metrics: str | None = None  # "voxbridge" or "trio": which /metrics names it serves
 
+    @property
+    def batch_ms(self) -> float:
+        """The opt-in upstream batching window this peer runs with (0 = none)."""
+        return float(self.env.get("VOXBRIDGE_UPSTREAM_BATCH_MS", 0))
+
+
+#: The batching window the ``voxbridge-batch`` peer runs with.
+BATCH_MS = 40
+
+
+def _voxbridge(key: str, label: str, **env: str) -> PeerSpec:
+    """voxbridge as ``voxbridge serve`` runs it, with ``env`` on top of the common settings."""
+    common = {
+        "VOXBRIDGE_PROVIDER": "echo",
+        "VOXBRIDGE_LOG_FORMAT": "json",
+        "VOXBRIDGE_LOG_LEVEL": "info",
+        "VOXBRIDGE_MAX_CALLS": "20000",
+        "VOXBRIDGE_DRAIN_TIMEOUT": "2",
+    }
+    return PeerSpec(key, label, "benchmarks.vox_server", common | env, metrics="voxbridge")
+
 
 PEERS: dict[str, PeerSpec] = {
-    "voxbridge": PeerSpec(
-        "voxbridge",
-        "voxbridge",
-        "benchmarks.vox_server",
-        {
-            "VOXBRIDGE_PROVIDER": "echo",
-            "VOXBRIDGE_LOG_FORMAT": "json",
-            "VOXBRIDGE_LOG_LEVEL": "info",
-            "VOXBRIDGE_MAX_CALLS": "20000",
-            "VOXBRIDGE_DRAIN_TIMEOUT": "2",
-        },
-        metrics="voxbridge",
-    ),
-    "voxbridge-batch": PeerSpec(
+    "voxbridge": _voxbridge("voxbridge", "voxbridge"),
+    "voxbridge-batch": _voxbridge(
         "voxbridge-batch",
-        "voxbridge (batching 40 ms)",
-        "benchmarks.vox_server",
-        {
-            "VOXBRIDGE_PROVIDER": "echo",
-            "VOXBRIDGE_LOG_FORMAT": "json",
-            "VOXBRIDGE_LOG_LEVEL": "info",
-            "VOXBRIDGE_MAX_CALLS": "20000",
-            "VOXBRIDGE_DRAIN_TIMEOUT": "2",
-            "VOXBRIDGE_UPSTREAM_BATCH_MS": "40",
-        },
-        metrics="voxbridge",
+        f"voxbridge (batching {BATCH_MS} ms)",
+        VOXBRIDGE_UPSTREAM_BATCH_MS=str(BATCH_MS),
+    ),
+    # Only on request (--peers voxbridge,voxbridge-json): the A/B of the JSON parser, in one run.
+    "voxbridge-json": _voxbridge(
+        "voxbridge-json", "voxbridge (stdlib json)", VOXBENCH_JSON="stdlib"
     ),
     "trio": PeerSpec(
         "trio", "naive trio baseline", "benchmarks.baselines.trio_bridge", metrics="trio"
@@ -95,7 +99,7 @@ def batching_available() -> tuple[bool, str]:
     try:
         from voxbridge.settings import Settings
 
-        Settings(upstream_batch_ms=40)
+        Settings(upstream_batch_ms=BATCH_MS)
     except Exception as exc:
         return False, str(exc)
     return True, ""

@@ -20,16 +20,18 @@ from .common import ROOT
 
 __all__ = ["publish", "targets", "write_all"]
 
-PEER_ORDER = ("voxbridge", "voxbridge-batch", "trio", "asyncio")
+PEER_ORDER = ("voxbridge", "voxbridge-batch", "voxbridge-json", "trio", "asyncio")
 LABELS = {
     "voxbridge": "voxbridge",
     "voxbridge-batch": "voxbridge + batching",
+    "voxbridge-json": "voxbridge, stdlib json",
     "trio": "naive trio baseline",
     "asyncio": "asyncio tutorial baseline",
 }
 COLORS = {
     "voxbridge": "#1f77b4",
     "voxbridge-batch": "#17becf",
+    "voxbridge-json": "#9467bd",
     "trio": "#ff7f0e",
     "asyncio": "#2ca02c",
 }
@@ -330,9 +332,11 @@ def _relay(sc: dict[str, Any]) -> str:
 
     out = [f"## {relay['title']}", ""]
     p = relay["params"]
+    rounds = p.get("rounds", 1)
     out.append(
         f"{p['calls']} calls, 20 ms frames in real time both ways, {p['seconds']:g} s measured "
-        f"after {p['warmup']:g} s warm-up. *Frame* = 20 ms of audio in either direction (a "
+        f"after {p['warmup']:g} s warm-up, in {rounds} round(s) that interleave the peers; each "
+        "row is the peer's median round (by CPU), *rounds* lists every round's CPU ms / call-s. *Frame* = 20 ms of audio in either direction (a "
         "call-second is 50 caller frames and, from the agent, 50 more); a bridge may merge "
         "queued frames into fewer messages, and *msgs to caller* counts the media, mark and "
         "clear messages it sent each caller per call-second. Latency: round trip "
@@ -350,6 +354,10 @@ def _relay(sc: dict[str, Any]) -> str:
                 [
                     LABELS.get(key, key),
                     f(v(figs["cpu_per_call_second"]), 2),
+                    " / ".join(
+                        f(x, 1)
+                        for x in (figs.get("cpu_per_call_second_rounds") or {}).get("value") or []
+                    ),
                     f(v(figs["cpu_per_message"]), 0),
                     rx(v(figs["cpu_per_message"]), v(stack.get("floor_per_message"))),
                     "-"
@@ -368,6 +376,7 @@ def _relay(sc: dict[str, Any]) -> str:
                 [
                     "peer",
                     "CPU ms / call-s",
+                    "rounds",
                     "CPU us / frame",
                     "vs floor",
                     "voxbridge / peer",
@@ -420,7 +429,8 @@ def _capacity(sc: dict[str, Any]) -> str:
     out.append(
         f"Server pinned to one core; steps of x{p['factor']:g} from {p['start']} calls (echo "
         f"upstream, {p['seconds']:g} s measured per step) until round-trip p99 > {p['p99_ms']:g} "
-        f"ms or loss > {p['loss_pct']:g} %, then {p['bisect']} bisection step(s). The round trip "
+        f"ms (plus the window, for voxbridge with batching: its frames wait for it on purpose) or "
+        f"loss > {p['loss_pct']:g} %, then {p['bisect']} bisection step(s). The round trip "
         "crosses the bridge twice."
     )
     peers = cap["peers"]
@@ -634,6 +644,41 @@ def _soak(sc: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _codec(sc: dict[str, Any]) -> str:
+    codec = sc["codec"]
+    p = codec["params"]
+    out = [f"## {codec['title']}", ""]
+    out.append(
+        "The JSON parse of the frames voxbridge handles most, on the server's core, best of "
+        f"{p['repeat']} x {p['number']:,} parses. *json + hook* is `json.loads(frame, "
+        "parse_constant=...)` as voxbridge's Twilio codec called it before (a new decoder per "
+        "call); *json* is plain `json.loads`, as its provider codecs did; voxbridge now uses "
+        "*orjson* for both. Speed-up = json / orjson."
+    )
+    rows = [
+        [
+            name,
+            f(v(figs["chars"]), 0),
+            f(v(figs["json_loads_hook"]), 2),
+            f(v(figs["json_loads"]), 2),
+            f(v(figs["orjson"]), 2),
+            f"{f(v(figs['speedup']), 1)}x",
+        ]
+        for name, figs in codec["frames"].items()
+    ]
+    out += [
+        "",
+        table(
+            ["frame", "chars", "json + hook us", "json us", "orjson us", "orjson speed-up"],
+            rows,
+        ),
+        "",
+        "`TwilioStream.receive` of one media frame (parse, validation, event), as voxbridge runs "
+        f"it now: {f(v(codec['twilio_receive_media']), 2)} us.",
+    ]
+    return "\n".join(out)
+
+
 def _profile(results: dict[str, Any]) -> str:
     prof = results["profile"]
     out = ["## Profile: where voxbridge's server time goes", ""]
@@ -700,6 +745,7 @@ def render(results: dict[str, Any]) -> str:
         ("stall", _stall),
         ("memory", _memory),
         ("soak", _soak),
+        ("codec", _codec),
     ):
         if name in sc:
             out += ["", section(sc)]

@@ -20,6 +20,8 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -28,7 +30,7 @@ from voxbridge.server import serve
 from voxbridge.settings import Settings, SettingsError
 
 from .gcstats import GcStats
-from .trio_tasks import count_tasks
+from .trio_tasks import count_tasks, task_names
 
 
 async def report_stats(interval: float) -> None:
@@ -41,8 +43,20 @@ async def report_stats(interval: float) -> None:
         sys.stdout.flush()
 
 
+def _write_trace(path: str, snapshot: Any, total: int) -> None:
+    by_line = snapshot.statistics("lineno")
+    lines = [f"traced {total / 1024:.0f} KiB", "", "by file"]
+    lines += [str(stat) for stat in snapshot.statistics("filename")[:25]]
+    lines += ["", "tasks"] + [f"{n:6d} {name}" for name, n in task_names().most_common(25)]
+    lines += ["", "by line"] + [str(stat) for stat in by_line[:60]]
+    lines += ["", "voxbridge, by line"]
+    lines += [str(stat) for stat in by_line if "/voxbridge/" in stat.traceback[0].filename]
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
 async def trace_peak(path: str, interval: float = 2.0) -> None:
-    """Keep in ``path`` the tracemalloc top allocation sites at the highest traced total seen.
+    """Keep in ``path`` the tracemalloc top allocation sites (and live tasks) at the highest
+    traced total seen: where a held call's memory goes.
 
     Diagnostics only (``VOXBENCH_TRACEMALLOC=path``): tracing slows the server down several times.
     """
@@ -53,16 +67,9 @@ async def trace_peak(path: str, interval: float = 2.0) -> None:
         await trio.sleep(interval)
         snapshot = tracemalloc.take_snapshot()
         total = sum(stat.size for stat in snapshot.statistics("filename"))
-        if total <= peak:
-            continue
-        peak = total
-        with open(path, "w") as out:
-            out.write(f"traced {total / 1024:.0f} KiB\n\nby file\n")
-            for stat in snapshot.statistics("filename")[:25]:
-                out.write(f"{stat}\n")
-            out.write("\nby line\n")
-            for stat in snapshot.statistics("lineno")[:60]:
-                out.write(f"{stat}\n")
+        if total > peak:
+            peak = total
+            _write_trace(path, snapshot, total)
 
 
 async def run(settings: Settings, stats_interval: float) -> None:
@@ -85,6 +92,27 @@ async def run(settings: Settings, stats_interval: float) -> None:
             nursery.start_soon(report_stats, stats_interval)
 
 
+def use_stdlib_json() -> None:
+    """Parse with the ``json`` module as voxbridge did before orjson (``VOXBENCH_JSON=stdlib``):
+    the A/B of the parser inside one benchmark run. Benchmarks only."""
+    import functools
+    import types
+
+    from voxbridge.carriers import twilio
+    from voxbridge.providers import openai_realtime, ultravox
+
+    def reject(name: str) -> object:
+        raise ValueError(f"{name} is not JSON")
+
+    stdlib = types.SimpleNamespace(loads=json.loads, JSONDecodeError=ValueError)
+    hooked = types.SimpleNamespace(
+        loads=functools.partial(json.loads, parse_constant=reject), JSONDecodeError=ValueError
+    )
+    twilio.orjson = hooked  # type: ignore[attr-defined]
+    openai_realtime.orjson = stdlib  # type: ignore[attr-defined]
+    ultravox.orjson = stdlib  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.vox_server",
@@ -101,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"vox_server: {exc}\n")
         return 2
     configure(settings.log_format, settings.log_level)
+    if os.environ.get("VOXBENCH_JSON") == "stdlib":
+        use_stdlib_json()
     if args.profile:
         import cProfile
         import time

@@ -289,8 +289,11 @@ BAD: list[Any] = [
     pytest.param(FRESH, '{"event": ', "malformed JSON", id="truncated-json"),
     pytest.param(FRESH, '{"event":"connected"} x', "malformed JSON", id="trailing-garbage"),
     pytest.param(FRESH, "", "malformed JSON", id="empty-frame"),
-    pytest.param(FRESH, '{"event":"connected","v":NaN}', "NaN is not JSON", id="nan"),
-    pytest.param(FRESH, "[" * 50_000, "nested too deeply", id="deep-nesting"),
+    pytest.param(FRESH, '{"event":"connected","v":NaN}', "malformed JSON", id="nan"),
+    pytest.param(FRESH, '{"event":"connected","v":-Infinity}', "malformed JSON", id="infinity"),
+    pytest.param(FRESH, '{"event":"connected","v":1e999}', "malformed JSON", id="overflow"),
+    pytest.param(FRESH, '{"event":"connected","v":"\\ud800"}', "malformed JSON", id="surrogate"),
+    pytest.param(FRESH, "[" * 50_000, "malformed JSON: depth limit", id="deep-nesting"),
     pytest.param(STARTED, '{"a":' + "1" * 5000 + "}", "malformed JSON", id="huge-int"),
     pytest.param(FRESH, "[]", "must be a JSON object, got an array", id="array"),
     pytest.param(FRESH, '"x"', "must be a JSON object, got 'x'", id="string"),
@@ -623,8 +626,13 @@ def test_outbound_frames_have_twilio_shape() -> None:
 def test_outbound_mark_names_are_escaped(name: str) -> None:
     frame = started().mark(name)
     assert json.loads(frame) == {"event": "mark", "streamSid": SID, "mark": {"name": name}}
+    echo = encode_mark_echo(SID, name, 3)
+    if name == "\ud800":  # no UTF-8 text can carry it: the decoder refuses such an echo
+        with pytest.raises(RemoteProtocolError, match="malformed JSON"):
+            started().receive(echo)
+        return
     # and it survives Twilio's echo back through the decoder
-    assert started().receive(encode_mark_echo(SID, name, 3)) == Mark(name)
+    assert started().receive(echo) == Mark(name)
 
 
 def test_outbound_stream_sid_is_escaped() -> None:

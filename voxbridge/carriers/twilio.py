@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping
 from typing import Final, TypeAlias
 
 import attrs
+import orjson
 
 from voxbridge.carriers.twilio_wire import (
     CHANNELS,
@@ -237,10 +238,6 @@ _SAFETY_NET: Final = (
 )
 
 
-def _reject_constant(name: str) -> object:
-    raise RemoteProtocolError(f"malformed JSON: {name} is not JSON")
-
-
 class TwilioStream:
     """The state of one Twilio Media Stream, fed one WebSocket text frame at a time.
 
@@ -314,12 +311,11 @@ class TwilioStream:
             except UnicodeDecodeError as exc:
                 raise RemoteProtocolError(f"frame is not valid UTF-8: {exc.reason}") from exc
         try:
-            message = json.loads(frame, parse_constant=_reject_constant)
-        except RecursionError as exc:
-            raise RemoteProtocolError("malformed JSON: nested too deeply") from exc
-        except RemoteProtocolError:
-            raise
-        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+            # orjson: 3-7x faster than the json module on these frames (benchmarks/jsonparse.py)
+            # and strict where it matters: NaN/Infinity, lone surrogates, 64-bit integer range
+            # and nesting beyond 1024 are all errors.
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError as exc:
             raise RemoteProtocolError(f"malformed JSON: {exc}") from exc
         if type(message) is not dict:
             raise RemoteProtocolError(f"frame must be a JSON object, got {_show(message)}")
@@ -501,7 +497,9 @@ class TwilioStream:
             LocalProtocolError: no ``start`` has been received yet.
         """
         sid = self._sid("mark")
-        return f'{{"event":"mark","streamSid":{sid},"mark":{{"name":{json.dumps(name)}}}}}'
+        # one per media message: skip the JSON encoder for the plain names voxbridge uses
+        quoted = f'"{name}"' if name.isascii() and name.isalnum() else json.dumps(name)
+        return f'{{"event":"mark","streamSid":{sid},"mark":{{"name":{quoted}}}}}'
 
     def clear(self) -> str:
         """Build a ``clear`` frame: drop all buffered audio (pending marks are echoed back).

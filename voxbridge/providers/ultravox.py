@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
+import orjson
 import trio
 
 from ..audio import pcm16_to_ulaw_b64, ulaw_b64_to_pcm16
@@ -107,8 +108,8 @@ class UltravoxCodec:
                 )
             return AgentAudio(pcm16_to_ulaw_b64(pcm)) if pcm else None
         try:
-            message = json.loads(frame)
-        except (ValueError, RecursionError) as exc:
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError as exc:
             raise RemoteProtocolError(f"Ultravox sent malformed JSON: {exc}") from None
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
             raise RemoteProtocolError("Ultravox data message is not a JSON object with a 'type'")

@@ -1,4 +1,4 @@
-"""One phone call, bridged: a nursery, four tasks, a deadline on every wait, one teardown.
+"""One phone call, bridged: a nursery, three tasks, a deadline on every wait, one teardown.
 
 The shape (ARCHITECTURE.md, "The call")::
 
@@ -15,8 +15,8 @@ The shape (ARCHITECTURE.md, "The call")::
            ├── upstream_to_caller   receive (keepalive bounds it) -> decode -> send (send_timeout);
            │                        a mark after each chunk; barge-in -> `clear` + truncate;
            │                        a dropped session -> ProviderLink.resume (reconnect_budget)
-           ├── keepalive            every keepalive_interval: ping under pong_timeout
-           └── recycler             at session_max_age: ProviderLink.recycle (make before break)
+           └── upkeep               every keepalive_interval: ping under pong_timeout;
+                                    at session_max_age: ProviderLink.recycle (make before break)
       teardown (shielded, bounded by teardown_timeout): close provider, close carrier
     account (synchronous, exactly once): metrics, journal, one log line, registry removal
 
@@ -168,6 +168,25 @@ def _coalesce(
 class Call:
     """One call's state and tasks. Most users want :func:`run_call`; drain uses :meth:`end`."""
 
+    __slots__ = (
+        "_carrier",
+        "_connect_stream",
+        "_ending",
+        "_link",
+        "_playback",
+        "_ran",
+        "_scope",
+        "_twilio",
+        "carrier_name",
+        "ended",
+        "journal",
+        "metrics",
+        "provider",
+        "registry",
+        "settings",
+        "state",
+    )
+
     def __init__(
         self,
         carrier: CarrierSocket,
@@ -262,8 +281,7 @@ class Call:
         async with trio.open_nursery() as tasks:
             tasks.start_soon(self._guard, self._caller_to_upstream)
             tasks.start_soon(self._guard, self._upstream_to_caller)
-            tasks.start_soon(self._guard, self._keepalive)
-            tasks.start_soon(self._guard, self._recycler)
+            tasks.start_soon(self._guard, self._upkeep)
 
     async def _wait_for_start(self) -> None:
         watchdog = Watchdog()
@@ -378,7 +396,7 @@ class Call:
                 if carry is not None:
                     event, carry = carry, None
                 else:
-                    watchdog.disarm()  # liveness of a quiet provider is the keepalive's job
+                    watchdog.disarm()  # liveness of a quiet provider is upkeep's job
                     try:
                         frame = await upstream.receive()
                     except Disconnect as exc:
@@ -432,40 +450,47 @@ class Call:
                         extra={"call_id": state.call_id},
                     )
 
-    async def _keepalive(self) -> None:
-        link = self._link
+    async def _upkeep(self) -> None:
+        """Keepalive and recycling, in one task (a task per call is memory at scale).
+
+        Every ``keepalive_interval`` (counted from the end of the previous ping) the provider is
+        pinged under ``pong_timeout``; when the session reaches ``session_max_age`` it is recycled
+        make-before-break. A failed recycle keeps the working session and is retried a minute
+        later (until the provider's own cap, when the drop path resumes it).
+        """
+        link, settings = self._link, self.settings
         assert link is not None
         rtt = self.metrics.upstream_ping_rtt
-        while True:
-            await trio.sleep(self.settings.keepalive_interval)
-            upstream = link.upstream
-            if not link.ready or upstream is None:
-                continue  # resuming: the new session is checked at the next interval
-            try:
-                rtt.observe(await upstream.ping(self.settings.pong_timeout))
-            except Disconnect as exc:
-                if exc.reason is not Reason.UPSTREAM_CLOSED:
-                    raise  # no pong in time: the provider is frozen
-
-    async def _recycler(self) -> None:
-        link = self._link
-        assert link is not None
+        next_ping = trio.current_time() + settings.keepalive_interval
+        retry_at = -math.inf  # after a failed recycle: not before this
         while True:
             upstream = link.upstream
             opened = upstream.opened_at if upstream is not None else trio.current_time()
-            await trio.sleep_until(opened + self.settings.session_max_age)
-            if link.ready and link.upstream is upstream:
+            recycle_at = max(opened + settings.session_max_age, retry_at)
+            await trio.sleep_until(min(next_ping, recycle_at))
+            now = trio.current_time()
+            if not link.ready or upstream is None or link.upstream is not upstream:
+                # resuming, or resumed meanwhile: the new session is checked at the next interval
+                if now >= next_ping:
+                    next_ping = now + settings.keepalive_interval
+                continue
+            if now >= recycle_at:
                 try:
                     await link.recycle()
                 except Disconnect as exc:
                     if exc.reason is not Reason.UPSTREAM_CLOSED:
                         raise
-                    # The old session still works (until the provider's own cap, when the drop
-                    # path resumes it): keep it, try again in a minute.
                     log.warning(
                         "recycle failed: %s", exc.detail, extra={"call_id": self.state.call_id}
                     )
-                    await trio.sleep(RECYCLE_RETRY)
+                    retry_at = trio.current_time() + RECYCLE_RETRY
+                continue
+            try:
+                rtt.observe(await upstream.ping(settings.pong_timeout))
+            except Disconnect as exc:
+                if exc.reason is not Reason.UPSTREAM_CLOSED:
+                    raise  # no pong in time: the provider is frozen
+            next_ping = trio.current_time() + settings.keepalive_interval
 
     # --- ending -------------------------------------------------------------------------------
 

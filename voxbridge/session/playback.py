@@ -16,8 +16,6 @@ Pure state: no clock, no I/O. G.711 mu-law at 8 kHz is 8 bytes per millisecond.
 
 from __future__ import annotations
 
-from collections import deque
-
 from ..audio import BYTES_PER_MS
 
 __all__ = ["BYTES_PER_MS", "Playback"]
@@ -34,7 +32,9 @@ class Playback:
         self._seq = 0
         self._item: str | None = None
         self._item_bytes = 0
-        self._pending: deque[tuple[int, str | None, int]] = deque()
+        # (seq, item, bytes of it sent up to the mark), oldest first; a list, not a deque: it
+        # stays short, and an empty deque costs 600 bytes per call
+        self._pending: list[tuple[int, str | None, int]] = []
         self._heard: tuple[str | None, int] = (None, 0)  # (item, bytes of it heard)
         self._void_upto = 0
 
@@ -66,12 +66,16 @@ class Playback:
         seq = int(name[len(_PREFIX) :])
         if seq <= self._void_upto:
             return False  # discarded by a clear, never played
-        heard = False
-        while self._pending and self._pending[0][0] <= seq:
-            _, item, upto = self._pending.popleft()
-            self._heard = (item, upto)
-            heard = True
-        return heard
+        pending = self._pending
+        played = 0
+        while played < len(pending) and pending[played][0] <= seq:
+            played += 1
+        if not played:
+            return False
+        _, item, upto = pending[played - 1]
+        self._heard = (item, upto)
+        del pending[:played]
+        return True
 
     def interrupt(self) -> tuple[str | None, int] | None:
         """The caller barged in. Returns ``(item_id, audio_end_ms)`` if agent audio was still
