@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--upstream-url", help="provider URL (sets provider_url)")
     parser.add_argument("--stats-interval", type=float, default=0.0, help="0 = no stats lines")
-    parser.add_argument("--profile", help="write cProfile stats here on shutdown")
+    parser.add_argument(
+        "--profile",
+        default=os.environ.get("VOXBENCH_PROFILE"),
+        help="write cProfile stats here on shutdown (default: $VOXBENCH_PROFILE)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(port=args.port, provider_url=args.upstream_url)
@@ -129,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"vox_server: {exc}\n")
         return 2
     configure(settings.log_format, settings.log_level)
+    if os.environ.get("VOXBENCH_GC_THRESHOLD"):  # experiments: "700,10,10" is CPython's default
+        import gc
+
+        gc.set_threshold(*(int(x) for x in os.environ["VOXBENCH_GC_THRESHOLD"].split(",")))
     if os.environ.get("VOXBENCH_JSON") == "stdlib":
         use_stdlib_json()
     if args.profile:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -15,8 +16,8 @@ import pytest
 import trio
 
 from voxbridge.cli import main
-from voxbridge.server.serve import listen_socket
-from voxbridge.settings import Settings
+from voxbridge.server.serve import listen_socket, tune_gc
+from voxbridge.settings import Settings, SettingsError
 from voxbridge.testing import simulate_call
 
 PYTHON = sys.executable
@@ -196,3 +197,21 @@ async def test_call_command_reports_a_refused_call_in_one_line() -> None:
     assert done.returncode == 1
     assert "refused the call (HTTP 404)" in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_tune_gc_raises_only_the_young_generation_threshold() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc(Settings(gc_threshold=12345))
+        assert gc.get_threshold() == (12345, before[1], before[2])
+        gc.set_threshold(*before)
+        tune_gc(Settings(gc_threshold=0))  # 0: leave the collector alone
+        assert gc.get_threshold() == before
+    finally:
+        gc.set_threshold(*before)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "many"])
+def test_gc_threshold_must_be_a_whole_number(bad: object) -> None:
+    with pytest.raises(SettingsError, match="--gc-threshold / VOXBRIDGE_GC_THRESHOLD"):
+        Settings(gc_threshold=bad)  # type: ignore[arg-type]

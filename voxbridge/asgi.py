@@ -5,13 +5,16 @@ For operators who run hypercorn themselves::
     VOXBRIDGE_PROVIDER=echo hypercorn -k trio voxbridge.asgi:app
 
 Importing this module also installs the hypercorn #225 containment (see
-``voxbridge.server.containment``). Prefer ``voxbridge serve``: it adds TCP_USER_TIMEOUT on the
+``voxbridge.server.containment``) and applies ``gc_threshold``. Prefer ``voxbridge serve``: it adds TCP_USER_TIMEOUT on the
 listening socket and drains calls on SIGTERM.
 """
 
 from __future__ import annotations
 
 from .server import VoxbridgeApp
+from .server.serve import tune_gc
 from .settings import Settings
 
-app = VoxbridgeApp(Settings.from_env())
+_settings = Settings.from_env()
+tune_gc(_settings)
+app = VoxbridgeApp(_settings)

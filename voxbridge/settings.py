@@ -40,6 +40,11 @@ def _non_negative(instance: Any, attribute: attrs.Attribute[Any], value: Any) ->
         raise SettingsError(f"{_names(attribute.name)} must be >= 0, got {value!r}")
 
 
+def _count(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not (type(value) is int and value >= 0):
+        raise SettingsError(f"{_names(attribute.name)} must be a whole number >= 0, got {value!r}")
+
+
 def _one_of(*choices: str) -> Any:
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value not in choices:
@@ -99,6 +104,14 @@ class Settings:
         validator=_positive,
         metadata=_help(
             "kernel deadline for unacknowledged data on carrier sockets (TCP_USER_TIMEOUT)"
+        ),
+    )
+    gc_threshold: int = attrs.field(
+        default=20_000,
+        validator=_count,
+        metadata=_help(
+            "CPython's generation-0 collection threshold for the server process (CPython's own "
+            "default is 700; 0 = leave it): fewer, shorter collector pauses at thousands of calls"
         ),
     )
     websocket_ping_interval: float = attrs.field(

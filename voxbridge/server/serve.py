@@ -14,6 +14,7 @@ Why not just ``config.bind = ["host:port"]`` (LIBRARY_FACTS 2, 3, 4, 8):
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import socket
@@ -31,7 +32,7 @@ from ..upstream import StreamConnector, tune_socket
 from . import containment
 from .app import VoxbridgeApp
 
-__all__ = ["RunningServer", "hypercorn_config", "listen_socket", "serve"]
+__all__ = ["RunningServer", "hypercorn_config", "listen_socket", "serve", "tune_gc"]
 
 log = logging.getLogger("voxbridge.server")
 
@@ -91,6 +92,22 @@ async def wait_for_signal() -> None:
             return
 
 
+def tune_gc(settings: Settings) -> None:
+    """Raise CPython's generation-0 threshold to ``settings.gc_threshold`` (0: leave it).
+
+    Every call allocates and frees a steady stream of short-lived objects. At CPython's default
+    (a collection per 700 net allocations) that means thousands of young collections a second
+    under load, each promoting whatever is briefly alive -- a burst of teardowns, say -- to older
+    generations, which then trigger full collections: stop-the-world pauses of hundreds of
+    milliseconds with a thousand calls' objects alive, during which no deadline fires on time.
+    With 20,000, short-lived objects die young, full collections become rare, and the collector's
+    CPU drops too (benchmarks: stall teardown p99). The older generations' thresholds are kept.
+    """
+    if settings.gc_threshold > 0:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(settings.gc_threshold, gen1, gen2)
+
+
 async def serve(
     settings: Settings,
     *,
@@ -106,6 +123,7 @@ async def serve(
     listening and the provider endpoint is resolved (with ``port=0``, read the port from it).
     """
     containment.install()
+    tune_gc(settings)
     app = VoxbridgeApp(settings, metrics=metrics, registry=registry, connect_stream=connect_stream)
     sock = listen_socket(settings)
     host, port = sock.getsockname()[:2]
