@@ -40,8 +40,8 @@ TITLE = "Soak: calls with faults over time"
 class Params:
     """Soak parameters."""
 
-    calls: int = 2400
-    rate: float = 20.0
+    calls: int = 10000
+    rate: float = 40.0
     seconds_min: float = 0.2
     seconds_max: float = 0.8
     caller_stall: float = 0.1
