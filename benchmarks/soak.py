@@ -41,7 +41,7 @@ class Params:
     """Soak parameters."""
 
     calls: int = 10000
-    rate: float = 40.0
+    rate: float = 20.0
     seconds_min: float = 0.2
     seconds_max: float = 0.8
     caller_stall: float = 0.1
