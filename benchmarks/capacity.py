@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .common import fig
+from .common import fig, positive
 from .harness import PEERS, Bench, ratio
 from .relay import figures, measure
 
@@ -156,7 +156,7 @@ def check(result: dict[str, Any]) -> list[str]:
         if not figs["steps"]:
             problems.append(f"capacity {key}: no step ran")
         for step in figs["steps"]:
-            if step["p99_ms"] is None or not math.isfinite(step["p99_ms"]) or step["p99_ms"] <= 0:
+            if not positive(step["p99_ms"]):
                 problems.append(f"capacity {key}: step {step['calls']} has no latency")
     return problems
 

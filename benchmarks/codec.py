@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 import os
 import sys
 import timeit
@@ -36,7 +35,7 @@ from voxbridge.carriers.twilio_wire import (
     encode_start,
 )
 
-from .common import fig, pin
+from .common import fig, pin, positive
 from .harness import Bench
 
 NAME = "codec"
@@ -146,10 +145,10 @@ def check(result: dict[str, Any]) -> list[str]:
     for name, figs in result["frames"].items():
         for key in ("json_loads_hook", "json_loads", "orjson"):
             value = figs[key]["value"]
-            if value is None or not math.isfinite(value) or value <= 0:
+            if not positive(value):
                 problems.append(f"codec {name}: {key} = {value}")
     value = result["twilio_receive_media"]["value"]
-    if value is None or not math.isfinite(value) or value <= 0:
+    if not positive(value):
         problems.append(f"codec: twilio_receive_media = {value}")
     return problems
 

@@ -39,6 +39,7 @@ __all__ = [
     "fig",
     "machine_info",
     "percentile",
+    "positive",
     "raise_fd_limit",
     "versions",
 ]
@@ -49,6 +50,11 @@ PYTHON = sys.executable
 
 class HarnessError(RuntimeError):
     """The harness itself failed (a process did not start, a generator crashed ...)."""
+
+
+def positive(value: object) -> bool:
+    """A measured figure that must be a finite number above zero is one (smoke checks)."""
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
 def fig(value: float | int | None, unit: str, **extra: Any) -> dict[str, Any]:

@@ -14,12 +14,11 @@ client side of the same library does the same framing plus masking.)
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from typing import Any
 
-from .common import fig
+from .common import fig, positive
 from .echo_servers import KINDS
 from .harness import Bench
 from .relay import measure
@@ -106,7 +105,7 @@ def check(result: dict[str, Any]) -> list[str]:
     problems = []
     for kind, figs in result["servers"].items():
         value = figs["cpu_per_echo"]["value"]
-        if value is None or not math.isfinite(value) or value <= 0:
+        if not positive(value):
             problems.append(f"floor {kind}: cpu_per_echo = {value}")
     for stack, figs in result["stacks"].items():
         if figs["floor_per_message"]["value"] is None:

@@ -10,13 +10,12 @@ held. The RSS after the calls ended is recorded too.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from .common import Proc, fig
+from .common import Proc, fig, positive
 from .harness import Bench
 
 NAME = "memory"
@@ -128,7 +127,7 @@ def check(result: dict[str, Any]) -> list[str]:
     problems = []
     for key, figs in result["peers"].items():
         value = figs["rss_per_call"]["value"]
-        if value is None or not math.isfinite(value) or value <= 0:
+        if not positive(value):
             problems.append(f"memory {key}: rss_per_call = {value}")
         if figs["calls_held"]["value"] != figs["calls"]["value"]:
             problems.append(f"memory {key}: held {figs['calls_held']['value']} calls")

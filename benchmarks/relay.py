@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .common import Proc, fig
+from .common import Proc, fig, positive
 from .harness import Bench, latency_summary, ratio
 from .wire import FRAME_SECONDS
 
@@ -232,7 +232,7 @@ def check(result: dict[str, Any]) -> list[str]:
         for key, figs in peers.items():
             for name in ("cpu_per_call_second", "cpu_per_message", "latency_p50", "latency_p99"):
                 value = figs[name]["value"]
-                if value is None or not math.isfinite(value) or value <= 0:
+                if not positive(value):
                     problems.append(f"relay {variant} {key}: {name} = {value}")
             if figs["calls_opened"]["value"] != figs["calls"]["value"]:
                 problems.append(f"relay {variant} {key}: not every call connected")
