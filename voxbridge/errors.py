@@ -11,16 +11,42 @@ Two families, kept apart on purpose (the h11/wsproto convention):
   the provider drops, a bug) becomes exactly one ``Disconnect`` with a ``Reason`` from the closed set in
   CONTRACT.md. Natural and synthetic ends are the same exception and go through the same teardown.
 
-Library exceptions (trio-websocket's ``ConnectionClosed``, ``HandshakeError``, OSError, ...) are mapped
-to ``Disconnect`` at the I/O edges only (``voxbridge.upstream``, the carrier transports); nothing inside
-the call ever sees them.
+Between them sit the **edge errors** of the provider leg. The upstream edge (``voxbridge.upstream``)
+is the only code that sees trio-websocket's ``ConnectionClosed``, ``HandshakeError`` or ``OSError``;
+it maps them to :class:`UpstreamError` subclasses that say *what happened to one socket* and nothing
+about the call:
+
+* :class:`UpstreamConnectFailed` -- a session could not be opened (refused, unreachable, timed out);
+  ``status`` carries the HTTP status of a refused handshake or REST request;
+* :class:`UpstreamClosed` -- the provider closed the socket (``code``: 1006 when no close frame came);
+* :class:`UpstreamTimeout` -- a wait on the provider ran out (no pong, a send that never drained).
+
+Only :class:`voxbridge.session.link.ProviderLink` decides what an edge error means for the call: drop
+the session and resume, keep the working session (a failed recycle), or give up. Giving up raises
+:class:`LinkDown` with a ``Reason``, and only the call turns that into a ``Disconnect``. "The link
+dropped" and "the call is over" are different exceptions on purpose.
+
+The carrier transports map their library's "the peer is gone" straight to
+``Disconnect(CALLER_CLOSED)``: there is nothing to resume on the carrier side.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from functools import partial
 
-__all__ = ["CLOSE_CODES", "Disconnect", "Reason", "RemoteProtocolError"]
+__all__ = [
+    "CLOSE_CODES",
+    "Disconnect",
+    "LinkDown",
+    "Reason",
+    "RemoteProtocolError",
+    "UpstreamClosed",
+    "UpstreamConnectFailed",
+    "UpstreamError",
+    "UpstreamTimeout",
+]
 
 
 class RemoteProtocolError(ValueError):
@@ -38,6 +64,7 @@ class Reason(enum.StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     UPSTREAM_CONNECT_FAILED = "upstream_connect_failed"
     UPSTREAM_CLOSED = "upstream_closed"
+    UPSTREAM_REJECTED = "upstream_rejected"
     UPSTREAM_KEEPALIVE_TIMEOUT = "upstream_keepalive_timeout"
     UPSTREAM_STALLED = "upstream_stalled"
     AGENT_HANGUP = "agent_hangup"
@@ -69,6 +96,7 @@ CLOSE_CODES: dict[Reason, int] = {
     Reason.PROTOCOL_ERROR: 1008,
     Reason.UPSTREAM_CONNECT_FAILED: 1011,
     Reason.UPSTREAM_CLOSED: 1011,
+    Reason.UPSTREAM_REJECTED: 1011,
     Reason.UPSTREAM_KEEPALIVE_TIMEOUT: 1011,
     Reason.UPSTREAM_STALLED: 1011,
     Reason.INTERNAL_ERROR: 1011,
@@ -93,17 +121,83 @@ class Disconnect(Exception):
     Args:
         reason: one of the closed set of reasons.
         detail: a short human sentence for the log (never a secret, never audio).
-        final: retrying cannot help (a provider refused our credentials): do not retry.
     """
 
-    def __init__(self, reason: Reason, detail: str = "", *, final: bool = False) -> None:
+    def __init__(self, reason: Reason, detail: str = "") -> None:
         super().__init__(reason, detail)
         self.reason = reason
         self.detail = detail
-        self.final = final
 
     def __str__(self) -> str:
         return f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value
 
     def __repr__(self) -> str:
         return f"Disconnect({self.reason!r}, {self.detail!r})"
+
+
+def ends_call(reason: Reason) -> Callable[[str], Disconnect]:
+    """The error factory of a deadline that ends the call with ``reason`` (see ``deadlines``)."""
+    return _ENDERS[reason]
+
+
+_ENDERS = {reason: partial(Disconnect, reason) for reason in Reason}
+
+
+class LinkDown(Exception):
+    """The provider link gave up: the call cannot go on, for ``reason``.
+
+    Raised only by :class:`voxbridge.session.link.ProviderLink` (after it tried to resume, or at
+    once for a refusal or the agent hanging up); the call turns it into ``Disconnect(reason)``.
+    """
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value
+
+
+class UpstreamError(Exception):
+    """One provider socket failed. Raised by ``voxbridge.upstream``; the message is the detail."""
+
+
+class UpstreamConnectFailed(UpstreamError):
+    """A provider session could not be opened.
+
+    Args:
+        detail: what failed (never a secret).
+        status: the HTTP status when the provider answered and refused (handshake or REST), else
+            ``None`` (unreachable, timed out, TLS, protocol).
+    """
+
+    def __init__(self, detail: str, *, status: int | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+
+    @property
+    def refused(self) -> bool:
+        """The provider refused our credentials or our account (401, 403): retrying cannot help."""
+        return self.status in REFUSED_STATUSES
+
+
+#: HTTP statuses that mean "the provider refuses us": auth or account (RFC 9110 15.5.2, 15.5.4).
+REFUSED_STATUSES = frozenset({401, 403})
+
+
+class UpstreamClosed(UpstreamError):
+    """The provider's socket is closed.
+
+    Args:
+        code: the close code the provider sent (RFC 6455 7.4); 1006 when no close frame arrived.
+        detail: who closed it and why, for the log.
+    """
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+
+class UpstreamTimeout(UpstreamError):
+    """A wait on the provider ran out: no pong, or a send the provider never read."""

@@ -60,7 +60,9 @@ class ProviderCodec(Protocol):
     def close_reason(self, code: int) -> Reason:
         """What the provider closing its socket with ``code`` means.
 
-        ``UPSTREAM_CLOSED`` (the call tries to resume the session) or ``AGENT_HANGUP`` (the call ends).
+        ``UPSTREAM_CLOSED`` (the link resumes the session), ``AGENT_HANGUP`` (the call ends) or
+        ``UPSTREAM_REJECTED`` (the provider refuses us: the call ends, never retried). Each
+        provider keeps these in one table, ``CLOSE_REASONS`` in its module.
         """
         ...
 
@@ -84,6 +86,7 @@ class Provider(Protocol):
         The call bounds this with ``connect_timeout``.
 
         Raises:
-            Disconnect: ``UPSTREAM_CONNECT_FAILED`` when the provider refuses (bad key, REST error).
+            UpstreamConnectFailed: the provider refuses (``status`` 401/403: a bad key, never
+                retried) or the preparation fails (a REST error).
         """
         ...

@@ -251,11 +251,15 @@ class OpenAIRealtimeCodec:
         return []
 
     def close_reason(self, code: int) -> Reason:
-        """Always ``UPSTREAM_CLOSED``: OpenAI does not hang up calls.
+        """What OpenAI closing the socket with ``code`` means: see :data:`CLOSE_REASONS`."""
+        return CLOSE_REASONS.get(code, Reason.UPSTREAM_CLOSED)
 
-        Even 1001 after ``session_expired`` (the 60-minute limit) is a session to resume.
-        """
-        return Reason.UPSTREAM_CLOSED
+
+#: OpenAI's close codes that are not "the session dropped, resume it". OpenAI never hangs up a
+#: call; 1008 (policy violation, RFC 6455 7.4.1) is how it refuses a key or an account mid-session,
+#: and retrying cannot help. Everything else -- including 1001 after ``session_expired`` (the
+#: 60-minute limit) -- is a session to resume.
+CLOSE_REASONS: dict[int, Reason] = {1008: Reason.UPSTREAM_REJECTED}
 
 
 def _text(value: object) -> str:

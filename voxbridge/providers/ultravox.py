@@ -39,7 +39,7 @@ import orjson
 import trio
 
 from ..audio import pcm16_to_ulaw_b64, ulaw_b64_to_pcm16
-from ..errors import Disconnect, Reason, RemoteProtocolError
+from ..errors import Reason, RemoteProtocolError, UpstreamConnectFailed
 from .base import Frame, Provider, ProviderCodec, ProviderSession
 from .endpoint import ProviderEndpoint
 from .events import AgentAudio, ProviderEvent, SpeechStarted, Transcript
@@ -54,7 +54,7 @@ SAMPLE_RATE = 8000
 CLIENT_BUFFER_MS = 30000
 #: Transcripts in flight (no ``final`` yet) kept per session; older ones are dropped beyond this.
 MAX_PENDING_TRANSCRIPTS = 64
-#: Characters of an error response quoted in a Disconnect detail.
+#: Characters of an error response quoted in an UpstreamConnectFailed detail.
 ERROR_EXCERPT = 200
 
 _ROLES = {"user": "caller", "agent": "agent"}
@@ -158,9 +158,14 @@ class UltravoxCodec:
         return [json.dumps({"type": "hang_up", "message": self.hangup_message})]
 
     def close_reason(self, code: int) -> Reason:
-        """1000: Ultravox ended the call (the agent hung up). Anything else: the session dropped."""
-        return Reason.AGENT_HANGUP if code == 1000 else Reason.UPSTREAM_CLOSED
+        """What Ultravox closing the socket with ``code`` means: see :data:`CLOSE_REASONS`."""
+        return CLOSE_REASONS.get(code, Reason.UPSTREAM_CLOSED)
 
+
+#: Ultravox's close codes that are not "the session dropped, resume it": 1000 is Ultravox ending
+#: the call (the agent hung up, or ``maxDuration`` reached); 1008 (policy violation, RFC 6455
+#: 7.4.1) refuses us, and retrying cannot help.
+CLOSE_REASONS: dict[int, Reason] = {1000: Reason.AGENT_HANGUP, 1008: Reason.UPSTREAM_REJECTED}
 
 ClientFactory = Callable[[], httpx.AsyncClient]
 
@@ -251,7 +256,7 @@ class UltravoxProvider:
         """Create an Ultravox call seeded with ``history`` and return how to join it.
 
         Raises:
-            Disconnect: ``UPSTREAM_CONNECT_FAILED`` when the request fails, times out, or is
+            UpstreamConnectFailed: the request fails, times out, or is
                 refused (the detail has the HTTP status and Ultravox's error text, never the key).
         """
         body = self.request_body(history)
@@ -276,7 +281,7 @@ class UltravoxProvider:
             raise self._failed(
                 f"creating the call was refused: HTTP {response.status_code}"
                 f" {response.reason_phrase}: {_error_text(response)}",
-                final=response.status_code in (401, 403),  # a bad key stays bad: do not retry
+                status=response.status_code,  # 401/403: a bad key stays bad, the link gives up
             )
         try:
             call = response.json()
@@ -295,10 +300,10 @@ class UltravoxProvider:
             return self._client_factory()
         return httpx.AsyncClient(timeout=self.connect_timeout)
 
-    def _failed(self, detail: str, *, final: bool = False) -> Disconnect:
+    def _failed(self, detail: str, *, status: int | None = None) -> UpstreamConnectFailed:
         if self._api_key:
             detail = detail.replace(self._api_key, "<redacted>")
-        return Disconnect(Reason.UPSTREAM_CONNECT_FAILED, f"Ultravox: {detail}", final=final)
+        return UpstreamConnectFailed(f"Ultravox: {detail}", status=status)
 
 
 def _error_text(response: httpx.Response) -> str:

@@ -3,28 +3,30 @@
 The shape (ARCHITECTURE.md, "The call")::
 
     Call.run()
-      sockets nursery  ── hosts the provider socket's reader; outlives the call's own tasks so the
-      │                   close handshake can complete during teardown
+      sockets nursery  ── hosts the provider sockets' readers; outlives the call's own tasks so the
+      │                   close handshakes can complete during teardown
       └─ call scope    ── deadline = accept + max_call_duration; Call.end() cancels it
            wait for the carrier's `start`            (start_timeout)
-           open the provider session (ProviderLink)  (connect_timeout, retried with backoff)
-           task nursery
-           ├── caller_to_upstream   receive (idle_timeout) -> decode -> send (send_timeout);
-           │                        mark echoes -> Playback; audio dropped (counted) while resuming;
+           task nursery                              (the carrier is read from here to the end)
+           ├── caller_to_upstream   receive (idle_timeout) -> decode -> ProviderLink.send;
+           │                        mark echoes -> Playback; audio dropped (counted) while the
+           │                        link has no session (opening, resuming);
            │                        opt-in: audio gathered for upstream_batch_ms (AudioBatch)
-           ├── upstream_to_caller   receive (keepalive bounds it) -> decode -> send (send_timeout);
-           │                        a mark after each chunk; barge-in -> `clear` + truncate;
-           │                        a dropped session -> ProviderLink.resume (reconnect_budget)
-           └── upkeep               every keepalive_interval: ping under pong_timeout;
-                                    at session_max_age: ProviderLink.recycle (make before break)
-      teardown (shielded, bounded by teardown_timeout): close provider, close carrier
+           ├── upstream_to_caller   ProviderLink.open (connect_timeout, retried with backoff), then
+           │                        ProviderLink.receive (which resumes a dropped session) ->
+           │                        decode -> send to the carrier (send_timeout); a mark after each
+           │                        chunk; barge-in -> `clear` + truncate
+           └── ProviderLink.upkeep  pings under pong_timeout, recycling at session_max_age
+      teardown (shielded, bounded by teardown_timeout): close the provider link and the carrier,
+                                    side by side
     account (synchronous, exactly once): metrics, journal, one log line, registry removal
 
 Every way the call can end becomes a ``Disconnect(reason)``: a deadline firing (a task's
-``Watchdog``), a peer leaving (the transports), the carrier's ``stop``, a bad frame, ``Call.end()``
+``Watchdog``), a peer leaving (the transports), the carrier's ``stop``, a bad frame, the provider
+link giving up (``LinkDown``, turned into a ``Disconnect`` here and nowhere else), ``Call.end()``
 from outside, the max-duration deadline, a cancellation by the host app (``server_shutdown``), or a
-bug (``internal_error``, chained from the exception group). Tasks do not let ``Disconnect`` escape
-into the nursery: ``_guard`` records it (first reason wins) and cancels the call scope, so no code
+bug (``internal_error``, chained from the exception group). Tasks do not let either escape into the
+nursery: ``_guard`` records the reason (first reason wins) and cancels the call scope, so no code
 ever picks exception groups apart by hand.
 """
 
@@ -34,16 +36,17 @@ import binascii
 import logging
 import math
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 import trio
 
 from ..audio import b64_size
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
-from ..errors import Disconnect, Reason, RemoteProtocolError
+from ..errors import Disconnect, LinkDown, Reason, RemoteProtocolError
 from ..journal import CallJournal, MemoryJournal
 from ..metrics import Metrics
-from ..providers.base import Provider, ProviderCodec
+from ..providers.base import Provider
 from ..providers.endpoint import ProviderEndpoint
 from ..providers.events import (
     AgentAudio,
@@ -55,10 +58,10 @@ from ..providers.events import (
 )
 from ..providers.openai_realtime import OpenAIProvider
 from ..settings import Settings
-from ..upstream import StreamConnector, Upstream, open_tcp_stream_tuned
+from ..upstream import StreamConnector, open_tcp_stream_tuned
 from .batch import AudioBatch
 from .carrier import CarrierSocket
-from .link import ProviderLink
+from .link import ProviderLink, Session
 from .playback import Playback
 from .registry import CallRegistry
 from .state import CallRecord, CallState
@@ -67,8 +70,6 @@ from .watchdog import Watchdog
 __all__ = ["Call", "run_call"]
 
 log = logging.getLogger("voxbridge.call")
-
-RECYCLE_RETRY = 60.0  # seconds between recycle attempts after one failed
 
 # Which setting bounds the wait behind each timeout reason (for the one log line per call).
 _LIMITS = {
@@ -133,15 +134,16 @@ def _as_provider(provider: Provider | ProviderEndpoint, settings: Settings) -> P
 # message, so this is also the worst-case granularity of barge-in truncation during a burst.
 MAX_COALESCE_BYTES = 800
 
+# Caller audio kept while the first provider session opens: 2 s of 20 ms frames (about 21 KB).
+OPENING_BACKLOG_FRAMES = 100
 
-def _coalesce(
-    first: AgentAudio, upstream: Upstream, codec: ProviderCodec
-) -> tuple[str, ProviderEvent | None]:
+
+def _coalesce(first: AgentAudio, session: Session) -> tuple[str, ProviderEvent | None]:
     """``first``'s payload merged with the audio of the same item already queued behind it.
 
     Returns the payload and the first non-matching event read ahead (to handle next), if any.
     """
-    receive_nowait = upstream.receive_nowait
+    receive_nowait, codec = session.upstream.receive_nowait, session.codec
     frame = receive_nowait()
     if frame is None:
         return first.payload, None  # the common case in real time: nothing queued
@@ -267,21 +269,23 @@ class Call:
     async def _lifecycle(self, sockets: trio.Nursery) -> None:
         await self._wait_for_start()
         self._journal(self.journal.call_started, self.state)
+        settings = self.settings
         self._link = ProviderLink(
             self.provider,
-            settings=self.settings,
+            settings=settings,
             metrics=self.metrics,
             nursery=sockets,
             connect_stream=self._connect_stream,
             history=self.state.transcript,
             call_id=self.state.call_id,
+            live_until=self._scope.deadline + settings.teardown_timeout,
         )
-        await self._link.open()
-        self.state.upstream_connected_at = trio.current_time()
+        # The carrier is read from here on, while the provider session opens too: a carrier that
+        # is not read freezes its connection (docs/library-notes.md, "the queue trap").
         async with trio.open_nursery() as tasks:
             tasks.start_soon(self._guard, self._caller_to_upstream)
             tasks.start_soon(self._guard, self._upstream_to_caller)
-            tasks.start_soon(self._guard, self._upkeep)
+            tasks.start_soon(self._guard, self._link.upkeep)
 
     async def _wait_for_start(self) -> None:
         watchdog = Watchdog()
@@ -308,37 +312,59 @@ class Call:
     # --- the call's tasks ---------------------------------------------------------------------
 
     async def _guard(self, task: Callable[[], Awaitable[None]]) -> None:
-        """Run one call task; its ``Disconnect`` ends the call (first reason wins)."""
+        """Run one call task; its ``Disconnect`` ends the call (first reason wins).
+
+        The provider link giving up (``LinkDown``) becomes a ``Disconnect`` here, and only here.
+        """
         try:
             await task()
         except Disconnect as disconnect:
             self._record(disconnect)
+        except LinkDown as down:
+            self._record(Disconnect(down.reason, down.detail))
 
     async def _caller_to_upstream(self) -> None:
         carrier, link, state, playback = self._carrier, self._link, self.state, self._playback
         assert link is not None
         frames = self.metrics.media_frames.labels(direction="to_upstream")
         dropped = self.metrics.media_frames_dropped.labels(direction="to_upstream")
-        idle_timeout, send_timeout = self.settings.idle_timeout, self.settings.send_timeout
+        idle_timeout = self.settings.idle_timeout
         batch_ms = self.settings.upstream_batch_ms
         batch = AudioBatch(batch_ms) if batch_ms else None  # opt-in: off by default
         listen_since: float | None = None
         now = trio.current_time()  # when the caller's last frame arrived
         watchdog = Watchdog()
 
+        # Caller audio that arrives while the first session opens waits for it (the newest
+        # OPENING_BACKLOG_FRAMES, older ones dropped and counted); while a session is being
+        # resumed it is dropped and counted. Never queued without bound.
+        backlog: deque[tuple[str, int]] = deque()
+        backlog_frames = 0
+
         async def forward(payload: str, count: int) -> None:
-            """Send ``count`` frames of caller audio upstream; while resuming, drop them."""
-            upstream, codec = link.upstream, link.codec
-            if not link.ready or upstream is None or codec is None:
-                dropped.inc(count)  # resuming the provider session: never queue without bound
+            """Send ``count`` frames of caller audio upstream, after any backlog."""
+            nonlocal backlog_frames
+            session = link.session
+            if session is None:
+                if link.opened:
+                    dropped.inc(count)  # resuming
+                    return
+                backlog.append((payload, count))
+                backlog_frames += count
+                while backlog_frames > OPENING_BACKLOG_FRAMES:
+                    backlog_frames -= backlog[0][1]
+                    dropped.inc(backlog.popleft()[1])
                 return
-            watchdog.arm(send_timeout, Reason.UPSTREAM_STALLED)
-            try:
-                await upstream.send(codec.audio(payload))
-            except Disconnect as exc:
-                if exc.reason is not Reason.UPSTREAM_CLOSED:
-                    raise
-                dropped.inc(count)  # the receiving task notices the drop and resumes
+            watchdog.disarm()  # the link bounds its send (send_timeout); the caller is not blamed
+            while backlog:
+                earlier, earlier_count = backlog.popleft()
+                backlog_frames -= earlier_count
+                await send(session, earlier, earlier_count)
+            await send(session, payload, count)
+
+        async def send(session: Session, payload: str, count: int) -> None:
+            if not await link.send(session, session.codec.audio(payload)):
+                dropped.inc(count)  # the session is gone: the link resumes it or gives up
                 return
             state.frames_from_caller += count
             frames.inc(count)
@@ -346,8 +372,8 @@ class Call:
         with watchdog:
             while True:
                 # The idle deadline counts from when we are ready to listen again: the last frame
-                # heard, or later if a send (or the provider connect) kept us from reading --
-                # a caller is never charged for our own delays.
+                # heard, or later if a send kept us from reading -- a caller is never charged for
+                # our own delays.
                 watchdog.arm(idle_timeout, Reason.IDLE_TIMEOUT, since=listen_since)
                 listen_since = None
                 if batch:  # audio gathered: wait for the next frame no longer than the window
@@ -384,41 +410,34 @@ class Call:
         carrier, link, state = self._carrier, self._link, self.state
         twilio, playback, journal = self._twilio, self._playback, self.journal
         assert link is not None
+        await link.open()
+        state.upstream_connected_at = trio.current_time()
         frames = self.metrics.media_frames.labels(direction="to_caller")
         send_timeout = self.settings.send_timeout
         carry: ProviderEvent | None = None  # an event read ahead while coalescing audio
         event: ProviderEvent | None
+        session: Session | None = None
         watchdog = Watchdog()
         with watchdog:
             while True:
-                upstream, codec = link.upstream, link.codec
-                assert upstream is not None and codec is not None
-                if carry is not None:
+                if carry is not None:  # read ahead from ``session``, which is still the one
                     event, carry = carry, None
                 else:
-                    watchdog.disarm()  # liveness of a quiet provider is upkeep's job
+                    watchdog.disarm()  # liveness of a quiet provider is the link's upkeep
+                    session, frame = await link.receive()
                     try:
-                        frame = await upstream.receive()
-                    except Disconnect as exc:
-                        if link.upstream is not upstream:
-                            continue  # recycled under us: read the new session
-                        code = upstream.close_code or 1006
-                        if codec.close_reason(code) is Reason.AGENT_HANGUP:
-                            raise Disconnect(Reason.AGENT_HANGUP, exc.detail) from None
-                        await link.resume(exc.detail)
-                        continue
-                    try:
-                        event = codec.decode(frame)
+                        event = session.codec.decode(frame)
                     except RemoteProtocolError as exc:
                         log.warning(
                             "provider frame dropped: %s", exc, extra={"call_id": state.call_id}
                         )
                         continue
+                assert session is not None
                 if type(event) is AgentAudio:
                     # Providers send audio in bursts faster than real time. What is already
                     # queued goes out as one media message and one mark (fewer messages on the
                     # hot path); nothing ever waits for more to arrive.
-                    payload, carry = _coalesce(event, upstream, codec)
+                    payload, carry = _coalesce(event, session)
                     mark = playback.sent(event.item_id, b64_size(payload))
                     watchdog.arm(send_timeout, Reason.CALLER_STALLED)
                     await carrier.send(twilio.media(payload))
@@ -430,9 +449,10 @@ class Call:
                     if heard is not None:  # the caller talks over the agent: barge-in
                         watchdog.arm(send_timeout, Reason.CALLER_STALLED)
                         await carrier.send(twilio.clear())
-                        watchdog.arm(send_timeout, Reason.UPSTREAM_STALLED)
-                        for message in codec.interrupt(*heard):
-                            await upstream.send(message)
+                        watchdog.disarm()  # the link bounds its own sends
+                        for message in session.codec.interrupt(*heard):
+                            if not await link.send(session, message):
+                                break
                         state.barge_ins += 1
                         self.metrics.barge_ins.inc()
                         log.debug("barge-in at %d ms", heard[1], extra={"call_id": state.call_id})
@@ -449,48 +469,6 @@ class Call:
                         event.message,
                         extra={"call_id": state.call_id},
                     )
-
-    async def _upkeep(self) -> None:
-        """Keepalive and recycling, in one task (a task per call is memory at scale).
-
-        Every ``keepalive_interval`` (counted from the end of the previous ping) the provider is
-        pinged under ``pong_timeout``; when the session reaches ``session_max_age`` it is recycled
-        make-before-break. A failed recycle keeps the working session and is retried a minute
-        later (until the provider's own cap, when the drop path resumes it).
-        """
-        link, settings = self._link, self.settings
-        assert link is not None
-        rtt = self.metrics.upstream_ping_rtt
-        next_ping = trio.current_time() + settings.keepalive_interval
-        retry_at = -math.inf  # after a failed recycle: not before this
-        while True:
-            upstream = link.upstream
-            opened = upstream.opened_at if upstream is not None else trio.current_time()
-            recycle_at = max(opened + settings.session_max_age, retry_at)
-            await trio.sleep_until(min(next_ping, recycle_at))
-            now = trio.current_time()
-            if not link.ready or upstream is None or link.upstream is not upstream:
-                # resuming, or resumed meanwhile: the new session is checked at the next interval
-                if now >= next_ping:
-                    next_ping = now + settings.keepalive_interval
-                continue
-            if now >= recycle_at:
-                try:
-                    await link.recycle()
-                except Disconnect as exc:
-                    if exc.reason is not Reason.UPSTREAM_CLOSED:
-                        raise
-                    log.warning(
-                        "recycle failed: %s", exc.detail, extra={"call_id": self.state.call_id}
-                    )
-                    retry_at = trio.current_time() + RECYCLE_RETRY
-                continue
-            try:
-                rtt.observe(await upstream.ping(settings.pong_timeout))
-            except Disconnect as exc:
-                if exc.reason is not Reason.UPSTREAM_CLOSED:
-                    raise  # no pong in time: the provider is frozen
-            next_ping = trio.current_time() + settings.keepalive_interval
 
     # --- ending -------------------------------------------------------------------------------
 
@@ -514,20 +492,29 @@ class Call:
             self._scope.cancel()
 
     async def _teardown(self) -> None:
-        """Close both peers, shielded from cancellation and bounded by ``teardown_timeout``."""
+        """Close both peers side by side, shielded from cancellation and bounded by
+        ``teardown_timeout``. Every provider socket is closed on every path: ``ProviderLink.aclose``
+        aborts whatever its handshakes did not close in time."""
         assert self._ending is not None
         reason = self._ending.reason
         with trio.CancelScope(shield=True) as bound:
             bound.deadline = trio.current_time() + self.settings.teardown_timeout
-            try:
+            async with trio.open_nursery() as closing:
                 if self._link is not None:
-                    code = 1001 if reason is Reason.SERVER_SHUTDOWN else 1000
-                    await self._link.aclose(code, reason.value)
-                    if self.state.upstream_connected_at is not None:
-                        self.state.upstream_closed_at = trio.current_time()
-            finally:
-                with trio.move_on_after(self.settings.close_timeout):
-                    await self._carrier.close(reason.close_code, reason.value)
+                    closing.start_soon(self._close_provider, self._link, reason)
+                closing.start_soon(self._close_carrier, reason)
+
+    async def _close_provider(self, link: ProviderLink, reason: Reason) -> None:
+        code = 1001 if reason is Reason.SERVER_SHUTDOWN else 1000
+        await link.aclose(code, reason.value)
+        if self.state.upstream_connected_at is not None:
+            self.state.upstream_closed_at = trio.current_time()
+
+    async def _close_carrier(self, reason: Reason) -> None:
+        # close() keeps reading until the carrier's close reply (a carrier that is not read
+        # cannot finish the close handshake); bounded here.
+        with trio.move_on_after(self.settings.close_timeout):
+            await self._carrier.close(reason.close_code, reason.value)
 
     def _account(self) -> None:
         """Count, journal, log and deregister the call: synchronous, so it cannot be cut short."""

@@ -1,51 +1,148 @@
-"""The call's connection to its provider, across drops, reconnects and session recycling.
+"""The call's link to its provider: every provider socket it opens, and what to do when one fails.
 
-A call talks to one provider *session* at a time (an :class:`~voxbridge.upstream.Upstream` socket
-plus the :class:`~voxbridge.providers.ProviderCodec` for it). :class:`ProviderLink` owns that pair
-and replaces it when needed:
+A call talks to one provider *session* at a time: an :class:`~voxbridge.upstream.Upstream` socket
+plus the :class:`~voxbridge.providers.ProviderCodec` for it. :class:`ProviderLink` is the only owner
+of those sockets and the only place that decides what a failure of one means. The upstream edge
+reports what happened to a socket (:class:`~voxbridge.errors.UpstreamClosed`, ``UpstreamTimeout``,
+``UpstreamConnectFailed``); the link either replaces the session or gives up with
+:class:`~voxbridge.errors.LinkDown`, which the call (and only the call) turns into a ``Disconnect``.
+
+The policy, in one place:
 
 * **open** at call start: prepare a session (the provider may do REST first), open the socket, send
-  the codec's opening frames. Failures are retried with exponential backoff and jitter inside
+  the codec's opening frames. Failures are retried with exponential backoff and jitter within
   ``connect_timeout`` (when ``reconnect_budget`` > 0); then ``upstream_connect_failed``.
-* **resume** when the socket drops mid-call (and the codec says the drop is not the agent hanging
-  up): the old socket is closed, and new sessions are tried with backoff within ``reconnect_budget``.
-  Each new session is seeded with the conversation so far (``history``: the call's final transcript
-  lines), so the agent keeps its context. While resuming, :attr:`ready` is False and the call drops
-  caller audio (and counts it) rather than queueing it. Budget exhausted: ``upstream_closed``.
-* **recycle** before a session gets too old (OpenAI ends sessions at 60 minutes): make before break
-  -- open and seed the new session first, switch to it, then close the old one.
+* **drop**: a session is dropped when the provider closes it, when a send to it does not finish
+  within ``send_timeout`` (it stopped reading), or when a ping gets no pong within ``pong_timeout``
+  (it froze, or a load balancer silently dropped the flow). A dead socket is aborted at once: no
+  close handshake with a peer known dead.
+* **resume** after a drop: new sessions are tried with backoff, each seeded with the conversation so
+  far (the call's final transcript lines), so the agent keeps its context. While resuming the link
+  has no session (:attr:`ready` is False) and the call drops caller audio, counted.
+* **the budget**: a drop opens a resume *episode* with ``reconnect_budget`` seconds. A resumed session
+  is on probation until it has stayed up for ``reconnect_budget`` seconds (at least
+  ``MIN_PROBATION``): only then is it counted ``resumed`` and the episode closed. A session that
+  dies on probation is charged to the same episode, so a provider that accepts and drops every
+  session cannot keep a call (and its bill) alive for ever. Budget spent: give up with the reason of
+  the drop that opened the episode (``upstream_closed``, ``upstream_stalled``,
+  ``upstream_keepalive_timeout``), counted ``failed``.
+* **refusals are final**: a handshake refused with 401/403, or a close code the provider's table
+  calls a refusal (``ProviderCodec.close_reason`` -> ``upstream_rejected``), ends the call at once,
+  never retried, so the carrier's fallback (Twilio's action URL) runs while the caller still listens.
+  A close the table calls the agent hanging up ends the call ``agent_hangup``.
+* **recycle** before a session gets too old (OpenAI ends them at 60 minutes): make before break --
+  open and seed a new session, wait for it to answer a ping (so it is alive and read the opening
+  frames), switch to it, then close the old one. A recycle that fails in any way closes what it
+  opened and keeps the working session; it never ends the call.
 
-Every wait here is bounded: session preparation and the socket handshake by ``connect_timeout`` (and
-the remaining budget), the opening frames by ``send_timeout``, closing by ``close_timeout``.
+Every socket the link opens is in :attr:`ProviderLink.sockets` until it is closed, and
+:meth:`ProviderLink.aclose` closes all of them on every path. Every wait is bounded by
+:func:`voxbridge.deadlines.deadline`; the reader tasks that host the sockets shield themselves only
+until the call's own hard bound (``live_until``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Sequence
 
 import trio
 
-from ..errors import Disconnect, Reason
+from ..deadlines import deadline, deadline_at
+from ..errors import (
+    LinkDown,
+    Reason,
+    UpstreamClosed,
+    UpstreamConnectFailed,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from ..metrics import Metrics
+from ..providers.base import Frame, ProviderCodec
 from ..providers.base import Provider as ProviderT
-from ..providers.base import ProviderCodec, ProviderSession
 from ..providers.events import Transcript
 from ..settings import Settings
 from ..upstream import StreamConnector, Upstream
-from .watchdog import deadline
 
-__all__ = ["ProviderLink"]
+__all__ = ["ProviderLink", "Session"]
 
 log = logging.getLogger("voxbridge.call")
 
 FIRST_BACKOFF = 0.1  # seconds; doubles per attempt, with jitter
 MAX_BACKOFF = 2.0
+MIN_PROBATION = 1.0  # seconds a resumed session must stay up to count as resumed, at the least
+RECYCLE_RETRY = 60.0  # seconds between recycle attempts after one failed
+
+
+class Session:
+    """One open provider session: its socket and codec, and why the link dropped it (if it did)."""
+
+    __slots__ = ("codec", "lost", "upstream")
+
+    def __init__(self, upstream: Upstream, codec: ProviderCodec) -> None:
+        self.upstream = upstream
+        self.codec = codec
+        #: ``(reason, detail)`` once the link dropped this session; the reason is what the call
+        #: ends with if no session can replace it.
+        self.lost: tuple[Reason, str] | None = None
+
+
+class _NoSession(Exception):
+    """No session could be opened: ``reason`` is ``UPSTREAM_REJECTED`` or ``UPSTREAM_CONNECT_FAILED``."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _not_in_time(detail: str) -> UpstreamConnectFailed:
+    return UpstreamConnectFailed(f"no session in time: {detail}")
+
+
+class _Backoff:
+    """Exponential backoff with jitter: pauses of 0.1, 0.2, 0.4 ... up to 2 s, each 50-100 %."""
+
+    __slots__ = ("_delay",)
+
+    def __init__(self) -> None:
+        self._delay = FIRST_BACKOFF
+
+    async def pause(self, until: float) -> None:
+        """Sleep the next pause, never past ``until``."""
+        pause = self._delay * random.uniform(0.5, 1.0)
+        self._delay = min(self._delay * 2, MAX_BACKOFF)
+        await trio.sleep_until(min(trio.current_time() + pause, until))
+
+
+class _Episode:
+    """The drops since the last session that proved healthy: the budget and backoff they share."""
+
+    __slots__ = ("backoff", "detail", "reason", "until")
+
+    def __init__(self, reason: Reason, detail: str, until: float) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.until = until
+        self.backoff = _Backoff()
 
 
 class ProviderLink:
-    """The current provider session of one call, and how to replace it."""
+    """The provider side of one call: the current session, and every socket opened for it.
+
+    Args:
+        provider: prepares sessions.
+        settings: the deadlines (``connect_timeout``, ``send_timeout``, ``pong_timeout``,
+            ``keepalive_interval``, ``reconnect_budget``, ``session_max_age``, ``close_timeout``).
+        metrics: where reconnects, connect times and ping round trips are counted.
+        nursery: hosts each socket's reader task; must outlive the call's own tasks.
+        connect_stream: opens the byte stream to the provider.
+        history: the call's final transcript lines, replayed into every new session.
+        call_id: for log lines.
+        live_until: absolute trio time the call cannot outlive; no socket's reader outlives it.
+    """
 
     def __init__(
         self,
@@ -57,6 +154,7 @@ class ProviderLink:
         connect_stream: StreamConnector,
         history: Sequence[Transcript],
         call_id: str,
+        live_until: float = math.inf,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -64,139 +162,355 @@ class ProviderLink:
         self._nursery = nursery
         self._connect_stream = connect_stream
         self._history = history
-        self._call_id = call_id
-        self.upstream: Upstream | None = None
-        self.codec: ProviderCodec | None = None
-        self._spare: Upstream | None = None  # a session being opened to replace the current one
-        self.ready = False
-        self.sessions = 0
-        self.resumes = 0
+        self._extra = {"call_id": call_id}
+        self._live_until = live_until
+        #: The session the call talks to; ``None`` before it opens and while resuming.
+        self.session: Session | None = None
+        #: Every socket this link opened and has not closed yet.
+        self.sockets: set[Upstream] = set()
+        self._episode: _Episode | None = None
+        self._probation_until: float | None = None
+        self._opened = trio.Event()
+        self._changed = trio.Event()
+        self.sessions = 0  # sessions opened
+        self.resumes = 0  # sessions resumed that proved healthy
+
+    @property
+    def ready(self) -> bool:
+        """True while there is a session to send to."""
+        return self.session is not None
+
+    @property
+    def opened(self) -> bool:
+        """True once the first session opened (afterwards, no session means resuming)."""
+        return self._opened.is_set()
 
     # --- opening ------------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Open the first session, retrying within ``connect_timeout``.
+        """Open the first session, retrying within ``connect_timeout`` (if ``reconnect_budget``).
 
         Raises:
-            Disconnect: ``UPSTREAM_CONNECT_FAILED`` when no session opened in time;
-                ``UPSTREAM_STALLED`` when the provider does not read the opening frames.
+            LinkDown: ``UPSTREAM_CONNECT_FAILED`` when no session opened in time;
+                ``UPSTREAM_REJECTED`` when the provider refused us.
         """
         retry = self.settings.reconnect_budget > 0
         until = trio.current_time() + self.settings.connect_timeout
-        await self._open_until(until, retry=retry, failure=Reason.UPSTREAM_CONNECT_FAILED)
-
-    async def resume(self, why: str) -> None:
-        """The session dropped: open a new one, seeded with the conversation so far.
-
-        Raises:
-            Disconnect: ``UPSTREAM_CLOSED`` when ``reconnect_budget`` ran out.
-        """
-        self.ready = False
-        dropped = self.upstream
-        self.upstream = None
-        if dropped is not None:
-            await dropped.aclose(1001, "resuming", close_timeout=self.settings.close_timeout)
-        budget = self.settings.reconnect_budget
-        if budget <= 0:
-            raise Disconnect(Reason.UPSTREAM_CLOSED, why)
-        log.info("provider session dropped (%s): resuming", why, extra={"call_id": self._call_id})
         try:
-            await self._open_until(
-                trio.current_time() + budget, retry=True, failure=Reason.UPSTREAM_CLOSED
-            )
-        except Disconnect:
-            self.metrics.upstream_reconnects.labels(outcome="failed").inc()
-            raise
-        self.resumes += 1
-        self.metrics.upstream_reconnects.labels(outcome="resumed").inc()
+            self.session = await self._establish(until, retry=retry)
+        except _NoSession as exc:
+            raise LinkDown(exc.reason, exc.detail) from None
+        self._opened.set()
 
-    async def recycle(self) -> None:
-        """Make before break: open a fresh session, switch to it, close the old one.
-
-        Raises:
-            Disconnect: as :meth:`resume` if the new session cannot be opened within budget.
-        """
-        old = self.upstream
-        until = trio.current_time() + max(self.settings.reconnect_budget, 1.0)
-        session, upstream = await self._attempt_until(
-            until, retry=True, failure=Reason.UPSTREAM_CLOSED
-        )
-        self.upstream, self.codec, self.ready = upstream, session.codec, True
-        self._spare = None
-        log.info("provider session recycled", extra={"call_id": self._call_id})
-        if old is not None:
-            await old.aclose(1000, "recycled", close_timeout=self.settings.close_timeout)
-
-    async def _open_until(self, until: float, *, retry: bool, failure: Reason) -> None:
-        session, upstream = await self._attempt_until(until, retry=retry, failure=failure)
-        self.upstream, self.codec, self.ready = upstream, session.codec, True
-        self._spare = None
-
-    async def _attempt_until(
-        self, until: float, *, retry: bool, failure: Reason
-    ) -> tuple[ProviderSession, Upstream]:
-        delay = FIRST_BACKOFF
+    async def _establish(
+        self, until: float, *, retry: bool, backoff: _Backoff | None = None
+    ) -> Session:
+        """A new open session, seeded with the history, tried with backoff until ``until``."""
+        backoff = backoff or _Backoff()
         attempts = 0
         while True:
             attempts += 1
             started = trio.current_time()
             try:
-                with trio.move_on_at(until):
-                    result = await self._attempt()
-                    self.metrics.upstream_connect_seconds.labels(
-                        provider=self.provider.name
-                    ).observe(trio.current_time() - started)
-                    return result
-                last = f"no session within the deadline ({attempts} attempts)"
-            except Disconnect as exc:
-                if exc.reason is not Reason.UPSTREAM_CONNECT_FAILED:
+                session = await self._attempt(until)
+            except _NoSession as exc:
+                if exc.reason is Reason.UPSTREAM_REJECTED:
                     raise
                 last = exc.detail
-                if exc.final:
-                    raise Disconnect(failure, f"{self.provider.name}: {last}") from None
+            else:
+                self.metrics.upstream_connect_seconds.labels(provider=self.provider.name).observe(
+                    trio.current_time() - started
+                )
+                self.sessions += 1
+                return session
             now = trio.current_time()
             if not retry or now >= until:
-                raise Disconnect(failure, f"{self.provider.name}: {last}")
-            pause = min(delay * random.uniform(0.5, 1.0), until - now)
-            log.debug("provider attempt %d failed: %s", attempts, last)
-            await trio.sleep(pause)
-            delay = min(delay * 2, MAX_BACKOFF)
+                raise _NoSession(
+                    Reason.UPSTREAM_CONNECT_FAILED,
+                    f"{self.provider.name}: {last} ({attempts} attempts)",
+                )
+            log.debug("provider attempt %d failed: %s", attempts, last, extra=self._extra)
+            await backoff.pause(until)
 
-    async def _attempt(self) -> tuple[ProviderSession, Upstream]:
+    async def _attempt(self, until: float) -> Session:
+        """One try: prepare, connect, send the opening frames. Leaves no socket open on failure."""
         settings = self.settings
-        with trio.move_on_after(settings.connect_timeout) as scope:
-            session = await self.provider.session(list(self._history))
-        if scope.cancelled_caught:
-            raise Disconnect(
-                Reason.UPSTREAM_CONNECT_FAILED,
-                f"session not prepared within connect_timeout={settings.connect_timeout:g}s",
+        give_up_at = min(until, trio.current_time() + settings.connect_timeout)
+        try:
+            with deadline_at(give_up_at, _not_in_time):
+                prepared = await self.provider.session(list(self._history))
+                upstream = await Upstream.open(
+                    self._nursery,
+                    prepared.endpoint,
+                    connect_stream=self._connect_stream,
+                    live_until=self._live_until,
+                )
+        except UpstreamConnectFailed as exc:
+            reason = Reason.UPSTREAM_REJECTED if exc.refused else Reason.UPSTREAM_CONNECT_FAILED
+            raise _NoSession(reason, str(exc)) from None
+        self.sockets.add(upstream)
+        session = Session(upstream, prepared.codec)
+        try:
+            # Within send_timeout, and within what is left of the attempts' time.
+            opening_by = min(trio.current_time() + settings.send_timeout, until)
+            with deadline_at(opening_by, UpstreamTimeout):
+                for frame in prepared.codec.opening(self._history):
+                    await upstream.send(frame)
+        except UpstreamClosed as exc:
+            await self._discard(upstream)
+            reason = prepared.codec.close_reason(exc.code)
+            if reason is not Reason.UPSTREAM_REJECTED:
+                reason = Reason.UPSTREAM_CONNECT_FAILED
+            raise _NoSession(reason, f"closed before the session was set up: {exc}") from None
+        except UpstreamTimeout as exc:
+            await self._discard(upstream)
+            raise _NoSession(
+                Reason.UPSTREAM_CONNECT_FAILED, f"the opening frames were not read: {exc}"
+            ) from None
+        except BaseException:  # cancelled mid-opening: the socket goes with the attempt
+            await self._discard(upstream)
+            raise
+        return session
+
+    # --- the session in use -------------------------------------------------------------------
+
+    async def receive(self) -> tuple[Session, Frame]:
+        """The next frame of the current session, and that session (its codec decodes the frame).
+
+        A dropped session is resumed here, in the task that reads the provider; a recycled one is
+        replaced by the new one. Waits while the first session opens.
+
+        Raises:
+            LinkDown: the link gave up (budget spent, a refusal) or the agent hung up.
+        """
+        await self._opened.wait()
+        while True:
+            session = self.session
+            if session is None:  # pragma: no cover - only this task resumes, after open()
+                raise LinkDown(Reason.INTERNAL_ERROR, "no provider session to read")
+            try:
+                return session, await session.upstream.receive()
+            except UpstreamClosed as exc:
+                if session is not self.session:
+                    continue  # recycled under us: read the new session
+                if session.lost is None:
+                    session.lost = (session.codec.close_reason(exc.code), str(exc))
+                await self._recover(session)
+
+    async def send(self, session: Session, frame: Frame) -> bool:
+        """Send ``frame`` to ``session`` within ``send_timeout``.
+
+        Returns:
+            False when the session is gone (the frame is dropped; the caller counts it). A send
+            that does not finish in time drops the session: the provider stopped reading.
+        """
+        if session.lost is not None:
+            return False
+        try:
+            with deadline(self.settings.send_timeout, UpstreamTimeout):
+                await session.upstream.send(frame)
+        except UpstreamTimeout as exc:
+            await self.lose(session, Reason.UPSTREAM_STALLED, f"a send did not finish: {exc}")
+            return False
+        except UpstreamClosed:
+            return False  # the reading task sees the close and decides
+        return True
+
+    async def lose(self, session: Session, reason: Reason, detail: str) -> None:
+        """``session`` is dead (``reason`` if nothing replaces it): abort its socket at once.
+
+        The task reading the provider then sees the socket closed and resumes (or gives up).
+        """
+        if session.lost is None:
+            session.lost = (reason, detail)
+            log.info("provider session lost: %s", detail, extra=self._extra)
+        await self._discard(session.upstream)
+
+    async def _recover(self, session: Session) -> None:
+        """Replace the dropped ``session`` within the episode's budget, or give up."""
+        assert session.lost is not None
+        reason, detail = session.lost
+        self.session = None
+        self._probation_until = None
+        await self._discard(session.upstream)
+        if reason in (Reason.AGENT_HANGUP, Reason.UPSTREAM_REJECTED):
+            raise LinkDown(reason, detail)
+        now = trio.current_time()
+        budget = self.settings.reconnect_budget
+        if budget <= 0:
+            raise LinkDown(reason, detail)
+        episode = self._episode
+        if episode is None:
+            episode = self._episode = _Episode(reason, detail, until=now + budget)
+        else:  # the replacement died on probation: same budget, and a pause before the next
+            await episode.backoff.pause(episode.until)
+        failed = self.metrics.upstream_reconnects.labels(outcome="failed")
+        if trio.current_time() >= episode.until:
+            failed.inc()
+            raise LinkDown(
+                episode.reason, f"{episode.detail}; reconnect_budget={budget:g}s spent ({detail})"
             )
-        upstream = await Upstream.open(
-            self._nursery,
-            session.endpoint,
-            connect_timeout=settings.connect_timeout,
-            connect_stream=self._connect_stream,
-        )
-        self._spare = upstream  # teardown closes it even if the opening below is cut short
-        with deadline(settings.send_timeout, Reason.UPSTREAM_STALLED):
-            for frame in session.codec.opening(self._history):
-                await upstream.send(frame)
-        self.sessions += 1
-        return session, upstream
+        log.info("provider session dropped (%s): resuming", detail, extra=self._extra)
+        try:
+            self.session = await self._establish(episode.until, retry=True, backoff=episode.backoff)
+        except _NoSession as exc:
+            failed.inc()
+            if exc.reason is Reason.UPSTREAM_REJECTED:
+                raise LinkDown(exc.reason, exc.detail) from None
+            raise LinkDown(
+                episode.reason, f"{episode.detail}; resuming failed: {exc.detail}"
+            ) from None
+        self._probation_until = trio.current_time() + max(budget, MIN_PROBATION)
+        self._wake_upkeep()
+
+    def _wake_upkeep(self) -> None:
+        """The session changed: upkeep recomputes when to ping, recycle, settle a probation."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _settle(self, now: float) -> None:
+        """A resumed session still up at the end of its probation proved healthy: count it."""
+        if self._probation_until is not None and now >= self._probation_until:
+            self._proved_healthy()
+
+    def _proved_healthy(self) -> None:
+        session = self.session
+        if session is None or session.lost is not None:
+            return
+        self._probation_until = None
+        self._episode = None
+        self.resumes += 1
+        self.metrics.upstream_reconnects.labels(outcome="resumed").inc()
+
+    # --- upkeep: keepalive, recycling, probation ------------------------------------------------
+
+    async def upkeep(self) -> None:
+        """Keepalive, recycling and probation, in one task of the call (a task is memory at scale).
+
+        Every ``keepalive_interval`` (from the end of the previous ping) the current session is
+        pinged under ``pong_timeout``; no pong drops it. At ``session_max_age`` it is recycled; a
+        failed recycle is retried ``RECYCLE_RETRY`` seconds later. Never raises for a provider
+        fault: a dropped session is the reading task's to resume.
+        """
+        settings = self.settings
+        await self._opened.wait()
+        next_ping = trio.current_time() + settings.keepalive_interval
+        recycle_not_before = -math.inf
+        while True:
+            session = self.session
+            wake = next_ping
+            if session is not None:
+                wake = min(wake, self._recycle_at(session, recycle_not_before))
+            if self._probation_until is not None:
+                wake = min(wake, self._probation_until)
+            with trio.move_on_at(wake):
+                await self._changed.wait()
+            now = trio.current_time()
+            self._settle(now)
+            session = self.session
+            if session is None or session.lost is not None:  # resuming: check the next one later
+                if now >= next_ping:
+                    next_ping = now + settings.keepalive_interval
+                continue
+            if now >= self._recycle_at(session, recycle_not_before):
+                if not await self.recycle():
+                    recycle_not_before = trio.current_time() + RECYCLE_RETRY
+                continue
+            if now >= next_ping:
+                await self._ping(session)
+                next_ping = trio.current_time() + settings.keepalive_interval
+
+    def _recycle_at(self, session: Session, not_before: float) -> float:
+        return max(session.upstream.opened_at + self.settings.session_max_age, not_before)
+
+    async def _ping(self, session: Session) -> None:
+        pong_timeout = self.settings.pong_timeout
+        try:
+            with deadline(pong_timeout, UpstreamTimeout):
+                rtt = await session.upstream.ping()
+        except UpstreamTimeout:
+            await self.lose(
+                session,
+                Reason.UPSTREAM_KEEPALIVE_TIMEOUT,
+                f"no pong within pong_timeout={pong_timeout:g}s",
+            )
+        except UpstreamClosed:
+            pass  # the reading task sees the close and decides
+        else:
+            self.metrics.upstream_ping_rtt.observe(rtt)
+
+    async def recycle(self) -> bool:
+        """Make before break: open a fresh session, switch to it, close the old one.
+
+        Returns:
+            True if the call now talks to the fresh session. False if it could not be opened (or
+            the old session dropped meanwhile): whatever was opened is closed, the call carries on.
+        """
+        old = self.session
+        until = trio.current_time() + max(self.settings.reconnect_budget, MIN_PROBATION)
+        try:
+            fresh = await self._establish(until, retry=True)
+        except _NoSession as exc:
+            log.warning(
+                "recycle failed, the working session carries on: %s", exc.detail, extra=self._extra
+            )
+            return False
+        # Make before break means *made*: the fresh session must answer a ping -- so it is alive
+        # and has read the opening frames sent before the ping -- before the call relies on it.
+        try:
+            with deadline(self.settings.pong_timeout, UpstreamTimeout):
+                await fresh.upstream.ping()
+        except UpstreamError as exc:
+            log.warning(
+                "recycle failed, the working session carries on: the new session did not answer "
+                "a ping: %s",
+                exc,
+                extra=self._extra,
+            )
+            await self._discard(fresh.upstream)
+            return False
+        if old is None or self.session is not old or old.lost is not None:
+            await self._close(fresh.upstream, 1000, "not needed")
+            return False
+        self.session = fresh
+        self._wake_upkeep()
+        log.info("provider session recycled", extra=self._extra)
+        await self._close(old.upstream, 1000, "recycled")
+        return True
 
     # --- closing ------------------------------------------------------------------------------
 
     async def aclose(self, code: int, reason: str) -> None:
-        """Say goodbye (best effort) and close every socket this link opened. Bounded."""
-        self.ready = False
-        close_timeout = self.settings.close_timeout
-        sockets = [u for u in dict.fromkeys((self.upstream, self._spare)) if u is not None]
-        for upstream in sockets:
-            if upstream is self.upstream and self.codec is not None:
-                with trio.move_on_after(close_timeout):
-                    try:
-                        for frame in self.codec.closing():
-                            await upstream.send(frame)
-                    except Disconnect:
-                        pass
-            await upstream.aclose(code, reason, close_timeout=close_timeout)
+        """Say goodbye (best effort), then close every socket this link opened. Bounded.
+
+        The current session gets the codec's closing frames and a close handshake, each within
+        ``close_timeout``; any other socket still open is aborted. Safe under cancellation: the
+        sockets are closed on every path.
+        """
+        if self._probation_until is not None:
+            self._proved_healthy()  # the call ends for another reason while it works: it resumed
+        session, self.session = self.session, None
+        try:
+            if session is not None and session.lost is None:
+                with trio.move_on_after(self.settings.close_timeout):
+                    for frame in session.codec.closing():
+                        await session.upstream.send(frame)
+                await self._close(session.upstream, code, reason)
+        except UpstreamError:
+            pass  # the provider left first: nothing more to say
+        finally:
+            for upstream in list(self.sockets):
+                await self._discard(upstream)
+
+    async def _close(self, upstream: Upstream, code: int, reason: str) -> None:
+        """Close handshake within ``close_timeout``; the socket is closed either way."""
+        try:
+            with trio.move_on_after(self.settings.close_timeout):
+                await upstream.aclose(code, reason)
+        finally:
+            await self._discard(upstream)
+
+    async def _discard(self, upstream: Upstream) -> None:
+        """Close ``upstream`` at once (no handshake) and forget it. Idempotent."""
+        self.sockets.discard(upstream)
+        await upstream.abort()

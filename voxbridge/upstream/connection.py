@@ -1,21 +1,25 @@
-"""One WebSocket session with a provider, every operation bounded and mapped to ``Disconnect``.
+"""One WebSocket session with a provider: the I/O edge, mapping library errors to edge errors.
 
-This is the only module that sees trio-websocket's exceptions. What it guarantees the call:
+This is the only module that sees trio-websocket's exceptions. It raises the edge errors of
+:mod:`voxbridge.errors` and decides nothing about the call:
 
-* ``connect`` finishes within ``connect_timeout`` or raises ``Disconnect(UPSTREAM_CONNECT_FAILED)``;
-  the TCP socket gets keepalive and ``TCP_USER_TIMEOUT`` first (LIBRARY_FACTS 13, 15), so a provider
-  that vanishes mid-call is noticed by the kernel too.
-* ``send`` raises ``Disconnect(UPSTREAM_STALLED)`` when the caller's deadline fires (sends are
-  cancellable, LIBRARY_FACTS 10) and ``Disconnect(UPSTREAM_CLOSED)`` when the socket is gone.
-* ``receive`` raises ``Disconnect(UPSTREAM_CLOSED)`` when the provider closes. It has no deadline of
-  its own: a provider may be silent while the caller talks. Liveness is the keepalive's job (``ping``
-  under ``pong_timeout``, LIBRARY_FACTS 9), which ends the call for a frozen provider.
-* ``aclose`` never takes longer than ``close_timeout``; when the close handshake cannot finish the
-  stream is closed anyway (trio-websocket closes it when cancelled) -- no socket outlives its call.
+* :meth:`Upstream.open` opens TCP (keepalive and ``TCP_USER_TIMEOUT`` first, so the kernel notices a
+  vanished provider too; docs/library-notes.md, "TCP_USER_TIMEOUT"), TLS for ``wss``, then the
+  WebSocket handshake, or raises :class:`~voxbridge.errors.UpstreamConnectFailed` (with the HTTP
+  status of a refused handshake);
+* :meth:`~Upstream.send`, :meth:`~Upstream.receive` and :meth:`~Upstream.ping` raise
+  :class:`~voxbridge.errors.UpstreamClosed` (with the provider's close code) once the socket is gone;
+* :meth:`~Upstream.aclose` closes with a handshake, :meth:`~Upstream.abort` without one (a peer known
+  dead cannot answer); the byte stream is closed on every path, cancellation included.
 
-The connection's reader task runs in a nursery the *caller* supplies, so the call decides how long
-the socket may live (see ``voxbridge.session.call``: the reader must outlive the call's own tasks for a
-clean close handshake).
+None of these take a timeout: the caller (the provider link) puts each wait under
+``voxbridge.deadlines.deadline`` -- sends are cancellable, pings wait for ever for a pong that never
+comes, and exiting a connection against a dead peer is unbounded otherwise (docs/library-notes.md,
+"trio-websocket").
+
+The connection's reader task runs in a nursery the *caller* supplies (the call's sockets nursery),
+so the call decides how long a socket may live: the reader must outlive the call's own tasks for the
+close handshake to complete during teardown.
 """
 
 from __future__ import annotations
@@ -27,12 +31,13 @@ from collections.abc import Awaitable, Callable
 import trio
 from trio_websocket import (
     ConnectionClosed,
+    ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
     wrap_client_stream,
 )
 
-from ..errors import Disconnect, Reason
+from ..errors import UpstreamClosed, UpstreamConnectFailed
 from ..providers.endpoint import ProviderEndpoint
 
 __all__ = ["StreamConnector", "Upstream", "open_tcp_stream_tuned", "tune_socket"]
@@ -41,8 +46,8 @@ __all__ = ["StreamConnector", "Upstream", "open_tcp_stream_tuned", "tune_socket"
 StreamConnector = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 # Provider frames are audio chunks of a few KiB; a realtime provider may send a burst ahead of real
-# time. 1 MiB bounds one message; the queue bounds memory per call (LIBRARY_FACTS 12: the reader only
-# pauses when the queue is full, and the call always has a task reading it).
+# time. 1 MiB bounds one message; the queue bounds memory per call (trio-websocket's reader pauses
+# when the queue is full -- and then answers no pings -- so the call always has a task reading it).
 MAX_MESSAGE_SIZE = 1024 * 1024
 MESSAGE_QUEUE_SIZE = 64
 
@@ -80,16 +85,8 @@ def open_tcp_stream_tuned(user_timeout: float) -> StreamConnector:
     return connect
 
 
-def _leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception in a group, for a log line."""
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf
-
-
 class Upstream:
-    """An open provider session. Build it with :meth:`connect`."""
+    """An open provider session. Build it with :meth:`open`."""
 
     def __init__(
         self, ws: WebSocketConnection, stream: trio.abc.Stream, endpoint: ProviderEndpoint
@@ -108,20 +105,21 @@ class Upstream:
         nursery: trio.Nursery,
         endpoint: ProviderEndpoint,
         *,
-        connect_timeout: float,
         connect_stream: StreamConnector,
+        live_until: float,
     ) -> Upstream:
-        """:meth:`connect`, with the socket's reader hosted in a task of ``nursery``.
+        """Open a session whose reader task runs in ``nursery``. The caller bounds the time.
 
-        After the handshake the host task shields itself: cancelling the call's own tasks (or the
-        application cancelling the call) must not stop the reader, or :meth:`aclose` could not
-        complete the close handshake. :meth:`aclose` ends the host task once the socket is closed.
+        The reader's host task shields itself, with ``live_until`` (an absolute trio time: the
+        latest instant the call itself can end) as the shield's deadline: cancelling the call's
+        tasks must not stop the reader before :meth:`aclose` completes the close handshake, and
+        nothing may outlive the call's bound. :meth:`aclose` and :meth:`abort` end the host task.
 
         Raises:
-            Disconnect: ``UPSTREAM_CONNECT_FAILED``, as :meth:`connect`.
+            UpstreamConnectFailed: refused (``status`` set), unreachable, TLS or handshake failure.
         """
         upstream: Upstream = await nursery.start(
-            cls._host_task, endpoint, connect_timeout, connect_stream
+            cls._host_task, endpoint, connect_stream, live_until
         )
         return upstream
 
@@ -129,94 +127,81 @@ class Upstream:
     async def _host_task(
         cls,
         endpoint: ProviderEndpoint,
-        connect_timeout: float,
         connect_stream: StreamConnector,
+        live_until: float,
         *,
         task_status: trio.TaskStatus[Upstream],
     ) -> None:
-        failure: Disconnect | None = None
+        failure: UpstreamConnectFailed | None = None
         with trio.CancelScope() as scope:
             try:
                 async with trio.open_nursery() as nursery:
                     try:
-                        upstream = await cls.connect(
-                            nursery,
-                            endpoint,
-                            connect_timeout=connect_timeout,
-                            connect_stream=connect_stream,
-                        )
-                    except Disconnect as exc:  # re-raised below, outside the nursery
+                        upstream = await cls._connect(nursery, endpoint, connect_stream)
+                    except UpstreamConnectFailed as exc:  # re-raised below, outside the nursery
                         failure = exc
                         nursery.cancel_scope.cancel()
                     else:
                         scope.shield = True
+                        scope.deadline = live_until
                         upstream._host = scope
                         task_status.started(upstream)
                         await trio.sleep_forever()
-            except* HandshakeError as group:  # a rejected handshake surfaces from the reader task
-                leaf = _leaf(group)
-                status = getattr(leaf, "status_code", None)
-                failure = Disconnect(
-                    Reason.UPSTREAM_CONNECT_FAILED,
-                    f"{endpoint.name}: handshake failed: {leaf}",
-                    final=status in (401, 403),  # a bad key stays bad: do not retry
+            except* ConnectionRejected as rejected:
+                # The handshake's refusal is raised by trio-websocket's reader task, the only
+                # child of the nursery above: ``except*`` hands over the flat group it raised.
+                status = getattr(rejected.exceptions[0], "status_code", None)
+                failure = UpstreamConnectFailed(
+                    f"{endpoint.name}: handshake refused with HTTP {status}", status=status
+                )
+            except* HandshakeError as failed:
+                failure = UpstreamConnectFailed(
+                    f"{endpoint.name}: handshake failed: {failed.exceptions[0]}"
                 )
         if failure is not None:
             raise failure
 
     @classmethod
-    async def connect(
-        cls,
-        nursery: trio.Nursery,
-        endpoint: ProviderEndpoint,
-        *,
-        connect_timeout: float,
-        connect_stream: StreamConnector,
+    async def _connect(
+        cls, nursery: trio.Nursery, endpoint: ProviderEndpoint, connect_stream: StreamConnector
     ) -> Upstream:
-        """Open TCP (and TLS for ``wss``), then the WebSocket handshake, within ``connect_timeout``.
-
-        Raises:
-            Disconnect: ``UPSTREAM_CONNECT_FAILED`` on timeout, refusal, TLS or handshake failure.
-        """
         stream: trio.abc.Stream | None = None
         upstream: Upstream | None = None
-        with trio.move_on_after(connect_timeout):
-            try:
-                stream = await connect_stream(endpoint.host, endpoint.port)
-                if endpoint.secure:
-                    stream = trio.SSLStream(
-                        stream, ssl.create_default_context(), server_hostname=endpoint.host
-                    )
-                    await stream.do_handshake()
-                ws = await wrap_client_stream(
-                    nursery,
-                    stream,  # type: ignore[arg-type]  # any trio Stream works; memory ones in tests
-                    endpoint.host,
-                    endpoint.resource,
-                    extra_headers=[(k.encode(), v.encode()) for k, v in endpoint.headers],
-                    message_queue_size=MESSAGE_QUEUE_SIZE,
-                    max_message_size=MAX_MESSAGE_SIZE,
+        try:
+            stream = await connect_stream(endpoint.host, endpoint.port)
+            if endpoint.secure:
+                stream = trio.SSLStream(
+                    stream, ssl.create_default_context(), server_hostname=endpoint.host
                 )
-                upstream = cls(ws, stream, endpoint)
-                return upstream
-            except (OSError, HandshakeError, trio.BrokenResourceError, ConnectionClosed) as exc:
-                raise Disconnect(
-                    Reason.UPSTREAM_CONNECT_FAILED, f"{endpoint.name}: {type(exc).__name__}: {exc}"
-                ) from exc
-            finally:
-                # Any way out but success (failure, timeout, cancellation) leaves no socket open.
-                if stream is not None and upstream is None:
-                    await trio.aclose_forcefully(stream)
-        raise Disconnect(
-            Reason.UPSTREAM_CONNECT_FAILED,
-            f"{endpoint.name}: no session within connect_timeout={connect_timeout:g}s",
-        )
+                await stream.do_handshake()
+            ws = await wrap_client_stream(
+                nursery,
+                stream,  # type: ignore[arg-type]  # any trio Stream works; memory ones in tests
+                endpoint.host,
+                endpoint.resource,
+                extra_headers=[(k.encode(), v.encode()) for k, v in endpoint.headers],
+                message_queue_size=MESSAGE_QUEUE_SIZE,
+                max_message_size=MAX_MESSAGE_SIZE,
+            )
+            upstream = cls(ws, stream, endpoint)
+            return upstream
+        except (OSError, trio.BrokenResourceError, ConnectionClosed) as exc:
+            raise UpstreamConnectFailed(f"{endpoint.name}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            # Any way out but success (failure, timeout, cancellation) leaves no socket open.
+            if stream is not None and upstream is None:
+                await trio.aclose_forcefully(stream)
+
+    @property
+    def closed(self) -> bool:
+        """True once the session is known to be closed (by either side)."""
+        return self.close_code is not None
 
     async def send(self, frame: str | bytes) -> None:
-        """Send one frame. The caller puts the deadline around it.
+        """Send one frame. The caller bounds the time (sends are cancellable).
 
         Raises:
-            Disconnect: ``UPSTREAM_CLOSED`` if the socket is closed.
+            UpstreamClosed: the socket is closed.
         """
         try:
             await self.ws.send_message(frame)
@@ -227,7 +212,7 @@ class Upstream:
         """The next frame from the provider.
 
         Raises:
-            Disconnect: ``UPSTREAM_CLOSED`` when the provider closed the session.
+            UpstreamClosed: the provider closed the session (or it was closed here).
         """
         try:
             message: str | bytes = await self.ws.get_message()
@@ -245,44 +230,47 @@ class Upstream:
             return None
         return message
 
-    async def ping(self, pong_timeout: float) -> float:
-        """Ping and wait for the pong. Returns the round-trip time in seconds.
+    async def ping(self) -> float:
+        """Ping and wait for the pong; returns the round-trip time in seconds.
+
+        trio-websocket waits for ever for a pong that never comes: the caller bounds the wait.
 
         Raises:
-            Disconnect: ``UPSTREAM_KEEPALIVE_TIMEOUT`` if no pong within ``pong_timeout``,
-                ``UPSTREAM_CLOSED`` if the socket is closed.
+            UpstreamClosed: the socket is closed.
         """
         started = trio.current_time()
-        with trio.move_on_after(pong_timeout) as scope:
-            try:
-                await self.ws.ping()
-            except ConnectionClosed as exc:
-                raise self._closed(exc) from None
-        if scope.cancelled_caught:
-            raise Disconnect(
-                Reason.UPSTREAM_KEEPALIVE_TIMEOUT, f"no pong within pong_timeout={pong_timeout:g}s"
-            )
+        try:
+            await self.ws.ping()
+        except ConnectionClosed as exc:
+            raise self._closed(exc) from None
         return trio.current_time() - started
 
-    async def aclose(self, code: int, reason: str, *, close_timeout: float) -> None:
-        """Close handshake bounded by ``close_timeout``; the stream is closed either way."""
+    async def aclose(self, code: int, reason: str) -> None:
+        """Close handshake (the caller bounds it); the stream is closed on every path."""
         try:
-            with trio.move_on_after(close_timeout):
-                await self.ws.aclose(code, reason)
+            await self.ws.aclose(code, reason)
         finally:
-            # trio-websocket's aclose returns at once, stream still open, when the provider already
-            # closed the session; so the stream is closed here, whatever happened above.
-            await trio.aclose_forcefully(self._stream)
-            if self._host is not None:
-                self._host.cancel()  # the reader has nothing left to read
+            await self.abort()
 
-    def _closed(self, exc: ConnectionClosed) -> Disconnect:
+    async def abort(self) -> None:
+        """Close the stream at once, no handshake: for a peer known dead, or after ``aclose``.
+
+        trio-websocket's ``aclose`` returns at once, stream still open, when the provider already
+        closed the session; so the stream is closed here, whatever happened before.
+        """
+        if self.close_code is None:
+            self.close_code = 1006
+        await trio.aclose_forcefully(self._stream)
+        if self._host is not None:
+            self._host.cancel()  # the reader has nothing left to read
+
+    def _closed(self, exc: ConnectionClosed) -> UpstreamClosed:
         code = exc.reason.code if exc.reason else 1006
         if self.close_code is None:
             self.close_code = code
         said = exc.reason.reason if exc.reason else None
-        return Disconnect(
-            Reason.UPSTREAM_CLOSED,
+        return UpstreamClosed(
+            code,
             f"{self.endpoint.name} closed the session (code {code}"
             + (f", {said!r})" if said else ")"),
         )
