@@ -1,4 +1,4 @@
-"""LIBRARY_FACTS 1 (hypercorn issue #225): one bad connection must not take the server down.
+"""hypercorn issue #225 (docs/library-notes.md): one bad connection must not take the server down.
 
 The trigger is exact: a WebSocket upgrade request followed by one stray byte. Unpatched,
 ``h11.LocalProtocolError`` escapes hypercorn's per-connection ``TCPServer.run`` into the server

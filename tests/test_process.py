@@ -95,7 +95,7 @@ async def test_asgi_app_runs_under_hypercorn_k_trio() -> None:
 
 
 def test_listening_socket_options_are_inherited_by_accepted_sockets() -> None:
-    """LIBRARY_FACTS 2: TCP_USER_TIMEOUT and keepalive on carrier sockets, set at the kernel."""
+    """TCP_USER_TIMEOUT and keepalive on carrier sockets, set at the kernel (docs/library-notes.md)."""
     listener = listen_socket(Settings(port=0, tcp_user_timeout=7))
     client = socket.create_connection(listener.getsockname()[:2])
     accepted, _ = listener.accept()

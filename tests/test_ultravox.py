@@ -297,7 +297,7 @@ async def joined(endpoint: ProviderEndpoint) -> AsyncIterator[WebSocketConnectio
     (trio-websocket leaves a client's stream open when the server closed first).
 
     The queue holds what the fake sends unprompted, so the reader keeps reading (and answering
-    pings) while a test is not reading messages (LIBRARY_FACTS 12).
+    pings) while a test is not reading messages (docs/library-notes.md, "A paused reader answers no pings").
     """
     stream = await trio.open_tcp_stream(endpoint.host, endpoint.port)
     try:

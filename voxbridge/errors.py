@@ -9,7 +9,7 @@ Two families, kept apart on purpose (the h11/wsproto convention):
 
 * ``Disconnect`` -- how a call ends. Every way a call can end (the carrier hangs up, a deadline fires,
   the provider drops, a bug) becomes exactly one ``Disconnect`` with a ``Reason`` from the closed set in
-  CONTRACT.md. Natural and synthetic ends are the same exception and go through the same teardown.
+  docs/architecture.md. Natural and synthetic ends are the same exception and go through the same teardown.
 
 Between them sit the **edge errors** of the provider leg. The upstream edge (``voxbridge.upstream``)
 is the only code that sees trio-websocket's ``ConnectionClosed``, ``HandshakeError`` or ``OSError``;
@@ -83,7 +83,7 @@ class Reason(enum.StrEnum):
         return self in _TIMEOUTS
 
 
-# CONTRACT.md: 1000 normal, 1001 going away, 1008 policy violation, 1011 server error.
+# docs/architecture.md (the reasons table): 1000 normal, 1001 going away, 1008 policy violation, 1011 server error.
 CLOSE_CODES: dict[Reason, int] = {
     Reason.CALLER_STOP: 1000,
     Reason.AGENT_HANGUP: 1000,

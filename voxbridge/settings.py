@@ -1,8 +1,9 @@
 """Settings: one frozen value, built from defaults < environment < command-line flags.
 
 Every field that an operator may set has a CLI flag (``--idle-timeout``) and an environment variable
-(``VOXBRIDGE_IDLE_TIMEOUT``); both are derived from the field name, so the table in CONTRACT.md and
-``voxbridge serve --help`` cannot drift apart. Durations are seconds (floats), sizes are bytes.
+(``VOXBRIDGE_IDLE_TIMEOUT``); both are derived from the field name, so the tables in docs/timeouts.md
+and docs/operations.md and ``voxbridge serve --help`` cannot drift apart (tests/test_docs_examples.py
+checks the docs against the fields). Durations are seconds (floats), sizes are bytes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@
 | ``GET /metrics``      | Prometheus text format                                             |
 
 Rejections before accept (capacity, draining) are HTTP responses through the ASGI
-``websocket.http.response`` extension, never an upgraded socket (LIBRARY_FACTS 7).
+``websocket.http.response`` extension, never an upgraded socket (docs/library-notes.md,
+"Rejecting before accept").
 
 The lifespan starts what the app needs for its whole life -- the built-in echo agent when the
 provider is ``echo`` -- so the same app works under ``voxbridge serve`` and under

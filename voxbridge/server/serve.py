@@ -1,6 +1,6 @@
 """Run the app on hypercorn's trio worker, in-process, on a socket voxbridge configured itself.
 
-Why not just ``config.bind = ["host:port"]`` (LIBRARY_FACTS 2, 3, 4, 8):
+Why not just ``config.bind = ["host:port"]`` (docs/library-notes.md, the hypercorn notes):
 
 * hypercorn writes to carrier sockets inside a shielded scope, so a carrier that stops reading would
   block a write for ever and no app deadline could stop it. The kernel can: the listening socket
@@ -76,8 +76,8 @@ def hypercorn_config(settings: Settings, fd: int) -> Config:
     config.websocket_ping_interval = settings.websocket_ping_interval
     # Drain (in the shutdown trigger) has ended every call before hypercorn starts its graceful
     # period, so what is left then is idle keep-alive connections and hypercorn's WebSocket ping
-    # loops, which outlive a closed socket by up to one ping interval (LIBRARY_FACTS addendum in
-    # docs/operations.md). Nothing there is worth waiting for.
+    # loops, which outlive a closed socket by up to one ping interval (docs/operations.md,
+    # "Known library behaviours"). Nothing there is worth waiting for.
     config.graceful_timeout = 1.0
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")

@@ -2,7 +2,7 @@
 
 With these, a call runs the production code (trio-websocket framing, the codecs, the call nursery)
 with no sockets and no real time: under trio's autojump clock a 60-second idle timeout takes
-milliseconds and lands on the exact virtual instant (LIBRARY_FACTS 14).
+milliseconds and lands on the exact virtual instant (docs/library-notes.md, "WebSockets in memory").
 """
 
 from __future__ import annotations
