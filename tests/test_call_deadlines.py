@@ -12,8 +12,11 @@ import pytest
 import trio
 import trio.testing
 from callkit import (
+    ACCOUNT_SID,
+    CALL_SID,
     ENDPOINT,
     STREAM_SID,
+    Rig,
     approx,
     connected_frame,
     media_frame,
@@ -21,18 +24,25 @@ from callkit import (
     start_frame,
 )
 
-from voxbridge.carriers.twilio_wire import encode_dtmf
+from voxbridge.carriers.twilio_wire import encode_dtmf, encode_stop
 from voxbridge.errors import Disconnect, Reason
 from voxbridge.session import run_call
 from voxbridge.session.watchdog import Watchdog, deadline
 from voxbridge.settings import Settings
 from voxbridge.testing import EchoAgent
+from voxbridge.upstream import StreamConnector
 
 CLOSE_TIMEOUT = Settings().close_timeout  # 2 s: a close handshake that cannot complete
+#: The provider dropping ends the call at once (the resume path has its own tests).
+NO_RESUME = Settings(reconnect_budget=0)
 
 
 def elapsed(t0: float) -> float:
     return trio.current_time() - t0
+
+
+def stop_frame(sequence_number: int) -> str:
+    return encode_stop(STREAM_SID, CALL_SID, ACCOUNT_SID, sequence_number)
 
 
 # --- idle_timeout ---------------------------------------------------------------------------------
@@ -184,6 +194,47 @@ async def test_max_duration_ends_a_talking_call_exactly(autojump_clock):
 
 # --- upstream_keepalive_timeout -------------------------------------------------------------------
 
+#: A ping every 20 s, each given 10 s for its pong; the caller's silence never ends these calls.
+KEEPALIVE = {"keepalive_interval": 20, "pong_timeout": 10, "idle_timeout": 1000}
+
+
+def freeze_provider(r: Rig, frozen: str, at: float) -> None:
+    """From ``at`` on, the first provider session answers no ping: the agent stops reading it, or
+    the bridge hears nothing from it (the agent itself is fine)."""
+    if frozen == "agent-stops-reading":
+        r.at(at, lambda: r.agent.sessions[0].stream.stop_reading())
+    else:
+        r.at(at, lambda: r.upstream_taps[0].stop_reading())
+
+
+def first_then_refusing(r: Rig) -> StreamConnector:
+    """The first connection reaches the echo agent; every later one is refused at once."""
+    healthy, refusing = r.connector(), r.refusing_connector()
+
+    async def connect(host: str, port: int) -> trio.abc.Stream:
+        return await (healthy if r.connects == 0 else refusing)(host, port)
+
+    return connect
+
+
+def talking_script(seconds: int) -> list[tuple[float, str]]:
+    """``start`` at 0, a media frame at 0.5, 1.5, ... (never at a whole second), ``stop`` at
+    ``seconds``: no frame arrives at the instant a provider deadline fires."""
+    media = [(0.5 + i, media_frame(i)) for i in range(seconds)]
+    return [(0, start_frame()), *media, (seconds, stop_frame(seconds + 2))]
+
+
+def reconnects(r: Rig, outcome: str) -> float | None:
+    return r.metrics.registry.get_sample_value(
+        "voxbridge_upstream_reconnects_total", {"outcome": outcome}
+    )
+
+
+def frames_dropped(r: Rig) -> float | None:
+    return r.metrics.registry.get_sample_value(
+        "voxbridge_media_frames_dropped_total", {"direction": "to_upstream"}
+    )
+
 
 @pytest.mark.parametrize(
     ("freeze_at", "decided", "pongs"),
@@ -191,56 +242,221 @@ async def test_max_duration_ends_a_talking_call_exactly(autojump_clock):
 )
 @pytest.mark.parametrize("frozen", ["agent-stops-reading", "bridge-hears-nothing"])
 async def test_upstream_keepalive_timeout(autojump_clock, freeze_at, decided, pongs, frozen):
-    settings = Settings(keepalive_interval=20, pong_timeout=10, idle_timeout=1000)
+    """No resume (reconnect_budget=0): no pong ends the call at once. A session known dead is
+    aborted: no close frame is written to it, its stream is closed at the decision instant, and
+    teardown waits for nothing on the provider side."""
+    settings = Settings(reconnect_budget=0, **KEEPALIVE)
     async with rig(settings) as r:
         await r.accept_sim(seconds=100, stall_after=1.0)
-        if frozen == "agent-stops-reading":
-            r.at(freeze_at, lambda: r.session.stream.stop_reading())
-        else:
-            r.at(freeze_at, lambda: r.upstream.stop_reading())
+        freeze_provider(r, frozen, freeze_at)
         disconnect = await r.run()
         returned = r.now()
     assert disconnect.reason is Reason.UPSTREAM_KEEPALIVE_TIMEOUT
-    # decided at the first ping after the freeze + pong_timeout; the close handshake cannot
-    # complete (nobody reads the close frame, or its answer), so teardown waits close_timeout
-    assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, "upstream_keepalive_timeout")]
-    assert r.rel(r.upstream.closed_at) == approx(decided + CLOSE_TIMEOUT)
-    assert returned == approx(decided + CLOSE_TIMEOUT)
-    if frozen == "bridge-hears-nothing":  # the agent itself is fine and saw the close at once
+    assert r.upstream.pings == [approx(r.t0 + 20 * (i + 1)) for i in range(pongs + 1)]
+    assert r.upstream.close_frames == []
+    assert r.rel(r.upstream.closed_at) == approx(decided)
+    assert returned == approx(decided)
+    if frozen == "bridge-hears-nothing":  # the agent itself is fine: it saw the TCP close at once
         assert r.rel(r.session.closed_at) == approx(decided)
-        assert r.session.close_code == 1000
-    assert r.carrier_close == (1011, "upstream_keepalive_timeout", approx(returned))
+        assert r.session.close_code == 1006
+    assert r.carrier_tap.close_frames == [
+        (approx(r.t0 + decided), 1011, "upstream_keepalive_timeout")
+    ]
+    assert r.carrier_close == (1011, "upstream_keepalive_timeout", approx(decided))
     r.assert_accounted_once(Reason.UPSTREAM_KEEPALIVE_TIMEOUT)
+    assert r.connects == 1
     get = r.metrics.registry.get_sample_value
     assert get("voxbridge_upstream_ping_rtt_seconds_count") == pongs
+    assert (reconnects(r, "resumed"), reconnects(r, "failed")) == (0, 0)
+
+
+@pytest.mark.parametrize("frozen", ["agent-stops-reading", "bridge-hears-nothing"])
+async def test_upstream_keepalive_timeout_is_resumed(autojump_clock, frozen):
+    """The ping of 20 gets no pong: at 30 the session is aborted and a new one opens at once; the
+    caller's audio goes to it, its echo comes back, and the call ends when the caller hangs up."""
+    async with rig(Settings(**KEEPALIVE)) as r:
+        await r.accept_script(talking_script(60))
+        freeze_provider(r, frozen, 5)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert returned == approx(60)
+    dead, resumed = r.upstream_taps
+    first, second = r.agent.sessions
+    # the frozen session: aborted at 30, no close frame
+    assert dead.pings == [approx(r.t0 + 20)]
+    assert dead.close_frames == []
+    assert r.rel(dead.closed_at) == approx(30)
+    # the new one: opened at 30, set up, pinged at 30 + keepalive_interval, closed normally
+    assert r.rel(second.opened_at) == approx(30)
+    assert len(second.session_updates) == 1
+    assert resumed.pings == [approx(r.t0 + 50)]
+    assert resumed.close_frames == [(approx(r.t0 + 60), 1000, "caller_stop")]
+    assert r.rel(second.closed_at) == approx(60)
+    assert second.close_code == 1000
+    # audio: 0.5 .. 29.5 was sent to the first session (a frozen agent read only up to 5), 30.5 ..
+    # 59.5 to the second; nothing was dropped (no frame arrived while resuming)
+    assert first.audio_in == (5 if frozen == "agent-stops-reading" else 30)
+    assert second.audio_in == 30
+    assert frames_dropped(r) == 0
+    assert r.carrier_close == (1000, "caller_stop", approx(60))
+    r.assert_accounted_once(Reason.CALLER_STOP)
+    record = r.registry.recent[0]
+    assert record.frames_from_caller == 60
+    assert record.frames_to_caller == 5 + 30  # echoes heard before the freeze, then all of them
+    assert record.resumes == 1
+    assert (reconnects(r, "resumed"), reconnects(r, "failed")) == (1, 0)
+    get = r.metrics.registry.get_sample_value
+    assert get("voxbridge_upstream_ping_rtt_seconds_count") == 1  # the new session's pong at 50
+
+
+@pytest.mark.parametrize("frozen", ["agent-stops-reading", "bridge-hears-nothing"])
+async def test_upstream_keepalive_timeout_resume_fails(autojump_clock, frozen):
+    """The session is aborted at 30 and every new connection is refused: the call ends when
+    reconnect_budget (5 s) is spent, with the reason of the drop that started it."""
+    async with rig(Settings(**KEEPALIVE)) as r:
+        await r.accept_script(talking_script(60))
+        freeze_provider(r, frozen, 5)
+        disconnect = await r.run(first_then_refusing(r))
+        returned = r.now()
+    decided = 30 + 5  # the drop + reconnect_budget
+    assert disconnect.reason is Reason.UPSTREAM_KEEPALIVE_TIMEOUT
+    assert "resuming failed" in disconnect.detail
+    assert returned == approx(decided)
+    assert r.connects >= 2  # refused ones leave no socket
+    assert r.upstream.close_frames == []
+    assert r.rel(r.upstream.closed_at) == approx(30)
+    assert r.carrier_tap.close_frames == [
+        (approx(r.t0 + decided), 1011, "upstream_keepalive_timeout")
+    ]
+    assert r.carrier_close == (1011, "upstream_keepalive_timeout", approx(decided))
+    r.assert_accounted_once(Reason.UPSTREAM_KEEPALIVE_TIMEOUT)
+    assert r.registry.recent[0].frames_from_caller == 30  # 0.5 .. 29.5
+    assert frames_dropped(r) == 5  # 30.5 .. 34.5, while resuming
+    assert (reconnects(r, "resumed"), reconnects(r, "failed")) == (0, 1)
 
 
 # --- upstream_stalled -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("where", ["session-update", "mid-call"])
-async def test_upstream_stalled(autojump_clock, where):
+async def test_upstream_stalled(autojump_clock):
+    """No resume (reconnect_budget=0): a send to the provider that does not finish within
+    send_timeout ends the call at once, and the socket is aborted (its close frame could not
+    leave anyway): no close frame, stream closed at the decision instant."""
+    async with rig(NO_RESUME) as r:
+        await r.accept_sim(seconds=20)
+        r.at(1.005, lambda: r.upstream.stop_writing())
+        disconnect = await r.run()
+        returned = r.now()
+    decided = 1.02 + 5  # the first frame after 1.005, + send_timeout
+    assert disconnect.reason is Reason.UPSTREAM_STALLED
+    assert r.rel(r.upstream.first_blocked_write_at) == approx(1.02)
+    assert r.upstream.close_frames == []
+    assert r.rel(r.upstream.closed_at) == approx(decided)
+    assert returned == approx(decided)
+    assert r.rel(r.session.closed_at) == approx(decided)
+    assert r.session.close_code == 1006  # the agent saw the TCP close, no close frame
+    assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), 1011, "upstream_stalled")]
+    assert r.carrier_close == (1011, "upstream_stalled", approx(decided))
+    r.assert_accounted_once(Reason.UPSTREAM_STALLED)
+    assert r.registry.recent[0].frames_from_caller == r.session.audio_in == 51  # 0 .. 1.00
+
+
+async def test_upstream_stalled_is_resumed(autojump_clock):
+    """The stalled session is aborted at 6.02 and a new one opens at once; the caller's audio goes
+    to it and the call ends when the caller hangs up. Every frame is accounted for: sent to one of
+    the sessions, or dropped (the one whose send stalled, and what came while resuming)."""
     async with rig() as r:
         await r.accept_sim(seconds=20)
-        if where == "session-update":
-            # the handshake request goes out, nothing after it: session.update blocks at 0
-            connector, first_blocked = r.connector(writes_before_stall=1), 0.0
-        else:
-            connector, first_blocked = r.connector(), 1.02  # the first frame after 1.005
-            r.at(1.005, lambda: r.upstream.stop_writing())
-        disconnect = await r.run(connector)
+        r.at(1.005, lambda: r.upstream_taps[0].stop_writing())
+        disconnect = await r.run()
         returned = r.now()
-    decided = first_blocked + 5  # send_timeout
+    decided = 1.02 + 5
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert returned == approx(19.98)
+    stalled, resumed = r.upstream_taps
+    first, second = r.agent.sessions
+    assert r.rel(stalled.first_blocked_write_at) == approx(1.02)
+    assert stalled.close_frames == []
+    assert r.rel(stalled.closed_at) == approx(decided)
+    assert r.rel(first.closed_at) == approx(decided)
+    assert first.close_code == 1006
+    assert r.rel(second.opened_at) == approx(decided)
+    assert len(second.session_updates) == 1
+    assert resumed.close_frames == [(approx(r.t0 + 19.98), 1000, "caller_stop")]
+    assert r.rel(second.closed_at) == approx(19.98)
+    assert second.close_code == 1000
+    assert r.carrier_close == (1000, "caller_stop", approx(19.98))
+    r.assert_accounted_once(Reason.CALLER_STOP)
+    record = r.registry.recent[0]
+    assert first.audio_in == 51
+    assert second.audio_in > 0  # audio flowed again
+    assert record.frames_from_caller == first.audio_in + second.audio_in
+    assert record.frames_from_caller + frames_dropped(r) == r.sim.result.frames_sent == 1000
+    assert second.audio_out > 0 and r.sim.result.frames_received > 51  # and its echo came back
+    assert record.resumes == 1
+    assert (reconnects(r, "resumed"), reconnects(r, "failed")) == (1, 0)
+
+
+async def test_upstream_stalled_resume_fails(autojump_clock):
+    """The stalled session is aborted at 6.02 and every new connection is refused: the call ends
+    when reconnect_budget (5 s) is spent, with the reason of the drop that started it."""
+    async with rig() as r:
+        await r.accept_sim(seconds=20)
+        r.at(1.005, lambda: r.upstream_taps[0].stop_writing())
+        disconnect = await r.run(first_then_refusing(r))
+        returned = r.now()
+    dropped_at = 1.02 + 5
+    decided = dropped_at + 5  # + reconnect_budget
     assert disconnect.reason is Reason.UPSTREAM_STALLED
-    assert r.rel(r.upstream.first_blocked_write_at) == approx(first_blocked)
-    assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, "upstream_stalled")]
-    # the close frame cannot leave either: the stream is closed after close_timeout
-    assert r.rel(r.upstream.closed_at) == approx(decided + CLOSE_TIMEOUT)
-    assert returned == approx(decided + CLOSE_TIMEOUT)
-    assert r.rel(r.session.closed_at) == approx(decided + CLOSE_TIMEOUT)
-    assert r.session.close_code == 1006  # the agent saw the TCP close, no close frame
-    assert r.carrier_close == (1011, "upstream_stalled", approx(returned))
+    assert "resuming failed" in disconnect.detail
+    assert returned == approx(decided)
+    assert r.connects >= 2
+    assert r.upstream.close_frames == []
+    assert r.rel(r.upstream.closed_at) == approx(dropped_at)
+    assert r.rel(r.session.closed_at) == approx(dropped_at)
+    assert r.session.close_code == 1006
+    assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), 1011, "upstream_stalled")]
+    assert r.carrier_close == (1011, "upstream_stalled", approx(decided))
     r.assert_accounted_once(Reason.UPSTREAM_STALLED)
+    assert r.registry.recent[0].frames_from_caller == r.session.audio_in == 51
+    assert (reconnects(r, "resumed"), reconnects(r, "failed")) == (0, 1)
+
+
+@pytest.mark.parametrize(("budget", "decided", "attempts"), [(5, 10, 2), (0, 5, 1)])
+async def test_opening_frames_never_read_fail_the_connect(
+    autojump_clock, budget, decided, attempts
+):
+    """The handshake request goes out, nothing after it: session.update blocks at once. A session
+    never set up is a failed attempt, not a stall: each attempt is given send_timeout (5 s) and
+    aborted (no close frame), and they are retried within connect_timeout (10 s) unless
+    reconnect_budget is 0."""
+    async with rig(Settings(reconnect_budget=budget)) as r:
+        await r.accept_sim(seconds=20)
+        disconnect = await r.run(r.connector(writes_before_stall=1))
+        returned = r.now()
+    assert disconnect.reason is Reason.UPSTREAM_CONNECT_FAILED
+    assert "the opening frames were not read" in disconnect.detail
+    assert f"({attempts} attempts)" in disconnect.detail
+    assert returned == approx(decided)
+    assert r.connects == len(r.upstream_taps) == len(r.agent.sessions) == attempts
+    # the first attempt blocks at 0 and is aborted at 5; the second starts after a jittered
+    # backoff of 50-100 ms and is aborted when connect_timeout runs out, at 10
+    assert r.rel(r.upstream_taps[0].first_blocked_write_at) == approx(0)
+    for tap, session, aborted in zip(r.upstream_taps, r.agent.sessions, [5, 10], strict=False):
+        assert tap.close_frames == []
+        assert r.rel(tap.closed_at) == approx(aborted)
+        assert session.session_updates == []
+        assert r.rel(session.closed_at) == approx(aborted)
+        assert session.close_code == 1006
+    if attempts == 2:
+        assert 5.05 <= r.rel(r.upstream_taps[1].first_blocked_write_at) <= 5.1
+    assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), 1011, "upstream_connect_failed")]
+    assert r.carrier_close == (1011, "upstream_connect_failed", approx(decided))
+    r.assert_accounted_once(Reason.UPSTREAM_CONNECT_FAILED)
+    record = r.registry.recent[0]
+    assert record.upstream_opened is False
+    assert record.frames_from_caller == 0
 
 
 # --- caller_stalled -------------------------------------------------------------------------------
@@ -303,10 +519,6 @@ async def test_upstream_connect_failed(autojump_clock, connector, budget, decide
     if connector == "silent":
         # TCP was open when the handshake timed out: the bridge must close what it opened
         assert r.rel(r.upstream.closed_at) == approx(decided)
-
-
-#: The provider dropping ends the call at once (the resume path has its own tests).
-NO_RESUME = Settings(reconnect_budget=0)
 
 
 # --- natural ends ---------------------------------------------------------------------------------
@@ -460,13 +672,37 @@ async def test_first_end_wins_over_a_later_end_in_the_same_instant(autojump_cloc
     r.assert_accounted_once(Reason.AGENT_HANGUP)
 
 
-@pytest.mark.parametrize("late", ["carrier-vanishes", "agent-hangs-up", "end-called"])
-async def test_an_end_during_teardown_does_not_change_the_reason(autojump_clock, late):
-    # upstream_stalled is decided at 6.02; the upstream close then waits 2 s (until 8.02)
+@pytest.mark.parametrize(
+    ("ending", "late", "returned_at"),
+    [
+        # upstream_stalled (no resume) is decided at 6.02; the dead provider socket is aborted
+        # then, and the carrier, which stopped reading at 2, cannot answer the close: teardown
+        # waits for it until 8.02 -- or until it vanishes at 7
+        ("upstream-stalled", "carrier-vanishes", 7.0),
+        ("upstream-stalled", "end-called", 8.02),
+        # idle_timeout is decided at 5.98; neither the agent nor the carrier reads since 2, so
+        # both close handshakes wait, side by side, until 7.98 -- one of them may end at 7
+        ("idle-timeout", "carrier-vanishes", 7.98),
+        ("idle-timeout", "agent-hangs-up", 7.98),
+        ("idle-timeout", "end-called", 7.98),
+    ],
+)
+async def test_an_end_during_teardown_does_not_change_the_reason(
+    autojump_clock, ending, late, returned_at
+):
     agent = EchoAgent(delay=0.1, hangup_after=7.0 if late == "agent-hangs-up" else None)
-    async with rig(agent=agent) as r:
-        await r.accept_sim(seconds=20)
-        r.at(1.005, lambda: r.upstream.stop_writing())
+    if ending == "upstream-stalled":
+        reason, decided, settings = Reason.UPSTREAM_STALLED, 1.02 + 5, NO_RESUME
+    else:
+        reason, decided, settings = Reason.IDLE_TIMEOUT, 0.98 + 5, Settings(idle_timeout=5)
+    async with rig(settings, agent=agent) as r:
+        if ending == "upstream-stalled":
+            await r.accept_sim(seconds=20)
+            r.at(1.005, lambda: r.upstream.stop_writing())
+        else:
+            await r.accept_sim(seconds=10, stall_after=1.0)
+            r.at(2, lambda: r.session.stream.stop_reading())
+        r.at(2, lambda: r.sim.stream.stop_reading())
         call = r.call()
         if late == "carrier-vanishes":
             r.when(7.0, lambda: r.sim.stream.vanish())
@@ -474,23 +710,34 @@ async def test_an_end_during_teardown_does_not_change_the_reason(autojump_clock,
             r.at(7.0, lambda: call.end(Reason.SERVER_SHUTDOWN))
         disconnect = await call.run()
         returned = r.now()
-    assert disconnect.reason is Reason.UPSTREAM_STALLED
-    assert returned == approx(8.02)
-    r.assert_accounted_once(Reason.UPSTREAM_STALLED)
-    if late != "carrier-vanishes":
-        assert r.carrier_close == (1011, "upstream_stalled", approx(8.02))
+    assert disconnect.reason is reason
+    assert call.disconnect is disconnect
+    assert returned == approx(returned_at)
+    r.assert_accounted_once(reason)
+    assert r.registry.recent[0].reason is reason
+    # both peers were told the reason at the decision instant, and nothing else after it
+    assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), reason.close_code, reason.value)]
+    carrier_closed = 7.0 if late == "carrier-vanishes" else returned_at
+    assert r.rel(r.carrier_tap.closed_at) == approx(carrier_closed)
+    if reason is Reason.UPSTREAM_STALLED:
+        assert r.upstream.close_frames == []  # known dead: aborted at once
+        assert r.rel(r.upstream.closed_at) == approx(decided)
+    else:
+        assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, reason.value)]
+        # the agent's own close at 7 completes the handshake; else it times out at 7.98
+        upstream_closed = 7.0 if late == "agent-hangs-up" else returned_at
+        assert r.rel(r.upstream.closed_at) == approx(upstream_closed)
+        if late == "agent-hangs-up":
+            assert r.session.close_code == 1011  # the agent's hang-up, after our close
 
 
 # --- teardown is bounded --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("frozen", "teardown"),
-    [("carrier", CLOSE_TIMEOUT), ("agent-and-carrier", 2 * CLOSE_TIMEOUT)],
-)
-async def test_teardown_is_bounded_when_close_handshakes_cannot_finish(
-    autojump_clock, frozen, teardown
-):
+@pytest.mark.parametrize("frozen", ["carrier", "agent-and-carrier"])
+async def test_teardown_is_bounded_when_close_handshakes_cannot_finish(autojump_clock, frozen):
+    """Both peers are closed side by side: teardown takes the longer of the two handshakes (one
+    close_timeout when neither can finish), not their sum."""
     settings = Settings(idle_timeout=5)
     async with rig(settings) as r:
         await r.accept_sim(seconds=10, stall_after=1.0)
@@ -501,15 +748,15 @@ async def test_teardown_is_bounded_when_close_handshakes_cannot_finish(
         returned = r.now()
     decided = 0.98 + 5
     assert disconnect.reason is Reason.IDLE_TIMEOUT
-    assert r.upstream.first_close_at - r.t0 == approx(decided)
-    assert r.carrier_tap.close_frames == [
-        (approx(r.t0 + decided + teardown - CLOSE_TIMEOUT), 1000, "idle_timeout")
-    ]
-    assert returned == approx(decided + teardown)
+    # both close frames go out at the decision instant
+    assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, "idle_timeout")]
+    assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), 1000, "idle_timeout")]
+    assert returned == approx(decided + CLOSE_TIMEOUT)
     assert returned - decided <= settings.teardown_timeout
-    # both streams closed by the bridge, whatever the peers did
+    # both streams closed by the bridge, whatever the peers did; a reading agent closes at once
     assert r.rel(r.carrier_tap.closed_at) == approx(returned)
-    assert r.rel(r.upstream.closed_at) == approx(decided + teardown - CLOSE_TIMEOUT)
+    upstream_closed = decided + CLOSE_TIMEOUT if frozen == "agent-and-carrier" else decided
+    assert r.rel(r.upstream.closed_at) == approx(upstream_closed)
     r.assert_accounted_once(Reason.IDLE_TIMEOUT)
     assert r.registry.recent[0].ended_at - r.t0 == approx(returned)
 

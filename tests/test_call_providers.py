@@ -239,14 +239,33 @@ async def test_session_is_recycled_before_it_gets_too_old(autojump_clock: Any) -
 
 
 @pytest.mark.parametrize(
-    ("knobs", "settings", "reason", "code"),
+    ("knobs", "settings", "reason", "code", "ended", "connections"),
     [
-        ({"refuse_status": 403}, {"reconnect_budget": 0}, Reason.UPSTREAM_CONNECT_FAILED, 1011),
-        ({"handshake_delay": 30}, {}, Reason.UPSTREAM_CONNECT_FAILED, 1011),
-        ({"close_at": (1.0, 1011)}, {"reconnect_budget": 0}, Reason.UPSTREAM_CLOSED, 1011),
-        ({"stop_reading_at": 1.0}, {}, Reason.UPSTREAM_KEEPALIVE_TIMEOUT, 1011),
+        # a refusal is final, even with retries allowed
+        ({"refuse_status": 403}, {}, Reason.UPSTREAM_REJECTED, 1011, 0.0, 1),
+        ({"close_at": (1.0, 1008)}, {}, Reason.UPSTREAM_REJECTED, 1011, 1.0, 1),
+        # a refusal that may pass (rate limit, overload) is retried until connect_timeout
+        ({"refuse_status": 503}, {}, Reason.UPSTREAM_CONNECT_FAILED, 1011, 10.0, None),
+        ({"handshake_delay": 30}, {}, Reason.UPSTREAM_CONNECT_FAILED, 1011, 10.0, 1),
+        ({"close_at": (1.0, 1011)}, {"reconnect_budget": 0}, Reason.UPSTREAM_CLOSED, 1011, 1.0, 1),
+        # the ping at 20 gets no pong: dropped at 30, and with no resume that ends the call
+        (
+            {"stop_reading_at": 1.0},
+            {"reconnect_budget": 0},
+            Reason.UPSTREAM_KEEPALIVE_TIMEOUT,
+            1011,
+            30.0,
+            1,
+        ),
     ],
-    ids=["refuse", "slow-handshake", "close-mid-call", "stop-reading"],
+    ids=[
+        "refuse",
+        "close-1008-refuses",
+        "refuse-503-retried",
+        "slow-handshake",
+        "close-mid-call",
+        "stop-reading",
+    ],
 )
 async def test_provider_faults_end_in_their_reason(
     autojump_clock: Any,
@@ -254,16 +273,66 @@ async def test_provider_faults_end_in_their_reason(
     settings: dict[str, Any],
     reason: Reason,
     code: int,
+    ended: float,
+    connections: int | None,
 ) -> None:
     fake = await served(FakeOpenAIRealtime(echo_delay=0.05, **knobs))
+    t0 = trio.current_time()
     async with bridged(fake, Settings(**settings), seconds=60.0) as outcome:
         pass
     assert outcome.disconnect is not None and outcome.caller is not None
     assert outcome.disconnect.reason is reason
+    assert outcome.ended_at - t0 == approx(ended, abs=1e-6)
     assert outcome.caller.close_code == code
     assert outcome.caller.close_reason == reason.value
     assert all(s.closed.is_set() for s in fake.sessions)
     assert outcome.sample("voxbridge_call_disconnects_total", reason=reason.value) == 1
+    if connections is None:  # retried with backoff, jittered: 0.1 s doubling up to 2 s
+        assert 4 <= fake.connections <= 16
+    else:
+        assert fake.connections == connections
+
+
+@pytest.mark.parametrize("resumes", [True, False], ids=["resumed", "resume-refused"])
+async def test_a_frozen_provider_is_resumed_within_the_budget(
+    autojump_clock: Any, resumes: bool
+) -> None:
+    """The first session stops reading at 1 s: the ping at 20 gets no pong, and at 30 the session
+    is aborted and resumed. A healthy second session carries the call to the
+    caller's stop; if every new connection is refused, the call ends when reconnect_budget is
+    spent (30 + 5), with the reason of the drop."""
+    fake = await served(FakeOpenAIRealtime(echo_delay=0.05, stop_reading_at=1.0, only_session=1))
+
+    async def refuse_after_first() -> None:
+        await fake.wait_for_session(1)
+        fake.refuse_status = 503
+        fake.only_session = None
+
+    t0 = trio.current_time()
+    async with bridged(fake, Settings(), seconds=60.0) as outcome:
+        if not resumes:
+            await refuse_after_first()
+    assert outcome.disconnect is not None and outcome.caller is not None
+    if resumes:
+        assert outcome.disconnect.reason is Reason.CALLER_STOP
+        assert outcome.ended_at - t0 == approx(59.98, abs=1e-6)
+        second = fake.sessions[1]
+        assert len(fake.sessions) == 2
+        assert second.opened_at - t0 == approx(30, abs=1e-6)
+        assert second.events_in[0]["type"] == "session.update"
+        assert second.audio_in > 0 and second.audio_out > 0  # audio flowed again, both ways
+        assert (second.close_code, second.close_reason) == (1000, "caller_stop")
+        assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 1
+        assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="failed") == 0
+        assert outcome.registry.recent[0].resumes == 1
+    else:
+        assert outcome.disconnect.reason is Reason.UPSTREAM_KEEPALIVE_TIMEOUT
+        assert outcome.ended_at - t0 == approx(30 + 5, abs=1e-6)
+        assert len(fake.sessions) == 1 and fake.connections >= 2
+        assert outcome.caller.close_code == 1011
+        assert outcome.caller.close_reason == "upstream_keepalive_timeout"
+        assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 0
+        assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="failed") == 1
 
 
 @pytest.mark.parametrize("knobs", [{"flood": 500}, {"error_at": (1.0, "bad", "recoverable")}])
@@ -287,10 +356,13 @@ async def test_a_refused_key_is_not_retried(autojump_clock: Any) -> None:
     t0 = trio.current_time()
     async with bridged(fake, Settings(), seconds=30.0) as outcome:
         pass
-    assert outcome.disconnect is not None
-    assert outcome.disconnect.reason is Reason.UPSTREAM_CONNECT_FAILED
-    assert outcome.ended_at - t0 < 0.1  # at once, not after connect_timeout of retries
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.UPSTREAM_REJECTED
+    assert "401" in outcome.disconnect.detail
+    assert outcome.ended_at - t0 == approx(0, abs=1e-6)  # at once, not after connect_timeout
     assert fake.connections == 1
+    assert (outcome.caller.close_code, outcome.caller.close_reason) == (1011, "upstream_rejected")
+    assert outcome.sample("voxbridge_call_disconnects_total", reason="upstream_rejected") == 1
 
 
 async def test_a_failing_recycle_keeps_the_working_session(autojump_clock: Any) -> None:

@@ -37,9 +37,11 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 
 import trio
+from prometheus_client import Counter
 
 from ..audio import b64_size
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
@@ -165,6 +167,16 @@ def _coalesce(first: AgentAudio, session: Session) -> tuple[str, ProviderEvent |
             break
         frame = receive_nowait()
     return binascii.b2a_base64(b"".join(chunks), newline=False).decode("ascii"), carry
+
+
+@contextmanager
+def _counted_at_exit(backlog: deque[tuple[str, int]], dropped: Counter) -> Iterator[None]:
+    """Caller audio still waiting for the first session when the call ends was dropped: count it."""
+    try:
+        yield
+    finally:
+        dropped.inc(sum(count for _, count in backlog))
+        backlog.clear()
 
 
 class Call:
@@ -369,7 +381,7 @@ class Call:
             state.frames_from_caller += count
             frames.inc(count)
 
-        with watchdog:
+        with watchdog, _counted_at_exit(backlog, dropped):
             while True:
                 # The idle deadline counts from when we are ready to listen again: the last frame
                 # heard, or later if a send kept us from reading -- a caller is never charged for

@@ -260,9 +260,11 @@ class Upstream:
         """
         if self.close_code is None:
             self.close_code = 1006
-        await trio.aclose_forcefully(self._stream)
         if self._host is not None:
-            self._host.cancel()  # the reader has nothing left to read
+            # First, and without a checkpoint: in a cancelled caller the await below raises
+            # Cancelled, and a reader left shielded would outlive the call.
+            self._host.cancel()
+        await trio.aclose_forcefully(self._stream)  # closed even if that raises Cancelled
 
     def _closed(self, exc: ConnectionClosed) -> UpstreamClosed:
         code = exc.reason.code if exc.reason else 1006
