@@ -1,8 +1,18 @@
 """The carrier socket of a call served over ASGI (hypercorn's trio worker).
 
 hypercorn reports close code 1006 for every peer close and silently ignores sends after the peer
-left (LIBRARY_FACTS 6), so this transport learns that the carrier is gone only from the
-``websocket.disconnect`` message; the call's deadlines and the Twilio ``stop`` cover the rest.
+left (docs/library-notes.md, "The app always sees 1006"), so this transport learns that the carrier
+is gone only from the ``websocket.disconnect`` message; the call's deadlines and the Twilio ``stop``
+cover the rest.
+
+Closing drains. hypercorn feeds the app through a queue of ten messages and its connection reader
+waits while that queue is full, so an app that sends ``websocket.close`` and stops calling
+``receive()`` stops hypercorn reading the socket: a Twilio caller, which streams 50 frames a second
+until it reads our close frame, fills the queue in 200 ms, and its close reply (and FIN) then sit
+unread. :meth:`AsgiCarrier.close` therefore keeps reading, and discarding, until hypercorn reports
+the disconnect. The call bounds how long that may take (``close_timeout``); if the caller never
+answers, the app returns and ``containment.ReleasingTaskGroup`` stops hypercorn waiting on it
+(docs/library-notes.md, "the queue trap").
 """
 
 from __future__ import annotations
@@ -24,6 +34,12 @@ class AsgiCarrier:
         self._closed = False
 
     async def receive(self) -> str | bytes:
+        # After the disconnect hypercorn queues nothing more, so another ASGI receive() would wait
+        # for ever; after our own close, frames are discarded (as trio-websocket does).
+        if self._gone:
+            raise Disconnect(Reason.CALLER_CLOSED, "carrier already disconnected")
+        if self._closed:
+            raise Disconnect(Reason.CALLER_CLOSED, "carrier socket closed by us")
         message = await self._receive()
         kind = message["type"]
         if kind == "websocket.receive":
@@ -39,10 +55,19 @@ class AsgiCarrier:
         await self._send({"type": "websocket.send", "text": frame})
 
     async def close(self, code: int, reason: str) -> None:
+        """Send the close frame, then drain until hypercorn reports the disconnect.
+
+        Unbounded by design -- the caller wraps it in ``close_timeout`` -- and cancellable at any
+        point; it raises nothing else (closing is best effort by contract).
+        """
         if self._gone or self._closed:
             return
         self._closed = True
         try:
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
+            while not self._gone:
+                message = await self._receive()
+                if message["type"] != "websocket.receive":  # websocket.disconnect
+                    self._gone = True
         except Exception:  # the connection is already going; closing is best effort by contract
             pass

@@ -1,26 +1,68 @@
-"""Keep one connection's failure inside that connection (hypercorn issue #225).
+"""Keep one connection's trouble inside that connection (hypercorn issue #225, and the queue trap).
 
-hypercorn's trio worker runs every connection's ``TCPServer`` in the server nursery. A protocol
-error it does not expect -- a WebSocket upgrade followed by one stray byte is enough -- escapes
-``TCPServer.run`` as ``h11.LocalProtocolError``, reaches the server nursery and takes down every live
-call and the process (LIBRARY_FACTS 1; upstream fixed and reverted it). voxbridge contains it: a
-``TCPServer`` subclass whose ``run`` logs the error, counts it, closes that one socket and returns.
+**#225.** hypercorn's trio worker runs every connection's ``TCPServer`` in the server nursery. A
+protocol error it does not expect -- a WebSocket upgrade followed by one stray byte is enough --
+escapes ``TCPServer.run`` as ``h11.LocalProtocolError``, reaches the server nursery and takes down
+every live call and the process (docs/library-notes.md, "#225"; upstream fixed and reverted it).
+voxbridge contains it: a ``TCPServer`` subclass whose ``run`` logs the error, counts it, closes that
+one socket and returns.
 
-``install()`` swaps the class hypercorn's trio worker instantiates. It is idempotent and is called
-when ``voxbridge.server`` is imported, so it also protects ``hypercorn -k trio voxbridge.asgi:app``.
+**The queue trap.** hypercorn hands each ASGI app its messages through a memory channel of
+``config.max_app_queue_size`` (10) made in ``TaskGroup.spawn_app``; the connection's only reader
+(``TCPServer._read_data`` -> protocol -> ``WSStream`` -> ``app_put``) waits in ``channel.send``
+while that channel is full. Nothing closes the channel when the app returns, so once an app has
+finished, the eleventh message that arrives blocks the reader for good -- and so does the
+``websocket.disconnect`` hypercorn itself queues from the app's task on the way out, which is what
+would have closed the socket. A Twilio caller streams 50 frames a second until it reads our close
+frame, so a call that ends while the caller is still talking leaves its TCP socket ESTABLISHED (or
+CLOSE-WAIT) with unread bytes, and two hypercorn tasks, for the life of the process.
+:class:`ReleasingTaskGroup` is ``spawn_app`` with the fix upstream would make: the app's receive
+channel is closed the moment the app returns (a reader waiting in ``send`` wakes up), and a message
+for a finished app is discarded instead of raising ``BrokenResourceError`` into hypercorn's reader
+(docs/library-notes.md, "the queue trap"; ``AsgiCarrier.close`` drains for the same reason).
+
+Why these hooks: both are the narrowest names hypercorn's trio worker looks up at run time.
+``hypercorn.trio.run`` instantiates ``TCPServer`` from its own namespace and
+``hypercorn.trio.tcp_server`` instantiates ``TaskGroup`` from its own, so rebinding those two
+names changes only TCP connections of the trio worker, and only what is broken (the subclass
+overrides one method each). The layout is checked before anything is rebound; if hypercorn moved
+things, ``install()`` logs a warning and leaves that part alone rather than guessing.
+
+``install()`` is idempotent and is called when ``voxbridge.server`` is imported, so it also
+protects ``hypercorn -k trio voxbridge.asgi:app``.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import hypercorn.trio.run as _hypercorn_run  # internal layout: test_e2e_hypercorn225 checks it
+import hypercorn.trio.task_group as _hypercorn_task_group
+import hypercorn.trio.tcp_server as _hypercorn_tcp_server
 import trio
+from hypercorn.config import Config
+from hypercorn.trio.task_group import TaskGroup as _TaskGroup
 from hypercorn.trio.tcp_server import TCPServer as _TCPServer
+from hypercorn.typing import (
+    AppWrapper,
+    ASGIReceiveCallable,
+    ASGIReceiveEvent,
+    ASGISendCallable,
+    ASGISendEvent,
+    Scope,
+)
 
-__all__ = ["ContainedTCPServer", "install"]
+__all__ = ["ContainedTCPServer", "ReleasingTaskGroup", "install"]
 
 log = logging.getLogger("voxbridge.server")
+
+#: What ``ReleasingTaskGroup.spawn_app`` relies on: hypercorn's ``_handle`` and ``spawn_app`` as of
+#: 0.17/0.18. Checked by parameter names at install time.
+_HANDLE_PARAMS = ("app", "config", "scope", "receive", "send", "sync_spawn", "call_soon")
+_SPAWN_APP_PARAMS = ("self", "app", "config", "scope", "send")
 
 
 class ContainedTCPServer(_TCPServer):
@@ -40,8 +82,94 @@ class ContainedTCPServer(_TCPServer):
             await trio.aclose_forcefully(self.stream)
 
 
+class ReleasingTaskGroup(_TaskGroup):
+    """hypercorn's per-connection task group, whose app queue stops taking messages at app exit."""
+
+    async def spawn_app(
+        self,
+        app: AppWrapper,
+        config: Config,
+        scope: Scope,
+        send: Callable[[ASGISendEvent | None], Awaitable[None]],
+    ) -> Callable[[ASGIReceiveEvent], Awaitable[None]]:
+        """hypercorn's ``spawn_app``, plus: close the app's channel when the app returns.
+
+        The close happens before hypercorn's ``_handle`` sends its final ``None`` (which queues a
+        ``websocket.disconnect`` from the app's own task), so neither that nor the reader can wait
+        on a queue nobody will ever read again.
+        """
+        put, take = trio.open_memory_channel[ASGIReceiveEvent](config.max_app_queue_size)
+
+        async def app_then_release(
+            scope: Scope,
+            receive: ASGIReceiveCallable,
+            send: ASGISendCallable,
+            sync_spawn: Callable[..., Any],
+            call_soon: Callable[..., Any],
+        ) -> None:
+            try:
+                await app(scope, receive, send, sync_spawn, call_soon)
+            finally:
+                take.close()  # wakes a reader waiting in put() with BrokenResourceError
+
+        async def put_unless_finished(message: ASGIReceiveEvent) -> None:
+            try:
+                await put.send(message)
+            except trio.BrokenResourceError:
+                pass  # the app has returned: nobody will read this, and that is not an error
+
+        assert self._nursery is not None  # spawn_app runs inside ``async with TaskGroup()``
+        self._nursery.start_soon(
+            _hypercorn_task_group._handle,
+            app_then_release,
+            config,
+            scope,
+            take.receive,
+            send,
+            trio.to_thread.run_sync,
+            trio.from_thread.run,
+        )
+        return put_unless_finished
+
+
+def _params(function: object) -> tuple[str, ...]:
+    try:
+        return tuple(inspect.signature(function).parameters)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ()
+
+
+def _install_releasing_task_group() -> bool:
+    """Rebind ``tcp_server.TaskGroup``, but only over the hypercorn this subclass was written for.
+
+    ``spawn_app`` is re-implemented (the channel it makes is local to it), so a hypercorn whose
+    ``_handle`` or ``spawn_app`` takes other arguments would break every connection: warn instead.
+    """
+    current = getattr(_hypercorn_tcp_server, "TaskGroup", None)
+    if current is ReleasingTaskGroup:
+        return True
+    if (
+        current is not _TaskGroup
+        or _params(getattr(_hypercorn_task_group, "_handle", None)) != _HANDLE_PARAMS
+        or _params(getattr(_TaskGroup, "spawn_app", None)) != _SPAWN_APP_PARAMS
+        or not hasattr(Config, "max_app_queue_size")
+    ):  # pragma: no cover - hypercorn changed shape
+        log.warning(
+            "hypercorn's trio TaskGroup is not laid out as expected: the app-queue release is "
+            "NOT installed (a call that ends while the caller streams may hold its socket)"
+        )
+        return False
+    _hypercorn_tcp_server.TaskGroup = ReleasingTaskGroup  # type: ignore[attr-defined]
+    return True
+
+
 def install() -> bool:
-    """Make hypercorn's trio worker use :class:`ContainedTCPServer`. Returns True if installed."""
+    """Install both containments in hypercorn's trio worker. Idempotent.
+
+    Returns True if the #225 containment (``ContainedTCPServer``) is installed; the queue-trap
+    release (``ReleasingTaskGroup``) is installed independently and warns if it cannot be.
+    """
+    _install_releasing_task_group()
     if not hasattr(_hypercorn_run, "TCPServer"):  # pragma: no cover - hypercorn changed shape
         log.warning("hypercorn has no trio.run.TCPServer: #225 containment NOT installed")
         return False

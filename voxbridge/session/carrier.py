@@ -62,6 +62,12 @@ class TrioWebSocketCarrier:
             ) from None
 
     async def close(self, code: int, reason: str) -> None:
+        # No drain needed here, unlike AsgiCarrier.close: trio-websocket (0.12) pauses its reader
+        # while its message queue is full, but ``aclose`` sends the close frame and then closes that
+        # queue's receive side (``_recv_channel.aclose()``) before waiting for the handshake. The
+        # reader, parked in ``_send_channel.send``, wakes with BrokenResourceError, which
+        # ``_handle_message_event`` swallows, so it goes on reading and discarding a caller that
+        # keeps streaming until the caller's close reply arrives (test_e2e_carrier_release).
         try:
             await self.ws.aclose(code, reason)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
