@@ -10,6 +10,7 @@ from .echo_agent import AgentSession, EchoAgent
 from .fake_openai import FakeOpenAIRealtime
 from .fake_ultravox import FakeUltravox, Utterance
 from .faults import FaultStream
+from .proxy import FaultProxy, ProxiedConnection
 
 __all__ = [
     "AgentSession",
@@ -18,7 +19,9 @@ __all__ = [
     "EchoAgent",
     "FakeOpenAIRealtime",
     "FakeUltravox",
+    "FaultProxy",
     "FaultStream",
+    "ProxiedConnection",
     "Utterance",
     "simulate_call",
 ]
