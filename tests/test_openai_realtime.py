@@ -272,11 +272,17 @@ def test_interrupt_truncates_the_heard_audio(flavour: str) -> None:
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
-@pytest.mark.parametrize("code", [1000, 1001, 1006, 1008, 1011, 4000])
-def test_every_close_is_a_resumable_drop(flavour: str, code: int) -> None:
+@pytest.mark.parametrize("code", [1000, 1001, 1006, 1011, 4000])
+def test_every_close_but_a_refusal_is_a_resumable_drop(flavour: str, code: int) -> None:
     codec = OpenAIRealtimeCodec(flavour)  # type: ignore[arg-type]
     assert codec.close_reason(code) is Reason.UPSTREAM_CLOSED
     assert codec.closing() == []
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_policy_close_is_a_refusal(flavour: str) -> None:
+    # 1008 (RFC 6455 7.4.1, policy violation) is how a key or an account is refused mid-session.
+    assert OpenAIRealtimeCodec(flavour).close_reason(1008) is Reason.UPSTREAM_REJECTED  # type: ignore[arg-type]
 
 
 def test_codec_rejects_unknown_flavours() -> None:

@@ -29,7 +29,7 @@ from trio_websocket import (
 )
 
 from voxbridge.audio import tone, ulaw_to_pcm16
-from voxbridge.errors import Disconnect, Reason, RemoteProtocolError
+from voxbridge.errors import Reason, RemoteProtocolError, UpstreamConnectFailed
 from voxbridge.providers.base import Provider, ProviderCodec
 from voxbridge.providers.endpoint import ProviderEndpoint
 from voxbridge.providers.events import AgentAudio, ProviderEvent, SpeechStarted, Transcript
@@ -260,6 +260,7 @@ def test_closing_hangs_up() -> None:
         (1000, Reason.AGENT_HANGUP),
         (1001, Reason.UPSTREAM_CLOSED),
         (1006, Reason.UPSTREAM_CLOSED),
+        (1008, Reason.UPSTREAM_REJECTED),
         (1011, Reason.UPSTREAM_CLOSED),
         (4000, Reason.UPSTREAM_CLOSED),
     ],
@@ -402,9 +403,9 @@ async def test_history_becomes_initial_messages() -> None:
 async def test_bad_key_fails_to_connect(key: str | None) -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
-            with pytest.raises(Disconnect) as failed:
+            with pytest.raises(UpstreamConnectFailed) as failed:
                 await provider(fake, key).session([])
-    assert failed.value.reason is Reason.UPSTREAM_CONNECT_FAILED
+    assert failed.value.status == 401 and failed.value.refused  # final: the link gives up
     assert "401" in str(failed.value)
     assert "Invalid API key" in str(failed.value) or "not provided" in str(failed.value)
     assert KEY not in repr(failed.value)
@@ -417,22 +418,22 @@ async def test_bad_key_fails_to_connect(key: str | None) -> None:
 async def test_refused_call_reports_status_and_error_text() -> None:
     with trio.fail_after(BUDGET):
         async with running(refuse_status=503) as fake:
-            with pytest.raises(Disconnect) as failed:
+            with pytest.raises(UpstreamConnectFailed) as failed:
                 await provider(fake).session([])
-    assert failed.value.reason is Reason.UPSTREAM_CONNECT_FAILED
-    assert "HTTP 503" in failed.value.detail
-    assert "refused by the fake" in failed.value.detail
+    assert failed.value.status == 503 and not failed.value.refused  # retried by the link
+    assert "HTTP 503" in str(failed.value)
+    assert "refused by the fake" in str(failed.value)
 
 
 async def test_slow_rest_fails_within_connect_timeout() -> None:
     with trio.fail_after(BUDGET):
         async with running(rest_delay=5.0) as fake:
             start = trio.current_time()
-            with pytest.raises(Disconnect) as failed:
+            with pytest.raises(UpstreamConnectFailed) as failed:
                 await provider(fake, connect_timeout=0.3).session([])
             elapsed = trio.current_time() - start
-    assert failed.value.reason is Reason.UPSTREAM_CONNECT_FAILED
-    assert "0.3 s" in failed.value.detail
+    assert failed.value.status is None
+    assert "0.3 s" in str(failed.value)
     assert 0.25 <= elapsed < 1.5
 
 
@@ -447,10 +448,10 @@ async def test_unreachable_rest_fails_to_connect() -> None:
         system_prompt="",
         connect_timeout=2,
     )
-    with trio.fail_after(BUDGET), pytest.raises(Disconnect) as failed:
+    with trio.fail_after(BUDGET), pytest.raises(UpstreamConnectFailed) as failed:
         await uv.session([])
-    assert failed.value.reason is Reason.UPSTREAM_CONNECT_FAILED
-    assert "ConnectError" in failed.value.detail
+    assert failed.value.status is None
+    assert "ConnectError" in str(failed.value)
 
 
 @pytest.mark.parametrize(
@@ -485,10 +486,10 @@ async def test_bad_answers_fail_to_connect(status: int, body: bytes, message: st
         connect_timeout=2,
         client_factory=lambda: httpx.AsyncClient(transport=httpx.MockTransport(answer)),
     )
-    with pytest.raises(Disconnect) as failed:
+    with pytest.raises(UpstreamConnectFailed) as failed:
         await uv.session([])
-    assert failed.value.reason is Reason.UPSTREAM_CONNECT_FAILED
-    assert message in failed.value.detail
+    assert failed.value.refused is (status == 401)
+    assert message in str(failed.value)
     assert KEY not in repr(failed.value)
     assert str(seen[0].url) == "https://api.ultravox.ai/api/calls"
     assert seen[0].headers["x-api-key"] == KEY
