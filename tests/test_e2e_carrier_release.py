@@ -20,6 +20,8 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -512,3 +514,50 @@ async def test_trio_websocket_carrier_close_completes_while_the_caller_streams()
     assert caller.close_code == 1000
     assert caller.sent_after_stop >= BURST
     assert [s.split()[0] for s in caller.held_before_stop] == ["ESTABLISHED"]
+
+
+# --- a caller that resets its connection ---------------------------------------------------------
+
+
+def socket_fds() -> int:
+    """How many sockets this process has an fd for (a reset socket has no TCP table entry left)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:[")
+        except OSError:  # closed while we looked
+            continue
+    return count
+
+
+async def test_server_releases_a_caller_that_resets_its_connection() -> None:
+    # A phone dying in a tunnel: RST mid-call, no close frame. hypercorn's WebSocket ping loop
+    # sleeps websocket_ping_interval (15 s) before it notices, and the connection's socket was
+    # closed only after it: the fd (state CLOSE) was held 15 s past the call. ReleasingTaskGroup
+    # ends the ping loop with the read loop.
+    with trio.fail_after(BUDGET):
+        async with running(close_timeout=CLOSE_TIMEOUT) as (server, agent):
+            bound = server.app.settings.teardown_timeout
+            assert server.app.settings.websocket_ping_interval > 2 * bound  # the trap's window
+            baseline = socket_fds()
+            parts = urlsplit(server.media_url)
+            assert parts.hostname is not None and parts.port is not None
+            stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+            ws = WSConnection(ConnectionType.CLIENT)
+            await stream.send_all(ws.send(Request(host=parts.netloc, target=parts.path)))
+            while not any(isinstance(event, AcceptConnection) for event in ws.events()):
+                ws.receive_data(await stream.receive_some())
+            frames = [connected_frame(), start_frame(), *(media_frame(i) for i in range(10))]
+            await stream.send_all(b"".join(ws.send(TextMessage(f)) for f in frames))
+            session = await agent.wait_for_session()
+            await wait_until(lambda: socket_fds() >= baseline + 3, 2)  # caller, server, provider
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            stream.socket.close()  # RST
+            reset_at = trio.current_time()
+            await wait_until(lambda: socket_fds() <= baseline, bound)
+            released_after = trio.current_time() - reset_at
+            await wait_until(lambda: session.is_closed, 1)
+            samples = await scrape_url(server.url)
+    assert released_after < bound
+    assert samples[("voxbridge_calls_active", ())] == 0
+    assert samples[("voxbridge_call_disconnects_total", (("reason", "caller_closed"),))] == 1

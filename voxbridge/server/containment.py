@@ -44,6 +44,7 @@ import hypercorn.trio.task_group as _hypercorn_task_group
 import hypercorn.trio.tcp_server as _hypercorn_tcp_server
 import trio
 from hypercorn.config import Config
+from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.trio.task_group import TaskGroup as _TaskGroup
 from hypercorn.trio.tcp_server import TCPServer as _TCPServer
 from hypercorn.typing import (
@@ -63,6 +64,8 @@ log = logging.getLogger("voxbridge.server")
 #: 0.17/0.18. Checked by parameter names at install time.
 _HANDLE_PARAMS = ("app", "config", "scope", "receive", "send", "sync_spawn", "call_soon")
 _SPAWN_APP_PARAMS = ("self", "app", "config", "scope", "send")
+#: The WebSocket ping loop ``ReleasingTaskGroup.spawn`` recognises (``WSStream._send_pings``).
+_PING_LOOP = "_send_pings"
 
 
 class ContainedTCPServer(_TCPServer):
@@ -83,7 +86,39 @@ class ContainedTCPServer(_TCPServer):
 
 
 class ReleasingTaskGroup(_TaskGroup):
-    """hypercorn's per-connection task group, whose app queue stops taking messages at app exit."""
+    """hypercorn's per-connection task group, which lets go of its connection when it is over.
+
+    * The app queue stops taking messages at app exit (see :meth:`spawn_app`).
+    * WebSocket ping loops end when the connection's reader does. hypercorn's
+      ``WSStream._send_pings`` sends a ping, then sleeps ``websocket_ping_interval`` (15 s) before
+      it looks at ``closed`` again, and the connection's ``TCPServer`` closes its socket only after
+      this group's tasks are done: a caller that reset its connection held the server's socket
+      (state CLOSE, an fd) and the connection's tasks for up to 15 s after its call ended. The group
+      body is hypercorn's read loop, so once it has exited nothing more can arrive or be sent, and
+      the ping loops are cancelled; the app keeps running to its own end.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._ping_loops: list[trio.CancelScope] = []
+
+    def spawn(self, func: Callable[..., Awaitable[object]], *args: Any) -> None:
+        if getattr(func, "__name__", None) != _PING_LOOP:
+            super().spawn(func, *args)
+            return
+        scope = trio.CancelScope()
+        self._ping_loops.append(scope)
+
+        async def until_the_reader_ends() -> None:
+            with scope:
+                await func(*args)
+
+        super().spawn(until_the_reader_ends)
+
+    async def __aexit__(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
+        for scope in self._ping_loops:  # the read loop is over: no ping can matter any more
+            scope.cancel()
+        await super().__aexit__(exc_type, exc_value, tb)
 
     async def spawn_app(
         self,
@@ -153,6 +188,7 @@ def _install_releasing_task_group() -> bool:
         or _params(getattr(_hypercorn_task_group, "_handle", None)) != _HANDLE_PARAMS
         or _params(getattr(_TaskGroup, "spawn_app", None)) != _SPAWN_APP_PARAMS
         or not hasattr(Config, "max_app_queue_size")
+        or not hasattr(WSStream, _PING_LOOP)
     ):  # pragma: no cover - hypercorn changed shape
         log.warning(
             "hypercorn's trio TaskGroup is not laid out as expected: the app-queue release is "
