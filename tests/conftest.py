@@ -15,6 +15,9 @@ import pytest
 from voxbridge.metrics import Metrics
 from voxbridge.testing import EchoAgent
 
+# Every test gets a wall-clock limit that a shielded hang cannot defeat: see tests/hang_guard.py.
+pytest_plugins = ["hang_guard"]
+
 
 @pytest.fixture
 def metrics() -> Metrics:
