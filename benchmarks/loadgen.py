@@ -62,6 +62,7 @@ class Call(asyncio.Protocol):
         "index",
         "kind",
         "last_sent",
+        "port",
         "reader",
         "received",
         "request",
@@ -92,6 +93,7 @@ class Call(asyncio.Protocol):
         self.sent = 0
         self.received = 0
         self.last_sent: int | None = None
+        self.port = 0  # the caller's own port: the soak finds its sockets on the server by it
         self.connected_at: int | None = None
         self.closed_at: int | None = None
         self.close_code: int | None = None
@@ -103,6 +105,7 @@ class Call(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.port = transport.get_extra_info("sockname")[1]
         transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -202,16 +205,37 @@ class Call(asyncio.Protocol):
         self.last_sent = now
         return True
 
-    def hang_up(self) -> None:
-        """Twilio's way: ``stop``, then a close frame; the server's reply ends the call."""
+    def hang_up(self, linger: float = 0.0) -> None:
+        """Twilio's way: ``stop``, then a close frame; the server's reply ends the call.
+
+        With ``linger`` (the soak) the caller is Twilio on a live call: after ``stop`` it goes on
+        streaming 20 ms media and echoing marks until it reads the server's close frame, for at
+        most ``linger`` seconds; then it sends its own close frame and closes (:meth:`give_up`).
+        A server that stops reading its caller but keeps the connection is caught this way.
+        """
+        if self.state != "open" or self.close_sent:
+            self.streaming = False
+            return
+        stop = wire.TwilioFrames.stop(*self.sids, self.sent + 2)
+        if linger > 0:
+            self._write(stop)
+            asyncio.get_running_loop().call_later(linger, self.give_up)
+            return
         self.streaming = False
-        if self.state == "open" and not self.close_sent:
+        self.close_sent = True
+        self._write(stop + wire.client_frame(wire.close_payload(1000), wire.OP_CLOSE))
+
+    def give_up(self) -> None:
+        """No close frame from the server within the linger after ``stop``: close from here."""
+        if self.state != "open" or self.closed_at is not None:
+            return
+        self.gen.stop_unanswered += 1
+        self.streaming = False
+        if not self.close_sent:
             self.close_sent = True
-            stream_sid, call_sid, account_sid = self.sids
-            self._write(
-                wire.TwilioFrames.stop(stream_sid, call_sid, account_sid, self.sent + 2)
-                + wire.client_frame(wire.close_payload(1000), wire.OP_CLOSE)
-            )
+            self._write(wire.client_frame(wire.close_payload(1000), wire.OP_CLOSE))
+        if self.transport is not None:
+            self.transport.close()  # FIN: a server that no longer reads sits in CLOSE_WAIT
 
     def vanish(self) -> None:
         """Drop the TCP connection abruptly (RST, no close frame): a phone dying in a tunnel."""
@@ -277,6 +301,7 @@ class Generator:
         self.marks = 0
         self.clears = 0
         self.skipped = 0
+        self.stop_unanswered = 0
         self.samples = array.array("I")
         self.lateness_max = 0.0
         self.ticks = 0
@@ -416,6 +441,7 @@ class Generator:
             "marks": self.marks,
             "clears": self.clears,
             "skipped": self.skipped,
+            "stop_unanswered": self.stop_unanswered,
             "lateness_max_ms": round(self.lateness_max * 1000, 3),
             "ticks": self.ticks,
             "close_codes": codes,
@@ -424,6 +450,7 @@ class Generator:
             # caller's view of each call, for the stall scenario: last frame sent, closed
             "last_sent_us": [c.last_sent for c in opened],
             "closed_us": [c.closed_at for c in opened],
+            "ports": [c.port for c in opened],
             "cpu_user": t.user,
             "cpu_system": t.system,
         }
@@ -435,7 +462,9 @@ class Soak:
     Spec: ``calls``, ``rate``, ``seconds`` ([min, max] of a call's audio), ``mix`` (fractions of
     ``stall`` -- go silent, keep TCP open and reading -- and ``vanish`` -- RST; the rest hang up
     normally), ``stall_wait`` (how long a stalled caller waits for the server before giving up)
-    or ``zombie_until`` (a ``CLOCK_MONOTONIC`` time until which stalled callers stay).
+    or ``zombie_until`` (a ``CLOCK_MONOTONIC`` time until which stalled callers stay), ``linger``
+    (seconds a caller that hung up keeps streaming while it waits for the server's close frame,
+    as Twilio does; 0: ``stop`` and a close frame at once).
     """
 
     def __init__(self, gen: Generator, spec: dict[str, Any]) -> None:
@@ -446,6 +475,7 @@ class Soak:
         self.mix = spec.get("mix", {"stall": 0.1, "vanish": 0.1})
         self.stall_wait = float(spec.get("stall_wait", 10.0))
         self.zombie_until = spec.get("zombie_until")
+        self.linger = float(spec.get("linger", 0.0))
         gen.calls_wanted = self.calls
 
     def kind(self) -> str:
@@ -473,8 +503,8 @@ class Soak:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
             if call.kind == "normal":
-                loop.call_later(length, call.hang_up)
-                loop.call_later(length + 5.0, call.abort)  # a server that never answers
+                loop.call_later(length, call.hang_up, self.linger)
+                loop.call_later(length + self.linger + 5.0, call.abort)  # a server never answering
             elif call.kind == "vanish":
                 loop.call_later(length, call.vanish)
             else:
@@ -549,8 +579,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --spec-file or --url")
     result = run(spec)
     if not args.spec_file:
-        result.pop("last_sent_us")
-        result.pop("closed_us")
+        for key in ("last_sent_us", "closed_us", "ports"):
+            result.pop(key)
     sys.stdout.write(json.dumps(result) + "\n")
 
 
