@@ -45,7 +45,8 @@ from prometheus_client import Counter
 
 from ..audio import b64_size
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
-from ..errors import Disconnect, LinkDown, Reason, RemoteProtocolError
+from ..deadlines import Deadline
+from ..errors import Disconnect, LinkDown, Reason, RemoteProtocolError, UpstreamTimeout, ends_call
 from ..journal import CallJournal, MemoryJournal
 from ..metrics import Metrics
 from ..providers.base import Provider
@@ -135,6 +136,8 @@ def _as_provider(provider: Provider | ProviderEndpoint, settings: Settings) -> P
 # Audio merged into one media message at most: 100 ms of mu-law. A mark follows every media
 # message, so this is also the worst-case granularity of barge-in truncation during a burst.
 MAX_COALESCE_BYTES = 800
+
+IDLE_TIMEOUT = ends_call(Reason.IDLE_TIMEOUT)
 
 # Caller audio kept while the first provider session opens: 2 s of 20 ms frames (about 21 KB).
 OPENING_BACKLOG_FRAMES = 100
@@ -340,18 +343,19 @@ class Call:
         assert link is not None
         frames = self.metrics.media_frames.labels(direction="to_upstream")
         dropped = self.metrics.media_frames_dropped.labels(direction="to_upstream")
-        idle_timeout = self.settings.idle_timeout
+        idle_timeout, send_timeout = self.settings.idle_timeout, self.settings.send_timeout
         batch_ms = self.settings.upstream_batch_ms
         batch = AudioBatch(batch_ms) if batch_ms else None  # opt-in: off by default
         listen_since: float | None = None
         now = trio.current_time()  # when the caller's last frame arrived
-        watchdog = Watchdog()
+        watch = Deadline()
 
         # Caller audio that arrives while the first session opens waits for it (the newest
         # OPENING_BACKLOG_FRAMES, older ones dropped and counted); while a session is being
         # resumed it is dropped and counted. Never queued without bound.
         backlog: deque[tuple[str, int]] = deque()
         backlog_frames = 0
+        sending: tuple[Session, int] | None = None  # the send in flight: its session, its frames
 
         async def forward(payload: str, count: int) -> None:
             """Send ``count`` frames of caller audio upstream, after any backlog."""
@@ -367,7 +371,6 @@ class Call:
                     backlog_frames -= backlog[0][1]
                     dropped.inc(backlog.popleft()[1])
                 return
-            watchdog.disarm()  # the link bounds its send (send_timeout); the caller is not blamed
             while backlog:
                 earlier, earlier_count = backlog.popleft()
                 backlog_frames -= earlier_count
@@ -375,48 +378,71 @@ class Call:
             await send(session, payload, count)
 
         async def send(session: Session, payload: str, count: int) -> None:
-            if not await link.send(session, session.codec.audio(payload)):
+            nonlocal sending
+            sending = (session, count)
+            # One deadline move, as for every wait of this task; the link decides what a
+            # provider that stopped reading means (it drops the session and resumes).
+            watch.arm(send_timeout, UpstreamTimeout)
+            sent = await link.send(session, session.codec.audio(payload))
+            sending = None
+            if not sent:
                 dropped.inc(count)  # the session is gone: the link resumes it or gives up
                 return
             state.frames_from_caller += count
             frames.inc(count)
 
-        with watchdog, _counted_at_exit(backlog, dropped):
-            while True:
-                # The idle deadline counts from when we are ready to listen again: the last frame
-                # heard, or later if a send kept us from reading -- a caller is never charged for
-                # our own delays.
-                watchdog.arm(idle_timeout, Reason.IDLE_TIMEOUT, since=listen_since)
-                listen_since = None
-                if batch:  # audio gathered: wait for the next frame no longer than the window
-                    frame: str | bytes | None = None
-                    with trio.move_on_at(batch.flush_at):
-                        frame = await carrier.receive()
-                    if frame is None:
-                        flushing = trio.current_time()
-                        await forward(*batch.take())
-                        # the caller's silence still counts from its last frame (plus our send)
-                        listen_since = now + (trio.current_time() - flushing)
-                        continue
-                else:
-                    frame = await carrier.receive()
-                now = state.last_caller_frame_at = trio.current_time()
-                event = self._decode(frame)
-                if type(event) is Media:
-                    if event.track != "inbound":
-                        continue
-                    if batch is None:
-                        await forward(event.payload, 1)
-                    elif batch.add(event.payload, now):
-                        await forward(*batch.take())
-                elif type(event) is Mark:
-                    playback.played(event.name)
-                elif type(event) is Stop:
-                    if batch:
-                        await forward(*batch.take())  # the caller's last words still count
-                    raise Disconnect(Reason.CALLER_STOP, "carrier sent stop")
-                elif type(event) is Dtmf:
-                    log.debug("caller pressed %s", event.digit, extra={"call_id": state.call_id})
+        with _counted_at_exit(backlog, dropped):
+            while True:  # one pass per provider send that stalled
+                try:
+                    with watch:
+                        while True:
+                            # The idle deadline counts from when we are ready to listen again:
+                            # the last frame heard, or later if a send kept us from reading -- a
+                            # caller is never charged for our own delays.
+                            watch.arm(idle_timeout, IDLE_TIMEOUT, since=listen_since)
+                            listen_since = None
+                            if batch:  # audio gathered: wait for the next frame, up to the window
+                                frame: str | bytes | None = None
+                                with trio.move_on_at(batch.flush_at):
+                                    frame = await carrier.receive()
+                                if frame is None:
+                                    flushing = trio.current_time()
+                                    await forward(*batch.take())
+                                    # the silence still counts from the last frame (plus our send)
+                                    listen_since = now + (trio.current_time() - flushing)
+                                    continue
+                            else:
+                                frame = await carrier.receive()
+                            now = state.last_caller_frame_at = trio.current_time()
+                            event = self._decode(frame)
+                            if type(event) is Media:
+                                if event.track != "inbound":
+                                    continue
+                                if batch is None:
+                                    await forward(event.payload, 1)
+                                elif batch.add(event.payload, now):
+                                    await forward(*batch.take())
+                            elif type(event) is Mark:
+                                playback.played(event.name)
+                            elif type(event) is Stop:
+                                if batch:
+                                    await forward(*batch.take())  # the last words still count
+                                raise Disconnect(Reason.CALLER_STOP, "carrier sent stop")
+                            elif type(event) is Dtmf:
+                                log.debug(
+                                    "caller pressed %s",
+                                    event.digit,
+                                    extra={"call_id": state.call_id},
+                                )
+                except UpstreamTimeout as exc:  # the provider stopped reading
+                    assert sending is not None
+                    stalled, count = sending
+                    sending = None
+                    dropped.inc(count)
+                    await link.lose(
+                        stalled, Reason.UPSTREAM_STALLED, f"a send did not finish: {exc}"
+                    )
+                    watch = Deadline()  # a scope is entered once: the next pass gets a new one
 
     async def _upstream_to_caller(self) -> None:
         carrier, link, state = self._carrier, self._link, self.state
@@ -463,7 +489,7 @@ class Call:
                         await carrier.send(twilio.clear())
                         watchdog.disarm()  # the link bounds its own sends
                         for message in session.codec.interrupt(*heard):
-                            if not await link.send(session, message):
+                            if not await link.send_within(session, message):
                                 break
                         state.barge_ins += 1
                         self.metrics.barge_ins.inc()

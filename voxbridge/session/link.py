@@ -283,7 +283,8 @@ class ProviderLink:
         Raises:
             LinkDown: the link gave up (budget spent, a refusal) or the agent hung up.
         """
-        await self._opened.wait()
+        if not self._opened.is_set():  # (a set Event's wait() still yields: not per frame)
+            await self._opened.wait()
         while True:
             session = self.session
             if session is None:  # pragma: no cover - only this task resumes, after open()
@@ -298,23 +299,37 @@ class ProviderLink:
                 await self._recover(session)
 
     async def send(self, session: Session, frame: Frame) -> bool:
-        """Send ``frame`` to ``session`` within ``send_timeout``.
+        """Send ``frame`` to ``session``; the caller bounds the wait.
+
+        For the hot path: the calling task already has a re-armable deadline, so it arms it with
+        ``send_timeout`` and ``UpstreamTimeout`` rather than paying for a new scope per frame,
+        and reports a timeout with :meth:`lose` (``UPSTREAM_STALLED``). Elsewhere use
+        :meth:`send_within`.
 
         Returns:
-            False when the session is gone (the frame is dropped; the caller counts it). A send
-            that does not finish in time drops the session: the provider stopped reading.
+            False when the session is gone (the frame is dropped; the caller counts it).
         """
         if session.lost is not None:
             return False
         try:
-            with deadline(self.settings.send_timeout, UpstreamTimeout):
-                await session.upstream.send(frame)
-        except UpstreamTimeout as exc:
-            await self.lose(session, Reason.UPSTREAM_STALLED, f"a send did not finish: {exc}")
-            return False
+            await session.upstream.send(frame)
         except UpstreamClosed:
             return False  # the reading task sees the close and decides
         return True
+
+    async def send_within(self, session: Session, frame: Frame) -> bool:
+        """:meth:`send` within ``send_timeout``; a send that does not finish drops the session.
+
+        Returns:
+            False when the session is gone or was dropped (the frame is dropped).
+        """
+        try:
+            with deadline(self.settings.send_timeout, UpstreamTimeout):
+                sent = await self.send(session, frame)
+        except UpstreamTimeout as exc:
+            await self.lose(session, Reason.UPSTREAM_STALLED, f"a send did not finish: {exc}")
+            return False
+        return sent
 
     async def lose(self, session: Session, reason: Reason, detail: str) -> None:
         """``session`` is dead (``reason`` if nothing replaces it): abort its socket at once.
