@@ -48,6 +48,7 @@ from typing import Any
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+from wsproto.utilities import LocalProtocolError
 
 from ..audio import BYTES_PER_MS, b64_size
 from ..providers.endpoint import ProviderEndpoint
@@ -351,6 +352,8 @@ class FakeOpenAIRealtime:
             await self._serve_one(stream, fault, session, scripted, delay)
         except* (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client left (perhaps mid-handshake): nothing more to serve
+        except* LocalProtocolError:
+            pass  # a ping crossed our close: trio-websocket's pong is refused (its issue #184)
         finally:
             if session.closed_at is None:
                 session.closed_at = trio.current_time()

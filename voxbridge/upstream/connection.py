@@ -24,6 +24,7 @@ close handshake to complete during teardown.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,8 @@ from ..errors import UpstreamClosed, UpstreamConnectFailed
 from ..providers.endpoint import ProviderEndpoint
 
 __all__ = ["StreamConnector", "Upstream", "open_tcp_stream_tuned", "tune_socket"]
+
+log = logging.getLogger("voxbridge.upstream")
 
 #: Opens the byte stream to ``(host, port)``. Tests inject memory streams here.
 StreamConnector = Callable[[str, int], Awaitable[trio.abc.Stream]]
@@ -133,6 +136,7 @@ class Upstream:
         task_status: trio.TaskStatus[Upstream],
     ) -> None:
         failure: UpstreamConnectFailed | None = None
+        upstream: Upstream | None = None
         with trio.CancelScope() as scope:
             try:
                 async with trio.open_nursery() as nursery:
@@ -158,6 +162,21 @@ class Upstream:
                 failure = UpstreamConnectFailed(
                     f"{endpoint.name}: handshake failed: {failed.exceptions[0]}"
                 )
+            except* Exception as failed:
+                # The reader failed on its own. Known case: the provider pings while we close,
+                # trio-websocket answers with a pong that wsproto refuses in the closing state
+                # (trio-websocket issue #184). One socket is dead; the call is not.
+                if upstream is None:
+                    failure = UpstreamConnectFailed(
+                        f"{endpoint.name}: connection failed: {failed.exceptions[0]!r}"
+                    )
+                else:
+                    log.info(
+                        "%s: the socket's reader failed; the session is closed",
+                        endpoint.name,
+                        exc_info=failed,
+                    )
+                    await upstream.abort()
         if failure is not None:
             raise failure
 
