@@ -1,0 +1,585 @@
+"""Every way a call can end, on the real server over loopback: nothing outlives the call.
+
+The promise: whatever either peer does, no socket (carrier or provider) and no task outlives its
+call by more than ``Settings.teardown_timeout``. For each ending reason this runs one call through
+the real ``voxbridge.server.serve`` (hypercorn's trio worker, in this process) against a provider
+fake, with a Twilio-like caller: it streams a 20 ms ``media`` frame 50 times a second and echoes
+every ``mark`` until it reads our close frame (then it answers the close and, as RFC 6455 7.1.1
+asks of a client, waits for the server to close TCP). The second variant is a caller that stops
+reading once the call has started: it never reads our close frame and keeps streaming until a send
+fails, so the server has to give its socket back without the caller's help.
+
+The clock starts when the server *decides* the call's end (the call's ``disconnect`` is set: the
+moment teardown begins), and by ``teardown_timeout`` + ``MARGIN`` after it:
+
+* this process holds no socket that the call opened: every socket file descriptor is compared
+  with those open before the call (``/proc/self/fd``), so the server's socket to the caller, its
+  provider sockets, and a socket reset by its peer (which has no TCP table entry left, but still
+  an fd) all count, while a TIME_WAIT left behind by a proper close does not. Left out: the
+  caller's own socket and the provider fake's side of its sessions (a fake that stopped reading
+  keeps its session until it is shut down, which says nothing about the server);
+* the registry is empty;
+* once the caller is finished, the trio task tree holds no task that was not there before the call
+  (the fake's own tasks aside, for the same reason);
+* ``/metrics`` says ``voxbridge_calls_active 0`` and counted the reason exactly once, and no other.
+
+The server runs in this process, so all of this is read directly; Linux only (``/proc``).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import os
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import httpx
+import psutil
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
+
+from voxbridge.audio import FRAME_BYTES
+from voxbridge.carriers.twilio_wire import (
+    encode_connected,
+    encode_inbound_media,
+    encode_mark_echo,
+    encode_start,
+    encode_stop,
+)
+from voxbridge.errors import Reason
+from voxbridge.server import RunningServer, serve
+from voxbridge.session.call import Call
+from voxbridge.settings import Settings
+from voxbridge.testing import FakeOpenAIRealtime, FakeUltravox, FaultStream
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists("/proc/self/fd"), reason="reads this process's sockets from Linux /proc"
+)
+
+CASE_BUDGET = 15.0  # real seconds per case, whatever happens
+MARGIN = 0.5  # seconds of scheduling slack on top of teardown_timeout
+CALLER_GRACE = 0.25  # seconds a caller gets to notice, by itself, that the server let it go
+TALK = 0.3  # seconds the caller streams before its script does its thing
+BURST = 30  # media frames sent right after stop, without waiting
+READ_LAG = 0.1  # seconds between our bytes arriving and the caller reading them: frames in flight
+POLL = 0.01
+#: When a fake provider closes its session (seconds after it opened): between two of the bridge's
+#: keepalive pings (0.5 s apart). The fakes run on trio-websocket 0.12, whose reader crashes when a
+#: ping arrives while it is closing (python-trio/trio-websocket#184): that would be the fake failing.
+PROVIDER_ENDS_AT = 0.75
+
+#: Short deadlines for every case (close_timeout 0.5 s: teardown_timeout = 2.5 s).
+SHORT = {
+    "idle_timeout": 1.0,
+    "start_timeout": 1.0,
+    "max_call_duration": 30.0,
+    "keepalive_interval": 0.5,
+    "pong_timeout": 0.5,
+    "close_timeout": 0.5,
+    "connect_timeout": 1.0,
+    "reconnect_budget": 1.0,
+    "drain_timeout": 0.5,
+}
+
+STREAM_SID = "MZ" + "e" * 32
+CALL_SID = "CA" + "e" * 32
+ACCOUNT_SID = "AC" + "e" * 32
+SILENCE = base64.b64encode(b"\xff" * FRAME_BYTES).decode("ascii")
+UV_KEY = "uv-endings-key"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+# --- the caller -----------------------------------------------------------------------------------
+
+
+class Script(enum.Enum):
+    """What the caller does after ``connected``, ``start`` and ``TALK`` seconds of media."""
+
+    STREAM = "streams until it reads our close"
+    STOP = "sends stop, then 30 frames at once, then streams on"
+    CLOSE = "closes its WebSocket (close handshake), no stop"
+    FIN = "closes TCP (FIN, still reading), no close frame, no stop"
+    RESET = "resets TCP (RST), no close frame, no stop"
+    SILENT = "goes silent: no media, no mark echoes, still connected"
+    GARBAGE = "sends a frame that is not JSON, then streams on"
+    CONNECTED_ONLY = "sends connected and never start"
+
+
+class CallerStream(FaultStream):
+    """The caller's byte stream, with a network's latency where loopback has none.
+
+    ``FaultStream``'s knobs; every read delayed by ``READ_LAG`` (so the caller goes on streaming
+    for a while after our close frame went out, as Twilio does over a WAN); and a cork, so that
+    several frames leave in one write (on loopback our close frame would otherwise come back
+    between two frames of a burst).
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self._corked: list[bytes] | None = None
+
+    def cork(self) -> None:
+        self._corked = []
+
+    async def uncork(self) -> None:
+        data, self._corked = b"".join(self._corked or ()), None
+        await super().send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await super().receive_some(max_bytes)
+        await trio.sleep(READ_LAG)  # what we send reaches the caller a little late, as over a WAN
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._corked is None:
+            await super().send_all(data)
+        else:
+            self._corked.append(bytes(data))
+            await trio.lowlevel.checkpoint()
+
+
+@attrs.define(eq=False)
+class Caller:
+    """A Twilio-like caller on trio-websocket; ``reads=False`` stops reading once the call started."""
+
+    script: Script
+    reads: bool = True
+    port: int = 0  # the caller's local (ephemeral) port
+    inode: int = 0  # its socket's inode (its own socket is not the server's to close)
+    close: tuple[int, str | None] | None = None  # the close frame it read from us
+    frames_sent: int = 0
+    marks_echoed: int = 0
+    send_failed: bool = False  # a send failed: the server let go of the connection
+    server_closed_tcp: bool = False  # after the close handshake, the server's FIN (or RST) came
+    finished: trio.Event = attrs.Factory(trio.Event)
+    _seq: int = 0
+    _talking: bool = True
+    _heard_close: trio.Event = attrs.Factory(trio.Event)
+
+    async def run(self, url: str) -> None:
+        parts = urlsplit(url)
+        assert parts.hostname is not None and parts.port is not None
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+        self.port = stream.socket.getsockname()[1]
+        self.inode = os.fstat(stream.socket.fileno()).st_ino
+        fault = CallerStream(stream)
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await wrap_client_stream(nursery, fault, parts.hostname, parts.path)
+                async with trio.open_nursery() as talking:
+                    if self.reads:
+                        talking.start_soon(self._read, ws)
+                    try:
+                        await self._play(ws, fault)
+                    except ConnectionClosed:
+                        self.send_failed = True
+                    if not self.reads:
+                        talking.cancel_scope.cancel()
+                    # else the reader returns once it has read our close frame
+                if not self.reads or self.script is Script.RESET:
+                    nursery.cancel_scope.cancel()  # nobody is reading: nothing more to learn
+                # else trio-websocket's reader ends when the server closes TCP: wait for that
+            self.server_closed_tcp = self.reads and self._heard_close.is_set()
+        finally:
+            await trio.aclose_forcefully(fault)
+            self.finished.set()
+
+    def _next(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _media(self, ws: WebSocketConnection) -> None:
+        seq = self._next()
+        frame = encode_inbound_media(
+            STREAM_SID,
+            SILENCE,
+            chunk=self.frames_sent + 1,
+            timestamp=self.frames_sent * 20,
+            sequence_number=seq,
+        )
+        await ws.send_message(frame)
+        self.frames_sent += 1
+
+    async def _stream(self, ws: WebSocketConnection, seconds: float = float("inf")) -> None:
+        """50 frames a second for ``seconds``, or until our close frame has been read."""
+        with trio.move_on_after(seconds):
+            while not self._heard_close.is_set():
+                await self._media(ws)
+                await trio.sleep(0.02)
+
+    async def _play(self, ws: WebSocketConnection, fault: CallerStream) -> None:
+        await ws.send_message(encode_connected())
+        self._next()
+        if self.script is Script.CONNECTED_ONLY:
+            if not self.reads:
+                fault.stop_reading()
+            await self._heard_close.wait()
+            return
+        await ws.send_message(encode_start(STREAM_SID, CALL_SID, ACCOUNT_SID, sequence_number=2))
+        self._next()
+        await self._stream(ws, TALK)
+        if not self.reads:
+            fault.stop_reading()  # from here on nothing is read: not our close frame, no pings
+        if self.script is Script.STOP:
+            fault.cork()  # stop and the burst behind it leave in one write
+            await ws.send_message(encode_stop(STREAM_SID, CALL_SID, ACCOUNT_SID, self._next()))
+            for _ in range(BURST):
+                await self._media(ws)
+            await fault.uncork()
+        elif self.script is Script.CLOSE:
+            await ws.aclose(1000, "caller hangs up")
+            return
+        elif self.script is Script.FIN:
+            await fault.send_eof()  # and then, reading on, wait for the server to close
+            await self._heard_close.wait()
+            return
+        elif self.script is Script.RESET:
+            sock = fault.inner.socket  # type: ignore[attr-defined]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            await fault.vanish()
+            return
+        elif self.script is Script.SILENT:
+            self._talking = False
+            await self._heard_close.wait()
+            return
+        elif self.script is Script.GARBAGE:
+            await ws.send_message("not json")
+        await self._stream(ws)
+
+    async def _read(self, ws: WebSocketConnection) -> None:
+        while True:
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed as exc:
+                if exc.reason is not None:
+                    self.close = (exc.reason.code, exc.reason.reason)
+                self._heard_close.set()
+                return
+            event = json.loads(message)
+            if event.get("event") == "mark" and self._talking:
+                echo = encode_mark_echo(STREAM_SID, event["mark"]["name"], self._next())
+                try:
+                    await ws.send_message(echo)
+                    self.marks_echoed += 1
+                except ConnectionClosed:
+                    pass  # our close is on its way: get_message says so, with the reason
+
+
+# --- the cases ------------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Rig:
+    """One server, its provider fake, and what a case may poke at."""
+
+    server: RunningServer
+    fake: Any
+    stop: trio.Event  # the server's shutdown trigger
+    fake_nursery: trio.Nursery
+
+
+Hook = Callable[[Rig], Awaitable[None]]
+
+
+async def refuse_after_first_session(rig: Rig) -> None:
+    """Let the first provider session open, then refuse every later one (no resume possible)."""
+    await rig.fake.wait_for_session()
+    rig.fake.refuse_status = 503
+
+
+async def shut_down_soon(rig: Rig) -> None:
+    await trio.sleep(TALK + 0.2)
+    rig.stop.set()
+
+
+def echo_fake(**knobs: Any) -> Callable[[], FakeOpenAIRealtime]:
+    return lambda: FakeOpenAIRealtime(echo_delay=0.05, **knobs)
+
+
+ECHO = echo_fake()  # a healthy provider: echoes the caller after 50 ms
+
+
+@attrs.frozen
+class Case:
+    reason: Reason
+    script: Script = Script.STREAM
+    fake: Callable[[], Any] = ECHO
+    provider: str = "openai"
+    settings: dict[str, Any] = attrs.Factory(dict)
+    during: Hook | None = None  # runs once the call is in the registry
+    never_reads: bool = True  # whether the caller-that-stops-reading variant applies
+
+
+CASES: dict[str, Case] = {
+    "caller_stop": Case(Reason.CALLER_STOP, Script.STOP),
+    "caller_closed": Case(Reason.CALLER_CLOSED, Script.CLOSE, never_reads=False),
+    "caller_closed_tcp_fin": Case(Reason.CALLER_CLOSED, Script.FIN, never_reads=False),
+    "caller_closed_tcp_reset": Case(Reason.CALLER_CLOSED, Script.RESET, never_reads=False),
+    "idle_timeout": Case(Reason.IDLE_TIMEOUT, Script.SILENT),
+    "start_timeout": Case(Reason.START_TIMEOUT, Script.CONNECTED_ONLY),
+    "protocol_error": Case(Reason.PROTOCOL_ERROR, Script.GARBAGE),
+    "upstream_connect_failed": Case(
+        Reason.UPSTREAM_CONNECT_FAILED, fake=echo_fake(refuse_status=429)
+    ),
+    "upstream_closed": Case(
+        Reason.UPSTREAM_CLOSED,
+        fake=echo_fake(close_at=(PROVIDER_ENDS_AT, 1011)),
+        during=refuse_after_first_session,
+    ),
+    "upstream_rejected": Case(
+        Reason.UPSTREAM_REJECTED, fake=echo_fake(close_at=(PROVIDER_ENDS_AT, 1008))
+    ),
+    "agent_hangup": Case(
+        Reason.AGENT_HANGUP,
+        fake=lambda: FakeUltravox(api_key=UV_KEY, delay=0.05, hangup_at=PROVIDER_ENDS_AT),
+        provider="ultravox",
+        settings={"ultravox_api_key": UV_KEY},
+    ),
+    "max_duration": Case(Reason.MAX_DURATION, settings={"max_call_duration": 2.0}),
+    "server_shutdown": Case(Reason.SERVER_SHUTDOWN, during=shut_down_soon),
+    "upstream_keepalive_timeout": Case(
+        Reason.UPSTREAM_KEEPALIVE_TIMEOUT,
+        fake=echo_fake(stop_reading_at=0.1),
+        during=refuse_after_first_session,
+    ),
+}
+
+
+def _params() -> Iterator[Any]:
+    for name, case in CASES.items():
+        yield pytest.param(case, True, id=name)
+        if case.never_reads:
+            yield pytest.param(case, False, id=f"{name}-caller_never_reads")
+
+
+# --- what to look at ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def rig_for(case: Case) -> AsyncIterator[Rig]:
+    fake = case.fake()
+    stop = trio.Event()
+    async with trio.open_nursery() as fakes:
+        url = await fakes.start(fake.serve)
+        settings = Settings(
+            port=0, provider=case.provider, provider_url=url, **{**SHORT, **case.settings}
+        )
+        async with trio.open_nursery() as servers:
+            server = await servers.start(
+                lambda task_status: serve(
+                    settings, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            try:
+                yield Rig(server, fake, stop, fakes)
+            finally:
+                servers.cancel_scope.cancel()  # the checks are done: no graceful stop needed
+        fakes.cancel_scope.cancel()
+
+
+def carrier_sockets(server_port: int, caller_port: int) -> list[str]:
+    """The server's TCP sockets to the caller, from the kernel's TCP tables (fd owners only)."""
+    return [
+        f"{conn.laddr.port}->{conn.raddr.port} {conn.status}"
+        for conn in psutil.Process().net_connections(kind="tcp")
+        if conn.raddr and (conn.laddr.port, conn.raddr.port) == (server_port, caller_port)
+    ]
+
+
+def socket_inodes() -> set[int]:
+    """Every socket this process has a file descriptor for, by inode.
+
+    Wider than the TCP tables: a socket reset by its peer has no table entry left, yet its fd (and
+    the memory behind it) stays until the owner closes it.
+    """
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed while we looked
+            continue
+        if link.startswith("socket:["):
+            inodes.add(int(link[len("socket:[") : -1]))
+    return inodes
+
+
+def inode_of(stream: object) -> int | None:
+    sock = getattr(stream, "socket", None)
+    fd = sock.fileno() if sock is not None else -1
+    return os.fstat(fd).st_ino if fd >= 0 else None
+
+
+def fake_inodes(fake: Any) -> set[int]:
+    """The sockets the provider fake still holds on its side (a fake that stopped reading keeps
+    its session until it is shut down: that is the fake's business, not the server's)."""
+    sessions = [*fake.sessions, *getattr(fake, "refused", ())]
+    inodes = {inode_of(session.stream.inner) for session in sessions}
+    return {inode for inode in inodes if inode is not None}
+
+
+def describe(inodes: set[int]) -> list[str]:
+    fds = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            fds[int(fd)] = int(link[len("socket:[") : -1])
+    conns = {conn.fd: conn for conn in psutil.Process().net_connections(kind="all")}
+    out = []
+    for fd, inode in sorted(fds.items()):
+        if inode not in inodes:
+            continue
+        conn = conns.get(fd)
+        if conn is None:
+            out.append(f"fd {fd}: no TCP table entry (reset by the peer, never closed)")
+        elif conn.raddr:
+            out.append(f"fd {fd}: {conn.laddr.port}->{conn.raddr.port} {conn.status}")
+        else:
+            out.append(f"fd {fd}: {conn.laddr} {conn.status}")
+    return out
+
+
+def all_tasks() -> set[trio.lowlevel.Task]:
+    return set(_walk(trio.lowlevel.current_root_task()))
+
+
+def _walk(task: trio.lowlevel.Task) -> Iterator[trio.lowlevel.Task]:
+    yield task
+    for nursery in task.child_nurseries:
+        for child in nursery.child_tasks:
+            yield from _walk(child)
+
+
+def _under(nursery: trio.Nursery) -> set[trio.lowlevel.Task]:
+    return {task for child in nursery.child_tasks for task in _walk(child)}
+
+
+def parse_metrics(text: str) -> Samples:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(server: RunningServer) -> Samples:
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(f"{server.url}/metrics")
+    assert response.status_code == 200
+    return parse_metrics(response.text)
+
+
+def disconnects(samples: Samples) -> dict[str, float]:
+    return {
+        dict(labels)["reason"]: value
+        for (name, labels), value in samples.items()
+        if name == "voxbridge_call_disconnects_total" and value
+    }
+
+
+async def poll_until(check: Callable[[], bool], deadline: float) -> bool:
+    while not check():
+        if trio.current_time() >= deadline:
+            return False
+        await trio.sleep(POLL)
+    return True
+
+
+@attrs.define
+class Outcome:
+    """What one case saw. Times are seconds after the server decided the call's end."""
+
+    reason: Reason | None = None
+    bound: float = 0.0
+    held_before: list[str] = attrs.Factory(list)  # the server's sockets to the caller, mid-call
+    held: list[str] = attrs.Factory(list)  # sockets the call left open at the deadline
+    released_after: float | None = None
+    new_tasks: list[str] = attrs.Factory(list)  # tasks the call left behind
+    samples: Samples = attrs.Factory(dict)
+
+
+async def run_case(case: Case, caller: Caller) -> Outcome:
+    """Run one call to its end; check what the server still holds by the teardown bound."""
+    outcome = Outcome()
+    async with rig_for(case) as rig:
+        server = rig.server
+        outcome.bound = server.app.settings.teardown_timeout
+        baseline, baseline_sockets = all_tasks(), socket_inodes()
+        async with trio.open_nursery() as callers:
+            callers.start_soon(caller.run, server.media_url)
+            await poll_until(lambda: len(server.app.registry) > 0, trio.current_time() + 5)
+            (call,) = server.app.registry.active()
+            if case.during is not None:
+                callers.start_soon(case.during, rig)
+            outcome.held_before = carrier_sockets(server.port, caller.port)
+            decided = await _decided(call)
+            deadline = decided + outcome.bound + MARGIN
+
+            def released() -> bool:
+                new = socket_inodes() - baseline_sockets - fake_inodes(rig.fake) - {caller.inode}
+                outcome.held = describe(new)
+                return not new and len(server.app.registry) == 0
+
+            if await poll_until(released, deadline):
+                outcome.released_after = trio.current_time() - decided
+            with trio.move_on_at(min(deadline, trio.current_time() + CALLER_GRACE)):
+                await caller.finished.wait()  # a caller that reads learns of it by itself
+            callers.cancel_scope.cancel()
+        outcome.reason = call.disconnect.reason if call.disconnect else None
+
+        # The caller is finished: every task the call started must be gone by the deadline.
+        def no_new_tasks() -> bool:
+            new = all_tasks() - baseline - _under(rig.fake_nursery)
+            outcome.new_tasks = sorted(task.name for task in new)
+            return not new
+
+        await poll_until(no_new_tasks, deadline)
+        if rig.stop.is_set():  # the server is gone: its registry still renders what it counted
+            outcome.samples = parse_metrics(server.app.metrics.render().decode())
+        else:
+            outcome.samples = await scrape(server)
+    return outcome
+
+
+async def _decided(call: Call) -> float:
+    """When the call's end was decided (its reason recorded, teardown starting)."""
+    while call.disconnect is None:
+        await trio.sleep(0.005)
+    return trio.current_time()
+
+
+# --- the matrix -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("case", "reads"), list(_params()))
+async def test_nothing_outlives_the_call(case: Case, reads: bool) -> None:
+    caller = Caller(case.script, reads=reads)
+    with trio.fail_after(CASE_BUDGET):
+        outcome = await run_case(case, caller)
+
+    assert outcome.reason is case.reason
+    by = f"{outcome.bound + MARGIN:g} s after the end"
+    assert outcome.held_before, "the server's socket to the caller was not seen mid-call"
+    assert outcome.held == [], f"still held {by}: {outcome.held}"
+    assert outcome.released_after is not None, "the call was still in the registry"
+    assert outcome.samples[("voxbridge_calls_active", ())] == 0
+    assert disconnects(outcome.samples) == {case.reason.value: 1}
+    if reads and case.script not in (Script.CLOSE, Script.FIN, Script.RESET):
+        assert caller.close == (case.reason.close_code, case.reason.value)
+        assert caller.server_closed_tcp  # and then the server closed TCP, as a client waits for
+    if not reads and case.script not in (Script.CONNECTED_ONLY, Script.SILENT):
+        assert caller.close is None  # it really never read our close frame
+        assert caller.send_failed  # it streamed until the server let go of it
+    assert outcome.new_tasks == [], f"tasks left {by}: {outcome.new_tasks}"
