@@ -44,6 +44,7 @@ import hypercorn.trio.task_group as _hypercorn_task_group
 import hypercorn.trio.tcp_server as _hypercorn_tcp_server
 import trio
 from hypercorn.config import Config
+from hypercorn.events import Closed, Event, RawData
 from hypercorn.protocol.ws_stream import WSStream
 from hypercorn.trio.task_group import TaskGroup as _TaskGroup
 from hypercorn.trio.tcp_server import TCPServer as _TCPServer
@@ -69,7 +70,29 @@ _PING_LOOP = "_send_pings"
 
 
 class ContainedTCPServer(_TCPServer):
-    """hypercorn's per-connection server, with its failures kept to itself."""
+    """hypercorn's per-connection server, with its failures kept to itself, and cancellable writes.
+
+    hypercorn writes every frame with ``send_all`` inside a *shielded* scope, so a carrier that
+    stops reading (a full window) blocks the app's ``send`` for ever: no deadline of the call, not
+    even ``max_call_duration``, can end it, and the call never reaches its teardown (only the
+    kernel's ``TCP_USER_TIMEOUT`` did, under ``voxbridge serve``; nothing under ``hypercorn -k
+    trio``). The shield exists because a write cancelled half-way leaves half a frame on the
+    stream. Here the write is cancellable, and a cancelled write closes the stream at once: the
+    connection is unusable, and its owner is ending it anyway.
+    """
+
+    async def protocol_send(self, event: Event) -> None:
+        if not isinstance(event, RawData):
+            await super().protocol_send(event)
+            return
+        async with self.send_lock:
+            try:
+                await self.stream.send_all(event.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.protocol.handle(Closed())
+            except BaseException:  # cancelled mid-write: the stream may end in half a frame
+                await trio.aclose_forcefully(self.stream)  # closed before its first checkpoint
+                raise
 
     async def run(self) -> None:
         try:

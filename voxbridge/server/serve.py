@@ -75,9 +75,8 @@ def hypercorn_config(settings: Settings, fd: int) -> Config:
     config.websocket_max_message_size = MAX_MESSAGE_SIZE
     config.websocket_ping_interval = settings.websocket_ping_interval
     # Drain (in the shutdown trigger) has ended every call before hypercorn starts its graceful
-    # period, so what is left then is idle keep-alive connections and hypercorn's WebSocket ping
-    # loops, which outlive a closed socket by up to one ping interval (docs/operations.md,
-    # "Known library behaviours"). Nothing there is worth waiting for.
+    # period, so what is left then is idle keep-alive connections (docs/operations.md, "Known
+    # library behaviours"). Nothing there is worth waiting for.
     config.graceful_timeout = 1.0
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
