@@ -1,6 +1,6 @@
 """One phone call, bridged: a nursery, three tasks, a deadline on every wait, one teardown.
 
-The shape (ARCHITECTURE.md, "The call")::
+The shape (docs/architecture.md, "The call lifecycle")::
 
     Call.run()
       sockets nursery  ── hosts the provider sockets' readers; outlives the call's own tasks so the
@@ -75,14 +75,13 @@ __all__ = ["Call", "run_call"]
 log = logging.getLogger("voxbridge.call")
 
 # Which setting bounds the wait behind each timeout reason (for the one log line per call).
+# (A provider drop is bounded by reconnect_budget after its own deadline: its detail says both.)
 _LIMITS = {
     Reason.IDLE_TIMEOUT: "idle_timeout",
     Reason.START_TIMEOUT: "start_timeout",
     Reason.MAX_DURATION: "max_call_duration",
-    Reason.UPSTREAM_KEEPALIVE_TIMEOUT: "pong_timeout",
     Reason.UPSTREAM_CONNECT_FAILED: "connect_timeout",
     Reason.CALLER_STALLED: "send_timeout",
-    Reason.UPSTREAM_STALLED: "send_timeout",
 }
 
 
@@ -148,7 +147,7 @@ def _coalesce(first: AgentAudio, session: Session) -> tuple[str, ProviderEvent |
 
     Returns the payload and the first non-matching event read ahead (to handle next), if any.
     """
-    receive_nowait, codec = session.upstream.receive_nowait, session.codec
+    receive_nowait, codec = session.receive_nowait, session.codec
     frame = receive_nowait()
     if frame is None:
         return first.payload, None  # the common case in real time: nothing queued
@@ -173,12 +172,15 @@ def _coalesce(first: AgentAudio, session: Session) -> tuple[str, ProviderEvent |
 
 
 @contextmanager
-def _counted_at_exit(backlog: deque[tuple[str, int]], dropped: Counter) -> Iterator[None]:
-    """Caller audio still waiting for the first session when the call ends was dropped: count it."""
+def _counted_at_exit(
+    backlog: deque[tuple[str, int]], batch: AudioBatch | None, dropped: Counter
+) -> Iterator[None]:
+    """Caller audio still waiting when the call ends (for the first session, or in a batch that
+    was never sent) was dropped: count it."""
     try:
         yield
     finally:
-        dropped.inc(sum(count for _, count in backlog))
+        dropped.inc(sum(count for _, count in backlog) + (batch.clear() if batch else 0))
         backlog.clear()
 
 
@@ -391,7 +393,7 @@ class Call:
             state.frames_from_caller += count
             frames.inc(count)
 
-        with _counted_at_exit(backlog, dropped):
+        with _counted_at_exit(backlog, batch, dropped):
             while True:  # one pass per provider send that stalled
                 try:
                     with watch:
@@ -435,14 +437,15 @@ class Call:
                                     extra={"call_id": state.call_id},
                                 )
                 except UpstreamTimeout as exc:  # the provider stopped reading
-                    assert sending is not None
+                    watch = Deadline()  # a scope is entered once: the next pass gets a new one
+                    if sending is None:
+                        continue  # the send finished in the very tick its deadline expired
                     stalled, count = sending
                     sending = None
                     dropped.inc(count)
                     await link.lose(
                         stalled, Reason.UPSTREAM_STALLED, f"a send did not finish: {exc}"
                     )
-                    watch = Deadline()  # a scope is entered once: the next pass gets a new one
 
     async def _upstream_to_caller(self) -> None:
         carrier, link, state = self._carrier, self._link, self.state

@@ -18,10 +18,11 @@ The policy, in one place:
   close handshake with a peer known dead.
 * **resume** after a drop: new sessions are tried with backoff, each seeded with the conversation so
   far (the call's final transcript lines), so the agent keeps its context. While resuming the link
-  has no session (:attr:`ready` is False) and the call drops caller audio, counted.
+  has no session (:attr:`ProviderLink.session` is None) and the call drops caller audio, counted.
 * **the budget**: a drop opens a resume *episode* with ``reconnect_budget`` seconds. A resumed session
   is on probation until it has stayed up for ``reconnect_budget`` seconds (at least
-  ``MIN_PROBATION``): only then is it counted ``resumed`` and the episode closed. A session that
+  ``MIN_PROBATION``) and then answered a ping: only then is it counted ``resumed`` and the episode
+  closed. A session that
   dies on probation is charged to the same episode, so a provider that accepts and drops every
   session cannot keep a call (and its bill) alive for ever. Budget spent: give up with the reason of
   the drop that opened the episode (``upstream_closed``, ``upstream_stalled``,
@@ -46,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Sequence
 
 import trio
@@ -74,12 +76,13 @@ FIRST_BACKOFF = 0.1  # seconds; doubles per attempt, with jitter
 MAX_BACKOFF = 2.0
 MIN_PROBATION = 1.0  # seconds a resumed session must stay up to count as resumed, at the least
 RECYCLE_RETRY = 60.0  # seconds between recycle attempts after one failed
+EARLY_FRAMES = 4096  # frames a recycled session may send before the switch (its history acks)
 
 
 class Session:
     """One open provider session: its socket and codec, and why the link dropped it (if it did)."""
 
-    __slots__ = ("codec", "lost", "upstream")
+    __slots__ = ("codec", "early", "lost", "upstream")
 
     def __init__(self, upstream: Upstream, codec: ProviderCodec) -> None:
         self.upstream = upstream
@@ -87,6 +90,15 @@ class Session:
         #: ``(reason, detail)`` once the link dropped this session; the reason is what the call
         #: ends with if no session can replace it.
         self.lost: tuple[Reason, str] | None = None
+        #: Frames read before the call switched to this session (a recycle), in order; the
+        #: reading task gets them first.
+        self.early: deque[Frame] = deque()
+
+    def receive_nowait(self) -> Frame | None:
+        """The next frame if one is already here (``early`` first), else ``None``."""
+        if self.early:
+            return self.early.popleft()
+        return self.upstream.receive_nowait()
 
 
 class _NoSession(Exception):
@@ -154,7 +166,7 @@ class ProviderLink:
         connect_stream: StreamConnector,
         history: Sequence[Transcript],
         call_id: str,
-        live_until: float = math.inf,
+        live_until: float,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -172,13 +184,8 @@ class ProviderLink:
         self._probation_until: float | None = None
         self._opened = trio.Event()
         self._changed = trio.Event()
-        self.sessions = 0  # sessions opened
+        self._pinging: tuple[Session, trio.CancelScope] | None = None  # upkeep's ping in flight
         self.resumes = 0  # sessions resumed that proved healthy
-
-    @property
-    def ready(self) -> bool:
-        """True while there is a session to send to."""
-        return self.session is not None
 
     @property
     def opened(self) -> bool:
@@ -221,7 +228,6 @@ class ProviderLink:
                 self.metrics.upstream_connect_seconds.labels(provider=self.provider.name).observe(
                     trio.current_time() - started
                 )
-                self.sessions += 1
                 return session
             now = trio.current_time()
             if not retry or now >= until:
@@ -289,6 +295,8 @@ class ProviderLink:
             session = self.session
             if session is None:  # pragma: no cover - only this task resumes, after open()
                 raise LinkDown(Reason.INTERNAL_ERROR, "no provider session to read")
+            if session.early:
+                return session, session.early.popleft()
             try:
                 return session, await session.upstream.receive()
             except UpstreamClosed as exc:
@@ -347,6 +355,8 @@ class ProviderLink:
         reason, detail = session.lost
         self.session = None
         self._probation_until = None
+        if self._pinging is not None and self._pinging[0] is session:
+            self._pinging[1].cancel()  # a ping in flight on it would wait out pong_timeout
         await self._discard(session.upstream)
         if reason in (Reason.AGENT_HANGUP, Reason.UPSTREAM_REJECTED):
             raise LinkDown(reason, detail)
@@ -383,16 +393,12 @@ class ProviderLink:
         self._changed.set()
         self._changed = trio.Event()
 
-    def _settle(self, now: float) -> None:
-        """A resumed session still up at the end of its probation proved healthy: count it."""
-        if self._probation_until is not None and now >= self._probation_until:
-            self._proved_healthy()
-
     def _proved_healthy(self) -> None:
+        """The resumed session survived its probation (or the call ended while it worked)."""
         session = self.session
-        if session is None or session.lost is not None:
-            return
         self._probation_until = None
+        if session is None or session.lost is not None:
+            return  # it died on probation: the reading task charges that to the episode
         self._episode = None
         self.resumes += 1
         self.metrics.upstream_reconnects.labels(outcome="resumed").inc()
@@ -421,11 +427,19 @@ class ProviderLink:
             with trio.move_on_at(wake):
                 await self._changed.wait()
             now = trio.current_time()
-            self._settle(now)
             session = self.session
             if session is None or session.lost is not None:  # resuming: check the next one later
+                self._probation_until = None  # (a lost session never proves healthy)
                 if now >= next_ping:
                     next_ping = now + settings.keepalive_interval
+                continue
+            if self._probation_until is not None and now >= self._probation_until:
+                # Up for the whole probation, and it must still answer a ping: a session that
+                # froze right after it opened has not proved anything by staying "up".
+                await self._ping(session)
+                next_ping = trio.current_time() + settings.keepalive_interval
+                if self.session is session:
+                    self._proved_healthy()
                 continue
             if now >= self._recycle_at(session, recycle_not_before):
                 if not await self.recycle():
@@ -440,9 +454,14 @@ class ProviderLink:
 
     async def _ping(self, session: Session) -> None:
         pong_timeout = self.settings.pong_timeout
+        # trio-websocket never wakes a pending ping when its socket closes: the reading task
+        # cancels this scope when it finds the session gone, so upkeep moves on at once.
+        scope = trio.CancelScope()
+        self._pinging = (session, scope)
         try:
-            with deadline(pong_timeout, UpstreamTimeout):
+            with scope, deadline(pong_timeout, UpstreamTimeout):
                 rtt = await session.upstream.ping()
+                self.metrics.upstream_ping_rtt.observe(rtt)
         except UpstreamTimeout:
             await self.lose(
                 session,
@@ -451,8 +470,8 @@ class ProviderLink:
             )
         except UpstreamClosed:
             pass  # the reading task sees the close and decides
-        else:
-            self.metrics.upstream_ping_rtt.observe(rtt)
+        finally:
+            self._pinging = None
 
     async def recycle(self) -> bool:
         """Make before break: open a fresh session, switch to it, close the old one.
@@ -474,7 +493,7 @@ class ProviderLink:
         # and has read the opening frames sent before the ping -- before the call relies on it.
         try:
             with deadline(self.settings.pong_timeout, UpstreamTimeout):
-                await fresh.upstream.ping()
+                await self._ping_while_reading(fresh)
         except UpstreamError as exc:
             log.warning(
                 "recycle failed, the working session carries on: the new session did not answer "
@@ -492,6 +511,43 @@ class ProviderLink:
         log.info("provider session recycled", extra=self._extra)
         await self._close(old.upstream, 1000, "recycled")
         return True
+
+    async def _ping_while_reading(self, fresh: Session) -> None:
+        """Ping ``fresh`` and wait for the pong, reading its frames meanwhile (kept, in order).
+
+        Nobody else reads a session before the switch, and its answers to the replayed history
+        (two events per line with OpenAI) would fill the socket's queue; a full queue pauses
+        trio-websocket's reader, which then answers no pong. So they are read here, up to
+        ``EARLY_FRAMES`` (more fails the recycle: the old session carries on).
+
+        Raises:
+            UpstreamClosed: the session closed. UpstreamTimeout: too many frames to keep.
+        """
+        failure: UpstreamError | None = None
+
+        async def read(nursery: trio.Nursery) -> None:
+            nonlocal failure
+            try:
+                while len(fresh.early) < EARLY_FRAMES:
+                    fresh.early.append(await fresh.upstream.receive())
+                failure = UpstreamTimeout(f"more than {EARLY_FRAMES} frames before the switch")
+            except UpstreamClosed as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+
+        async def ping(nursery: trio.Nursery) -> None:
+            nonlocal failure
+            try:
+                await fresh.upstream.ping()
+            except UpstreamClosed as exc:
+                failure = exc
+            nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:  # each task keeps its errors: no group
+            nursery.start_soon(read, nursery)
+            nursery.start_soon(ping, nursery)
+        if failure is not None:
+            raise failure
 
     # --- closing ------------------------------------------------------------------------------
 
@@ -514,8 +570,7 @@ class ProviderLink:
         except UpstreamError:
             pass  # the provider left first: nothing more to say
         finally:
-            for upstream in list(self.sockets):
-                await self._discard(upstream)
+            await self._abort_all()
 
     async def _close(self, upstream: Upstream, code: int, reason: str) -> None:
         """Close handshake within ``close_timeout``; the socket is closed either way."""
@@ -524,6 +579,17 @@ class ProviderLink:
                 await upstream.aclose(code, reason)
         finally:
             await self._discard(upstream)
+
+    async def _abort_all(self) -> None:
+        """Abort every socket still open, even in a cancelled context: each abort closes its
+        stream before it first checkpoints, and the rest are reached through ``finally``."""
+        if not self.sockets:
+            return
+        upstream = self.sockets.pop()
+        try:
+            await upstream.abort()
+        finally:
+            await self._abort_all()
 
     async def _discard(self, upstream: Upstream) -> None:
         """Close ``upstream`` at once (no handshake) and forget it. Idempotent."""
