@@ -253,6 +253,29 @@ async def test_capacity_rejects_before_upgrade_with_503() -> None:
     assert disconnects(samples)["caller_stop"] == 1
 
 
+async def test_capacity_holds_when_upgrades_arrive_together() -> None:
+    # The check and the call's registration are separated by two awaits (the connect message and
+    # the accept): five upgrades at once all passed the check before any call was registered.
+    with trio.fail_after(BUDGET):
+        async with running(max_calls=1, idle_timeout=2) as (server, _agent):
+            outcomes: list[int | None] = []
+
+            async def upgrade() -> None:
+                try:
+                    async with raw_websocket(server.media_url):
+                        outcomes.append(None)  # upgraded
+                        await trio.sleep(0.3)
+                except ConnectionRejected as exc:
+                    outcomes.append(exc.status_code)
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(5):
+                    nursery.start_soon(upgrade)
+            samples = await scrape(server)
+    assert sorted(outcomes, key=str) == [503, 503, 503, 503, None]
+    assert samples[("voxbridge_connections_rejected_total", (("reason", "capacity"),))] == 4
+
+
 async def test_shutdown_drains_then_ends_calls_with_server_shutdown_1001() -> None:
     agent = EchoAgent(delay=0.05)
     stop = trio.Event()

@@ -83,6 +83,7 @@ class VoxbridgeApp:
         self.connect_stream = connect_stream
         self.draining = False
         self.ready = trio.Event()
+        self._admitting = 0  # WebSockets admitted but not registered as calls yet
 
     def connection_contained(self, exc: BaseException) -> None:
         """hypercorn failed on one connection and voxbridge contained it (see ``containment``)."""
@@ -136,23 +137,32 @@ class VoxbridgeApp:
         if self.draining:
             await self._reject(send, 503, "draining", b"draining: not accepting calls\n")
             return
-        if len(self.registry) >= self.settings.max_calls or self.provider is None:
+        if self._at_capacity() or self.provider is None:
             await self._reject(send, 503, "capacity", b"at capacity\n")
             return
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        await send({"type": "websocket.accept"})
-        call = Call(
-            AsgiCarrier(receive, send),
-            self.provider,
-            settings=self.settings,
-            metrics=self.metrics,
-            registry=self.registry,
-            journal=self.journal,
-            connect_stream=self.connect_stream,
-        )
-        await call.run()
+        # The slot is taken now, before the awaits below: otherwise several upgrades arriving
+        # together all pass the check before any of them is registered.
+        self._admitting += 1
+        try:
+            message = await receive()
+            if message["type"] != "websocket.connect":
+                return
+            await send({"type": "websocket.accept"})
+            call = Call(
+                AsgiCarrier(receive, send),
+                self.provider,
+                settings=self.settings,
+                metrics=self.metrics,
+                registry=self.registry,
+                journal=self.journal,
+                connect_stream=self.connect_stream,
+            )
+        finally:
+            self._admitting -= 1
+        await call.run()  # registers the call before its first checkpoint: the slot stays taken
+
+    def _at_capacity(self) -> bool:
+        return len(self.registry) + self._admitting >= self.settings.max_calls
 
     async def _reject(self, send: Send, status: int, reason: str, body: bytes) -> None:
         """Refuse a WebSocket before accepting it, with an HTTP status and a short body."""
@@ -194,7 +204,7 @@ class VoxbridgeApp:
                 await _respond(send, 503, b"draining\n")
             elif self.provider is None:
                 await _respond(send, 503, b"starting\n")
-            elif len(self.registry) >= self.settings.max_calls:
+            elif self._at_capacity():
                 await _respond(send, 503, b"at capacity\n")
             else:
                 await _respond(send, 200, b"ready\n")
