@@ -1,4 +1,4 @@
-"""G.711 mu-law helpers against the textbook codec (PROTOCOLS.md section E), not against audioop.
+"""G.711 mu-law helpers against the textbook codec (ITU-T G.711), not against audioop.
 
 The reference decoder below is the ITU G.711 / Sun ``g711.c`` formula written out independently, so
 a wrong table or a swapped sign in ``voxbridge.audio`` cannot hide behind the library it wraps.

@@ -65,7 +65,8 @@ def snapshot(stream: TwilioStream) -> tuple[object, ...]:
 
 # ------------------------------------------------------------------ documented frames (A.2)
 
-# Copied from PROTOCOLS.md section A.2. The media example's payload there is elided
+# The examples of Twilio's "Media Streams - WebSocket Messages" reference. The media example's
+# payload there is elided
 # ("no+JhoaJjpzS..."); the "..." is dropped here so that it is valid base64.
 DOC_CONNECTED = '{ "event": "connected", "protocol": "Call", "version": "1.0.0" }'
 DOC_START = """{

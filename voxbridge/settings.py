@@ -22,6 +22,7 @@ PROVIDERS = ("echo", "openai", "ultravox")
 OPENAI_FLAVOURS = ("ga", "beta")
 LOG_FORMATS = ("console", "json")
 MAX_UPSTREAM_BATCH_MS = 500  # beyond half a second, batching would wreck turn-taking
+MIN_SESSION_AGE = 1 * SECONDS  # below that, recycling would open sessions in a tight loop
 
 # Environment variables that are aliases of a setting, for operators coming from other bridges.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {"idle_timeout": ("WS_IDLE_TIMEOUT_SECONDS",)}
@@ -52,6 +53,14 @@ def _one_of(*choices: str) -> Any:
             raise SettingsError(
                 f"{_names(attribute.name)} must be one of {', '.join(choices)}; got {value!r}"
             )
+
+    return check
+
+
+def _at_least(limit: float) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if isinstance(value, int | float) and value < limit:
+            raise SettingsError(f"{_names(attribute.name)} must be >= {limit:g}, got {value!r}")
 
     return check
 
@@ -200,8 +209,11 @@ class Settings:
     )
     session_max_age: float = attrs.field(
         default=55 * 60 * SECONDS,
-        validator=_positive,
-        metadata=_help("recycle a provider session this old (OpenAI ends them at 60 min)"),
+        validator=[_positive, _at_least(MIN_SESSION_AGE)],
+        metadata=_help(
+            "recycle a provider session this old (OpenAI ends them at 60 min; "
+            f"at least {MIN_SESSION_AGE:g})"
+        ),
     )
     close_timeout: float = attrs.field(
         default=2 * SECONDS,

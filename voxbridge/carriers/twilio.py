@@ -7,7 +7,7 @@ layer owns the socket: it hands every received text frame to :meth:`TwilioStream
 writes whatever :meth:`TwilioStream.media`, :meth:`TwilioStream.mark` and
 :meth:`TwilioStream.clear` return.
 
-The state machine of one stream (PROTOCOLS.md section A.2)::
+The state machine of one stream (Twilio's "Media Streams - WebSocket Messages" reference)::
 
     fresh --connected--> connected --start--> started --stop--> stopped
       |                                 ^      |    ^

@@ -4,7 +4,7 @@ This is the lower half of :mod:`voxbridge.carriers.twilio`: the constants of the
 set of pure functions that build the JSON text frames *Twilio* sends to us (``connected``,
 ``start``, ``media``, ``dtmf``, ``mark`` echoes, ``stop``). Production code never calls the
 encoders; they exist so a carrier simulator and the tests can produce frames in Twilio's exact
-shape (PROTOCOLS.md section A.2), including its quirk of sending ``sequenceNumber``,
+shape (Twilio's "Media Streams - WebSocket Messages" reference), including its quirk of sending ``sequenceNumber``,
 ``media.chunk`` and ``media.timestamp`` as *strings* of digits while ``mediaFormat.sampleRate`` and
 ``mediaFormat.channels`` are JSON numbers.
 

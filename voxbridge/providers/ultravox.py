@@ -36,9 +36,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import orjson
-import trio
 
 from ..audio import pcm16_to_ulaw_b64, ulaw_b64_to_pcm16
+from ..deadlines import deadline
 from ..errors import Reason, RemoteProtocolError, UpstreamConnectFailed
 from .base import Frame, Provider, ProviderCodec, ProviderSession
 from .endpoint import ProviderEndpoint
@@ -265,16 +265,15 @@ class UltravoxProvider:
         headers = {"Accept": "application/json"}
         if self._api_key is not None:
             headers["X-API-Key"] = self._api_key
+        slow = f"creating the call took longer than {self.connect_timeout:g} s"
         try:
-            with trio.fail_after(self.connect_timeout):
+            with deadline(self.connect_timeout, lambda waited: self._failed(slow)):
                 async with self._client() as client:
                     response = await client.post(
                         self.calls_url, json=body, params=params, headers=headers
                     )
-        except (trio.TooSlowError, httpx.TimeoutException):
-            raise self._failed(
-                f"creating the call took longer than {self.connect_timeout:g} s"
-            ) from None
+        except httpx.TimeoutException:
+            raise self._failed(slow) from None
         except httpx.HTTPError as exc:
             raise self._failed(f"creating the call failed: {type(exc).__name__}: {exc}") from None
         if response.status_code != 201:
