@@ -17,6 +17,7 @@ from callkit import (
     ENDPOINT,
     STREAM_SID,
     Rig,
+    Tap,
     approx,
     connected_frame,
     media_frame,
@@ -273,7 +274,8 @@ async def test_upstream_keepalive_timeout(autojump_clock, freeze_at, decided, po
 @pytest.mark.parametrize("frozen", ["agent-stops-reading", "bridge-hears-nothing"])
 async def test_upstream_keepalive_timeout_is_resumed(autojump_clock, frozen):
     """The ping of 20 gets no pong: at 30 the session is aborted and a new one opens at once; the
-    caller's audio goes to it, its echo comes back, and the call ends when the caller hangs up."""
+    caller's audio goes to it, its echo comes back, it answers the ping that ends its probation
+    (35), and the call ends when the caller hangs up."""
     async with rig(Settings(**KEEPALIVE)) as r:
         await r.accept_script(talking_script(60))
         freeze_provider(r, frozen, 5)
@@ -287,10 +289,10 @@ async def test_upstream_keepalive_timeout_is_resumed(autojump_clock, frozen):
     assert dead.pings == [approx(r.t0 + 20)]
     assert dead.close_frames == []
     assert r.rel(dead.closed_at) == approx(30)
-    # the new one: opened at 30, set up, pinged at 30 + keepalive_interval, closed normally
+    # the new one: opened at 30, set up, pinged at the end of its probation and 20 s later
     assert r.rel(second.opened_at) == approx(30)
     assert len(second.session_updates) == 1
-    assert resumed.pings == [approx(r.t0 + 50)]
+    assert resumed.pings == [approx(r.t0 + 35), approx(r.t0 + 55)]  # probation's end, + 20
     assert resumed.close_frames == [(approx(r.t0 + 60), 1000, "caller_stop")]
     assert r.rel(second.closed_at) == approx(60)
     assert second.close_code == 1000
@@ -307,7 +309,7 @@ async def test_upstream_keepalive_timeout_is_resumed(autojump_clock, frozen):
     assert record.resumes == 1
     assert (reconnects(r, "resumed"), reconnects(r, "failed")) == (1, 0)
     get = r.metrics.registry.get_sample_value
-    assert get("voxbridge_upstream_ping_rtt_seconds_count") == 1  # the new session's pong at 50
+    assert get("voxbridge_upstream_ping_rtt_seconds_count") == 2  # the new session's pongs
 
 
 @pytest.mark.parametrize("frozen", ["agent-stops-reading", "bridge-hears-nothing"])
@@ -421,6 +423,70 @@ async def test_upstream_stalled_resume_fails(autojump_clock):
     r.assert_accounted_once(Reason.UPSTREAM_STALLED)
     assert r.registry.recent[0].frames_from_caller == r.session.audio_in == 51
     assert (reconnects(r, "resumed"), reconnects(r, "failed")) == (0, 1)
+
+
+class Gated(Tap):
+    """``send_all`` parks while gated; ``release`` writes the data, then lets the send return
+    without another checkpoint (as a socket write that became possible does)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        super().__init__(inner)
+        self.gated = False
+        self.parked: tuple[bytes, trio.Event] | None = None
+        self.parked_at = 0.0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.gated:
+            released = trio.Event()
+            self.parked = (bytes(data), released)
+            self.parked_at = trio.current_time()
+            await released.wait()
+            return
+        await super().send_all(data)
+
+    async def release(self) -> None:
+        assert self.parked is not None
+        self.gated = False
+        (data, released), self.parked = self.parked, None
+        await self.inner.send_all(data)
+        released.set()
+
+
+async def test_a_provider_send_that_completes_at_its_deadline_does_not_end_the_call(
+    autojump_clock: trio.testing.MockClock,
+):
+    """A provider write that becomes possible in the loop iteration where its send_timeout expires
+    (trio wakes I/O, then expires deadlines, then runs the batch) lets the send return normally
+    inside a scope already cancelled; the next checkpoint then raises ``UpstreamTimeout`` with no
+    send in flight. That is a send that finished in time, not a stall: the call goes on (it ended
+    ``internal_error`` on an assertion). The parked write is released 1 us before the deadline and
+    the clock moved 2 us, the way a real write that becomes possible at the deadline lands."""
+    settings = Settings(idle_timeout=1000)
+    async with rig(settings) as r:
+        await r.accept_sim(seconds=20)
+        plain = r.connector()
+        streams: list[Gated] = []
+
+        async def connect(host: str, port: int) -> trio.abc.Stream:
+            tap = await plain(host, port)
+            assert isinstance(tap, Tap)
+            streams.append(Gated(tap.inner))
+            return streams[-1]
+
+        async def provider_slow_for_exactly_send_timeout() -> None:
+            await trio.sleep_until(r.t0 + 1.005)
+            gated = streams[0]
+            gated.gated = True
+            while gated.parked is None:
+                await trio.sleep(0.001)
+            await trio.sleep_until(gated.parked_at + settings.send_timeout - 1e-6)
+            await gated.release()  # the write goes through: the send task is runnable...
+            autojump_clock.jump(2e-6)  # ...when the loop next expires deadlines
+
+        r.nursery.start_soon(provider_slow_for_exactly_send_timeout)
+        disconnect = await r.run(connect)
+    assert disconnect.reason is not Reason.INTERNAL_ERROR, repr(disconnect.__cause__)
+    assert disconnect.reason is Reason.CALLER_STOP
 
 
 @pytest.mark.parametrize(("budget", "decided", "attempts"), [(5, 10, 2), (0, 5, 1)])

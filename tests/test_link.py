@@ -3,19 +3,26 @@
 Each test is one of the faults the edges issue found on 0.1, with the input that showed it; every
 provider socket is the bridge's end of a memory stream wrapped in a :class:`~callkit.Tap`, so the
 assertions say what the bridge did with each socket (close frames written, when the stream was
-closed) as well as how the call ended and what was counted.
+closed) as well as how the call ended and what was counted. The last sections hold faults found in
+the link after those fixes: a recycle that fails once the conversation is long, a recycled
+session's early audio played out of order, an upkeep that spins on a session lost during its ping,
+frozen sessions that prove healthy on probation, and ``aclose`` leaving sockets open when cancelled.
 """
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
-from callkit import Rig, Tap, approx, rig
+from callkit import ENDPOINT, Rig, Tap, approx, rig
 from trio_websocket import wrap_server_stream
 
 from voxbridge.errors import Reason
+from voxbridge.metrics import Metrics
+from voxbridge.providers.openai_realtime import OpenAIProvider
+from voxbridge.session.link import ProviderLink
 from voxbridge.settings import Settings
-from voxbridge.testing import EchoAgent
+from voxbridge.testing import EchoAgent, FakeOpenAIRealtime
 from voxbridge.upstream import StreamConnector
 
 
@@ -63,6 +70,14 @@ def closing_after_accept(r: Rig, code: int = 1011) -> StreamConnector:
 def assert_every_socket_closed(r: Rig) -> None:
     assert r.upstream_taps, "no provider socket was opened"
     assert all(tap.closed_at is not None for tap in r.upstream_taps)
+
+
+class SlowWrites(Tap):
+    """A provider socket whose every write from the bridge waits 50 ms first."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(0.05)  # the fresh session's ping leaves 0.1 s after its handshake
+        await super().send_all(data)
 
 
 # --- fault 2: a recycle whose new session closes before it is set up ----------------------------
@@ -231,3 +246,154 @@ async def test_a_provider_that_stops_reading_is_resumed_too(autojump_clock):
     assert reconnects(r, "resumed") == 1
     r.assert_accounted_once(Reason.CALLER_STOP)
     assert_every_socket_closed(r)
+
+
+# --- recycling a long conversation ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lines", [10, 40, 100])
+async def test_a_recycle_succeeds_with_a_long_conversation(autojump_clock, lines):
+    # The first session is recycled at 30 s (make before break) however many transcript lines are
+    # replayed. The fresh session answers the history with 2 events per line (GA protocol); unread
+    # until the switch, they filled trio-websocket's message queue (64) from about 33 lines on,
+    # its reader paused and answered no ping, and every recycle failed on the ping: the first
+    # session carried the call to its end. A 55-minute call (what recycling is for) has far more.
+    agent = EchoAgent(
+        delay=0.1,
+        caller_transcripts=[(0.5 + i * 0.1, f"line {i}") for i in range(lines)],
+        only_session=1,
+    )
+    settings = Settings(session_max_age=30, idle_timeout=1000, keepalive_interval=1000)
+    async with rig(settings, agent=agent) as r:
+        await r.accept_sim(seconds=50)
+        disconnect = await r.run()
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert len(r.registry.recent[0].transcript) == lines
+    first = r.upstream_taps[0]
+    assert first.close_frames[:1] == [(approx(r.t0 + 30.0), 1000, "recycled")]
+
+
+async def test_a_recycled_sessions_early_audio_is_played_in_order(autojump_clock):
+    # The frames a recycled session sends before the switch are kept (``Session.early``) and come
+    # first, to ``receive`` and to the call's coalescing of agent audio alike. When coalescing read
+    # the socket directly, an early audio chunk was merged with audio that came after the rest of
+    # the early frames, and the caller heard the turn scrambled (1, 2, 27, 28, 29, 30, 3, ...).
+    # The fresh session speaks at once (as Ultravox does when the replayed history ends with the
+    # caller's words); each write to the caller takes 10 ms, as over a WAN.
+    audio = b"".join(bytes([i + 1]) * 160 for i in range(100))  # chunk i is 20 ms of byte i+1
+    fake = FakeOpenAIRealtime(echo_delay=None, speak=[(0.0, audio)], speak_pace=5, only_session=2)
+    settings = Settings(session_max_age=5, idle_timeout=1000, keepalive_interval=1000)
+    async with rig(settings, agent=fake) as r:  # type: ignore[arg-type]
+        await r.accept_sim(seconds=12)
+        assert r.carrier_tap is not None
+        to_caller = r.carrier_tap.send_all
+
+        async def slow_to_caller(data: bytes | bytearray | memoryview) -> None:
+            await trio.sleep(0.01)
+            await to_caller(data)
+
+        r.carrier_tap.send_all = slow_to_caller  # type: ignore[method-assign]
+
+        async def connect(host: str, port: int) -> trio.abc.Stream:
+            r.connects += 1
+            client, server = trio.testing.memory_stream_pair()
+            r.nursery.start_soon(fake.handle_stream, server)
+            tap = (SlowWrites if r.connects == 2 else Tap)(client)
+            r.upstream_taps.append(tap)
+            return tap
+
+        disconnect = await r.run(connect)
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert r.upstream_taps[0].close_frames[0][2] == "recycled"
+    assert r.sim is not None
+    heard: list[int] = []
+    for value in bytes(r.sim.result.audio_received):
+        if 1 <= value <= 100 and (not heard or heard[-1] != value):
+            heard.append(value)
+    assert heard == sorted(heard), f"agent audio out of order: {heard[:12]} ..."
+
+
+# --- probation: a resumed session must answer a ping ----------------------------------------------
+
+
+@pytest.mark.hang_limit(15)
+async def test_upkeep_does_not_spin_after_a_probation_that_ended_during_a_ping(autojump_clock):
+    # Session 1 drops at 2.0 and is resumed at once; session 2's probation ends at 2.0 + 2.5.
+    # Upkeep pings at 4.0 (pong_timeout 1 s); session 2 freezes at 3.9, and so does the caller's
+    # reading (the task reading the provider is then stuck in carrier.send for send_timeout). The
+    # lost session's expired probation instant must not wake upkeep again: it did, at once and for
+    # ever, freezing the virtual clock at 5.0 (in real time, a 100 % CPU spin). The caller's
+    # stalled send ends the call send_timeout after it blocked.
+    agent = EchoAgent(delay=0.1, hangup_after=2.0, only_session=1)
+    settings = Settings(
+        keepalive_interval=1, pong_timeout=1, reconnect_budget=2.5, idle_timeout=1000
+    )
+    async with rig(settings, agent=agent) as r:
+        await r.accept_sim(seconds=20)
+
+        def freeze() -> None:
+            agent.sessions[1].stream.stop_reading()
+            assert r.carrier_tap is not None
+            r.carrier_tap.stop_writing()
+
+        r.at(3.9, freeze)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.CALLER_STALLED
+    assert returned < 12
+
+
+async def test_a_provider_that_freezes_every_session_cannot_keep_the_call_alive(autojump_clock):
+    # Every session is accepted, answers the opening, then freezes 0.5 s after it opened (reads
+    # nothing, answers no ping, never closes); default settings: keepalive 20 s + pong 10 s find
+    # each freeze. A session that stayed "up" through its probation without answering a ping has
+    # proved nothing: the frozen replacements are never counted resumed and share the first
+    # drop's budget, so the call ends upstream_keepalive_timeout about keepalive + pong + budget
+    # in. Without the ping each one opened a fresh budget and the call lived until the caller
+    # gave up (600 s, 19 sessions counted resumed).
+    agent = EchoAgent(delay=0.1, stop_reading_at=0.5)
+    async with rig(Settings(), agent=agent) as r:
+        await r.accept_sim(seconds=600)
+        disconnect = await r.run()
+        returned = r.now()
+    get = r.metrics.registry.get_sample_value
+    resumed = get("voxbridge_upstream_reconnects_total", {"outcome": "resumed"})
+    assert resumed == 0, f"{resumed} frozen sessions counted resumed"
+    assert disconnect.reason is Reason.UPSTREAM_KEEPALIVE_TIMEOUT
+    assert returned < 120
+
+
+# --- closing --------------------------------------------------------------------------------------
+
+
+async def test_aclose_under_cancellation_closes_every_socket(autojump_clock):
+    # ``aclose`` in a cancelled scope aborts every socket, not just the first: the first abort
+    # used to raise Cancelled and leave the rest open, their reader hosts shielded until
+    # live_until (the call's hard bound, here 1000 s) and the sockets nursery waiting for them.
+    settings = Settings()
+    async with rig(settings) as r:
+        async with trio.open_nursery() as sockets:
+            link = ProviderLink(
+                OpenAIProvider.from_settings(ENDPOINT, settings),
+                settings=settings,
+                metrics=Metrics(),
+                nursery=sockets,
+                connect_stream=r.connector(),
+                history=[],
+                call_id="aclose",
+                live_until=trio.current_time() + 1000,
+            )
+            await link.open()
+            # two more sockets, as a recycle (or two) in flight would have made
+            await link._establish(trio.current_time() + 5, retry=False)
+            await link._establish(trio.current_time() + 5, retry=False)
+            assert len(link.sockets) == 3
+            with trio.CancelScope() as cancelled:
+                cancelled.cancel()
+                await link.aclose(1000, "bye")
+            closing_done = trio.current_time()
+            left = len(link.sockets)
+        nursery_done = trio.current_time()
+    assert left == 0
+    assert all(tap.closed_at is not None for tap in r.upstream_taps)
+    assert nursery_done - closing_done < 1
