@@ -115,13 +115,8 @@ _TIMEOUTS = frozenset(
 )
 
 
-class Disconnect(Exception):
-    """The call is over, for ``reason``.
-
-    Args:
-        reason: one of the closed set of reasons.
-        detail: a short human sentence for the log (never a secret, never audio).
-    """
+class _Reasoned(Exception):
+    """An exception that carries a ``Reason`` and a short detail for the log."""
 
     def __init__(self, reason: Reason, detail: str = "") -> None:
         super().__init__(reason, detail)
@@ -132,7 +127,16 @@ class Disconnect(Exception):
         return f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value
 
     def __repr__(self) -> str:
-        return f"Disconnect({self.reason!r}, {self.detail!r})"
+        return f"{type(self).__name__}({self.reason!r}, {self.detail!r})"
+
+
+class Disconnect(_Reasoned):
+    """The call is over, for ``reason``.
+
+    Args:
+        reason: one of the closed set of reasons.
+        detail: a short human sentence for the log (never a secret, never audio).
+    """
 
 
 def ends_call(reason: Reason) -> Callable[[str], Disconnect]:
@@ -143,20 +147,13 @@ def ends_call(reason: Reason) -> Callable[[str], Disconnect]:
 _ENDERS = {reason: partial(Disconnect, reason) for reason in Reason}
 
 
-class LinkDown(Exception):
+class LinkDown(_Reasoned):
     """The provider link gave up: the call cannot go on, for ``reason``.
 
     Raised only by :class:`voxbridge.session.link.ProviderLink` (after it tried to resume, or at
     once for a refusal or the agent hanging up); the call turns it into ``Disconnect(reason)``.
+    A different class from ``Disconnect`` on purpose: "the link dropped" is not "the call is over".
     """
-
-    def __init__(self, reason: Reason, detail: str = "") -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason.value}: {self.detail}" if self.detail else self.reason.value
 
 
 class UpstreamError(Exception):
