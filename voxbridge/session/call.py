@@ -393,49 +393,52 @@ class Call:
             state.frames_from_caller += count
             frames.inc(count)
 
+        async def relay() -> None:
+            """Carrier frames to the provider until the call ends, or a provider send stalls."""
+            nonlocal listen_since, now
+            with watch:
+                while True:
+                    # The idle deadline counts from when we are ready to listen again: the last
+                    # frame heard, or later if a send kept us from reading -- a caller is never
+                    # charged for our own delays.
+                    watch.arm(idle_timeout, IDLE_TIMEOUT, since=listen_since)
+                    listen_since = None
+                    if batch:  # audio gathered: wait for the next frame, up to the window
+                        frame: str | bytes | None = None
+                        with trio.move_on_at(batch.flush_at):
+                            frame = await carrier.receive()
+                        if frame is None:
+                            flushing = trio.current_time()
+                            await forward(*batch.take())
+                            # the silence still counts from the last frame (plus our send)
+                            listen_since = now + (trio.current_time() - flushing)
+                            continue
+                    else:
+                        frame = await carrier.receive()
+                    now = state.last_caller_frame_at = trio.current_time()
+                    event = self._decode(frame)
+                    if type(event) is Media:
+                        if event.track != "inbound":
+                            continue
+                        if batch is None:
+                            await forward(event.payload, 1)
+                        elif batch.add(event.payload, now):
+                            await forward(*batch.take())
+                    elif type(event) is Mark:
+                        playback.played(event.name)
+                    elif type(event) is Stop:
+                        if batch:
+                            await forward(*batch.take())  # the caller's last words still count
+                        raise Disconnect(Reason.CALLER_STOP, "carrier sent stop")
+                    elif type(event) is Dtmf:
+                        log.debug(
+                            "caller pressed %s", event.digit, extra={"call_id": state.call_id}
+                        )
+
         with _counted_at_exit(backlog, batch, dropped):
-            while True:  # one pass per provider send that stalled
+            while True:
                 try:
-                    with watch:
-                        while True:
-                            # The idle deadline counts from when we are ready to listen again:
-                            # the last frame heard, or later if a send kept us from reading -- a
-                            # caller is never charged for our own delays.
-                            watch.arm(idle_timeout, IDLE_TIMEOUT, since=listen_since)
-                            listen_since = None
-                            if batch:  # audio gathered: wait for the next frame, up to the window
-                                frame: str | bytes | None = None
-                                with trio.move_on_at(batch.flush_at):
-                                    frame = await carrier.receive()
-                                if frame is None:
-                                    flushing = trio.current_time()
-                                    await forward(*batch.take())
-                                    # the silence still counts from the last frame (plus our send)
-                                    listen_since = now + (trio.current_time() - flushing)
-                                    continue
-                            else:
-                                frame = await carrier.receive()
-                            now = state.last_caller_frame_at = trio.current_time()
-                            event = self._decode(frame)
-                            if type(event) is Media:
-                                if event.track != "inbound":
-                                    continue
-                                if batch is None:
-                                    await forward(event.payload, 1)
-                                elif batch.add(event.payload, now):
-                                    await forward(*batch.take())
-                            elif type(event) is Mark:
-                                playback.played(event.name)
-                            elif type(event) is Stop:
-                                if batch:
-                                    await forward(*batch.take())  # the last words still count
-                                raise Disconnect(Reason.CALLER_STOP, "carrier sent stop")
-                            elif type(event) is Dtmf:
-                                log.debug(
-                                    "caller pressed %s",
-                                    event.digit,
-                                    extra={"call_id": state.call_id},
-                                )
+                    await relay()
                 except UpstreamTimeout as exc:  # the provider stopped reading
                     watch = Deadline()  # a scope is entered once: the next pass gets a new one
                     if sending is None:
