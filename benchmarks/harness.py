@@ -393,7 +393,13 @@ class Bench:
         """The peer's ``/metrics`` as {name{labels}: value} (empty if it has none)."""
         assert proc.url is not None
         try:
-            response = httpx.get(proc.url + "/metrics", timeout=5.0)
+            # Connection: close -- the server closes first. A keep-alive scrape is held by hypercorn
+            # in CLOSE_WAIT for keep_alive_timeout (5 s) after httpx's FIN, and the soak, which
+            # tells callers' sockets by port, counted it as a caller's when its ephemeral port was
+            # one a caller had used (2,000 callers' ports span the whole ephemeral range).
+            response = httpx.get(
+                proc.url + "/metrics", headers={"Connection": "close"}, timeout=5.0
+            )
         except httpx.HTTPError:
             return {}
         if response.status_code != 200:

@@ -8,8 +8,8 @@ shielded scope, so a caller with a full window blocked the app's ``send`` for ev
 call's ``send_timeout`` nor ``max_call_duration`` could interrupt it and the teardown (provider
 socket included) never started; ``voxbridge serve`` was freed only by the kernel's
 ``tcp_user_timeout`` (~15 s after accept here), ``hypercorn -k trio voxbridge.asgi:app`` never.
-``voxbridge.server.containment.ContainedTCPServer`` makes that write cancellable and closes the
-stream when a write is cancelled.
+``voxbridge.server.containment.ContainedTCPServer`` gives that shield a deadline (the app's
+``send_timeout``) and closes the stream when a write outlives it.
 
 The test holds, under both ``voxbridge serve`` (in-process) and ``hypercorn -k trio
 voxbridge.asgi:app`` (a subprocess): the call ends (``voxbridge_calls_active`` back to 0) and the

@@ -65,20 +65,23 @@ log = logging.getLogger("voxbridge.server")
 #: 0.17/0.18. Checked by parameter names at install time.
 _HANDLE_PARAMS = ("app", "config", "scope", "receive", "send", "sync_spawn", "call_soon")
 _SPAWN_APP_PARAMS = ("self", "app", "config", "scope", "send")
+#: How long one write to a peer may block when the app has no ``send_timeout`` (seconds).
+WRITE_TIMEOUT = 5.0
 #: The WebSocket ping loop ``ReleasingTaskGroup.spawn`` recognises (``WSStream._send_pings``).
 _PING_LOOP = "_send_pings"
 
 
 class ContainedTCPServer(_TCPServer):
-    """hypercorn's per-connection server, with its failures kept to itself, and cancellable writes.
+    """hypercorn's per-connection server, with its failures kept to itself, and bounded writes.
 
-    hypercorn writes every frame with ``send_all`` inside a *shielded* scope, so a carrier that
-    stops reading (a full window) blocks the app's ``send`` for ever: no deadline of the call, not
-    even ``max_call_duration``, can end it, and the call never reaches its teardown (only the
-    kernel's ``TCP_USER_TIMEOUT`` did, under ``voxbridge serve``; nothing under ``hypercorn -k
-    trio``). The shield exists because a write cancelled half-way leaves half a frame on the
-    stream. Here the write is cancellable, and a cancelled write closes the stream at once: the
-    connection is unusable, and its owner is ending it anyway.
+    hypercorn writes every frame with ``send_all`` inside a *shielded* scope with no deadline, so
+    a carrier that stops reading (a full window) blocked the app's ``send`` for ever: no deadline
+    of the call, not even ``max_call_duration``, could end it, and the call never reached its
+    teardown (only the kernel's ``TCP_USER_TIMEOUT`` did, under ``voxbridge serve``; nothing under
+    ``hypercorn -k trio``). The shield is right -- a write cancelled half-way leaves half a frame
+    on the stream, and a call that ends while it sends audio must still be able to send its close
+    frame -- but a shield needs a deadline: the app's ``send_timeout`` (``WRITE_TIMEOUT`` for an
+    app without one). A write still blocked then closes the stream: the peer does not read.
     """
 
     async def protocol_send(self, event: Event) -> None:
@@ -87,12 +90,25 @@ class ContainedTCPServer(_TCPServer):
             return
         async with self.send_lock:
             try:
-                await self.stream.send_all(event.data)
+                with trio.CancelScope(shield=True) as bound:
+                    bound.deadline = trio.current_time() + self._write_timeout()
+                    await self.stream.send_all(event.data)
+                if bound.cancelled_caught:  # the peer stopped reading: half a frame may be out
+                    await trio.aclose_forcefully(self.stream)
+                    await self.protocol.handle(Closed())
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
-            except BaseException:  # cancelled mid-write: the stream may end in half a frame
-                await trio.aclose_forcefully(self.stream)  # closed before its first checkpoint
-                raise
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The peer is gone: hypercorn's keep-alive idle timer (5 s) would otherwise hold the
+        # connection, and its socket in CLOSE_WAIT, until it fires.
+        await self.idle_task.stop()
+
+    def _write_timeout(self) -> float:
+        settings = getattr(getattr(self.app, "app", None), "settings", None)
+        timeout = getattr(settings, "send_timeout", None)
+        return timeout if isinstance(timeout, int | float) else WRITE_TIMEOUT
 
     async def run(self) -> None:
         try:
