@@ -34,6 +34,7 @@ protects ``hypercorn -k trio voxbridge.asgi:app``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -91,7 +92,7 @@ class ContainedTCPServer(_TCPServer):
         async with self.send_lock:
             try:
                 with trio.CancelScope(shield=True) as bound:
-                    bound.deadline = trio.current_time() + self._write_timeout()
+                    bound.deadline = trio.current_time() + self._write_timeout
                     await self.stream.send_all(event.data)
                 if bound.cancelled_caught:  # the peer stopped reading: half a frame may be out
                     await trio.aclose_forcefully(self.stream)
@@ -105,7 +106,9 @@ class ContainedTCPServer(_TCPServer):
         # connection, and its socket in CLOSE_WAIT, until it fires.
         await self.idle_task.stop()
 
+    @functools.cached_property
     def _write_timeout(self) -> float:
+        """The app's ``send_timeout``, looked up once per connection (not per write)."""
         settings = getattr(getattr(self.app, "app", None), "settings", None)
         timeout = getattr(settings, "send_timeout", None)
         return timeout if isinstance(timeout, int | float) else WRITE_TIMEOUT
