@@ -12,10 +12,12 @@ import wave
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voxbridge.audio import (
+    b64_decode,
+    b64_encode,
     pcm16_to_ulaw,
     pcm16_to_ulaw_b64,
     read_wav_as_ulaw,
@@ -144,6 +146,96 @@ def test_base64_helpers_round_trip(ulaw: bytes) -> None:
 def test_bad_base64_is_rejected(payload: str) -> None:
     with pytest.raises(ValueError, match="base64"):
         ulaw_b64_to_pcm16(payload)
+
+
+# --- strict base64: every audio payload's one check ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "audio"),
+    [
+        ("", b""),
+        ("QQ==", b"A"),
+        ("QUI=", b"AB"),
+        ("QUJD", b"ABC"),
+        ("QUJDRA==", b"ABCD"),
+        ("/38AgA==", b"\xff\x7f\x00\x80"),
+        ("+/+/", b"\xfb\xff\xbf"),  # the standard alphabet's last two letters
+        ("AAAA", b"\x00\x00\x00"),
+    ],
+)
+def test_b64_decode_accepts_strict_base64(payload: str, audio: bytes) -> None:
+    assert b64_decode(payload) == audio
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "@@@@",  # outside the alphabet
+        "QUJD-_==",  # the URL-safe alphabet
+        "QUJ",  # missing padding
+        "QQ",
+        "QQ=",
+        "Q",
+        "QUJDR",
+        "QUJD\n",  # MIME line break
+        "\nQUJD",
+        "QU JD",
+        " QUJD",
+        "QUJD\t",
+        "QQ==QQ==",  # data after the padding
+        "QQ==Q",
+        "QQ=Q",  # padding in the middle
+        "=QUJ",  # leading padding
+        "====",
+        "=",
+        "QUJ\u00e9",  # non-ASCII text
+        "\uff31\uff35\uff2a\uff24",  # fullwidth "QUJD"
+        "QUJD\x00",
+    ],
+)
+def test_b64_decode_rejects_anything_else(payload: str) -> None:
+    with pytest.raises(ValueError, match=r"^not valid base64: "):
+        b64_decode(payload)
+
+
+@pytest.mark.parametrize(("payload", "audio"), [("QR==", b"A"), ("QUK=", b"AB"), ("QUJD=", b"ABC")])
+def test_b64_decode_noncanonical_spellings_are_the_same_bytes_or_rejected(
+    payload: str, audio: bytes
+) -> None:
+    """Non-zero pad bits and excess padding: CPython 3.11's strict mode accepts them, newer versions
+    reject them (gh-146311, gh-118314). Either way they never decode to other bytes."""
+    try:
+        decoded = b64_decode(payload)
+    except ValueError as exc:
+        assert str(exc).startswith("not valid base64: ")
+    else:
+        assert decoded == audio
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=1000))
+def test_b64_encode_round_trips(audio: bytes) -> None:
+    payload = b64_encode(audio)
+    assert payload == base64.b64encode(audio).decode("ascii")  # standard, padded, no newline
+    assert set(payload) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+    assert b64_decode(payload) == audio
+
+
+def test_b64_encode_known_vectors() -> None:
+    # RFC 4648 section 10
+    vectors = {
+        b"": "",
+        b"f": "Zg==",
+        b"fo": "Zm8=",
+        b"foo": "Zm9v",
+        b"foob": "Zm9vYg==",
+        b"fooba": "Zm9vYmE=",
+        b"foobar": "Zm9vYmFy",
+    }
+    for audio, payload in vectors.items():
+        assert b64_encode(audio) == payload
+        assert b64_decode(payload) == audio
 
 
 def test_tone_is_8khz_ulaw() -> None:

@@ -6,6 +6,9 @@ Twilio carrier simulator, which plays agent audio in real time and echoes marks 
 
 from __future__ import annotations
 
+import binascii
+import json
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,8 +23,8 @@ from voxbridge.audio import FRAME_BYTES, tone
 from voxbridge.errors import Disconnect, Reason
 from voxbridge.journal import MemoryJournal
 from voxbridge.metrics import Metrics
-from voxbridge.providers.openai_realtime import OpenAIProvider
-from voxbridge.session import CallRegistry, run_call
+from voxbridge.providers.openai_realtime import OpenAIProvider, OpenAIRealtimeCodec
+from voxbridge.session import CallRegistry, CarrierSocket, run_call
 from voxbridge.settings import Settings
 from voxbridge.testing import CallResult, CarrierSimulator
 from voxbridge.testing.fake_openai import FakeOpenAIRealtime
@@ -36,6 +39,7 @@ class Outcome:
         self.registry = CallRegistry()
         self.journal = MemoryJournal()
         self.ended_at = 0.0
+        self.carrier: RecordingCarrier | None = None
 
     def sample(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
@@ -43,9 +47,31 @@ class Outcome:
         return value
 
 
+class RecordingCarrier:
+    """The bridge's carrier socket, recording every frame the bridge sends the caller."""
+
+    def __init__(self, inner: CarrierSocket) -> None:
+        self.inner = inner
+        self.sent: list[str] = []
+
+    async def receive(self) -> str | bytes:
+        return await self.inner.receive()
+
+    async def send(self, frame: str) -> None:
+        self.sent.append(frame)
+        await self.inner.send(frame)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.inner.close(code, reason)
+
+
 @asynccontextmanager
 async def bridged(
-    fake: FakeOpenAIRealtime, settings: Settings, **caller: Any
+    fake: FakeOpenAIRealtime,
+    settings: Settings,
+    *,
+    provider_type: type[OpenAIProvider] = OpenAIProvider,
+    **caller: Any,
 ) -> AsyncIterator[Outcome]:
     """One call: simulator -> bridge -> fake, all in memory. The body runs alongside the call."""
     outcome = Outcome()
@@ -61,8 +87,8 @@ async def bridged(
                 done[0].set()
 
             nursery.start_soon(call)
-            carrier = await accept_carrier(nursery, bridge_end)
-            provider = OpenAIProvider(fake.endpoint(), instructions="be brief")
+            carrier = outcome.carrier = RecordingCarrier(await accept_carrier(nursery, bridge_end))
+            provider = provider_type(fake.endpoint(), instructions="be brief")
 
             async def bridge() -> None:
                 outcome.disconnect = await run_call(
@@ -380,3 +406,192 @@ async def test_a_failing_recycle_keeps_the_working_session(autojump_clock: Any) 
     assert outcome.disconnect.reason is Reason.CALLER_STOP
     assert len(fake.sessions) == 1  # every replacement was refused; the first carried the call
     assert outcome.caller.frames_sent == fake.sessions[0].audio_in
+
+
+# --- what the caller hears: validated audio, queued items, late audio, the goodbye ---------------
+
+A, B, X, Y, BYE = 0x11, 0x22, 0x33, 0x44, 0x55  # each agent item is one mu-law byte, repeated
+
+
+def item(value: int, seconds: float) -> bytes:
+    return bytes([value]) * int(seconds * 8000)
+
+
+def twilio_frames_are_valid(frames: list[str]) -> bool:
+    """Every frame is exactly a Twilio ``media``, ``mark`` or ``clear`` message for our stream."""
+    for frame in frames:
+        message = json.loads(frame)
+        event = message["event"]
+        if event == "media":
+            assert message.keys() == {"event", "streamSid", "media"}
+            assert message["media"].keys() == {"payload"}
+            assert binascii.a2b_base64(message["media"]["payload"], strict_mode=True)
+        elif event == "mark":
+            assert message.keys() == {"event", "streamSid", "mark"}
+            assert message["mark"].keys() == {"name"}
+        else:
+            assert message == {"event": "clear", "streamSid": message["streamSid"]}
+        assert isinstance(message["streamSid"], str) and message["streamSid"].startswith("MZ")
+    return True
+
+
+def delta(text: str) -> dict[str, Any]:
+    """A raw ``response.output_audio.delta`` carrying ``text``, outside any scripted turn."""
+    return {
+        "type": "response.output_audio.delta",
+        "response_id": "resp_raw",
+        "item_id": "item_raw",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": text,
+    }
+
+
+async def test_bad_provider_audio_is_dropped_counted_and_never_reaches_the_caller(
+    autojump_clock: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Two inputs real bridges have shipped: a delta that is not base64 at all, and one with bad
+    # padding in the middle of a burst of good ones (it used to end the call internal_error).
+    fake = await served(
+        FakeOpenAIRealtime(
+            speak=[(0.2, item(A, 1.0), "one second")],
+            corrupt_deltas={3: "QUJ"},
+            events_at=[(0.1, delta("@@@@"))],
+        )
+    )
+    with caplog.at_level(logging.DEBUG, logger="voxbridge.call"):
+        async with bridged(fake, Settings(), seconds=2.0) as outcome:
+            pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP  # the call went on
+    bad = {"provider": "openai", "reason": "bad_audio"}
+    assert outcome.sample("voxbridge_provider_frames_dropped_total", **bad) == 2
+    # All of the turn but the one 20 ms chunk whose delta was corrupted; nothing else.
+    assert bytes(outcome.caller.audio_received) == item(A, 0.98)
+    assert outcome.carrier is not None and twilio_frames_are_valid(outcome.carrier.sent)
+    drops = [r for r in caplog.records if r.getMessage().startswith("provider frame dropped")]
+    assert [r.levelno for r in drops] == [logging.WARNING, logging.DEBUG]  # one warning a call
+
+
+async def test_two_queued_items_truncate_the_heard_one_and_the_one_behind(
+    autojump_clock: Any,
+) -> None:
+    # The agent answers twice, back to back, five times faster than real time; the caller talks
+    # 1.01 s into the first answer's playback, while the second is queued behind it.
+    fake = await served(
+        FakeOpenAIRealtime(
+            speak=[(0.2, item(A, 2.0), "first"), (0.2, item(B, 2.0), "second")],
+            speech_started_at=[1.21],
+        )
+    )
+    async with bridged(fake, Settings(), seconds=3.0) as outcome:
+        pass
+    caller = outcome.caller
+    assert caller is not None and caller.clears_received == 1
+    session = fake.sessions[0]
+    first, second = session.responses
+    assert second.status == "completed"  # both answers were sent before the caller spoke
+    assert caller.heard_ms(A) == approx(1010, abs=0.2)
+    assert caller.heard_ms(B) == 0
+    # A: heard to its last echoed mark (20 ms messages: 1000 ms); B: queued, never heard.
+    assert [(t["item_id"], t["audio_end_ms"]) for t in session.truncates] == [
+        (first.item_id, 1000),
+        (second.item_id, 0),
+    ]
+    assert not [e for e in session.events_in if e["type"] == "response.cancel"]  # none running
+    assert session.errors_sent == []  # the provider accepted every truncate
+
+
+async def test_late_audio_of_an_interrupted_answer_is_dropped_until_a_new_one(
+    autojump_clock: Any,
+) -> None:
+    # Ten 100 ms chunks of X, the caller speaks, three more chunks of X were already in flight;
+    # then, later, a new answer Y.
+    fake = await served(
+        FakeOpenAIRealtime(
+            speak=[(0.2, item(X, 2.0), "cut off"), (1.0, item(Y, 0.5), "next")],
+            chunk_ms=100,
+            speech_started_at=[0.39],
+            late_chunks=3,
+        )
+    )
+    async with bridged(fake, Settings(), seconds=2.0) as outcome:
+        pass
+    caller = outcome.caller
+    assert caller is not None and outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    session = fake.sessions[0]
+    cut, following = session.responses
+    assert following.status == "completed"
+    assert cut.status == "cancelled" and cut.late_deltas == 3
+    late = {"provider": "openai", "reason": "late_audio"}
+    assert outcome.sample("voxbridge_provider_frames_dropped_total", **late) == 3
+    assert caller.heard_ms(X) == approx(190, abs=0.2)  # up to the clear, and never again
+    assert caller.heard_ms(Y) == 500  # the new answer plays in full
+    # The response was still being generated: cancelled by id, then X truncated at its last
+    # echoed mark (one 100 ms chunk).
+    kinds = [e for e in session.events_in if e["type"].startswith(("response.", "conversation."))]
+    assert kinds[-2:] == [
+        {"type": "response.cancel", "response_id": cut.response_id},
+        {
+            "type": "conversation.item.truncate",
+            "item_id": cut.item_id,
+            "content_index": 0,
+            "audio_end_ms": 100,
+        },
+    ]
+
+
+class HangingUpCodec(OpenAIRealtimeCodec):
+    """OpenAI's codec, for a provider whose close 1000 is the agent hanging up (as Ultravox's)."""
+
+    def close_reason(self, code: int) -> Reason:
+        return Reason.AGENT_HANGUP if code == 1000 else super().close_reason(code)
+
+
+class HangingUpProvider(OpenAIProvider):
+    def codec(self) -> OpenAIRealtimeCodec:
+        return HangingUpCodec(instructions=self.instructions)
+
+
+def goodbye(hangup_at: float) -> FakeOpenAIRealtime:
+    """A 2 s goodbye sent at 0.2 s (by 0.6 s: five times real time), then the agent hangs up."""
+    return FakeOpenAIRealtime(speak=[(0.2, item(BYE, 2.0), "goodbye")], close_at=(hangup_at, 1000))
+
+
+@pytest.mark.parametrize(
+    ("farewell_timeout", "heard_ms", "ended_at"),
+    [
+        (5.0, 2000, 2.2),  # the goodbye plays out, then the call ends
+        (0.5, 1000, 1.2),  # bounded: 0.5 s after the hang-up, whatever is left unplayed
+        (0.0, 500, 0.7),  # off: close at once, as before
+    ],
+)
+async def test_the_goodbye_is_heard_before_the_call_ends(
+    autojump_clock: Any, farewell_timeout: float, heard_ms: float, ended_at: float
+) -> None:
+    fake = await served(goodbye(hangup_at=0.7))
+    t0 = trio.current_time()
+    settings = Settings(farewell_timeout=farewell_timeout)
+    async with bridged(fake, settings, provider_type=HangingUpProvider, seconds=10.0) as outcome:
+        pass
+    caller = outcome.caller
+    assert caller is not None and outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.AGENT_HANGUP
+    assert (caller.close_code, caller.close_reason) == (1000, "agent_hangup")
+    assert caller.heard_ms(BYE) == approx(heard_ms, abs=0.2)
+    assert outcome.ended_at - t0 == approx(ended_at, abs=0.01)
+
+
+async def test_a_caller_hanging_up_during_the_goodbye_ends_the_call_at_once(
+    autojump_clock: Any,
+) -> None:
+    fake = await served(goodbye(hangup_at=0.7))
+    t0 = trio.current_time()
+    async with bridged(fake, Settings(), provider_type=HangingUpProvider, seconds=1.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.ended_at - t0 == approx(0.98, abs=0.01)  # the last frame, then stop: not 2.2 s
+    assert outcome.disconnect.reason is Reason.AGENT_HANGUP  # the agent's decision stands
+    assert "the caller hung up during the goodbye" in outcome.disconnect.detail
+    assert outcome.sample("voxbridge_call_disconnects_total", reason="agent_hangup") == 1

@@ -28,7 +28,7 @@ from trio_websocket import (
 )
 
 from voxbridge.errors import Reason
-from voxbridge.providers.events import AgentAudio, ProviderError, SpeechStarted, Transcript
+from voxbridge.providers.events import ProviderError, SpeechStarted, Transcript
 from voxbridge.providers.openai_realtime import OpenAIRealtimeCodec
 from voxbridge.testing.echo_agent import EchoAgent
 from voxbridge.testing.fake_openai import AgentSession, FakeOpenAIRealtime
@@ -139,6 +139,18 @@ def types(events: list[dict[str, Any]]) -> list[str]:
     return [event["type"] for event in events]
 
 
+def truncate(item_id: str, audio_end_ms: int) -> str:
+    """A client ``conversation.item.truncate``, built here: the fake is checked against the
+    ``openai`` package's models, not against the bridge's codec."""
+    event = {
+        "type": "conversation.item.truncate",
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": audio_end_ms,
+    }
+    return json.dumps(event)
+
+
 # --- the protocol -------------------------------------------------------------------------------
 
 
@@ -167,7 +179,7 @@ async def test_session_update_history_and_events_in_validate() -> None:
             assert added["item"]["role"] == "assistant"
             assert added["item"]["content"] == [{"type": "output_text", "text": "hello"}]
             await ws.send_message(CODEC.audio(CHUNK))
-            await ws.send_message(CODEC.interrupt("item_nope", 10)[0])
+            await ws.send_message(truncate("item_nope", 10))
             error = await until(ws, "error", seen)
             assert error["error"]["param"] == "item_id"
         [session] = fake.sessions
@@ -175,7 +187,7 @@ async def test_session_update_history_and_events_in_validate() -> None:
     assert session.path == "/v1/realtime?model=gpt-realtime"
     assert len(session.session_updates) == 1
     assert [e["item"]["role"] for e in session.items_created] == ["user", "assistant"]
-    assert session.truncates == [json.loads(CODEC.interrupt("item_nope", 10)[0])]
+    assert session.truncates == [json.loads(truncate("item_nope", 10))]
     assert session.audio_in == 1 and session.audio_in_bytes == 160
     assert types(session.events_in) == [
         "session.update",
@@ -241,11 +253,9 @@ async def test_echo_agent_plays_the_audio_back_after_its_delay() -> None:
                 await ws.send_message(CODEC.audio(CHUNK))
             deltas = [await until(ws, "response.output_audio.delta", seen) for _ in range(3)]
             assert trio.current_time() - sent_at >= 0.2
-            assert [CODEC.decode(json.dumps(d)) for d in deltas] == [
-                AgentAudio(CHUNK, "item_echo")
-            ] * 3
+            assert [(d["item_id"], d["delta"]) for d in deltas] == [("item_echo", CHUNK)] * 3
             # the echoed item can be truncated, as the bridge does on barge-in
-            await ws.send_message(CODEC.interrupt("item_echo", 40)[0])
+            await ws.send_message(truncate("item_echo", 40))
             truncated = await until(ws, "conversation.item.truncated", seen)
             assert truncated["audio_end_ms"] == 40
         session = await agent.wait_for_session()
@@ -362,10 +372,10 @@ async def test_speech_started_cancels_the_turn_and_truncate_checks_the_length() 
             }
             [record] = fake.sessions[0].responses
             assert 0 < record.sent_ms < 3000
-            await ws.send_message(CODEC.interrupt(record.item_id, record.sent_ms + 20)[0])
+            await ws.send_message(truncate(record.item_id, record.sent_ms + 20))
             error = (await until(ws, "error", seen))["error"]
             assert "shorter than" in error["message"]
-            await ws.send_message(CODEC.interrupt(record.item_id, 200)[0])
+            await ws.send_message(truncate(record.item_id, 200))
             truncated = await until(ws, "conversation.item.truncated", seen)
             assert (truncated["item_id"], truncated["audio_end_ms"]) == (record.item_id, 200)
     assert [t["audio_end_ms"] for t in fake.sessions[0].truncates] == [record.sent_ms + 20, 200]
@@ -513,3 +523,230 @@ async def test_only_session_drops_the_first_and_keeps_the_second() -> None:
             await second.closed.wait()
     assert fake.sessions[0].close_code == 1011
     assert second.number == 2 and second.close_code == 1000 and second.responses == []
+
+
+# --- late audio, cancels, corrupt deltas, raw events (in memory, on the autojump clock) ---------
+
+
+@asynccontextmanager
+async def in_memory(fake: FakeOpenAIRealtime) -> AsyncIterator[WebSocketConnection]:
+    """A client WebSocket to ``fake`` over a memory stream pair; closed on exit."""
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake.handle_stream, server)
+        ws = await wrap_client_stream(nursery, client, "localhost", "/v1/realtime")  # type: ignore[arg-type]
+        try:
+            yield ws
+        finally:
+            await ws.aclose()
+
+
+async def timed_until(
+    ws: WebSocketConnection, kind: str, seen: list[tuple[float, dict[str, Any]]]
+) -> dict[str, Any]:
+    """Like :func:`until`, noting each event's arrival time (``trio.current_time()``)."""
+    while True:
+        event = validated(await ws.get_message())
+        seen.append((trio.current_time(), event))
+        if event["type"] == kind:
+            return event
+
+
+def delta_times(seen: list[tuple[float, dict[str, Any]]], t0: float) -> list[float]:
+    return [t - t0 for t, e in seen if e["type"] == "response.output_audio.delta"]
+
+
+async def test_late_chunks_follow_speech_started_at_the_normal_pace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 20 ms chunks at 4x: one every 5 ms from 0.0; speech starts between chunk 20 (0.100) and 21
+    fake = FakeOpenAIRealtime(
+        speak=[(0.0, SPOKEN)], speak_pace=4.0, speech_started_at=[0.1025], late_chunks=3
+    )
+    seen: list[tuple[float, dict[str, Any]]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            done = await timed_until(ws, "response.done", seen)
+            session = fake.sessions[0]
+            assert session.accepted_at is not None
+            t0 = session.accepted_at
+            [record] = session.responses
+            await ws.send_message(truncate(record.item_id, 480))
+            truncated = await timed_until(ws, "conversation.item.truncated", seen)
+    started = [t - t0 for t, e in seen if e["type"] == "input_audio_buffer.speech_started"]
+    assert started == [pytest.approx(0.1025)]
+    times = delta_times(seen, t0)
+    assert len(times) == 21 + 3
+    assert times[-4:] == pytest.approx([0.100, 0.105, 0.110, 0.115])  # 3 late, at the same pace
+    assert [t for t in times if t > 0.1025] == pytest.approx([0.105, 0.110, 0.115])
+    items = {e["item_id"] for _, e in seen if e["type"] == "response.output_audio.delta"}
+    assert items == {record.item_id}
+    done_at = next(t for t, e in seen if e["type"] == "response.output_audio.done") - t0
+    assert done_at == pytest.approx(0.115)  # the .done events right after the last late chunk
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"] == {"type": "cancelled", "reason": "turn_detected"}
+    assert (record.status, record.reason, record.deltas, record.late_deltas) == (
+        "cancelled",
+        "turn_detected",
+        24,
+        3,
+    )
+    assert record.cancelled_at is not None and record.cancelled_at - t0 == pytest.approx(0.1025)
+    assert record.sent_bytes == 24 * 160 and record.sent_ms == 480
+    assert truncated["audio_end_ms"] == 480  # the late audio counts as sent: truncatable
+    validate_all_sent(session)
+
+
+async def test_without_late_chunks_a_cancelled_turn_stops_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(speak=[(0.0, SPOKEN)], speak_pace=4.0, speech_started_at=[0.1025])
+    seen: list[tuple[float, dict[str, Any]]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            await timed_until(ws, "response.done", seen)
+    t0 = fake.sessions[0].accepted_at
+    assert t0 is not None
+    assert len(delta_times(seen, t0)) == 21
+    done_at = next(t for t, e in seen if e["type"] == "response.output_audio.done") - t0
+    assert done_at == pytest.approx(0.1025)
+    assert fake.sessions[0].responses[0].late_deltas == 0
+
+
+async def test_late_chunks_after_a_client_cancel_then_truncate_at_zero(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(speak=[(0.0, SPOKEN)], speak_pace=4.0, late_chunks=2)
+    seen: list[tuple[float, dict[str, Any]]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            created = await timed_until(ws, "response.created", seen)
+            response_id = created["response"]["id"]
+            for _ in range(5):  # chunks 0..4, the last at 0.020
+                await timed_until(ws, "response.output_audio.delta", seen)
+            cancel = {"type": "response.cancel", "response_id": response_id}
+            await ws.send_message(json.dumps(cancel))
+            done = await timed_until(ws, "response.done", seen)
+            [record] = fake.sessions[0].responses
+            await ws.send_message(truncate(record.item_id, 0))
+            truncated = await timed_until(ws, "conversation.item.truncated", seen)
+            await ws.send_message(json.dumps(cancel))  # the response is over
+            error = (await timed_until(ws, "error", seen))["error"]
+    t0 = fake.sessions[0].accepted_at
+    assert t0 is not None
+    assert delta_times(seen, t0) == pytest.approx([0.0, 0.005, 0.010, 0.015, 0.020, 0.025, 0.030])
+    assert done["response"]["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+    assert (record.deltas, record.late_deltas, record.sent_ms) == (7, 2, 140)
+    assert (truncated["item_id"], truncated["audio_end_ms"]) == (record.item_id, 0)
+    assert fake.sessions[0].items[record.item_id] == 0
+    assert (error["code"], error["param"]) == ("response_cancel_not_active", "response_id")
+    validate_all_sent(fake.sessions[0])
+
+
+async def test_response_cancel_naming_another_response_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(speak=[(0.0, SPOKEN)], speak_pace=4.0)
+    seen: list[tuple[float, dict[str, Any]]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            await timed_until(ws, "response.output_audio.delta", seen)
+            stray = {"type": "response.cancel", "event_id": "evt_c1", "response_id": "resp_nope"}
+            await ws.send_message(json.dumps(stray))
+            error = (await timed_until(ws, "error", seen))["error"]
+            done = await timed_until(ws, "response.done", seen)
+            [record] = fake.sessions[0].responses
+            await ws.send_message(truncate(record.item_id, 0))  # a completed item, at 0
+            truncated = await timed_until(ws, "conversation.item.truncated", seen)
+    assert error == {
+        "type": "invalid_request_error",
+        "code": "response_cancel_not_active",
+        "message": "Cancellation failed: no active response found.",
+        "param": "response_id",
+        "event_id": "evt_c1",
+    }
+    assert done["response"]["status"] == "completed" and record.reason is None
+    assert record.deltas == 50 and record.cancelled_at is None
+    assert (truncated["item_id"], truncated["audio_end_ms"]) == (record.item_id, 0)
+    assert fake.sessions[0].items[record.item_id] == 0
+    validate_all_sent(fake.sessions[0])
+
+
+async def test_corrupt_deltas_count_turn_and_echo_deltas_and_records_keep_the_real_audio(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    turn = bytes(range(160)) * 5  # 100 ms: deltas 1..5; the echo's are 6..8
+    fake = FakeOpenAIRealtime(
+        speak=[(0.0, turn)], echo_delay=0.05, corrupt_deltas={2: "QUJ", 7: "@@@@"}
+    )
+    seen: list[tuple[float, dict[str, Any]]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            await timed_until(ws, "response.done", seen)
+            for _ in range(3):
+                await ws.send_message(CODEC.audio(CHUNK))
+            for _ in range(3):
+                await timed_until(ws, "response.output_audio.delta", seen)
+    session = fake.sessions[0]
+    [record] = session.responses
+    real = base64.b64encode(turn[:160]).decode()
+    deltas = [e["delta"] for _, e in seen if e["type"] == "response.output_audio.delta"]
+    assert deltas == [real, "QUJ", real, real, real, CHUNK, "@@@@", CHUNK]
+    assert session.corrupted == [(2, record.item_id), (7, "item_echo")]
+    # the fake believes it sent the real audio
+    assert (record.sent_bytes, record.deltas, record.status) == (800, 5, "completed")
+    assert session.items[record.item_id] == 100 and session.items["item_echo"] == 60
+    assert session.audio_out == 8
+    validate_all_sent(session)
+
+
+async def test_corrupt_deltas_respect_only_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(echo_delay=0.0, corrupt_deltas={1: "@@@@"}, only_session=2)
+    got: list[str] = []
+    with trio.fail_after(BUDGET):
+        for _ in range(2):
+            async with in_memory(fake) as ws:
+                await ws.send_message(CODEC.audio(CHUNK))
+                got.append((await until(ws, "response.output_audio.delta", []))["delta"])
+    assert got == [CHUNK, "@@@@"]
+    assert [s.corrupted for s in fake.sessions] == [[], [(1, "item_echo")]]
+
+
+def test_fault_knobs_are_checked() -> None:
+    with pytest.raises(ValueError, match="late_chunks"):
+        FakeOpenAIRealtime(late_chunks=-1)
+    with pytest.raises(ValueError, match="from 1"):
+        FakeOpenAIRealtime(corrupt_deltas={0: "@@@@"})
+
+
+async def test_events_at_sends_raw_events_as_given(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    late = {
+        "type": "response.output_audio.delta",
+        "response_id": "resp_old",
+        "item_id": "item_old",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": "AAAA",
+    }
+    novel = {"type": "session.something_new", "event_id": "evt_mine", "x": [1, {"y": None}]}
+    fake = FakeOpenAIRealtime(events_at=[(0.5, late), (0.25, novel)])
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            while len(arrivals) < 3:
+                event = json.loads(await ws.get_message())
+                arrivals.append((trio.current_time(), event))
+    t0 = fake.sessions[0].accepted_at
+    assert t0 is not None
+    (_, created), (at_novel, got_novel), (at_late, got_late) = arrivals
+    assert created["type"] == "session.created"
+    assert (at_novel - t0, got_novel) == (0.25, novel)
+    assert at_late - t0 == 0.5
+    assert got_late == {**late, "event_id": got_late["event_id"]}
+    assert got_late["event_id"].startswith("event_1_")
+    assert "event_id" not in late  # the caller's dict is left as it was
+    assert fake.sessions[0].events_out[1:] == [novel, got_late]

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai.types.beta.realtime import RealtimeClientEvent as BetaClientEvent
 from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
@@ -31,10 +32,19 @@ from openai.types.realtime.realtime_conversation_item_user_message import (
 from openai.types.realtime.realtime_session_create_request import RealtimeSessionCreateRequest
 from pydantic import BaseModel, TypeAdapter
 
-from voxbridge.errors import Reason, RemoteProtocolError
+from voxbridge.audio import b64_decode, b64_encode
+from voxbridge.carriers.twilio import TwilioStream, encode_connected, encode_start
+from voxbridge.errors import BadAudio, Reason, RemoteProtocolError
 from voxbridge.providers.base import ProviderSession
 from voxbridge.providers.endpoint import ProviderEndpoint
-from voxbridge.providers.events import AgentAudio, ProviderError, SpeechStarted, Transcript
+from voxbridge.providers.events import (
+    AgentAudio,
+    ProviderError,
+    ResponseStarted,
+    SpeechStarted,
+    Transcript,
+    Truncation,
+)
 from voxbridge.providers.openai_realtime import (
     BETA_HEADER,
     OpenAIProvider,
@@ -42,8 +52,14 @@ from voxbridge.providers.openai_realtime import (
     openai_endpoint,
 )
 
-CLIENT = {"ga": TypeAdapter(GAClientEvent), "beta": TypeAdapter(BetaClientEvent)}
-SERVER = {"ga": TypeAdapter(GAServerEvent), "beta": TypeAdapter(BetaServerEvent)}
+CLIENT: dict[str, TypeAdapter[Any]] = {
+    "ga": TypeAdapter(GAClientEvent),
+    "beta": TypeAdapter(BetaClientEvent),
+}
+SERVER: dict[str, TypeAdapter[Any]] = {
+    "ga": TypeAdapter(GAServerEvent),
+    "beta": TypeAdapter(BetaServerEvent),
+}
 FLAVOURS = ["ga", "beta"]
 KEY = "sk-test-0123456789abcdef"
 
@@ -67,7 +83,7 @@ def client_event(flavour: str, frame: str | bytes) -> BaseModel:
     event = json.loads(frame)
     model = CLIENT[flavour].validate_python(event)
     assert isinstance(model, BaseModel)
-    assert model.type == event["type"]
+    assert model.type == event["type"]  # type: ignore[attr-defined]
     assert extras(model) == [], f"fields the {flavour} schema does not know: {extras(model)}"
     assert model.model_dump(mode="json", exclude_unset=True) == event
     return model
@@ -256,19 +272,107 @@ def test_audio_is_an_append(flavour: str, payload: str) -> None:
     assert codec.append_audio(payload) == frame  # the former name
 
 
+def truncate(item_id: str, audio_end_ms: int) -> dict[str, Any]:
+    return {
+        "type": "conversation.item.truncate",
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": audio_end_ms,
+    }
+
+
+def response_created(response_id: str) -> dict[str, Any]:
+    return {"type": "response.created", "event_id": "e", "response": {"id": response_id}}
+
+
+def response_done(response_id: str) -> dict[str, Any]:
+    return {
+        "type": "response.done",
+        "event_id": "e",
+        "response": {"id": response_id, "status": "completed"},
+    }
+
+
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_interrupt_truncates_the_heard_audio(flavour: str) -> None:
     codec = OpenAIRealtimeCodec(flavour)  # type: ignore[arg-type]
-    [frame] = codec.interrupt("item_abc", 1234)
-    assert json.loads(frame) == {
-        "type": "conversation.item.truncate",
-        "item_id": "item_abc",
-        "content_index": 0,
-        "audio_end_ms": 1234,
-    }
+    [frame] = codec.interrupt([Truncation("item_abc", 1234)])
+    assert json.loads(frame) == truncate("item_abc", 1234)
     client_event(flavour, frame)
-    assert json.loads(codec.interrupt("item_abc", -5)[0])["audio_end_ms"] == 0
-    assert codec.interrupt(None, 500) == []
+    [clamped] = codec.interrupt([Truncation("item_abc", -5)])
+    assert json.loads(clamped) == truncate("item_abc", 0)
+    client_event(flavour, clamped)
+    assert codec.interrupt([]) == []  # no response in progress, nothing heard: nothing to say
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_interrupt_truncates_every_item_in_order(flavour: str) -> None:
+    """The item being heard at the heard millisecond, the items queued behind it at 0."""
+    codec = OpenAIRealtimeCodec(flavour)  # type: ignore[arg-type]
+    frames = codec.interrupt([Truncation("a", 960), Truncation("b", 0)])
+    assert [json.loads(frame) for frame in frames] == [truncate("a", 960), truncate("b", 0)]
+    models = [client_event(flavour, frame) for frame in frames]
+    assert [(m.item_id, m.audio_end_ms) for m in models] == [("a", 960), ("b", 0)]  # type: ignore[attr-defined]
+
+
+def in_progress(codec: OpenAIRealtimeCodec) -> str | None:
+    """``codec.response_id``, read afresh (mypy would keep an earlier assert's narrowing)."""
+    return codec.response_id
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_interrupt_cancels_the_response_in_progress_first(flavour: str) -> None:
+    codec = OpenAIRealtimeCodec(flavour)  # type: ignore[arg-type]
+    assert codec.interrupt([]) == []  # nothing in progress yet
+    started = codec.decode(server_frame(flavour, response_created("resp_1")))
+    assert started == ResponseStarted("resp_1")
+    assert in_progress(codec) == "resp_1"
+
+    cancel = {"type": "response.cancel", "response_id": "resp_1"}
+    [frame] = codec.interrupt([])
+    assert json.loads(frame) == cancel
+    assert client_event(flavour, frame).response_id == "resp_1"  # type: ignore[attr-defined]
+    frames = codec.interrupt([Truncation("a", 960), Truncation("b", -1)])
+    assert [json.loads(f) for f in frames] == [cancel, truncate("a", 960), truncate("b", 0)]
+    for f in frames:
+        client_event(flavour, f)
+    assert in_progress(codec) == "resp_1"  # interrupting does not end it: response.done does
+    assert codec.interrupt([]) == [frame]
+
+    assert codec.decode(server_frame(flavour, response_done("resp_1"))) is None
+    assert in_progress(codec) is None
+    assert codec.interrupt([]) == []
+    assert [json.loads(f) for f in codec.interrupt([Truncation("a", 5)])] == [truncate("a", 5)]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_new_response_replaces_the_one_to_cancel(flavour: str) -> None:
+    codec = OpenAIRealtimeCodec(flavour)  # type: ignore[arg-type]
+    codec.decode(server_frame(flavour, response_created("resp_1")))
+    assert codec.decode(server_frame(flavour, response_created("resp_2"))) == ResponseStarted(
+        "resp_2"
+    )
+    [frame] = codec.interrupt([])
+    assert json.loads(frame) == {"type": "response.cancel", "response_id": "resp_2"}
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        {"type": "response.created"},
+        {"type": "response.created", "response": None},
+        {"type": "response.created", "response": "resp_1"},
+        {"type": "response.created", "response": {}},
+        {"type": "response.created", "response": {"id": ""}},
+        {"type": "response.created", "response": {"id": 7}},
+    ],
+)
+def test_a_response_without_an_id_is_started_but_not_cancellable(created: dict[str, Any]) -> None:
+    codec = OpenAIRealtimeCodec()
+    codec.decode(json.dumps(response_created("resp_old")))
+    assert codec.decode(json.dumps(created)) == ResponseStarted(None)
+    assert codec.response_id is None  # the old id is not cancelled by mistake
+    assert codec.interrupt([]) == []
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -310,7 +414,11 @@ def decode_cases(flavour: str) -> list[tuple[dict[str, Any], object]]:
     )
     audio_done = "response.output_audio.done" if flavour == "ga" else "response.audio.done"
     return [
-        ({"type": audio_delta, **IDS, "delta": "//7+/Q=="}, AgentAudio("//7+/Q==", "item_1")),
+        (
+            {"type": audio_delta, **IDS, "delta": "//7+/Q=="},
+            AgentAudio(b"\xff\xfe\xfe\xfd", "item_1", "resp_1"),
+        ),
+        ({"type": audio_delta, **IDS, "delta": ""}, None),  # nothing to play
         (
             {
                 "type": "input_audio_buffer.speech_started",
@@ -354,6 +462,20 @@ def decode_cases(flavour: str) -> list[tuple[dict[str, Any], object]]:
             },
             ProviderError("server_error", "boom"),
         ),
+        # our barge-in cancel raced the server's own: expected, not an error
+        (
+            {
+                "type": "error",
+                "event_id": "e",
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "response_cancel_not_active",
+                    "message": "Cancellation failed: no active response found",
+                },
+            },
+            None,
+        ),
+        (response_created("resp_1"), ResponseStarted("resp_1")),
         # events the bridge does not act on
         ({"type": audio_done, **IDS}, None),
         (
@@ -366,7 +488,6 @@ def decode_cases(flavour: str) -> list[tuple[dict[str, Any], object]]:
             None,
         ),
         ({"type": "input_audio_buffer.committed", "event_id": "e", "item_id": "i"}, None),
-        ({"type": "response.created", "event_id": "e", "response": {"id": "resp_1"}}, None),
         (
             {
                 "type": "response.done",
@@ -422,7 +543,111 @@ def test_either_flavour_decodes_both_names() -> None:
         for kind in ("response.output_audio.delta", "response.audio.delta"):
             assert codec.decode(
                 json.dumps({"type": kind, "delta": "AA==", "item_id": "x"})
-            ) == AgentAudio("AA==", "x")
+            ) == AgentAudio(b"\x00", "x")
+
+
+ALL_CODES = bytes(range(256))
+
+
+def audio_delta(flavour: str, delta: object) -> dict[str, Any]:
+    kind = "response.output_audio.delta" if flavour == "ga" else "response.audio.delta"
+    return {"type": kind, **IDS, "delta": delta}
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize(
+    "audio",
+    [b"\x00", b"\xff\x7f", b"\x80\x00\x7f", ALL_CODES, ALL_CODES[::-1] * 8],
+    ids=["1-byte", "2-bytes", "3-bytes", "every-code", "2048-bytes"],
+)
+def test_audio_deltas_decode_to_the_exact_bytes(flavour: str, audio: bytes) -> None:
+    codec = OpenAIRealtimeCodec(flavour)  # type: ignore[arg-type]
+    delta = base64.b64encode(audio).decode("ascii")
+    event = codec.decode(server_frame(flavour, audio_delta(flavour, delta)))
+    assert event == AgentAudio(audio, "item_1", "resp_1")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize(
+    ("delta", "match"),
+    [
+        ("@@@@", "not valid base64"),  # outside the alphabet
+        ("QUJ", "not valid base64"),  # bad padding
+        ("QQ=", "not valid base64"),
+        ("QQ", "not valid base64"),
+        ("QUJD\n", "not valid base64"),  # a newline, as MIME base64 would add
+        ("QU JD", "not valid base64"),
+        ("QUJD-_==", "not valid base64"),  # the URL-safe alphabet
+        ("QQ==QQ==", "not valid base64"),  # data after the padding
+        ("=QUJ", "not valid base64"),  # leading padding
+        ("====", "not valid base64"),
+        ("QUJ\u00e9", "not valid base64"),  # non-ASCII text
+        ("\uff31\uff35\uff2a\uff24", "not valid base64"),  # fullwidth "QUJD"
+        (5, "must be a base64 string, got int"),
+        (1.5, "must be a base64 string, got float"),
+        (True, "must be a base64 string, got bool"),
+        (None, "must be a base64 string, got null"),
+        (["QUJD"], "must be a base64 string, got list"),
+        ({"audio": "QUJD"}, "must be a base64 string, got dict"),
+    ],
+)
+def test_bad_audio_deltas_raise_bad_audio(flavour: str, delta: object, match: str) -> None:
+    codec = OpenAIRealtimeCodec(flavour)  # type: ignore[arg-type]
+    codec.decode(server_frame(flavour, response_created("resp_1")))
+    frame = json.dumps(audio_delta(flavour, delta))
+    with pytest.raises(BadAudio, match=match) as info:
+        codec.decode(frame)
+    assert isinstance(info.value, RemoteProtocolError)  # a malformed frame, dropped by the call
+    assert codec.response_id == "resp_1"  # one bad chunk does not disturb the response
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_a_missing_delta_is_bad_audio(flavour: str) -> None:
+    event = audio_delta(flavour, None)
+    del event["delta"]
+    with pytest.raises(BadAudio, match="got null"):
+        OpenAIRealtimeCodec(flavour).decode(json.dumps(event))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            {
+                "type": "invalid_request_error",
+                "code": "response_cancel_not_active",
+                "message": "Cancellation failed: no active response found",
+            },
+            None,
+        ),
+        (
+            {
+                "type": "invalid_request_error",
+                "code": "item_truncate_invalid_item_id",
+                "message": "Cancellation failed: no active response found",
+            },
+            ProviderError(
+                "item_truncate_invalid_item_id", "Cancellation failed: no active response found"
+            ),
+        ),
+        (
+            {"type": "invalid_request_error", "code": "invalid_value", "message": "bad"},
+            ProviderError("invalid_value", "bad"),
+        ),
+        (
+            {"type": "server_error", "message": "response_cancel_not_active"},
+            ProviderError("server_error", "response_cancel_not_active"),
+        ),
+    ],
+    ids=["cancel-not-active", "other-code", "invalid-value", "type-only"],
+)
+def test_only_the_cancel_race_error_is_silent(
+    flavour: str, error: dict[str, Any], expected: ProviderError | None
+) -> None:
+    codec = OpenAIRealtimeCodec(flavour)  # type: ignore[arg-type]
+    frame = server_frame(flavour, {"type": "error", "event_id": "e", "error": error})
+    assert codec.decode(frame) == expected
 
 
 @pytest.mark.parametrize(
@@ -455,9 +680,96 @@ def test_decode_tolerates_odd_optional_fields() -> None:
     )
     assert codec.decode('{"type":"error","error":"nope"}') == ProviderError("", "")
     assert codec.decode(
-        '{"type":"response.output_audio.delta","delta":"AA==","item_id":3}'
-    ) == AgentAudio("AA==", None)
+        '{"type":"response.output_audio.delta","delta":"AA==","item_id":3,"response_id":[]}'
+    ) == AgentAudio(b"\x00", None, None)
+    assert codec.decode(
+        '{"type":"response.output_audio.delta","delta":"AA==","item_id":"","response_id":""}'
+    ) == AgentAudio(b"\x00", None, None)
 
+
+# --- property: any audio delta ------------------------------------------------------------------
+
+B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+#: RFC 4648 section 4, padded: whole quads, the last one possibly ``xx==`` or ``xxx=``.
+B64_SHAPE = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+#: Text that is often base64, often nearly so: the alphabet, padding, whitespace, URL-safe letters.
+B64ISH = st.text(alphabet=B64_ALPHABET + "==\n -_", max_size=24)
+DELTAS = st.one_of(
+    st.text(),
+    B64ISH,
+    st.binary(max_size=48).map(lambda b: base64.b64encode(b).decode("ascii")),
+)
+TWILIO_SID = "MZ" + "0123456789abcdef" * 2
+
+
+def canonical_b64(text: str) -> bytes | None:
+    """The bytes ``text`` spells if it is *the* base64 of them (RFC 4648 section 4: padded, only the
+    alphabet, pad bits zero), else ``None``.
+
+    Checked without binascii's ``strict_mode``, whose strictness depends on the CPython version:
+    3.11 accepts excess padding (``"QUJD="``) and non-zero pad bits (``"QR=="``); newer versions
+    reject them (CPython gh-118314, gh-146311).
+    """
+    if not B64_SHAPE.fullmatch(text):
+        return None
+    audio = base64.b64decode(text)
+    return audio if base64.b64encode(audio).decode("ascii") == text else None
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), f"duplicate keys: {keys}"
+    return dict(pairs)
+
+
+def check_twilio_media(audio: bytes, sid: str = TWILIO_SID) -> None:
+    """``audio`` sent to the caller is exactly Twilio's media frame, carrying exactly ``audio``."""
+    stream = TwilioStream()
+    stream.receive(encode_connected())
+    stream.receive(encode_start(sid, "CA" + "0" * 32, "AC" + "0" * 32))
+    frame = json.loads(stream.media(audio), object_pairs_hook=unique_keys)
+    payload = base64.b64encode(audio).decode("ascii")  # the one base64 of ``audio``
+    assert frame == {"event": "media", "streamSid": sid, "media": {"payload": payload}}
+    assert b64_decode(frame["media"]["payload"]) == audio
+
+
+@pytest.mark.parametrize("kind", ["response.output_audio.delta", "response.audio.delta"])
+@settings(max_examples=200)
+@given(delta=DELTAS)
+def test_any_delta_is_exact_audio_nothing_or_bad_audio(kind: str, delta: str) -> None:
+    """Whatever text a delta holds, decode returns exactly the audio it encodes, nothing (empty), or
+    raises BadAudio; and that audio always becomes a well-formed Twilio media frame."""
+    codec = OpenAIRealtimeCodec()
+    frame = json.dumps({"type": kind, "delta": delta, "item_id": "item_1", "response_id": "r"})
+    if any("\ud800" <= char <= "\udfff" for char in delta):
+        # a lone surrogate is not JSON text at all (no UTF-8 frame can carry it)
+        with pytest.raises(RemoteProtocolError, match="malformed JSON"):
+            codec.decode(frame)
+        return
+    expected = canonical_b64(delta)
+    try:
+        event = codec.decode(frame)
+    except BadAudio:
+        assert expected is None, f"rejected the base64 of {expected!r}"
+        return
+    if event is None:
+        assert delta == ""
+        return
+    assert isinstance(event, AgentAudio)
+    assert (event.item_id, event.response_id) == ("item_1", "r")
+    assert isinstance(event.audio, bytes) and event.audio
+    if expected is not None:
+        assert event.audio == expected
+        assert b64_encode(event.audio) == delta
+    else:
+        # A spelling this CPython's strict mode lets through (see canonical_b64): it must still be
+        # the bytes the text spells, with nothing dropped.
+        assert event.audio == base64.b64decode(delta)
+        assert len(b64_encode(event.audio).rstrip("=")) == len(delta.rstrip("="))
+    check_twilio_media(event.audio)
+
+
+# --- property: any frame ------------------------------------------------------------------------
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -469,6 +781,8 @@ JSON = st.recursive(
 MAPPED = [
     "response.output_audio.delta",
     "response.audio.delta",
+    "response.created",
+    "response.done",
     "input_audio_buffer.speech_started",
     "response.output_audio_transcript.done",
     "response.audio_transcript.done",
@@ -483,8 +797,10 @@ def _decode_or_protocol_error(frame: str | bytes) -> None:
     except RemoteProtocolError:
         return
     assert event is None or isinstance(
-        event, AgentAudio | SpeechStarted | Transcript | ProviderError
+        event, AgentAudio | ResponseStarted | SpeechStarted | Transcript | ProviderError
     )
+    if isinstance(event, AgentAudio):
+        assert isinstance(event.audio, bytes) and event.audio
 
 
 @given(frame=st.text() | st.binary())
@@ -500,7 +816,10 @@ def test_decode_any_json_fails_only_with_remote_protocol_error(value: object) ->
 @given(
     kind=st.sampled_from(MAPPED),
     fields=st.dictionaries(
-        st.sampled_from(["delta", "item_id", "audio_start_ms", "transcript", "error"]), JSON
+        st.sampled_from(
+            ["delta", "item_id", "response_id", "response", "audio_start_ms", "transcript", "error"]
+        ),
+        JSON | B64ISH,
     ),
 )
 def test_decode_mapped_events_with_any_fields_fail_only_with_remote_protocol_error(

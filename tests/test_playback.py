@@ -1,59 +1,249 @@
-"""Mark bookkeeping for barge-in: pure, synchronous, exact."""
+"""What the caller heard, from mark echoes: pure, synchronous, exact.
+
+Each table row is a script of what the call did (``send`` agent audio, a mark ``echo`` from the
+carrier, a barge-in) and what :class:`Playback` must conclude. Twilio's behaviour is the model: marks
+echo in order once the audio before them has played, and a ``clear`` echoes every pending mark at once
+(they were never played).
+"""
 
 from __future__ import annotations
 
-from voxbridge.session.playback import Playback
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from voxbridge.providers.events import Truncation
+from voxbridge.session.playback import MAX_CUT_IDS, Playback
+
+S1, S2 = object(), object()  # provider sessions
+MS = 8  # bytes of mu-law per millisecond
 
 
-def test_nothing_outstanding_means_no_interrupt() -> None:
-    playback = Playback()
-    assert not playback.outstanding
-    assert playback.interrupt() is None
+def run(script: Sequence[tuple[Any, ...]]) -> tuple[Playback, list[str], list[Any]]:
+    """Play ``script``; returns the playback, the mark names sent, and each step's result."""
+    playback, marks, results = Playback(), [], []
+    for step, *args in script:
+        if step == "send":  # (ms, item, response[, session])
+            ms, item, response, *session = args
+            marks.append(playback.sent(ms * MS, item, response, session[0] if session else S1))
+            results.append(marks[-1])
+        elif step == "echo":  # (index of the mark sent,)
+            results.append(playback.played(marks[args[0]]))
+        elif step == "barge":  # ([session],)
+            results.append(playback.interrupt(args[0] if args else S1))
+        elif step == "response":
+            playback.response_started(args[0])
+            results.append(None)
+        else:  # pragma: no cover - a typo in a table
+            raise AssertionError(step)
+    return playback, marks, results
 
 
-def test_heard_position_comes_from_echoed_marks_only() -> None:
-    playback = Playback()
-    marks = [playback.sent("item_1", 160) for _ in range(5)]  # 5 x 20 ms
-    assert playback.outstanding
-    assert playback.heard_ms == 0
-    assert playback.played(marks[0])
-    assert playback.heard_ms == 20
-    assert playback.played(marks[2])  # marks echo in order; 2 implies 1
-    assert playback.heard_ms == 60
-    assert playback.interrupt() == ("item_1", 60)
-    assert not playback.outstanding
+# (script, the barge-in's result) -- the last step of each script is the barge-in.
+INTERRUPTIONS = {
+    "nothing sent": ([("barge",)], None),
+    "one item, nothing heard yet": (
+        [("send", 100, "a", "r1"), ("send", 100, "a", "r1"), ("barge",)],
+        [Truncation("a", 0)],
+    ),
+    "one item, heard to a mark": (
+        [
+            *[("send", 20, "a", "r1")] * 5,
+            ("echo", 0),
+            ("echo", 2),  # marks echo in order: 2 implies 1
+            ("barge",),
+        ],
+        [Truncation("a", 60)],
+    ),
+    "one item, all heard": (
+        [("send", 100, "a", "r1"), ("echo", 0), ("barge",)],
+        None,  # nothing outstanding: not a barge-in, nothing to clear
+    ),
+    "two items, caller in the first": (
+        [
+            *[("send", 100, "a", "r1")] * 20,  # A: 2 s, sent faster than real time
+            *[("send", 100, "b", "r2")] * 20,  # B: 2 s behind it
+            ("echo", 9),  # the caller heard 1.0 s of A
+            ("barge",),
+        ],
+        [Truncation("a", 1000), Truncation("b", 0)],
+    ),
+    "two items, caller in the second": (
+        [
+            *[("send", 100, "a", "r1")] * 20,
+            *[("send", 100, "b", "r2")] * 20,
+            ("echo", 24),  # all of A, then 500 ms of B
+            ("barge",),
+        ],
+        [Truncation("b", 500)],  # A was heard in full: nothing to tell about it
+    ),
+    "two items, A's last mark echoed": (
+        [*[("send", 100, "a", "r1")] * 20, ("send", 100, "b", "r2"), ("echo", 19), ("barge",)],
+        [Truncation("b", 0)],
+    ),
+    "three items, caller in the first": (
+        [
+            ("send", 100, "a", "r1"),
+            ("send", 100, "a", "r1"),
+            ("send", 300, "b", "r1"),  # one response may hold several items
+            ("send", 200, "c", "r2"),
+            ("echo", 0),
+            ("barge",),
+        ],
+        [Truncation("a", 100), Truncation("b", 0), Truncation("c", 0)],
+    ),
+    "three items, caller in the second": (
+        [
+            ("send", 100, "a", "r1"),
+            ("send", 300, "b", "r1"),
+            ("send", 300, "b", "r1"),
+            ("send", 200, "c", "r2"),
+            ("echo", 1),
+            ("barge",),
+        ],
+        [Truncation("b", 300), Truncation("c", 0)],
+    ),
+    "three items, caller in the third": (
+        [
+            ("send", 100, "a", "r1"),
+            ("send", 300, "b", "r1"),
+            ("send", 200, "c", "r2"),
+            ("send", 200, "c", "r2"),
+            ("echo", 2),
+            ("barge",),
+        ],
+        [Truncation("c", 200)],
+    ),
+    "audio without item ids (Ultravox)": (
+        [("send", 100, None, None), ("send", 100, None, None), ("echo", 0), ("barge",)],
+        [],  # clear the carrier; nothing to truncate
+    ),
+    "items of an earlier session are not truncated in the new one": (
+        [
+            ("send", 100, "a", "r1", S1),
+            ("send", 100, "a", "r1", S1),
+            ("send", 100, "x", "r9", S2),  # resumed: the new session's first answer
+            ("echo", 0),
+            ("barge", S2),
+        ],
+        [Truncation("x", 0)],
+    ),
+}
 
 
-def test_marks_voided_by_clear_do_not_count_as_heard() -> None:
-    playback = Playback()
-    marks = [playback.sent("item_1", 800) for _ in range(3)]  # 100 ms each
-    playback.played(marks[0])
-    assert playback.interrupt() == ("item_1", 100)
-    # Twilio echoes the discarded marks after clear: they were never played.
+@pytest.mark.parametrize("name", INTERRUPTIONS)
+def test_interrupt(name: str) -> None:
+    script, expected = INTERRUPTIONS[name]
+    playback, _, results = run(script)
+    assert results[-1] == expected
+    assert not playback.outstanding  # a barge-in (or none needed) leaves nothing outstanding
+
+
+def test_an_item_continues_across_media_messages_and_marks() -> None:
+    # The offset of an item counts all its audio sent, whatever the marks between.
+    playback, _, results = run(
+        [("send", 100, "a", "r1"), ("echo", 0), ("send", 40, "a", "r1"), ("barge",)]
+    )
+    assert results[-1] == [Truncation("a", 100)]
+    assert not playback.admits("a", "r1")
+
+
+def test_marks_echoed_after_a_clear_were_never_heard() -> None:
+    playback, marks, results = run([*[("send", 100, "a", "r1")] * 3, ("echo", 0), ("barge",)])
+    assert results[-1] == [Truncation("a", 100)]
+    # Twilio echoes the discarded marks after the clear, at once: they count for nothing.
     assert not playback.played(marks[1])
     assert not playback.played(marks[2])
-    # New speech starts a new item and counts from zero.
-    mark = playback.sent("item_2", 160)
-    assert playback.heard_ms == 0
+    assert not playback.outstanding
+    # A new answer starts from zero; its own marks count.
+    playback.response_started("r2")
+    mark = playback.sent(20 * MS, "b", "r2", S1)
+    assert not playback.played(marks[2])  # an old echo arriving late changes nothing
+    assert playback.outstanding
     assert playback.played(mark)
-    assert playback.heard_ms == 20
-    assert playback.interrupt() is None  # all heard: nothing to truncate
+    assert playback.interrupt(S1) is None  # all heard
 
 
-def test_item_change_resets_the_offset() -> None:
+def test_foreign_and_duplicate_marks_are_ignored() -> None:
     playback = Playback()
-    first = playback.sent("a", 1600)
-    playback.played(first)
-    second = playback.sent("b", 160)
-    assert playback.heard_ms == 0  # 'a' was heard, but the current item is 'b'
-    playback.sent("b", 160)
-    playback.played(second)
-    assert playback.interrupt() == ("b", 20)
-
-
-def test_foreign_marks_are_ignored() -> None:
-    playback = Playback()
-    playback.sent("a", 160)
+    first = playback.sent(160, "a", None, S1)
+    playback.sent(160, "a", None, S1)
     assert not playback.played("someone-elses-mark")
     assert not playback.played("vbx")
+    assert not playback.played("vb")
+    assert playback.played(first)
+    assert not playback.played(first)  # echoed twice
     assert playback.outstanding
+    assert playback.interrupt(S1) == [Truncation("a", 20)]
+
+
+def test_unheard_ms_counts_every_queued_item() -> None:
+    playback, marks, _ = run(
+        [*[("send", 100, "a", "r1")] * 3, *[("send", 50, "b", "r2")] * 2, ("echo", 1)]
+    )
+    assert playback.unheard_ms == 100 + 100  # the rest of A, all of B
+    playback.played(marks[-1])
+    assert playback.unheard_ms == 0
+    assert not playback.outstanding
+
+
+# --- late audio: after a barge-in, the interrupted answer stays silent --------------------------
+
+
+def test_late_chunks_of_the_interrupted_item_are_refused() -> None:
+    playback, _, _ = run([*[("send", 100, "x", "r1")] * 10, ("echo", 3), ("barge",)])
+    assert not playback.admits("x", "r1")  # three more chunks of X arrive: all refused
+    assert not playback.admits("x", None)
+    assert not playback.admits("y", "r1")  # another item of the same response
+    assert playback.admits(None, None)  # audio the provider does not label always plays
+    playback.response_started("r2")  # a new answer: the window closes
+    assert playback.admits("z", "r2")
+    assert playback.admits("x", "r1")  # (impossible from a real provider; nothing remembered)
+
+
+def test_the_response_in_progress_is_cut_even_before_its_audio_arrives() -> None:
+    playback = Playback()
+    playback.response_started("r1")
+    assert playback.interrupt(S1) is None  # no audio yet: nothing to clear or truncate
+    assert not playback.admits("a", "r1")  # but its audio, when it comes, is late
+    assert playback.admits("b", "r2")
+
+
+def test_every_queued_item_and_its_response_is_cut() -> None:
+    playback, _, _ = run(
+        [("send", 100, "a", "r1"), ("send", 100, "b", "r2"), ("send", 100, "c", "r3"), ("barge",)]
+    )
+    for item, response in (("a", "r1"), ("b", "r2"), ("c", "r3")):
+        assert not playback.admits(item, response)
+        assert not playback.admits(item, "r-other")
+        assert not playback.admits("other", response)
+
+
+def test_a_response_started_twice_does_not_reopen_the_window() -> None:
+    playback, _, _ = run([("response", "r1"), ("send", 100, "a", "r1"), ("barge",)])
+    playback.response_started("r1")  # a repeat of the cut one is not a new answer
+    assert not playback.admits("a", "r1")
+
+
+def test_cut_ids_are_bounded_without_new_responses() -> None:
+    playback = Playback()
+    for n in range(3 * MAX_CUT_IDS):
+        playback.sent(8, f"item{n}", f"resp{n}", S1)
+        playback.interrupt(S1)
+    assert not playback.admits(f"item{3 * MAX_CUT_IDS - 1}", None)
+    assert playback.admits("item0", "resp0")  # the oldest were forgotten
+    assert len(playback._cut_items) == len(playback._cut_responses) == MAX_CUT_IDS
+
+
+# --- a farewell: the agent hangs up after its goodbye --------------------------------------------
+
+
+def test_a_farewell_is_heard_when_the_mark_after_the_last_audio_echoes() -> None:
+    playback, marks, _ = run([*[("send", 100, "bye", "r1")] * 15])  # 1.5 s, sent at once
+    assert playback.outstanding and playback.unheard_ms == 1500
+    for index in range(14):
+        assert playback.played(marks[index])
+        assert playback.outstanding  # not yet: the goodbye is still playing
+    assert playback.played(marks[14])
+    assert not playback.outstanding and playback.unheard_ms == 0

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from voxbridge.audio import b64_decode
 from voxbridge.carriers import twilio
 from voxbridge.carriers.twilio import (
     Connected,
@@ -598,7 +599,7 @@ def test_frame_exactly_max_frame_is_accepted() -> None:
 
 def test_outbound_frames_have_twilio_shape() -> None:
     stream = started()
-    assert json.loads(stream.media("AAEC/w==")) == {
+    assert json.loads(stream.media(b"\x00\x01\x02\xff")) == {
         "event": "media",
         "streamSid": SID,
         "media": {"payload": "AAEC/w=="},
@@ -639,14 +640,50 @@ def test_outbound_mark_names_are_escaped(name: str) -> None:
 def test_outbound_stream_sid_is_escaped() -> None:
     odd = 'MZ"\\\n\u00e9'
     stream = started(odd)
-    for frame in (stream.media("AA=="), stream.mark("m"), stream.clear()):
+    for frame in (stream.media(b"\x00"), stream.mark("m"), stream.clear()):
         assert json.loads(frame)["streamSid"] == odd
+    assert json.loads(stream.media(b"\xff\x7f\x00")) == {
+        "event": "media",
+        "streamSid": odd,
+        "media": {"payload": "/38A"},
+    }
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), f"duplicate keys: {keys}"
+    return dict(pairs)
+
+
+#: Stream SIDs a start frame can carry (any non-empty text a UTF-8 frame can hold), weighted
+#: towards the real shape and the ones JSON must escape.
+SIDS = st.one_of(
+    st.just(SID),
+    st.sampled_from(['MZ"\\\n\u00e9', "MZ\u2028\u2029", "MZ</script>", "MZ\x00\x1f\x7f"]),
+    st.text(st.characters(exclude_categories=["Cs"]), min_size=1),
+)
+
+
+@FUZZ
+@given(audio=st.binary(max_size=1000), sid=SIDS)
+def test_outbound_media_fuzz(audio: bytes, sid: str) -> None:
+    """Any audio, under any stream SID, is exactly Twilio's media frame and round-trips."""
+    frame = started(sid).media(audio)
+    frame.encode("utf-8")  # sendable as a text frame
+    body = json.loads(frame, object_pairs_hook=unique_keys)
+    payload = base64.b64encode(audio).decode("ascii")  # the one base64 of ``audio``
+    assert body == {"event": "media", "streamSid": sid, "media": {"payload": payload}}
+    assert b64_decode(body["media"]["payload"]) == audio
+    # the payload passes the same check as Twilio's own (inbound) media payloads
+    if audio:
+        inbound = encode_inbound_media(sid, payload, chunk=1, timestamp=0, sequence_number=2)
+        assert started(sid).receive(inbound) == Media("inbound", 1, 0, payload)
 
 
 @pytest.mark.parametrize("setup", [FRESH, CONNECTED])
 @pytest.mark.parametrize(
     "send",
-    [lambda s: s.media("AA=="), lambda s: s.mark("m"), lambda s: s.clear()],
+    [lambda s: s.media(b"\x00"), lambda s: s.mark("m"), lambda s: s.clear()],
     ids=["media", "mark", "clear"],
 )
 def test_outbound_before_start_is_a_local_error(

@@ -1,7 +1,7 @@
 """Ultravox: the sans-IO codec as tables, then the provider against the fake over real loopback.
 
 Codec tests are synchronous tables plus hypothesis for malformed input (it may only ever raise
-``RemoteProtocolError``). Provider tests run ``FakeUltravox`` (hypercorn REST + trio-websocket) on
+``RemoteProtocolError``, and ``BadAudio`` for audio). Provider tests run ``FakeUltravox`` (hypercorn REST + trio-websocket) on
 loopback port 0, each under a real-time budget, and check both sides: what the provider returned
 and what the fake recorded.
 """
@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from trio_websocket import (
     ConnectionClosed,
@@ -28,11 +28,17 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from voxbridge.audio import tone, ulaw_to_pcm16
-from voxbridge.errors import Reason, RemoteProtocolError, UpstreamConnectFailed
+from voxbridge.audio import pcm16_to_ulaw, tone, ulaw_to_pcm16
+from voxbridge.errors import BadAudio, Reason, RemoteProtocolError, UpstreamConnectFailed
 from voxbridge.providers.base import Provider, ProviderCodec
 from voxbridge.providers.endpoint import ProviderEndpoint
-from voxbridge.providers.events import AgentAudio, ProviderEvent, SpeechStarted, Transcript
+from voxbridge.providers.events import (
+    AgentAudio,
+    ProviderEvent,
+    SpeechStarted,
+    Transcript,
+    Truncation,
+)
 from voxbridge.providers.ultravox import UltravoxCodec, UltravoxProvider
 from voxbridge.testing.fake_ultravox import FakeUltravox, UltravoxSession, Utterance
 
@@ -70,19 +76,48 @@ def test_bad_caller_base64_is_a_protocol_error() -> None:
         UltravoxCodec().audio("not base64!")
 
 
-def test_agent_audio_becomes_ulaw_base64() -> None:
+def test_agent_audio_becomes_ulaw_bytes() -> None:
+    # s16le 0, -32124, 32124, 8 -> mu-law 0xFF 0x00 0x80 0xFE
     event = UltravoxCodec().decode(b"\x00\x00\x84\x82\x7c\x7d\x08\x00")
-    assert event == AgentAudio(payload=b64(b"\xff\x00\x80\xfe"), item_id=None)
+    assert event == AgentAudio(b"\xff\x00\x80\xfe", item_id=None, response_id=None)
 
 
-@pytest.mark.parametrize("frame", [b"\x00", b"\x00\x00\x00"])
-def test_odd_length_agent_audio_is_a_protocol_error(frame: bytes) -> None:
-    with pytest.raises(RemoteProtocolError, match="16-bit"):
-        UltravoxCodec().decode(frame)
+@pytest.mark.parametrize("size", [1, 3, 321])
+def test_odd_length_agent_audio_is_bad_audio(size: int) -> None:
+    codec = UltravoxCodec()
+    with pytest.raises(BadAudio, match=f"{size} bytes is not whole 16-bit samples") as info:
+        codec.decode(b"\x00" * size)
+    assert isinstance(info.value, RemoteProtocolError)
+    # the codec carries on: the next, whole frame plays
+    assert codec.decode(b"\x00\x00") == AgentAudio(b"\xff")
+
+
+@pytest.mark.parametrize("size", [2, 4, 320, 322, 3200])
+def test_even_length_agent_audio_is_ulaw(size: int) -> None:
+    pcm = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    event = UltravoxCodec().decode(pcm)
+    assert event == AgentAudio(pcm16_to_ulaw(pcm))
+    assert isinstance(event, AgentAudio) and len(event.audio) == size // 2
 
 
 def test_empty_agent_audio_is_ignored() -> None:
     assert UltravoxCodec().decode(b"") is None
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=1000))
+def test_any_binary_frame_is_audio_nothing_or_bad_audio(frame: bytes) -> None:
+    try:
+        event = UltravoxCodec().decode(frame)
+    except BadAudio:
+        assert len(frame) % 2 == 1
+        return
+    if not frame:
+        assert event is None
+        return
+    assert len(frame) % 2 == 0
+    assert event == AgentAudio(pcm16_to_ulaw(frame))
+    assert isinstance(event, AgentAudio) and len(event.audio) == len(frame) // 2
 
 
 # --- codec: data messages -----------------------------------------------------------------------
@@ -196,7 +231,11 @@ def test_malformed_data_messages(frame: str) -> None:
 def decode_or_protocol_error(codec: UltravoxCodec, frame: str | bytes) -> None:
     try:
         event = codec.decode(frame)
+    except BadAudio:
+        assert isinstance(frame, bytes) and len(frame) % 2  # only audio is bad audio
+        return
     except RemoteProtocolError:
+        assert isinstance(frame, str)  # a data message; audio is never malformed otherwise
         return
     assert event is None or isinstance(event, AgentAudio | SpeechStarted | Transcript)
 
@@ -242,8 +281,8 @@ def test_opening_and_interrupt_send_nothing() -> None:
     codec = UltravoxCodec()
     assert codec.opening([]) == []
     assert codec.opening([Transcript("caller", "hi")]) == []  # history went into call creation
-    assert codec.interrupt("item", 1234) == []
-    assert codec.interrupt(None, 0) == []
+    assert codec.interrupt([]) == []
+    assert codec.interrupt([Truncation("item", 1234), Truncation("next", 0)]) == []
 
 
 def test_closing_hangs_up() -> None:
@@ -536,8 +575,8 @@ async def test_audio_round_trip_through_the_fake() -> None:
                 while len(received) < len(sent):
                     event = codec.decode(await ws.get_message())
                     if isinstance(event, AgentAudio):
-                        assert event.item_id is None
-                        received += base64.b64decode(event.payload)
+                        assert event.item_id is None and event.response_id is None
+                        received += event.audio
             agent = await fake.wait_for_session()
             await agent.wait_closed()
     # G.711 round trip is the identity except -0 (0x7F) coming back as +0 (0xFF)

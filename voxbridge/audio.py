@@ -23,6 +23,8 @@ __all__ = [
     "FRAME_BYTES",
     "SAMPLE_RATE",
     "SILENCE",
+    "b64_decode",
+    "b64_encode",
     "b64_join",
     "b64_size",
     "pcm16_to_ulaw",
@@ -39,6 +41,27 @@ BYTES_PER_MS = 8  # 8 kHz mu-law: one byte per sample
 SILENCE = b"\xff"  # mu-law code for 0
 
 
+def b64_decode(payload: str) -> bytes:
+    """Strict base64 (RFC 4648 section 4, padded, nothing outside the alphabet) to bytes.
+
+    The one check every base64 audio payload passes, whichever peer sent it: Twilio's
+    ``media.payload`` and a provider's audio delta alike.
+
+    Raises:
+        ValueError: ``payload`` is not strict base64 (a character outside the alphabet, bad or
+            missing padding, data after the padding).
+    """
+    try:
+        return binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not valid base64: {exc}") from None
+
+
+def b64_encode(audio: bytes) -> str:
+    """Bytes to base64 text: only ``[A-Za-z0-9+/=]``, so it never needs escaping inside JSON."""
+    return binascii.b2a_base64(audio, newline=False).decode("ascii")
+
+
 def b64_size(payload: str) -> int:
     """Bytes of audio in a (well-formed) base64 payload, without decoding it."""
     return len(payload) * 3 // 4 - (2 if payload.endswith("==") else payload.endswith("="))
@@ -52,8 +75,7 @@ def b64_join(payloads: list[str]) -> str:
     """
     if len(payloads) == 1:
         return payloads[0]
-    joined = b"".join([binascii.a2b_base64(payload) for payload in payloads])
-    return binascii.b2a_base64(joined, newline=False).decode("ascii")
+    return b64_encode(b"".join([binascii.a2b_base64(payload) for payload in payloads]))
 
 
 def pcm16_to_ulaw(pcm: bytes) -> bytes:
@@ -78,11 +100,7 @@ def ulaw_b64_to_pcm16(payload: str) -> bytes:
     Raises:
         ValueError: ``payload`` is not strict base64.
     """
-    try:
-        ulaw = binascii.a2b_base64(payload, strict_mode=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"audio payload is not valid base64: {exc}") from None
-    return audioop.ulaw2lin(ulaw, 2)
+    return audioop.ulaw2lin(b64_decode(payload), 2)
 
 
 def pcm16_to_ulaw_b64(pcm: bytes) -> str:
@@ -91,7 +109,7 @@ def pcm16_to_ulaw_b64(pcm: bytes) -> str:
     Raises:
         ValueError: ``pcm`` has an odd length.
     """
-    return binascii.b2a_base64(pcm16_to_ulaw(pcm), newline=False).decode("ascii")
+    return b64_encode(pcm16_to_ulaw(pcm))
 
 
 def tone(seconds: float, frequency: float = 440.0, *, amplitude: float = 0.3) -> bytes:

@@ -38,6 +38,7 @@ from functools import partial
 
 __all__ = [
     "CLOSE_CODES",
+    "BadAudio",
     "Disconnect",
     "LinkDown",
     "Reason",
@@ -51,6 +52,14 @@ __all__ = [
 
 class RemoteProtocolError(ValueError):
     """A peer sent input that breaks its protocol. The message says what and where."""
+
+
+class BadAudio(RemoteProtocolError):
+    """A provider sent audio that fails validation (not strict base64, not whole 16-bit samples).
+
+    The call drops that one chunk and counts it (``reason="bad_audio"``); the rest of the stream
+    plays on.
+    """
 
 
 class Reason(enum.StrEnum):

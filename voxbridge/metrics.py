@@ -12,13 +12,17 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from .errors import Reason
 
-__all__ = ["DIRECTIONS", "REJECTIONS", "Metrics"]
+__all__ = ["DIRECTIONS", "PROVIDER_DROPS", "REJECTIONS", "Metrics"]
 
 DIRECTIONS = ("to_upstream", "to_caller")
 REJECTIONS = ("bad_signature", "capacity", "draining", "duplicate", "bad_request")
 RECONNECT_OUTCOMES = ("resumed", "failed")
 CARRIERS = ("twilio",)
 PROVIDERS = ("echo", "openai", "ultravox")
+#: Why a provider frame was dropped: not a valid frame of the protocol; audio that failed
+#: validation (not strict base64, not whole 16-bit samples); audio of an answer the caller
+#: interrupted, arriving after the barge-in.
+PROVIDER_DROPS = ("malformed", "bad_audio", "late_audio")
 
 # Calls last seconds to an hour; the buckets are chosen for that range.
 _DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
@@ -74,6 +78,12 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        self.provider_frames_dropped = Counter(
+            "voxbridge_provider_frames_dropped",
+            "Provider frames dropped, by provider and reason (malformed, bad_audio, late_audio).",
+            ["provider", "reason"],
+            registry=r,
+        )
         self.upstream_connect_seconds = Histogram(
             "voxbridge_upstream_connect_seconds",
             "Time to open a provider session (REST call creation, TCP, TLS, handshake, opening frames).",
@@ -115,6 +125,8 @@ class Metrics:
             self.media_frames_dropped.labels(direction=direction)
         for provider in PROVIDERS:
             self.upstream_connect_seconds.labels(provider=provider)
+            for drop in PROVIDER_DROPS:
+                self.provider_frames_dropped.labels(provider=provider, reason=drop)
         for outcome in RECONNECT_OUTCOMES:
             self.upstream_reconnects.labels(outcome=outcome)
 

@@ -220,6 +220,14 @@ class Settings:
         validator=_positive,
         metadata=_help("deadline for each close handshake during teardown"),
     )
+    farewell_timeout: float = attrs.field(
+        default=5 * SECONDS,
+        validator=_non_negative,
+        metadata=_help(
+            "on agent_hangup: how long to wait for the carrier to confirm (mark echo) that the "
+            "caller heard the goodbye before closing (0 = close at once)"
+        ),
+    )
     upstream_batch_ms: float = attrs.field(
         default=0,
         validator=[_non_negative, _at_most(MAX_UPSTREAM_BATCH_MS)],

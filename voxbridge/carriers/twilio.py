@@ -23,11 +23,13 @@ bytes it is fed. Sending before ``start`` raises :class:`LocalProtocolError`: we
 stream we have not been told about, so that is *our* bug. Sending after ``stop`` is allowed (a send
 racing the caller's hang-up is not a bug; the bytes just go to a closing socket).
 
-Audio stays base64 text. Twilio sends mu-law audio as base64 inside JSON and the AI provider wants
-base64 inside JSON too, so the hot path forwards :attr:`Media.payload` verbatim: it is validated
-once (strict base64, non-empty) and never decoded and re-encoded. :attr:`Media.audio` decodes it
-for the rare consumer that needs the bytes. Outbound frames are likewise built from string
-templates prepared once at ``start``, with the stream SID JSON-escaped a single time.
+Caller audio stays base64 text. Twilio sends mu-law audio as base64 inside JSON and the AI provider
+wants base64 inside JSON too, so the hot path forwards :attr:`Media.payload` verbatim: it is
+validated once (strict base64, non-empty, :func:`voxbridge.audio.b64_decode`) and never re-encoded.
+:attr:`Media.audio` decodes it for the rare consumer that needs the bytes. Outbound frames are built
+from string templates prepared once at ``start``, with the stream SID JSON-escaped a single time;
+:meth:`TwilioStream.media` takes the agent's audio as *bytes* and encodes it itself, and mark names
+are JSON-escaped, so no text from a provider can change an outbound frame's JSON structure.
 
 The inbound-frame encoders used by simulators and tests live in
 :mod:`voxbridge.carriers.twilio_wire` and are re-exported here.
@@ -43,6 +45,7 @@ from typing import Final, TypeAlias
 import attrs
 import orjson
 
+from voxbridge.audio import b64_decode, b64_encode
 from voxbridge.carriers.twilio_wire import (
     CHANNELS,
     DTMF_DIGITS,
@@ -430,9 +433,9 @@ class TwilioStream:
         if not payload:
             raise RemoteProtocolError("empty media payload")
         try:
-            binascii.a2b_base64(payload, strict_mode=True)
-        except ValueError as exc:  # binascii.Error, or non-ASCII text
-            raise RemoteProtocolError(f"media.payload is not valid base64: {exc}") from exc
+            b64_decode(payload)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"media.payload is {exc}") from exc
         return Media(
             track=_string(body, "track", "media.track", "inbound"),
             chunk=_counter(body.get("chunk", _MISSING), "media.chunk"),
@@ -470,12 +473,12 @@ class TwilioStream:
             raise LocalProtocolError(f"cannot send {what} before start")
         return self._sid_json
 
-    def media(self, payload_b64: str) -> str:
-        """Build a ``media`` frame that plays audio to the caller.
+    def media(self, audio: bytes) -> str:
+        """Build a ``media`` frame that plays ``audio`` to the caller.
 
         Args:
-            payload_b64: base64 of raw mu-law 8 kHz mono audio, no header. It is inserted verbatim
-                (base64 needs no JSON escaping), so it must really be base64.
+            audio: raw mu-law 8 kHz mono audio, no header. It is base64-encoded here, so nothing a
+                provider sends can reach the frame's JSON except as base64 text.
 
         Returns:
             ``{"event":"media","streamSid":"MZ...","media":{"payload":"..."}}``
@@ -485,7 +488,7 @@ class TwilioStream:
         """
         if self._start is None:
             raise LocalProtocolError("cannot send media before start")
-        return f'{self._media_prefix}{payload_b64}"}}}}'
+        return f'{self._media_prefix}{b64_encode(audio)}"}}}}'
 
     def mark(self, name: str) -> str:
         """Build a ``mark`` frame; Twilio echoes it once the audio sent before it has played.

@@ -6,7 +6,16 @@ back. It never does I/O: the call (``voxbridge.session``) owns the sockets and t
 
 from .base import Frame, Provider, ProviderCodec, ProviderSession
 from .endpoint import ProviderEndpoint
-from .events import AgentAudio, AgentHangup, ProviderError, ProviderEvent, SpeechStarted, Transcript
+from .events import (
+    AgentAudio,
+    AgentHangup,
+    ProviderError,
+    ProviderEvent,
+    ResponseStarted,
+    SpeechStarted,
+    Transcript,
+    Truncation,
+)
 
 __all__ = [
     "AgentAudio",
@@ -18,6 +27,8 @@ __all__ = [
     "ProviderError",
     "ProviderEvent",
     "ProviderSession",
+    "ResponseStarted",
     "SpeechStarted",
     "Transcript",
+    "Truncation",
 ]

@@ -22,7 +22,7 @@ import attrs
 
 from ..errors import Reason
 from .endpoint import ProviderEndpoint
-from .events import ProviderEvent, Transcript
+from .events import ProviderEvent, Transcript, Truncation
 
 __all__ = ["Frame", "Provider", "ProviderCodec", "ProviderSession"]
 
@@ -44,13 +44,23 @@ class ProviderCodec(Protocol):
     def decode(self, frame: Frame) -> ProviderEvent | None:
         """A provider frame as a neutral event, or ``None`` for frames the bridge ignores.
 
+        Decoding may update the codec's view of the session (which response is in progress).
+
         Raises:
-            RemoteProtocolError: the frame is malformed.
+            BadAudio: an audio chunk fails validation (the call drops it and plays on).
+            RemoteProtocolError: the frame is malformed (the call drops it).
         """
         ...
 
-    def interrupt(self, item_id: str | None, audio_end_ms: int) -> list[Frame]:
-        """The caller barged in after hearing ``audio_end_ms`` of agent item ``item_id``."""
+    def interrupt(self, truncations: Sequence[Truncation]) -> list[Frame]:
+        """The caller barged in: what to tell the provider.
+
+        ``truncations`` name this session's agent items whose audio the caller had not finished
+        hearing, in playback order: the item being heard at the heard millisecond, then the items
+        queued behind it at 0. Possibly empty (the provider gives no item ids, or the audio was
+        from an earlier session). The frames also cancel a response still being generated, where
+        the protocol allows.
+        """
         ...
 
     def closing(self) -> list[Frame]:

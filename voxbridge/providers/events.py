@@ -1,7 +1,12 @@
-"""The neutral event vocabulary between the call and any provider codec.
+"""The neutral vocabulary between the call and any provider codec.
 
-Audio stays base64 text (``payload``) because both Twilio and OpenAI Realtime carry it that way: with
-mu-law on both legs a frame passes through without being decoded or re-encoded.
+Events flow from a provider codec to the call (:data:`ProviderEvent`); a :class:`Truncation` flows
+back, from the call's playback tracking to the codec, when the caller barges in.
+
+Agent audio is validated *bytes* of G.711 mu-law at 8 kHz: a codec checks the provider's audio as
+strictly as Twilio's (strict base64, whole 16-bit samples) and raises
+:class:`~voxbridge.errors.BadAudio` otherwise, and the carrier codec encodes the bytes itself, so no
+provider text reaches a carrier frame unvalidated.
 """
 
 from __future__ import annotations
@@ -13,17 +18,33 @@ __all__ = [
     "AgentHangup",
     "ProviderError",
     "ProviderEvent",
+    "ResponseStarted",
     "SpeechStarted",
     "Transcript",
+    "Truncation",
 ]
 
 
 @attrs.frozen
 class AgentAudio:
-    """Agent speech for the caller: base64 G.711 mu-law, 8 kHz mono."""
+    """Agent speech for the caller: G.711 mu-law bytes, 8 kHz mono (8 bytes per ms).
 
-    payload: str
+    ``item_id`` names the conversation item the audio belongs to and ``response_id`` the response
+    that produced it, when the provider says (OpenAI Realtime does; Ultravox does not). The call
+    uses them to truncate what the caller did not hear and to drop audio of interrupted answers.
+    """
+
+    audio: bytes
     item_id: str | None = None
+    response_id: str | None = None
+
+
+@attrs.frozen
+class ResponseStarted:
+    """The provider began a new response (an answer): audio of earlier, interrupted answers that
+    still arrives after this is impossible, so the call stops watching for it."""
+
+    response_id: str | None = None
 
 
 @attrs.frozen
@@ -56,4 +77,15 @@ class ProviderError:
     message: str
 
 
-ProviderEvent = AgentAudio | SpeechStarted | Transcript | AgentHangup | ProviderError
+@attrs.frozen
+class Truncation:
+    """What the caller heard of one agent item when they barged in: its first ``audio_end_ms``
+    milliseconds (0: none of it; it was queued behind the item being heard)."""
+
+    item_id: str
+    audio_end_ms: int
+
+
+ProviderEvent = (
+    AgentAudio | ResponseStarted | SpeechStarted | Transcript | AgentHangup | ProviderError
+)

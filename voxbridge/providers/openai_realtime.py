@@ -1,21 +1,31 @@
 """OpenAI Realtime (GA and beta) over WebSocket: a provider and its sans-IO codec.
 
 voxbridge asks the provider for G.711 mu-law in and out (GA ``audio/pcmu``, beta ``g711_ulaw``), so a
-Twilio ``media.payload`` becomes ``input_audio_buffer.append.audio`` unchanged and an audio delta
-becomes a Twilio ``media.payload`` unchanged: no transcoding, no base64 round trip.
+Twilio ``media.payload`` becomes ``input_audio_buffer.append.audio`` unchanged, and an audio delta is
+Twilio's audio too: no transcoding. A delta is decoded as strict base64 (the same check as Twilio's
+``media.payload``); one that fails raises :class:`~voxbridge.errors.BadAudio`, and the call drops
+that chunk alone.
 
 * Opening a session sends ``session.update`` (mu-law both ways, server VAD, caller transcription,
   voice, instructions), then the conversation so far as ``conversation.item.create`` events, so a
   resumed session (after a drop, or the 60-minute ``session_expired``) keeps the context.
-* Barge-in sends ``conversation.item.truncate`` with how much of the agent item the caller heard,
-  so the model's memory matches what was played.
+* The codec follows the response lifecycle (``response.created`` .. ``response.done``): a new
+  response is a :class:`~voxbridge.providers.events.ResponseStarted`, and audio carries its
+  ``item_id`` and ``response_id``.
+* Barge-in sends ``response.cancel`` for a response still in progress (server VAD usually cancels
+  it first; the ``response_cancel_not_active`` error that race produces is expected and ignored),
+  then one ``conversation.item.truncate`` per agent item the caller had not finished hearing: the
+  item being heard at the heard millisecond, the items queued behind it at 0 ms. Truncating at 0
+  rather than ``conversation.item.delete`` keeps every item in the conversation, in order, with its
+  unheard audio and transcript removed -- one message kind for every item, and the model still
+  sees that it began an answer that was cut off.
 * OpenAI never ends a call on its own: any close is a dropped session the call may resume.
 
-Outbound audio frames are built from a template (base64 never needs JSON escaping); everything else
-goes through ``json.dumps``. Inbound frames are parsed with ``json.loads`` and mapped to neutral
-events; events the bridge does not act on map to ``None`` (providers add events often, and an unknown
-one is not an error). A frame that is not a JSON object with a string ``type`` (or a binary frame)
-raises ``RemoteProtocolError``.
+Outbound caller audio frames are built from a template (base64 never needs JSON escaping);
+everything else goes through ``json.dumps``. Inbound frames are parsed with ``orjson`` and mapped to
+neutral events; events the bridge does not act on map to ``None`` (providers add events often, and
+an unknown one is not an error). A frame that is not a JSON object with a string ``type`` (or a
+binary frame) raises ``RemoteProtocolError``.
 
 The GA and beta shapes follow the ``openai`` package's ``types.realtime`` and
 ``types.beta.realtime`` models; ``tests/test_openai_realtime.py`` validates every frame built here
@@ -32,11 +42,20 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 import orjson
 
-from ..errors import Reason, RemoteProtocolError
+from ..audio import b64_decode
+from ..errors import BadAudio, Reason, RemoteProtocolError
 from ..settings import Settings
 from .base import Frame, ProviderSession
 from .endpoint import ProviderEndpoint
-from .events import AgentAudio, ProviderError, ProviderEvent, SpeechStarted, Transcript
+from .events import (
+    AgentAudio,
+    ProviderError,
+    ProviderEvent,
+    ResponseStarted,
+    SpeechStarted,
+    Transcript,
+    Truncation,
+)
 
 __all__ = [
     "BETA_HEADER",
@@ -57,6 +76,9 @@ _AGENT_TRANSCRIPT_DONE = frozenset(
     {"response.output_audio_transcript.done", "response.audio_transcript.done"}
 )
 _CALLER_TRANSCRIPT_DONE = "conversation.item.input_audio_transcription.completed"
+#: The error a ``response.cancel`` gets when the response already ended (server VAD cancels on
+#: ``speech_started`` too): an expected race at every barge-in, not worth a warning.
+CANCEL_NOT_ACTIVE = "response_cancel_not_active"
 
 #: Transcript role -> (message role, content part type) per flavour. GA assistant text is
 #: ``output_text`` (``RealtimeConversationItemAssistantMessage``); beta assistant text is ``text``
@@ -104,6 +126,8 @@ class OpenAIRealtimeCodec:
         self.voice = voice
         self.instructions = instructions
         self.transcription_model = transcription_model
+        #: The response being generated (from ``response.created`` to ``response.done``).
+        self.response_id: str | None = None
 
     def __repr__(self) -> str:
         return f"OpenAIRealtimeCodec({self.flavour!r}, model={self.model!r}, voice={self.voice!r})"
@@ -190,11 +214,11 @@ class OpenAIRealtimeCodec:
     #: The former name of :meth:`audio`.
     append_audio = audio
 
-    @staticmethod
-    def decode(frame: Frame) -> ProviderEvent | None:
+    def decode(self, frame: Frame) -> ProviderEvent | None:
         """Map one server frame to a neutral event, or ``None`` for events the bridge ignores.
 
         Raises:
+            BadAudio: an audio delta that is not strict base64.
             RemoteProtocolError: a binary frame, or not a JSON object with a string ``type``, or a
                 mapped event with a field of the wrong type.
         """
@@ -210,9 +234,21 @@ class OpenAIRealtimeCodec:
         if kind in _AUDIO_DELTA:
             delta = event.get("delta")
             if not isinstance(delta, str):
-                raise RemoteProtocolError(f"{kind}.delta must be a base64 string")
-            item = event.get("item_id")
-            return AgentAudio(delta, item if isinstance(item, str) else None)
+                raise BadAudio(f"{kind}.delta must be a base64 string, got {_kind(delta)}")
+            try:
+                audio = b64_decode(delta)
+            except ValueError as exc:
+                raise BadAudio(f"{kind}.delta is {exc}") from None
+            if not audio:
+                return None  # nothing to play
+            return AgentAudio(audio, _id(event.get("item_id")), _id(event.get("response_id")))
+        if kind == "response.created":
+            response = event.get("response")
+            self.response_id = _id(response.get("id")) if isinstance(response, dict) else None
+            return ResponseStarted(self.response_id)
+        if kind == "response.done":
+            self.response_id = None
+            return None
         if kind == "input_audio_buffer.speech_started":
             start = event.get("audio_start_ms")
             return SpeechStarted(start if type(start) is int else None)
@@ -223,28 +259,35 @@ class OpenAIRealtimeCodec:
         if kind == "error":
             error = event.get("error")
             error = error if isinstance(error, dict) else {}
-            return ProviderError(
-                _text(error.get("code") or error.get("type")), _text(error.get("message"))
-            )
+            code = _text(error.get("code") or error.get("type"))
+            if code == CANCEL_NOT_ACTIVE:
+                return None  # our barge-in cancel raced the server's own: expected
+            return ProviderError(code, _text(error.get("message")))
         return None
 
     # --- barge-in and the end -----------------------------------------------------------------
 
-    def interrupt(self, item_id: str | None, audio_end_ms: int) -> list[Frame]:
-        """``conversation.item.truncate`` of ``item_id`` at ``audio_end_ms`` (nothing without one).
+    def interrupt(self, truncations: Sequence[Truncation]) -> list[Frame]:
+        """``response.cancel`` if a response is in progress, then one ``conversation.item.truncate``
+        per truncation, in order.
 
-        With server VAD the provider already cancelled the response; the truncate makes its memory
-        of the agent's turn end where the caller stopped hearing it.
+        The cancel stops the model generating an answer the caller talked over (server VAD usually
+        did already); each truncate makes the model's memory of an item end where the caller
+        stopped hearing it (0 ms: never heard).
         """
-        if item_id is None:
-            return []
-        truncate = {
-            "type": "conversation.item.truncate",
-            "item_id": item_id,
-            "content_index": 0,
-            "audio_end_ms": max(0, int(audio_end_ms)),
-        }
-        return [_dumps(truncate)]
+        frames: list[Frame] = []
+        if self.response_id is not None:
+            cancel = {"type": "response.cancel", "response_id": self.response_id}
+            frames.append(_dumps(cancel))
+        for cut in truncations:
+            truncate = {
+                "type": "conversation.item.truncate",
+                "item_id": cut.item_id,
+                "content_index": 0,
+                "audio_end_ms": max(0, int(cut.audio_end_ms)),
+            }
+            frames.append(_dumps(truncate))
+        return frames
 
     def closing(self) -> list[Frame]:
         """Nothing: closing the socket ends an OpenAI Realtime session."""
@@ -260,6 +303,14 @@ class OpenAIRealtimeCodec:
 #: and retrying cannot help. Everything else -- including 1001 after ``session_expired`` (the
 #: 60-minute limit) -- is a session to resume.
 CLOSE_REASONS: dict[int, Reason] = {1008: Reason.UPSTREAM_REJECTED}
+
+
+def _id(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _kind(value: object) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def _text(value: object) -> str:

@@ -17,6 +17,11 @@ resampling). Data messages map to neutral events:
 * ``playback_clear_buffer`` (the caller barged in; drop unplayed agent audio) becomes
   :class:`~voxbridge.providers.events.SpeechStarted`, which makes the bridge clear Twilio's buffer.
   Ultravox truncates the agent's turn on its side, so :meth:`UltravoxCodec.interrupt` sends nothing.
+  Ultravox stops the interrupted turn before it sends the clear, on the same ordered socket, so the
+  audio after it is the next turn's: Ultravox's own client plays it (``ultravox-websocket-example-
+  client``), and so does the bridge.
+* Agent audio must be whole 16-bit samples; an odd-length frame raises
+  :class:`~voxbridge.errors.BadAudio` and the call drops that frame alone.
 * ``state``, ``call_started``, ``pong``, ``debug`` and types added later are ignored.
 
 Ultravox ends the call itself when the agent hangs up and closes the socket with 1000; any other close
@@ -37,12 +42,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import httpx
 import orjson
 
-from ..audio import pcm16_to_ulaw_b64, ulaw_b64_to_pcm16
+from ..audio import pcm16_to_ulaw, ulaw_b64_to_pcm16
 from ..deadlines import deadline
-from ..errors import Reason, RemoteProtocolError, UpstreamConnectFailed
+from ..errors import BadAudio, Reason, RemoteProtocolError, UpstreamConnectFailed
 from .base import Frame, Provider, ProviderCodec, ProviderSession
 from .endpoint import ProviderEndpoint
-from .events import AgentAudio, ProviderEvent, SpeechStarted, Transcript
+from .events import AgentAudio, ProviderEvent, SpeechStarted, Transcript, Truncation
 
 __all__ = ["ULTRAVOX_URL", "UltravoxCodec", "UltravoxProvider"]
 
@@ -97,16 +102,17 @@ class UltravoxCodec:
         """Map one Ultravox frame to a neutral event, or ``None`` for frames the bridge ignores.
 
         Raises:
-            RemoteProtocolError: odd-length audio, malformed JSON, a message that is not an object
-                with a string ``type``, or a ``transcript`` with fields of the wrong type.
+            BadAudio: an audio frame that is not whole 16-bit samples (an odd length).
+            RemoteProtocolError: malformed JSON, a message that is not an object with a string
+                ``type``, or a ``transcript`` with fields of the wrong type.
         """
         if isinstance(frame, bytes | bytearray | memoryview):
             pcm = bytes(frame)
             if len(pcm) % 2:
-                raise RemoteProtocolError(
+                raise BadAudio(
                     f"Ultravox audio frame of {len(pcm)} bytes is not whole 16-bit samples"
                 )
-            return AgentAudio(pcm16_to_ulaw_b64(pcm)) if pcm else None
+            return AgentAudio(pcm16_to_ulaw(pcm)) if pcm else None
         try:
             message = orjson.loads(frame)
         except orjson.JSONDecodeError as exc:
@@ -149,8 +155,9 @@ class UltravoxCodec:
             return None
         return Transcript(mapped, so_far)
 
-    def interrupt(self, item_id: str | None, audio_end_ms: int) -> list[Frame]:
-        """Nothing: Ultravox detects the barge-in and truncates the agent's turn on its side."""
+    def interrupt(self, truncations: Sequence[Truncation]) -> list[Frame]:
+        """Nothing: Ultravox detects the barge-in and truncates the agent's turn on its side
+        (its audio carries no item ids, so ``truncations`` is always empty)."""
         return []
 
     def closing(self) -> list[Frame]:

@@ -14,8 +14,10 @@ The shape (docs/architecture.md, "The call lifecycle")::
            │                        opt-in: audio gathered for upstream_batch_ms (AudioBatch)
            ├── upstream_to_caller   ProviderLink.open (connect_timeout, retried with backoff), then
            │                        ProviderLink.receive (which resumes a dropped session) ->
-           │                        decode -> send to the carrier (send_timeout); a mark after each
-           │                        chunk; barge-in -> `clear` + truncate
+           │                        decode (bad frames dropped, counted) -> send to the carrier
+           │                        (send_timeout); a mark after each media message; barge-in ->
+           │                        `clear`, cancel + truncates, late audio dropped; agent hang-up
+           │                        -> wait for the goodbye to be heard (farewell_timeout)
            └── ProviderLink.upkeep  pings under pong_timeout, recycling at session_max_age
       teardown (shielded, bounded by teardown_timeout): close the provider link and the carrier,
                                     side by side
@@ -32,7 +34,6 @@ ever picks exception groups apart by hand.
 
 from __future__ import annotations
 
-import binascii
 import logging
 import math
 import uuid
@@ -43,19 +44,27 @@ from contextlib import contextmanager
 import trio
 from prometheus_client import Counter
 
-from ..audio import b64_size
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
 from ..deadlines import Deadline
-from ..errors import Disconnect, LinkDown, Reason, RemoteProtocolError, UpstreamTimeout, ends_call
+from ..errors import (
+    BadAudio,
+    Disconnect,
+    LinkDown,
+    Reason,
+    RemoteProtocolError,
+    UpstreamTimeout,
+    ends_call,
+)
 from ..journal import CallJournal, MemoryJournal
 from ..metrics import Metrics
-from ..providers.base import Provider
+from ..providers.base import Frame, Provider
 from ..providers.endpoint import ProviderEndpoint
 from ..providers.events import (
     AgentAudio,
     AgentHangup,
     ProviderError,
     ProviderEvent,
+    ResponseStarted,
     SpeechStarted,
     Transcript,
 )
@@ -141,34 +150,36 @@ IDLE_TIMEOUT = ends_call(Reason.IDLE_TIMEOUT)
 # Caller audio kept while the first provider session opens: 2 s of 20 ms frames (about 21 KB).
 OPENING_BACKLOG_FRAMES = 100
 
+# The caller ending the call while the agent's goodbye plays: the agent's hang-up stands.
+_CALLER_LEFT = frozenset({Reason.CALLER_STOP, Reason.CALLER_CLOSED})
 
-def _coalesce(first: AgentAudio, session: Session) -> tuple[str, ProviderEvent | None]:
-    """``first``'s payload merged with the audio of the same item already queued behind it.
 
-    Returns the payload and the first non-matching event read ahead (to handle next), if any.
+def _coalesce(
+    first: AgentAudio, session: Session, decode: Callable[[Session, Frame], ProviderEvent | None]
+) -> tuple[bytes, ProviderEvent | None]:
+    """``first``'s audio joined with the audio of the same item already queued behind it.
+
+    Returns the audio and the first other event read ahead (to handle next), if any.
     """
-    receive_nowait, codec = session.receive_nowait, session.codec
+    receive_nowait = session.receive_nowait
     frame = receive_nowait()
     if frame is None:
-        return first.payload, None  # the common case in real time: nothing queued
-    chunks = [binascii.a2b_base64(first.payload)]
-    size = len(chunks[0])
+        return first.audio, None  # the common case in real time: nothing queued
+    chunks = [first.audio]
+    size = len(first.audio)
     carry: ProviderEvent | None = None
     while frame is not None:
-        try:
-            event = codec.decode(frame)
-        except RemoteProtocolError:
-            event = None
+        event = decode(session, frame)
         if type(event) is AgentAudio and event.item_id == first.item_id:
-            chunks.append(binascii.a2b_base64(event.payload))
-            size += len(chunks[-1])
+            chunks.append(event.audio)
+            size += len(event.audio)
         elif event is not None:
             carry = event
             break
         if size >= MAX_COALESCE_BYTES:
             break
         frame = receive_nowait()
-    return binascii.b2a_base64(b"".join(chunks), newline=False).decode("ascii"), carry
+    return b"".join(chunks), carry
 
 
 @contextmanager
@@ -191,11 +202,14 @@ class Call:
         "_carrier",
         "_connect_stream",
         "_ending",
+        "_goodbye_heard",
+        "_hangup",
         "_link",
         "_playback",
         "_ran",
         "_scope",
         "_twilio",
+        "_warned",
         "carrier_name",
         "ended",
         "journal",
@@ -231,6 +245,9 @@ class Call:
         self._link: ProviderLink | None = None
         self._scope = trio.CancelScope()
         self._ending: Disconnect | None = None
+        self._hangup: Disconnect | None = None  # the agent hung up; the goodbye is playing
+        self._goodbye_heard: trio.Event | None = None
+        self._warned: set[str] = set()  # provider drop reasons already logged at warning level
         self._ran = False
         self.state = CallState(call_id=uuid.uuid4().hex[:12], accepted_at=math.nan)
         self.ended = trio.Event()
@@ -425,7 +442,9 @@ class Call:
                         elif batch.add(event.payload, now):
                             await forward(*batch.take())
                     elif type(event) is Mark:
-                        playback.played(event.name)
+                        heard = playback.played(event.name)
+                        if heard and self._goodbye_heard is not None and not playback.outstanding:
+                            self._goodbye_heard.set()  # the agent's goodbye has played
                     elif type(event) is Stop:
                         if batch:
                             await forward(*batch.take())  # the caller's last words still count
@@ -451,13 +470,27 @@ class Call:
                     )
 
     async def _upstream_to_caller(self) -> None:
+        """Play the provider to the caller; when the agent hangs up, let the goodbye be heard."""
+        try:
+            await self._play_provider()
+        except (Disconnect, LinkDown) as end:
+            if end.reason is not Reason.AGENT_HANGUP:
+                raise
+            await self._farewell(end.detail)
+            raise Disconnect(end.reason, end.detail) from None
+
+    async def _play_provider(self) -> None:
         carrier, link, state = self._carrier, self._link, self.state
         twilio, playback, journal = self._twilio, self._playback, self.journal
         assert link is not None
         await link.open()
         state.upstream_connected_at = trio.current_time()
         frames = self.metrics.media_frames.labels(direction="to_caller")
+        late = self.metrics.provider_frames_dropped.labels(
+            provider=self.provider.name, reason="late_audio"
+        )
         send_timeout = self.settings.send_timeout
+        decode = self._provider_event
         carry: ProviderEvent | None = None  # an event read ahead while coalescing audio
         event: ProviderEvent | None
         session: Session | None = None
@@ -469,37 +502,44 @@ class Call:
                 else:
                     watchdog.disarm()  # liveness of a quiet provider is the link's upkeep
                     session, frame = await link.receive()
-                    try:
-                        event = session.codec.decode(frame)
-                    except RemoteProtocolError as exc:
-                        log.warning(
-                            "provider frame dropped: %s", exc, extra={"call_id": state.call_id}
-                        )
+                    event = decode(session, frame)
+                    if event is None:
                         continue
                 assert session is not None
                 if type(event) is AgentAudio:
+                    if not playback.admits(event.item_id, event.response_id):
+                        late.inc()  # an answer the caller interrupted: never played
+                        continue
                     # Providers send audio in bursts faster than real time. What is already
                     # queued goes out as one media message and one mark (fewer messages on the
                     # hot path); nothing ever waits for more to arrive.
-                    payload, carry = _coalesce(event, session)
-                    mark = playback.sent(event.item_id, b64_size(payload))
+                    audio, carry = _coalesce(event, session, decode)
+                    mark = playback.sent(len(audio), event.item_id, event.response_id, session)
                     watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                    await carrier.send(twilio.media(payload))
+                    await carrier.send(twilio.media(audio))
                     await carrier.send(twilio.mark(mark))
                     state.frames_to_caller += 1
                     frames.inc()
                 elif type(event) is SpeechStarted:
-                    heard = playback.interrupt()
-                    if heard is not None:  # the caller talks over the agent: barge-in
+                    truncations = playback.interrupt(session)
+                    messages = session.codec.interrupt(truncations or ())
+                    if truncations is not None:  # the caller talks over the agent: barge-in
                         watchdog.arm(send_timeout, Reason.CALLER_STALLED)
                         await carrier.send(twilio.clear())
                         watchdog.disarm()  # the link bounds its own sends
-                        for message in session.codec.interrupt(*heard):
-                            if not await link.send_within(session, message):
-                                break
                         state.barge_ins += 1
                         self.metrics.barge_ins.inc()
-                        log.debug("barge-in at %d ms", heard[1], extra={"call_id": state.call_id})
+                        log.debug(
+                            "barge-in: %s",
+                            ", ".join(f"{t.item_id} at {t.audio_end_ms} ms" for t in truncations)
+                            or "no item to truncate",
+                            extra={"call_id": state.call_id},
+                        )
+                    for message in messages:
+                        if not await link.send_within(session, message):
+                            break
+                elif type(event) is ResponseStarted:
+                    playback.response_started(event.response_id)
                 elif type(event) is Transcript:
                     state.transcript.append(event)
                     self._journal(journal.transcript_line, state, event)
@@ -513,6 +553,49 @@ class Call:
                         event.message,
                         extra={"call_id": state.call_id},
                     )
+
+    def _provider_event(self, session: Session, frame: Frame) -> ProviderEvent | None:
+        """``frame`` decoded by ``session``'s codec; a bad frame is dropped and counted, and the
+        first of each kind in a call is logged as a warning (the rest at debug: the counter has
+        them)."""
+        try:
+            return session.codec.decode(frame)
+        except RemoteProtocolError as exc:
+            problem = exc
+        reason = "bad_audio" if isinstance(problem, BadAudio) else "malformed"
+        self.metrics.provider_frames_dropped.labels(
+            provider=self.provider.name, reason=reason
+        ).inc()
+        level = logging.DEBUG if reason in self._warned else logging.WARNING
+        self._warned.add(reason)
+        log.log(
+            level,
+            "provider frame dropped (%s): %s",
+            reason,
+            problem,
+            extra={"call_id": self.state.call_id},
+        )
+        return None
+
+    async def _farewell(self, detail: str) -> None:
+        """The agent hung up: wait until the carrier confirms the caller heard all the agent audio
+        sent (the mark after the last of it echoed), at most ``farewell_timeout``. The caller
+        hanging up meanwhile ends the call at once, still ``agent_hangup``."""
+        playback = self._playback
+        if not playback.outstanding:
+            return
+        self._hangup = Disconnect(Reason.AGENT_HANGUP, detail)
+        heard = self._goodbye_heard = trio.Event()
+        with trio.move_on_after(self.settings.farewell_timeout):
+            await heard.wait()
+        if playback.outstanding:
+            log.info(
+                "agent hung up; %d ms of its goodbye not confirmed heard within"
+                " farewell_timeout=%gs",
+                playback.unheard_ms,
+                self.settings.farewell_timeout,
+                extra={"call_id": self.state.call_id},
+            )
 
     # --- ending -------------------------------------------------------------------------------
 
@@ -532,6 +615,9 @@ class Call:
 
     def _record(self, disconnect: Disconnect) -> None:
         if self._ending is None:
+            if self._hangup is not None and disconnect.reason in _CALLER_LEFT:
+                detail = f"{self._hangup.detail}; the caller hung up during the goodbye"
+                disconnect = Disconnect(Reason.AGENT_HANGUP, detail)
             self._ending = disconnect
             self._scope.cancel()
 

@@ -1,15 +1,25 @@
-"""Which agent audio the caller has actually heard, from Twilio's mark echoes.
+"""What agent audio the caller has actually heard, item by item, from the carrier's mark echoes.
 
 Twilio plays the audio we send in order and, when the audio before a ``mark`` has finished playing,
-echoes that mark back. So after every chunk of agent audio the call sends a mark, and this object
-remembers, per mark, which agent item it closes and how many milliseconds of that item had been
-sent up to it. When a mark comes back, everything up to it has been *played*: the caller heard it.
+echoes that mark back; on ``clear`` it drops the audio still queued and echoes every pending mark at
+once. So after every media message the call sends a mark, and :class:`Playback` remembers, per
+mark, which agent *item* (a provider's unit of speech: an OpenAI conversation item) it closes and
+how many bytes of that item had been sent up to it. A mark that comes back means everything before
+it was *played*: the caller heard it. Several items may be queued at the carrier at once (providers
+send answers faster than real time), so every item with audio still queued is tracked.
 
-On barge-in (the caller starts talking over the agent) the call asks :meth:`Playback.interrupt`:
-if audio is still outstanding it returns the agent item and the millisecond the caller actually
-heard -- from played marks, not from a wall clock -- for the provider's truncate, and voids every
-outstanding mark, because Twilio echoes the marks a ``clear`` discarded too, and those were never
-heard.
+A barge-in (the caller talks over the agent), :meth:`Playback.interrupt`::
+
+    sent:    [A 0..2000 ms ][B 0..2000 ms ]        marks after every media message
+    played:  [A 0..960 ms]^                        the last mark echoed closed A at 960 ms
+                          caller barges in here
+    ->  Truncation(A, 960), Truncation(B, 0)       A heard to 960 ms; B queued, never heard
+    ->  every pending mark is void (the ``clear`` echoes them, unplayed)
+    ->  audio of A, B and their responses that still arrives is late: dropped until a new
+        response begins (:meth:`admits`, :meth:`response_started`)
+
+The heard position comes from echoed marks, never from a wall clock, so it can be short of the truth
+by at most one media message (the call sends at most 100 ms per message) and is never past it.
 
 Pure state: no clock, no I/O. G.711 mu-law at 8 kHz is 8 bytes per millisecond.
 """
@@ -17,74 +27,151 @@ Pure state: no clock, no I/O. G.711 mu-law at 8 kHz is 8 bytes per millisecond.
 from __future__ import annotations
 
 from ..audio import BYTES_PER_MS
+from ..providers.events import Truncation
 
 __all__ = ["BYTES_PER_MS", "Playback"]
 
 _PREFIX = "vb"
+#: Ids of interrupted items and responses remembered while no new response begins (a provider that
+#: never announces responses must not grow them without bound).
+MAX_CUT_IDS = 64
+
+
+class _Item:
+    """One agent item with audio at the carrier: bytes sent, bytes the caller has heard."""
+
+    __slots__ = ("heard", "item_id", "response_id", "sent", "session")
+
+    def __init__(self, session: object, item_id: str | None, response_id: str | None) -> None:
+        self.session = session
+        self.item_id = item_id
+        self.response_id = response_id
+        self.sent = 0
+        self.heard = 0
 
 
 class Playback:
-    """Mark bookkeeping for one call's agent audio."""
+    """Mark bookkeeping for one call's agent audio, across every item queued at the carrier."""
 
-    __slots__ = ("_heard", "_item", "_item_bytes", "_pending", "_seq", "_void_upto")
+    __slots__ = ("_cut_items", "_cut_responses", "_items", "_last", "_marks", "_response", "_seq")
 
     def __init__(self) -> None:
         self._seq = 0
-        self._item: str | None = None
-        self._item_bytes = 0
-        # (seq, item, bytes of it sent up to the mark), oldest first; a list, not a deque: it
-        # stays short, and an empty deque costs 600 bytes per call
-        self._pending: list[tuple[int, str | None, int]] = []
-        self._heard: tuple[str | None, int] = (None, 0)  # (item, bytes of it heard)
-        self._void_upto = 0
+        # (seq, item, bytes of the item sent up to this mark), oldest first; a list, not a deque:
+        # it stays short, and an empty deque costs 600 bytes per call
+        self._marks: list[tuple[int, _Item, int]] = []
+        # items that have audio queued, plus the latest one (more of it may come), by
+        # (session, item id): an item's offsets continue across media messages
+        self._items: dict[tuple[object, str | None], _Item] = {}
+        self._last: _Item | None = None
+        self._response: str | None = None  # the response begun last
+        # ids of interrupted items and responses (dicts as ordered sets), until a new response
+        self._cut_items: dict[str, None] = {}
+        self._cut_responses: dict[str, None] = {}
 
     @property
     def outstanding(self) -> bool:
         """Audio has been sent that the caller has not finished hearing."""
-        return bool(self._pending)
+        return bool(self._marks)
 
     @property
-    def heard_ms(self) -> int:
-        """Milliseconds of the current agent item the caller has heard."""
-        item, heard = self._heard
-        return heard // BYTES_PER_MS if item == self._item else 0
+    def unheard_ms(self) -> int:
+        """Milliseconds of agent audio sent and not yet confirmed played."""
+        total, seen = 0, set()
+        for _, item, upto in reversed(self._marks):
+            if item not in seen:
+                seen.add(item)
+                total += upto - item.heard
+        return total // BYTES_PER_MS
 
-    def sent(self, item_id: str | None, nbytes: int) -> str:
-        """Record ``nbytes`` of agent audio of ``item_id`` sent; returns the mark name to send."""
-        if item_id != self._item:
-            self._item = item_id
-            self._item_bytes = 0
-        self._item_bytes += nbytes
+    def sent(
+        self, nbytes: int, item_id: str | None, response_id: str | None, session: object
+    ) -> str:
+        """Record ``nbytes`` of agent audio of ``item_id`` (of ``session``) sent; returns the name
+        of the mark to send after it."""
+        item = self._last
+        if item is None or item.item_id != item_id or item.session is not session:
+            key = (session, item_id)
+            item = self._items.get(key)
+            if item is None:
+                item = self._items[key] = _Item(session, item_id, response_id)
+            self._last = item
+        item.sent += nbytes
         self._seq += 1
-        self._pending.append((self._seq, item_id, self._item_bytes))
+        self._marks.append((self._seq, item, item.sent))
         return f"{_PREFIX}{self._seq}"
 
     def played(self, name: str) -> bool:
-        """Twilio echoed mark ``name``. Returns True if it means audio was heard."""
+        """The carrier echoed mark ``name``. Returns True if it means audio was heard.
+
+        Marks that are not ours, or were voided by a barge-in (the ``clear`` echoes them), or
+        echoed twice, return False.
+        """
         if not name.startswith(_PREFIX) or not name[len(_PREFIX) :].isdigit():
             return False  # not ours
         seq = int(name[len(_PREFIX) :])
-        if seq <= self._void_upto:
-            return False  # discarded by a clear, never played
-        pending = self._pending
+        marks = self._marks
         played = 0
-        while played < len(pending) and pending[played][0] <= seq:
+        while played < len(marks) and marks[played][0] <= seq:
+            _, item, upto = marks[played]
+            item.heard = upto
             played += 1
         if not played:
             return False
-        _, item, upto = pending[played - 1]
-        self._heard = (item, upto)
-        del pending[:played]
+        del marks[:played]
+        items = self._items
+        if len(items) > 1:  # forget items heard in full that no more audio will extend
+            for key, item in list(items.items()):
+                if item is not self._last and item.heard == item.sent:
+                    del items[key]
         return True
 
-    def interrupt(self) -> tuple[str | None, int] | None:
-        """The caller barged in. Returns ``(item_id, audio_end_ms)`` if agent audio was still
-        outstanding (then the caller's playback must be cleared), else ``None``."""
-        if not self._pending:
+    def interrupt(self, session: object) -> list[Truncation] | None:
+        """The caller barged in.
+
+        Returns ``None`` when no agent audio is outstanding (nothing to clear). Otherwise the
+        carrier's buffer must be cleared, and the result is what to truncate: the item being heard
+        at the heard millisecond, then the items queued behind it at 0, in playback order -- only
+        items of ``session`` (the current provider session; older sessions are gone) that have an
+        id. Either way, the answer being generated (the response begun last) and every item
+        truncated count as interrupted: their audio that still arrives is late (:meth:`admits`).
+        """
+        self._cut(None, self._response)
+        if not self._marks:
             return None
-        item, heard_ms = self._item, self.heard_ms
-        self._void_upto = self._seq
-        self._pending.clear()
-        self._item = None  # the next agent audio starts a new item
-        self._item_bytes = 0
-        return item, heard_ms
+        queued: list[_Item] = []
+        for _, item, _ in self._marks:
+            if item not in queued:
+                queued.append(item)
+        truncations = []
+        for index, item in enumerate(queued):
+            self._cut(item.item_id, item.response_id)
+            if item.item_id is not None and item.session is session:
+                heard_ms = item.heard // BYTES_PER_MS if index == 0 else 0
+                truncations.append(Truncation(item.item_id, heard_ms))
+        self._marks.clear()  # a clear echoes them, unplayed: played() finds nothing for them
+        self._items.clear()
+        self._last = None
+        return truncations
+
+    def admits(self, item_id: str | None, response_id: str | None) -> bool:
+        """Whether agent audio of ``item_id`` / ``response_id`` may play: False for late audio of
+        an interrupted item or response. Audio without ids always plays (see the provider)."""
+        if not (self._cut_items or self._cut_responses):
+            return True  # the hot path: no barge-in since the last response began
+        return item_id not in self._cut_items and response_id not in self._cut_responses
+
+    def response_started(self, response_id: str | None) -> None:
+        """The provider began a new response: earlier answers cannot send more audio."""
+        if response_id is not None and response_id in self._cut_responses:
+            return  # not new
+        self._response = response_id
+        self._cut_items.clear()
+        self._cut_responses.clear()
+
+    def _cut(self, item_id: str | None, response_id: str | None) -> None:
+        for cut, key in ((self._cut_items, item_id), (self._cut_responses, response_id)):
+            if key is not None:
+                cut[key] = None
+                if len(cut) > MAX_CUT_IDS:
+                    del cut[next(iter(cut))]

@@ -1,8 +1,10 @@
 """A Twilio Media Streams carrier simulator: a fake phone call over a real WebSocket.
 
 It sends what Twilio sends (``connected``, ``start``, 20 ms ``media`` frames in real time, ``stop``),
-echoes ``mark`` messages back the way Twilio does once audio has played, and records what the
-bridge sent and how it closed the socket. Behaviours for fault tests:
+plays the agent audio it receives in real time as Twilio does (queued behind what is playing; a
+``clear`` discards what is queued), echoes ``mark`` messages back once the audio before them has
+played, and records what the bridge sent, what the caller actually *heard*
+(:attr:`CallResult.played`) and how the bridge closed the socket. Behaviours for fault tests:
 
 * ``stall_after`` -- stop sending after that many seconds but keep the TCP connection open and keep
   reading: the zombie caller every other bridge leaks;
@@ -19,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections import deque
 from urllib.parse import urlsplit
 
 import attrs
@@ -30,7 +33,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from ..audio import FRAME_BYTES, tone
+from ..audio import BYTES_PER_MS, FRAME_BYTES, tone
 from ..carriers.twilio_wire import (
     encode_connected,
     encode_inbound_media,
@@ -47,7 +50,15 @@ FRAME_SECONDS = FRAME_BYTES / 8000  # 20 ms
 
 @attrs.define
 class CallResult:
-    """What the simulated caller saw. Times are ``trio.current_time()`` values."""
+    """What the simulated caller saw. Times are ``trio.current_time()`` values.
+
+    ``audio_received`` is every byte of agent audio (mu-law 8 kHz, 8 bytes per ms) the bridge
+    sent; ``played`` is what the caller heard of it: exactly the bytes whose real-time playback
+    happened, in order. A chunk cut by a ``clear`` adds the part played before the clear, audio a
+    ``clear`` discarded adds nothing, and audio still queued when the call ended (``closed_at``:
+    the bridge closed the socket, or the simulator stopped reading) adds what had played by then.
+    ``clears_at`` holds the arrival time of each ``clear``.
+    """
 
     call_sid: str
     stream_sid: str
@@ -58,7 +69,9 @@ class CallResult:
     clears_received: int = 0
     #: For each ``clear``: milliseconds of agent audio the caller had heard when it arrived.
     heard_ms_at_clear: list[float] = attrs.Factory(list)
+    clears_at: list[float] = attrs.Factory(list)
     audio_received: bytearray = attrs.field(factory=bytearray, repr=False)
+    played: bytearray = attrs.field(factory=bytearray, repr=False)
     connected_at: float | None = None
     first_sent_at: float | None = None
     first_received_at: float | None = None
@@ -67,6 +80,17 @@ class CallResult:
     close_code: int | None = None
     close_reason: str | None = None
     rejected_status: int | None = None  # the HTTP status if the server refused the upgrade
+
+    def heard_ms(self, byte_value: int | None = None) -> float:
+        """Milliseconds of agent audio the caller heard (:attr:`played`, 8 bytes per ms).
+
+        With ``byte_value`` (0..255), only the samples of that mu-law code: a test that sends each
+        agent item as one constant byte (item A ``b"\\x11" * 8000``, item B ``b"\\x22" * 8000``)
+        gets how much of each item the caller heard.
+        """
+        if byte_value is None:
+            return len(self.played) / BYTES_PER_MS
+        return self.played.count(byte_value) / BYTES_PER_MS
 
     @property
     def round_trip(self) -> float | None:
@@ -246,14 +270,16 @@ class CarrierSimulator:
                             result.frames_received += 1
                             audio = base64.b64decode(event["media"]["payload"])
                             result.audio_received += audio
-                            player.queue(now, len(audio))
+                            player.queue(now, audio)
                         elif kind == "mark":
                             result.marks_received += 1
                             player.mark(event["mark"]["name"])
                         elif kind == "clear":
+                            now = trio.current_time()
                             result.clears_received += 1
-                            result.heard_ms_at_clear.append(player.heard_ms(trio.current_time()))
-                            await player.clear()
+                            result.clears_at.append(now)
+                            result.heard_ms_at_clear.append(player.heard_ms(now))
+                            await player.clear(now)
                 except ConnectionClosed as exc:
                     if exc.reason is not None:
                         result.close_code = exc.reason.code
@@ -264,11 +290,17 @@ class CarrierSimulator:
                     nursery.cancel_scope.cancel()
         finally:
             result.closed_at = trio.current_time()
+            player.stop(result.closed_at)  # the caller hears nothing more
             done.set()
 
 
 class _Player:
-    """Twilio's playback, simulated: real-time audio, marks echoed when played or cleared."""
+    """Twilio's playback, simulated: real-time audio, marks echoed when played or cleared.
+
+    What has played goes to ``CallResult.played``: each chunk is kept with the time it starts
+    playing until it has played out (added whole) or is cut (by a ``clear`` or the end of the call:
+    the part played by then is added, what is queued behind it is dropped).
+    """
 
     def __init__(self, simulator: CarrierSimulator, ws: WebSocketConnection) -> None:
         self._simulator = simulator
@@ -276,17 +308,48 @@ class _Player:
         self._play_until = 0.0  # when the audio queued so far has finished playing
         self._started_at: float | None = None  # when the current stretch of audio began playing
         self._queued_seconds = 0.0  # seconds of audio in the current stretch
+        self._chunks: deque[tuple[float, bytes]] = deque()  # (starts playing at, audio), unplayed
+        self._stopped = False
         self._pending: list[tuple[float, str]] = []  # (due, mark name)
         self._wake = trio.Event()
         self._sequence = 10**6  # our echo sequence numbers, apart from the media ones
 
-    def queue(self, now: float, nbytes: int) -> None:
+    def queue(self, now: float, audio: bytes) -> None:
+        if self._stopped:
+            return
+        self._settle(now)
         if self._started_at is None or now >= self._play_until:
             self._started_at, self._queued_seconds = now, 0.0  # silence before: a new stretch
             self._play_until = now
-        seconds = nbytes / 8000
+        seconds = len(audio) / 8000
+        self._chunks.append((self._play_until, audio))
         self._play_until += seconds
         self._queued_seconds += seconds
+
+    def _settle(self, now: float) -> None:
+        """Move the chunks that have played out by ``now`` to ``played``."""
+        played = self._simulator.result.played
+        while self._chunks:
+            start, audio = self._chunks[0]
+            if start + len(audio) / 8000 > now:
+                return
+            played.extend(audio)
+            self._chunks.popleft()
+
+    def _cut(self, now: float) -> None:
+        """Playback stops at ``now``: the part of the playing chunk heard so far is kept, the
+        rest and everything queued behind it are dropped."""
+        played = self._simulator.result.played
+        for start, audio in self._chunks:  # in order; those not yet started add nothing
+            heard = min(len(audio), max(0, round((now - start) * 8000)))  # samples, 1 byte each
+            played.extend(audio[:heard])
+        self._chunks.clear()
+
+    def stop(self, now: float) -> None:
+        """The call is over at ``now``: nothing plays after it."""
+        if not self._stopped:
+            self._cut(now)
+            self._stopped = True
 
     def heard_ms(self, now: float) -> float:
         if self._started_at is None:
@@ -297,8 +360,8 @@ class _Player:
         self._pending.append((self._play_until, name))
         self._wake.set()
 
-    async def clear(self) -> None:
-        now = trio.current_time()
+    async def clear(self, now: float) -> None:
+        self._cut(now)
         self._play_until = now
         self._started_at = None
         pending, self._pending = self._pending, []

@@ -22,11 +22,16 @@ What it does for a bridge:
   ``conversation.item.added``, the content part, 20 ms ``response.output_audio.delta`` chunks sent
   *faster than real time* (``speak_pace``, as the real service bursts), then the ``.done`` events,
   the transcript and ``response.done``. ``input_audio_buffer.speech_started`` during a turn cancels
-  it as server VAD does (``response.done`` with status ``cancelled``, reason ``turn_detected``).
+  it as server VAD does (``response.done`` with status ``cancelled``, reason ``turn_detected``);
+  so does a client ``response.cancel`` (reason ``client_cancelled``; one naming another
+  ``response_id`` than the turn in progress gets the ``response_cancel_not_active`` error).
 * Fault knobs: ``refuse_status``, ``handshake_delay``, ``close_at``, ``stop_reading_at``, ``flood``,
   ``error_at``, ``session_expired_at`` (the 60-minute limit: ``error`` ``session_expired``, then
-  close 1001). ``only_session=k`` applies the scripted and fault knobs to the k-th connection only,
-  so a test can drop one session and let the resumed one run healthy.
+  close 1001), ``late_chunks`` (audio already in flight: a cancelled turn still sends that many
+  deltas of its item before its ``.done`` events), ``corrupt_deltas`` (the k-th audio delta of a
+  session carries the given text instead of its base64) and ``events_at`` (any raw server event
+  at a given time). ``only_session=k`` applies the scripted and fault knobs to the k-th connection
+  only, so a test can drop one session and let the resumed one run healthy.
 
 Each accepted connection is recorded as an :class:`AgentSession` (open/close times and code, every
 client event received, the truncates, item creates and ``session.update`` events, the responses
@@ -41,8 +46,9 @@ import base64
 import copy
 import json
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -149,6 +155,8 @@ class ResponseRecord:
     finished_at: float | None = None
     status: str = "in_progress"  # completed | cancelled | failed
     reason: str | None = None  # turn_detected | client_cancelled, once cancelled
+    cancelled_at: float | None = None  # when the cancel arrived
+    late_deltas: int = 0  # deltas sent after the cancel (``late_chunks``), counted in ``deltas``
     interrupted: trio.Event = attrs.Factory(trio.Event)
 
     @property
@@ -156,9 +164,11 @@ class ResponseRecord:
         return self.sent_bytes // BYTES_PER_MS
 
     def cancel(self, reason: str) -> None:
-        """Stop the turn before its next chunk (never in the middle of a send)."""
+        """Stop the turn before its next chunk (never in the middle of a send), or after the
+        ``late_chunks`` already in flight. The first cancel's reason and time are kept."""
         if self.reason is None:
             self.reason = reason
+            self.cancelled_at = trio.current_time()
         self.interrupted.set()
 
 
@@ -170,7 +180,9 @@ class AgentSession:
     completed (the scripted times count from there). ``events_in`` holds the client events received
     (parsed, the first ``record_limit`` of them; ``events_in_at`` their arrival times); ``truncates``,
     ``items_created`` and ``session_updates`` hold every event of those types. ``config`` is the
-    effective session configuration.
+    effective session configuration. ``corrupted`` lists ``(k, item_id)`` for each audio delta
+    sent with a ``corrupt_deltas`` text (k: its 1-based number among the session's audio deltas);
+    the records of audio sent (``ResponseRecord.sent_bytes``, ``items``) count its real audio.
     """
 
     stream: FaultStream
@@ -194,6 +206,7 @@ class AgentSession:
     truncates: list[dict[str, Any]] = attrs.Factory(list)
     items_created: list[dict[str, Any]] = attrs.Factory(list)
     errors_sent: list[dict[str, Any]] = attrs.Factory(list)
+    corrupted: list[tuple[int, str]] = attrs.Factory(list)
     speech_started_at: list[float] = attrs.Factory(list)
     responses: list[ResponseRecord] = attrs.Factory(list)
     config: dict[str, Any] = attrs.Factory(dict)
@@ -204,6 +217,8 @@ class AgentSession:
     _ids: int = 0
     _last_item: str | None = None
     _buffered_bytes: int = 0
+    _audio_deltas: int = 0  # audio deltas sent so far (echo and turns), for ``corrupt_deltas``
+    _corrupt: Mapping[int, str] = attrs.Factory(dict)
     _speaking: trio.Lock = attrs.Factory(trio.Lock)
 
     @property
@@ -226,12 +241,17 @@ class FakeOpenAIRealtime:
         queue: echo chunks waiting per session; beyond that audio is dropped (counted in
             ``AgentSession.dropped``), never queued without bound.
         speak: ``(at, mulaw_audio)`` or ``(at, mulaw_audio, transcript)``: the agent speaks at
-            ``at`` (turns never overlap: a turn waits for the previous one).
+            ``at`` (turns never overlap: a turn waits for the previous one, and turns due at the
+            same time play in the order given).
         speak_pace: how many times faster than real time a turn's chunks are sent
             (``math.inf``: all at once).
         chunk_ms: milliseconds of audio per delta.
         speech_started_at: send ``input_audio_buffer.speech_started`` at these times (cancelling
             a turn in progress, as server VAD with ``interrupt_response`` does).
+        late_chunks: audio already in flight when a turn is cancelled (``speech_started`` or a
+            client ``response.cancel``): the turn still sends this many more deltas of its item,
+            at its normal pace, before it stops and sends its ``.done`` events (status
+            ``cancelled``). Real services do; it is the input for late audio after a barge-in.
         caller_transcripts: ``(at, text)``: send
             ``conversation.item.input_audio_transcription.completed``.
         refuse_status: reject the WebSocket handshake with this HTTP status.
@@ -243,6 +263,13 @@ class FakeOpenAIRealtime:
         flood: send this many 20 ms audio deltas as one turn, as fast as possible, at open.
         error_at: ``(at, code, message)``: send an ``error`` event.
         session_expired_at: send the ``session_expired`` error, then close with 1001.
+        corrupt_deltas: ``{k: text}``: the k-th ``response.output_audio.delta`` of a session
+            (1-based, counting every audio delta it sends, turns and echo alike) carries ``text``
+            as its ``delta`` instead of the real base64 (``{3: "QUJ"}``: bad padding; ``{1:
+            "@@@@"}``: not base64). The fake believes it sent the real audio: the records count
+            it. A fault knob: with ``only_session``, the other sessions send every delta intact.
+        events_at: ``(at, event)``: send this raw server event (JSON-encoded as given, an
+            ``event_id`` added if it has none): provider input no other knob produces.
         only_session: apply the scripted and fault knobs above (not the echo) to the
             ``only_session``-th connection only (1-based, counting refused ones).
         model: the model named by :meth:`endpoint` and in the initial session configuration.
@@ -261,6 +288,7 @@ class FakeOpenAIRealtime:
         speak_pace: float = 5.0,
         chunk_ms: int = 20,
         speech_started_at: Sequence[float] = (),
+        late_chunks: int = 0,
         caller_transcripts: Sequence[tuple[float, str]] = (),
         refuse_status: int | None = None,
         handshake_delay: float = 0.0,
@@ -271,18 +299,25 @@ class FakeOpenAIRealtime:
         flood: int = 0,
         error_at: tuple[float, str, str] | None = None,
         session_expired_at: float | None = None,
+        corrupt_deltas: Mapping[int, str] = MappingProxyType({}),
+        events_at: Sequence[tuple[float, Mapping[str, Any]]] = (),
         only_session: int | None = None,
         model: str = "gpt-realtime",
         record_limit: int = 1000,
     ) -> None:
         if speak_pace <= 0 or chunk_ms <= 0:
             raise ValueError("speak_pace and chunk_ms must be positive")
+        if late_chunks < 0:
+            raise ValueError("late_chunks must not be negative")
+        if any(k < 1 for k in corrupt_deltas):
+            raise ValueError("corrupt_deltas counts audio deltas from 1")
         self.echo_delay = echo_delay
         self.queue = queue
         self.speak = list(speak)
         self.speak_pace = speak_pace
         self.chunk_ms = chunk_ms
         self.speech_started_at = list(speech_started_at)
+        self.late_chunks = late_chunks
         self.caller_transcripts = list(caller_transcripts)
         self.refuse_status = refuse_status
         self.handshake_delay = handshake_delay
@@ -293,6 +328,8 @@ class FakeOpenAIRealtime:
         self.flood = flood
         self.error_at = error_at
         self.session_expired_at = session_expired_at
+        self.corrupt_deltas = dict(corrupt_deltas)
+        self.events_at = [(when, copy.deepcopy(dict(event))) for when, event in events_at]
         self.only_session = only_session
         self.model = model
         self.record_limit = record_limit
@@ -412,6 +449,8 @@ class FakeOpenAIRealtime:
         assert session.accepted_at is not None
         t0 = session.accepted_at
         session.config = self._initial_config(session)
+        if scripted:
+            session._corrupt = self.corrupt_deltas
         send: Send = partial(self._send, session, ws)
         playback_in, playback_out = trio.open_memory_channel[tuple[float, str]](self.queue)
         async with trio.open_nursery() as nursery:
@@ -452,9 +491,15 @@ class FakeOpenAIRealtime:
         if self.flood > 0:
             audio = SILENCE * (self.flood * 20 * BYTES_PER_MS)
             at(0.0, partial(self._turn, session, send, audio, "", math.inf, 20))
-        for when, audio, *said in self.speak:
-            transcript = str(said[0]) if said else f"agent turn at {when:g}s"
-            at(when, partial(self._turn, session, send, audio, transcript))
+
+        async def speak() -> None:  # in order: turns due together play in the order given
+            for when, audio, *said in sorted(self.speak, key=lambda turn: turn[0]):
+                await trio.sleep_until(t0 + when)
+                transcript = str(said[0]) if said else f"agent turn at {when:g}s"
+                await self._turn(session, send, audio, transcript)
+
+        if self.speak:
+            nursery.start_soon(speak)
         for when in self.speech_started_at:
             at(when, partial(self._speech_started, session, send))
         for when, text in self.caller_transcripts:
@@ -469,6 +514,8 @@ class FakeOpenAIRealtime:
             at(when, partial(self._close, session, ws, close_code, self.close_reason))
         if self.session_expired_at is not None:
             at(self.session_expired_at, partial(self._expire, session, ws, send))
+        for when, event in self.events_at:
+            at(when, partial(self._raw_event, session, send, event))
 
     # --- client events ------------------------------------------------------------------------
 
@@ -521,12 +568,15 @@ class FakeOpenAIRealtime:
             session.truncates.append(event)
             await self._truncate(session, send, event, error)
         elif kind == "response.cancel":
-            if session.current is None:
+            current, named = session.current, event.get("response_id")
+            if current is None or (named is not None and named != current.response_id):
                 await error(
-                    "response_cancel_not_active", "Cancellation failed: no active response found."
+                    "response_cancel_not_active",
+                    "Cancellation failed: no active response found.",
+                    param=None if named is None else "response_id",
                 )
             else:
-                session.current.cancel("client_cancelled")
+                current.cancel("client_cancelled")
         elif kind == "input_audio_buffer.clear":
             session._buffered_bytes = 0
             await send({"type": "input_audio_buffer.cleared", "event_id": self._event_id(session)})
@@ -685,7 +735,7 @@ class FakeOpenAIRealtime:
                     "item_id": ECHO_ITEM,
                     "output_index": 0,
                     "content_index": 0,
-                    "delta": audio,
+                    "delta": self._delta(session, ECHO_ITEM, audio),
                 }
             )
             session.audio_out += 1
@@ -789,22 +839,29 @@ class FakeOpenAIRealtime:
             )
         gap = 0.0 if math.isinf(pace) else chunk / BYTES_PER_MS / 1000 / pace
         status = "completed"
+        late = 0  # chunks sent after the cancel: already in flight (``late_chunks``)
         for start in range(0, len(record.audio), chunk):
             if record.interrupted.is_set():
-                break
+                if late == self.late_chunks:
+                    break
+                late += 1
             piece = record.audio[start : start + chunk]
-            delta = base64.b64encode(piece).decode("ascii")
+            delta = self._delta(session, record.item_id, base64.b64encode(piece).decode("ascii"))
             event = {"type": "response.output_audio.delta", "event_id": event_id(), **ids}
             if not await send({**event, "content_index": 0, "delta": delta}):
                 status = "failed"
                 break
             record.sent_bytes += len(piece)
             record.deltas += 1
+            record.late_deltas = late
             session.audio_out += 1
             session.items[record.item_id] = record.sent_ms
             if gap:
-                with trio.move_on_after(gap):
+                due = trio.current_time() + gap
+                with trio.move_on_at(due):
                     await record.interrupted.wait()
+                if record.interrupted.is_set() and late < self.late_chunks:
+                    await trio.sleep_until(due)  # audio in flight keeps its pace
         if status == "completed" and record.interrupted.is_set():
             status = "cancelled"
         record.status = status
@@ -898,6 +955,21 @@ class FakeOpenAIRealtime:
         )
         if interrupts and session.current is not None:
             session.current.cancel("turn_detected")
+
+    async def _raw_event(self, session: AgentSession, send: Send, raw: Event) -> None:
+        event = copy.deepcopy(raw)
+        if "event_id" not in event:
+            event["event_id"] = self._event_id(session)
+        await send(event)
+
+    def _delta(self, session: AgentSession, item_id: str, audio: str) -> str:
+        """The ``delta`` text of the session's next audio delta: ``audio`` unless corrupted."""
+        session._audio_deltas += 1
+        corrupt = session._corrupt.get(session._audio_deltas)
+        if corrupt is None:
+            return audio
+        session.corrupted.append((session._audio_deltas, item_id))
+        return corrupt
 
     async def _caller_transcript(self, session: AgentSession, send: Send, text: str) -> None:
         await send(

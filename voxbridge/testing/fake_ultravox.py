@@ -11,14 +11,17 @@ Two real servers on loopback, each on its own port:
   like :class:`~voxbridge.testing.EchoAgent`. ``/calls/<callId>`` (only for created calls) sends
   ``call_started`` and ``state``; plays every binary (PCM) frame back ``delay`` seconds later; answers
   ``ping`` with ``pong``; speaks a scripted list of :class:`Utterance` as ``transcript`` messages
-  (partials, then ``final``); sends ``playback_clear_buffer`` at ``clear_at``; hangs up at
-  ``hangup_at`` (close 1000: the agent ended the call); and ends the call with 1000 when it receives
-  ``hang_up``, as Ultravox does.
+  (partials, then ``final``); speaks scripted agent audio (``agent_audio``: s16le 8 kHz PCM as
+  ``chunk_ms`` binary frames, ``speak_pace`` times faster than real time, as the service bursts);
+  sends ``playback_clear_buffer`` at ``clear_at``; hangs up at ``hangup_at`` (close 1000: the agent
+  ended the call), after the agent audio scheduled up to then has gone out (a goodbye, then the
+  hang-up); and ends the call with 1000 when it receives ``hang_up``, as Ultravox does.
 
 Each WebSocket is recorded as an :class:`UltravoxSession` (open/close times, close code, audio
 frames in and out, data messages received and sent), so a test checks from the provider's side what
 the bridge did. Fault knobs: ``refuse_status`` (REST answers that status), ``rest_delay`` (slow
-REST), ``close_at=(seconds, code)`` (drop mid-call) and, per session, the ``FaultStream``
+REST), ``close_at=(seconds, code)`` (drop mid-call), ``frames_at`` (any raw frame, binary or text,
+at a given time: an odd-length PCM frame, broken JSON) and, per session, the ``FaultStream``
 (``stop_reading`` -> no pongs, ``vanish`` -> no close frame).
 
 Every wait here is bounded: a fake that hangs would hide the bugs it exists to find.
@@ -28,8 +31,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -49,6 +54,7 @@ WAIT_TIMEOUT = 10.0  # wait_for_session / wait_closed raise trio.TooSlowError af
 SEND_TIMEOUT = 5.0
 MAX_BODY = 1 << 20
 SAMPLE_RATE = 8000
+PCM_BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # s16le mono at 8 kHz: 16 bytes per ms
 WORD_GAP = 0.01  # seconds between the transcript messages of one utterance
 
 _MESSAGE_ROLES = {"MESSAGE_ROLE_USER", "MESSAGE_ROLE_AGENT"}
@@ -115,7 +121,14 @@ class CallRequest:
 
 @attrs.define(eq=False)
 class UltravoxSession:
-    """One joined call's WebSocket, as the fake saw it. Times are ``trio.current_time()``."""
+    """One joined call's WebSocket, as the fake saw it. Times are ``trio.current_time()``.
+
+    ``audio_in``/``audio_bytes_in`` count the caller's binary frames and bytes received,
+    ``audio_out`` the frames played back (the echo). ``agent_audio_out`` holds every byte of
+    scripted agent audio (``agent_audio``) sent, in order, in ``agent_frames_out`` frames;
+    ``frames_out`` every ``frames_at`` frame sent. ``messages`` are the data messages received,
+    ``sent`` the ones sent.
+    """
 
     stream: FaultStream
     opened_at: float
@@ -129,11 +142,15 @@ class UltravoxSession:
     audio_bytes_in: int = 0
     audio_out: int = 0
     dropped: int = 0
+    agent_audio_out: bytearray = attrs.field(factory=bytearray, repr=False)
+    agent_frames_out: int = 0
+    frames_out: list[bytes | str] = attrs.field(factory=list, repr=False)
     messages: list[dict[str, Any]] = attrs.Factory(list)
     invalid: int = 0
     sent: list[dict[str, Any]] = attrs.Factory(list)
     closed: trio.Event = attrs.Factory(trio.Event)
     ws: WebSocketConnection | None = None
+    _speaking: trio.Lock = attrs.Factory(trio.Lock)
 
     @property
     def is_closed(self) -> bool:
@@ -156,8 +173,18 @@ class FakeUltravox:
         api_key: the key ``POST /api/calls`` accepts (``X-API-Key``).
         delay: seconds between receiving caller audio and playing it back.
         script: utterances (transcripts) to speak in every session.
+        agent_audio: ``(at, pcm)``: ``at`` seconds after a session opened, the agent speaks
+            ``pcm`` (s16le mono 8 kHz): binary frames of ``chunk_ms``, one every
+            ``chunk_ms / speak_pace`` ms. Speeches never overlap: one waits for the one before.
+        chunk_ms: milliseconds of agent audio per binary frame (20 ms: 320 bytes).
+        speak_pace: how many times faster than real time agent audio is sent (``math.inf``: all
+            at once). A speech of ``n`` frames takes ``n * chunk_ms / speak_pace`` ms.
         clear_at: send ``playback_clear_buffer`` this many seconds after a session opened.
-        hangup_at: the agent hangs up (close 1000) this many seconds after a session opened.
+        hangup_at: the agent hangs up (close 1000) this many seconds after a session opened, or
+            once every ``agent_audio`` speech due by then has been sent, if that is later (a
+            goodbye's audio goes out before the hang-up).
+        frames_at: fault knob -- ``(seconds, frame)``: send this raw frame (``bytes``: binary,
+            ``str``: text) as is, e.g. an odd-length PCM frame.
         close_at: fault knob -- ``(seconds, code)``: drop each session with ``code``.
         refuse_status: fault knob -- answer every ``POST /api/calls`` with this status.
         rest_delay: fault knob -- seconds before ``POST /api/calls`` answers.
@@ -171,19 +198,29 @@ class FakeUltravox:
         *,
         delay: float = 0.1,
         script: Sequence[Utterance] = (),
+        agent_audio: Sequence[tuple[float, bytes]] = (),
+        chunk_ms: int = 20,
+        speak_pace: float = 5.0,
         clear_at: float | None = None,
         hangup_at: float | None = None,
+        frames_at: Sequence[tuple[float, bytes | str]] = (),
         close_at: tuple[float, int] | None = None,
         refuse_status: int | None = None,
         rest_delay: float = 0.0,
         close_on_hang_up: bool = True,
         queue: int = 512,
     ) -> None:
+        if speak_pace <= 0 or chunk_ms <= 0:
+            raise ValueError("speak_pace and chunk_ms must be positive")
         self.api_key = api_key
         self.delay = delay
         self.script = tuple(script)
+        self.agent_audio = tuple((at, bytes(pcm)) for at, pcm in agent_audio)
+        self.chunk_ms = chunk_ms
+        self.speak_pace = speak_pace
         self.clear_at = clear_at
         self.hangup_at = hangup_at
+        self.frames_at = tuple(frames_at)
         self.close_at = close_at
         self.refuse_status = refuse_status
         self.rest_delay = rest_delay
@@ -355,10 +392,19 @@ class FakeUltravox:
             nursery.start_soon(self._play, session, ws, playback_out)
             for ordinal, utterance in enumerate(self.script, start=1):
                 nursery.start_soon(self._speak, session, ws, utterance, ordinal)
+            before_hangup: list[trio.Event] = []
+            for at, pcm in self.agent_audio:
+                spoken = trio.Event()
+                if self.hangup_at is not None and at <= self.hangup_at:
+                    before_hangup.append(spoken)
+                nursery.start_soon(self._say, session, ws, at, pcm, spoken)
+            for at, frame in self.frames_at:
+                nursery.start_soon(self._at, session, at, partial(self._raw_frame, frame=frame), ws)
             if self.clear_at is not None:
                 nursery.start_soon(self._at, session, self.clear_at, self._clear, ws)
             if self.hangup_at is not None:
-                nursery.start_soon(self._at, session, self.hangup_at, self._hang_up, ws)
+                hang_up = partial(self._hang_up, after=before_hangup)
+                nursery.start_soon(self._at, session, self.hangup_at, hang_up, ws)
             if self.close_at is not None:
                 nursery.start_soon(self._at, session, self.close_at[0], self._drop, ws)
             await self._send(session, ws, {"type": "call_started", "callId": session.call_id})
@@ -427,10 +473,54 @@ class FakeUltravox:
             await self._send(session, ws, message)
             await trio.sleep(WORD_GAP)
 
+    async def _say(
+        self,
+        session: UltravoxSession,
+        ws: WebSocketConnection,
+        at: float,
+        pcm: bytes,
+        spoken: trio.Event,
+    ) -> None:
+        """Speak one ``agent_audio`` entry; ``spoken`` is set when it is over (or cut short).
+
+        Every send is bounded (a failed one ends the speech), so waiting for ``spoken`` is too.
+        """
+        step = self.chunk_ms * PCM_BYTES_PER_MS
+        gap = 0.0 if math.isinf(self.speak_pace) else self.chunk_ms / 1000 / self.speak_pace
+        try:
+            await trio.sleep_until(session.opened_at + at)
+            async with session._speaking:
+                begin = trio.current_time()
+                for index, start in enumerate(range(0, len(pcm), step)):
+                    await trio.sleep_until(begin + index * gap)
+                    frame = pcm[start : start + step]
+                    if not await self._send_frame(session, ws, frame):
+                        return
+                    session.agent_audio_out += frame
+                    session.agent_frames_out += 1
+                if gap:  # the last frame's time too: the next speech keeps the pace
+                    await trio.sleep_until(begin + math.ceil(len(pcm) / step) * gap)
+        finally:
+            spoken.set()
+
+    async def _raw_frame(
+        self, session: UltravoxSession, ws: WebSocketConnection, *, frame: bytes | str
+    ) -> None:
+        if await self._send_frame(session, ws, frame):
+            session.frames_out.append(frame)
+
     async def _clear(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
         await self._send(session, ws, {"type": "playback_clear_buffer"})
 
-    async def _hang_up(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
+    async def _hang_up(
+        self,
+        session: UltravoxSession,
+        ws: WebSocketConnection,
+        *,
+        after: Sequence[trio.Event] = (),
+    ) -> None:
+        for spoken in after:  # set by _say, whose sends are bounded
+            await spoken.wait()
         await self._close(session, ws, 1000, "agent hung up")
 
     async def _drop(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
@@ -444,6 +534,18 @@ class FakeUltravox:
             session.close_code, session.close_reason = code, reason
         with trio.move_on_after(SEND_TIMEOUT):
             await ws.aclose(code, reason)
+
+    async def _send_frame(
+        self, session: UltravoxSession, ws: WebSocketConnection, frame: bytes | str
+    ) -> bool:
+        """Send one raw frame (bounded by ``SEND_TIMEOUT``); ``False`` if it could not be sent."""
+        with trio.move_on_after(SEND_TIMEOUT):
+            try:
+                await ws.send_message(frame)
+            except ConnectionClosed:
+                return False
+            return True
+        return False
 
     async def _send(
         self, session: UltravoxSession, ws: WebSocketConnection, message: dict[str, Any]
