@@ -6,10 +6,12 @@ Twilio carrier simulator, which plays agent audio in real time and echoes marks 
 
 from __future__ import annotations
 
+import base64
 import binascii
 import json
 import logging
 import math
+import string
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,9 +19,11 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pytest import approx
 
-from voxbridge.audio import FRAME_BYTES, tone
+from voxbridge.audio import FRAME_BYTES, b64_decode, tone
 from voxbridge.errors import Disconnect, Reason
 from voxbridge.journal import MemoryJournal
 from voxbridge.metrics import Metrics
@@ -595,3 +599,39 @@ async def test_a_caller_hanging_up_during_the_goodbye_ends_the_call_at_once(
     assert outcome.disconnect.reason is Reason.AGENT_HANGUP  # the agent's decision stands
     assert "the caller hung up during the goodbye" in outcome.disconnect.detail
     assert outcome.sample("voxbridge_call_disconnects_total", reason="agent_hangup") == 1
+
+
+BASE64ISH = st.text(alphabet=string.ascii_letters + string.digits + '+/=\n @"\\{}', max_size=24)
+VALID = st.binary(min_size=1, max_size=48).map(lambda b: base64.b64encode(b).decode("ascii"))
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],  # the clock is only a clock
+)
+@given(texts=st.lists(st.one_of(st.text(max_size=24), BASE64ISH, VALID), min_size=1, max_size=5))
+async def test_arbitrary_provider_deltas_never_crash_a_call_or_break_a_carrier_frame(
+    autojump_clock: Any, texts: list[str]
+) -> None:
+    fake = await served(
+        FakeOpenAIRealtime(
+            speak=[(0.1, item(A, 0.2), "after the noise")],
+            events_at=[(0.05 + index * 0.005, delta(text)) for index, text in enumerate(texts)],
+        )
+    )
+    async with bridged(fake, Settings(), seconds=0.5) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    assert outcome.carrier is not None and twilio_frames_are_valid(outcome.carrier.sent)
+    valid, bad = [], 0
+    for text in texts:
+        try:
+            valid.append(b64_decode(text))
+        except ValueError:
+            bad += 1
+    labels = {"provider": "openai", "reason": "bad_audio"}
+    assert outcome.sample("voxbridge_provider_frames_dropped_total", **labels) == bad
+    # Exactly the valid audio reached the caller, in order, then the scripted answer.
+    assert bytes(outcome.caller.audio_received) == b"".join(valid) + item(A, 0.2)

@@ -52,9 +52,12 @@ def b64_decode(payload: str) -> bytes:
             missing padding, data after the padding).
     """
     try:
-        return binascii.a2b_base64(payload, strict_mode=True)
+        audio = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"not valid base64: {exc}") from None
+    if len(payload) != (len(audio) + 2) // 3 * 4:  # CPython < 3.12.4 lets excess "=" through
+        raise ValueError("not valid base64: excess padding")
+    return audio
 
 
 def b64_encode(audio: bytes) -> str:

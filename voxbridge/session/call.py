@@ -245,7 +245,7 @@ class Call:
         self._link: ProviderLink | None = None
         self._scope = trio.CancelScope()
         self._ending: Disconnect | None = None
-        self._hangup: Disconnect | None = None  # the agent hung up; the goodbye is playing
+        self._hangup: str | None = None  # why the agent hung up, while its goodbye plays
         self._goodbye_heard: trio.Event | None = None
         self._warned: set[str] = set()  # provider drop reasons already logged at warning level
         self._ran = False
@@ -584,7 +584,7 @@ class Call:
         playback = self._playback
         if not playback.outstanding:
             return
-        self._hangup = Disconnect(Reason.AGENT_HANGUP, detail)
+        self._hangup = detail
         heard = self._goodbye_heard = trio.Event()
         with trio.move_on_after(self.settings.farewell_timeout):
             await heard.wait()
@@ -616,7 +616,7 @@ class Call:
     def _record(self, disconnect: Disconnect) -> None:
         if self._ending is None:
             if self._hangup is not None and disconnect.reason in _CALLER_LEFT:
-                detail = f"{self._hangup.detail}; the caller hung up during the goodbye"
+                detail = f"{self._hangup}; the caller hung up during the goodbye"
                 disconnect = Disconnect(Reason.AGENT_HANGUP, detail)
             self._ending = disconnect
             self._scope.cancel()
