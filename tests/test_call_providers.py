@@ -635,3 +635,20 @@ async def test_arbitrary_provider_deltas_never_crash_a_call_or_break_a_carrier_f
     assert outcome.sample("voxbridge_provider_frames_dropped_total", **labels) == bad
     # Exactly the valid audio reached the caller, in order, then the scripted answer.
     assert bytes(outcome.caller.audio_received) == b"".join(valid) + item(A, 0.2)
+
+
+async def test_the_echo_after_a_barge_in_is_a_new_answer_and_plays(autojump_clock: Any) -> None:
+    fake = await served(FakeOpenAIRealtime(echo_delay=0.2, speech_started_at=[1.01]))
+    async with bridged(fake, Settings(), seconds=2.0) as outcome:
+        pass
+    caller = outcome.caller
+    assert caller is not None and caller.clears_received == 1
+    session = fake.sessions[0]
+    assert [t["item_id"] for t in session.truncates] == ["item_echo"]
+    # Every echo chunk sent after the barge-in belongs to the new item, and reached the caller.
+    # The caller's frames sent from 0.82 s to 1.78 s come back (0.2 s later) after the barge-in
+    # at 1.01 s, before the caller's stop at 1.98 s: 49 frames, 980 ms of the new item.
+    assert session.items["item_echo_2"] == 980
+    late = {"provider": "openai", "reason": "late_audio"}
+    assert outcome.sample("voxbridge_provider_frames_dropped_total", **late) == 0
+    assert len(caller.audio_received) == session.audio_out * FRAME_BYTES

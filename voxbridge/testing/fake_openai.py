@@ -17,7 +17,9 @@ What it does for a bridge:
   or an ``error`` for an unknown item or a position past the audio sent; ``response.cancel``,
   ``input_audio_buffer.commit`` / ``clear`` answered as the service does; unknown types -> ``error``.
 * Echo mode (``echo_delay``): each ``input_audio_buffer.append`` comes back ``echo_delay`` seconds
-  later as a ``response.output_audio.delta`` (item ``item_echo``) -- what :class:`EchoAgent` is.
+  later as a ``response.output_audio.delta`` (item ``item_echo``; after each ``speech_started``
+  a new item and response, ``item_echo_2`` ..., as an agent answers each caller turn anew) -- what
+  :class:`EchoAgent` is.
 * Scripted agent turns (``speak``): a full response -- ``response.created``, the output item and
   ``conversation.item.added``, the content part, 20 ms ``response.output_audio.delta`` chunks sent
   *faster than real time* (``speak_pace``, as the real service bursts), then the ``.done`` events,
@@ -216,10 +218,19 @@ class AgentSession:
     ws: WebSocketConnection | None = None
     _ids: int = 0
     _last_item: str | None = None
+    echo_turn: int = 1  # the echo answers each caller turn (each speech_started) with a new item
     _buffered_bytes: int = 0
     _audio_deltas: int = 0  # audio deltas sent so far (echo and turns), for ``corrupt_deltas``
     _corrupt: Mapping[int, str] = attrs.Factory(dict)
     _speaking: trio.Lock = attrs.Factory(trio.Lock)
+
+    @property
+    def echo_ids(self) -> tuple[str, str]:
+        """The echo's current ``(item_id, response_id)``: ``item_echo``/``resp_echo``, then
+        ``item_echo_2``/``resp_echo_2`` after the first ``speech_started``, and so on."""
+        if self.echo_turn == 1:
+            return ECHO_ITEM, ECHO_RESPONSE
+        return f"{ECHO_ITEM}_{self.echo_turn}", f"{ECHO_RESPONSE}_{self.echo_turn}"
 
     @property
     def is_closed(self) -> bool:
@@ -724,22 +735,23 @@ class FakeOpenAIRealtime:
         playback: trio.MemoryReceiveChannel[tuple[float, str]],
         session: AgentSession,
     ) -> None:
-        session.items.setdefault(ECHO_ITEM, 0)
         async for due, audio in playback:
             await trio.sleep_until(due)
+            item_id, response_id = session.echo_ids
+            session.items.setdefault(item_id, 0)
             await send(
                 {
                     "type": "response.output_audio.delta",
                     "event_id": self._event_id(session),
-                    "response_id": ECHO_RESPONSE,
-                    "item_id": ECHO_ITEM,
+                    "response_id": response_id,
+                    "item_id": item_id,
                     "output_index": 0,
                     "content_index": 0,
-                    "delta": self._delta(session, ECHO_ITEM, audio),
+                    "delta": self._delta(session, item_id, audio),
                 }
             )
             session.audio_out += 1
-            session.items[ECHO_ITEM] += b64_size(audio) // BYTES_PER_MS
+            session.items[item_id] += b64_size(audio) // BYTES_PER_MS
 
     async def _turn(
         self,
@@ -941,6 +953,7 @@ class FakeOpenAIRealtime:
 
     async def _speech_started(self, session: AgentSession, send: Send) -> None:
         session.speech_started_at.append(trio.current_time())
+        session.echo_turn += 1  # what the echo plays from now on answers the new caller turn
         await send(
             {
                 "type": "input_audio_buffer.speech_started",
