@@ -652,3 +652,44 @@ async def test_the_echo_after_a_barge_in_is_a_new_answer_and_plays(autojump_cloc
     late = {"provider": "openai", "reason": "late_audio"}
     assert outcome.sample("voxbridge_provider_frames_dropped_total", **late) == 0
     assert len(caller.audio_received) == session.audio_out * FRAME_BYTES
+
+
+async def test_a_long_provider_chunk_goes_out_in_slices_so_a_barge_in_stays_precise(
+    autojump_clock: Any,
+) -> None:
+    # One 2 s delta: sent whole, the caller's 1.51 s would have been truncated at 0 (no mark
+    # back yet); in 100 ms slices, each with its mark, it is truncated at 1500 ms.
+    fake = await served(
+        FakeOpenAIRealtime(
+            speak=[(0.2, item(A, 2.0), "one chunk")], chunk_ms=2000, speech_started_at=[1.71]
+        )
+    )
+    async with bridged(fake, Settings(), seconds=2.5) as outcome:
+        pass
+    caller = outcome.caller
+    assert caller is not None and caller.frames_received == 20  # 100 ms media messages
+    assert caller.heard_ms(A) == approx(1510, abs=0.2)
+    assert [t["audio_end_ms"] for t in fake.sessions[0].truncates] == [1500]
+
+
+async def test_a_resumed_session_reusing_ids_is_not_silenced_by_the_old_barge_in(
+    autojump_clock: Any,
+) -> None:
+    # The first session is barged in on (its echo item cut), then drops; the resumed session
+    # names its echo item and response the same way. Its audio is new, and plays.
+    fake = await served(
+        FakeOpenAIRealtime(
+            echo_delay=0.2, speech_started_at=[1.01], close_at=(1.5, 1011), only_session=1
+        )
+    )
+    async with bridged(fake, Settings(), seconds=3.0) as outcome:
+        pass
+    assert outcome.caller is not None and outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    first, resumed = fake.sessions
+    assert first.truncates and resumed.audio_out > 0
+    late = {"provider": "openai", "reason": "late_audio"}
+    assert outcome.sample("voxbridge_provider_frames_dropped_total", **late) == 0
+    # Every echo chunk played, but for one the first session may have sent as it dropped.
+    sent = first.audio_out + resumed.audio_out
+    assert sent - 1 <= len(outcome.caller.audio_received) / FRAME_BYTES <= sent

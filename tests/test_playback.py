@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from voxbridge.providers.events import Truncation
-from voxbridge.session.playback import MAX_CUT_IDS, Playback
+from voxbridge.session.playback import MAX_CUT_IDS, MAX_ITEMS, MAX_PENDING_MARKS, Playback
 
 S1, S2 = object(), object()  # provider sessions
 MS = 8  # bytes of mu-law per millisecond
@@ -32,8 +32,8 @@ def run(script: Sequence[tuple[Any, ...]]) -> tuple[Playback, list[str], list[An
             results.append(playback.played(marks[args[0]]))
         elif step == "barge":  # ([session],)
             results.append(playback.interrupt(args[0] if args else S1))
-        elif step == "response":
-            playback.response_started(args[0])
+        elif step == "response":  # (response[, session])
+            playback.response_started(args[0], args[1] if len(args) > 1 else S1)
             results.append(None)
         else:  # pragma: no cover - a typo in a table
             raise AssertionError(step)
@@ -115,6 +115,16 @@ INTERRUPTIONS = {
         ],
         [Truncation("c", 200)],
     ),
+    "interleaved items: A heard, B being heard, A again queued": (
+        [
+            *[("send", 100, "a", "r1")] * 5,
+            *[("send", 50, "b", "r1")] * 10,
+            *[("send", 100, "a", "r1")] * 5,
+            ("echo", 9),  # all 500 ms of A, then 250 ms of B
+            ("barge",),
+        ],
+        [Truncation("b", 250), Truncation("a", 500)],  # A's first stretch stays heard
+    ),
     "audio without item ids (Ultravox)": (
         [("send", 100, None, None), ("send", 100, None, None), ("echo", 0), ("barge",)],
         [],  # clear the carrier; nothing to truncate
@@ -146,7 +156,7 @@ def test_an_item_continues_across_media_messages_and_marks() -> None:
         [("send", 100, "a", "r1"), ("echo", 0), ("send", 40, "a", "r1"), ("barge",)]
     )
     assert results[-1] == [Truncation("a", 100)]
-    assert not playback.admits("a", "r1")
+    assert not playback.admits("a", "r1", S1)
 
 
 def test_marks_echoed_after_a_clear_were_never_heard() -> None:
@@ -157,7 +167,7 @@ def test_marks_echoed_after_a_clear_were_never_heard() -> None:
     assert not playback.played(marks[2])
     assert not playback.outstanding
     # A new answer starts from zero; its own marks count.
-    playback.response_started("r2")
+    playback.response_started("r2", S1)
     mark = playback.sent(20 * MS, "b", "r2", S1)
     assert not playback.played(marks[2])  # an old echo arriving late changes nothing
     assert playback.outstanding
@@ -193,21 +203,21 @@ def test_unheard_ms_counts_every_queued_item() -> None:
 
 def test_late_chunks_of_the_interrupted_item_are_refused() -> None:
     playback, _, _ = run([*[("send", 100, "x", "r1")] * 10, ("echo", 3), ("barge",)])
-    assert not playback.admits("x", "r1")  # three more chunks of X arrive: all refused
-    assert not playback.admits("x", None)
-    assert not playback.admits("y", "r1")  # another item of the same response
-    assert playback.admits(None, None)  # audio the provider does not label always plays
-    playback.response_started("r2")  # a new answer: the window closes
-    assert playback.admits("z", "r2")
-    assert playback.admits("x", "r1")  # (impossible from a real provider; nothing remembered)
+    assert not playback.admits("x", "r1", S1)  # three more chunks of X arrive: all refused
+    assert not playback.admits("x", None, S1)
+    assert not playback.admits("y", "r1", S1)  # another item of the same response
+    assert playback.admits(None, None, S1)  # audio the provider does not label always plays
+    playback.response_started("r2", S1)  # a new answer: the window closes
+    assert playback.admits("z", "r2", S1)
+    assert playback.admits("x", "r1", S1)  # (impossible from a real provider; nothing remembered)
 
 
 def test_the_response_in_progress_is_cut_even_before_its_audio_arrives() -> None:
     playback = Playback()
-    playback.response_started("r1")
+    playback.response_started("r1", S1)
     assert playback.interrupt(S1) is None  # no audio yet: nothing to clear or truncate
-    assert not playback.admits("a", "r1")  # but its audio, when it comes, is late
-    assert playback.admits("b", "r2")
+    assert not playback.admits("a", "r1", S1)  # but its audio, when it comes, is late
+    assert playback.admits("b", "r2", S1)
 
 
 def test_every_queued_item_and_its_response_is_cut() -> None:
@@ -215,15 +225,15 @@ def test_every_queued_item_and_its_response_is_cut() -> None:
         [("send", 100, "a", "r1"), ("send", 100, "b", "r2"), ("send", 100, "c", "r3"), ("barge",)]
     )
     for item, response in (("a", "r1"), ("b", "r2"), ("c", "r3")):
-        assert not playback.admits(item, response)
-        assert not playback.admits(item, "r-other")
-        assert not playback.admits("other", response)
+        assert not playback.admits(item, response, S1)
+        assert not playback.admits(item, "r-other", S1)
+        assert not playback.admits("other", response, S1)
 
 
 def test_a_response_started_twice_does_not_reopen_the_window() -> None:
     playback, _, _ = run([("response", "r1"), ("send", 100, "a", "r1"), ("barge",)])
-    playback.response_started("r1")  # a repeat of the cut one is not a new answer
-    assert not playback.admits("a", "r1")
+    playback.response_started("r1", S1)  # a repeat of the cut one is not a new answer
+    assert not playback.admits("a", "r1", S1)
 
 
 def test_cut_ids_are_bounded_without_new_responses() -> None:
@@ -231,8 +241,8 @@ def test_cut_ids_are_bounded_without_new_responses() -> None:
     for n in range(3 * MAX_CUT_IDS):
         playback.sent(8, f"item{n}", f"resp{n}", S1)
         playback.interrupt(S1)
-    assert not playback.admits(f"item{3 * MAX_CUT_IDS - 1}", None)
-    assert playback.admits("item0", "resp0")  # the oldest were forgotten
+    assert not playback.admits(f"item{3 * MAX_CUT_IDS - 1}", None, S1)
+    assert playback.admits("item0", "resp0", S1)  # the oldest were forgotten
     assert len(playback._cut_items) == len(playback._cut_responses) == MAX_CUT_IDS
 
 
@@ -247,3 +257,72 @@ def test_a_farewell_is_heard_when_the_mark_after_the_last_audio_echoes() -> None
         assert playback.outstanding  # not yet: the goodbye is still playing
     assert playback.played(marks[14])
     assert not playback.outstanding and playback.unheard_ms == 0
+
+
+# --- what a carrier cannot do: move the heard position with marks we never sent ------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "vb\u00b2",  # a superscript two: str.isdigit() says yes, int() says no
+        "vb\u0661",  # an Arabic-Indic one: int() reads it as 1
+        "vb" + "1" * 5000,  # past int()'s digit limit
+        "vb-1",
+        "vb 1",
+        "vb+1",
+        "VB1",
+        "vb999999",  # well formed, but never sent
+        "vb3",  # the next one, not sent yet
+    ],
+)
+def test_marks_we_did_not_send_move_nothing(name: str) -> None:
+    playback = Playback()
+    first = playback.sent(800, "a", "r1", S1)
+    playback.sent(800, "a", "r1", S1)
+    assert not playback.played(name)
+    assert playback.outstanding and playback.unheard_ms == 200
+    assert playback.played(first)
+    assert playback.interrupt(S1) == [Truncation("a", 100)]
+
+
+def test_an_item_keeps_its_offset_after_other_items_in_between() -> None:
+    _, _, results = run(
+        [
+            *[("send", 100, "a", "r1")] * 10,
+            ("send", 100, "b", "r1"),
+            *[("send", 100, "a", "r1")] * 10,
+            ("echo", 20),  # A's first second, B, then A to 2000 ms
+            ("send", 100, "a", "r1"),
+            ("barge",),
+        ]
+    )
+    assert results[-1] == [Truncation("a", 2000)]
+
+
+def test_ids_are_per_session() -> None:
+    # A resumed session may number its items and responses afresh: what was cut in the old one
+    # does not silence the new one.
+    playback, _, _ = run([("response", "r1", S1), ("send", 100, "a", "r1", S1), ("barge", S1)])
+    assert not playback.admits("a", "r1", S1)
+    assert playback.admits("a", "r1", S2)
+    playback.response_started("r1", S2)  # S2's first answer is new, whatever its id
+    assert playback.admits("a", "r1", S2)
+
+
+def test_items_are_bounded() -> None:
+    playback = Playback()
+    for n in range(3 * MAX_ITEMS):
+        playback.played(playback.sent(8, f"item{n}", "r1", S1))
+    assert len(playback._items) == MAX_ITEMS
+    assert (S1, f"item{3 * MAX_ITEMS - 1}") in playback._items  # the newest are kept
+
+
+def test_a_carrier_that_never_echoes_cannot_grow_the_marks() -> None:
+    playback = Playback()
+    for _ in range(MAX_PENDING_MARKS + 100):
+        playback.sent(160, "a", "r1", S1)
+    assert len(playback._marks) == MAX_PENDING_MARKS
+    # the oldest were taken as played: their audio is long over
+    assert playback.unheard_ms == MAX_PENDING_MARKS * 20
+    assert playback.interrupt(S1) == [Truncation("a", 100 * 20)]

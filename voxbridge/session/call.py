@@ -141,9 +141,10 @@ def _as_provider(provider: Provider | ProviderEndpoint, settings: Settings) -> P
     return provider
 
 
-# Audio merged into one media message at most: 100 ms of mu-law. A mark follows every media
-# message, so this is also the worst-case granularity of barge-in truncation during a burst.
-MAX_COALESCE_BYTES = 800
+# Agent audio in one media message at most: 100 ms of mu-law. A mark follows every media message,
+# so this is also the worst-case granularity of barge-in truncation: chunks queued together are
+# merged up to it, and a provider chunk longer than it goes out in slices of it.
+MAX_MEDIA_BYTES = 800
 
 IDLE_TIMEOUT = ends_call(Reason.IDLE_TIMEOUT)
 
@@ -157,10 +158,13 @@ _CALLER_LEFT = frozenset({Reason.CALLER_STOP, Reason.CALLER_CLOSED})
 def _coalesce(
     first: AgentAudio, session: Session, decode: Callable[[Session, Frame], ProviderEvent | None]
 ) -> tuple[bytes, ProviderEvent | None]:
-    """``first``'s audio joined with the audio of the same item already queued behind it.
+    """``first``'s audio joined with the audio of the same item already queued behind it, up to
+    ``MAX_MEDIA_BYTES`` (unless ``first`` alone is longer).
 
     Returns the audio and the first other event read ahead (to handle next), if any.
     """
+    if len(first.audio) >= MAX_MEDIA_BYTES:
+        return first.audio, None
     receive_nowait = session.receive_nowait
     frame = receive_nowait()
     if frame is None:
@@ -170,16 +174,21 @@ def _coalesce(
     carry: ProviderEvent | None = None
     while frame is not None:
         event = decode(session, frame)
-        if type(event) is AgentAudio and event.item_id == first.item_id:
+        if (
+            type(event) is AgentAudio
+            and event.item_id == first.item_id
+            and event.response_id == first.response_id
+            and size + len(event.audio) <= MAX_MEDIA_BYTES
+        ):
             chunks.append(event.audio)
             size += len(event.audio)
         elif event is not None:
-            carry = event
+            carry = event  # another item, or too much to join: handled next
             break
-        if size >= MAX_COALESCE_BYTES:
+        if size >= MAX_MEDIA_BYTES:
             break
         frame = receive_nowait()
-    return b"".join(chunks), carry
+    return b"".join(chunks) if len(chunks) > 1 else first.audio, carry
 
 
 @contextmanager
@@ -507,19 +516,22 @@ class Call:
                         continue
                 assert session is not None
                 if type(event) is AgentAudio:
-                    if not playback.admits(event.item_id, event.response_id):
+                    item_id, response_id = event.item_id, event.response_id
+                    if not playback.admits(item_id, response_id, session):
                         late.inc()  # an answer the caller interrupted: never played
                         continue
                     # Providers send audio in bursts faster than real time. What is already
                     # queued goes out as one media message and one mark (fewer messages on the
                     # hot path); nothing ever waits for more to arrive.
                     audio, carry = _coalesce(event, session, decode)
-                    mark = playback.sent(len(audio), event.item_id, event.response_id, session)
-                    watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                    await carrier.send(twilio.media(audio))
-                    await carrier.send(twilio.mark(mark))
-                    state.frames_to_caller += 1
-                    frames.inc()
+                    for start in range(0, len(audio), MAX_MEDIA_BYTES):
+                        media = audio[start : start + MAX_MEDIA_BYTES]  # (no copy if it is all)
+                        mark = playback.sent(len(media), item_id, response_id, session)
+                        watchdog.arm(send_timeout, Reason.CALLER_STALLED)
+                        await carrier.send(twilio.media(media))
+                        await carrier.send(twilio.mark(mark))
+                        state.frames_to_caller += 1
+                        frames.inc()
                 elif type(event) is SpeechStarted:
                     truncations = playback.interrupt(session)
                     messages = session.codec.interrupt(truncations or ())
@@ -529,17 +541,20 @@ class Call:
                         watchdog.disarm()  # the link bounds its own sends
                         state.barge_ins += 1
                         self.metrics.barge_ins.inc()
-                        log.debug(
-                            "barge-in: %s",
-                            ", ".join(f"{t.item_id} at {t.audio_end_ms} ms" for t in truncations)
-                            or "no item to truncate",
-                            extra={"call_id": state.call_id},
-                        )
+                        if log.isEnabledFor(logging.DEBUG):
+                            log.debug(
+                                "barge-in: %s",
+                                ", ".join(
+                                    f"{t.item_id[:64]} at {t.audio_end_ms} ms" for t in truncations
+                                )
+                                or "no item to truncate",
+                                extra={"call_id": state.call_id},
+                            )
                     for message in messages:
                         if not await link.send_within(session, message):
                             break
                 elif type(event) is ResponseStarted:
-                    playback.response_started(event.response_id)
+                    playback.response_started(event.response_id, session)
                 elif type(event) is Transcript:
                     state.transcript.append(event)
                     self._journal(journal.transcript_line, state, event)
@@ -582,7 +597,7 @@ class Call:
         sent (the mark after the last of it echoed), at most ``farewell_timeout``. The caller
         hanging up meanwhile ends the call at once, still ``agent_hangup``."""
         playback = self._playback
-        if not playback.outstanding:
+        if not playback.outstanding or self.settings.farewell_timeout <= 0:
             return
         self._hangup = detail
         heard = self._goodbye_heard = trio.Event()

@@ -19,7 +19,9 @@ A barge-in (the caller talks over the agent), :meth:`Playback.interrupt`::
         response begins (:meth:`admits`, :meth:`response_started`)
 
 The heard position comes from echoed marks, never from a wall clock, so it can be short of the truth
-by at most one media message (the call sends at most 100 ms per message) and is never past it.
+by at most one media message (the call sends at most ``MAX_MEDIA_BYTES``, 100 ms, per message) and
+is never past it. Only marks this object named count: a carrier echoing a mark never sent, or one
+voided by a ``clear``, moves nothing.
 
 Pure state: no clock, no I/O. G.711 mu-law at 8 kHz is 8 bytes per millisecond.
 """
@@ -35,6 +37,14 @@ _PREFIX = "vb"
 #: Ids of interrupted items and responses remembered while no new response begins (a provider that
 #: never announces responses must not grow them without bound).
 MAX_CUT_IDS = 64
+#: Items whose offsets are remembered (more of an item may come after others: A, B, A).
+MAX_ITEMS = 64
+#: Marks awaiting their echo; beyond this the oldest counts as played (over 80 s of queued audio
+#: at one mark per 20 ms: a carrier that never echoes marks must not grow memory without bound).
+MAX_PENDING_MARKS = 4096
+_MAX_SEQ_DIGITS = 18  # mark numbers are ours: short ASCII decimals
+
+Key = tuple[object, str]  # (provider session, item or response id)
 
 
 class _Item:
@@ -51,7 +61,11 @@ class _Item:
 
 
 class Playback:
-    """Mark bookkeeping for one call's agent audio, across every item queued at the carrier."""
+    """Mark bookkeeping for one call's agent audio, across every item queued at the carrier.
+
+    Items are keyed by provider session and id: ids of one session mean nothing in another (a
+    resumed or recycled session may number its items afresh).
+    """
 
     __slots__ = ("_cut_items", "_cut_responses", "_items", "_last", "_marks", "_response", "_seq")
 
@@ -60,14 +74,14 @@ class Playback:
         # (seq, item, bytes of the item sent up to this mark), oldest first; a list, not a deque:
         # it stays short, and an empty deque costs 600 bytes per call
         self._marks: list[tuple[int, _Item, int]] = []
-        # items that have audio queued, plus the latest one (more of it may come), by
-        # (session, item id): an item's offsets continue across media messages
+        # items by (session, item id), oldest first: an item's offsets continue across media
+        # messages, and across other items in between
         self._items: dict[tuple[object, str | None], _Item] = {}
         self._last: _Item | None = None
-        self._response: str | None = None  # the response begun last
-        # ids of interrupted items and responses (dicts as ordered sets), until a new response
-        self._cut_items: dict[str, None] = {}
-        self._cut_responses: dict[str, None] = {}
+        self._response: Key | None = None  # the response begun last
+        # interrupted items and responses (dicts as ordered sets), until a new response begins
+        self._cut_items: dict[Key, None] = {}
+        self._cut_responses: dict[Key, None] = {}
 
     @property
     def outstanding(self) -> bool:
@@ -91,25 +105,47 @@ class Playback:
         of the mark to send after it."""
         item = self._last
         if item is None or item.item_id != item_id or item.session is not session:
-            key = (session, item_id)
-            item = self._items.get(key)
-            if item is None:
-                item = self._items[key] = _Item(session, item_id, response_id)
-            self._last = item
+            item = self._item(session, item_id, response_id)
         item.sent += nbytes
         self._seq += 1
-        self._marks.append((self._seq, item, item.sent))
+        marks = self._marks
+        marks.append((self._seq, item, item.sent))
+        if len(marks) > MAX_PENDING_MARKS:  # a carrier that does not echo: assume it played
+            _, oldest, upto = marks.pop(0)
+            oldest.heard = upto
         return f"{_PREFIX}{self._seq}"
+
+    def _item(self, session: object, item_id: str | None, response_id: str | None) -> _Item:
+        items = self._items
+        key = (session, item_id)
+        item = items.get(key)
+        if item is None:
+            item = items[key] = _Item(session, item_id, response_id)
+            if len(items) > MAX_ITEMS:  # forget the oldest item heard in full
+                for old_key, old in items.items():
+                    if old.heard == old.sent and old is not item:
+                        del items[old_key]
+                        break
+        self._last = item
+        return item
 
     def played(self, name: str) -> bool:
         """The carrier echoed mark ``name``. Returns True if it means audio was heard.
 
-        Marks that are not ours, or were voided by a barge-in (the ``clear`` echoes them), or
-        echoed twice, return False.
+        Marks that are not ours (or never sent), voided by a barge-in (the ``clear`` echoes
+        them), or echoed twice return False and change nothing.
         """
-        if not name.startswith(_PREFIX) or not name[len(_PREFIX) :].isdigit():
+        digits = name[len(_PREFIX) :]
+        if not (
+            name.startswith(_PREFIX)
+            and 0 < len(digits) <= _MAX_SEQ_DIGITS
+            and digits.isascii()
+            and digits.isdecimal()
+        ):
             return False  # not ours
-        seq = int(name[len(_PREFIX) :])
+        seq = int(digits)
+        if seq > self._seq:
+            return False  # never sent: a forged echo confirms nothing
         marks = self._marks
         played = 0
         while played < len(marks) and marks[played][0] <= seq:
@@ -119,59 +155,59 @@ class Playback:
         if not played:
             return False
         del marks[:played]
-        items = self._items
-        if len(items) > 1:  # forget items heard in full that no more audio will extend
-            for key, item in list(items.items()):
-                if item is not self._last and item.heard == item.sent:
-                    del items[key]
         return True
 
     def interrupt(self, session: object) -> list[Truncation] | None:
         """The caller barged in.
 
         Returns ``None`` when no agent audio is outstanding (nothing to clear). Otherwise the
-        carrier's buffer must be cleared, and the result is what to truncate: the item being heard
-        at the heard millisecond, then the items queued behind it at 0, in playback order -- only
-        items of ``session`` (the current provider session; older sessions are gone) that have an
-        id. Either way, the answer being generated (the response begun last) and every item
-        truncated count as interrupted: their audio that still arrives is late (:meth:`admits`).
+        carrier's buffer must be cleared, and the result is what to truncate: every item with
+        audio still queued, in playback order, at what the caller heard of it (the item being
+        heard at the heard millisecond; the items queued behind it at 0, or where an earlier
+        stretch of the same item ended) -- only items of ``session`` (the current provider
+        session; older sessions are gone) that have an id. Either way, the answer being generated
+        (the response begun last) and every queued item and its response count as interrupted:
+        their audio that still arrives is late (:meth:`admits`).
         """
-        self._cut(None, self._response)
+        if self._response is not None:
+            self._cut(self._cut_responses, self._response)
         if not self._marks:
             return None
-        queued: list[_Item] = []
-        for _, item, _ in self._marks:
-            if item not in queued:
-                queued.append(item)
+        queued = dict.fromkeys(item for _, item, _ in self._marks)  # in order, each once
         truncations = []
-        for index, item in enumerate(queued):
-            self._cut(item.item_id, item.response_id)
+        for item in queued:
+            if item.item_id is not None:
+                self._cut(self._cut_items, (item.session, item.item_id))
+            if item.response_id is not None:
+                self._cut(self._cut_responses, (item.session, item.response_id))
             if item.item_id is not None and item.session is session:
-                heard_ms = item.heard // BYTES_PER_MS if index == 0 else 0
-                truncations.append(Truncation(item.item_id, heard_ms))
+                truncations.append(Truncation(item.item_id, item.heard // BYTES_PER_MS))
         self._marks.clear()  # a clear echoes them, unplayed: played() finds nothing for them
         self._items.clear()
         self._last = None
         return truncations
 
-    def admits(self, item_id: str | None, response_id: str | None) -> bool:
-        """Whether agent audio of ``item_id`` / ``response_id`` may play: False for late audio of
-        an interrupted item or response. Audio without ids always plays (see the provider)."""
+    def admits(self, item_id: str | None, response_id: str | None, session: object) -> bool:
+        """Whether agent audio of ``item_id`` / ``response_id`` (of ``session``) may play: False
+        for late audio of an interrupted item or response. Audio without ids always plays."""
         if not (self._cut_items or self._cut_responses):
             return True  # the hot path: no barge-in since the last response began
-        return item_id not in self._cut_items and response_id not in self._cut_responses
+        return (session, item_id) not in self._cut_items and (
+            session,
+            response_id,
+        ) not in self._cut_responses
 
-    def response_started(self, response_id: str | None) -> None:
-        """The provider began a new response: earlier answers cannot send more audio."""
-        if response_id is not None and response_id in self._cut_responses:
+    def response_started(self, response_id: str | None, session: object) -> None:
+        """``session`` began a new response: earlier answers cannot send more audio."""
+        key = (session, response_id) if response_id is not None else None
+        if key is not None and key in self._cut_responses:
             return  # not new
-        self._response = response_id
+        self._response = key
         self._cut_items.clear()
         self._cut_responses.clear()
 
-    def _cut(self, item_id: str | None, response_id: str | None) -> None:
-        for cut, key in ((self._cut_items, item_id), (self._cut_responses, response_id)):
-            if key is not None:
-                cut[key] = None
-                if len(cut) > MAX_CUT_IDS:
-                    del cut[next(iter(cut))]
+    @staticmethod
+    def _cut(cut: dict[Key, None], key: Key) -> None:
+        cut[key] = None
+        if len(cut) > MAX_CUT_IDS:
+            del cut[next(iter(cut))]

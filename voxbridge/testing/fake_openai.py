@@ -280,7 +280,8 @@ class FakeOpenAIRealtime:
             "@@@@"}``: not base64). The fake believes it sent the real audio: the records count
             it. A fault knob: with ``only_session``, the other sessions send every delta intact.
         events_at: ``(at, event)``: send this raw server event (JSON-encoded as given, an
-            ``event_id`` added if it has none): provider input no other knob produces.
+            ``event_id`` added if it has none): provider input no other knob produces. Events due
+            at the same time go out in the order given.
         only_session: apply the scripted and fault knobs above (not the echo) to the
             ``only_session``-th connection only (1-based, counting refused ones).
         model: the model named by :meth:`endpoint` and in the initial session configuration.
@@ -525,8 +526,14 @@ class FakeOpenAIRealtime:
             at(when, partial(self._close, session, ws, close_code, self.close_reason))
         if self.session_expired_at is not None:
             at(self.session_expired_at, partial(self._expire, session, ws, send))
-        for when, event in self.events_at:
-            at(when, partial(self._raw_event, session, send, event))
+
+        async def inject() -> None:  # in order: events due together go out in the order given
+            for when, event in sorted(self.events_at, key=lambda entry: entry[0]):
+                await trio.sleep_until(t0 + when)
+                await self._raw_event(session, send, event)
+
+        if self.events_at:
+            nursery.start_soon(inject)
 
     # --- client events ------------------------------------------------------------------------
 
