@@ -44,6 +44,7 @@ from contextlib import contextmanager
 import trio
 from prometheus_client import Counter
 
+from ..audio import BYTES_PER_MS, b64_size
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
 from ..deadlines import Deadline
 from ..errors import (
@@ -103,6 +104,7 @@ async def run_call(
     registry: CallRegistry | None = None,
     journal: CallJournal | None = None,
     connect_stream: StreamConnector | None = None,
+    on_start: Callable[[Start], None] | None = None,
 ) -> Disconnect:
     """Bridge one accepted carrier WebSocket to a provider until the call ends.
 
@@ -119,6 +121,9 @@ async def run_call(
         registry: where the call registers itself while it runs (and is remembered after).
         journal: where the call's record and transcript go; in memory if omitted.
         connect_stream: opens the byte stream to the provider; defaults to tuned TCP.
+        on_start: called with the carrier's ``start`` event before any provider session opens;
+            it refuses the call by raising ``Disconnect`` (e.g. ``PROTOCOL_ERROR`` for a bad
+            per-call token).
 
     Returns:
         The ``Disconnect`` that ended the call; ``.reason`` is one of the closed set.
@@ -131,6 +136,7 @@ async def run_call(
         registry=registry,
         journal=journal,
         connect_stream=connect_stream,
+        on_start=on_start,
     )
     return await call.run()
 
@@ -150,6 +156,37 @@ IDLE_TIMEOUT = ends_call(Reason.IDLE_TIMEOUT)
 
 # Caller audio kept while the first provider session opens: 2 s of 20 ms frames (about 21 KB).
 OPENING_BACKLOG_FRAMES = 100
+
+# Caller audio may run ahead of real time by this much (network jitter delivers bursts); beyond
+# it, a flood is dropped and counted, so a carrier cannot make the provider bill faster than
+# the call's clock or queue audio without bound.
+FLOOD_BURST_MS = 2000
+
+
+class _RealTime:
+    """A token bucket in milliseconds of audio, refilled by the clock: audio is admitted while it
+    is at most ``burst_ms`` ahead of real time."""
+
+    __slots__ = ("_at", "_burst", "_tokens", "dropped")
+
+    def __init__(self, burst_ms: float) -> None:
+        self._burst = burst_ms
+        self._tokens = burst_ms
+        self._at = -math.inf
+        self.dropped = 0
+
+    def admits(self, nbytes: int, now: float) -> bool:
+        """``nbytes`` of mu-law (8 per ms) arriving at ``now`` (seconds): within real time?"""
+        tokens = min(self._burst, self._tokens + (now - self._at) * 1000)
+        self._at = now
+        need = nbytes / BYTES_PER_MS
+        if tokens < need:
+            self._tokens = tokens
+            self.dropped += 1
+            return False
+        self._tokens = tokens - need
+        return True
+
 
 # The caller ending the call while the agent's goodbye plays: the agent's hang-up stands.
 _CALLER_LEFT = frozenset({Reason.CALLER_STOP, Reason.CALLER_CLOSED})
@@ -223,6 +260,7 @@ class Call:
         "ended",
         "journal",
         "metrics",
+        "on_start",
         "provider",
         "registry",
         "settings",
@@ -240,8 +278,10 @@ class Call:
         journal: CallJournal | None = None,
         connect_stream: StreamConnector | None = None,
         carrier_name: str = "twilio",
+        on_start: Callable[[Start], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_start = on_start
         self.metrics = metrics
         self.registry = registry
         self.journal: CallJournal = journal if journal is not None else MemoryJournal()
@@ -258,7 +298,12 @@ class Call:
         self._goodbye_heard: trio.Event | None = None
         self._warned: set[str] = set()  # provider drop reasons already logged at warning level
         self._ran = False
-        self.state = CallState(call_id=uuid.uuid4().hex[:12], accepted_at=math.nan)
+        self.state = CallState(
+            call_id=uuid.uuid4().hex[:12],
+            accepted_at=math.nan,
+            carrier=carrier_name,
+            provider=self.provider.name,
+        )
         self.ended = trio.Event()
 
     @property
@@ -351,6 +396,8 @@ class Call:
         state.account_sid = start.account_sid
         state.custom_parameters = dict(start.custom_parameters)
         log.debug("call started", extra={"call_id": state.call_id, "call_sid": state.call_sid})
+        if self.on_start is not None:
+            self.on_start(start)  # may refuse the call (Disconnect) before any provider session
 
     # --- the call's tasks ---------------------------------------------------------------------
 
@@ -375,6 +422,7 @@ class Call:
         batch_ms = self.settings.upstream_batch_ms
         batch = AudioBatch(batch_ms) if batch_ms else None  # opt-in: off by default
         listen_since: float | None = None
+        flood = _RealTime(FLOOD_BURST_MS)
         now = trio.current_time()  # when the caller's last frame arrived
         watch = Deadline()
 
@@ -417,6 +465,7 @@ class Call:
                 dropped.inc(count)  # the session is gone: the link resumes it or gives up
                 return
             state.frames_from_caller += count
+            state.bytes_from_caller += b64_size(payload)
             frames.inc(count)
 
         async def relay() -> None:
@@ -445,6 +494,16 @@ class Call:
                     event = self._decode(frame)
                     if type(event) is Media:
                         if event.track != "inbound":
+                            continue
+                        if not flood.admits(b64_size(event.payload), now):
+                            dropped.inc()  # faster than real time: never queued, never paid for
+                            if flood.dropped == 1:
+                                log.warning(
+                                    "caller audio arrives faster than real time: dropping the"
+                                    " excess (more than %d ms ahead)",
+                                    FLOOD_BURST_MS,
+                                    extra={"call_id": state.call_id},
+                                )
                             continue
                         if batch is None:
                             await forward(event.payload, 1)
@@ -531,6 +590,7 @@ class Call:
                         await carrier.send(twilio.media(media))
                         await carrier.send(twilio.mark(mark))
                         state.frames_to_caller += 1
+                        state.bytes_to_caller += len(media)
                         frames.inc()
                 elif type(event) is SpeechStarted:
                     truncations = playback.interrupt(session)
@@ -685,6 +745,12 @@ class Call:
             transcript=tuple(state.transcript),
             barge_ins=state.barge_ins,
             resumes=link.resumes if link is not None else 0,
+            carrier=state.carrier,
+            provider=state.provider,
+            started_at=state.started_at,
+            bytes_from_caller=state.bytes_from_caller,
+            bytes_to_caller=state.bytes_to_caller,
+            custom_parameters=tuple(state.custom_parameters.items()),
         )
         self.metrics.call_disconnects.labels(reason=reason.value).inc()
         self.metrics.call_duration.labels(reason=reason.value).observe(record.duration)

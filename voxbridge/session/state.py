@@ -16,6 +16,8 @@ class CallState:
 
     call_id: str
     accepted_at: float
+    carrier: str = "twilio"
+    provider: str = ""
     call_sid: str | None = None
     stream_sid: str | None = None
     account_sid: str | None = None
@@ -24,6 +26,8 @@ class CallState:
     last_caller_frame_at: float | None = None
     frames_from_caller: int = 0
     frames_to_caller: int = 0
+    bytes_from_caller: int = 0  # caller audio relayed to the provider (mu-law bytes)
+    bytes_to_caller: int = 0  # agent audio sent to the carrier (mu-law bytes)
     upstream_connected_at: float | None = None
     upstream_closed_at: float | None = None
     transcript: list[Transcript] = attrs.Factory(list)
@@ -55,6 +59,12 @@ class CallRecord:
     transcript: tuple[Transcript, ...] = ()
     barge_ins: int = 0
     resumes: int = 0
+    carrier: str = "twilio"
+    provider: str = ""
+    started_at: float | None = None  # when the carrier's ``start`` arrived
+    bytes_from_caller: int = 0
+    bytes_to_caller: int = 0
+    custom_parameters: tuple[tuple[str, str], ...] = ()
 
     @property
     def duration(self) -> float:
