@@ -28,6 +28,7 @@ from callkit import (
 from voxbridge.carriers.twilio_wire import encode_dtmf, encode_stop
 from voxbridge.errors import Disconnect, Reason
 from voxbridge.session import run_call
+from voxbridge.session.call import FLOOD_BURST_MS
 from voxbridge.session.watchdog import Watchdog, deadline
 from voxbridge.settings import Settings
 from voxbridge.testing import EchoAgent
@@ -1076,3 +1077,21 @@ async def test_deadline_in_time_and_nested(autojump_clock):
         await trio.sleep_forever()
     assert elapsed(t0) == approx(2)
     assert caught.value.reason is Reason.UPSTREAM_STALLED
+
+
+async def test_a_caller_flood_is_bounded_to_real_time_and_counted(autojump_clock):
+    """Caller audio may run at most FLOOD_BURST_MS ahead of real time; the excess is dropped
+    and counted, never queued and never sent to the (paid) provider."""
+    flood = [(1.0, media_frame(i)) for i in range(300)]  # 6 s of audio in one instant
+    script = [(0, start_frame()), *flood, (5.0, media_frame(300)), (5.0, stop_frame(303))]
+    async with rig(Settings(idle_timeout=30)) as r:
+        await r.accept_script(script)
+        disconnect = await r.run()
+    assert disconnect.reason is Reason.CALLER_STOP
+    burst = FLOOD_BURST_MS // 20  # 100 frames of 20 ms
+    assert r.registry.recent[0].frames_from_caller == burst + 1  # and one in real time, later
+    dropped = r.metrics.registry.get_sample_value(
+        "voxbridge_media_frames_dropped_total", {"direction": "to_upstream"}
+    )
+    assert dropped == 300 - burst
+    assert r.session.audio_in == burst + 1  # what the provider received
