@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +28,14 @@ def metrics() -> Metrics:
 @pytest.fixture
 def agent() -> EchoAgent:
     return EchoAgent(delay=0.1)
+
+
+@pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own empty directory, so the servers tests start (in-process with
+    ``Settings(port=0)``, or as subprocesses, which inherit the directory) write their journal, the
+    default ``--db voxbridge.db`` relative path, there and never into the checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(autouse=True)

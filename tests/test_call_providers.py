@@ -27,6 +27,7 @@ from voxbridge.audio import FRAME_BYTES, b64_decode, tone
 from voxbridge.errors import Disconnect, Reason
 from voxbridge.journal import MemoryJournal
 from voxbridge.metrics import Metrics
+from voxbridge.providers.events import Transcript
 from voxbridge.providers.openai_realtime import OpenAIProvider, OpenAIRealtimeCodec
 from voxbridge.session import CallRegistry, CarrierSocket, run_call
 from voxbridge.settings import Settings
@@ -460,7 +461,7 @@ async def test_bad_provider_audio_is_dropped_counted_and_never_reaches_the_calle
         FakeOpenAIRealtime(
             speak=[(0.2, item(A, 1.0), "one second")],
             corrupt_deltas={3: "QUJ"},
-            events_at=[(0.1, delta("@@@@"))],
+            events_at=[(0.1, delta("@@@@")), (0.1, {"type": 7})],  # and a malformed event
         )
     )
     with caplog.at_level(logging.DEBUG, logger="voxbridge.call"):
@@ -470,11 +471,14 @@ async def test_bad_provider_audio_is_dropped_counted_and_never_reaches_the_calle
     assert outcome.disconnect.reason is Reason.CALLER_STOP  # the call went on
     bad = {"provider": "openai", "reason": "bad_audio"}
     assert outcome.sample("voxbridge_provider_frames_dropped_total", **bad) == 2
+    malformed = {"provider": "openai", "reason": "malformed"}
+    assert outcome.sample("voxbridge_provider_frames_dropped_total", **malformed) == 1
     # All of the turn but the one 20 ms chunk whose delta was corrupted; nothing else.
     assert bytes(outcome.caller.audio_received) == item(A, 0.98)
     assert outcome.carrier is not None and twilio_frames_are_valid(outcome.carrier.sent)
     drops = [r for r in caplog.records if r.getMessage().startswith("provider frame dropped")]
-    assert [r.levelno for r in drops] == [logging.WARNING, logging.DEBUG]  # one warning a call
+    # one warning a call per reason: bad_audio, malformed, then bad_audio again at debug
+    assert [r.levelno for r in drops] == [logging.WARNING, logging.WARNING, logging.DEBUG]
 
 
 async def test_two_queued_items_truncate_the_heard_one_and_the_one_behind(
@@ -693,3 +697,34 @@ async def test_a_resumed_session_reusing_ids_is_not_silenced_by_the_old_barge_in
     # Every echo chunk played, but for one the first session may have sent as it dropped.
     sent = first.audio_out + resumed.audio_out
     assert sent - 1 <= len(outcome.caller.audio_received) / FRAME_BYTES <= sent
+
+
+class BuggyCodec(OpenAIRealtimeCodec):
+    """A codec with a bug: it fails on the first transcript it decodes."""
+
+    def decode(self, frame: str | bytes) -> Any:
+        event = super().decode(frame)
+        if isinstance(event, Transcript):
+            raise KeyError("a bug in a codec")
+        return event
+
+
+class BuggyProvider(OpenAIProvider):
+    def codec(self) -> OpenAIRealtimeCodec:
+        return BuggyCodec(instructions=self.instructions)
+
+
+async def test_a_bug_ends_the_call_internal_error_with_the_same_teardown(
+    autojump_clock: Any,
+) -> None:
+    fake = await served(FakeOpenAIRealtime(caller_transcripts=[(0.5, "hello")]))
+    t0 = trio.current_time()
+    async with bridged(fake, Settings(), provider_type=BuggyProvider, seconds=5.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.INTERNAL_ERROR
+    assert isinstance(outcome.disconnect.__cause__, BaseExceptionGroup | KeyError)
+    assert outcome.ended_at - t0 == approx(0.5, abs=0.01)  # at once, not at the caller's stop
+    assert (outcome.caller.close_code, outcome.caller.close_reason) == (1011, "internal_error")
+    assert fake.sessions[0].is_closed  # the provider socket is closed all the same
+    assert outcome.sample("voxbridge_call_disconnects_total", reason="internal_error") == 1

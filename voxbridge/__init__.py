@@ -9,7 +9,7 @@ The embedding API (see docs/embedding.md)::
 """
 
 from .errors import Disconnect, Reason, RemoteProtocolError
-from .journal import CallJournal, MemoryJournal
+from .journal import CallJournal, FanoutJournal, JournalError, MemoryJournal, SQLiteJournal
 from .metrics import Metrics
 from .providers.base import Provider
 from .providers.endpoint import ProviderEndpoint
@@ -26,12 +26,15 @@ __all__ = [
     "CallRegistry",
     "CarrierSocket",
     "Disconnect",
+    "FanoutJournal",
+    "JournalError",
     "MemoryJournal",
     "Metrics",
     "Provider",
     "ProviderEndpoint",
     "Reason",
     "RemoteProtocolError",
+    "SQLiteJournal",
     "Settings",
     "SettingsError",
     "TrioWebSocketCarrier",

@@ -1,4 +1,4 @@
-"""``voxbridge`` command line: serve, call, demo.
+"""``voxbridge`` command line: serve, call, demo, calls, transcript.
 
 Every ``Settings`` field is a ``serve`` flag and a ``VOXBRIDGE_*`` variable; flags win over the
 environment, the environment over defaults. Bad values exit with status 2 and a one-line message
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -18,9 +18,13 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .journal import JournalError
 from .logs import configure
 from .providers.registry import provider_for
 from .settings import Settings, SettingsError, scalar_type
+
+if TYPE_CHECKING:
+    from .server import RunningServer
 
 __all__ = ["main"]
 
@@ -36,6 +40,15 @@ def _add_settings_flags(
         flag = "--" + field.name.replace("_", "-")
         kind = scalar_type(field)
         default = field.default
+        if kind is bool:  # a switch: given means true; absent leaves the environment's value
+            parser.add_argument(
+                flag,
+                dest=field.name,
+                action="store_true",
+                default=None,
+                help=f"{field.metadata['help']} (env VOXBRIDGE_{field.name.upper()}=1)",
+            )
+            continue
         parser.add_argument(
             flag,
             dest=field.name,
@@ -89,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seconds", type=float, default=3.0, help="length of the normal call")
     for sub in (call, demo):
         sub.add_argument("--log-level", dest="log_level", default=None, help="debug, info, warning")
+
+    calls = commands.add_parser("calls", help="list recent calls from the journal (--db)")
+    _add_settings_flags(calls, only=("db",))
+    calls.add_argument(
+        "--limit", type=int, default=20, help="how many calls, newest first (default 20)"
+    )
+    transcript = commands.add_parser("transcript", help="print one call's transcript (--db)")
+    transcript.add_argument("call_sid", metavar="CALL_SID", help="the CallSid (or voxbridge id)")
+    _add_settings_flags(transcript, only=("db",))
     return parser
 
 
@@ -113,7 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .demo import run_demo
 
             return trio.run(run_demo, console, args.idle_timeout, args.seconds)
-    except SettingsError as exc:
+        elif args.command in ("calls", "transcript"):
+            from .journal_cli import print_calls, print_transcript
+
+            db = Settings.from_env(db=args.db).db
+            if args.command == "calls":
+                return print_calls(console, db, args.limit)
+            return print_transcript(console, db, args.call_sid)
+    except (SettingsError, JournalError) as exc:  # a bad setting, or a --db that cannot be opened
         console.print(f"voxbridge: {exc}", style="red", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
@@ -124,10 +153,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _serve(settings: Settings) -> None:
     from .server import serve
 
-    async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve, settings)
-        # One line, flushed, for scripts and tests that start us with --port 0.
-        print(f"voxbridge listening on {server.url}", flush=True)
+    # serve runs as the main task (no nursery around it), so an error before it listens, such as
+    # a journal that cannot be opened, reaches main() as itself.
+    await serve(settings, task_status=_Listening())
+
+
+class _Listening:
+    """``serve``'s task status: prints the line scripts and tests wait for with ``--port 0``."""
+
+    def started(self, value: RunningServer | None = None) -> None:
+        assert value is not None
+        print(f"voxbridge listening on {value.url}", flush=True)
 
 
 async def _call(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
+from .journal import MemoryJournal
 from .server import RunningServer, serve
 from .session.state import CallRecord
 from .settings import Settings
@@ -69,7 +70,13 @@ async def run_demo(console: Console, idle_timeout: float = 3.0, seconds: float =
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         server: RunningServer = await nursery.start(
-            lambda task_status: serve(settings, shutdown_trigger=stop.wait, task_status=task_status)
+            # The tour leaves no file behind: its calls are journaled in memory.
+            lambda task_status: serve(
+                settings,
+                journal=MemoryJournal(),
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
         )
         agent = server.app.echo_agent
         assert agent is not None

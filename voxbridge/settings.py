@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -78,6 +79,53 @@ def _port(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise SettingsError(f"{_names(attribute.name)} must be 0..65535, got {value}")
 
 
+def _boolean(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not bool:
+        raise SettingsError(f"{_names(attribute.name)} must be true or false, got {value!r}")
+
+
+def _public_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """An http(s) base URL: scheme, host, optional port and path; no query, fragment or user.
+    (The value is not quoted back: a URL may carry credentials.)"""
+    if value is None:
+        return
+    parts = urlsplit(value) if isinstance(value, str) else None
+    try:
+        valid = (
+            parts is not None
+            and parts.scheme in ("http", "https")
+            and bool(parts.hostname)
+            and not (parts.query or parts.fragment or parts.username or parts.password)
+            and (parts.port is None or parts.port > 0)
+        )
+    except ValueError:  # a port that is not a number, or out of range
+        valid = False
+    if not valid:
+        raise SettingsError(
+            f"{_names(attribute.name)} must be an http(s):// base URL such as "
+            "https://voice.example.com (a path is allowed; no query, fragment or credentials)"
+        )
+
+
+def _auth_tokens(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """One token, or two separated by a comma (rotation); needs ``public_url`` (the signed URLs
+    are rebuilt from it). The value is never quoted back: it is a secret."""
+    if value is None:
+        return
+    tokens = value.split(",") if isinstance(value, str) else []
+    if not 1 <= len(tokens) <= 2 or not all(token.strip() for token in tokens):
+        raise SettingsError(
+            f"{_names(attribute.name)} must be one auth token, or two separated by a comma "
+            "(while rotating)"
+        )
+    if instance.public_url is None:
+        raise SettingsError(
+            f"{_names(attribute.name)} needs --public-url / VOXBRIDGE_PUBLIC_URL: Twilio signs "
+            "the public URL it calls, and voxbridge rebuilds it from that setting, never from "
+            "the request's Host header"
+        )
+
+
 def _names(field: str) -> str:
     return f"--{field.replace('_', '-')} / VOXBRIDGE_{field.upper()}"
 
@@ -99,7 +147,29 @@ class Settings:
     port: int = attrs.field(default=8080, validator=_port, metadata=_help("bind port (0 = any)"))
     public_url: str | None = attrs.field(
         default=None,
+        validator=_public_url,
         metadata=_help("external https:// base Twilio uses (default: derived from host/port)"),
+    )
+    # --- who may call (voxbridge/server/security.py) ---------------------------------------------
+    twilio_auth_token: str | None = attrs.field(
+        default=None,
+        repr=False,
+        validator=_auth_tokens,
+        metadata=_help(
+            "Twilio auth token: enables signature checks and per-call tokens (a second, "
+            "comma-separated token for rotation; prefer the environment variable)",
+            secret=True,
+        ),
+    )
+    call_token_ttl: float = attrs.field(
+        default=60 * SECONDS,
+        validator=_positive,
+        metadata=_help("seconds the per-call token in the TwiML stays valid"),
+    )
+    insecure: bool = attrs.field(
+        default=False,
+        validator=_boolean,
+        metadata=_help("allow a non-loopback --host without --twilio-auth-token"),
     )
     max_calls: int = attrs.field(
         default=500, validator=_positive, metadata=_help("admission cap per process")
@@ -265,6 +335,14 @@ class Settings:
         """The bound on the whole teardown: the provider's goodbye, two close handshakes, a margin."""
         return 3 * self.close_timeout + 1 * SECONDS
 
+    @property
+    def twilio_auth_tokens(self) -> tuple[str, ...]:
+        """``twilio_auth_token`` split for rotation: ``()`` when unset, else one or two tokens
+        (the first signs new per-call tokens; a signature or token valid under either passes)."""
+        if self.twilio_auth_token is None:
+            return ()
+        return tuple(token.strip() for token in self.twilio_auth_token.split(","))
+
     @classmethod
     def cli_fields(cls) -> list[attrs.Attribute[Any]]:
         """The fields exposed as ``voxbridge serve`` flags, in declaration order."""
@@ -292,8 +370,17 @@ class Settings:
         return cls(**values)
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
 def _parse(field: attrs.Attribute[Any], raw: str, *, source: str) -> Any:
     kind = scalar_type(field)
+    if kind is bool:
+        word = raw.strip().lower()
+        if word in _TRUE | _FALSE:
+            return word in _TRUE
+        raise SettingsError(f"{source}={raw!r}: expected 1/true/yes/on or 0/false/no/off")
     try:
         return kind(raw)
     except ValueError:
@@ -303,6 +390,8 @@ def _parse(field: attrs.Attribute[Any], raw: str, *, source: str) -> Any:
 def scalar_type(field: attrs.Attribute[Any]) -> type:
     """The scalar type of a field (its annotation is a string under postponed evaluation)."""
     annotation = str(field.type)
+    if annotation.startswith("bool"):
+        return bool
     if annotation.startswith("int"):
         return int
     if annotation.startswith("float"):

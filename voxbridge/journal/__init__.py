@@ -1,26 +1,48 @@
-"""Where a call's record and transcript go: the journal interface, and an in-memory journal.
+"""Where a call's record and transcript go: the journal (sink) interface and the journals shipped.
 
-A call reports three things, synchronously and cheaply (a journal that writes to disk buffers and
-flushes on its own task): it started, a final transcript line arrived, it ended (with its record,
-whose transcript is complete -- the flush). The durable SQLite journal is its own piece of work; until
-it lands, :class:`MemoryJournal` keeps the most recent calls in memory and the transcript lines are
-also logged at debug level by the call.
+The call reports three things, synchronously and cheaply: it started (the carrier's ``start``
+arrived), a final transcript line arrived, it ended (with its :class:`~voxbridge.CallRecord`, whose
+transcript is complete). Any object with those three methods -- :class:`CallJournal` -- is a sink:
+an embedder sends records anywhere (a queue, a message bus, a database of their own) by passing one
+to ``run_call(..., journal=...)`` or ``VoxbridgeApp(journal=...)``, or several at once with
+:class:`FanoutJournal`.
+
+* :class:`~voxbridge.journal.sqlite.SQLiteJournal`: durable, the default of ``voxbridge serve``
+  (``--db``); a writer thread, so the call never waits for the disk.
+* :class:`MemoryJournal`: the most recent calls in memory (tests, embedding, the demo).
+* :class:`FanoutJournal`: every record to several journals.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
+
+from .sqlite import JournalError, SQLiteJournal
 
 if TYPE_CHECKING:  # the session imports the journal; the journal only names its types
     from ..providers.events import Transcript
     from ..session.state import CallRecord, CallState
 
-__all__ = ["CallJournal", "MemoryJournal"]
+__all__ = ["CallJournal", "FanoutJournal", "JournalError", "MemoryJournal", "SQLiteJournal"]
 
 
 class CallJournal(Protocol):
-    """What the call tells the journal. Methods must not block or raise."""
+    """What the call tells a journal: the sink interface.
+
+    The call invokes each method from its own trio task, synchronously, exactly once per event, in
+    order: ``call_started`` (not for a call that never got as far as the carrier's ``start``, or
+    was refused at it), ``transcript_line`` for each final line in the order heard, then
+    ``call_ended`` once, for every call, after its teardown. The ``state`` passed is the live,
+    mutable :class:`~voxbridge.session.CallState`: copy what you keep. ``record.transcript`` holds
+    every line given to ``transcript_line``, in the same order.
+
+    A method must return quickly and must not block (no disk or network I/O in the call's task:
+    queue it, as :class:`~voxbridge.journal.sqlite.SQLiteJournal` does). It should not raise; if
+    it does, the call counts the failure in ``voxbridge_journal_write_errors_total``, logs it and
+    carries on: a journal never ends or breaks a call.
+    """
 
     def call_started(self, state: CallState) -> None: ...
 
@@ -29,8 +51,47 @@ class CallJournal(Protocol):
     def call_ended(self, record: CallRecord) -> None: ...
 
 
+class FanoutJournal:
+    """Tell every journal in ``journals`` everything, in the order given.
+
+    A journal that raises does not stop the others: each is told, then the error is raised again
+    (several: one ``ExceptionGroup``), so the call still counts and logs the failure.
+
+    Args:
+        journals: the sinks, e.g. ``FanoutJournal(sqlite_journal, my_sink)``.
+    """
+
+    def __init__(self, *journals: CallJournal) -> None:
+        self.journals = journals
+
+    def call_started(self, state: CallState) -> None:
+        self._each(lambda journal: journal.call_started(state))
+
+    def transcript_line(self, state: CallState, line: Transcript) -> None:
+        self._each(lambda journal: journal.transcript_line(state, line))
+
+    def call_ended(self, record: CallRecord) -> None:
+        self._each(lambda journal: journal.call_ended(record))
+
+    def _each(self, tell: Callable[[CallJournal], None]) -> None:
+        errors: list[Exception] = []
+        for journal in self.journals:
+            try:
+                tell(journal)
+            except Exception as exc:
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup("journal sinks failed", errors)
+
+
 class MemoryJournal:
-    """The last ``history`` calls, in memory: transcripts as they arrive, records when calls end."""
+    """The last ``history`` calls, in memory: transcripts as they arrive, records when calls end.
+
+    For tests and embedding: ``lines[call_id]`` (transcript lines, kept for the last ``history``
+    calls started) and ``records`` (the last ``history`` records).
+    """
 
     def __init__(self, history: int = 256) -> None:
         self.lines: dict[str, list[Transcript]] = {}

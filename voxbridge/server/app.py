@@ -8,27 +8,36 @@
 | ``GET /readyz``       | 200 when accepting calls; 503 while draining or at ``max_calls``   |
 | ``GET /metrics``      | Prometheus text format                                             |
 
-Rejections before accept (capacity, draining) are HTTP responses through the ASGI
+Rejections before accept (bad signature, capacity, draining) are HTTP responses through the ASGI
 ``websocket.http.response`` extension, never an upgraded socket (docs/library-notes.md,
 "Rejecting before accept").
 
-The lifespan starts what the app needs for its whole life -- the built-in echo agent when the
-provider is ``echo`` -- so the same app works under ``voxbridge serve`` and under
-``hypercorn -k trio voxbridge.asgi:app``.
+With ``twilio_auth_token`` set, who may call is checked in three places (``security``): the
+webhook's ``X-Twilio-Signature`` (403 before the TwiML), the media upgrade's (403 before
+``websocket.accept``), and the per-call token in the stream's ``start`` (``protocol_error``
+before any provider session opens). Whatever the settings, a second live stream for a
+``CallSid`` this process is already bridging is refused (``protocol_error``, counted
+``duplicate``).
+
+The lifespan starts what the app needs for its whole life -- the call journal (SQLite at
+``settings.db``, unless one is passed in) and the built-in echo agent when the provider is ``echo``
+-- and at shutdown, once every call has been accounted for, flushes and closes the journal; so the
+same app works under ``voxbridge serve`` and under ``hypercorn -k trio voxbridge.asgi:app``.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
-from urllib.parse import urlsplit
 from xml.sax.saxutils import quoteattr
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from ..errors import Reason
-from ..journal import CallJournal, MemoryJournal
+from ..carriers.twilio import Start
+from ..errors import Disconnect, Reason
+from ..journal import CallJournal, SQLiteJournal
 from ..metrics import Metrics
 from ..providers.base import Provider
 from ..providers.registry import provider_for
@@ -38,6 +47,15 @@ from ..settings import Settings
 from ..testing.echo_agent import EchoAgent
 from ..upstream import StreamConnector
 from .asgi_carrier import AsgiCarrier
+from .security import (
+    TOKEN_PARAMETER,
+    CallTokenError,
+    TwilioAuth,
+    parse_form,
+    signature_header,
+    stream_url,
+    unauthenticated_warning,
+)
 
 __all__ = ["VoxbridgeApp"]
 
@@ -50,6 +68,7 @@ Send = Any
 MEDIA_PATH = "/twilio/media"
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 10.0
+JOURNAL_CLOSE_TIMEOUT = 10.0  # seconds to flush the journal at shutdown
 
 
 class VoxbridgeApp:
@@ -60,7 +79,10 @@ class VoxbridgeApp:
         metrics: metric families (and their registry); a private registry if omitted.
         registry: the calls this app runs.
         provider: the provider; built from ``settings`` at startup if omitted.
-        journal: where calls are recorded; in memory if omitted.
+        journal: where calls are recorded. If omitted, the app's own
+            :class:`~voxbridge.journal.SQLiteJournal` at ``settings.db``: opened by :meth:`start`
+            (marking calls a crash left live) and flushed and closed by :meth:`aclose` (the
+            lifespan's shutdown does it). A journal passed in is the caller's to open and close.
         connect_stream: how calls open provider streams (tests inject memory streams).
     """
 
@@ -78,12 +100,18 @@ class VoxbridgeApp:
         self.metrics = metrics if metrics is not None else Metrics()
         self.registry = registry if registry is not None else CallRegistry()
         self.provider = provider
-        self.journal: CallJournal = journal if journal is not None else MemoryJournal()
+        self.own_journal: SQLiteJournal | None = None
+        if journal is None:
+            journal = self.own_journal = SQLiteJournal(settings.db, metrics=self.metrics)
+        self.journal: CallJournal = journal
         self.echo_agent: EchoAgent | None = None
         self.connect_stream = connect_stream
         self.draining = False
         self.ready = trio.Event()
         self._admitting = 0  # WebSockets admitted but not registered as calls yet
+        self.auth = TwilioAuth.from_settings(settings)  # None: no checks (no auth token)
+        # The CallSid of every stream whose start was admitted, until its call has ended.
+        self._live_call_sids: set[str] = set()
 
     def connection_contained(self, exc: BaseException) -> None:
         """hypercorn failed on one connection and voxbridge contained it (see ``containment``)."""
@@ -107,18 +135,25 @@ class VoxbridgeApp:
             try:
                 await self.start(nursery)
             except Exception as exc:
+                await self.aclose()
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
                 return
             await send({"type": "lifespan.startup.complete"})
             message = await receive()  # lifespan.shutdown: calls are gone (hypercorn waits first)
             nursery.cancel_scope.cancel()
+        await self.aclose()  # every call has been accounted for: flush and close the journal
         await send({"type": "lifespan.shutdown.complete"})
 
     async def start(self, nursery: trio.Nursery) -> None:
-        """Start what the app needs (the echo agent for ``provider=echo``) and resolve the endpoint.
+        """Open the app's own journal, start what the app needs (the echo agent for
+        ``provider=echo``) and resolve the endpoint.
 
         Idempotent: ``voxbridge serve`` may have done it already.
+
+        Raises:
+            JournalError: the journal at ``settings.db`` cannot be opened.
         """
+        await self.open_journal()
         if self.provider is None:
             echo_url = None
             if self.settings.provider == "echo" and self.settings.provider_url is None:
@@ -126,13 +161,58 @@ class VoxbridgeApp:
                 echo_url = await nursery.start(self.echo_agent.serve)
             self.provider = provider_for(self.settings, echo_url=echo_url)
             log.info("provider %s", self.provider.name)
+        if not self.ready.is_set():  # once, at the first start
+            if self.auth is None:
+                log.warning(unauthenticated_warning())
+            else:
+                log.info(
+                    "Twilio signatures and per-call tokens checked for %s (%d auth token(s))",
+                    self.auth.public_url,
+                    len(self.settings.twilio_auth_tokens),
+                )
         self.ready.set()
+
+    async def open_journal(self) -> None:
+        """Open the app's own journal (idempotent; nothing to do for a journal passed in).
+
+        Opening marks the calls a previous run left ``live`` as ``crashed`` and starts the
+        journal's writer thread (blocking I/O, run in a worker thread).
+
+        Raises:
+            JournalError: the journal at ``settings.db`` cannot be opened.
+        """
+        journal = self.own_journal
+        if journal is not None and not journal.is_open:
+            await trio.to_thread.run_sync(journal.open)
+            log.info("journal %s", journal.path)
+
+    async def aclose(self) -> None:
+        """Flush and close the app's own journal (idempotent; a journal passed in is left alone).
+
+        Call it once no call can end any more (after the drain and every call's teardown): later
+        records are refused and counted. Shielded, so a cancelled host still flushes, and bounded
+        by ``JOURNAL_CLOSE_TIMEOUT``.
+        """
+        journal = self.own_journal
+        if journal is None or journal.closed:
+            return
+        with trio.CancelScope(shield=True) as bound:
+            bound.deadline = trio.current_time() + JOURNAL_CLOSE_TIMEOUT + 1
+            await trio.to_thread.run_sync(
+                journal.close, JOURNAL_CLOSE_TIMEOUT, abandon_on_cancel=True
+            )
 
     # --- calls --------------------------------------------------------------------------------
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["path"] != MEDIA_PATH:
             await self._reject(send, 404, "bad_request", b"no WebSocket route here\n")
+            return
+        # Before anything else: an unauthenticated client learns nothing, not even capacity.
+        if self.auth is not None and not self.auth.upgrade_signed(
+            scope.get("query_string", b""), signature_header(scope.get("headers") or [])
+        ):
+            await self._reject(send, 403, "bad_signature", b"bad or missing signature\n")
             return
         if self.draining:
             await self._reject(send, 503, "draining", b"draining: not accepting calls\n")
@@ -143,6 +223,12 @@ class VoxbridgeApp:
         # The slot is taken now, before the awaits below: otherwise several upgrades arriving
         # together all pass the check before any of them is registered.
         self._admitting += 1
+        live_sid: str | None = None  # the CallSid this stream holds, once its start is admitted
+
+        def on_start(start: Start) -> None:
+            nonlocal live_sid
+            live_sid = self._admit_stream(call, start)
+
         try:
             message = await receive()
             if message["type"] != "websocket.connect":
@@ -156,10 +242,42 @@ class VoxbridgeApp:
                 registry=self.registry,
                 journal=self.journal,
                 connect_stream=self.connect_stream,
+                on_start=on_start,
             )
         finally:
             self._admitting -= 1
-        await call.run()  # registers the call before its first checkpoint: the slot stays taken
+        try:
+            await call.run()  # registers the call before its first checkpoint: the slot stays taken
+        finally:
+            if live_sid is not None:
+                self._live_call_sids.discard(live_sid)
+
+    def _admit_stream(self, call: Call, start: Start) -> str:
+        """The call's ``on_start``: admit its stream, or refuse it before any provider session.
+
+        Takes the per-call token out of the call's recorded custom parameters (a credential is
+        not journalled), verifies it when checks are on, then refuses a ``CallSid`` that another
+        live stream holds and registers this one. Synchronous, so the duplicate check and the
+        registration happen with no checkpoint in between: two streams starting together cannot
+        both pass.
+
+        Returns:
+            The ``CallSid`` now held; the caller releases it when the call has ended.
+
+        Raises:
+            Disconnect: ``PROTOCOL_ERROR`` for a missing or bad token, or a duplicate stream.
+        """
+        token = call.state.custom_parameters.pop(TOKEN_PARAMETER, None)
+        if self.auth is not None:
+            try:
+                self.auth.tokens.verify(token, start.call_sid, now=time.time())
+            except CallTokenError as exc:
+                raise Disconnect(Reason.PROTOCOL_ERROR, f"per-call token {exc}") from None
+        if start.call_sid in self._live_call_sids:
+            self.metrics.connections_rejected.labels(reason="duplicate").inc()
+            raise Disconnect(Reason.PROTOCOL_ERROR, "another stream of this call is live")
+        self._live_call_sids.add(start.call_sid)
+        return start.call_sid
 
     def _at_capacity(self) -> bool:
         return len(self.registry) + self._admitting >= self.settings.max_calls
@@ -211,26 +329,66 @@ class VoxbridgeApp:
         elif path == "/metrics":
             await _respond(send, 200, self.metrics.render(), content_type=CONTENT_TYPE_LATEST)
         elif path == "/twilio/voice":
-            if method != "POST":
-                await _respond(send, 405, b"use POST\n", headers=[(b"allow", b"POST")])
-                return
-            if not await _drain_body(receive):
-                await _respond(send, 413, b"request body too large or too slow\n")
-                return
-            await _respond(send, 200, self.twiml(scope).encode(), content_type="text/xml")
+            await self._voice_webhook(scope, method, receive, send)
         else:
             await _respond(send, 404, b"not found\n")
 
-    def twiml(self, scope: Scope) -> str:
-        """The TwiML that connects a Twilio call to this server's media stream."""
+    async def _voice_webhook(self, scope: Scope, method: str, receive: Receive, send: Send) -> None:
+        """``POST /twilio/voice``: the TwiML that connects the call to the media stream.
+
+        With checks on, the form-encoded body and the query string must carry Twilio's
+        signature over the public webhook URL (403 otherwise, counted ``bad_signature``), and the
+        TwiML carries a per-call token bound to the form's ``CallSid`` (400 without one).
+        """
+        if method != "POST":
+            await _respond(send, 405, b"use POST\n", headers=[(b"allow", b"POST")])
+            return
+        body = await _read_body(receive)
+        if body is None:
+            await _respond(send, 413, b"request body too large or too slow\n")
+            return
+        token = None
+        if self.auth is not None:
+            params = parse_form(body)
+            signature = signature_header(scope.get("headers") or [])
+            if not self.auth.webhook_signed(scope.get("query_string", b""), params, signature):
+                self.metrics.connections_rejected.labels(reason="bad_signature").inc()
+                await _respond(send, 403, b"bad or missing signature\n")
+                return
+            call_sid = params.get("CallSid", [""])[0]
+            if not call_sid:
+                self.metrics.connections_rejected.labels(reason="bad_request").inc()
+                await _respond(send, 400, b"no CallSid in the request\n")
+                return
+            token = self.auth.tokens.mint(call_sid, now=time.time())
+        await _respond(send, 200, self.twiml(scope, token).encode(), content_type="text/xml")
+
+    def twiml(self, scope: Scope, token: str | None = None) -> str:
+        """The TwiML that connects a Twilio call to this server's media stream.
+
+        Args:
+            scope: the webhook request (its ``Host`` names the server when there is no
+                ``public_url``).
+            token: the per-call token, passed to the stream as the ``voxbridge_token``
+                ``<Parameter>`` (Twilio hands it back in ``start.customParameters``).
+        """
         url = self.media_url(scope)
+        if token is None:
+            stream = f"<Stream url={quoteattr(url)} />"
+        else:
+            parameter = f"<Parameter name={quoteattr(TOKEN_PARAMETER)} value={quoteattr(token)} />"
+            stream = f"<Stream url={quoteattr(url)}>{parameter}</Stream>"
         return (
             '<?xml version="1.0" encoding="UTF-8"?>'
-            f"<Response><Connect><Stream url={quoteattr(url)} /></Connect></Response>"
+            f"<Response><Connect>{stream}</Connect></Response>"
         )
 
     def media_url(self, scope: Scope) -> str:
-        """``wss://<public host>/twilio/media`` (``ws://`` when the public URL is plain http)."""
+        """``wss://<public host>/twilio/media`` (``ws://`` when the public URL is plain http).
+
+        Without ``public_url`` the host comes from the request (its ``Host`` header): fine on a
+        private network, which is why signature checks require ``public_url``.
+        """
         base = self.settings.public_url
         if base is None:
             host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
@@ -238,25 +396,27 @@ class VoxbridgeApp:
                 server = scope.get("server") or (self.settings.host, self.settings.port)
                 host = f"{server[0]}:{server[1]}"
             base = f"http://{host}"
-        parts = urlsplit(base)
-        scheme = "wss" if parts.scheme in ("https", "wss") else "ws"
-        return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}{MEDIA_PATH}"
+        return stream_url(base)
 
 
-async def _drain_body(receive: Receive) -> bool:
-    """Read and discard a request body (bounded in size and time)."""
+async def _read_body(receive: Receive) -> bytes | None:
+    """A request body, bounded in size (``MAX_BODY``) and time (``BODY_TIMEOUT``); ``None`` if it
+    is larger, slower, or the client left."""
+    chunks: list[bytes] = []
     size = 0
     with trio.move_on_after(BODY_TIMEOUT):
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return False
-            size += len(message.get("body", b""))
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
             if size > MAX_BODY:
-                return False
+                return None
+            chunks.append(chunk)
             if not message.get("more_body", False):
-                return True
-    return False
+                return b"".join(chunks)
+    return None
 
 
 async def _respond(

@@ -25,12 +25,14 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from ..journal import CallJournal
 from ..metrics import Metrics
 from ..session.registry import CallRegistry
 from ..settings import Settings
 from ..upstream import StreamConnector, tune_socket
 from . import containment
 from .app import VoxbridgeApp
+from .security import check_exposure
 
 __all__ = ["RunningServer", "hypercorn_config", "listen_socket", "serve", "tune_gc"]
 
@@ -113,6 +115,7 @@ async def serve(
     metrics: Metrics | None = None,
     registry: CallRegistry | None = None,
     connect_stream: StreamConnector | None = None,
+    journal: CallJournal | None = None,
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -120,10 +123,39 @@ async def serve(
 
     ``await nursery.start(serve, settings)`` returns a :class:`RunningServer` once the socket is
     listening and the provider endpoint is resolved (with ``port=0``, read the port from it).
+
+    The call journal is the SQLite file at ``settings.db`` unless ``journal`` is given: opened
+    first (marking calls a crash left live), before the socket is bound, and flushed and closed
+    last, after the drain and every call's teardown -- also when the host cancels ``serve``.
+
+    Raises:
+        SettingsError: ``host`` is not loopback and there is neither a ``twilio_auth_token`` nor
+            ``insecure`` (:func:`voxbridge.server.security.check_exposure`); nothing is started.
+        JournalError: the journal at ``settings.db`` cannot be opened.
     """
+    check_exposure(settings)  # before anything opens or binds
     containment.install()
     tune_gc(settings)
-    app = VoxbridgeApp(settings, metrics=metrics, registry=registry, connect_stream=connect_stream)
+    app = VoxbridgeApp(
+        settings,
+        metrics=metrics,
+        registry=registry,
+        journal=journal,
+        connect_stream=connect_stream,
+    )
+    await app.open_journal()  # a bad --db fails here, before anything else starts
+    try:
+        await _serve_app(app, settings, shutdown_trigger, task_status)
+    finally:
+        await app.aclose()  # no call is left to account for: flush the journal
+
+
+async def _serve_app(
+    app: VoxbridgeApp,
+    settings: Settings,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    task_status: trio.TaskStatus[RunningServer],
+) -> None:
     sock = listen_socket(settings)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if ":" in host else host
