@@ -35,8 +35,8 @@ from trio_websocket import (
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
-    wrap_client_stream,
 )
+from wsproto import ConnectionType, WSConnection
 
 from ..errors import UpstreamClosed, UpstreamConnectFailed
 from ..providers.endpoint import ProviderEndpoint
@@ -86,6 +86,44 @@ def open_tcp_stream_tuned(user_timeout: float) -> StreamConnector:
         return stream
 
     return connect
+
+
+async def _open_websocket(
+    nursery: trio.Nursery, stream: trio.abc.Stream, endpoint: ProviderEndpoint
+) -> WebSocketConnection:
+    """trio-websocket's ``wrap_client_stream``, except that a connection closed during the opening
+    handshake fails it at once.
+
+    ``wrap_client_stream`` (0.12) waits only for the handshake to succeed. When the provider closes
+    or resets the connection half-way through it, the reader task ends the connection
+    (``_abort_web_socket`` sets ``_close_handshake``) but never sets ``_open_handshake``, so the
+    wait would last until the caller's deadline and a retry that could have succeeded at once
+    waits out ``connect_timeout`` (docs/library-notes.md). This waits for whichever comes first.
+
+    Raises:
+        UpstreamConnectFailed: the connection closed before the handshake completed.
+    """
+    ws = WebSocketConnection(
+        stream,  # any trio Stream works; memory ones in tests
+        WSConnection(ConnectionType.CLIENT),
+        host=endpoint.host,
+        path=endpoint.resource,
+        client_extra_headers=[(k.encode(), v.encode()) for k, v in endpoint.headers],
+        message_queue_size=MESSAGE_QUEUE_SIZE,
+        max_message_size=MAX_MESSAGE_SIZE,
+    )
+    nursery.start_soon(ws._reader_task)
+    async with trio.open_nursery() as race:
+
+        async def first(event: trio.Event) -> None:
+            await event.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(first, ws._open_handshake)
+        race.start_soon(first, ws._close_handshake)
+    if not ws._open_handshake.is_set():
+        raise UpstreamConnectFailed(f"{endpoint.name}: the connection closed during the handshake")
+    return ws
 
 
 class Upstream:
@@ -193,15 +231,7 @@ class Upstream:
                     stream, ssl.create_default_context(), server_hostname=endpoint.host
                 )
                 await stream.do_handshake()
-            ws = await wrap_client_stream(
-                nursery,
-                stream,  # type: ignore[arg-type]  # any trio Stream works; memory ones in tests
-                endpoint.host,
-                endpoint.resource,
-                extra_headers=[(k.encode(), v.encode()) for k, v in endpoint.headers],
-                message_queue_size=MESSAGE_QUEUE_SIZE,
-                max_message_size=MAX_MESSAGE_SIZE,
-            )
+            ws = await _open_websocket(nursery, stream, endpoint)
             upstream = cls(ws, stream, endpoint)
             return upstream
         except (OSError, trio.BrokenResourceError, ConnectionClosed) as exc:
