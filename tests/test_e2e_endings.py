@@ -127,13 +127,17 @@ class CallerStream(FaultStream):
     def __init__(self, inner: trio.abc.Stream) -> None:
         super().__init__(inner)
         self._corked: list[bytes] | None = None
+        # The uncorked burst is written by the talking task, outside trio-websocket's own send
+        # lock, while the reading task may be echoing a mark: one lock for every write.
+        self._writing = trio.Lock()
 
     def cork(self) -> None:
         self._corked = []
 
     async def uncork(self) -> None:
         data, self._corked = b"".join(self._corked or ()), None
-        await super().send_all(data)
+        async with self._writing:
+            await super().send_all(data)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         data = await super().receive_some(max_bytes)
@@ -142,7 +146,8 @@ class CallerStream(FaultStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._corked is None:
-            await super().send_all(data)
+            async with self._writing:
+                await super().send_all(data)
         else:
             self._corked.append(bytes(data))
             await trio.lowlevel.checkpoint()

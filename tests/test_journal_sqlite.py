@@ -380,6 +380,33 @@ def test_a_locked_database_is_counted_and_the_journal_recovers(
     assert errors(metrics) == 1
 
 
+def test_a_locked_database_cannot_hold_shutdown_past_close_and_one_busy_wait(
+    db: Path, metrics: Metrics
+) -> None:
+    # Another process holds the write lock while a batch is queued and the server shuts down:
+    # close() gives up at its timeout, and the writer stops after at most the write it is in
+    # (one busy_timeout for the whole batch, not one per record), counting the rest as lost.
+    journal = SQLiteJournal(db, metrics=metrics, busy_timeout=0.3).open()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        journal.call_started(state())
+        for n in range(20):
+            journal.transcript_line(state(), Transcript("caller", f"line {n}"))
+        started = time.monotonic()
+        assert not journal.close(timeout=0.5)
+        thread = journal._thread
+        assert thread is not None
+        thread.join(2.0)
+        assert not thread.is_alive()
+        assert time.monotonic() - started < 0.5 + 2 * 0.3 + 0.5
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert errors(metrics) == 21  # every record queued was counted as lost, none written
+    assert journal.statistics().failed + journal.statistics().refused == 21
+
+
 async def test_a_failing_disk_is_counted_and_logged_and_the_call_ends_with_its_own_reason(
     autojump_clock: Any, db: Path, metrics: Metrics, caplog: pytest.LogCaptureFixture
 ) -> None:

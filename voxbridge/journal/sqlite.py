@@ -322,6 +322,7 @@ class SQLiteJournal:
         self._connection: sqlite3.Connection | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._abandon = threading.Event()  # close() gave up waiting: write nothing more
         self._closed = False
 
     # --- lifecycle ----------------------------------------------------------------------------
@@ -437,8 +438,13 @@ class SQLiteJournal:
                 pass  # the writer is busy; it sees _stopping when the queue is empty
         thread.join(timeout)
         if thread.is_alive():
+            # The disk hangs or another process holds the lock: the writer finishes the write it
+            # is in (at most ``busy_timeout`` on a lock) and then counts what is left as lost and
+            # exits, so it cannot hold the process's exit for longer than that.
+            self._abandon.set()
             log.warning(
-                "journal: the writer did not finish within %gs; %d records still queued",
+                "journal: the writer did not finish within %gs; %d records still queued are"
+                " given up",
                 timeout,
                 self._queue.qsize(),
                 extra={"journal": self.path},
@@ -557,6 +563,9 @@ class SQLiteJournal:
         main = threading.main_thread()
         try:
             while True:
+                if self._abandon.is_set():
+                    self._refuse_leftovers()
+                    return
                 try:
                     first = self._queue.get(timeout=_POLL)
                 except queue.Empty:
@@ -584,8 +593,8 @@ class SQLiteJournal:
                 pass
 
     def _write(self, connection: sqlite3.Connection, batch: list[_Item]) -> None:
-        """One transaction for the batch; if it fails, one per item, so a bad item loses only
-        itself."""
+        """One transaction for the batch; if a bad item fails it, one per item, so that item
+        loses only itself."""
         try:
             self._transaction(connection, batch)
         except Exception as exc:
@@ -593,9 +602,13 @@ class SQLiteJournal:
         else:
             self._done(len(batch), 0)
             return
-        failed = 0
         error: BaseException = first_error
-        for item in batch:
+        # A locked, busy or failing database fails every item alike: retrying them one by one
+        # would wait ``busy_timeout`` per item (minutes for a batch). Only other errors (a bad
+        # item) are worth isolating.
+        retry = batch if not isinstance(first_error, sqlite3.OperationalError) else []
+        failed = len(batch) - len(retry)
+        for item in retry:
             try:
                 self._transaction(connection, [item])
             except Exception as exc:
