@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import struct
@@ -43,6 +42,7 @@ from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
 from prometheus_client.parser import text_string_to_metric_families
 from test_e2e_server import running, wait_until
+from test_process import read_until
 from trio_websocket import WebSocketRequest, serve_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState as WSState
@@ -378,20 +378,6 @@ async def test_server_releases_a_caller_that_streams_past_stop(reads: bool) -> N
     assert samples[("voxbridge_call_disconnects_total", (("reason", "caller_stop"),))] == 1
 
 
-async def _read_until(process: trio.Process, pattern: str, timeout: float = 8.0) -> re.Match[str]:
-    assert process.stdout is not None
-    seen = b""
-    with trio.fail_after(timeout):
-        while True:
-            chunk = await process.stdout.receive_some()
-            if not chunk:
-                raise AssertionError(f"process ended before {pattern!r}; output: {seen!r}")
-            seen += chunk
-            match = re.search(pattern, seen.decode(errors="replace"))
-            if match:
-                return match
-
-
 async def test_hypercorn_k_trio_releases_a_caller_that_streams_past_stop() -> None:
     env = {
         **os.environ,
@@ -407,7 +393,7 @@ async def test_hypercorn_k_trio_releases_a_caller_that_streams_past_stop() -> No
     )
     try:
         with trio.fail_after(BUDGET):
-            match = await _read_until(process, r"Running on (http://127\.0\.0\.1:(\d+))")
+            match = await read_until(process, r"Running on (http://127\.0\.0\.1:(\d+))", 8.0)
             url, port = match.group(1), int(match.group(2))
             media_url = url.replace("http", "ws", 1) + "/twilio/media"
             async with caller_streaming_past_stop(media_url, process.pid) as caller:

@@ -16,8 +16,8 @@ import secrets
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 import trio
-from test_e2e_server import disconnects, raw_websocket, scrape, wait_until
+from test_e2e_server import disconnects, raw_websocket, running, scrape, wait_until
 from trio_websocket import ConnectionRejected
 from twilio.request_validator import RequestValidator
 
@@ -57,31 +57,11 @@ def new_call_sid() -> str:
     return "CA" + secrets.token_hex(16)
 
 
-@asynccontextmanager
-async def secured(
+def secured(
     agent: EchoAgent | None = None, **overrides: Any
-) -> AsyncIterator[tuple[RunningServer, EchoAgent]]:
+) -> AbstractAsyncContextManager[tuple[RunningServer, EchoAgent]]:
     """A voxbridge server with signature checks on, bridged to ``agent``; torn down on exit."""
-    agent = agent or EchoAgent(delay=0.05)
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(agent.serve)
-        values: dict[str, Any] = {
-            "port": 0,
-            "provider": "echo",
-            "provider_url": url,
-            "twilio_auth_token": AUTH,
-            "public_url": PUBLIC,
-            **overrides,
-        }
-        settings = Settings(**values)
-        server = await nursery.start(partial(serve, settings, shutdown_trigger=stop.wait))
-        try:
-            yield server, agent
-        finally:
-            stop.set()
-            nursery.cancel_scope.deadline = trio.current_time() + 10
-        nursery.cancel_scope.cancel()
+    return running(agent, **{"twilio_auth_token": AUTH, "public_url": PUBLIC, **overrides})
 
 
 def webhook_form(call_sid: str) -> dict[str, str]:

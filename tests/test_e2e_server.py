@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -35,14 +36,16 @@ BUDGET = 20.0  # seconds of real time per test
 
 @asynccontextmanager
 async def running(
-    agent: EchoAgent | None = None, **overrides: object
+    agent: EchoAgent | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[RunningServer, EchoAgent]]:
-    """A voxbridge server bridged to ``agent`` (started here), torn down on exit."""
+    """A voxbridge server bridged to ``agent`` (started here), torn down on exit; ``overrides``
+    are settings (the provider included)."""
     agent = agent or EchoAgent(delay=0.05)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         url = await nursery.start(agent.serve)
-        settings = Settings(port=0, provider="echo", provider_url=url, **overrides)  # type: ignore[arg-type]
+        values: dict[str, Any] = {"port": 0, "provider": "echo", "provider_url": url, **overrides}
+        settings = Settings(**values)
         server = await nursery.start(
             lambda task_status: serve(settings, shutdown_trigger=stop.wait, task_status=task_status)
         )

@@ -10,7 +10,6 @@ that every line it had seen is still there and that the call is marked ``crashed
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from test_process import read_until
 
 from voxbridge.errors import Reason
 from voxbridge.journal import JournalError
@@ -41,20 +41,6 @@ def query(db: Path, sql: str, *args: object) -> list[tuple[Any, ...]]:
     with closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=rw", uri=True)) as connection:
         connection.execute("PRAGMA query_only = ON")
         return connection.execute(sql, args).fetchall()
-
-
-async def read_until(process: trio.Process, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-    assert process.stdout is not None
-    seen = b""
-    with trio.fail_after(timeout):
-        while True:
-            chunk = await process.stdout.receive_some()
-            if not chunk:
-                raise AssertionError(f"process ended before {pattern!r}; output: {seen!r}")
-            seen += chunk
-            match = re.search(pattern, seen.decode(errors="replace"))
-            if match:
-                return match
 
 
 @asynccontextmanager

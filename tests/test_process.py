@@ -24,7 +24,8 @@ PYTHON = sys.executable
 HYPERCORN = str(Path(sys.executable).with_name("hypercorn"))
 
 
-async def _read_until(process: trio.Process, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+async def read_until(process: trio.Process, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+    """The first match of ``pattern`` in ``process``'s stdout, within ``timeout`` seconds."""
     assert process.stdout is not None
     seen = b""
     with trio.fail_after(timeout):
@@ -47,7 +48,7 @@ async def test_serve_port_zero_prints_url_serves_a_call_and_stops_on_sigterm() -
         env=env,
     )
     try:
-        match = await _read_until(process, r"voxbridge listening on (http://127\.0\.0\.1:\d+)\n")
+        match = await read_until(process, r"voxbridge listening on (http://127\.0\.0\.1:\d+)\n")
         url = match.group(1)
         async with httpx.AsyncClient(timeout=5) as client:
             assert (await client.get(f"{url}/healthz")).status_code == 200
@@ -77,7 +78,7 @@ async def test_asgi_app_runs_under_hypercorn_k_trio() -> None:
         env=env,
     )
     try:
-        match = await _read_until(process, r"Running on (http://127\.0\.0\.1:\d+)")
+        match = await read_until(process, r"Running on (http://127\.0\.0\.1:\d+)")
         url = match.group(1)
         with trio.fail_after(20):
             result = await simulate_call(url.replace("http", "ws") + "/twilio/media", seconds=0.5)
