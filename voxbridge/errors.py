@@ -77,6 +77,7 @@ class Reason(enum.StrEnum):
     UPSTREAM_KEEPALIVE_TIMEOUT = "upstream_keepalive_timeout"
     UPSTREAM_STALLED = "upstream_stalled"
     AGENT_HANGUP = "agent_hangup"
+    TRANSFERRED = "transferred"
     MAX_DURATION = "max_duration"
     SERVER_SHUTDOWN = "server_shutdown"
     INTERNAL_ERROR = "internal_error"
@@ -96,6 +97,7 @@ class Reason(enum.StrEnum):
 CLOSE_CODES: dict[Reason, int] = {
     Reason.CALLER_STOP: 1000,
     Reason.AGENT_HANGUP: 1000,
+    Reason.TRANSFERRED: 1000,
     Reason.MAX_DURATION: 1000,
     Reason.IDLE_TIMEOUT: 1000,
     Reason.START_TIMEOUT: 1000,

@@ -8,11 +8,17 @@ event (``rate()`` over a series that appears late misses its first increment).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .errors import Reason
+from .tools import BUILTIN_TOOLS, OUTCOMES
 
-__all__ = ["DIRECTIONS", "PROVIDER_DROPS", "REJECTIONS", "Metrics"]
+__all__ = ["DIRECTIONS", "PROVIDER_DROPS", "REJECTIONS", "UNKNOWN_TOOL", "USAGE_KINDS", "Metrics"]
+
+#: The ``tool`` label of a call to a tool that was not offered (the model's name is not a label).
+UNKNOWN_TOOL = "unknown"
 
 DIRECTIONS = ("to_upstream", "to_caller")
 REJECTIONS = ("bad_signature", "capacity", "draining", "duplicate", "bad_request")
@@ -23,6 +29,18 @@ PROVIDERS = ("echo", "openai", "ultravox")
 #: validation (not strict base64, not whole 16-bit samples); audio of an answer the caller
 #: interrupted, arriving after the barge-in.
 PROVIDER_DROPS = ("malformed", "bad_audio", "late_audio")
+#: Usage kinds each provider reports (``voxbridge_provider_usage_total{kind}``): OpenAI Realtime
+#: ``response.done.usage`` token counts; Ultravox's billed call duration.
+USAGE_KINDS: dict[str, tuple[str, ...]] = {
+    "openai": (
+        "input_text_tokens",
+        "input_audio_tokens",
+        "input_cached_tokens",
+        "output_text_tokens",
+        "output_audio_tokens",
+    ),
+    "ultravox": ("billed_seconds",),
+}
 
 # Calls last seconds to an hour; the buckets are chosen for that range.
 _DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, float("inf"))
@@ -106,6 +124,25 @@ class Metrics:
         self.barge_ins = Counter(
             "voxbridge_barge_ins", "Times the caller interrupted the agent.", registry=r
         )
+        self.tool_calls = Counter(
+            "voxbridge_tool_calls",
+            "Tool calls by the agent, by tool and outcome (ok, error, timeout, unknown_tool, "
+            "bad_arguments). A tool the model names but was not offered counts as tool "
+            '"unknown".',
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.provider_usage = Counter(
+            "voxbridge_provider_usage",
+            "Provider usage as the provider reports it, by kind (tokens, billed seconds).",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.dtmf_digits = Counter(
+            "voxbridge_dtmf_digits",
+            "Keys the caller pressed (DTMF), forwarded to the agent or not.",
+            registry=r,
+        )
         self.journal_write_errors = Counter(
             "voxbridge_journal_write_errors", "Journal writes that failed.", registry=r
         )
@@ -129,6 +166,16 @@ class Metrics:
                 self.provider_frames_dropped.labels(provider=provider, reason=drop)
         for outcome in RECONNECT_OUTCOMES:
             self.upstream_reconnects.labels(outcome=outcome)
+        for provider, kinds in USAGE_KINDS.items():
+            for kind in kinds:
+                self.provider_usage.labels(provider=provider, kind=kind)
+        self.declare_tools(BUILTIN_TOOLS)
+
+    def declare_tools(self, names: Iterable[str]) -> None:
+        """Pre-initialise ``voxbridge_tool_calls_total`` for tools offered by this process."""
+        for name in (*names, UNKNOWN_TOOL):
+            for outcome in OUTCOMES:
+                self.tool_calls.labels(tool=name, outcome=outcome)
 
     def render(self) -> bytes:
         """The registry in Prometheus text exposition format."""

@@ -19,8 +19,17 @@ import attrs
 __all__ = ["PROVIDERS", "Settings", "SettingsError"]
 
 SECONDS = 1.0
+#: The default OpenAI Realtime model and caller-transcription model: current GA names in the
+#: ``openai`` package's types, with no announced shutdown (tests/test_openai_realtime.py checks).
+OPENAI_MODEL = "gpt-realtime-2.1"
+TRANSCRIPTION_MODEL = "gpt-transcribe"
 PROVIDERS = ("echo", "openai", "ultravox")
-OPENAI_FLAVOURS = ("ga", "beta")
+OPENAI_FLAVOURS = ("ga",)
+#: The OpenAI Realtime beta interface (``OpenAI-Beta: realtime=v1``) was shut down in 2026.
+BETA_GONE = (
+    "--openai-flavour / VOXBRIDGE_OPENAI_FLAVOUR: the OpenAI Realtime beta interface was shut "
+    "down in 2026; use ga (the default: the GA interface at /v1/realtime)"
+)
 LOG_FORMATS = ("console", "json")
 MAX_UPSTREAM_BATCH_MS = 500  # beyond half a second, batching would wreck turn-taking
 MIN_SESSION_AGE = 1 * SECONDS  # below that, recycling would open sessions in a tight loop
@@ -82,6 +91,33 @@ def _port(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
 def _boolean(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if type(value) is not bool:
         raise SettingsError(f"{_names(attribute.name)} must be true or false, got {value!r}")
+
+
+def _flavour(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value == "beta":
+        raise SettingsError(BETA_GONE)
+    _one_of(*OPENAI_FLAVOURS)(instance, attribute, value)
+
+
+def _transfer_target(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """E.164 (``+`` and 8-15 digits) or a ``sip:``/``sips:`` URI."""
+    if value is None:
+        return
+    if not isinstance(value, str) or not is_transfer_target(value):
+        raise SettingsError(
+            f"{_names(attribute.name)} must be an E.164 number (+15551230000) or a sip: URI, "
+            f"got {value!r}"
+        )
+
+
+def is_transfer_target(value: str) -> bool:
+    """Whether ``value`` is an E.164 number or a ``sip:``/``sips:`` URI with a host."""
+    if value.startswith("+"):
+        return value[1:].isdigit() and value[1:].isascii() and 8 <= len(value) - 1 <= 15
+    scheme, _, rest = value.partition(":")
+    return scheme.lower() in ("sip", "sips") and "@" in rest and not any(
+        c in rest for c in " <>\"\n\r"
+    )
 
 
 def _public_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -210,14 +246,16 @@ class Settings:
             "Ultravox REST base http(s)://.../api"
         ),
     )
-    openai_model: str = attrs.field(default="gpt-realtime", metadata=_help("OpenAI model"))
+    openai_model: str = attrs.field(
+        default=OPENAI_MODEL, metadata=_help("OpenAI Realtime model (GA)")
+    )
     openai_flavour: str = attrs.field(
         default="ga",
-        validator=_one_of(*OPENAI_FLAVOURS),
-        metadata=_help("OpenAI Realtime API: ga (gpt-realtime) or beta (OpenAI-Beta: realtime=v1)"),
+        validator=_flavour,
+        metadata=_help("OpenAI Realtime API: ga (the beta interface was shut down in 2026)"),
     )
     transcription_model: str = attrs.field(
-        default="whisper-1", metadata=_help("OpenAI model that transcribes the caller")
+        default=TRANSCRIPTION_MODEL, metadata=_help("OpenAI model that transcribes the caller")
     )
     ultravox_model: str | None = attrs.field(
         default=None, metadata=_help("Ultravox model (default: Ultravox's own default)")
@@ -237,6 +275,44 @@ class Settings:
     )
     ultravox_api_key: str | None = attrs.field(
         default=None, repr=False, metadata=_help("Ultravox key", secret=True, cli=False)
+    )
+    # --- agents and tools (docs/agents.md) ---------------------------------------------------------
+    agents: str | None = attrs.field(
+        default=None,
+        metadata=_help("TOML file of named agents (provider, voice, instructions, tools, ...)"),
+    )
+    tools_module: str | None = attrs.field(
+        default=None,
+        metadata=_help("import this Python module and offer its TOOLS (a list of voxbridge.Tool)"),
+    )
+    tool_timeout: float = attrs.field(
+        default=10 * SECONDS,
+        validator=_positive,
+        metadata=_help("deadline for one tool call; beyond it the model gets an error result"),
+    )
+    transfer_to: str | None = attrs.field(
+        default=None,
+        validator=_transfer_target,
+        metadata=_help("E.164 number or sip: URI: offers the transfer_call tool"),
+    )
+    twilio_account_sid: str | None = attrs.field(
+        default=None,
+        metadata=_help("Twilio account SID (AC...): REST for end_call, transfer_call and dial"),
+    )
+    twilio_api_key: str | None = attrs.field(
+        default=None,
+        repr=False,
+        metadata=_help("Twilio API key SID (SK...), environment only", secret=True, cli=False),
+    )
+    twilio_api_secret: str | None = attrs.field(
+        default=None,
+        repr=False,
+        metadata=_help("Twilio API key secret, environment only", secret=True, cli=False),
+    )
+    twilio_api_url: str | None = attrs.field(
+        default=None,
+        validator=_public_url,
+        metadata=_help("Twilio REST base URL (default https://api.twilio.com; for tests)"),
     )
     # --- deadlines (docs/timeouts.md explains each) ----------------------------------------------
     idle_timeout: float = attrs.field(
@@ -329,6 +405,20 @@ class Settings:
                 f"--instructions-file / VOXBRIDGE_INSTRUCTIONS_FILE: cannot read "
                 f"{self.instructions_file!r}: {exc.strerror}"
             ) from None
+
+    @property
+    def twilio_rest_credentials(self) -> tuple[str, str] | None:
+        """``(username, password)`` for Twilio's REST API, or ``None`` when it cannot be used.
+
+        Twilio's recommended credentials are an API key and its secret; without them, the
+        account SID and the (first) auth token. Either way ``twilio_account_sid`` is needed.
+        """
+        if not self.twilio_account_sid:
+            return None
+        if self.twilio_api_key and self.twilio_api_secret:
+            return (self.twilio_api_key, self.twilio_api_secret)
+        tokens = self.twilio_auth_tokens
+        return (self.twilio_account_sid, tokens[0]) if tokens else None
 
     @property
     def teardown_timeout(self) -> float:

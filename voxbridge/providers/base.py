@@ -16,13 +16,17 @@ line in :mod:`voxbridge.providers.registry`. Nothing in the call changes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
 from ..errors import Reason
 from .endpoint import ProviderEndpoint
-from .events import ProviderEvent, Transcript, Truncation
+from .events import HistoryItem, ProviderEvent, ToolExchange, Truncation
+
+if TYPE_CHECKING:
+    from ..agents import AgentConfig
+    from ..tools import Tool
 
 __all__ = ["Frame", "Provider", "ProviderCodec", "ProviderSession"]
 
@@ -33,8 +37,10 @@ Frame = str | bytes
 class ProviderCodec(Protocol):
     """Sans-IO encoding and decoding for one provider session."""
 
-    def opening(self, history: Sequence[Transcript]) -> list[Frame]:
-        """Frames to send right after the session opens (configuration, then ``history`` replayed)."""
+    def opening(self, history: Sequence[HistoryItem]) -> list[Frame]:
+        """Frames to send right after the session opens: configuration, then ``history``
+        replayed (transcript lines, key presses, tool exchanges), then -- at call start only
+        (empty ``history``) -- the greeting, if the agent speaks first."""
         ...
 
     def audio(self, payload: str) -> Frame:
@@ -61,6 +67,19 @@ class ProviderCodec(Protocol):
         from an earlier session). The frames also cancel a response still being generated, where
         the protocol allows.
         """
+        ...
+
+    def tool_result(self, exchange: ToolExchange, *, known: bool) -> list[Frame]:
+        """The result of a tool call, for the model; it then answers (speaks).
+
+        ``known`` is false when the session that asked for the call has since been replaced
+        (a resume): the codec then replays the whole exchange, where the protocol can.
+        """
+        ...
+
+    def dtmf(self, digits: str) -> list[Frame]:
+        """The caller pressed ``digits`` (``0-9``, ``*``, ``#``, ``A-D``): tell the model, as a
+        short user message (:func:`~voxbridge.providers.events.dtmf_message`), and let it answer."""
         ...
 
     def closing(self) -> list[Frame]:
@@ -90,7 +109,13 @@ class Provider(Protocol):
 
     name: str
 
-    async def session(self, history: Sequence[Transcript]) -> ProviderSession:
+    def for_agent(self, agent: AgentConfig, tools: Sequence[Tool]) -> Provider:
+        """This provider configured for one agent: its model, voice, instructions and greeting
+        where the agent sets them (``None`` keeps this provider's), and ``tools`` declared to
+        the model. Cheap and without I/O: the call does it once, at start."""
+        ...
+
+    async def session(self, history: Sequence[HistoryItem]) -> ProviderSession:
         """Prepare a session seeded with ``history`` (empty at call start).
 
         The call bounds this with ``connect_timeout``.

@@ -16,12 +16,18 @@ import attrs
 __all__ = [
     "AgentAudio",
     "AgentHangup",
+    "HistoryItem",
     "ProviderError",
     "ProviderEvent",
+    "ResponseDone",
     "ResponseStarted",
     "SpeechStarted",
+    "ToolCall",
+    "ToolExchange",
     "Transcript",
     "Truncation",
+    "Usage",
+    "dtmf_message",
 ]
 
 
@@ -56,10 +62,73 @@ class SpeechStarted:
 
 @attrs.frozen
 class Transcript:
-    """A final transcript line; ``role`` is ``caller`` or ``agent``."""
+    """A final transcript line.
+
+    ``role`` is ``caller`` or ``agent`` for speech, or ``dtmf`` for keys the caller pressed
+    (``text`` is the digits, e.g. ``"123#"``; a codec replays it as :func:`dtmf_message`).
+    """
 
     role: str
     text: str
+
+
+@attrs.frozen
+class ToolCall:
+    """The model asks for a tool: ``arguments`` is the JSON text of an object (as the model wrote
+    it: the call parses and checks it). ``call_id`` is the provider's id for this call
+    (OpenAI ``call_id``, Ultravox ``invocationId``), quoted back with the result."""
+
+    call_id: str
+    name: str
+    arguments: str = "{}"
+
+
+@attrs.frozen
+class ToolExchange:
+    """A tool call and its result, as the conversation remembers it (history, transcript,
+    journal). ``output`` is the JSON text given to the model; ``outcome`` is the
+    ``voxbridge_tool_calls_total`` label (``ok``, ``error``, ``timeout``, ``unknown_tool``,
+    ``bad_arguments``)."""
+
+    call_id: str
+    name: str
+    arguments: str
+    output: str
+    outcome: str = "ok"
+
+    @property
+    def text(self) -> str:
+        """One line for the transcript: ``name(arguments) -> output``."""
+        return f"{self.name}({self.arguments}) -> {self.output}"
+
+
+#: What a provider session is seeded with on resume: the conversation so far, in order.
+HistoryItem = Transcript | ToolExchange
+
+
+@attrs.frozen
+class Usage:
+    """Provider usage to meter: ``(kind, amount)`` pairs, e.g. ``("input_audio_tokens", 120)`` or
+    ``("billed_seconds", 42)``. Amounts add up over a call (the codec reports increments)."""
+
+    counts: tuple[tuple[str, float], ...] = ()
+
+
+@attrs.frozen
+class ResponseDone:
+    """A response (an answer) ended: its ``status`` (``completed``, ``cancelled``, ...), the tool
+    calls it asks for (only when it completed), and what it cost."""
+
+    response_id: str | None = None
+    status: str = "completed"
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage | None = None
+
+
+def dtmf_message(digits: str) -> str:
+    """The user message that tells a model about key presses: ``"The caller pressed 1 2 # on
+    the keypad."``"""
+    return f"The caller pressed {' '.join(digits)} on the keypad."
 
 
 @attrs.frozen
@@ -87,5 +156,13 @@ class Truncation:
 
 
 ProviderEvent = (
-    AgentAudio | ResponseStarted | SpeechStarted | Transcript | AgentHangup | ProviderError
+    AgentAudio
+    | ResponseStarted
+    | ResponseDone
+    | SpeechStarted
+    | Transcript
+    | ToolCall
+    | Usage
+    | AgentHangup
+    | ProviderError
 )

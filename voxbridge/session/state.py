@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 
 from ..errors import Reason
-from ..providers.events import Transcript
+from ..providers.events import HistoryItem
 
 __all__ = ["CallRecord", "CallState"]
 
@@ -30,8 +30,15 @@ class CallState:
     bytes_to_caller: int = 0  # agent audio sent to the carrier (mu-law bytes)
     upstream_connected_at: float | None = None
     upstream_closed_at: float | None = None
-    transcript: list[Transcript] = attrs.Factory(list)
+    #: The conversation so far: final transcript lines (``caller``, ``agent``, ``dtmf``) and
+    #: tool exchanges, in order; a resumed provider session is seeded with it.
+    transcript: list[HistoryItem] = attrs.Factory(list)
     barge_ins: int = 0
+    agent: str = "default"
+    #: Provider usage so far, by kind (``voxbridge_provider_usage_total``'s ``kind``).
+    usage: dict[str, float] = attrs.Factory(dict)
+    tool_calls: int = 0
+    dtmf_digits: int = 0
 
     @property
     def last_heard(self) -> float:
@@ -56,7 +63,7 @@ class CallRecord:
     upstream_closed_at: float | None
     frames_from_caller: int
     frames_to_caller: int
-    transcript: tuple[Transcript, ...] = ()
+    transcript: tuple[HistoryItem, ...] = ()
     barge_ins: int = 0
     resumes: int = 0
     carrier: str = "twilio"
@@ -65,6 +72,10 @@ class CallRecord:
     bytes_from_caller: int = 0
     bytes_to_caller: int = 0
     custom_parameters: tuple[tuple[str, str], ...] = ()
+    agent: str = "default"
+    usage: tuple[tuple[str, float], ...] = ()  # (kind, amount), sorted by kind
+    tool_calls: int = 0
+    dtmf_digits: int = 0
 
     @property
     def duration(self) -> float:
