@@ -15,14 +15,14 @@ line in :mod:`voxbridge.providers.registry`. Nothing in the call changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
 from ..errors import Reason
 from .endpoint import ProviderEndpoint
-from .events import HistoryItem, ProviderEvent, ToolExchange, Truncation
+from .events import HistoryItem, ProviderEvent, ToolExchange, Truncation, Usage
 
 if TYPE_CHECKING:
     from ..agents import AgentConfig
@@ -98,10 +98,16 @@ class ProviderCodec(Protocol):
 
 @attrs.frozen
 class ProviderSession:
-    """One prepared provider session: where to connect, and its codec."""
+    """One prepared provider session: where to connect, its codec and, for a provider that
+    reports what a session cost only after it ended (Ultravox's billed duration), how to ask.
+
+    ``usage`` is awaited once, when the call's provider link closes, under ``close_timeout``;
+    it returns ``None`` when the provider does not say (yet), and must not raise.
+    """
 
     endpoint: ProviderEndpoint
     codec: ProviderCodec
+    usage: Callable[[], Awaitable[Usage | None]] | None = attrs.field(default=None, eq=False)
 
 
 class Provider(Protocol):

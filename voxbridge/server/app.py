@@ -29,12 +29,19 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 from xml.sax.saxutils import quoteattr
 
+import attrs
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ..agents import AgentConfig, Agents, load_agents, load_tools
+
+if TYPE_CHECKING:
+    from ..carriers.twilio_rest import TwilioRest
 from ..carriers.twilio import Start
 from ..errors import Disconnect, Reason
 from ..journal import CallJournal, SQLiteJournal
@@ -45,6 +52,7 @@ from ..session.call import Call
 from ..session.registry import CallRegistry
 from ..settings import Settings
 from ..testing.echo_agent import EchoAgent
+from ..tools import BUILTIN_TOOLS, END_CALL, TRANSFER_CALL, Tool
 from ..upstream import StreamConnector
 from .asgi_carrier import AsgiCarrier
 from .security import (
@@ -70,6 +78,16 @@ MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 10.0
 JOURNAL_CLOSE_TIMEOUT = 10.0  # seconds to flush the journal at shutdown
 
+#: The ``<Parameter>`` (and token claim) naming the call's agent.
+AGENT_PARAMETER = "agent"
+#: The token claim (or, without checks, the ``<Parameter>``) saying an answering machine took an
+#: outbound call whose agent leaves a message.
+MACHINE_PARAMETER = "voxbridge_machine"
+#: Twilio's ``AnsweredBy`` values that mean no person answered (answering machine detection).
+MACHINE_ANSWERS = frozenset(
+    {"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax"}
+)
+
 
 class VoxbridgeApp:
     """The voxbridge ASGI app.
@@ -84,6 +102,16 @@ class VoxbridgeApp:
             (marking calls a crash left live) and flushed and closed by :meth:`aclose` (the
             lifespan's shutdown does it). A journal passed in is the caller's to open and close.
         connect_stream: how calls open provider streams (tests inject memory streams).
+        tools: tools every agent may be offered, with those of ``settings.tools_module``.
+        agents: the named agents; read from ``settings.agents`` if omitted (or just the
+            ``default`` agent, built from the settings).
+        configure: the embedder's choice of agent per call (``configure(start)``); it replaces
+            the choice by called number and ``agent`` parameter.
+        twilio_rest: Twilio's REST API (the built-in ``end_call`` and ``transfer_call``); built
+            from the settings' credentials if omitted (``None`` without them).
+
+    Raises:
+        SettingsError: the agents file or the tools module is bad (the message is one line).
     """
 
     def __init__(
@@ -95,6 +123,10 @@ class VoxbridgeApp:
         provider: Provider | None = None,
         journal: CallJournal | None = None,
         connect_stream: StreamConnector | None = None,
+        tools: Sequence[Tool] = (),
+        agents: Agents | None = None,
+        configure: Callable[[Start], AgentConfig | None] | None = None,
+        twilio_rest: TwilioRest | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
@@ -112,6 +144,23 @@ class VoxbridgeApp:
         self.auth = TwilioAuth.from_settings(settings)  # None: no checks (no auth token)
         # The CallSid of every stream whose start was admitted, until its call has ended.
         self._live_call_sids: set[str] = set()
+        self.tools: list[Tool] = [*tools]
+        if settings.tools_module:
+            self.tools.extend(load_tools(settings.tools_module))
+        known = {tool.name for tool in self.tools} | set(BUILTIN_TOOLS)
+        if agents is None:
+            agents = (
+                load_agents(settings.agents, known_tools=known, settings=settings)
+                if settings.agents
+                else Agents.single(settings)
+            )
+        self.agents = agents
+        self.configure = configure
+        self.twilio_rest = (
+            twilio_rest if twilio_rest is not None else TwilioRest.from_settings(settings)
+        )
+        self.metrics.declare_tools(tool.name for tool in self.tools)
+        self._providers: dict[str, Provider] = {}  # the provider of each name agents use
 
     def connection_contained(self, exc: BaseException) -> None:
         """hypercorn failed on one connection and voxbridge contained it (see ``containment``)."""
@@ -154,14 +203,27 @@ class VoxbridgeApp:
             JournalError: the journal at ``settings.db`` cannot be opened.
         """
         await self.open_journal()
-        if self.provider is None:
+        if not self._providers:
+            # Every provider an agent names, built once (a missing key fails here, at start).
+            settings = self.settings
+            names = {a.provider for a in (self.agents.default, *self.agents) if a.provider}
+            names.discard(settings.provider)
+            if self.provider is None:
+                names.add(settings.provider)
             echo_url = None
-            if self.settings.provider == "echo" and self.settings.provider_url is None:
+            if "echo" in names and settings.provider_url is None:
                 self.echo_agent = EchoAgent()
                 echo_url = await nursery.start(self.echo_agent.serve)
-            self.provider = provider_for(self.settings, echo_url=echo_url)
-            log.info("provider %s", self.provider.name)
+            for name in sorted(names):
+                self._providers[name] = provider_for(
+                    attrs.evolve(settings, provider=name), echo_url=echo_url
+                )
+            if self.provider is None:
+                self.provider = self._providers[settings.provider]
+                log.info("provider %s", self.provider.name)
+            self._providers[settings.provider] = self.provider
         if not self.ready.is_set():  # once, at the first start
+            self._log_tools()
             if self.auth is None:
                 log.warning(unauthenticated_warning())
             else:
@@ -171,6 +233,34 @@ class VoxbridgeApp:
                     len(self.settings.twilio_auth_tokens),
                 )
         self.ready.set()
+
+    def _log_tools(self) -> None:
+        """Say at start which tools agents may be offered, and why a built-in one is not."""
+        if self.twilio_rest is None:
+            log.info(
+                "end_call and transfer_call are not offered: no Twilio REST credentials "
+                "(--twilio-account-sid with VOXBRIDGE_TWILIO_API_KEY and "
+                "VOXBRIDGE_TWILIO_API_SECRET, or --twilio-auth-token)"
+            )
+        elif not any(
+            a.transfer_to or self.settings.transfer_to for a in (self.agents.default, *self.agents)
+        ):
+            log.info("transfer_call is not offered: no --transfer-to (nor an agent's transfer_to)")
+        names = [tool.name for tool in self.tools]
+        if self.twilio_rest is not None:
+            names.append(END_CALL.name)
+            if self.settings.transfer_to or any(a.transfer_to for a in self.agents):
+                names.append(TRANSFER_CALL.name)
+        log.info(
+            "agents: %s; tools: %s",
+            ", ".join(self.agents.names) or "default",
+            ", ".join(names) or "none",
+        )
+
+    def provider_for_agent(self, agent: AgentConfig) -> Provider:
+        """The provider an agent names (``None``: the settings' provider)."""
+        assert self.provider is not None
+        return self._providers.get(agent.provider or self.settings.provider, self.provider)
 
     async def open_journal(self) -> None:
         """Open the app's own journal (idempotent; nothing to do for a journal passed in).
@@ -224,10 +314,21 @@ class VoxbridgeApp:
         # together all pass the check before any of them is registered.
         self._admitting += 1
         live_sid: str | None = None  # the CallSid this stream holds, once its start is admitted
+        decided: Mapping[str, str] = {}  # what the webhook decided (agent, answering machine)
 
         def on_start(start: Start) -> None:
-            nonlocal live_sid
-            live_sid = self._admit_stream(call, start)
+            nonlocal live_sid, decided
+            live_sid, decided = self._admit_stream(call, start)
+
+        def configure(start: Start) -> AgentConfig | None:
+            if self.configure is not None:
+                return self.configure(start)
+            name = decided.get(AGENT_PARAMETER)
+            agent = self.agents.get(name) if name else self.agents.default
+            if agent is None:
+                raise Disconnect(Reason.PROTOCOL_ERROR, f"no agent named {str(name)[:64]!r}")
+            call.answered_by_machine = decided.get(MACHINE_PARAMETER) == "1"
+            return agent
 
         try:
             message = await receive()
@@ -243,6 +344,10 @@ class VoxbridgeApp:
                 journal=self.journal,
                 connect_stream=self.connect_stream,
                 on_start=on_start,
+                tools=self.tools,
+                configure=configure,
+                providers=self.provider_for_agent,
+                twilio_rest=self.twilio_rest,
             )
         finally:
             self._admitting -= 1
@@ -252,7 +357,7 @@ class VoxbridgeApp:
             if live_sid is not None:
                 self._live_call_sids.discard(live_sid)
 
-    def _admit_stream(self, call: Call, start: Start) -> str:
+    def _admit_stream(self, call: Call, start: Start) -> tuple[str, dict[str, str]]:
         """The call's ``on_start``: admit its stream, or refuse it before any provider session.
 
         Takes the per-call token out of the call's recorded custom parameters (a credential is
@@ -262,22 +367,32 @@ class VoxbridgeApp:
         both pass.
 
         Returns:
-            The ``CallSid`` now held; the caller releases it when the call has ended.
+            The ``CallSid`` now held (the caller releases it when the call has ended), and what
+            the webhook decided for the call (``agent``, ``voxbridge_machine``): from the signed
+            token when checks are on, else from the stream's custom parameters (an operator's
+            own TwiML may name the agent with ``<Parameter name="agent">``).
 
         Raises:
             Disconnect: ``PROTOCOL_ERROR`` for a missing or bad token, or a duplicate stream.
         """
-        token = call.state.custom_parameters.pop(TOKEN_PARAMETER, None)
+        parameters = call.state.custom_parameters
+        token = parameters.pop(TOKEN_PARAMETER, None)
+        source: Mapping[str, object] = parameters
         if self.auth is not None:
             try:
-                self.auth.tokens.verify(token, start.call_sid, now=time.time())
+                source = self.auth.tokens.verify(token, start.call_sid, now=time.time())
             except CallTokenError as exc:
                 raise Disconnect(Reason.PROTOCOL_ERROR, f"per-call token {exc}") from None
+        decided = {
+            key: value
+            for key in (AGENT_PARAMETER, MACHINE_PARAMETER)
+            if isinstance(value := source.get(key), str)
+        }
         if start.call_sid in self._live_call_sids:
             self.metrics.connections_rejected.labels(reason="duplicate").inc()
             raise Disconnect(Reason.PROTOCOL_ERROR, "another stream of this call is live")
         self._live_call_sids.add(start.call_sid)
-        return start.call_sid
+        return start.call_sid, decided
 
     def _at_capacity(self) -> bool:
         return len(self.registry) + self._admitting >= self.settings.max_calls
@@ -347,23 +462,57 @@ class VoxbridgeApp:
         if body is None:
             await _respond(send, 413, b"request body too large or too slow\n")
             return
-        token = None
+        params = parse_form(body)
+        query = scope.get("query_string", b"")
         if self.auth is not None:
-            params = parse_form(body)
             signature = signature_header(scope.get("headers") or [])
-            if not self.auth.webhook_signed(scope.get("query_string", b""), params, signature):
+            if not self.auth.webhook_signed(query, params, signature):
                 self.metrics.connections_rejected.labels(reason="bad_signature").inc()
                 await _respond(send, 403, b"bad or missing signature\n")
                 return
-            call_sid = params.get("CallSid", [""])[0]
-            if not call_sid:
-                self.metrics.connections_rejected.labels(reason="bad_request").inc()
-                await _respond(send, 400, b"no CallSid in the request\n")
-                return
-            token = self.auth.tokens.mint(call_sid, now=time.time())
-        await _respond(send, 200, self.twiml(scope, token).encode(), content_type="text/xml")
+        call_sid = _first(params, "CallSid")
+        if self.auth is not None and not call_sid:
+            self.metrics.connections_rejected.labels(reason="bad_request").inc()
+            await _respond(send, 400, b"no CallSid in the request\n")
+            return
+        # The agent: named by the webhook URL (``voxbridge dial --agent``), else by the called
+        # number, else the default.
+        named = _first(parse_qs(query.decode("latin-1")), AGENT_PARAMETER)
+        agent = self.agents.get(named) if named else self.agents.for_number(_first(params, "To"))
+        if agent is None and named:
+            self.metrics.connections_rejected.labels(reason="bad_request").inc()
+            await _respond(send, 400, b"no such agent\n")
+            return
+        agent = agent or self.agents.default
+        decided = {AGENT_PARAMETER: agent.name}
+        answered_by = _first(params, "AnsweredBy")
+        if answered_by in MACHINE_ANSWERS:
+            log.info(
+                "call %s answered by %s: %s",
+                call_sid,
+                answered_by,
+                agent.on_machine,
+                extra={"call_sid": call_sid},
+            )
+            if agent.on_machine == "hangup":
+                from ..carriers.twilio_rest import hangup_twiml  # TODO(lead): top-level import
 
-    def twiml(self, scope: Scope, token: str | None = None) -> str:
+                await _respond(send, 200, hangup_twiml().encode(), content_type="text/xml")
+                return
+            if agent.on_machine == "leave_message":
+                decided[MACHINE_PARAMETER] = "1"
+        token = None
+        if self.auth is not None:
+            token = self.auth.tokens.mint(call_sid, now=time.time(), extra=decided)
+            decided = {}  # signed, in the token; nothing in plain parameters
+        elif decided == {AGENT_PARAMETER: self.agents.default.name}:
+            decided = {}  # the default needs no parameter
+        twiml = self.twiml(scope, token, decided)
+        await _respond(send, 200, twiml.encode(), content_type="text/xml")
+
+    def twiml(
+        self, scope: Scope, token: str | None = None, parameters: Mapping[str, str] | None = None
+    ) -> str:
         """The TwiML that connects a Twilio call to this server's media stream.
 
         Args:
@@ -371,13 +520,20 @@ class VoxbridgeApp:
                 ``public_url``).
             token: the per-call token, passed to the stream as the ``voxbridge_token``
                 ``<Parameter>`` (Twilio hands it back in ``start.customParameters``).
+            parameters: more ``<Parameter>``s (the agent, without checks).
         """
         url = self.media_url(scope)
-        if token is None:
+        named = dict(parameters or {})
+        if token is not None:
+            named[TOKEN_PARAMETER] = token
+        if not named:
             stream = f"<Stream url={quoteattr(url)} />"
         else:
-            parameter = f"<Parameter name={quoteattr(TOKEN_PARAMETER)} value={quoteattr(token)} />"
-            stream = f"<Stream url={quoteattr(url)}>{parameter}</Stream>"
+            inner = "".join(
+                f"<Parameter name={quoteattr(name)} value={quoteattr(value)} />"
+                for name, value in named.items()
+            )
+            stream = f"<Stream url={quoteattr(url)}>{inner}</Stream>"
         return (
             '<?xml version="1.0" encoding="UTF-8"?>'
             f"<Response><Connect>{stream}</Connect></Response>"
@@ -397,6 +553,12 @@ class VoxbridgeApp:
                 host = f"{server[0]}:{server[1]}"
             base = f"http://{host}"
         return stream_url(base)
+
+
+def _first(values: Mapping[str, list[str]], name: str) -> str:
+    """The first value of ``name`` in parsed form or query ``values``; ``""`` if absent."""
+    found = values.get(name)
+    return found[0] if found else ""
 
 
 async def _read_body(receive: Receive) -> bytes | None:

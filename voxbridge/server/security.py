@@ -240,13 +240,21 @@ class CallTokens:
     def __repr__(self) -> str:
         return f"CallTokens(ttl={self.ttl:g}, <{len(self._keys)} key(s)>)"
 
-    def mint(self, call_sid: str, *, now: float) -> str:
-        """A token for ``call_sid``, valid from ``now`` (seconds since the epoch) for ``ttl``."""
-        claims = {"sub": call_sid, "iat": math.floor(now), "exp": math.ceil(now + self.ttl)}
+    def mint(self, call_sid: str, *, now: float, extra: Mapping[str, str] | None = None) -> str:
+        """A token for ``call_sid``, valid from ``now`` (seconds since the epoch) for ``ttl``.
+
+        ``extra`` claims ride along, signed: what the webhook decided for the call (the agent,
+        an answering machine), so whichever replica takes the stream knows it.
+        """
+        claims: dict[str, Any] = dict(extra or {})
+        claims.update(sub=call_sid, iat=math.floor(now), exp=math.ceil(now + self.ttl))
         return jwt.encode(claims, self._keys[0], algorithm=TOKEN_ALGORITHM)
 
-    def verify(self, token: str | None, call_sid: str, *, now: float) -> None:
+    def verify(self, token: str | None, call_sid: str, *, now: float) -> dict[str, Any]:
         """Check that ``token`` was minted by us, for ``call_sid``, and has not expired at ``now``.
+
+        Returns:
+            The token's claims (``sub``, ``iat``, ``exp`` and the ``extra`` it was minted with).
 
         Raises:
             CallTokenError: the token is missing, malformed, not signed with any of the keys,
@@ -285,6 +293,7 @@ class CallTokens:
             raise CallTokenError("issued in the future")
         if not hmac.compare_digest(str(claims["sub"]).encode(), call_sid.encode()):
             raise CallTokenError("minted for another call")
+        return claims
 
 
 # --- all of it, from the settings ----------------------------------------------------------------

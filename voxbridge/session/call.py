@@ -38,12 +38,16 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
+from typing import TYPE_CHECKING
 
+import orjson
 import trio
 from prometheus_client import Counter
 
+from ..agents import AgentConfig
 from ..audio import BYTES_PER_MS, b64_size
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
 from ..deadlines import Deadline
@@ -57,7 +61,7 @@ from ..errors import (
     ends_call,
 )
 from ..journal import CallJournal, MemoryJournal
-from ..metrics import Metrics
+from ..metrics import UNKNOWN_TOOL, Metrics
 from ..providers.base import Frame, Provider
 from ..providers.endpoint import ProviderEndpoint
 from ..providers.events import (
@@ -65,12 +69,17 @@ from ..providers.events import (
     AgentHangup,
     ProviderError,
     ProviderEvent,
+    ResponseDone,
     ResponseStarted,
     SpeechStarted,
+    ToolCall,
+    ToolExchange,
     Transcript,
+    Usage,
 )
 from ..providers.openai_realtime import OpenAIProvider
 from ..settings import Settings
+from ..tools import END_CALL, TRANSFER_CALL, Tool, ToolContext, run_tool
 from ..upstream import StreamConnector, open_tcp_stream_tuned
 from .batch import AudioBatch
 from .carrier import CarrierSocket
@@ -79,6 +88,9 @@ from .playback import Playback
 from .registry import CallRegistry
 from .state import CallRecord, CallState
 from .watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from ..carriers.twilio_rest import TwilioRest
 
 __all__ = ["Call", "run_call"]
 
@@ -105,6 +117,10 @@ async def run_call(
     journal: CallJournal | None = None,
     connect_stream: StreamConnector | None = None,
     on_start: Callable[[Start], None] | None = None,
+    tools: Sequence[Tool] = (),
+    agent: AgentConfig | None = None,
+    configure: Callable[[Start], AgentConfig | None] | None = None,
+    twilio_rest: TwilioRest | None = None,
 ) -> Disconnect:
     """Bridge one accepted carrier WebSocket to a provider until the call ends.
 
@@ -124,6 +140,15 @@ async def run_call(
         on_start: called with the carrier's ``start`` event before any provider session opens;
             it refuses the call by raising ``Disconnect`` (e.g. ``PROTOCOL_ERROR`` for a bad
             per-call token).
+        tools: tools the agent may call (see :class:`voxbridge.Tool`); each call runs in the
+            call's nursery under ``settings.tool_timeout``.
+        agent: the agent (voice, instructions, greeting, tools offered, DTMF policy, ...);
+            ``AgentConfig()`` if omitted: the provider's own settings, every tool offered.
+        configure: called with the ``start`` event (after ``on_start``); the agent it returns
+            replaces ``agent`` for this call (``None`` keeps it). It refuses the call by raising
+            ``Disconnect``.
+        twilio_rest: Twilio's REST API for this call's account: enables the built-in
+            ``end_call`` (and ``transfer_call`` with a transfer target).
 
     Returns:
         The ``Disconnect`` that ended the call; ``.reason`` is one of the closed set.
@@ -137,6 +162,10 @@ async def run_call(
         journal=journal,
         connect_stream=connect_stream,
         on_start=on_start,
+        tools=tools,
+        agent=agent,
+        configure=configure,
+        twilio_rest=twilio_rest,
     )
     return await call.run()
 
@@ -187,6 +216,14 @@ class _RealTime:
         self._tokens = tokens - need
         return True
 
+
+# Key presses less than this apart (seconds) are one group, told to the model as one message:
+# people type a number at 2-4 keys a second, and a pause of a second means they are done.
+DTMF_INTERDIGIT_TIMEOUT = 1.0
+MAX_DTMF_GROUP = 32  # keys in one group at most (a long number plus some)
+MAX_DTMF_DIGITS = 64  # keys queued, not read yet, at most
+# Tool calls of one call running at once at most; beyond, the model is told to try again.
+MAX_TOOLS_RUNNING = 8
 
 # The caller ending the call while the agent's goodbye plays: the agent's hang-up stands.
 _CALLER_LEFT = frozenset({Reason.CALLER_STOP, Reason.CALLER_CLOSED})
@@ -249,14 +286,22 @@ class Call:
         "_connect_stream",
         "_ending",
         "_goodbye_heard",
-        "_hangup",
+        "_keypad",
+        "_leaving",
         "_link",
+        "_offered",
         "_playback",
+        "_providers",
         "_ran",
         "_scope",
+        "_tasks",
+        "_tools_running",
         "_twilio",
         "_warned",
+        "agent",
+        "answered_by_machine",
         "carrier_name",
+        "configure",
         "ended",
         "journal",
         "metrics",
@@ -265,6 +310,8 @@ class Call:
         "registry",
         "settings",
         "state",
+        "tools",
+        "twilio_rest",
     )
 
     def __init__(
@@ -279,9 +326,27 @@ class Call:
         connect_stream: StreamConnector | None = None,
         carrier_name: str = "twilio",
         on_start: Callable[[Start], None] | None = None,
+        tools: Sequence[Tool] = (),
+        agent: AgentConfig | None = None,
+        configure: Callable[[Start], AgentConfig | None] | None = None,
+        providers: Callable[[AgentConfig], Provider] | None = None,
+        twilio_rest: TwilioRest | None = None,
     ) -> None:
         self.settings = settings
         self.on_start = on_start
+        self.configure = configure
+        self.agent = agent if agent is not None else AgentConfig()
+        self.tools = {tool.name: tool for tool in tools}
+        self.twilio_rest = twilio_rest
+        #: Set before the call starts when an answering machine picked up (Twilio's
+        #: ``AnsweredBy``): with ``on_machine="leave_message"`` the agent's greeting is the
+        #: message, and the call hangs up once it has been heard.
+        self.answered_by_machine = False
+        self._providers = providers  # the provider for an agent (by default ``provider``)
+        self._offered: dict[str, Tool] = {}  # the tools offered to the model, by name
+        self._tasks: trio.Nursery | None = None  # the call's task nursery, once it runs
+        self._tools_running = 0
+        self._keypad: trio.MemorySendChannel[str] | None = None
         self.metrics = metrics
         self.registry = registry
         self.journal: CallJournal = journal if journal is not None else MemoryJournal()
@@ -294,7 +359,9 @@ class Call:
         self._link: ProviderLink | None = None
         self._scope = trio.CancelScope()
         self._ending: Disconnect | None = None
-        self._hangup: str | None = None  # why the agent hung up, while its goodbye plays
+        # How the call is ending while the agent's last words play (agent_hangup, transferred):
+        # the caller hanging up meanwhile does not change it.
+        self._leaving: Disconnect | None = None
         self._goodbye_heard: trio.Event | None = None
         self._warned: set[str] = set()  # provider drop reasons already logged at warning level
         self._ran = False
@@ -323,9 +390,6 @@ class Call:
         self.state.accepted_at = trio.current_time()
         self._scope.deadline = self.state.accepted_at + self.settings.max_call_duration
         self.metrics.calls_active.inc()
-        self.metrics.calls_started.labels(
-            carrier=self.carrier_name, provider=self.provider.name
-        ).inc()
         if self.registry is not None:
             self.registry.add(self)
         try:
@@ -356,6 +420,9 @@ class Call:
 
     async def _lifecycle(self, sockets: trio.Nursery) -> None:
         await self._wait_for_start()
+        self.metrics.calls_started.labels(
+            carrier=self.carrier_name, provider=self.provider.name
+        ).inc()
         self._journal(self.journal.call_started, self.state)
         settings = self.settings
         self._link = ProviderLink(
@@ -367,13 +434,18 @@ class Call:
             history=self.state.transcript,
             call_id=self.state.call_id,
             live_until=self._scope.deadline + settings.teardown_timeout,
+            on_usage=self._add_usage,
         )
         # The carrier is read from here on, while the provider session opens too: a carrier that
         # is not read freezes its connection (docs/library-notes.md, "the queue trap").
+        keypad, digits = trio.open_memory_channel[str](MAX_DTMF_DIGITS)
+        self._keypad = keypad
         async with trio.open_nursery() as tasks:
+            self._tasks = tasks
             tasks.start_soon(self._guard, self._caller_to_upstream)
             tasks.start_soon(self._guard, self._upstream_to_caller)
             tasks.start_soon(self._guard, self._link.upkeep)
+            tasks.start_soon(self._guard, partial(self._read_keypad, digits))
 
     async def _wait_for_start(self) -> None:
         watchdog = Watchdog()
@@ -398,6 +470,30 @@ class Call:
         log.debug("call started", extra={"call_id": state.call_id, "call_sid": state.call_sid})
         if self.on_start is not None:
             self.on_start(start)  # may refuse the call (Disconnect) before any provider session
+        if self.configure is not None:
+            self.agent = self.configure(start) or self.agent  # may refuse the call too
+        self._set_up_agent()
+
+    def _set_up_agent(self) -> None:
+        """The provider and tools of ``self.agent``: what the model is offered, and how."""
+        agent = self.agent
+        self.state.agent = agent.name
+        offered: dict[str, Tool] = dict(self.tools)
+        if self.twilio_rest is not None:
+            offered[END_CALL.name] = END_CALL
+            if self._transfer_target() is not None:
+                offered[TRANSFER_CALL.name] = TRANSFER_CALL
+        if agent.tools is not None:
+            offered = {name: offered[name] for name in agent.tools if name in offered}
+        self._offered = offered
+        base = self._providers(agent) if self._providers is not None else self.provider
+        if offered or agent != AgentConfig(name=agent.name):  # (a provider of 0.1 has no for_agent)
+            base = base.for_agent(agent, list(offered.values()))
+        self.provider = base
+        self.state.provider = base.name
+
+    def _transfer_target(self) -> str | None:
+        return self.agent.transfer_to or self.settings.transfer_to
 
     # --- the call's tasks ---------------------------------------------------------------------
 
@@ -518,9 +614,7 @@ class Call:
                             await forward(*batch.take())  # the caller's last words still count
                         raise Disconnect(Reason.CALLER_STOP, "carrier sent stop")
                     elif type(event) is Dtmf:
-                        log.debug(
-                            "caller pressed %s", event.digit, extra={"call_id": state.call_id}
-                        )
+                        self._key_pressed(event.digit)
 
         with _counted_at_exit(backlog, batch, dropped):
             while True:
@@ -615,6 +709,17 @@ class Call:
                             break
                 elif type(event) is ResponseStarted:
                     playback.response_started(event.response_id, session)
+                elif type(event) is ResponseDone:
+                    if event.usage is not None:
+                        self._add_usage(event.usage)
+                    for call in event.tool_calls:
+                        self._start_tool(session, call)
+                    if self.answered_by_machine and event.status == "completed":
+                        self._leave_message()
+                elif type(event) is ToolCall:
+                    self._start_tool(session, event)
+                elif type(event) is Usage:
+                    self._add_usage(event)
                 elif type(event) is Transcript:
                     state.transcript.append(event)
                     self._journal(journal.transcript_line, state, event)
@@ -653,24 +758,199 @@ class Call:
         return None
 
     async def _farewell(self, detail: str) -> None:
-        """The agent hung up: wait until the carrier confirms the caller heard all the agent audio
-        sent (the mark after the last of it echoed), at most ``farewell_timeout``. The caller
+        """The agent hung up: wait until its goodbye was heard (:meth:`_heard`). The caller
         hanging up meanwhile ends the call at once, still ``agent_hangup``."""
+        self._leaving = Disconnect(Reason.AGENT_HANGUP, detail)
+        await self._heard()
+
+    async def _heard(self) -> None:
+        """Wait until the carrier confirms the caller heard all the agent audio sent (the mark
+        after the last of it echoed), at most ``farewell_timeout``."""
         playback = self._playback
         if not playback.outstanding or self.settings.farewell_timeout <= 0:
             return
-        self._hangup = detail
         heard = self._goodbye_heard = trio.Event()
         with trio.move_on_after(self.settings.farewell_timeout):
             await heard.wait()
         if playback.outstanding:
             log.info(
-                "agent hung up; %d ms of its goodbye not confirmed heard within"
-                " farewell_timeout=%gs",
+                "%d ms of the agent's last words not confirmed heard within farewell_timeout=%gs",
                 playback.unheard_ms,
                 self.settings.farewell_timeout,
                 extra={"call_id": self.state.call_id},
             )
+
+    # --- tools, key presses, usage ------------------------------------------------------------
+
+    def _start_tool(self, session: Session, call: ToolCall) -> None:
+        """Run the model's tool call in the call's nursery (the relay never waits for a tool)."""
+        assert self._tasks is not None
+        if self._tools_running >= MAX_TOOLS_RUNNING:
+            exchange = ToolExchange(
+                call.call_id,
+                call.name,
+                call.arguments,
+                '{"error":"too many tool calls in progress; try again"}',
+                "error",
+            )
+            self._tasks.start_soon(self._guard, partial(self._tool_answered, session, exchange))
+            return
+        self._tools_running += 1
+        self._tasks.start_soon(self._guard, partial(self._run_tool, session, call))
+
+    async def _run_tool(self, session: Session, call: ToolCall) -> None:
+        try:
+            if call.name == END_CALL.name and call.name in self._offered:
+                await self._end_call(call)
+            elif call.name == TRANSFER_CALL.name and call.name in self._offered:
+                await self._transfer(session, call)
+            else:
+                state = self.state
+                context = ToolContext(
+                    state.call_id,
+                    state.call_sid,
+                    state.stream_sid,
+                    self.agent.name,
+                    dict(state.custom_parameters),
+                )
+                tool = self._offered.get(call.name)
+                timeout = self.settings.tool_timeout
+                exchange = await run_tool(call, tool, context, timeout=timeout)
+                await self._tool_answered(session, exchange)
+        finally:
+            self._tools_running -= 1
+
+    async def _tool_answered(self, asked: Session, exchange: ToolExchange) -> None:
+        """Count and journal ``exchange``, remember it for resumes, and tell the model."""
+        self._tool_done(exchange)
+        link = self._link
+        assert link is not None
+        session = link.session
+        if session is None:
+            return  # resuming: the new session is seeded with the exchange (the history)
+        for frame in session.codec.tool_result(exchange, known=session is asked):
+            if not await link.send_within(session, frame):
+                break
+
+    def _tool_done(self, exchange: ToolExchange) -> None:
+        name = exchange.name if exchange.name in self._offered else UNKNOWN_TOOL
+        self.metrics.tool_calls.labels(tool=name, outcome=exchange.outcome).inc()
+        state = self.state
+        state.tool_calls += 1
+        state.transcript.append(exchange)
+        self._journal(self.journal.transcript_line, state, exchange)
+        log.info(
+            "tool %s: %s",
+            exchange.name[:64],
+            exchange.outcome,
+            extra={"call_id": state.call_id, "call_sid": state.call_sid},
+        )
+
+    async def _end_call(self, call: ToolCall) -> None:
+        """The built-in ``end_call``: the goodbye is heard, then the call ends ``agent_hangup``."""
+        self._tool_done(ToolExchange(call.call_id, call.name, call.arguments, '{"ok":true}'))
+        await self._hang_up("the agent ended the call (end_call)")
+
+    def _leave_message(self) -> None:
+        """An answering machine took the call and the agent has spoken its message: hang up
+        once it has been heard (``on_machine="leave_message"``)."""
+        if self._leaving is None and self.agent.on_machine == "leave_message":
+            assert self._tasks is not None
+            detail = "left a message on the answering machine"
+            self._leaving = Disconnect(Reason.AGENT_HANGUP, detail)
+            self._tasks.start_soon(self._guard, partial(self._hang_up, detail))
+
+    async def _hang_up(self, detail: str) -> None:
+        """Let the goodbye be heard, complete the Twilio call through the REST API (so no later
+        TwiML verb keeps the line open), and end the call ``agent_hangup``."""
+        from ..carriers.twilio_rest import TwilioRestError  # TODO(lead): top-level import
+
+        await self._farewell(detail)
+        rest, call_sid = self.twilio_rest, self.state.call_sid
+        if rest is not None and call_sid:
+            try:
+                with trio.fail_after(self.settings.tool_timeout):
+                    await rest.complete(call_sid)
+            except (trio.TooSlowError, TwilioRestError) as exc:
+                log.warning(
+                    "completing the call through Twilio's REST API failed (%s); closing the "
+                    "stream ends it",
+                    exc or "no answer within tool_timeout",
+                    extra={"call_id": self.state.call_id},
+                )
+        raise Disconnect(Reason.AGENT_HANGUP, detail)
+
+    async def _transfer(self, session: Session, call: ToolCall) -> None:
+        """The built-in ``transfer_call``: once the caller has heard the agent, redirect the
+        Twilio call to TwiML ``<Dial>`` the transfer target, and end the call ``transferred``.
+        A refused redirect is an error result: the model tells the caller."""
+        from ..carriers.twilio_rest import TwilioRestError, dial_twiml  # TODO(lead): top-level
+
+        target = self._transfer_target()
+        rest, call_sid = self.twilio_rest, self.state.call_sid
+        assert target is not None and rest is not None
+        detail = f"transferred to {target}"
+        await self._heard()  # "I am putting you through": a caller who hangs up now just left
+        # From here, the stream ending (Twilio leaves <Connect> for the <Dial>) is the transfer.
+        self._leaving = Disconnect(Reason.TRANSFERRED, detail)
+        try:
+            if not call_sid:
+                raise TwilioRestError(None, None, "the stream named no CallSid")
+            with trio.fail_after(self.settings.tool_timeout):
+                await rest.redirect(call_sid, dial_twiml(target))
+        except (trio.TooSlowError, TwilioRestError) as exc:
+            self._leaving = None
+            problem = str(exc) or f"no answer within {self.settings.tool_timeout:g} s"
+            log.warning("transfer failed: %s", problem, extra={"call_id": self.state.call_id})
+            output = orjson.dumps({"error": f"the transfer failed: {problem}"}).decode()
+            exchange = ToolExchange(call.call_id, call.name, call.arguments, output, "error")
+            await self._tool_answered(session, exchange)
+            return
+        self._tool_done(ToolExchange(call.call_id, call.name, call.arguments, '{"ok":true}'))
+        raise Disconnect(Reason.TRANSFERRED, detail)
+
+    def _key_pressed(self, digit: str) -> None:
+        """A DTMF key press: counted, and queued for :meth:`_read_keypad` (beyond
+        ``MAX_DTMF_DIGITS`` unread, dropped: a carrier cannot queue key presses without bound)."""
+        self.state.dtmf_digits += 1
+        self.metrics.dtmf_digits.inc()
+        assert self._keypad is not None
+        try:
+            self._keypad.send_nowait(digit)
+        except trio.WouldBlock:
+            log.debug("key press dropped: too many unread", extra={"call_id": self.state.call_id})
+
+    async def _read_keypad(self, digits: trio.MemoryReceiveChannel[str]) -> None:
+        """Key presses, coalesced: digits pressed less than ``DTMF_INTERDIGIT_TIMEOUT`` apart
+        make one group (``#`` ends a group at once). Each group goes to the transcript and, with
+        the agent's ``dtmf="forward"``, to the model as a short user message."""
+        async for first in digits:
+            group = first
+            while first != "#" and len(group) < MAX_DTMF_GROUP:
+                with trio.move_on_after(DTMF_INTERDIGIT_TIMEOUT):
+                    first = await digits.receive()
+                    group += first
+                    continue
+                break
+            line = Transcript("dtmf", group)
+            state = self.state
+            state.transcript.append(line)
+            self._journal(self.journal.transcript_line, state, line)
+            log.debug("caller pressed %s", group, extra={"call_id": state.call_id})
+            link = self._link
+            session = link.session if link is not None else None
+            if self.agent.dtmf != "forward" or session is None or link is None:
+                continue
+            for frame in session.codec.dtmf(group):
+                if not await link.send_within(session, frame):
+                    break
+
+    def _add_usage(self, usage: Usage) -> None:
+        state, provider = self.state, self.provider.name
+        for kind, amount in usage.counts:
+            if amount > 0:
+                state.usage[kind] = state.usage.get(kind, 0) + amount
+                self.metrics.provider_usage.labels(provider=provider, kind=kind).inc(amount)
 
     # --- ending -------------------------------------------------------------------------------
 
@@ -690,9 +970,10 @@ class Call:
 
     def _record(self, disconnect: Disconnect) -> None:
         if self._ending is None:
-            if self._hangup is not None and disconnect.reason in _CALLER_LEFT:
-                detail = f"{self._hangup}; the caller hung up during the goodbye"
-                disconnect = Disconnect(Reason.AGENT_HANGUP, detail)
+            leaving = self._leaving
+            if leaving is not None and disconnect.reason in _CALLER_LEFT:
+                detail = f"{leaving.detail}; the caller hung up during the goodbye"
+                disconnect = Disconnect(leaving.reason, detail)
             self._ending = disconnect
             self._scope.cancel()
 

@@ -48,7 +48,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -64,7 +64,7 @@ from ..errors import (
 from ..metrics import Metrics
 from ..providers.base import Frame, ProviderCodec
 from ..providers.base import Provider as ProviderT
-from ..providers.events import Transcript
+from ..providers.events import HistoryItem, Usage
 from ..settings import Settings
 from ..upstream import StreamConnector, Upstream
 
@@ -154,6 +154,8 @@ class ProviderLink:
         history: the call's final transcript lines, replayed into every new session.
         call_id: for log lines.
         live_until: absolute trio time the call cannot outlive; no socket's reader outlives it.
+        on_usage: told what each session cost, for providers that say so only after a session
+            ended (asked at :meth:`aclose`, within ``close_timeout``).
     """
 
     def __init__(
@@ -164,9 +166,10 @@ class ProviderLink:
         metrics: Metrics,
         nursery: trio.Nursery,
         connect_stream: StreamConnector,
-        history: Sequence[Transcript],
+        history: Sequence[HistoryItem],
         call_id: str,
         live_until: float,
+        on_usage: Callable[[Usage], None] | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -186,6 +189,9 @@ class ProviderLink:
         self._changed = trio.Event()
         self._pinging: tuple[Session, trio.CancelScope] | None = None  # upkeep's ping in flight
         self.resumes = 0  # sessions resumed that proved healthy
+        self.on_usage = on_usage
+        # How to ask what each session prepared so far cost, once it ended (Ultravox).
+        self._usage_queries: list[Callable[[], Awaitable[Usage | None]]] = []
 
     @property
     def opened(self) -> bool:
@@ -245,6 +251,8 @@ class ProviderLink:
         try:
             with deadline_at(give_up_at, _not_in_time):
                 prepared = await self.provider.session(list(self._history))
+                if prepared.usage is not None:
+                    self._usage_queries.append(prepared.usage)  # it may bill from now on
                 upstream = await Upstream.open(
                     self._nursery,
                     prepared.endpoint,
@@ -572,6 +580,25 @@ class ProviderLink:
             pass  # the provider left first: nothing more to say
         finally:
             await self._abort_all()
+        await self._settle()
+
+    async def _settle(self) -> None:
+        """Ask what each session cost (providers that bill per session, after it ended), side
+        by side, within ``close_timeout``; what does not answer in time is not metered."""
+        queries, self._usage_queries = self._usage_queries, []
+        if not queries or self.on_usage is None:
+            return
+        on_usage = self.on_usage
+
+        async def ask(query: Callable[[], Awaitable[Usage | None]]) -> None:
+            usage = await query()
+            if usage is not None:
+                on_usage(usage)
+
+        with trio.move_on_after(self.settings.close_timeout):
+            async with trio.open_nursery() as nursery:
+                for query in queries:
+                    nursery.start_soon(ask, query)
 
     async def _close(self, upstream: Upstream, code: int, reason: str) -> None:
         """Close handshake within ``close_timeout``; the socket is closed either way."""

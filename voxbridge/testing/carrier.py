@@ -22,6 +22,7 @@ import base64
 import json
 import secrets
 from collections import deque
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 import attrs
@@ -36,6 +37,7 @@ from trio_websocket import (
 from ..audio import BYTES_PER_MS, FRAME_BYTES, tone
 from ..carriers.twilio_wire import (
     encode_connected,
+    encode_dtmf,
     encode_inbound_media,
     encode_mark_echo,
     encode_start,
@@ -63,6 +65,7 @@ class CallResult:
     call_sid: str
     stream_sid: str
     frames_sent: int = 0
+    dtmf_sent: int = 0
     frames_received: int = 0
     marks_received: int = 0
     marks_echoed: int = 0
@@ -124,6 +127,8 @@ class CarrierSimulator:
         close_wait: how long to wait for the bridge to close the socket at the end.
         custom_parameters: ``start.customParameters``.
         extra_headers: handshake headers (e.g. a signature).
+        call_sid: the ``CallSid`` of ``start`` (a fresh random one if omitted).
+        dtmf: key presses to send, as ``(seconds after start, digit)``, while audio streams.
     """
 
     def __init__(
@@ -140,6 +145,8 @@ class CarrierSimulator:
         close_wait: float = 10.0,
         custom_parameters: dict[str, str] | None = None,
         extra_headers: list[tuple[str, str]] | None = None,
+        call_sid: str | None = None,
+        dtmf: Sequence[tuple[float, str]] = (),
     ) -> None:
         self.stream = FaultStream(stream)
         self.host = host
@@ -152,7 +159,8 @@ class CarrierSimulator:
         self.close_wait = close_wait
         self.custom_parameters = custom_parameters or {}
         self.extra_headers = extra_headers or []
-        self.result = CallResult(call_sid=_sid("CA"), stream_sid=_sid("MZ"))
+        self.result = CallResult(call_sid=call_sid or _sid("CA"), stream_sid=_sid("MZ"))
+        self.dtmf = sorted(dtmf)
         self.stalled = False
         self.account_sid = _sid("AC")
 
@@ -224,6 +232,8 @@ class CarrierSimulator:
             return
         start = trio.current_time()
         result.first_sent_at = start
+        keys = list(self.dtmf)
+        sequence = 2
         for index, payload in enumerate(self.frames()):
             at = start + index * FRAME_SECONDS
             if self.vanish_after is not None and at - start >= self.vanish_after:
@@ -235,15 +245,21 @@ class CarrierSimulator:
             await trio.sleep_until(at)
             if done.is_set():
                 return
+            while keys and keys[0][0] <= at - start:
+                digit = keys.pop(0)[1]
+                if not await self._send(ws, encode_dtmf(sid, digit, sequence_number=sequence)):
+                    return
+                sequence += 1
+                result.dtmf_sent += 1
             frame = encode_inbound_media(
-                sid, payload, chunk=index + 1, timestamp=index * 20, sequence_number=index + 2
+                sid, payload, chunk=index + 1, timestamp=index * 20, sequence_number=sequence
             )
+            sequence += 1
             if not await self._send(ws, frame):
                 return
             result.frames_sent += 1
             result.last_sent_at = trio.current_time()
         if self.send_stop and not done.is_set():
-            sequence = result.frames_sent + 2
             await self._send(ws, encode_stop(sid, result.call_sid, self.account_sid, sequence))
 
     async def _read(self, ws: WebSocketConnection, done: trio.Event) -> None:
