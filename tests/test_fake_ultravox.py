@@ -1,22 +1,34 @@
-"""The fake Ultravox's WebSocket knobs: scripted agent audio, raw frames, a hang-up after goodbye.
+"""The fake Ultravox's knobs: scripted agent audio, raw frames, a hang-up after goodbye, the
+greeting, scripted tool calls and the answers to tool results and user text; its REST side for
+tools and billing.
 
-In memory on the autojump clock (a call registered on the fake by hand, its WebSocket served on a
-memory stream pair), so pacing and close times are asserted to the virtual millisecond. The REST
-side and the provider against the fake over loopback are ``tests/test_ultravox.py``.
+WebSocket knobs run in memory on the autojump clock (a call registered on the fake by hand, its
+WebSocket served on a memory stream pair), so pacing and close times are asserted to the virtual
+millisecond. The REST tests here use httpx on loopback; the provider against the fake is
+``tests/test_ultravox.py`` and ``tests/test_ultravox_tools.py``.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import httpx
 import pytest
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
-from voxbridge.testing.fake_ultravox import CallRequest, FakeUltravox, UltravoxSession
+from voxbridge.testing.fake_ultravox import (
+    CallRequest,
+    FakeToolCall,
+    FakeUltravox,
+    UltravoxSession,
+    speech_for,
+)
 
 BUDGET = 60.0  # virtual seconds: a hang fails at once on the autojump clock
 KEY = "uv-test-key"
@@ -24,10 +36,13 @@ GOODBYE = bytes(range(256)) * 125  # 2 s of s16le 8 kHz (32000 bytes): 100 frame
 
 
 @asynccontextmanager
-async def joined(fake: FakeUltravox) -> AsyncIterator[WebSocketConnection]:
-    """A client WebSocket on a call created on ``fake`` by hand, over memory streams."""
+async def joined(
+    fake: FakeUltravox, body: dict[str, Any] | None = None
+) -> AsyncIterator[WebSocketConnection]:
+    """A client WebSocket on a call (creation ``body``) created on ``fake`` by hand, over memory
+    streams."""
     call_id = f"call-{len(fake.calls) + 1}"
-    fake.calls[call_id] = CallRequest(KEY, body={}, query={}, status=201, call_id=call_id)
+    fake.calls[call_id] = CallRequest(KEY, body=body or {}, query={}, status=201, call_id=call_id)
     client, server = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fake.handle_stream, server)
@@ -150,3 +165,399 @@ def test_agent_audio_knobs_are_checked() -> None:
         FakeUltravox(KEY, chunk_ms=0)
     with pytest.raises(ValueError, match="positive"):
         FakeUltravox(KEY, speak_pace=0.0)
+
+
+# --- greeting, tool calls, user text --------------------------------------------------------------
+
+TOOLS = {
+    "selectedTools": [
+        {
+            "temporaryTool": {
+                "modelToolName": "lookup",
+                "description": "Look it up.",
+                "dynamicParameters": [],
+                "client": {},
+            }
+        }
+    ]
+}
+
+
+def message(data: dict[str, Any]) -> str:
+    """A data message as the fake writes it."""
+    return json.dumps(data, separators=(",", ":"))
+
+
+def final(text: str, ordinal: int) -> str:
+    return message(
+        {
+            "type": "transcript",
+            "role": "agent",
+            "medium": "voice",
+            "text": text,
+            "delta": None,
+            "final": True,
+            "ordinal": ordinal,
+        }
+    )
+
+
+def speech_frames(text: str, t0: float, ms: int = 100) -> list[tuple[Any, bytes]]:
+    """``speech_for(text)`` as the fake sends it: 20 ms frames, one every 4 ms from ``t0``."""
+    pcm = speech_for(text, ms)
+    return [(pytest.approx(t0 + i * 0.004), pcm[i * 320 : (i + 1) * 320]) for i in range(ms // 20)]
+
+
+def test_speech_for_cycles_the_text_bytes() -> None:
+    # "Ab": 0x41, 0x62 -> (65 - 128) * 256 = -16128, (98 - 128) * 256 = -7680; 1 ms is 8 samples
+    assert speech_for("Ab", 1) == (b"\x00\xc1" + b"\x00\xe2") * 4
+    assert len(speech_for("")) == 1600 and speech_for("") == b"\x00\x80" * 800
+    assert speech_for("yes") != speech_for("no")
+
+
+async def test_greeting_goes_first_then_other_speech(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeUltravox(KEY, agent_audio=[(0.0, GOODBYE[:640])], close_at=(1.0, 1011))
+    body = {"firstSpeakerSettings": {"agent": {"text": "Hi!"}}}
+    with trio.fail_after(BUDGET):
+        async with joined(fake, body) as ws:
+            session = await fake.wait_for_session()
+            frames, _, _, _ = await until_closed(ws, session.opened_at)
+    assert frames[2:] == [
+        *speech_frames("Hi!", 0.0),
+        (pytest.approx(0.02), final("Hi!", 1)),
+        (pytest.approx(0.02), GOODBYE[:320]),
+        (pytest.approx(0.024), GOODBYE[320:640]),
+    ]
+    assert [m["type"] for m in session.sent] == ["call_started", "state", "transcript"]
+    assert bytes(session.agent_audio_out) == speech_for("Hi!") + GOODBYE[:640]
+
+
+@pytest.mark.parametrize(
+    "first_speaker", [None, {"agent": {}}, {"agent": {"text": ""}}, {"user": {}}]
+)
+async def test_no_greeting_text_no_greeting(
+    autojump_clock: trio.testing.MockClock, first_speaker: dict[str, Any] | None
+) -> None:
+    fake = FakeUltravox(KEY, hangup_at=0.5)
+    body = {} if first_speaker is None else {"firstSpeakerSettings": first_speaker}
+    with trio.fail_after(BUDGET):
+        async with joined(fake, body) as ws:
+            session = await fake.wait_for_session()
+            frames, _, _, _ = await until_closed(ws, session.opened_at)
+    assert len(frames) == 2 and session.agent_frames_out == 0
+
+
+async def test_tool_call_waits_for_its_time_and_the_callers_audio_then_the_result_is_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    call = FakeToolCall("lookup", {"n": 1}, say=speech_for("wait", 40), at=0.5, after_audio=3)
+    fake = FakeUltravox(KEY, tool_calls=[call], delay=60, close_at=(1.0, 1011))
+    received: Frames = []
+    invoked = trio.Event()
+    result = {
+        "type": "client_tool_result",
+        "invocationId": "inv-1-1",
+        "result": "found",
+        "responseType": "tool-response",
+    }
+    with trio.fail_after(BUDGET):
+        async with joined(fake, TOOLS) as ws:
+            session = await fake.wait_for_session()
+
+            async def read() -> None:
+                try:
+                    while True:
+                        frame = await ws.get_message()
+                        received.append((trio.current_time() - session.opened_at, frame))
+                        if isinstance(frame, str) and "client_tool_invocation" in frame:
+                            invoked.set()
+                except ConnectionClosed:
+                    pass
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read)
+                for at in (0.1, 0.2, 0.7):  # the third caller frame comes after `at`
+                    await trio.sleep_until(session.opened_at + at)
+                    await ws.send_message(b"\x00\x00" * 160)
+                await invoked.wait()
+                await trio.sleep_until(session.opened_at + 0.8)
+                await ws.send_message(json.dumps(result))
+    invocation = {
+        "type": "client_tool_invocation",
+        "toolName": "lookup",
+        "invocationId": "inv-1-1",
+        "parameters": {"n": 1},
+    }
+    assert received[2:] == [
+        *speech_frames("wait", 0.7, 40),
+        (pytest.approx(0.708), message(invocation)),
+        *speech_frames("found", 0.8),
+        (pytest.approx(0.82), final("lookup answered: found", 1)),
+    ]
+    assert session.invocations == {"inv-1-1": call}
+    assert fake.tool_results == [result]
+    assert fake.errors == [] and session.audio_in == 3
+
+
+async def test_a_tool_the_call_did_not_select_is_not_invoked(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeUltravox(KEY, tool_calls=[FakeToolCall("nope", at=0.1)], hangup_at=0.5)
+    with trio.fail_after(BUDGET):
+        async with joined(fake, TOOLS) as ws:
+            session = await fake.wait_for_session()
+            frames, _, _, _ = await until_closed(ws, session.opened_at)
+    assert len(frames) == 2  # call_started, state
+    assert fake.errors == ["session 1: tool 'nope' is not in selectedTools ['lookup']"]
+    assert session.errors == ["tool 'nope' is not in selectedTools ['lookup']"]
+    assert session.invocations == {}
+
+
+async def test_bad_tool_results_are_refused_and_errors_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeUltravox(KEY, tool_calls=[FakeToolCall("lookup")], delay=60, close_at=(1.0, 1011))
+    error = {"errorType": "undefined", "errorMessage": "no such tool"}
+    results: list[dict[str, Any]] = [
+        {"invocationId": "inv-9-9", "result": "x"},
+        {"invocationId": "inv-1-1"},
+        {"invocationId": "inv-1-1", "result": "x", "errorType": "undefined"},
+        {"invocationId": "inv-1-1", "result": "x", "responseType": "hang-up"},
+        {"invocationId": "inv-1-1", "errorType": "boom"},
+        {"invocationId": "inv-1-1"} | error,
+        {"invocationId": "inv-1-1", "result": "again"},
+        {},
+    ]
+    with trio.fail_after(BUDGET):
+        async with joined(fake, TOOLS) as ws:
+            session = await fake.wait_for_session()
+            await trio.sleep(0.1)
+            for fields in results:
+                await ws.send_message(json.dumps({"type": "client_tool_result"} | fields))
+            frames, _, _, _ = await until_closed(ws, session.opened_at)
+    messages = [json.loads(f) for _, f in frames if isinstance(f, str)]
+    assert [m["type"] for m in messages] == [
+        "call_started",
+        "state",
+        "client_tool_invocation",
+        "transcript",
+    ]
+    assert messages[-1]["text"] == "lookup failed: undefined: no such tool"
+    assert bytes(session.agent_audio_out) == speech_for("undefined")
+    assert fake.tool_results == [{"type": "client_tool_result"} | r for r in results]
+    assert [problem.split(":")[0] for problem in session.errors] == [
+        "client_tool_result for an unknown invocation 'inv-9-9'",
+        "client_tool_result needs a string result or an errorType",
+        "client_tool_result needs a string result or an errorType",
+        "unexpected responseType 'hang-up'",
+        "client_tool_result needs a string result or an errorType",
+        "client_tool_result for an already answered invocation 'inv-1-1'",
+        "client_tool_result without an invocationId",
+    ]
+    assert fake.errors == [f"session 1: {problem}" for problem in session.errors]
+
+
+async def test_user_text_is_recorded_and_answered(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeUltravox(KEY, delay=60, close_at=(1.0, 1011))
+    texts: list[dict[str, Any]] = [
+        {"type": "user_text_message", "text": "The caller pressed 1 on the keypad."},
+        {"type": "user_text_message", "text": "2", "urgency": "now"},
+        {"type": "user_text_message", "text": None, "urgency": "immediate"},
+    ]
+    with trio.fail_after(BUDGET):
+        async with joined(fake) as ws:
+            session = await fake.wait_for_session()
+            await trio.sleep(0.5)
+            for text in texts:
+                await ws.send_message(json.dumps(text))
+            frames, _, _, _ = await until_closed(ws, session.opened_at)
+    assert binary(frames) == speech_frames("The caller pressed 1 on the keypad.", 0.5)
+    assert fake.user_texts == texts
+    assert fake.errors == [
+        'session 1: malformed user_text_message: {"type": "user_text_message", "text": "2",'
+        ' "urgency": "now"}',
+        'session 1: malformed user_text_message: {"type": "user_text_message", "text": null,'
+        ' "urgency": "immediate"}',
+    ]
+
+
+# --- REST: billing, tools and tool messages -------------------------------------------------------
+
+
+@asynccontextmanager
+async def rest() -> AsyncIterator[tuple[FakeUltravox, httpx.AsyncClient]]:
+    fake = FakeUltravox(KEY)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(fake.serve)
+        async with httpx.AsyncClient(base_url=f"{fake.base_url}/") as client:
+            yield fake, client
+        nursery.cancel_scope.cancel()
+
+
+GOOD_BODY = {
+    "systemPrompt": "",
+    "medium": {"serverWebSocket": {"inputSampleRate": 8000, "outputSampleRate": 8000}},
+}
+
+
+async def test_get_call_answers_billed_duration_once_the_socket_closed() -> None:
+    auth = {"X-API-Key": KEY}
+    with trio.fail_after(5):
+        async with rest() as (fake, client):
+            created = (await client.post("calls", json=GOOD_BODY, headers=auth)).json()
+            call_id = created["callId"]
+            answers = [
+                await client.get(f"calls/{call_id}"),
+                await client.get(f"calls/{call_id}", headers={"X-API-Key": "uv-wrong"}),
+                await client.get("calls/00000000-0000-0000-0000-000000000000", headers=auth),
+                await client.post(f"calls/{call_id}", headers=auth),
+            ]
+            before = (await client.get(f"calls/{call_id}", headers=auth)).json()
+            url = httpx.URL(created["joinUrl"])
+            assert url.port is not None
+            stream = await trio.open_tcp_stream(url.host, url.port)
+            async with trio.open_nursery() as nursery:
+                ws = await wrap_client_stream(
+                    nursery, stream, url.host, url.path, message_queue_size=64
+                )
+                session = await fake.wait_for_session()
+                during = (await client.get(f"calls/{call_id}", headers=auth)).json()
+                await trio.sleep(0.2)
+                await ws.send_message('{"type": "hang_up", "message": ""}')
+                await session.wait_closed()
+                nursery.cancel_scope.cancel()
+            await trio.aclose_forcefully(stream)
+            after = (await client.get(f"calls/{call_id}", headers=auth)).json()
+    assert [a.status_code for a in answers] == [401, 401, 404, 405]
+    assert (before["joined"], before["billedDuration"], before["endReason"]) == (None, None, None)
+    assert before["billingStatus"] == "BILLING_STATUS_PENDING"
+    assert during["joined"] is not None and during["billedDuration"] is None
+    assert session.joined_seconds is not None and session.joined_seconds >= 0.2
+    assert after["billedDuration"] == f"{round(session.joined_seconds, 1):.1f}s"
+    assert (after["billingStatus"], after["endReason"]) == ("BILLING_STATUS_BILLED", "hangup")
+    assert after["callId"] == call_id and after["ended"] is not None
+    assert created["billedDuration"] is None
+
+
+def tool(**fields: Any) -> dict[str, Any]:
+    definition = {"modelToolName": "lookup", "description": "Look it up.", "client": {}}
+    return {"temporaryTool": {k: v for k, v in (definition | fields).items() if v is not None}}
+
+
+def parameter(**fields: Any) -> dict[str, Any]:
+    return {"name": "n", "location": "PARAMETER_LOCATION_BODY", "schema": {}} | fields
+
+
+@pytest.mark.parametrize(
+    ("extra", "detail"),
+    [
+        ({"selectedTools": {}}, "selectedTools must be a list."),
+        ({"selectedTools": [{}]}, "selectedTools[0] must set exactly one of"),
+        ({"selectedTools": [3]}, "selectedTools[0] must set exactly one of"),
+        ({"selectedTools": [{"toolName": "a", "toolId": "b"}]}, "must set exactly one of"),
+        ({"selectedTools": [tool(modelToolName="a b")]}, "modelToolName must match"),
+        ({"selectedTools": [tool(modelToolName="x" * 65)]}, "modelToolName must match"),
+        ({"selectedTools": [tool(), tool()]}, "the model tool name 'lookup' is used twice."),
+        ({"selectedTools": [tool(description=None)]}, "description must be a string."),
+        ({"selectedTools": [tool(client=None)]}, "exactly one implementation."),
+        ({"selectedTools": [tool(http={})]}, "exactly one implementation."),
+        ({"selectedTools": [tool(client={"x": 1})]}, "client must be {}."),
+        ({"selectedTools": [tool(timeout="41s")]}, "timeout must be a duration of at most 40s."),
+        ({"selectedTools": [tool(timeout="10")]}, "timeout must be a duration of at most 40s."),
+        ({"selectedTools": [tool(dynamicParameters={})]}, "dynamicParameters must be a list."),
+        (
+            {"selectedTools": [tool(dynamicParameters=[parameter(location="QUERY")])]},
+            "location is not a ParameterLocation.",
+        ),
+        (
+            {
+                "selectedTools": [
+                    tool(dynamicParameters=[parameter(location="PARAMETER_LOCATION_QUERY")])
+                ]
+            },
+            "client tools take body parameters only.",
+        ),
+        (
+            {"selectedTools": [tool(dynamicParameters=[parameter(schema="string")])]},
+            "schema must be an object.",
+        ),
+        (
+            {"selectedTools": [tool(dynamicParameters=[parameter(required="yes")])]},
+            "required must be a boolean.",
+        ),
+        (
+            {
+                "initialMessages": [
+                    {"role": "MESSAGE_ROLE_TOOL_CALL", "text": "{}", "toolName": "t"}
+                ]
+            },
+            "initialMessages[0].invocationId is required for tool messages.",
+        ),
+        (
+            {
+                "initialMessages": [
+                    {"role": "MESSAGE_ROLE_TOOL_CALL", "text": "{}", "invocationId": "i"}
+                ]
+            },
+            "initialMessages[0].toolName is required for tool messages.",
+        ),
+        (
+            {
+                "initialMessages": [
+                    {
+                        "role": "MESSAGE_ROLE_TOOL_RESULT",
+                        "text": "{}",
+                        "invocationId": "i",
+                        "toolName": "t",
+                    }
+                ]
+            },
+            "initialMessages[0] is a tool result without an earlier tool call.",
+        ),
+        ({"firstSpeakerSettings": {"agent": {"greeting": "hi"}}}, "may set only"),
+        ({"firstSpeakerSettings": {"agent": {"text": 1}}}, "agent.text must be a string."),
+        ({"firstSpeakerSettings": {"user": {"text": "hi"}}}, "user may set only ['fallback']."),
+    ],
+)
+async def test_fake_refuses_bad_tools_tool_messages_and_greetings(
+    extra: dict[str, Any], detail: str
+) -> None:
+    with trio.fail_after(5):
+        async with rest() as (fake, client):
+            answer = await client.post("calls", json=GOOD_BODY | extra, headers={"X-API-Key": KEY})
+    assert answer.status_code == 400
+    assert detail in answer.json()["detail"]
+    assert fake.calls == {}
+
+
+async def test_fake_records_tools_tool_messages_and_greeting() -> None:
+    extra = {
+        "selectedTools": [
+            tool(dynamicParameters=[parameter(required=True)], timeout="11s"),
+            {"toolName": "hangUp"},
+        ],
+        "initialMessages": [
+            {"role": "MESSAGE_ROLE_TOOL_CALL", "text": "{}", "invocationId": "i", "toolName": "t"},
+            {
+                "role": "MESSAGE_ROLE_TOOL_RESULT",
+                "text": "ok",
+                "invocationId": "i",
+                "toolName": "t",
+            },
+        ],
+        "firstSpeakerSettings": {"agent": {"text": "Hello!", "uninterruptible": True}},
+    }
+    with trio.fail_after(5):
+        async with rest() as (fake, client):
+            answer = await client.post("calls", json=GOOD_BODY | extra, headers={"X-API-Key": KEY})
+    assert answer.status_code == 201
+    [request] = fake.calls.values()
+    assert request.selected_tools == extra["selectedTools"]
+    assert request.tool_names == ["lookup"]
+    assert request.first_speaker == extra["firstSpeakerSettings"]
+    assert request.greeting == "Hello!"
+    assert request.initial_messages == extra["initialMessages"]

@@ -36,6 +36,7 @@ from voxbridge.providers.events import (
     AgentAudio,
     ProviderEvent,
     SpeechStarted,
+    ToolCall,
     Transcript,
     Truncation,
 )
@@ -130,7 +131,6 @@ def test_any_binary_frame_is_audio_nothing_or_bad_audio(frame: bytes) -> None:
         {"type": "call_started", "callId": "550e8400-e29b-41d4-a716-446655440000"},
         {"type": "pong", "timestamp": 1234567890.123},
         {"type": "debug", "message": "..."},
-        {"type": "client_tool_invocation", "toolName": "x", "invocationId": "i", "parameters": {}},
         {"type": "something_new", "x": [1, 2]},
     ],
 )
@@ -201,7 +201,7 @@ def test_pending_transcripts_are_bounded() -> None:
     codec = UltravoxCodec()
     for ordinal in range(1000):
         codec.decode(transcript("agent", ordinal, delta="never final"))
-    assert repr(codec) == "UltravoxCodec(pending=64)"
+    assert repr(codec) == "UltravoxCodec(call_id=None, pending=64)"
 
 
 @pytest.mark.parametrize(
@@ -237,7 +237,7 @@ def decode_or_protocol_error(codec: UltravoxCodec, frame: str | bytes) -> None:
     except RemoteProtocolError:
         assert isinstance(frame, str)  # a data message; audio is never malformed otherwise
         return
-    assert event is None or isinstance(event, AgentAudio | SpeechStarted | Transcript)
+    assert event is None or isinstance(event, AgentAudio | SpeechStarted | Transcript | ToolCall)
 
 
 @given(st.lists(st.text(max_size=200) | st.binary(max_size=200), max_size=8))
@@ -259,10 +259,24 @@ _json_values = st.recursive(
 @given(
     st.lists(
         st.fixed_dictionaries(
-            {"type": st.sampled_from(["transcript", "playback_clear_buffer", "state", "x"])},
+            {
+                "type": st.sampled_from(
+                    ["transcript", "playback_clear_buffer", "client_tool_invocation", "state", "x"]
+                )
+            },
             optional={
                 key: _json_values | st.sampled_from(["user", "agent", True, False, 1, "hi"])
-                for key in ("role", "text", "delta", "final", "ordinal", "medium")
+                for key in (
+                    "role",
+                    "text",
+                    "delta",
+                    "final",
+                    "ordinal",
+                    "medium",
+                    "toolName",
+                    "invocationId",
+                    "parameters",
+                )
             },
         ),
         max_size=10,
@@ -692,5 +706,5 @@ async def test_fake_validates_call_creation() -> None:
             ]
     assert [a.status_code for a in answers] == [400, 400, 400, 405, 404, 201]
     assert "inputSampleRate must be 8000" in answers[0].json()["detail"]
-    assert "MESSAGE_ROLE_USER or MESSAGE_ROLE_AGENT" in answers[1].json()["detail"]
+    assert "initialMessages[0].role must be one of" in answers[1].json()["detail"]
     assert list(fake.calls) == [answers[-1].json()["callId"]]

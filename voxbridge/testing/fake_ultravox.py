@@ -4,9 +4,12 @@ Two real servers on loopback, each on its own port:
 
 * **REST** -- a tiny ASGI app served by hypercorn's trio worker. ``POST /api/calls`` checks
   ``X-API-Key`` (401 otherwise), validates the ``StartCallRequest`` as far as a bridge uses it (an
-  8 kHz ``serverWebSocket`` medium, well-formed ``initialMessages`` and ``firstSpeakerSettings``; 400
+  8 kHz ``serverWebSocket`` medium, well-formed ``initialMessages`` -- tool call and result messages
+  included --, ``firstSpeakerSettings`` and client temporary tools in ``selectedTools``; 400
   otherwise), records it as a :class:`CallRequest` and answers 201 with a ``Call`` whose ``joinUrl``
-  points at the WebSocket server.
+  points at the WebSocket server. ``GET /api/calls/<callId>`` (401 without the key, 404 for an
+  unknown id) answers the ``Call``, with a ``billedDuration`` once its WebSocket has closed: the
+  seconds it was joined, rounded to 0.1 s (``"2.4s"``).
 * **WebSocket** -- trio-websocket on a :class:`~voxbridge.testing.FaultStream`-wrapped TCP stream,
   like :class:`~voxbridge.testing.EchoAgent`. ``/calls/<callId>`` (only for created calls) sends
   ``call_started`` and ``state``; plays every binary (PCM) frame back ``delay`` seconds later; answers
@@ -15,14 +18,19 @@ Two real servers on loopback, each on its own port:
   ``chunk_ms`` binary frames, ``speak_pace`` times faster than real time, as the service bursts);
   sends ``playback_clear_buffer`` at ``clear_at``; hangs up at ``hangup_at`` (close 1000: the agent
   ended the call), after the agent audio scheduled up to then has gone out (a goodbye, then the
-  hang-up); and ends the call with 1000 when it receives ``hang_up``, as Ultravox does.
+  hang-up); and ends the call with 1000 when it receives ``hang_up``, as Ultravox does. With a
+  greeting text in ``firstSpeakerSettings.agent.text`` it greets on join. Scripted
+  :class:`FakeToolCall` s become ``client_tool_invocation`` messages (only for tools the call
+  selected); each ``client_tool_result`` is answered with speech (:func:`speech_for` the result)
+  and a final agent transcript naming it; each ``user_text_message`` with speech for its text.
 
 Each WebSocket is recorded as an :class:`UltravoxSession` (open/close times, close code, audio
 frames in and out, data messages received and sent), so a test checks from the provider's side what
-the bridge did. Fault knobs: ``refuse_status`` (REST answers that status), ``rest_delay`` (slow
-REST), ``close_at=(seconds, code)`` (drop mid-call), ``frames_at`` (any raw frame, binary or text,
-at a given time: an odd-length PCM frame, broken JSON) and, per session, the ``FaultStream``
-(``stop_reading`` -> no pongs, ``vanish`` -> no close frame).
+the bridge did; ``fake.tool_results``, ``fake.user_texts`` and ``fake.errors`` (protocol mistakes
+the fake refused) span every session. Fault knobs: ``refuse_status`` (REST answers that status),
+``rest_delay`` (slow REST), ``close_at=(seconds, code)`` (drop mid-call), ``frames_at`` (any raw
+frame, binary or text, at a given time: an odd-length PCM frame, broken JSON) and, per session, the
+``FaultStream`` (``stop_reading`` -> no pongs, ``vanish`` -> no close frame).
 
 Every wait here is bounded: a fake that hangs would hide the bugs it exists to find.
 """
@@ -32,8 +40,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -47,7 +57,14 @@ from wsproto.utilities import LocalProtocolError
 
 from .faults import FaultStream, record_close
 
-__all__ = ["CallRequest", "FakeUltravox", "UltravoxSession", "Utterance"]
+__all__ = [
+    "CallRequest",
+    "FakeToolCall",
+    "FakeUltravox",
+    "UltravoxSession",
+    "Utterance",
+    "speech_for",
+]
 
 HANDSHAKE_TIMEOUT = 10.0
 WAIT_TIMEOUT = 10.0  # wait_for_session / wait_closed raise trio.TooSlowError after this
@@ -56,8 +73,27 @@ MAX_BODY = 1 << 20
 SAMPLE_RATE = 8000
 PCM_BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # s16le mono at 8 kHz: 16 bytes per ms
 WORD_GAP = 0.01  # seconds between the transcript messages of one utterance
+SPEECH_MS = 100  # milliseconds of speech_for() audio
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)  # the wall clock of trio time 0 in Call timestamps
 
-_MESSAGE_ROLES = {"MESSAGE_ROLE_USER", "MESSAGE_ROLE_AGENT"}
+_MESSAGE_ROLES = {
+    "MESSAGE_ROLE_USER",
+    "MESSAGE_ROLE_AGENT",
+    "MESSAGE_ROLE_TOOL_CALL",
+    "MESSAGE_ROLE_TOOL_RESULT",
+}
+_TOOL_ROLES = {"MESSAGE_ROLE_TOOL_CALL", "MESSAGE_ROLE_TOOL_RESULT"}
+_LOCATIONS = {
+    "PARAMETER_LOCATION_UNSPECIFIED",
+    "PARAMETER_LOCATION_QUERY",
+    "PARAMETER_LOCATION_PATH",
+    "PARAMETER_LOCATION_HEADER",
+    "PARAMETER_LOCATION_BODY",
+}
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_DURATION = re.compile(r"(0|[1-9][0-9]{0,11})(\.[0-9]{1,9})?s")
+_URGENCIES = {"immediate", "soon", "later"}
+_ERROR_TYPES = {"undefined", "implementation-error"}
 _MESSAGE_MEDIA = {"MESSAGE_MEDIUM_UNSPECIFIED", "MESSAGE_MEDIUM_VOICE", "MESSAGE_MEDIUM_TEXT"}
 
 Scope = dict[str, Any]
@@ -97,6 +133,39 @@ class Utterance:
         return out
 
 
+def speech_for(text: str, ms: int = SPEECH_MS) -> bytes:
+    """The fake agent's "speech" for ``text``: ``ms`` milliseconds of s16le 8 kHz PCM whose
+    samples cycle through the UTF-8 bytes of ``text``, each byte ``b`` as ``(b - 128) * 256``.
+
+    Deterministic and distinct per text, so a test can tell which answer the caller heard
+    (as mu-law: ``pcm16_to_ulaw(speech_for(text))``). 100 ms is 1600 bytes: five 20 ms frames.
+    """
+    data = text.encode() or b"\x00"
+    samples = SAMPLE_RATE * ms // 1000
+    return b"".join(
+        ((data[i % len(data)] - 128) * 256).to_bytes(2, "little", signed=True)
+        for i in range(samples)
+    )
+
+
+@attrs.frozen
+class FakeToolCall:
+    """A scripted tool call: the model calls ``name`` with ``parameters``.
+
+    In every session, once ``at`` seconds have passed since it opened *and* the caller has sent
+    at least ``after_audio`` binary (audio) frames, the agent speaks ``say`` (s16le 8 kHz PCM,
+    paced like ``agent_audio``; empty: nothing) and then sends ``client_tool_invocation`` with
+    ``invocationId`` ``inv-<session>-<n>`` (the 1-based session and tool-call numbers). A tool the
+    call did not select is not invoked: the fake records an error instead.
+    """
+
+    name: str
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
+    say: bytes = b""
+    at: float = 0.0
+    after_audio: int = 0
+
+
 @attrs.define(eq=False)
 class CallRequest:
     """One ``POST /api/calls`` as the fake saw it (``status`` is what it answered)."""
@@ -118,6 +187,34 @@ class CallRequest:
         socket = medium.get("serverWebSocket") if isinstance(medium, dict) else None
         return socket if isinstance(socket, dict) else {}
 
+    @property
+    def selected_tools(self) -> list[dict[str, Any]]:
+        """The ``selectedTools`` of the request, as sent (``[]`` without)."""
+        tools = self.body.get("selectedTools") if isinstance(self.body, dict) else None
+        return tools if isinstance(tools, list) else []
+
+    @property
+    def tool_names(self) -> list[str]:
+        """The model tool names of the selected temporary tools, in order."""
+        return [
+            tool["temporaryTool"]["modelToolName"]
+            for tool in self.selected_tools
+            if isinstance(tool, dict) and isinstance(tool.get("temporaryTool"), dict)
+        ]
+
+    @property
+    def first_speaker(self) -> dict[str, Any] | None:
+        """The ``firstSpeakerSettings`` of the request (``None`` without)."""
+        first = self.body.get("firstSpeakerSettings") if isinstance(self.body, dict) else None
+        return first if isinstance(first, dict) else None
+
+    @property
+    def greeting(self) -> str | None:
+        """The agent's greeting text (``firstSpeakerSettings.agent.text``), if any."""
+        agent = (self.first_speaker or {}).get("agent")
+        text = agent.get("text") if isinstance(agent, dict) else None
+        return text if isinstance(text, str) and text else None
+
 
 @attrs.define(eq=False)
 class UltravoxSession:
@@ -125,9 +222,11 @@ class UltravoxSession:
 
     ``audio_in``/``audio_bytes_in`` count the caller's binary frames and bytes received,
     ``audio_out`` the frames played back (the echo). ``agent_audio_out`` holds every byte of
-    scripted agent audio (``agent_audio``) sent, in order, in ``agent_frames_out`` frames;
-    ``frames_out`` every ``frames_at`` frame sent. ``messages`` are the data messages received,
-    ``sent`` the ones sent.
+    agent speech sent (``agent_audio``, the greeting, a tool call's ``say``, the answers to tool
+    results and user text), in order, in ``agent_frames_out`` frames; ``frames_out`` every
+    ``frames_at`` frame sent. ``messages`` are the data messages received, ``sent`` the ones sent.
+    ``invocations`` maps each ``invocationId`` sent to its :class:`FakeToolCall` (answered or
+    not); ``errors`` lists what the fake refused in this session.
     """
 
     stream: FaultStream
@@ -150,7 +249,21 @@ class UltravoxSession:
     sent: list[dict[str, Any]] = attrs.Factory(list)
     closed: trio.Event = attrs.Factory(trio.Event)
     ws: WebSocketConnection | None = None
+    index: int = 0
+    invocations: dict[str, FakeToolCall] = attrs.Factory(dict)
+    errors: list[str] = attrs.Factory(list)
     _speaking: trio.Lock = attrs.Factory(trio.Lock)
+    _greeted: trio.Event = attrs.Factory(trio.Event)  # speeches wait for the greeting
+    _answered: set[str] = attrs.Factory(set)
+    _audio_waiters: list[tuple[int, trio.Event]] = attrs.Factory(list)
+    _ordinal: int = 1  # of the next transcript the fake makes up (set after the script's)
+
+    @property
+    def joined_seconds(self) -> float | None:
+        """Seconds the WebSocket was open, once it has closed."""
+        if self.closed_at is None or not self.is_closed:
+            return None
+        return self.closed_at - self.opened_at
 
     @property
     def is_closed(self) -> bool:
@@ -164,6 +277,23 @@ class UltravoxSession:
         """Wait (at most ``WAIT_TIMEOUT``) until the session has closed."""
         with trio.fail_after(WAIT_TIMEOUT):
             await self.closed.wait()
+
+    async def _wait_audio_in(self, count: int) -> None:
+        if self.audio_in < count:
+            heard = trio.Event()
+            self._audio_waiters.append((count, heard))
+            await heard.wait()
+
+    def _heard_audio(self) -> None:
+        self.audio_in += 1
+        if self._audio_waiters:
+            waiting = []
+            for count, heard in self._audio_waiters:
+                if count <= self.audio_in:
+                    heard.set()
+                else:
+                    waiting.append((count, heard))
+            self._audio_waiters = waiting
 
 
 class FakeUltravox:
@@ -190,6 +320,17 @@ class FakeUltravox:
         rest_delay: fault knob -- seconds before ``POST /api/calls`` answers.
         close_on_hang_up: end the call (close 1000) when the client sends ``hang_up``.
         queue: chunks waiting to be played back per session; beyond that audio is dropped.
+        tool_calls: :class:`FakeToolCall` s the model makes in every session. The answer to a
+            ``client_tool_result`` is :func:`speech_for` its ``result`` (or its ``errorType``),
+            then one final agent transcript: ``"<name> answered: <result>"`` (or ``"<name>
+            failed: <errorType>: <errorMessage>"``); every result is recorded in
+            ``tool_results``. A result for an invocation the session never sent, or sent twice, or
+            with neither a string ``result`` nor a known ``errorType``, is refused (``errors``).
+
+    A ``user_text_message`` is recorded in ``user_texts`` (``urgency`` must be ``immediate``,
+    ``soon`` or ``later`` if given) and answered with :func:`speech_for` its text. A greeting
+    (``firstSpeakerSettings.agent.text``) is spoken as :func:`speech_for` it, then a final agent
+    transcript of it, right after ``call_started`` and ``state``; other speech waits for it.
     """
 
     def __init__(
@@ -209,6 +350,7 @@ class FakeUltravox:
         rest_delay: float = 0.0,
         close_on_hang_up: bool = True,
         queue: int = 512,
+        tool_calls: Sequence[FakeToolCall] = (),
     ) -> None:
         if speak_pace <= 0 or chunk_ms <= 0:
             raise ValueError("speak_pace and chunk_ms must be positive")
@@ -226,6 +368,10 @@ class FakeUltravox:
         self.rest_delay = rest_delay
         self.close_on_hang_up = close_on_hang_up
         self.queue = queue
+        self.tool_calls = tuple(tool_calls)
+        self.tool_results: list[dict[str, Any]] = []
+        self.user_texts: list[dict[str, Any]] = []
+        self.errors: list[str] = []
         self.requests: list[CallRequest] = []
         self.calls: dict[str, CallRequest] = {}
         self.sessions: list[UltravoxSession] = []
@@ -293,13 +439,21 @@ class FakeUltravox:
                     return
         if scope["type"] != "http":
             return
-        if scope["path"].rstrip("/") != "/api/calls":
+        path = scope["path"].rstrip("/")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        call_id = path.removeprefix("/api/calls/")
+        if path.startswith("/api/calls/") and "/" not in call_id:
+            if scope["method"] != "GET":
+                await _respond(send, 405, {"detail": f'Method "{scope["method"]}" not allowed.'})
+                return
+            await _respond(send, *self._get_call(headers.get("x-api-key"), call_id))
+            return
+        if path != "/api/calls":
             await _respond(send, 404, {"detail": "Not found."})
             return
         if scope["method"] != "POST":
             await _respond(send, 405, {"detail": f'Method "{scope["method"]}" not allowed.'})
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             raw = await _read_body(receive)
         except _ClientGone:
@@ -335,18 +489,45 @@ class FakeUltravox:
         call_id = str(uuid.uuid4())
         request.call_id = call_id
         self.calls[call_id] = request
-        body = request.body
-        return 201, {
-            "callId": call_id,
+        return 201, self._call(request)
+
+    def _get_call(self, api_key: str | None, call_id: str) -> tuple[int, dict[str, Any]]:
+        if api_key is None:
+            return 401, {"detail": "Authentication credentials were not provided."}
+        if api_key != self.api_key:
+            return 401, {"detail": "Invalid API key."}
+        request = self.calls.get(call_id)
+        if request is None:
+            return 404, {"detail": "No Call matches the given query."}
+        return 200, self._call(request)
+
+    def _call(self, request: CallRequest) -> dict[str, Any]:
+        """The ``Call`` as Ultravox describes it (the fields a bridge may read)."""
+        body = request.body if isinstance(request.body, dict) else {}
+        session = next((s for s in self.sessions if s.call_id == request.call_id), None)
+        seconds = session.joined_seconds if session is not None else None
+        ended = None
+        if session is not None and seconds is not None:
+            if session.hang_ups:
+                ended = "hangup"
+            elif session.close_reason == "agent hung up":
+                ended = "agent_hangup"
+            else:
+                ended = "connection_error"
+        return {
+            "callId": request.call_id,
             "created": "2026-01-01T00:00:00Z",
-            "joined": None,
-            "ended": None,
+            "joined": _timestamp(session.opened_at) if session is not None else None,
+            "ended": _timestamp(session.closed_at) if ended and session is not None else None,
+            "endReason": ended,
+            "billedDuration": None if seconds is None else f"{round(seconds, 1):.1f}s",
+            "billingStatus": "BILLING_STATUS_PENDING" if ended is None else "BILLING_STATUS_BILLED",
             "model": body.get("model", "ultravox-v0.7"),
             "systemPrompt": body.get("systemPrompt"),
             "voice": body.get("voice"),
-            "medium": body["medium"],
+            "medium": body.get("medium"),
             "firstSpeakerSettings": body.get("firstSpeakerSettings", {"agent": {}}),
-            "joinUrl": f"{self.ws_url}/calls/{call_id}",
+            "joinUrl": f"{self.ws_url}/calls/{request.call_id}",
         }
 
     # --- WebSocket ----------------------------------------------------------------------------
@@ -372,6 +553,7 @@ class FakeUltravox:
                 if session.ws is not None:
                     session.opened_at = trio.current_time()
                     self.sessions.append(session)
+                    session.index = len(self.sessions)
                     self._notify()
                     await self._converse(session, session.ws)
                 nursery.cancel_scope.cancel()
@@ -388,8 +570,14 @@ class FakeUltravox:
 
     async def _converse(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
         playback_in, playback_out = trio.open_memory_channel[tuple[float, bytes]](self.queue)
+        session._ordinal = len(self.script) + 1
+        greeting = self.calls[session.call_id].greeting
+        if greeting is None:
+            session._greeted.set()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._play, session, ws, playback_out)
+            for number, tool_call in enumerate(self.tool_calls, start=1):
+                nursery.start_soon(self._invoke, session, ws, tool_call, number)
             for ordinal, utterance in enumerate(self.script, start=1):
                 nursery.start_soon(self._speak, session, ws, utterance, ordinal)
             before_hangup: list[trio.Event] = []
@@ -409,24 +597,32 @@ class FakeUltravox:
                 nursery.start_soon(self._at, session, self.close_at[0], self._drop, ws)
             await self._send(session, ws, {"type": "call_started", "callId": session.call_id})
             await self._send(session, ws, {"type": "state", "state": "listening"})
+            if greeting is not None:
+                nursery.start_soon(self._greet, session, ws, greeting)
             try:
                 while True:
                     message = await ws.get_message()
                     if isinstance(message, bytes):
-                        session.audio_in += 1
+                        session._heard_audio()
                         session.audio_bytes_in += len(message)
                         try:
                             playback_in.send_nowait((trio.current_time() + self.delay, message))
                         except trio.WouldBlock:
                             session.dropped += 1
                     else:
-                        await self._on_data(session, ws, message)
+                        await self._on_data(session, ws, message, nursery)
             except ConnectionClosed as exc:
                 record_close(session, exc)
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _on_data(self, session: UltravoxSession, ws: WebSocketConnection, text: str) -> None:
+    async def _on_data(
+        self,
+        session: UltravoxSession,
+        ws: WebSocketConnection,
+        text: str,
+        nursery: trio.Nursery,
+    ) -> None:
         try:
             message = json.loads(text)
         except ValueError:
@@ -439,6 +635,50 @@ class FakeUltravox:
             await self._send(session, ws, {"type": "pong", "timestamp": message.get("timestamp")})
         elif message["type"] == "hang_up" and self.close_on_hang_up:
             await self._close(session, ws, 1000, "client hung up")
+        elif message["type"] == "client_tool_result":
+            self.tool_results.append(message)
+            answer = self._tool_answer(session, message)
+            if answer is not None:
+                nursery.start_soon(partial(self._utter, session, ws, *answer))
+        elif message["type"] == "user_text_message":
+            self.user_texts.append(message)
+            said = message.get("text")
+            if not isinstance(said, str) or message.get("urgency", "soon") not in _URGENCIES:
+                self._error(session, f"malformed user_text_message: {text[:200]}")
+            else:
+                nursery.start_soon(self._utter, session, ws, speech_for(said))
+
+    def _error(self, session: UltravoxSession, problem: str) -> None:
+        session.errors.append(problem)
+        self.errors.append(f"session {session.index}: {problem}")
+
+    def _tool_answer(
+        self, session: UltravoxSession, message: dict[str, Any]
+    ) -> tuple[bytes, str] | None:
+        """What the agent says to a ``client_tool_result``: (speech, transcript), or ``None``
+        (an error is recorded) when the result is refused."""
+        invocation = message.get("invocationId")
+        if not isinstance(invocation, str):
+            self._error(session, f"client_tool_result without an invocationId: {message}")
+            return None
+        call = session.invocations.get(invocation)
+        if call is None or invocation in session._answered:
+            state = "unknown" if call is None else "already answered"
+            self._error(session, f"client_tool_result for an {state} invocation {invocation!r}")
+            return None
+        result, error_type = message.get("result"), message.get("errorType")
+        if isinstance(result, str) and error_type is None:
+            if message.get("responseType", "tool-response") != "tool-response":
+                self._error(session, f"unexpected responseType {message.get('responseType')!r}")
+                return None
+            session._answered.add(invocation)
+            return speech_for(result), f"{call.name} answered: {result}"
+        if error_type in _ERROR_TYPES and result is None:
+            session._answered.add(invocation)
+            error = message.get("errorMessage")
+            return speech_for(error_type), f"{call.name} failed: {error_type}: {error}"
+        self._error(session, f"client_tool_result needs a string result or an errorType: {message}")
+        return None
 
     async def _play(
         self,
@@ -485,23 +725,92 @@ class FakeUltravox:
 
         Every send is bounded (a failed one ends the speech), so waiting for ``spoken`` is too.
         """
-        step = self.chunk_ms * PCM_BYTES_PER_MS
-        gap = 0.0 if math.isinf(self.speak_pace) else self.chunk_ms / 1000 / self.speak_pace
         try:
             await trio.sleep_until(session.opened_at + at)
-            async with session._speaking:
-                begin = trio.current_time()
-                for index, start in enumerate(range(0, len(pcm), step)):
-                    await trio.sleep_until(begin + index * gap)
-                    frame = pcm[start : start + step]
-                    if not await self._send_frame(session, ws, frame):
-                        return
-                    session.agent_audio_out += frame
-                    session.agent_frames_out += 1
-                if gap:  # the last frame's time too: the next speech keeps the pace
-                    await trio.sleep_until(begin + math.ceil(len(pcm) / step) * gap)
+            await self._utter(session, ws, pcm)
         finally:
             spoken.set()
+
+    async def _utter(
+        self,
+        session: UltravoxSession,
+        ws: WebSocketConnection,
+        pcm: bytes,
+        transcript: str | None = None,
+        then: dict[str, Any] | None = None,
+    ) -> bool:
+        """Take the turn (after the greeting): speak ``pcm``, then send a final agent
+        ``transcript`` and the ``then`` message, if given. ``False`` if a send failed."""
+        await session._greeted.wait()
+        async with session._speaking:
+            return await self._turn(session, ws, pcm, transcript, then)
+
+    async def _turn(
+        self,
+        session: UltravoxSession,
+        ws: WebSocketConnection,
+        pcm: bytes,
+        transcript: str | None = None,
+        then: dict[str, Any] | None = None,
+    ) -> bool:
+        """Speak ``pcm`` in ``chunk_ms`` frames at ``speak_pace``, then ``transcript`` and
+        ``then`` (the caller holds the speaking turn)."""
+        step = self.chunk_ms * PCM_BYTES_PER_MS
+        gap = 0.0 if math.isinf(self.speak_pace) else self.chunk_ms / 1000 / self.speak_pace
+        begin = trio.current_time()
+        for index, start in enumerate(range(0, len(pcm), step)):
+            await trio.sleep_until(begin + index * gap)
+            frame = pcm[start : start + step]
+            if not await self._send_frame(session, ws, frame):
+                return False
+            session.agent_audio_out += frame
+            session.agent_frames_out += 1
+        if gap:  # the last frame's time too: the next speech keeps the pace
+            await trio.sleep_until(begin + math.ceil(len(pcm) / step) * gap)
+        if transcript is not None:
+            final = {
+                "type": "transcript",
+                "role": "agent",
+                "medium": "voice",
+                "text": transcript,
+                "delta": None,
+                "final": True,
+                "ordinal": session._ordinal,
+            }
+            session._ordinal += 1
+            await self._send(session, ws, final)
+        if then is not None:
+            await self._send(session, ws, then)
+        return True
+
+    async def _greet(self, session: UltravoxSession, ws: WebSocketConnection, text: str) -> None:
+        """Speak the call's greeting before any other speech."""
+        try:
+            async with session._speaking:
+                session._greeted.set()  # the others now queue on the lock, behind the greeting
+                await self._turn(session, ws, speech_for(text), text)
+        finally:
+            session._greeted.set()
+
+    async def _invoke(
+        self, session: UltravoxSession, ws: WebSocketConnection, call: FakeToolCall, number: int
+    ) -> None:
+        """Make one scripted tool call (see :class:`FakeToolCall`)."""
+        await trio.sleep_until(session.opened_at + call.at)
+        await session._wait_audio_in(call.after_audio)
+        selected = self.calls[session.call_id].tool_names
+        if call.name not in selected:
+            self._error(session, f"tool {call.name!r} is not in selectedTools {selected!r}")
+            return
+        invocation = f"inv-{session.index}-{number}"
+        session.invocations[invocation] = call
+        message = {
+            "type": "client_tool_invocation",
+            "toolName": call.name,
+            "invocationId": invocation,
+            "parameters": dict(call.parameters),
+        }
+        await self._utter(session, ws, call.say, then=message)
 
     async def _raw_frame(
         self, session: UltravoxSession, ws: WebSocketConnection, *, frame: bytes | str
@@ -581,17 +890,111 @@ def _invalid(body: Any) -> str | None:
         not isinstance(first, dict) or len(first) != 1 or next(iter(first)) not in ("agent", "user")
     ):
         return "firstSpeakerSettings must set exactly one of agent or user."
-    messages = body.get("initialMessages", [])
+    problem = _invalid_first_speaker(first) or _invalid_messages(body.get("initialMessages", []))
+    return problem or _invalid_tools(body.get("selectedTools", []))
+
+
+def _invalid_first_speaker(first: dict[str, Any] | None) -> str | None:
+    """``FirstSpeakerSettings_AgentGreeting`` / ``_UserGreeting`` as far as a bridge sets them."""
+    if first is None:
+        return None
+    settings = next(iter(first.values()))
+    allowed = {"uninterruptible", "text", "prompt", "delay"} if "agent" in first else {"fallback"}
+    if not isinstance(settings, dict) or not set(settings) <= allowed:
+        return f"firstSpeakerSettings.{next(iter(first))} may set only {sorted(allowed)}."
+    for field in ("text", "prompt"):
+        if field in settings and not isinstance(settings[field], str):
+            return f"firstSpeakerSettings.agent.{field} must be a string."
+    return None
+
+
+def _invalid_messages(messages: Any) -> str | None:
+    """``initialMessages``: ``ultravox.v1.Message`` objects; each tool result follows the tool
+    call of its ``invocationId``."""
     if not isinstance(messages, list):
         return "initialMessages must be a list."
+    calls: set[str] = set()
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in _MESSAGE_ROLES:
-            return f"initialMessages[{i}].role must be MESSAGE_ROLE_USER or MESSAGE_ROLE_AGENT."
+            return f"initialMessages[{i}].role must be one of {sorted(_MESSAGE_ROLES)}."
         if not isinstance(message.get("text"), str):
             return f"initialMessages[{i}].text must be a string."
         if message.get("medium", "MESSAGE_MEDIUM_UNSPECIFIED") not in _MESSAGE_MEDIA:
             return f"initialMessages[{i}].medium is not a MessageMedium."
+        role, invocation = message["role"], message.get("invocationId")
+        if role in _TOOL_ROLES:
+            if not (isinstance(invocation, str) and invocation):
+                return f"initialMessages[{i}].invocationId is required for tool messages."
+            if not (isinstance(message.get("toolName"), str) and message["toolName"]):
+                return f"initialMessages[{i}].toolName is required for tool messages."
+            if role == "MESSAGE_ROLE_TOOL_CALL":
+                calls.add(invocation)
+            elif invocation not in calls:
+                return f"initialMessages[{i}] is a tool result without an earlier tool call."
     return None
+
+
+def _invalid_tools(tools: Any) -> str | None:
+    """``selectedTools``: ``SelectedTool`` objects; temporary tools checked as client tools are
+    (``BaseToolDefinition``: a model name, a description, body ``dynamicParameters``, one
+    implementation, a ``timeout`` of at most 40 s)."""
+    if not isinstance(tools, list):
+        return "selectedTools must be a list."
+    names: set[str] = set()
+    for i, selected in enumerate(tools):
+        where = f"selectedTools[{i}]"
+        if (
+            not isinstance(selected, dict)
+            or len({"toolId", "toolName", "temporaryTool"} & set(selected)) != 1
+        ):
+            return f"{where} must set exactly one of toolId, toolName or temporaryTool."
+        tool = selected.get("temporaryTool")
+        if tool is None:
+            continue
+        if not isinstance(tool, dict):
+            return f"{where}.temporaryTool must be an object."
+        name = tool.get("modelToolName")
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            return f"{where}.temporaryTool.modelToolName must match ^[a-zA-Z0-9_-]{{1,64}}$."
+        if name in names:
+            return f"{where}: the model tool name {name!r} is used twice."
+        names.add(name)
+        if not isinstance(tool.get("description"), str):
+            return f"{where}.temporaryTool.description must be a string."
+        implementations = {"http", "client", "dataConnection"} & set(tool)
+        if len(implementations) != 1:
+            return f"{where}.temporaryTool must set exactly one implementation."
+        client = "client" in implementations
+        if client and tool["client"] != {}:
+            return f"{where}.temporaryTool.client must be {{}}."
+        timeout = tool.get("timeout")
+        if timeout is not None and not (
+            isinstance(timeout, str) and _DURATION.fullmatch(timeout) and float(timeout[:-1]) <= 40
+        ):
+            return f"{where}.temporaryTool.timeout must be a duration of at most 40s."
+        parameters = tool.get("dynamicParameters", [])
+        if not isinstance(parameters, list):
+            return f"{where}.temporaryTool.dynamicParameters must be a list."
+        for j, parameter in enumerate(parameters):
+            at = f"{where}.temporaryTool.dynamicParameters[{j}]"
+            if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
+                return f"{at}.name must be a string."
+            if parameter.get("location") not in _LOCATIONS:
+                return f"{at}.location is not a ParameterLocation."
+            if client and parameter["location"] != "PARAMETER_LOCATION_BODY":
+                return f"{at}: client tools take body parameters only."
+            if not isinstance(parameter.get("schema"), dict):
+                return f"{at}.schema must be an object."
+            if not isinstance(parameter.get("required", False), bool):
+                return f"{at}.required must be a boolean."
+    return None
+
+
+def _timestamp(at: float | None) -> str | None:
+    """A trio time as the fake's wall-clock ISO timestamp (trio time 0 is :data:`EPOCH`)."""
+    if at is None:
+        return None
+    return (EPOCH + timedelta(seconds=at)).isoformat().replace("+00:00", "Z")
 
 
 async def _read_body(receive: Receive) -> bytes | None:
