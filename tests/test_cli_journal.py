@@ -6,12 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+from test_journal_sqlite import v1_journal
 
 from voxbridge.cli import main
 from voxbridge.errors import Reason
 from voxbridge.journal import SQLiteJournal
-from voxbridge.providers.events import Transcript
+from voxbridge.providers.events import ToolExchange, Transcript
 from voxbridge.session import CallRecord, CallState
 
 T0 = 1_780_000_000.0  # 2026-05-28T20:26:40Z
@@ -176,3 +178,107 @@ def test_an_empty_journal_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[
     SQLiteJournal(path).open().close()
     assert main(["calls", "--db", str(path)]) == 0
     assert "no calls in" in capsys.readouterr().out
+
+
+# --- agents, usage, tools and key presses ----------------------------------------------------------
+
+LOOKUP = ToolExchange("call_1", "lookup_order", '{"order":"42"}', '{"status":"shipped"}')
+SLOW = ToolExchange("call_2", "refund", "{}", '{"error":"the tool did not answer within 10 s"}')
+
+
+@pytest.fixture
+def agents_db(tmp_path: Path) -> Path:
+    """An OpenAI call of the ``support`` agent with key presses and two tool calls (one timed
+    out), and an Ultravox call of the default agent."""
+    path = tmp_path / "agents.db"
+    clock = Clock()
+    with SQLiteJournal(path, clock=clock) as journal:
+        state = CallState(call_id="tools1", accepted_at=0.0, call_sid="CA-tools", agent="support")
+        journal.call_started(state)
+        conversation = (
+            Transcript("caller", "where is my order?"),
+            Transcript("dtmf", "42#"),
+            LOOKUP,
+            attrs.evolve(SLOW, outcome="timeout"),
+            Transcript("agent", "it has shipped"),
+        )
+        for item in conversation:
+            journal.transcript_line(state, item)
+        journal.call_ended(
+            _record(
+                "tools1",
+                "CA-tools",
+                transcript=conversation,
+                agent="support",
+                provider="openai",
+                usage=(
+                    ("input_audio_tokens", 1000.0),
+                    ("input_cached_tokens", 800.0),
+                    ("input_text_tokens", 234.0),
+                    ("output_audio_tokens", 3400.0),
+                    ("output_text_tokens", 56.0),
+                ),
+                tool_calls=2,
+                dtmf_digits=3,
+            )
+        )
+        clock.now = T0 + 10
+        journal.call_ended(
+            _record("ux1", "CA-ultravox", provider="ultravox", usage=(("billed_seconds", 42.5),))
+        )
+    return path
+
+
+def test_calls_shows_the_agent_tool_calls_and_usage(
+    agents_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["calls", "--db", str(agents_db)]) == 0
+    out = capsys.readouterr().out
+    header = next(ln for ln in out.splitlines() if "CallSid" in ln)
+    assert header.split() == [
+        "started",
+        "(UTC)",
+        "CallSid",
+        "agent",
+        "reason",
+        "duration",
+        "frames",
+        "in/out",
+        "resumes",
+        "barge-ins",
+        "tools",
+        "usage",
+    ]
+    tools = next(ln for ln in out.splitlines() if "CA-tools" in ln)
+    assert tools.split()[2:4] == ["CA-tools", "support"]
+    assert tools.split()[-9:] == ["2", "3", "2", "in", "1.2k", "tok,", "out", "3.5k", "tok"]
+    ultravox = next(ln for ln in out.splitlines() if "CA-ultravox" in ln)
+    assert ultravox.split()[3] == "default"
+    assert ultravox.rstrip().endswith(" 0   42.5 s billed")
+
+
+def test_transcript_shows_key_presses_and_tool_calls(
+    agents_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["transcript", "CA-tools", "--db", str(agents_db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("call CA-tools (voxbridge id tools1, agent support), started")
+    assert lines[1:] == [
+        "caller: where is my order?",
+        "keys: 42#",
+        'tool: lookup_order({"order":"42"}) -> {"status":"shipped"}',
+        'tool: refund({}) -> {"error":"the tool did not answer within 10 s"} (timeout)',
+        "agent: it has shipped",
+    ]
+
+
+def test_calls_and_transcript_read_a_journal_of_an_older_voxbridge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = v1_journal(tmp_path / "old.db")
+    assert main(["calls", "--db", str(old)]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if "CA-old " in ln)
+    assert row.split()[2:5] == ["CA-old", "-", "caller_stop"]  # no agent
+    assert row.split()[-3:] == ["0", "0", "-"]  # barge-ins, tools, no usage
+    assert main(["transcript", "CA-old", "--db", str(old)]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == ["caller: hello", "agent: hi"]

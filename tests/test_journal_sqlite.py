@@ -32,7 +32,7 @@ from voxbridge.journal import FanoutJournal, JournalError, MemoryJournal, SQLite
 from voxbridge.journal.reader import find_calls, read_lines, recent_calls
 from voxbridge.journal.sqlite import SCHEMA_VERSION, iso_utc
 from voxbridge.metrics import Metrics
-from voxbridge.providers.events import Transcript
+from voxbridge.providers.events import ToolExchange, Transcript
 from voxbridge.providers.openai_realtime import OpenAIProvider
 from voxbridge.session import CallRecord, CallRegistry, CallState, run_call
 from voxbridge.settings import Settings
@@ -603,3 +603,272 @@ def test_the_per_call_token_is_not_journaled(db: Path) -> None:
     (row,) = recent_calls(db)
     assert row.custom_parameters == {TOKEN_PARAMETER: "(redacted)"}
     assert "secret" not in str(rows(db, "SELECT * FROM calls"))
+
+
+# --- agents, usage, tools and key presses (schema version 2) -------------------------------------
+
+LOOKUP = ToolExchange(
+    "call_7", "lookup_order", '{"order":"42"}', '{"status":"shipped"}', outcome="ok"
+)
+SLOW = ToolExchange(
+    "call_8", "lookup_order", "{}", '{"error":"the tool did not answer"}', "timeout"
+)
+
+
+def test_the_agent_usage_tool_calls_and_key_presses_are_journaled(db: Path) -> None:
+    clock = Clock()
+    memory = MemoryJournal()
+    conversation = (
+        Transcript("caller", "where is my order?"),
+        Transcript("dtmf", "42#"),
+        LOOKUP,
+        Transcript("agent", "it has shipped"),
+        SLOW,
+    )
+    with SQLiteJournal(db, clock=clock) as journal:
+        sinks = FanoutJournal(journal, memory)
+        live = state(agent="support")
+        sinks.call_started(live)
+        assert journal.flush(WAIT)
+        assert rows(db, "SELECT status, agent, usage, tool_calls, dtmf_digits FROM calls") == [
+            ("live", "support", "{}", 0, 0)
+        ]
+        for item in conversation[:-1]:  # the last exchange reaches the journal only at the end
+            clock.now += 1
+            sinks.transcript_line(live, item)
+        clock.now = T0 + 30
+        sinks.call_ended(
+            record(
+                lines=conversation,
+                agent="support",
+                usage=(
+                    ("input_audio_tokens", 1200.0),
+                    ("input_cached_tokens", 300),
+                    ("output_audio_tokens", 3400.0),
+                    ("output_text_tokens", 12.5),
+                ),
+                tool_calls=2,
+                dtmf_digits=3,
+            )
+        )
+    assert rows(db, "SELECT status, agent, usage, tool_calls, dtmf_digits FROM calls") == [
+        (
+            "ended",
+            "support",
+            '{"input_audio_tokens":1200,"input_cached_tokens":300,'
+            '"output_audio_tokens":3400,"output_text_tokens":12.5}',
+            2,
+            3,
+        )
+    ]
+    lookup_json = (
+        '{"call_id":"call_7","name":"lookup_order","arguments":"{\\"order\\":\\"42\\"}",'
+        '"output":"{\\"status\\":\\"shipped\\"}","outcome":"ok"}'
+    )
+    assert json.loads(lookup_json) == {
+        "call_id": "call_7",
+        "name": "lookup_order",
+        "arguments": '{"order":"42"}',
+        "output": '{"status":"shipped"}',
+        "outcome": "ok",
+    }
+    assert rows(db, "SELECT seq, role, text, at, tool FROM transcript ORDER BY seq") == [
+        (0, "caller", "where is my order?", iso_utc(T0 + 1), None),
+        (1, "dtmf", "42#", iso_utc(T0 + 2), None),
+        (
+            2,
+            "tool",
+            'lookup_order({"order":"42"}) -> {"status":"shipped"}',
+            iso_utc(T0 + 3),
+            lookup_json,
+        ),
+        (3, "agent", "it has shipped", iso_utc(T0 + 4), None),
+        (4, "tool", SLOW.text, iso_utc(T0 + 30), json.dumps(attrs_of(SLOW), separators=(",", ":"))),
+    ]
+
+    (call,) = recent_calls(db)
+    assert (call.agent, call.tool_calls, call.dtmf_digits) == ("support", 2, 3)
+    assert call.usage == {
+        "input_audio_tokens": 1200,
+        "input_cached_tokens": 300,
+        "output_audio_tokens": 3400,
+        "output_text_tokens": 12.5,
+    }
+    lines = read_lines(db, "c1")
+    assert [(line.role, line.text, line.tool) for line in lines] == [
+        ("caller", "where is my order?", None),
+        ("dtmf", "42#", None),
+        ("tool", LOOKUP.text, LOOKUP),
+        ("agent", "it has shipped", None),
+        ("tool", SLOW.text, SLOW),
+    ]
+    assert memory.lines["c1"] == list(conversation[:-1])
+    (ended,) = memory.records
+    assert ended.transcript == conversation
+
+
+def attrs_of(exchange: ToolExchange) -> dict[str, str]:
+    return {
+        "call_id": exchange.call_id,
+        "name": exchange.name,
+        "arguments": exchange.arguments,
+        "output": exchange.output,
+        "outcome": exchange.outcome,
+    }
+
+
+def test_a_call_without_usage_stores_an_empty_object_and_its_agent(db: Path) -> None:
+    with SQLiteJournal(db) as journal:
+        journal.call_ended(record(agent="default"))
+        journal.call_ended(record("c2", usage=(("billed_seconds", float("inf")),)))
+    assert rows(db, "SELECT call_id, agent, usage, tool_calls, dtmf_digits FROM calls") == [
+        ("c1", "default", "{}", 0, 0),
+        ("c2", "default", "{}", 0, 0),  # JSON has no infinity: a non-finite amount is left out
+    ]
+
+
+# The schema of version 1, as voxbridge wrote it before agents, usage, tools and key presses.
+V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY,
+    call_sid TEXT,
+    stream_sid TEXT,
+    carrier TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('live', 'ended', 'crashed')),
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    crash_marked_at TEXT,
+    duration_s REAL,
+    reason TEXT,
+    detail TEXT,
+    close_code INTEGER,
+    upstream_opened INTEGER,
+    frames_from_caller INTEGER NOT NULL DEFAULT 0,
+    frames_to_caller INTEGER NOT NULL DEFAULT 0,
+    bytes_from_caller INTEGER NOT NULL DEFAULT 0,
+    bytes_to_caller INTEGER NOT NULL DEFAULT 0,
+    resumes INTEGER NOT NULL DEFAULT 0,
+    barge_ins INTEGER NOT NULL DEFAULT 0,
+    custom_parameters TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS calls_by_started_at ON calls (started_at);
+CREATE INDEX IF NOT EXISTS calls_by_call_sid ON calls (call_sid);
+CREATE INDEX IF NOT EXISTS calls_live ON calls (status) WHERE status = 'live';
+CREATE TABLE IF NOT EXISTS transcript (
+    call_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    text TEXT NOT NULL,
+    at TEXT NOT NULL,
+    PRIMARY KEY (call_id, seq)
+) WITHOUT ROWID;
+"""
+
+
+def v1_journal(path: Path) -> Path:
+    """A journal as voxbridge wrote it at schema version 1: an ended call ``old1`` (CallSid
+    ``CA-old``) with two lines, and a call ``old2`` left live."""
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.executescript(V1_SCHEMA)
+        connection.execute("PRAGMA user_version = 1")
+        with connection:
+            connection.execute(
+                "INSERT INTO calls (call_id, call_sid, stream_sid, carrier, provider, status, "
+                "started_at, ended_at, duration_s, reason, detail, close_code, upstream_opened, "
+                "frames_from_caller, frames_to_caller, custom_parameters) VALUES "
+                "('old1', 'CA-old', 'MZ-old', 'twilio', 'openai', 'ended', ?, ?, 12.5, "
+                "'caller_stop', 'carrier sent stop', 1000, 1, 600, 300, '{\"a\":\"b\"}')",
+                (iso_utc(T0 - 100), iso_utc(T0 - 87.5)),
+            )
+            connection.execute(
+                "INSERT INTO calls (call_id, call_sid, carrier, provider, status, started_at) "
+                "VALUES ('old2', 'CA-old2', 'twilio', 'openai', 'live', ?)",
+                (iso_utc(T0 - 50),),
+            )
+            connection.executemany(
+                "INSERT INTO transcript (call_id, seq, role, text, at) VALUES ('old1', ?, ?, ?, ?)",
+                [(0, "caller", "hello", iso_utc(T0 - 99)), (1, "agent", "hi", iso_utc(T0 - 98))],
+            )
+    return path
+
+
+def schema_of(path: Path) -> dict[str, object]:
+    with closing(sqlite3.connect(path)) as connection:
+        return {
+            "version": connection.execute("PRAGMA user_version").fetchone()[0],
+            "calls": connection.execute("PRAGMA table_info(calls)").fetchall(),
+            "transcript": connection.execute("PRAGMA table_info(transcript)").fetchall(),
+            "indexes": connection.execute(
+                "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
+            ).fetchall(),
+        }
+
+
+def test_a_version_1_journal_is_migrated_when_opened_and_keeps_its_calls(tmp_path: Path) -> None:
+    old = v1_journal(tmp_path / "old.db")
+    new = tmp_path / "new.db"
+    SQLiteJournal(new).open().close()
+    assert schema_of(old)["version"] == 1
+    clock = Clock()
+    with SQLiteJournal(old, clock=clock) as journal:
+        assert journal.statistics().crashed_at_open == 1  # old2, left live by the old voxbridge
+        journal.call_started(state("c3", "CA3", agent="sales"))
+        journal.transcript_line(state("c3", "CA3"), LOOKUP)
+        journal.call_ended(record("c3", call_sid="CA3", agent="sales", tool_calls=1, dtmf_digits=2))
+    # A migrated journal has exactly the tables and indexes of a new one, and its version.
+    assert schema_of(old) == schema_of(new)
+    assert schema_of(new)["version"] == SCHEMA_VERSION == 2
+
+    by_id = {call.call_id: call for call in recent_calls(old)}
+    assert set(by_id) == {"old1", "old2", "c3"}
+    old1 = by_id["old1"]
+    assert (old1.status, old1.reason, old1.duration_s, old1.custom_parameters) == (
+        "ended",
+        "caller_stop",
+        12.5,
+        {"a": "b"},
+    )
+    assert (old1.agent, old1.usage, old1.tool_calls, old1.dtmf_digits) == (None, {}, 0, 0)
+    assert (by_id["old2"].status, by_id["old2"].crash_marked_at) == ("crashed", iso_utc(T0))
+    assert (by_id["c3"].agent, by_id["c3"].tool_calls, by_id["c3"].dtmf_digits) == ("sales", 1, 2)
+    assert [(ln.role, ln.text, ln.tool) for ln in read_lines(old, "old1")] == [
+        ("caller", "hello", None),
+        ("agent", "hi", None),
+    ]
+    assert [ln.tool for ln in read_lines(old, "c3")] == [LOOKUP]
+
+
+def test_a_version_1_journal_is_read_as_it_is_and_not_migrated_by_readers(
+    tmp_path: Path,
+) -> None:
+    old = v1_journal(tmp_path / "old.db")
+    before = schema_of(old)
+    (call,) = find_calls(old, "CA-old")
+    assert (call.call_id, call.agent, call.usage, call.tool_calls, call.dtmf_digits) == (
+        "old1",
+        None,
+        {},
+        0,
+        0,
+    )
+    assert [(ln.seq, ln.role, ln.text, ln.tool) for ln in read_lines(old, "old1")] == [
+        (0, "caller", "hello", None),
+        (1, "agent", "hi", None),
+    ]
+    assert [c.call_id for c in recent_calls(old)] == ["old2", "old1"]
+    assert schema_of(old) == before  # still version 1, no column added
+
+
+def test_a_migration_that_fails_leaves_the_journal_as_it_was(tmp_path: Path) -> None:
+    old = v1_journal(tmp_path / "old.db")
+    with closing(sqlite3.connect(old)) as connection:  # a column of that name is already there
+        connection.execute("ALTER TABLE transcript ADD COLUMN tool TEXT")
+    before = schema_of(old)
+    with pytest.raises(
+        JournalError, match=r"cannot open the journal .*duplicate column name: tool"
+    ):
+        SQLiteJournal(old).open()
+    assert schema_of(old) == before  # the migration is one transaction: no half-migrated file
+    assert rows(old, "SELECT status FROM calls WHERE call_id = 'old2'") == [("live",)]

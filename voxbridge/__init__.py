@@ -8,6 +8,7 @@ The embedding API (see docs/embedding.md)::
     disconnect.reason   # one of voxbridge.Reason: why the call ended
 """
 
+from .agents import AgentConfig
 from .errors import Disconnect, Reason, RemoteProtocolError
 from .journal import CallJournal, FanoutJournal, JournalError, MemoryJournal, SQLiteJournal
 from .metrics import Metrics
@@ -16,10 +17,12 @@ from .providers.endpoint import ProviderEndpoint
 from .providers.registry import provider_for
 from .session import Call, CallRecord, CallRegistry, CarrierSocket, TrioWebSocketCarrier, run_call
 from .settings import Settings, SettingsError
+from .tools import Tool, ToolContext
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentConfig",
     "Call",
     "CallJournal",
     "CallRecord",
@@ -37,6 +40,8 @@ __all__ = [
     "SQLiteJournal",
     "Settings",
     "SettingsError",
+    "Tool",
+    "ToolContext",
     "TrioWebSocketCarrier",
     "__version__",
     "provider_for",

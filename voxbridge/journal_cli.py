@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .journal import JournalError
-from .journal.reader import JournaledCall, find_calls, read_lines, recent_calls
+from .journal.reader import JournaledCall, JournaledLine, find_calls, read_lines, recent_calls
 
 __all__ = ["print_calls", "print_transcript"]
 
@@ -48,6 +48,51 @@ def _duration(seconds: float | None) -> str:
     minutes, secs = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _amount(value: float) -> str:
+    """``950``, ``1.2k``, ``3.4M``: a count at a glance."""
+    if abs(value) < 1000:
+        return f"{value:g}" if value != int(value) else str(int(value))
+    if abs(value) < 1_000_000:
+        return f"{value / 1000:.1f}k"
+    return f"{value / 1_000_000:.1f}M"
+
+
+def _usage(usage: dict[str, float]) -> str:
+    """A call's provider usage in one cell: ``in 1.2k tok, out 3.4k tok`` (OpenAI's text and
+    audio tokens; cached input tokens are a part of the input), ``12.3 s billed`` (Ultravox);
+    any other kind as ``kind amount``; ``-`` for none."""
+    rest = dict(usage)
+    rest.pop("input_cached_tokens", None)  # counted in the input tokens already
+    parts: list[str] = []
+    for label, prefix in (("in", "input_"), ("out", "output_")):
+        kinds = [kind for kind in rest if kind.startswith(prefix) and kind.endswith("_tokens")]
+        if kinds:
+            parts.append(f"{label} {_amount(sum(rest.pop(kind) for kind in kinds))} tok")
+    billed = rest.pop("billed_seconds", None)
+    if billed is not None:
+        parts.append(f"{billed:.1f} s billed")
+    parts.extend(f"{kind} {_amount(amount)}" for kind, amount in sorted(rest.items()))
+    return ", ".join(parts) or "-"
+
+
+def _line(line: JournaledLine) -> Text:
+    """One transcript row: ``caller: ...``, ``agent: ...``, ``keys: 12#``, or ``tool: name(...)
+    -> ...`` (with the outcome when it is not ``ok``)."""
+    if line.role == "dtmf":
+        text = _plain("keys: ", "bold yellow")
+        text.append_text(_plain(line.text))
+        return text
+    if line.role == "tool":
+        text = _plain("tool: ", "bold magenta")
+        text.append_text(_plain(line.text, "dim"))
+        if line.tool is not None and line.tool.outcome != "ok":
+            text.append_text(_plain(f" ({line.tool.outcome})", "red"))
+        return text
+    text = _plain(f"{line.role}: ", "bold cyan" if line.role == "agent" else "bold")
+    text.append_text(_plain(line.text))
+    return text
 
 
 def _outcome(call: JournaledCall) -> Text:
@@ -86,20 +131,26 @@ def print_calls(console: Console, path: str | os.PathLike[str], limit: int = 20)
     # In a narrow terminal, cells fold onto more lines (never cut off).
     table.add_column("started (UTC)", overflow="fold")
     table.add_column("CallSid", overflow="fold")
+    table.add_column("agent", overflow="fold")
     table.add_column("reason", overflow="fold")
     table.add_column("duration", justify="right", overflow="fold")
     table.add_column("frames in/out", justify="right", overflow="fold")
     table.add_column("resumes", justify="right", overflow="fold")
     table.add_column("barge-ins", justify="right", overflow="fold")
+    table.add_column("tools", justify="right", overflow="fold")
+    table.add_column("usage", overflow="fold")
     for call in calls:
         table.add_row(
             _when(call.started_at),
             _sid(call),
+            _plain(call.agent or "-"),
             _outcome(call),
             _duration(call.duration_s),
             f"{call.frames_from_caller}/{call.frames_to_caller}",
             str(call.resumes),
             str(call.barge_ins),
+            str(call.tool_calls),
+            _usage(call.usage),
         )
     if console.is_terminal:
         console.print(table)
@@ -131,8 +182,9 @@ def print_transcript(console: Console, path: str | os.PathLike[str], call: str) 
         if number:
             console.print()
         ended = _outcome(entry)
+        agent = f", agent {entry.agent}" if entry.agent else ""
         header = _plain(
-            f"call {entry.call_sid or '-'} (voxbridge id {entry.call_id}), started "
+            f"call {entry.call_sid or '-'} (voxbridge id {entry.call_id}{agent}), started "
             f"{_when(entry.started_at)} UTC, {_duration(entry.duration_s)}: "
         )
         header.append_text(ended)
@@ -141,7 +193,5 @@ def print_transcript(console: Console, path: str | os.PathLike[str], call: str) 
         if not lines:
             console.print(Text("(no transcript lines)", style="dim"))
         for line in lines:
-            text = _plain(f"{line.role}: ", "bold cyan" if line.role == "agent" else "bold")
-            text.append_text(_plain(line.text))
-            console.print(text, soft_wrap=piped)
+            console.print(_line(line), soft_wrap=piped)
     return 0

@@ -115,8 +115,8 @@ def is_transfer_target(value: str) -> bool:
     if value.startswith("+"):
         return value[1:].isdigit() and value[1:].isascii() and 8 <= len(value) - 1 <= 15
     scheme, _, rest = value.partition(":")
-    return scheme.lower() in ("sip", "sips") and "@" in rest and not any(
-        c in rest for c in " <>\"\n\r"
+    return (
+        scheme.lower() in ("sip", "sips") and "@" in rest and not any(c in rest for c in ' <>"\n\r')
     )
 
 

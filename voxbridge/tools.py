@@ -124,9 +124,7 @@ TRANSFER_CALL = Tool(
     "once they have heard you.",
     {
         "type": "object",
-        "properties": {
-            "reason": {"type": "string", "description": "why the caller needs a human"}
-        },
+        "properties": {"reason": {"type": "string", "description": "why the caller needs a human"}},
     },
 )
 
@@ -209,4 +207,3 @@ async def run_tool(
     except TypeError as exc:
         log.warning("tool %s returned a value that is not JSON: %s", tool.name, exc)
         return exchange(_error("the tool returned a result that is not JSON"), "error")
-

@@ -1,7 +1,7 @@
 """Where a call's record and transcript go: the journal (sink) interface and the journals shipped.
 
 The call reports three things, synchronously and cheaply: it started (the carrier's ``start``
-arrived), a final transcript line arrived, it ended (with its :class:`~voxbridge.CallRecord`, whose
+arrived), a final transcript line (speech or key presses) or a tool exchange arrived, it ended (with its :class:`~voxbridge.CallRecord`, whose
 transcript is complete). Any object with those three methods -- :class:`CallJournal` -- is a sink:
 an embedder sends records anywhere (a queue, a message bus, a database of their own) by passing one
 to ``run_call(..., journal=...)`` or ``VoxbridgeApp(journal=...)``, or several at once with
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from .sqlite import JournalError, SQLiteJournal
 
 if TYPE_CHECKING:  # the session imports the journal; the journal only names its types
-    from ..providers.events import Transcript
+    from ..providers.events import HistoryItem
     from ..session.state import CallRecord, CallState
 
 __all__ = ["CallJournal", "FanoutJournal", "JournalError", "MemoryJournal", "SQLiteJournal"]
@@ -33,10 +33,12 @@ class CallJournal(Protocol):
 
     The call invokes each method from its own trio task, synchronously, exactly once per event, in
     order: ``call_started`` (not for a call that never got as far as the carrier's ``start``, or
-    was refused at it), ``transcript_line`` for each final line in the order heard, then
-    ``call_ended`` once, for every call, after its teardown. The ``state`` passed is the live,
-    mutable :class:`~voxbridge.session.CallState`: copy what you keep. ``record.transcript`` holds
-    every line given to ``transcript_line``, in the same order.
+    was refused at it), ``transcript_line`` for each item of the conversation in the order heard
+    -- a :class:`~voxbridge.providers.events.Transcript` (``role`` ``caller``, ``agent`` or
+    ``dtmf``) or a :class:`~voxbridge.providers.events.ToolExchange` -- then ``call_ended`` once,
+    for every call, after its teardown. The ``state`` passed is the live, mutable
+    :class:`~voxbridge.session.CallState`: copy what you keep. ``record.transcript`` holds every
+    item given to ``transcript_line``, in the same order.
 
     A method must return quickly and must not block (no disk or network I/O in the call's task:
     queue it, as :class:`~voxbridge.journal.sqlite.SQLiteJournal` does). It should not raise; if
@@ -46,7 +48,7 @@ class CallJournal(Protocol):
 
     def call_started(self, state: CallState) -> None: ...
 
-    def transcript_line(self, state: CallState, line: Transcript) -> None: ...
+    def transcript_line(self, state: CallState, line: HistoryItem) -> None: ...
 
     def call_ended(self, record: CallRecord) -> None: ...
 
@@ -67,7 +69,7 @@ class FanoutJournal:
     def call_started(self, state: CallState) -> None:
         self._each(lambda journal: journal.call_started(state))
 
-    def transcript_line(self, state: CallState, line: Transcript) -> None:
+    def transcript_line(self, state: CallState, line: HistoryItem) -> None:
         self._each(lambda journal: journal.transcript_line(state, line))
 
     def call_ended(self, record: CallRecord) -> None:
@@ -89,12 +91,12 @@ class FanoutJournal:
 class MemoryJournal:
     """The last ``history`` calls, in memory: transcripts as they arrive, records when calls end.
 
-    For tests and embedding: ``lines[call_id]`` (transcript lines, kept for the last ``history``
-    calls started) and ``records`` (the last ``history`` records).
+    For tests and embedding: ``lines[call_id]`` (transcript lines and tool exchanges, kept for
+    the last ``history`` calls started) and ``records`` (the last ``history`` records).
     """
 
     def __init__(self, history: int = 256) -> None:
-        self.lines: dict[str, list[Transcript]] = {}
+        self.lines: dict[str, list[HistoryItem]] = {}
         self.records: deque[CallRecord] = deque(maxlen=history)
         self._history = history
 
@@ -103,7 +105,7 @@ class MemoryJournal:
         while len(self.lines) > self._history:
             self.lines.pop(next(iter(self.lines)))
 
-    def transcript_line(self, state: CallState, line: Transcript) -> None:
+    def transcript_line(self, state: CallState, line: HistoryItem) -> None:
         self.lines.setdefault(state.call_id, []).append(line)
 
     def call_ended(self, record: CallRecord) -> None:

@@ -6,6 +6,10 @@ committed record (see :mod:`voxbridge.journal.sqlite` for the schema and the tim
 The file is opened ``mode=rw`` (SQLite falls back to read-only for a write-protected file) rather
 than ``mode=ro``: a read-only connection that is the last to close leaves the ``-wal`` and
 ``-shm`` files behind.
+
+A journal an older voxbridge wrote (schema version 1) is read as it is, never migrated: the columns
+it lacks read as the migration would fill them (``agent`` ``None``, ``usage`` ``{}``, counts 0,
+``tool`` ``None``).
 """
 
 from __future__ import annotations
@@ -19,15 +23,42 @@ from pathlib import Path
 
 import attrs
 
+from ..providers.events import ToolExchange
 from .sqlite import JournalError
 
 __all__ = ["JournaledCall", "JournaledLine", "find_calls", "read_lines", "recent_calls"]
 
 _CALL_COLUMNS = (
-    "call_id, call_sid, stream_sid, carrier, provider, status, started_at, ended_at, "
-    "crash_marked_at, duration_s, reason, detail, close_code, upstream_opened, frames_from_caller, "
-    "frames_to_caller, bytes_from_caller, bytes_to_caller, resumes, barge_ins, custom_parameters"
+    "call_id",
+    "call_sid",
+    "stream_sid",
+    "carrier",
+    "provider",
+    "status",
+    "started_at",
+    "ended_at",
+    "crash_marked_at",
+    "duration_s",
+    "reason",
+    "detail",
+    "close_code",
+    "upstream_opened",
+    "frames_from_caller",
+    "frames_to_caller",
+    "bytes_from_caller",
+    "bytes_to_caller",
+    "resumes",
+    "barge_ins",
+    "custom_parameters",
+    "agent",
+    "usage",
+    "tool_calls",
+    "dtmf_digits",
 )
+_LINE_COLUMNS = ("seq", "role", "text", "at", "tool")
+_EXCHANGE = tuple(field.name for field in attrs.fields(ToolExchange))  # the JSON's keys, in order
+# What a column added by a migration reads as in a journal not migrated yet (schema version 1).
+_ADDED = {"agent": "NULL", "usage": "'{}'", "tool_calls": "0", "dtmf_digits": "0", "tool": "NULL"}
 
 
 @attrs.frozen
@@ -55,16 +86,22 @@ class JournaledCall:
     resumes: int
     barge_ins: int
     custom_parameters: dict[str, str]
+    agent: str | None = None  # None: written by a voxbridge that did not journal agents
+    usage: dict[str, float] = attrs.field(factory=dict)  # kind -> amount
+    tool_calls: int = 0
+    dtmf_digits: int = 0
 
 
 @attrs.frozen
 class JournaledLine:
-    """One row of the ``transcript`` table."""
+    """One row of the ``transcript`` table: ``role`` ``caller``, ``agent``, ``dtmf`` (``text``:
+    the keys) or ``tool`` (``text``: ``name(arguments) -> output``; ``tool``: the exchange)."""
 
     seq: int
     role: str
     text: str
     at: str
+    tool: ToolExchange | None = None
 
 
 @contextmanager
@@ -88,16 +125,43 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
         connection.close()
 
 
+def _select(db: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> str:
+    """``columns`` for a SELECT from ``table``: a column the journal lacks (an older schema) as
+    the value a migration would give it."""
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    return ", ".join(
+        name if name in present or name not in _ADDED else f"{_ADDED[name]} AS {name}"
+        for name in columns
+    )
+
+
+def _json_object(text: object) -> dict[str, object]:
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        value = None
+    return value if isinstance(value, dict) else {}
+
+
 def _call(row: sqlite3.Row) -> JournaledCall:
     values = dict(row)
-    try:
-        parameters = json.loads(values["custom_parameters"])
-    except (TypeError, ValueError):
-        parameters = None
-    values["custom_parameters"] = parameters if isinstance(parameters, dict) else {}
+    values["custom_parameters"] = _json_object(values["custom_parameters"])
+    values["usage"] = {
+        kind: amount
+        for kind, amount in _json_object(values["usage"]).items()
+        if isinstance(amount, int | float) and not isinstance(amount, bool)
+    }
     opened = values["upstream_opened"]
     values["upstream_opened"] = None if opened is None else bool(opened)
     return JournaledCall(**values)
+
+
+def _line(row: sqlite3.Row) -> JournaledLine:
+    values = dict(row)
+    tool = _json_object(values["tool"])
+    parts = [text for key in _EXCHANGE if isinstance(text := tool.get(key), str)]
+    values["tool"] = ToolExchange(*parts) if len(parts) == len(_EXCHANGE) else None
+    return JournaledLine(**values)
 
 
 def recent_calls(path: str | os.PathLike[str], *, limit: int = 20) -> list[JournaledCall]:
@@ -107,8 +171,9 @@ def recent_calls(path: str | os.PathLike[str], *, limit: int = 20) -> list[Journ
         JournalError: no journal at ``path``, or not a voxbridge journal.
     """
     with _reading(path) as db:
+        columns = _select(db, "calls", _CALL_COLUMNS)
         rows = db.execute(
-            f"SELECT {_CALL_COLUMNS} FROM calls ORDER BY started_at DESC, rowid DESC LIMIT ?",
+            f"SELECT {columns} FROM calls ORDER BY started_at DESC, rowid DESC LIMIT ?",
             (limit,),
         ).fetchall()
     return [_call(row) for row in rows]
@@ -122,14 +187,13 @@ def find_calls(path: str | os.PathLike[str], call: str) -> list[JournaledCall]:
         JournalError: no journal at ``path``, or not a voxbridge journal.
     """
     with _reading(path) as db:
+        columns = _select(db, "calls", _CALL_COLUMNS)
         rows = db.execute(
-            f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_sid = ? ORDER BY started_at, rowid",
+            f"SELECT {columns} FROM calls WHERE call_sid = ? ORDER BY started_at, rowid",
             (call,),
         ).fetchall()
         if not rows:
-            rows = db.execute(
-                f"SELECT {_CALL_COLUMNS} FROM calls WHERE call_id = ?", (call,)
-            ).fetchall()
+            rows = db.execute(f"SELECT {columns} FROM calls WHERE call_id = ?", (call,)).fetchall()
     return [_call(row) for row in rows]
 
 
@@ -140,8 +204,8 @@ def read_lines(path: str | os.PathLike[str], call_id: str) -> list[JournaledLine
         JournalError: no journal at ``path``, or not a voxbridge journal.
     """
     with _reading(path) as db:
+        columns = _select(db, "transcript", _LINE_COLUMNS)
         rows = db.execute(
-            "SELECT seq, role, text, at FROM transcript WHERE call_id = ? ORDER BY seq",
-            (call_id,),
+            f"SELECT {columns} FROM transcript WHERE call_id = ? ORDER BY seq", (call_id,)
         ).fetchall()
-    return [JournaledLine(**dict(row)) for row in rows]
+    return [_line(row) for row in rows]

@@ -3,19 +3,32 @@
 What is stored (``SCHEMA``; ``PRAGMA user_version`` is :data:`SCHEMA_VERSION`):
 
 * ``calls``: one row per call. It is inserted with status ``live`` when the carrier's ``start``
-  arrives (:meth:`SQLiteJournal.call_started`) and completed with status ``ended`` when the call has
-  been torn down (:meth:`SQLiteJournal.call_ended`): reason, detail, close code, duration, frames
-  and audio bytes each way, provider session resumes, barge-ins. A call that ended before its start
-  row was written (refused at ``start``, or no ``start`` at all) still gets one complete row.
-* ``transcript``: the final transcript lines, one row each (``call_id``, ``seq`` from 0 in the
-  order the call heard them, ``role`` ``caller``/``agent``, ``text``, ``at``), appended as each line
-  arrives, so a line survives a crash later in the call. A gap in ``seq`` is a line that could not
-  be journaled when it arrived; the end of the call fills it in from the record's complete
-  transcript (with the end time as its ``at``) when it can.
+  arrives (:meth:`SQLiteJournal.call_started`, with the call's ``agent``) and completed with status
+  ``ended`` when the call has been torn down (:meth:`SQLiteJournal.call_ended`): reason, detail,
+  close code, duration, frames and audio bytes each way, provider session resumes, barge-ins, the
+  agent, the provider's ``usage`` (a JSON object, kind to amount: ``{"input_audio_tokens": 1200,
+  "output_audio_tokens": 3400}``, ``{"billed_seconds": 42.5}``; ``{}`` when none was reported),
+  ``tool_calls`` and ``dtmf_digits`` (keys pressed). A call that ended before its start row was
+  written (refused at ``start``, or no ``start`` at all) still gets one complete row.
+* ``transcript``: the conversation, one row per item (``call_id``, ``seq`` from 0 in the order
+  the call heard them, ``role``, ``text``, ``at``), appended as each item arrives, so a line
+  survives a crash later in the call. ``role`` is ``caller`` or ``agent`` for speech, ``dtmf`` for
+  keys pressed (``text``: the digits, ``"12#"``), or ``tool`` for a tool call: ``text`` is
+  :attr:`~voxbridge.providers.events.ToolExchange.text` (``name(arguments) -> output``) and
+  ``tool`` holds the exchange as a JSON object (``call_id``, ``name``, ``arguments``, ``output``,
+  ``outcome``), ``NULL`` on the other rows. A gap in ``seq`` is a line that could not be journaled
+  when it arrived; the end of the call fills it in from the record's complete transcript (with the
+  end time as its ``at``) when it can.
 * Opening the journal marks every row still ``live`` -- a call whose end this journal never
   learned: the process died, or the end record itself could not be written (counted) -- as
   ``crashed``, with the time of the mark in ``crash_marked_at``. One voxbridge process per file:
   a second process opening the same file would mark the first one's live calls crashed.
+
+Schema versions: opening a journal written by an older voxbridge migrates it in the same
+transaction that creates the tables (:data:`MIGRATIONS`: columns are only added, so an older
+voxbridge's rows read with the new columns' defaults -- ``agent`` ``NULL``, ``usage`` ``{}``,
+counts 0); a journal written by a newer voxbridge is refused. Readers
+(:mod:`voxbridge.journal.reader`) never migrate: they read an older journal as it is.
 
 Timestamps are text, ISO 8601 in UTC with milliseconds (``2026-05-01T12:00:03.250Z``): readable in
 any SQLite shell, ordered as text, and understood by SQLite's date functions
@@ -86,12 +99,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..metrics import Metrics
+from ..providers.events import ToolExchange
 
 if TYPE_CHECKING:  # the session imports the journal; the journal only names its types
-    from ..providers.events import Transcript
+    from ..providers.events import HistoryItem
     from ..session.state import CallRecord, CallState
 
 __all__ = [
+    "MIGRATIONS",
     "REDACTED_PARAMETERS",
     "SCHEMA",
     "SCHEMA_VERSION",
@@ -103,7 +118,7 @@ __all__ = [
 
 log = logging.getLogger("voxbridge.journal")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Records the queue holds at most (a few MB at worst); the last tenth is kept for end records.
 MAX_PENDING = 10_000
 #: Records written in one transaction at most.
@@ -142,7 +157,11 @@ CREATE TABLE IF NOT EXISTS calls (
     bytes_to_caller INTEGER NOT NULL DEFAULT 0,
     resumes INTEGER NOT NULL DEFAULT 0,
     barge_ins INTEGER NOT NULL DEFAULT 0,
-    custom_parameters TEXT NOT NULL DEFAULT '{}'
+    custom_parameters TEXT NOT NULL DEFAULT '{}',
+    agent TEXT,
+    usage TEXT NOT NULL DEFAULT '{}',
+    tool_calls INTEGER NOT NULL DEFAULT 0,
+    dtmf_digits INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS calls_by_started_at ON calls (started_at);
 CREATE INDEX IF NOT EXISTS calls_by_call_sid ON calls (call_sid);
@@ -153,26 +172,44 @@ CREATE TABLE IF NOT EXISTS transcript (
     role TEXT NOT NULL,
     text TEXT NOT NULL,
     at TEXT NOT NULL,
+    tool TEXT,
     PRIMARY KEY (call_id, seq)
 ) WITHOUT ROWID;
 """
 
+#: ``MIGRATIONS[n]`` brings a journal from schema version ``n`` to ``n + 1`` (a new journal is
+#: created at :data:`SCHEMA_VERSION` by :data:`SCHEMA`). The columns they add are the ones at the
+#: end of each table in ``SCHEMA``, in the same order, so a migrated journal and a new one have the
+#: same tables (tests/test_journal_sqlite.py compares them).
+MIGRATIONS: dict[int, str] = {
+    1: """
+ALTER TABLE calls ADD COLUMN agent TEXT;
+ALTER TABLE calls ADD COLUMN usage TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE calls ADD COLUMN tool_calls INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE calls ADD COLUMN dtmf_digits INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE transcript ADD COLUMN tool TEXT;
+""",
+}
+
 _INSERT_STARTED = """
 INSERT INTO calls (call_id, call_sid, stream_sid, carrier, provider, status, started_at,
-                   custom_parameters)
-VALUES (?, ?, ?, ?, ?, 'live', ?, ?)
+                   custom_parameters, agent)
+VALUES (?, ?, ?, ?, ?, 'live', ?, ?, ?)
 ON CONFLICT (call_id) DO NOTHING
 """
-_INSERT_LINE = "INSERT INTO transcript (call_id, seq, role, text, at) VALUES (?, ?, ?, ?, ?)"
+_INSERT_LINE = (
+    "INSERT INTO transcript (call_id, seq, role, text, at, tool) VALUES (?, ?, ?, ?, ?, ?)"
+)
 _FILL_LINE = (
-    "INSERT OR IGNORE INTO transcript (call_id, seq, role, text, at) VALUES (?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO transcript (call_id, seq, role, text, at, tool) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_ENDED = """
 INSERT INTO calls (call_id, call_sid, stream_sid, carrier, provider, status, started_at, ended_at,
                    duration_s, reason, detail, close_code, upstream_opened, frames_from_caller,
                    frames_to_caller, bytes_from_caller, bytes_to_caller, resumes, barge_ins,
-                   custom_parameters)
-VALUES (?, ?, ?, ?, ?, 'ended', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   custom_parameters, agent, usage, tool_calls, dtmf_digits)
+VALUES (?, ?, ?, ?, ?, 'ended', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (call_id) DO UPDATE SET
     call_sid = excluded.call_sid,
     stream_sid = excluded.stream_sid,
@@ -192,7 +229,11 @@ ON CONFLICT (call_id) DO UPDATE SET
     bytes_to_caller = excluded.bytes_to_caller,
     resumes = excluded.resumes,
     barge_ins = excluded.barge_ins,
-    custom_parameters = excluded.custom_parameters
+    custom_parameters = excluded.custom_parameters,
+    agent = excluded.agent,
+    usage = excluded.usage,
+    tool_calls = excluded.tool_calls,
+    dtmf_digits = excluded.dtmf_digits
 """
 _MARK_CRASHED = "UPDATE calls SET status = 'crashed', crash_marked_at = ? WHERE status = 'live'"
 
@@ -228,6 +269,28 @@ def iso_utc(wall: float) -> str:
     )
 
 
+def _compact(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _usage_json(usage: tuple[tuple[str, float], ...]) -> str:
+    """``{"kind": amount}``; a whole amount as an integer (tokens are counted, not measured).
+    A non-finite amount (no provider sends one) is left out: JSON has no infinity."""
+    return _compact(
+        {kind: int(n) if float(n).is_integer() else n for kind, n in usage if math.isfinite(n)}
+    )
+
+
+def _line_row(
+    call_id: str, seq: int, line: HistoryItem, wall: float
+) -> tuple[str, int, str, str, str, str | None]:
+    """A ``transcript`` row: a tool exchange as role ``tool``, its one-line text and its JSON."""
+    if isinstance(line, ToolExchange):
+        tool = _compact(attrs.asdict(line))
+        return (call_id, seq, "tool", line.text, iso_utc(wall), tool)
+    return (call_id, seq, line.role, line.text, iso_utc(wall), None)
+
+
 # --- queued items: immutable snapshots taken in the caller's thread -----------------------------
 
 
@@ -240,6 +303,7 @@ class _Started:
     carrier: str
     provider: str
     custom_parameters: tuple[tuple[str, str], ...]
+    agent: str
 
 
 @attrs.frozen(slots=True)
@@ -247,8 +311,7 @@ class _Line:
     wall: float
     call_id: str
     seq: int
-    role: str
-    text: str
+    line: HistoryItem
 
 
 @attrs.frozen(slots=True)
@@ -391,16 +454,24 @@ class SQLiteJournal:
                     extra={"journal": self.path},
                 )
             connection.execute("PRAGMA synchronous = FULL")
+            # The version is read inside the write transaction, so two processes opening an old
+            # journal at once migrate it once.
+            connection.execute("BEGIN IMMEDIATE")
             version = connection.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 raise JournalError(
                     f"journal {self.path!r} has schema version {version}, written by a newer "
                     f"voxbridge (this one knows {SCHEMA_VERSION})"
                 )
-            connection.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+            steps = (
+                [SCHEMA]
+                if version == 0
+                else [MIGRATIONS[v] for v in range(version, SCHEMA_VERSION)]
+            )
+            for script in steps:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        connection.execute(statement)
             connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             marked = connection.execute(_MARK_CRASHED, (iso_utc(self._clock()),)).rowcount
             connection.execute("COMMIT")
@@ -511,15 +582,16 @@ class SQLiteJournal:
                 state.carrier,
                 state.provider,
                 tuple(state.custom_parameters.items()),
+                state.agent,
             )
         )
 
-    def transcript_line(self, state: CallState, line: Transcript) -> None:
-        """Queue one final transcript line. Never blocks, never raises."""
+    def transcript_line(self, state: CallState, line: HistoryItem) -> None:
+        """Queue one final transcript line or tool exchange. Never blocks, never raises."""
         call_id = state.call_id
         seq = self._seq.get(call_id, 0)
         self._seq[call_id] = seq + 1
-        self._put(_Line(self._clock(), call_id, seq, line.role, line.text))
+        self._put(_Line(self._clock(), call_id, seq, line))
 
     def call_ended(self, record: CallRecord) -> None:
         """Queue the call's complete row (and any transcript line missing so far). Never blocks,
@@ -647,7 +719,7 @@ class SQLiteJournal:
     def _apply(self, connection: sqlite3.Connection, item: _Item) -> None:
         if type(item) is _Line:
             connection.execute(
-                _INSERT_LINE, (item.call_id, item.seq, item.role, item.text, iso_utc(item.wall))
+                _INSERT_LINE, _line_row(item.call_id, item.seq, item.line, item.wall)
             )
         elif type(item) is _Started:
             connection.execute(
@@ -660,6 +732,7 @@ class SQLiteJournal:
                     item.provider,
                     iso_utc(item.wall),
                     self._json(item.custom_parameters),
+                    item.agent,
                 ),
             )
         else:
@@ -687,6 +760,10 @@ class SQLiteJournal:
                     record.resumes,
                     record.barge_ins,
                     self._json(record.custom_parameters),
+                    record.agent,
+                    _usage_json(record.usage),
+                    record.tool_calls,
+                    record.dtmf_digits,
                 ),
             )
             # The record's transcript is complete: lines that could not be journaled when they
@@ -694,7 +771,7 @@ class SQLiteJournal:
             connection.executemany(
                 _FILL_LINE,
                 [
-                    (record.call_id, seq, line.role, line.text, ended)
+                    _line_row(record.call_id, seq, line, item.wall)
                     for seq, line in enumerate(record.transcript)
                 ],
             )
