@@ -1,4 +1,4 @@
-"""``voxbridge`` command line: serve, call, demo, calls, transcript.
+"""``voxbridge`` command line: serve, call, demo, calls, transcript, dial.
 
 Every ``Settings`` field is a ``serve`` flag and a ``VOXBRIDGE_*`` variable; flags win over the
 environment, the environment over defaults. Bad values exit with status 2 and a one-line message
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .agents import check_agents
 from .journal import JournalError
 from .logs import configure
 from .providers.registry import provider_for
@@ -111,6 +113,41 @@ def build_parser() -> argparse.ArgumentParser:
     transcript = commands.add_parser("transcript", help="print one call's transcript (--db)")
     transcript.add_argument("call_sid", metavar="CALL_SID", help="the CallSid (or voxbridge id)")
     _add_settings_flags(transcript, only=("db",))
+
+    dial = commands.add_parser(
+        "dial",
+        help="place an outbound call through Twilio's REST API, answered by this deployment",
+    )
+    dial.add_argument("to", metavar="TO", help="the number to call (E.164), or a sip: URI")
+    dial.add_argument(
+        "--from", dest="from_", required=True, metavar="FROM", help="your Twilio number (E.164)"
+    )
+    dial.add_argument("--agent", help="the agent that answers (from --agents; default: default)")
+    dial.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the call until it ends, then print its journal record (--db)",
+    )
+    dial.add_argument(
+        "--wait-timeout",
+        type=float,
+        default=600.0,
+        metavar="S",
+        help="with --wait: give up after S seconds (default 600)",
+    )
+    _add_settings_flags(
+        dial,
+        only=(
+            "public_url",
+            "twilio_account_sid",
+            "twilio_api_url",
+            "twilio_auth_token",
+            "agents",
+            "tools_module",  # the agents file is checked as serve checks it: with these two
+            "transfer_to",
+            "db",
+        ),
+    )
     return parser
 
 
@@ -121,6 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             settings = _settings(args)
             settings.agent_instructions()  # an unreadable --instructions-file: one line, exit 2
+            check_agents(settings)  # a bad --agents file or --tools-module: the same
             if settings.provider != "echo" or settings.provider_url:
                 provider_for(
                     settings
@@ -142,8 +180,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "calls":
                 return print_calls(console, db, args.limit)
             return print_transcript(console, db, args.call_sid)
+        elif args.command == "dial":
+            from .dial import plan_dial, run_dial
+
+            if not args.wait_timeout > 0:
+                raise SettingsError("--wait-timeout must be positive")
+            plan = plan_dial(_settings(args), args.to, args.from_, agent=args.agent)
+            return trio.run(
+                partial(run_dial, console, plan, wait=args.wait, wait_timeout=args.wait_timeout)
+            )
     except (SettingsError, JournalError) as exc:  # a bad setting, or a --db that cannot be opened
-        console.print(f"voxbridge: {exc}", style="red", soft_wrap=True)
+        # markup=False: a message may quote "[agents.sales]", which rich would take for a tag
+        console.print(f"voxbridge: {exc}", style="red", soft_wrap=True, markup=False)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,7 @@ itself: an OpenAI Realtime fake with fault knobs (and the echo agent built on it
 from .carrier import CallResult, CarrierSimulator, simulate_call
 from .echo_agent import AgentSession, EchoAgent
 from .fake_openai import FakeOpenAIRealtime
+from .fake_twilio import FakeCall, FakeTwilio, route_to
 from .fake_ultravox import FakeUltravox, Utterance
 from .faults import FaultStream
 from .proxy import FaultProxy, ProxiedConnection
@@ -17,11 +18,14 @@ __all__ = [
     "CallResult",
     "CarrierSimulator",
     "EchoAgent",
+    "FakeCall",
     "FakeOpenAIRealtime",
+    "FakeTwilio",
     "FakeUltravox",
     "FaultProxy",
     "FaultStream",
     "ProxiedConnection",
     "Utterance",
+    "route_to",
     "simulate_call",
 ]
