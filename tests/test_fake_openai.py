@@ -28,15 +28,36 @@ from trio_websocket import (
 )
 
 from voxbridge.errors import Reason
-from voxbridge.providers.events import ProviderError, SpeechStarted, Transcript
+from voxbridge.providers.events import (
+    ProviderError,
+    ResponseDone,
+    SpeechStarted,
+    ToolCall,
+    ToolExchange,
+    Transcript,
+    Usage,
+    dtmf_message,
+)
 from voxbridge.providers.openai_realtime import OpenAIRealtimeCodec
+from voxbridge.settings import OPENAI_MODEL
 from voxbridge.testing.echo_agent import EchoAgent
-from voxbridge.testing.fake_openai import AgentSession, FakeOpenAIRealtime
+from voxbridge.testing.fake_openai import (
+    GENERIC_ANSWER,
+    SPEECH_BYTES,
+    AgentSession,
+    FakeOpenAIRealtime,
+    FakeToolCall,
+    heard_text,
+    speech,
+    text_answer,
+    tool_answer,
+)
+from voxbridge.tools import END_CALL, Tool
 
 SERVER = TypeAdapter(RealtimeServerEvent)
 CLIENT = TypeAdapter(RealtimeClientEvent)
 BUDGET = 10.0  # real seconds per test
-CODEC = OpenAIRealtimeCodec("ga", voice="marin", instructions="Be brief.")
+CODEC = OpenAIRealtimeCodec(voice="marin", instructions="Be brief.")
 CHUNK = base64.b64encode(bytes(range(160))).decode()  # 20 ms of mu-law
 #: Session configuration fields the service sends that the SDK's request model does not declare.
 SESSION_EXTRAS = {"id", "object", "expires_at"}
@@ -200,18 +221,34 @@ async def test_session_update_history_and_events_in_validate() -> None:
     validate_all_sent(session)
 
 
+#: What the shut-down beta interface took (``OpenAI-Beta: realtime=v1``): the GA service refuses it.
+BETA_SESSION_UPDATE = {
+    "type": "session.update",
+    "session": {
+        "turn_detection": {"type": "server_vad"},
+        "input_audio_format": "g711_ulaw",
+        "output_audio_format": "g711_ulaw",
+        "voice": "alloy",
+        "modalities": ["text", "audio"],
+    },
+}
+BETA_AGENT_LINE = {
+    "type": "conversation.item.create",
+    "item": {"type": "message", "role": "assistant", "content": [{"type": "text", "text": "hi"}]},
+}
+
+
 async def test_beta_shapes_are_refused_as_the_ga_service_does() -> None:
     fake = FakeOpenAIRealtime()
-    beta = OpenAIRealtimeCodec("beta")
     with trio.fail_after(BUDGET):
         async with served(fake) as url, connected(url) as ws:
             seen: list[dict[str, Any]] = []
             await until(ws, "session.created", seen)
-            await ws.send_message(beta.session_update())
+            await ws.send_message(json.dumps(BETA_SESSION_UPDATE))
             error = (await until(ws, "error", seen))["error"]
             assert error["code"] == "missing_required_parameter"
             assert error["param"] == "session.type"
-            await ws.send_message(beta.history_item(Transcript("agent", "hi")))
+            await ws.send_message(json.dumps(BETA_AGENT_LINE))
             error = (await until(ws, "error", seen))["error"]
             assert (error["code"], error["param"]) == ("invalid_value", "item.content[0].type")
             both = {
@@ -424,7 +461,7 @@ async def test_api_key_is_checked_and_endpoint_carries_it() -> None:
         async with served(fake) as url:
             assert await rejection(url) == 401
             endpoint = fake.endpoint()
-            assert endpoint.name == "openai" and endpoint.url == url + "?model=gpt-realtime"
+            assert endpoint.name == "openai" and endpoint.url == f"{url}?model={OPENAI_MODEL}"
             assert "sk-fake" not in repr(endpoint)
             headers = [(k.encode(), v.encode()) for k, v in endpoint.headers]
             async with connected(endpoint.url, headers) as ws:
@@ -750,3 +787,429 @@ async def test_events_at_sends_raw_events_as_given(
     assert got_late["event_id"].startswith("event_1_")
     assert "event_id" not in late  # the caller's dict is left as it was
     assert fake.sessions[0].events_out[1:] == [novel, got_late]
+
+
+# --- tools, key presses, greetings, usage -------------------------------------------------------
+
+WEATHER = Tool(
+    "get_weather",
+    "The weather in a city.",
+    {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+GREETING = "Welcome to Acme."
+LET_ME_CHECK = speech("Let me check.")
+
+
+def spoken(events: list[dict[str, Any]], response_id: str) -> bytes:
+    """The audio of one response, as the client received it."""
+    return b"".join(
+        base64.b64decode(e["delta"])
+        for e in events
+        if e["type"] == "response.output_audio.delta" and e["response_id"] == response_id
+    )
+
+
+def decoded(codec: OpenAIRealtimeCodec, events: list[dict[str, Any]]) -> list[Any]:
+    return [codec.decode(json.dumps(event)) for event in events]
+
+
+def test_speech_is_deterministic_and_readable_back() -> None:
+    assert speech("Hi") == b"H" * SPEECH_BYTES + b"i" * SPEECH_BYTES
+    assert SPEECH_BYTES == 16 and len(speech("Oslo ✓")) == 16 * len("Oslo ✓".encode())
+    assert heard_text(speech('The result is {"c":-3} ✓')) == 'The result is {"c":-3} ✓'
+    assert heard_text(speech("abc")[:40]) == "abc"[:3]  # cut short: what was heard, rounded up
+    assert b"\xff" not in speech("any text ✓ at all")  # never mu-law silence
+    assert tool_answer('{"c":-3}') == 'The result is {"c":-3}'
+    assert text_answer("The caller pressed 1 on the keypad.") == (
+        "Noted: The caller pressed 1 on the keypad."
+    )
+    assert (
+        FakeToolCall("f", {"b": 1, "a": [True, None]}).arguments_text == '{"b":1,"a":[true,null]}'
+    )
+    assert FakeToolCall("f", "{not json").arguments_text == "{not json"
+    assert FakeToolCall("f").arguments_text == "{}"
+    with pytest.raises(ValueError, match="after_turn"):
+        FakeOpenAIRealtime(tool_calls=[FakeToolCall("f", after_turn=0)])
+
+
+async def test_a_whole_agent_conversation_over_a_real_socket() -> None:
+    """Greeting, a tool call after the caller's turn, its result answered, a key press answered:
+    every frame the bridge's codec builds is accepted, every answer is exact, and the usage the
+    codec decodes sums to the fake's own totals."""
+    fake = FakeOpenAIRealtime(
+        caller_transcripts=[(0.5, "What's the weather in Oslo?")],
+        tool_calls=[
+            FakeToolCall(
+                "get_weather", {"city": "Oslo"}, say=LET_ME_CHECK, transcript="Let me check."
+            )
+        ],
+    )
+    codec = OpenAIRealtimeCodec(voice="marin", tools=[WEATHER], greeting=GREETING)
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(BUDGET):
+        async with served(fake) as url, connected(url) as ws:
+            await until(ws, "session.created", seen)
+            for frame in codec.opening([]):
+                await ws.send_message(frame)
+            updated = await until(ws, "session.updated", seen)
+            assert [t["name"] for t in updated["session"]["tools"]] == ["get_weather"]
+            assert updated["session"]["tool_choice"] == "auto"
+            greeted = await until(ws, "response.done", seen)
+            assert spoken(seen, greeted["response"]["id"]) == speech(GREETING)
+
+            called = await until(ws, "response.done", seen)
+            event = codec.decode(json.dumps(called))
+            assert isinstance(event, ResponseDone) and event.status == "completed"
+            [call] = event.tool_calls
+            assert call == ToolCall("call_1_1", "get_weather", '{"city":"Oslo"}')
+            assert spoken(seen, called["response"]["id"]) == LET_ME_CHECK
+
+            exchange = ToolExchange(call.call_id, call.name, call.arguments, '{"celsius":-3}')
+            for frame in codec.tool_result(exchange, known=True):
+                await ws.send_message(frame)
+            answered = await until(ws, "response.done", seen)
+            heard = spoken(seen, answered["response"]["id"])
+            assert heard == speech('The result is {"celsius":-3}')
+            assert heard_text(heard) == tool_answer('{"celsius":-3}')
+
+            for frame in codec.dtmf("12#"):
+                await ws.send_message(frame)
+            noted = await until(ws, "response.done", seen)
+            assert heard_text(spoken(seen, noted["response"]["id"])) == text_answer(
+                dtmf_message("12#")
+            )
+        session = fake.sessions[0]
+        await session.closed.wait()
+    assert fake.greetings == session.greetings == [GREETING]
+    assert fake.tool_outputs == session.tool_outputs == [("call_1_1", '{"celsius":-3}')]
+    assert fake.user_texts == session.user_texts == ["The caller pressed 1 2 # on the keypad."]
+    assert [r.trigger for r in session.responses] == [
+        "greeting",
+        "tool_call",
+        "tool_answer",
+        "text_answer",
+    ]
+    assert [r.status for r in session.responses] == ["completed"] * 4
+    events = decoded(codec, seen)
+    transcripts = [e.text for e in events if isinstance(e, Transcript)]
+    assert transcripts == [
+        GREETING,
+        "What's the weather in Oslo?",
+        "Let me check.",
+        tool_answer('{"celsius":-3}'),
+        text_answer(dtmf_message("12#")),
+    ]
+    done = [e for e in events if isinstance(e, ResponseDone)]
+    assert [len(e.tool_calls) for e in done] == [0, 1, 0, 0]
+    metered: dict[str, float] = {}
+    for e in done:
+        assert e.usage is not None
+        for kind, amount in e.usage.counts:
+            metered[kind] = metered.get(kind, 0) + amount
+    assert metered == fake.usage_totals()
+    assert set(metered) == {
+        "input_text_tokens",
+        "input_cached_tokens",
+        "output_text_tokens",
+        "output_audio_tokens",
+    }  # no caller audio was sent: no input audio tokens
+    validate_all_sent(session)
+
+
+async def test_the_tool_call_response_as_the_service_streams_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(
+        caller_transcripts=[(1.0, "weather?")],
+        tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"}, call_id="call_abc")],
+    )
+    codec = OpenAIRealtimeCodec(tools=[WEATHER])
+    seen: list[tuple[float, dict[str, Any]]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            await ws.send_message(codec.session_update())
+            done = await timed_until(ws, "response.done", seen)
+    [record] = fake.sessions[0].responses
+    call = record.function_call
+    assert call is not None and call.sent and not record.message
+    assert (record.trigger, record.item_id, record.sent_bytes) == ("tool_call", call.item_id, 0)
+    events = [e for _, e in seen]
+    start = types(events).index("response.created")
+    assert types(events)[start:] == [
+        "response.created",
+        "response.output_item.added",
+        "conversation.item.added",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "conversation.item.done",
+        "response.done",
+    ]
+    arguments_done = events[start + 4]
+    assert arguments_done == {
+        "type": "response.function_call_arguments.done",
+        "event_id": arguments_done["event_id"],
+        "response_id": record.response_id,
+        "output_index": 0,
+        "item_id": call.item_id,
+        "call_id": "call_abc",
+        "name": "get_weather",
+        "arguments": '{"city":"Oslo"}',
+    }
+    assert done["response"]["output"] == [
+        {
+            "id": call.item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "completed",
+            "name": "get_weather",
+            "call_id": "call_abc",
+            "arguments": '{"city":"Oslo"}',
+        }
+    ]
+    assert seen[start][0] == 1.0  # right after the caller's turn
+    assert "call_abc" in fake.sessions[0].call_ids
+    validate_all_sent(fake.sessions[0])
+
+
+async def test_tool_calls_follow_their_turns_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(
+        caller_transcripts=[(1.0, "first"), (2.0, "second")],
+        tool_calls=[
+            FakeToolCall("get_weather", {"city": "B"}, after_turn=2),
+            FakeToolCall("get_weather", {"city": "A1"}),
+            FakeToolCall("end_call", say=speech("Bye."), transcript="Bye."),
+        ],
+    )
+    codec = OpenAIRealtimeCodec(tools=[WEATHER, END_CALL])
+    calls: list[tuple[float, ToolCall]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            await ws.send_message(codec.session_update())
+            while len(calls) < 3:
+                event = codec.decode(json.dumps(validated(await ws.get_message())))
+                if isinstance(event, ResponseDone):
+                    calls.extend((trio.current_time(), call) for call in event.tool_calls)
+    t0 = fake.sessions[0].accepted_at
+    assert t0 is not None
+    assert [(at - t0, call.name, call.arguments) for at, call in calls] == [
+        (1.0, "get_weather", '{"city":"A1"}'),
+        (pytest.approx(1.004), "end_call", "{}"),  # after one 20 ms chunk ("Bye.") at 5x
+        (2.0, "get_weather", '{"city":"B"}'),
+    ]
+    assert [call.call_id for _, call in calls] == ["call_1_1", "call_1_2", "call_1_3"]
+    assert [r.message for r in fake.sessions[0].responses] == [False, True, False]
+
+
+async def test_an_undeclared_tool_is_an_error_not_a_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(
+        caller_transcripts=[(1.0, "weather?")], tool_calls=[FakeToolCall("get_weather")]
+    )
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            await ws.send_message(CODEC.session_update())  # no tools declared
+            error = (await until(ws, "error", []))["error"]
+    assert (error["code"], error["param"]) == ("tool_not_declared", "session.tools")
+    assert "get_weather" in error["message"]
+    assert fake.sessions[0].responses == []
+    assert CODEC.decode(json.dumps({"type": "error", "error": error})) == ProviderError(
+        "tool_not_declared", error["message"]
+    )
+
+
+async def test_speech_started_during_the_words_cancels_the_call(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(
+        caller_transcripts=[(1.0, "weather?")],
+        tool_calls=[FakeToolCall("get_weather", {"city": "Oslo"}, say=bytes(8000))],
+        speech_started_at=[1.05],
+        speak_pace=1.0,
+    )
+    codec = OpenAIRealtimeCodec(tools=[WEATHER])
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            await ws.send_message(codec.session_update())
+            done = await until(ws, "response.done", [])
+    assert codec.decode(json.dumps(done)) == ResponseDone(
+        done["response"]["id"],
+        "cancelled",
+        (),
+        Usage((("output_audio_tokens", 4),)),
+    )
+    assert [item["type"] for item in done["response"]["output"]] == ["message"]
+    [record] = fake.sessions[0].responses
+    assert record.function_call is not None and not record.function_call.sent
+    assert record.function_call.call_id not in fake.sessions[0].call_ids
+    assert record.status == "cancelled" and record.sent_bytes == 3 * 160
+
+
+async def test_a_tool_result_needs_its_call_in_the_conversation(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A resumed session never saw the call: the output alone is refused, as by the service;
+    the call replayed first (``known=False``) is answered."""
+    exchange = ToolExchange("call_old", "get_weather", '{"city":"Oslo"}', '"sunny"')
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(BUDGET):
+        fake = FakeOpenAIRealtime()
+        async with in_memory(fake) as ws:
+            for frame in CODEC.tool_result(exchange, known=True):
+                await ws.send_message(frame)
+            error = (await until(ws, "error", seen))["error"]
+            generic = await until(ws, "response.done", seen)  # the create is answered anyway
+            for frame in CODEC.tool_result(exchange, known=False):
+                await ws.send_message(frame)
+            answered = await until(ws, "response.done", seen)
+    assert error["param"] == "item.call_id"
+    assert error["message"] == (
+        "No tool call found for function call output with call_id call_old."
+    )
+    assert heard_text(spoken(seen, generic["response"]["id"])) == GENERIC_ANSWER
+    assert heard_text(spoken(seen, answered["response"]["id"])) == 'The result is "sunny"'
+    session = fake.sessions[0]
+    assert session.tool_outputs == [("call_old", '"sunny"')]
+    assert [r.trigger for r in session.responses] == ["generic", "tool_answer"]
+    assert [e["item"]["type"] for e in session.items_created] == [
+        "function_call_output",
+        "function_call",
+        "function_call_output",
+    ]
+    validate_all_sent(session)
+
+
+async def test_a_response_create_while_one_is_active_is_refused(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeOpenAIRealtime(speak=[(0.0, SPOKEN)], speak_pace=1.0)
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            created = await until(ws, "response.created", seen)
+            for frame in CODEC.dtmf("5"):
+                await ws.send_message(frame)
+            error = await until(ws, "error", seen)
+            await until(ws, "response.done", seen)
+            for frame in CODEC.dtmf("6"):  # the response is over: now it is answered
+                await ws.send_message(frame)
+            noted = await until(ws, "response.done", seen)
+    assert error["error"]["code"] == "conversation_already_has_active_response"
+    assert created["response"]["id"] in error["error"]["message"]
+    assert CODEC.decode(json.dumps(error)) is None  # the expected race: not a provider error
+    assert fake.user_texts == [dtmf_message("6")]  # "5" was never answered
+    assert heard_text(spoken(seen, noted["response"]["id"])) == text_answer(dtmf_message("6"))
+    validate_all_sent(fake.sessions[0])
+
+
+async def test_usage_follows_the_documented_rule(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """input text: client text bytes // 4; input audio: caller bytes // 100; cached: the previous
+    response's input; output text: transcript bytes // 4; output audio: bytes sent // 100."""
+    fake = FakeOpenAIRealtime()
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            for _ in range(5):
+                await ws.send_message(CODEC.audio(CHUNK))  # 800 bytes of caller audio
+            for frame in CODEC.dtmf("1"):
+                await ws.send_message(frame)
+            first = await until(ws, "response.done", seen)
+            for frame in CODEC.dtmf("2"):
+                await ws.send_message(frame)
+            second = await until(ws, "response.done", seen)
+    message = dtmf_message("1")  # 35 bytes; the second is as long
+    said = text_answer(message)  # 42 bytes
+    assert (len(message.encode()), len(said.encode()), len(speech(said))) == (35, 42, 672)
+    assert first["response"]["usage"] == {
+        "total_tokens": 8 + 8 + 10 + 6,
+        "input_tokens": 8 + 8,
+        "output_tokens": 10 + 6,
+        "input_token_details": {"text_tokens": 8, "audio_tokens": 8, "cached_tokens": 0},
+        "output_token_details": {"text_tokens": 10, "audio_tokens": 6},
+    }
+    assert second["response"]["usage"]["input_token_details"] == {
+        "text_tokens": 17,  # 70 bytes
+        "audio_tokens": 8,
+        "cached_tokens": 16,  # the first's input
+    }
+    assert [r.usage for r in fake.sessions[0].responses] == [
+        {
+            "input_text_tokens": 8,
+            "input_audio_tokens": 8,
+            "input_cached_tokens": 0,
+            "output_text_tokens": 10,
+            "output_audio_tokens": 6,
+        },
+        {
+            "input_text_tokens": 17,
+            "input_audio_tokens": 8,
+            "input_cached_tokens": 16,
+            "output_text_tokens": 10,
+            "output_audio_tokens": 6,
+        },
+    ]
+    assert fake.usage_totals() == {
+        "input_text_tokens": 25,
+        "input_audio_tokens": 16,
+        "input_cached_tokens": 16,
+        "output_text_tokens": 20,
+        "output_audio_tokens": 12,
+    }
+
+
+async def test_a_greeting_of_any_prompt_is_spoken(autojump_clock: trio.testing.MockClock) -> None:
+    """The fake reads voxbridge's greeting prompt; any other instructions are said as they are."""
+    fake = FakeOpenAIRealtime()
+    seen: list[dict[str, Any]] = []
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            greet = OpenAIRealtimeCodec(greeting="Hello, caller.").opening([])[1]
+            await ws.send_message(greet)
+            first = await until(ws, "response.done", seen)
+            other = {"type": "response.create", "response": {"instructions": "Say hi."}}
+            await ws.send_message(json.dumps(other))
+            second = await until(ws, "response.done", seen)
+            await ws.send_message('{"type": "response.create", "response": 5}')
+            error = (await until(ws, "error", seen))["error"]
+    assert fake.greetings == ["Hello, caller.", "Say hi."]
+    assert heard_text(spoken(seen, first["response"]["id"])) == "Hello, caller."
+    assert heard_text(spoken(seen, second["response"]["id"])) == "Say hi."
+    assert first["response"]["output"][0]["content"] == [
+        {"type": "output_audio", "transcript": "Hello, caller."}
+    ]
+    assert (error["code"], error["param"]) == ("invalid_type", "response")
+    for event in fake.sessions[0].events_out:
+        validated(json.dumps(event))
+
+
+@pytest.mark.parametrize(
+    ("tools", "param"),
+    [
+        ("get_weather", "session.tools"),
+        ([{"type": "function", "name": "get weather"}], "session.tools[0].name"),
+        ([{"type": "function"}], "session.tools[0].name"),
+        ([{"type": "function", "name": "a" * 65}], "session.tools[0].name"),
+        (
+            [{"type": "function", "name": "f"}, {"type": "function", "name": "f"}],
+            "session.tools[1].name",
+        ),
+        ([{"type": "code", "name": "f"}], "session.tools[0].type"),
+        ([{"type": "function", "name": "f", "parameters": "{}"}], "session.tools[0].parameters"),
+    ],
+)
+async def test_bad_tool_declarations_are_refused(
+    autojump_clock: trio.testing.MockClock, tools: Any, param: str
+) -> None:
+    fake = FakeOpenAIRealtime()
+    update = {"type": "session.update", "session": {"type": "realtime", "tools": tools}}
+    with trio.fail_after(BUDGET):
+        async with in_memory(fake) as ws:
+            await ws.send_message(json.dumps(update))
+            error = (await until(ws, "error", []))["error"]
+    assert error["param"] == param
+    assert fake.sessions[0].config["tools"] == []  # nothing applied

@@ -20,9 +20,7 @@ def _echo(settings: Settings, echo_url: str | None) -> Provider:
     url = settings.provider_url or echo_url
     if url is None:
         raise SettingsError("the echo provider needs a running echo agent (echo_url)")
-    return OpenAIProvider.from_settings(
-        ProviderEndpoint("echo", checked_ws_url(url)), settings, flavour="ga"
-    )
+    return OpenAIProvider.from_settings(ProviderEndpoint("echo", checked_ws_url(url)), settings)
 
 
 def _openai(settings: Settings, echo_url: str | None) -> Provider:
@@ -31,10 +29,9 @@ def _openai(settings: Settings, echo_url: str | None) -> Provider:
     endpoint = openai_endpoint(
         checked_ws_url(settings.provider_url or OPENAI_URL),
         settings.openai_api_key,
-        flavour=settings.openai_flavour,  # type: ignore[arg-type]
         model=settings.openai_model,
     )
-    return OpenAIProvider.from_settings(endpoint, settings)  # flavour: the endpoint's
+    return OpenAIProvider.from_settings(endpoint, settings)
 
 
 def _ultravox(settings: Settings, echo_url: str | None) -> Provider:

@@ -10,12 +10,26 @@ package's ``RealtimeServerEvent`` union.
 What it does for a bridge:
 
 * ``session.created`` on connect; ``session.update`` is checked the way the GA service checks it (a
-  ``session.type``; no beta-only or unknown field; one output modality) and answered with
-  ``session.updated`` carrying the effective configuration, or with an ``error``.
+  ``session.type``; no beta-only or unknown field; one output modality; function tools with valid,
+  distinct names) and answered with ``session.updated`` carrying the effective configuration, or
+  with an ``error``.
 * ``conversation.item.create`` -> ``conversation.item.added`` + ``conversation.item.done`` (GA
-  content types per role checked); ``conversation.item.truncate`` -> ``conversation.item.truncated``,
-  or an ``error`` for an unknown item or a position past the audio sent; ``response.cancel``,
-  ``input_audio_buffer.commit`` / ``clear`` answered as the service does; unknown types -> ``error``.
+  content types per role checked; a ``function_call_output`` whose ``call_id`` the conversation
+  does not hold is refused, as the service refuses it); ``conversation.item.truncate`` ->
+  ``conversation.item.truncated``, or an ``error`` for an unknown item or a position past the audio
+  sent; ``response.cancel``, ``input_audio_buffer.commit`` / ``clear`` answered as the service
+  does; unknown types -> ``error``.
+* ``response.create`` -> a spoken response whose words follow from what it answers: the greeting
+  its ``response.instructions`` ask for, :func:`tool_answer` of a tool result, :func:`text_answer`
+  of a user text message (key presses); the audio is :func:`speech` of the words, which
+  :func:`heard_text` reads back from what a caller heard. While a response is active it gets the
+  ``conversation_already_has_active_response`` error instead, as from the service.
+* Tool calls (``tool_calls``): after the caller's k-th transcript, a response that may speak and
+  then calls a declared function (``response.function_call_arguments.*`` and the
+  ``function_call`` item in ``response.done``).
+* Usage: every ``response.done`` carries a ``usage`` object computed by a fixed rule
+  (``FakeOpenAIRealtime._usage``), kept in ``ResponseRecord.usage`` and summed by
+  :meth:`FakeOpenAIRealtime.usage_totals`.
 * Echo mode (``echo_delay``): each ``input_audio_buffer.append`` comes back ``echo_delay`` seconds
   later as a ``response.output_audio.delta`` (item ``item_echo``; after each ``speech_started``
   a new item and response, ``item_echo_2`` ..., as an agent answers each caller turn anew) -- what
@@ -37,7 +51,8 @@ What it does for a bridge:
 
 Each accepted connection is recorded as an :class:`AgentSession` (open/close times and code, every
 client event received, the truncates, item creates and ``session.update`` events, the responses
-spoken), so a test checks *from the provider's side* what the bridge did.
+made, the tool outputs, user texts and greetings answered), so a test checks *from the provider's
+side* what the bridge did.
 
 Every wait here is bounded: a fake that hangs would hide the bugs it exists to find.
 """
@@ -48,6 +63,7 @@ import base64
 import copy
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
@@ -60,13 +76,22 @@ from wsproto.utilities import LocalProtocolError
 
 from ..audio import BYTES_PER_MS, b64_size
 from ..providers.endpoint import ProviderEndpoint
-from ..providers.openai_realtime import openai_endpoint
+from ..providers.openai_realtime import GREETING_PROMPT, openai_endpoint
+from ..settings import OPENAI_MODEL
 from .faults import FaultStream, record_close
 
 __all__ = [
+    "GENERIC_ANSWER",
+    "SPEECH_BYTES",
     "AgentSession",
     "FakeOpenAIRealtime",
+    "FakeToolCall",
+    "FunctionCallRecord",
     "ResponseRecord",
+    "heard_text",
+    "speech",
+    "text_answer",
+    "tool_answer",
 ]
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -76,8 +101,89 @@ ECHO_ITEM = "item_echo"
 ECHO_RESPONSE = "resp_echo"
 SESSION_EXPIRED_MESSAGE = "Your session hit the maximum duration of 60 minutes."
 
+#: Mu-law bytes per UTF-8 byte of a text the fake says (2 ms): see :func:`speech`.
+SPEECH_BYTES = 16
+#: What the fake says to a ``response.create`` that answers nothing in particular.
+GENERIC_ANSWER = "How can I help?"
+ALREADY_ACTIVE = "conversation_already_has_active_response"
+
 Event = dict[str, Any]
 Send = Callable[[Event], Awaitable[bool]]
+
+
+def speech(text: str) -> bytes:
+    """The mu-law audio the fake sends when it says ``text``: each UTF-8 byte of ``text``
+    repeated :data:`SPEECH_BYTES` times (2 ms a byte; never ``0xff``, mu-law silence).
+
+    Deterministic and invertible, so a test can tell from the caller's side what was said:
+    :func:`heard_text`.
+    """
+    return bytes(byte for byte in text.encode("utf-8") for _ in range(SPEECH_BYTES))
+
+
+def heard_text(audio: bytes) -> str:
+    """The text whose :func:`speech` ``audio`` is (or starts with, for audio cut short); bytes
+    that are not UTF-8 become U+FFFD."""
+    return audio[::SPEECH_BYTES].decode("utf-8", "replace")
+
+
+def tool_answer(output: str) -> str:
+    """What the fake says (and its transcript) when it answers a tool result ``output``."""
+    return f"The result is {output}"
+
+
+def text_answer(text: str) -> str:
+    """What the fake says (and its transcript) when it answers a user text message ``text``
+    (the bridge's key presses)."""
+    return f"Noted: {text}"
+
+
+@attrs.frozen(eq=False)
+class FakeToolCall:
+    """A tool call the fake's model makes (the ``tool_calls`` knob).
+
+    After the caller's ``after_turn``-th turn -- the ``after_turn``-th caller transcript the session
+    sends (``caller_transcripts``: the fake hears the caller only through them) -- the fake
+    answers with one response: ``say`` (mu-law audio, optional, with ``transcript``) as an
+    assistant message, then a ``function_call`` output item calling ``name`` with ``arguments``.
+
+    Args:
+        name: the function called; it must be declared in ``session.update`` ``tools``, else the
+            fake sends an ``error`` (code ``tool_not_declared``) instead of the response.
+        arguments: a dict, sent as its compact JSON text, or a ``str`` sent as is (malformed
+            arguments for a test).
+        say: audio spoken before the call (none: the response is the call alone).
+        after_turn: the caller turn (1-based) it follows.
+        transcript: the transcript of ``say``.
+        call_id: the ``call_id``; ``None``: ``call_<session>_<n>``.
+    """
+
+    name: str
+    arguments: Mapping[str, Any] | str = attrs.field(factory=dict)
+    say: bytes = b""
+    after_turn: int = 1
+    transcript: str = ""
+    call_id: str | None = None
+
+    @property
+    def arguments_text(self) -> str:
+        """The ``arguments`` as sent."""
+        if isinstance(self.arguments, str):
+            return self.arguments
+        return json.dumps(dict(self.arguments), separators=(",", ":"))
+
+
+@attrs.define(eq=False)
+class FunctionCallRecord:
+    """The ``function_call`` output item of a response (see :class:`FakeToolCall`). ``sent`` is
+    false when the response was cancelled before the call went out."""
+
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+    sent: bool = False
+
 
 # What a GA ``session.update`` may name (RealtimeSessionCreateRequest and its audio config).
 _SESSION_KEYS = frozenset(
@@ -102,6 +208,7 @@ _AUDIO_KEYS = {
     "input": frozenset({"format", "noise_reduction", "transcription", "turn_detection"}),
     "output": frozenset({"format", "speed", "voice"}),
 }
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 # GA content part types a client may create, per message role.
 _CONTENT_TYPES = {
     "system": frozenset({"input_text"}),
@@ -145,7 +252,8 @@ def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
 
 @attrs.define(eq=False)
 class ResponseRecord:
-    """One agent turn the fake spoke (``speak`` or ``flood``). Times are ``trio.current_time()``."""
+    """One response the fake made (a scripted turn, a tool call, an answer to a
+    ``response.create``; see ``trigger``). Times are ``trio.current_time()``."""
 
     response_id: str
     item_id: str
@@ -160,6 +268,14 @@ class ResponseRecord:
     cancelled_at: float | None = None  # when the cancel arrived
     late_deltas: int = 0  # deltas sent after the cancel (``late_chunks``), counted in ``deltas``
     interrupted: trio.Event = attrs.Factory(trio.Event)
+    #: what made it: speak, flood, tool_call, tool_answer, text_answer, greeting, generic
+    trigger: str = "speak"
+    #: False for a response that is a function call alone (``item_id`` is then the call's item)
+    message: bool = True
+    function_call: FunctionCallRecord | None = None
+    #: The usage its ``response.done`` carried, as voxbridge's kinds (every kind, zeros too);
+    #: ``None`` until that event was sent.
+    usage: dict[str, int] | None = None
 
     @property
     def sent_ms(self) -> int:
@@ -185,6 +301,12 @@ class AgentSession:
     effective session configuration. ``corrupted`` lists ``(k, item_id)`` for each audio delta
     sent with a ``corrupt_deltas`` text (k: its 1-based number among the session's audio deltas);
     the records of audio sent (``ResponseRecord.sent_bytes``, ``items``) count its real audio.
+
+    ``tool_outputs`` (``(call_id, output)``), ``user_texts`` and ``greetings`` list what each
+    ``response.create`` of the session answered (see :class:`FakeOpenAIRealtime`);
+    ``caller_turns`` counts the caller transcripts sent; ``call_ids`` are the function calls the
+    conversation holds (the fake's own and those the client created); ``text_in_bytes`` is the
+    UTF-8 size of the text the client put in the conversation (for the usage rule).
     """
 
     stream: FaultStream
@@ -223,6 +345,24 @@ class AgentSession:
     _audio_deltas: int = 0  # audio deltas sent so far (echo and turns), for ``corrupt_deltas``
     _corrupt: Mapping[int, str] = attrs.Factory(dict)
     _speaking: trio.Lock = attrs.Factory(trio.Lock)
+    tool_outputs: list[tuple[str, str]] = attrs.Factory(list)
+    user_texts: list[str] = attrs.Factory(list)
+    greetings: list[str] = attrs.Factory(list)
+    caller_turns: int = 0
+    call_ids: set[str] = attrs.Factory(set)
+    text_in_bytes: int = 0
+    _last_created: dict[str, Any] | None = None  # the last item created since a response.create
+    _reserved: int = 0  # accepted response.create turns not yet started
+    _last_input_tokens: int = 0  # the previous response's input tokens: the cached prefix
+    _nursery: trio.Nursery | None = None
+    _calls: int = 0
+
+    @property
+    def active(self) -> str | None:
+        """The id of the response in progress (or about to start), if any."""
+        if self.current is not None:
+            return self.current.response_id
+        return "resp_pending" if self._reserved else None
 
     @property
     def echo_ids(self) -> tuple[str, str]:
@@ -235,6 +375,11 @@ class AgentSession:
     @property
     def is_closed(self) -> bool:
         return self.closed.is_set()
+
+    def next_call_id(self) -> str:
+        """``call_<session>_<k>`` for the session's k-th tool call."""
+        self._calls += 1
+        return f"call_{self.number}_{self._calls}"
 
     def next_id(self, prefix: str) -> str:
         self._ids += 1
@@ -282,6 +427,10 @@ class FakeOpenAIRealtime:
         events_at: ``(at, event)``: send this raw server event (JSON-encoded as given, an
             ``event_id`` added if it has none): provider input no other knob produces. Events due
             at the same time go out in the order given.
+        tool_calls: :class:`FakeToolCall` list: after the caller's ``after_turn``-th turn (its
+            ``after_turn``-th ``caller_transcripts`` entry), a response that says ``say`` and
+            calls the tool. Calls due after the same turn are separate responses, in the order
+            given.
         only_session: apply the scripted and fault knobs above (not the echo) to the
             ``only_session``-th connection only (1-based, counting refused ones).
         model: the model named by :meth:`endpoint` and in the initial session configuration.
@@ -313,8 +462,9 @@ class FakeOpenAIRealtime:
         session_expired_at: float | None = None,
         corrupt_deltas: Mapping[int, str] = MappingProxyType({}),
         events_at: Sequence[tuple[float, Mapping[str, Any]]] = (),
+        tool_calls: Sequence[FakeToolCall] = (),
         only_session: int | None = None,
-        model: str = "gpt-realtime",
+        model: str = OPENAI_MODEL,
         record_limit: int = 1000,
     ) -> None:
         if speak_pace <= 0 or chunk_ms <= 0:
@@ -323,6 +473,8 @@ class FakeOpenAIRealtime:
             raise ValueError("late_chunks must not be negative")
         if any(k < 1 for k in corrupt_deltas):
             raise ValueError("corrupt_deltas counts audio deltas from 1")
+        if any(call.after_turn < 1 for call in tool_calls):
+            raise ValueError("tool_calls count caller turns from 1 (after_turn)")
         self.echo_delay = echo_delay
         self.queue = queue
         self.speak = list(speak)
@@ -342,10 +494,17 @@ class FakeOpenAIRealtime:
         self.session_expired_at = session_expired_at
         self.corrupt_deltas = dict(corrupt_deltas)
         self.events_at = [(when, copy.deepcopy(dict(event))) for when, event in events_at]
+        self.tool_calls = list(tool_calls)
         self.only_session = only_session
         self.model = model
         self.record_limit = record_limit
         self.sessions: list[AgentSession] = []
+        #: What the ``response.create`` events of every session answered, in order (each
+        #: session also keeps its own): tool results ``(call_id, output)``, user text messages
+        #: (key presses), greetings (the text the model was asked to say).
+        self.tool_outputs: list[tuple[str, str]] = []
+        self.user_texts: list[str] = []
+        self.greetings: list[str] = []
         self.refused: list[AgentSession] = []
         self.connections = 0
         self.url: str | None = None
@@ -354,6 +513,17 @@ class FakeOpenAIRealtime:
     def scripted(self, number: int) -> bool:
         """Whether the scripted and fault knobs apply to connection ``number``."""
         return self.only_session is None or self.only_session == number
+
+    def usage_totals(self) -> dict[str, int]:
+        """The usage of every ``response.done`` sent, all sessions, summed per voxbridge kind
+        (``input_text_tokens``, ...); kinds that total 0 are left out, as voxbridge's codec
+        leaves zero counts out. Compare with a call's metered usage."""
+        totals: dict[str, int] = {}
+        for session in self.sessions:
+            for record in session.responses:
+                for kind, amount in (record.usage or {}).items():
+                    totals[kind] = totals.get(kind, 0) + amount
+        return {kind: amount for kind, amount in totals.items() if amount}
 
     # --- serving ------------------------------------------------------------------------------
 
@@ -466,6 +636,7 @@ class FakeOpenAIRealtime:
         send: Send = partial(self._send, session, ws)
         playback_in, playback_out = trio.open_memory_channel[tuple[float, str]](self.queue)
         async with trio.open_nursery() as nursery:
+            session._nursery = nursery  # for the responses a response.create starts
             if self.echo_delay is not None:
                 nursery.start_soon(self._play, send, playback_out, session)
             created = {"type": "session.created", "event_id": self._event_id(session)}
@@ -585,6 +756,8 @@ class FakeOpenAIRealtime:
         elif kind == "conversation.item.truncate":
             session.truncates.append(event)
             await self._truncate(session, send, event, error)
+        elif kind == "response.create":
+            await self._response_create(session, send, event, error)
         elif kind == "response.cancel":
             current, named = session.current, event.get("response_id")
             if current is None or (named is not None and named != current.response_id):
@@ -677,6 +850,37 @@ class FakeOpenAIRealtime:
                         param=f"item.content[{index}].type",
                     )
                     return
+            texts = [part.get("text") for part in content]
+            session.text_in_bytes += sum(len(t.encode()) for t in texts if isinstance(t, str))
+        elif item.get("type") == "function_call":
+            for field in ("call_id", "name", "arguments"):
+                if not isinstance(item.get(field), str):
+                    await error(
+                        "missing_required_parameter",
+                        f"Missing required parameter: 'item.{field}'.",
+                        param=f"item.{field}",
+                    )
+                    return
+            session.call_ids.add(item["call_id"])
+            session.text_in_bytes += len(item["arguments"].encode())
+        elif item.get("type") == "function_call_output":
+            call_id, output = item.get("call_id"), item.get("output")
+            if not isinstance(call_id, str) or not isinstance(output, str):
+                param = "item.call_id" if not isinstance(call_id, str) else "item.output"
+                await error(
+                    "missing_required_parameter",
+                    f"Missing required parameter: '{param}'.",
+                    param=param,
+                )
+                return
+            if call_id not in session.call_ids:  # as the service: the call must be known
+                await error(
+                    "invalid_value",
+                    f"No tool call found for function call output with call_id {call_id}.",
+                    param="item.call_id",
+                )
+                return
+            session.text_in_bytes += len(output.encode())
         item_id = item.get("id")
         if not isinstance(item_id, str):
             item_id = session.next_id("item")
@@ -693,6 +897,7 @@ class FakeOpenAIRealtime:
             )
         session.items.setdefault(item_id, 0)
         session._last_item = item_id
+        session._last_created = created
 
     async def _truncate(
         self, session: AgentSession, send: Send, event: Event, error: Callable[..., Awaitable[None]]
@@ -768,21 +973,42 @@ class FakeOpenAIRealtime:
         transcript: str,
         pace: float | None = None,
         chunk_ms: int | None = None,
+        *,
+        trigger: str = "speak",
+        function_call: FakeToolCall | None = None,
+        reserved: bool = False,
     ) -> None:
-        """Speak one agent turn: the whole response lifecycle, audio faster than real time."""
+        """Make one response: the whole lifecycle, audio faster than real time.
+
+        ``function_call``: the response ends with that call (after ``audio``, if any).
+        ``reserved``: a ``response.create`` accepted this response (``session._reserved``).
+        """
         pace = self.speak_pace if pace is None else pace
         chunk = (self.chunk_ms if chunk_ms is None else chunk_ms) * BYTES_PER_MS
         async with session._speaking:
+            message = bool(audio or transcript or function_call is None)
             record = ResponseRecord(
                 response_id=session.next_id("resp"),
                 item_id=session.next_id("item"),
                 started_at=trio.current_time(),
                 audio=audio,
                 transcript=transcript,
+                trigger=trigger,
+                message=message,
             )
+            if function_call is not None:
+                record.function_call = FunctionCallRecord(
+                    item_id=record.item_id if not message else session.next_id("item"),
+                    call_id=function_call.call_id or session.next_call_id(),
+                    name=function_call.name,
+                    arguments=function_call.arguments_text,
+                )
             session.responses.append(record)
             session.current = record
-            session.items[record.item_id] = 0
+            if reserved:
+                session._reserved -= 1
+            if message:
+                session.items[record.item_id] = 0
             try:
                 await self._respond(session, send, record, chunk, pace)
             finally:
@@ -792,7 +1018,6 @@ class FakeOpenAIRealtime:
     async def _respond(
         self, session: AgentSession, send: Send, record: ResponseRecord, chunk: int, pace: float
     ) -> None:
-        ids = {"response_id": record.response_id, "item_id": record.item_id, "output_index": 0}
         voice = session.config.get("audio", {}).get("output", {}).get("voice", "alloy")
         output_format = session.config.get("audio", {}).get("output", {}).get("format")
         response: dict[str, Any] = {
@@ -808,6 +1033,91 @@ class FakeOpenAIRealtime:
             "usage": None,
             "metadata": None,
         }
+        event_id = partial(self._event_id, session)
+        await send({"type": "response.created", "event_id": event_id(), "response": response})
+        output: list[dict[str, Any]] = []
+        record.status = "completed"
+        if record.message:
+            output.append(await self._message(session, send, record, chunk, pace))
+        call = record.function_call
+        if call is not None and record.status == "completed":
+            if record.interrupted.is_set():  # cancelled before the call went out
+                record.status = "cancelled"
+            else:
+                output.append(await self._function_call(session, send, record, call, len(output)))
+        details: dict[str, Any] | None = None
+        if record.status == "cancelled":
+            details = {"type": "cancelled", "reason": record.reason}
+        elif record.status == "failed":
+            details = {"type": "failed", "error": {"type": "server_error", "code": "send_timeout"}}
+        usage = self._usage(session, record)
+        done = {
+            **response,
+            "status": record.status,
+            "status_details": details,
+            "output": output,
+            "usage": {
+                "total_tokens": sum(usage.values()) - usage["input_cached_tokens"],
+                "input_tokens": usage["input_text_tokens"] + usage["input_audio_tokens"],
+                "output_tokens": usage["output_text_tokens"] + usage["output_audio_tokens"],
+                "input_token_details": {
+                    "text_tokens": usage["input_text_tokens"],
+                    "audio_tokens": usage["input_audio_tokens"],
+                    "cached_tokens": usage["input_cached_tokens"],
+                },
+                "output_token_details": {
+                    "text_tokens": usage["output_text_tokens"],
+                    "audio_tokens": usage["output_audio_tokens"],
+                },
+            },
+        }
+        if session.current is record:
+            session.current = None  # over: a response.create may follow at once
+        if await send({"type": "response.done", "event_id": event_id(), "response": done}):
+            record.usage = usage
+        await send(
+            {
+                "type": "rate_limits.updated",
+                "event_id": event_id(),
+                "rate_limits": [
+                    {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
+                    {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5},
+                ],
+            }
+        )
+
+    @staticmethod
+    def _usage(session: AgentSession, record: ResponseRecord) -> dict[str, int]:
+        """The usage rule (every count an integer division, so a test can predict it):
+
+        * input_text_tokens: UTF-8 bytes of the text the client put in the conversation so far
+          (``session.text_in_bytes``) // 4;
+        * input_audio_tokens: caller audio bytes received so far (``audio_in_bytes``) // 100;
+        * input_cached_tokens: the previous response's input tokens (text + audio) in this
+          session, 0 for the first (the prefix the service has cached);
+        * output_text_tokens: UTF-8 bytes of the transcript and the call's arguments // 4;
+        * output_audio_tokens: audio bytes the response sent (``sent_bytes``) // 100.
+        """
+        input_text = session.text_in_bytes // 4
+        input_audio = session.audio_in_bytes // 100
+        cached, session._last_input_tokens = session._last_input_tokens, input_text + input_audio
+        call = record.function_call
+        said = len(record.transcript.encode()) if record.message else 0
+        arguments = len(call.arguments.encode()) if call is not None and call.sent else 0
+        return {
+            "input_text_tokens": input_text,
+            "input_audio_tokens": input_audio,
+            "input_cached_tokens": cached,
+            "output_text_tokens": (said + arguments) // 4,
+            "output_audio_tokens": record.sent_bytes // 100,
+        }
+
+    async def _message(
+        self, session: AgentSession, send: Send, record: ResponseRecord, chunk: int, pace: float
+    ) -> dict[str, Any]:
+        """The assistant message of a response (output index 0): its audio and transcript.
+        Sets ``record.status``; returns the item as done."""
+        ids = {"response_id": record.response_id, "item_id": record.item_id, "output_index": 0}
         item: dict[str, Any] = {
             "id": record.item_id,
             "object": "realtime.item",
@@ -817,7 +1127,6 @@ class FakeOpenAIRealtime:
             "content": [],
         }
         event_id = partial(self._event_id, session)
-        await send({"type": "response.created", "event_id": event_id(), "response": response})
         await send(
             {
                 "type": "response.output_item.added",
@@ -927,36 +1236,145 @@ class FakeOpenAIRealtime:
             }
         )
         await send({"type": "conversation.item.done", "event_id": event_id(), "item": done_item})
-        details: dict[str, Any] | None = None
-        if record.status == "cancelled":
-            details = {"type": "cancelled", "reason": record.reason}
-        elif record.status == "failed":
-            details = {"type": "failed", "error": {"type": "server_error", "code": "send_timeout"}}
-        audio_tokens = record.sent_ms // 50
-        done = {
-            **response,
-            "status": record.status,
-            "status_details": details,
-            "output": [done_item],
-            "usage": {
-                "total_tokens": audio_tokens,
-                "input_tokens": 0,
-                "output_tokens": audio_tokens,
-                "input_token_details": {"text_tokens": 0, "audio_tokens": 0, "cached_tokens": 0},
-                "output_token_details": {"text_tokens": 0, "audio_tokens": audio_tokens},
-            },
+        return done_item
+
+    async def _function_call(
+        self,
+        session: AgentSession,
+        send: Send,
+        record: ResponseRecord,
+        call: FunctionCallRecord,
+        index: int,
+    ) -> dict[str, Any]:
+        """The ``function_call`` output item at ``index``, streamed as the service streams one
+        (its arguments in one delta). Returns the item as done."""
+        event_id = partial(self._event_id, session)
+        item: dict[str, Any] = {
+            "id": call.item_id,
+            "object": "realtime.item",
+            "type": "function_call",
+            "status": "in_progress",
+            "name": call.name,
+            "call_id": call.call_id,
+            "arguments": "",
         }
-        await send({"type": "response.done", "event_id": event_id(), "response": done})
+        where = {"response_id": record.response_id, "output_index": index}
+        await send(
+            {"type": "response.output_item.added", "event_id": event_id(), **where, "item": item}
+        )
         await send(
             {
-                "type": "rate_limits.updated",
+                "type": "conversation.item.added",
                 "event_id": event_id(),
-                "rate_limits": [
-                    {"name": "requests", "limit": 5000, "remaining": 4999, "reset_seconds": 0.012},
-                    {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5},
-                ],
+                "previous_item_id": session._last_item,
+                "item": item,
             }
         )
+        session._last_item = call.item_id
+        ids = {**where, "item_id": call.item_id, "call_id": call.call_id}
+        await send(
+            {
+                "type": "response.function_call_arguments.delta",
+                "event_id": event_id(),
+                **ids,
+                "delta": call.arguments,
+            }
+        )
+        await send(
+            {
+                "type": "response.function_call_arguments.done",
+                "event_id": event_id(),
+                **ids,
+                "name": call.name,
+                "arguments": call.arguments,
+            }
+        )
+        done_item = {**item, "status": "completed", "arguments": call.arguments}
+        await send(
+            {
+                "type": "response.output_item.done",
+                "event_id": event_id(),
+                **where,
+                "item": done_item,
+            }
+        )
+        await send({"type": "conversation.item.done", "event_id": event_id(), "item": done_item})
+        call.sent = True
+        session.call_ids.add(call.call_id)
+        return done_item
+
+    async def _tool_call(self, session: AgentSession, send: Send, call: FakeToolCall) -> None:
+        """A :class:`FakeToolCall` response, if the session declared the tool."""
+        tools = session.config.get("tools")
+        declared = {
+            tool.get("name")
+            for tool in (tools if isinstance(tools, list) else [])
+            if isinstance(tool, dict) and tool.get("type") == "function"
+        }
+        if call.name not in declared:
+            await self._error(
+                session,
+                send,
+                "tool_not_declared",
+                f"The fake model was scripted to call {call.name!r}, but session.update "
+                "declared no function tool of that name.",
+                param="session.tools",
+            )
+            return
+        await self._turn(
+            session, send, call.say, call.transcript, trigger="tool_call", function_call=call
+        )
+
+    async def _response_create(
+        self, session: AgentSession, send: Send, event: Event, error: Callable[..., Awaitable[None]]
+    ) -> None:
+        """Answer a ``response.create``: say something derived from what it answers.
+
+        With ``response.instructions`` (voxbridge's greeting): the text after
+        :data:`GREETING_PROMPT` (or the whole instructions, for any other prompt), recorded in
+        ``greetings``. Otherwise, by the last item created since the previous ``response.create``:
+        a ``function_call_output`` -> :func:`tool_answer` of its output (recorded in
+        ``tool_outputs``); a user message -> :func:`text_answer` of its text (``user_texts``);
+        anything else -> :data:`GENERIC_ANSWER`. The audio is :func:`speech` of the text, the
+        transcript the text. While a response is active: the
+        ``conversation_already_has_active_response`` error, as the service answers.
+        """
+        response = event.get("response")
+        if response is not None and not isinstance(response, dict):
+            await error("invalid_type", "Invalid type for 'response'.", param="response")
+            return
+        active = session.active
+        if active is not None:
+            await error(
+                ALREADY_ACTIVE,
+                f"Conversation already has an active response in progress: {active}. Wait "
+                "until the response is finished before creating a new one.",
+            )
+            return
+        last, session._last_created = session._last_created, None
+        instructions = (response or {}).get("instructions")
+        if isinstance(instructions, str) and instructions:
+            session.text_in_bytes += len(instructions.encode())
+            said, trigger = instructions.removeprefix(GREETING_PROMPT), "greeting"
+            session.greetings.append(said)
+            self.greetings.append(said)
+        elif last is not None and last.get("type") == "function_call_output":
+            result = (last["call_id"], last["output"])
+            session.tool_outputs.append(result)
+            self.tool_outputs.append(result)
+            said, trigger = tool_answer(last["output"]), "tool_answer"
+        elif last is not None and last.get("type") == "message" and last.get("role") == "user":
+            texts = [part.get("text") for part in last.get("content", [])]
+            text = " ".join(t for t in texts if isinstance(t, str))
+            session.user_texts.append(text)
+            self.user_texts.append(text)
+            said, trigger = text_answer(text), "text_answer"
+        else:
+            said, trigger = GENERIC_ANSWER, "generic"
+        assert session._nursery is not None
+        session._reserved += 1
+        turn = partial(self._turn, trigger=trigger, reserved=True)
+        session._nursery.start_soon(turn, session, send, speech(said), said)
 
     async def _speech_started(self, session: AgentSession, send: Send) -> None:
         session.speech_started_at.append(trio.current_time())
@@ -1002,6 +1420,10 @@ class FakeOpenAIRealtime:
                 "usage": {"type": "duration", "seconds": 1.0},
             }
         )
+        session.caller_turns += 1  # the fake hears the caller only through these transcripts
+        for call in self.tool_calls:  # in order: calls after the same turn keep theirs
+            if call.after_turn == session.caller_turns:
+                await self._tool_call(session, send, call)
 
     async def _error(
         self,
@@ -1134,4 +1556,39 @@ def _session_problem(update: dict[str, Any]) -> tuple[str, str, str] | None:
             "session.output_modalities",
             "output_modalities must be ['audio'] or ['text']; both at once is not supported.",
         )
+    return _tools_problem(update)
+
+
+def _tools_problem(update: dict[str, Any]) -> tuple[str, str, str] | None:
+    """What the service would object to in ``tools`` and ``tool_choice`` (function tools: a
+    name of 1-64 ``[A-Za-z0-9_-]``, an object ``parameters`` schema; no duplicate names)."""
+    tools = update.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            return ("invalid_type", "session.tools", "Invalid type for 'session.tools'.")
+        names: set[str] = set()
+        for index, tool in enumerate(tools):
+            param = f"session.tools[{index}]"
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            if kind not in ("function", "mcp"):
+                return ("invalid_value", f"{param}.type", f"Invalid value: {kind!r}.")
+            if kind != "function":
+                continue
+            name = tool.get("name")
+            if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+                return (
+                    "invalid_value",
+                    f"{param}.name",
+                    f"Invalid '{param}.name': string does not match pattern "
+                    "'^[a-zA-Z0-9_-]{1,64}$'.",
+                )
+            if name in names:
+                return ("invalid_value", f"{param}.name", f"Duplicate tool name: {name!r}.")
+            names.add(name)
+            schema = tool.get("parameters")
+            if schema is not None and not isinstance(schema, dict):
+                return ("invalid_type", f"{param}.parameters", f"Invalid type for '{param}'.")
+    choice = update.get("tool_choice")
+    if choice not in (None, "auto", "none", "required") and not isinstance(choice, dict):
+        return ("invalid_value", "session.tool_choice", f"Invalid value: {choice!r}.")
     return None
