@@ -76,10 +76,16 @@ async def bridged(
     settings: Settings,
     *,
     provider_type: type[OpenAIProvider] = OpenAIProvider,
+    call_options: dict[str, Any] | None = None,
+    journal: MemoryJournal | None = None,
     **caller: Any,
 ) -> AsyncIterator[Outcome]:
-    """One call: simulator -> bridge -> fake, all in memory. The body runs alongside the call."""
+    """One call: simulator -> bridge -> fake, all in memory. The body runs alongside the call.
+
+    ``call_options`` go to ``run_call`` (tools, agent, ...); ``caller`` to the simulator."""
     outcome = Outcome()
+    if journal is not None:
+        outcome.journal = journal
     with trio.fail_after(10_000):  # virtual seconds: a hang fails instead of spinning for ever
         async with trio.open_nursery() as nursery:
             caller_end, bridge_end = trio.testing.memory_stream_pair()
@@ -104,6 +110,7 @@ async def bridged(
                     registry=outcome.registry,
                     journal=outcome.journal,
                     connect_stream=memory_connector(nursery, fake),  # type: ignore[arg-type]
+                    **(call_options or {}),
                 )
                 outcome.ended_at = trio.current_time()
                 done[1].set()

@@ -64,7 +64,7 @@ async def test_openai_barge_in_over_real_sockets() -> None:
     # the session was configured for mu-law passthrough with transcription on
     audio = session.session_updates[0]["session"]["audio"]
     assert audio["input"]["format"] == {"type": "audio/pcmu"}
-    assert audio["input"]["transcription"]["model"] == "whisper-1"
+    assert audio["input"]["transcription"]["model"] == "gpt-transcribe"
 
 
 async def test_openai_drop_is_resumed_over_real_sockets() -> None:

@@ -156,9 +156,9 @@ def parse_arguments(call: ToolCall) -> dict[str, Any]:
 
 
 async def run_tool(
-    call: ToolCall, tool: Tool | None, context: ToolContext, *, timeout: float
+    call: ToolCall, tool: Tool | None, context: ToolContext, *, seconds: float
 ) -> ToolExchange:
-    """Run one tool call under ``timeout`` seconds and say what the model should hear.
+    """Run one tool call within ``seconds`` and say what the model should hear.
 
     Never raises for the tool's sake (an exception or a timeout becomes an error result);
     a cancellation of the surrounding scope propagates.
@@ -167,7 +167,7 @@ async def run_tool(
         call: the model's request.
         tool: the offered tool of that name, or ``None`` (the model named one not offered).
         context: the call the tool serves.
-        timeout: seconds the handler may take (``--tool-timeout``).
+        seconds: how long the handler may take (``--tool-timeout``).
 
     Returns:
         The exchange: the call, the JSON result given to the model, and the outcome label.
@@ -186,7 +186,7 @@ async def run_tool(
     except ValueError as exc:
         return exchange(_error(str(exc)), "bad_arguments")
     result: object = None
-    with trio.move_on_after(timeout) as waited:
+    with trio.move_on_after(seconds) as waited:
         try:
             result = await tool.handler(arguments, context)
         except Exception as exc:
@@ -198,10 +198,10 @@ async def run_tool(
         log.warning(
             "tool %s did not answer within tool_timeout=%gs",
             tool.name,
-            timeout,
+            seconds,
             extra={"call_id": context.call_id},
         )
-        return exchange(_error(f"the tool did not answer within {timeout:g} s"), "timeout")
+        return exchange(_error(f"the tool did not answer within {seconds:g} s"), "timeout")
     try:
         return exchange(_json(result), "ok")
     except TypeError as exc:

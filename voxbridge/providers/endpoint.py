@@ -22,7 +22,6 @@ class ProviderEndpoint:
     name: str
     url: str = attrs.field(repr=lambda url: _without_query(url))
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), repr=False)
-    flavour: str = "ga"
 
     @property
     def host(self) -> str:

@@ -47,6 +47,7 @@ def _ultravox(settings: Settings, echo_url: str | None) -> Provider:
         system_prompt=settings.agent_instructions(),
         model=settings.ultravox_model,
         connect_timeout=settings.connect_timeout,
+        tool_timeout=settings.tool_timeout,
     )
 
 

@@ -50,10 +50,10 @@ every ``repr``, log line and error message (a server that echoes it back is scru
 from __future__ import annotations
 
 import json
-from functools import partial
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 

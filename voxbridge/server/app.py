@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qs
 from xml.sax.saxutils import quoteattr
 
@@ -39,10 +39,8 @@ import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..agents import AgentConfig, Agents, load_agents, load_tools
-
-if TYPE_CHECKING:
-    from ..carriers.twilio_rest import TwilioRest
 from ..carriers.twilio import Start
+from ..carriers.twilio_rest import TwilioRest, hangup_twiml
 from ..errors import Disconnect, Reason
 from ..journal import CallJournal, SQLiteJournal
 from ..metrics import Metrics
@@ -495,8 +493,6 @@ class VoxbridgeApp:
                 extra={"call_sid": call_sid},
             )
             if agent.on_machine == "hangup":
-                from ..carriers.twilio_rest import hangup_twiml  # TODO(lead): top-level import
-
                 await _respond(send, 200, hangup_twiml().encode(), content_type="text/xml")
                 return
             if agent.on_machine == "leave_message":

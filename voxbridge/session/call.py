@@ -17,8 +17,13 @@ The shape (docs/architecture.md, "The call lifecycle")::
            │                        decode (bad frames dropped, counted) -> send to the carrier
            │                        (send_timeout); a mark after each media message; barge-in ->
            │                        `clear`, cancel + truncates, late audio dropped; agent hang-up
-           │                        -> wait for the goodbye to be heard (farewell_timeout)
-           └── ProviderLink.upkeep  pings under pong_timeout, recycling at session_max_age
+           │                        -> wait for the goodbye to be heard (farewell_timeout); usage
+           │                        metered; each tool call started as a task here
+           ├── ProviderLink.upkeep  pings under pong_timeout, recycling at session_max_age
+           ├── keypad               key presses grouped (DTMF_INTERDIGIT_TIMEOUT) -> transcript,
+           │                        and to the model unless the agent ignores them
+           └── a tool call          run_tool (tool_timeout) -> result to the model; end_call and
+                                    transfer_call: heard, then Twilio REST, then the call ends
       teardown (shielded, bounded by teardown_timeout): close the provider link and the carrier,
                                     side by side
     account (synchronous, exactly once): metrics, journal, one log line, registry removal
@@ -41,7 +46,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import TYPE_CHECKING
 
 import orjson
 import trio
@@ -50,6 +54,7 @@ from prometheus_client import Counter
 from ..agents import AgentConfig
 from ..audio import BYTES_PER_MS, b64_size
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
+from ..carriers.twilio_rest import TwilioRest, TwilioRestError, dial_twiml
 from ..deadlines import Deadline
 from ..errors import (
     BadAudio,
@@ -88,9 +93,6 @@ from .playback import Playback
 from .registry import CallRegistry
 from .state import CallRecord, CallState
 from .watchdog import Watchdog
-
-if TYPE_CHECKING:
-    from ..carriers.twilio_rest import TwilioRest
 
 __all__ = ["Call", "run_call"]
 
@@ -286,6 +288,7 @@ class Call:
         "_connect_stream",
         "_ending",
         "_goodbye_heard",
+        "_goodbye_mark",
         "_keypad",
         "_leaving",
         "_link",
@@ -363,6 +366,7 @@ class Call:
         # the caller hanging up meanwhile does not change it.
         self._leaving: Disconnect | None = None
         self._goodbye_heard: trio.Event | None = None
+        self._goodbye_mark = 0  # the last mark of the agent's last words
         self._warned: set[str] = set()  # provider drop reasons already logged at warning level
         self._ran = False
         self.state = CallState(
@@ -607,8 +611,13 @@ class Call:
                             await forward(*batch.take())
                     elif type(event) is Mark:
                         heard = playback.played(event.name)
-                        if heard and self._goodbye_heard is not None and not playback.outstanding:
-                            self._goodbye_heard.set()  # the agent's goodbye has played
+                        goodbye = self._goodbye_heard
+                        if (
+                            heard
+                            and goodbye is not None
+                            and playback.heard_through(self._goodbye_mark)
+                        ):
+                            goodbye.set()  # the agent's goodbye has played
                     elif type(event) is Stop:
                         if batch:
                             await forward(*batch.take())  # the caller's last words still count
@@ -714,8 +723,6 @@ class Call:
                         self._add_usage(event.usage)
                     for call in event.tool_calls:
                         self._start_tool(session, call)
-                    if self.answered_by_machine and event.status == "completed":
-                        self._leave_message()
                 elif type(event) is ToolCall:
                     self._start_tool(session, event)
                 elif type(event) is Usage:
@@ -723,6 +730,8 @@ class Call:
                 elif type(event) is Transcript:
                     state.transcript.append(event)
                     self._journal(journal.transcript_line, state, event)
+                    if self.answered_by_machine and event.role == "agent":
+                        self._leave_message()  # the message is spoken: hang up once heard
                     log.debug("%s: %s", event.role, event.text, extra={"call_id": state.call_id})
                 elif type(event) is AgentHangup:
                     raise Disconnect(Reason.AGENT_HANGUP, event.message or "agent hung up")
@@ -764,15 +773,17 @@ class Call:
         await self._heard()
 
     async def _heard(self) -> None:
-        """Wait until the carrier confirms the caller heard all the agent audio sent (the mark
-        after the last of it echoed), at most ``farewell_timeout``."""
+        """Wait until the carrier confirms the caller heard the agent audio sent so far (the
+        mark after the last of it echoed), at most ``farewell_timeout``. Audio sent meanwhile
+        is not waited for: the agent's last words are what it had said when it chose to leave."""
         playback = self._playback
-        if not playback.outstanding or self.settings.farewell_timeout <= 0:
+        until = self._goodbye_mark = playback.last_mark
+        if playback.heard_through(until) or self.settings.farewell_timeout <= 0:
             return
         heard = self._goodbye_heard = trio.Event()
         with trio.move_on_after(self.settings.farewell_timeout):
             await heard.wait()
-        if playback.outstanding:
+        if not playback.heard_through(until):
             log.info(
                 "%d ms of the agent's last words not confirmed heard within farewell_timeout=%gs",
                 playback.unheard_ms,
@@ -814,8 +825,8 @@ class Call:
                     dict(state.custom_parameters),
                 )
                 tool = self._offered.get(call.name)
-                timeout = self.settings.tool_timeout
-                exchange = await run_tool(call, tool, context, timeout=timeout)
+                seconds = self.settings.tool_timeout
+                exchange = await run_tool(call, tool, context, seconds=seconds)
                 await self._tool_answered(session, exchange)
         finally:
             self._tools_running -= 1
@@ -852,8 +863,9 @@ class Call:
         await self._hang_up("the agent ended the call (end_call)")
 
     def _leave_message(self) -> None:
-        """An answering machine took the call and the agent has spoken its message: hang up
-        once it has been heard (``on_machine="leave_message"``)."""
+        """An answering machine took the call and the agent has spoken its message (its first
+        final transcript line: the greeting): hang up once it has been heard
+        (``on_machine="leave_message"``)."""
         if self._leaving is None and self.agent.on_machine == "leave_message":
             assert self._tasks is not None
             detail = "left a message on the answering machine"
@@ -863,7 +875,6 @@ class Call:
     async def _hang_up(self, detail: str) -> None:
         """Let the goodbye be heard, complete the Twilio call through the REST API (so no later
         TwiML verb keeps the line open), and end the call ``agent_hangup``."""
-        from ..carriers.twilio_rest import TwilioRestError  # TODO(lead): top-level import
 
         await self._farewell(detail)
         rest, call_sid = self.twilio_rest, self.state.call_sid
@@ -884,7 +895,6 @@ class Call:
         """The built-in ``transfer_call``: once the caller has heard the agent, redirect the
         Twilio call to TwiML ``<Dial>`` the transfer target, and end the call ``transferred``.
         A refused redirect is an error result: the model tells the caller."""
-        from ..carriers.twilio_rest import TwilioRestError, dial_twiml  # TODO(lead): top-level
 
         target = self._transfer_target()
         rest, call_sid = self.twilio_rest, self.state.call_sid
@@ -1032,6 +1042,10 @@ class Call:
             bytes_from_caller=state.bytes_from_caller,
             bytes_to_caller=state.bytes_to_caller,
             custom_parameters=tuple(state.custom_parameters.items()),
+            agent=state.agent,
+            usage=tuple(sorted(state.usage.items())),
+            tool_calls=state.tool_calls,
+            dtmf_digits=state.dtmf_digits,
         )
         self.metrics.call_disconnects.labels(reason=reason.value).inc()
         self.metrics.call_duration.labels(reason=reason.value).observe(record.duration)

@@ -89,6 +89,16 @@ class Playback:
         return bool(self._marks)
 
     @property
+    def last_mark(self) -> int:
+        """The number of the last mark sent (0: none yet): what :meth:`heard_through` takes."""
+        return self._seq
+
+    def heard_through(self, mark: int) -> bool:
+        """The caller has heard all the audio sent up to mark number ``mark`` (a barge-in's
+        ``clear`` counts as heard: nothing of it is left to play)."""
+        return not self._marks or self._marks[0][0] > mark
+
+    @property
     def unheard_ms(self) -> int:
         """Milliseconds of agent audio sent and not yet confirmed played."""
         total, seen = 0, set()
