@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -498,3 +499,45 @@ def test_check_agents_refuses_a_bad_file_in_one_line(tmp_path: Path) -> None:
         f"{shop}: [agents.shop] tools: unknown tool 'lookup_order' (the tools are: end_call, "
         "transfer_call)"
     )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"transfer_to": "555-1234"}, "transfer_to must be an E.164 number or a sip: URI"),
+        ({"provider": "gemini"}, "provider must be one of echo, openai, ultravox"),
+        ({"dtmf": "beep"}, "dtmf must be one of forward, ignore"),
+        ({"on_machine": "leave_message"}, "leave_message needs a greeting"),
+        ({"on_machine": "leave_message", "greeting": ""}, "leave_message needs a greeting"),
+    ],
+)
+def test_an_agent_config_refuses_what_cannot_work(fields: dict[str, Any], message: str) -> None:
+    """Embedders build AgentConfig in code: the same rules as the file, as ValueError."""
+    with pytest.raises(ValueError, match=message):
+        AgentConfig(**fields)
+
+
+def test_leave_message_without_a_greeting_is_refused_in_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "agents.toml"
+    path.write_text('[agents.vm]\non_machine = "leave_message"\n', encoding="utf-8")
+    with pytest.raises(SettingsError) as refused:
+        load_agents(path, known_tools=(), settings=Settings())
+    assert str(refused.value) == (
+        f"{path}: [agents.vm]: on_machine = leave_message needs a greeting: it is the message "
+        "the agent leaves"
+    )
+
+
+def test_serve_refuses_an_agent_whose_provider_has_no_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from voxbridge.cli import main
+
+    monkeypatch.delenv("ULTRAVOX_API_KEY", raising=False)
+    monkeypatch.delenv("VOXBRIDGE_ULTRAVOX_API_KEY", raising=False)
+    path = tmp_path / "agents.toml"
+    path.write_text('[agents.uv]\nprovider = "ultravox"\n', encoding="utf-8")
+    assert main(["serve", "--agents", str(path)]) == 2
+    assert capsys.readouterr().out.strip().splitlines() == [
+        "voxbridge: provider ultravox needs ULTRAVOX_API_KEY"
+    ]

@@ -222,3 +222,56 @@ async def test_end_call_ends_the_call_even_if_twilio_does_not_answer(autojump_cl
     assert speech("Goodbye!") in bytes(caller.played)  # heard before the REST request
     assert outcome.ended_at - asked_at < 2.0 + settings.teardown_timeout
     assert outcome.ended_at - asked_at >= 2.0  # it waited for Twilio, tool_timeout long
+
+
+async def test_a_resumed_session_is_seeded_with_the_tool_exchange(autojump_clock: Any) -> None:
+    async def order(arguments: dict[str, Any], context: ToolContext) -> object:
+        return {"status": "shipped"}
+
+    lookup = Tool("lookup", "Look up an order.", handler=order)
+    fake = await served(
+        FakeOpenAIRealtime(
+            caller_transcripts=[(0.5, "Where is it?")],
+            tool_calls=[FakeToolCall("lookup", {}, call_id="c1")],
+            close_at=(2.0, 1011),  # the session drops after the exchange
+            only_session=1,
+        )
+    )
+    async with bridged(
+        fake, Settings(), call_options={"tools": [lookup]}, audio=SILENCE, seconds=4.0
+    ) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    assert len(fake.sessions) == 2
+    replayed = [event["item"] for event in fake.sessions[1].items_created]
+    calls = [item for item in replayed if item["type"].startswith("function_call")]
+    assert calls == [
+        {"type": "function_call", "call_id": "c1", "name": "lookup", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": '{"status":"shipped"}'},
+    ]
+
+
+async def test_one_built_in_at_a_time_the_second_is_told_the_call_is_ending(
+    autojump_clock: Any,
+) -> None:
+    fake = await served(
+        FakeOpenAIRealtime(
+            caller_transcripts=[(0.5, "A person please. No, bye.")],
+            tool_calls=[
+                FakeToolCall("transfer_call", {}, call_id="c1"),
+                FakeToolCall("end_call", {}, call_id="c2"),
+            ],
+        )
+    )
+    rest = SilentTwilio()  # the redirect never answers: the transfer fails at tool_timeout
+    options = {"twilio_rest": rest, "agent": AgentConfig(transfer_to="+15551230000")}
+    async with bridged(
+        fake, Settings(tool_timeout=2.0), call_options=options, audio=SILENCE, seconds=5.0
+    ) as outcome:
+        pass
+    assert outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP  # neither the transfer nor end_call
+    assert fake.tool_outputs == [
+        ("c2", '{"error":"the call is already ending"}'),
+        ("c1", '{"error":"the transfer failed (Twilio did not answer)"}'),
+    ]

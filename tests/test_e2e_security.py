@@ -207,8 +207,8 @@ async def test_signed_webhook_returns_twiml_with_a_token_bound_to_the_call() -> 
     with trio.fail_after(BUDGET):
         async with secured() as (server, _agent):
             # Rotation: Twilio already signs with the second token; the query string is signed.
-            signature = sign(VOICE_URL + "?agent=sales", form, AUTH_TOKENS[1])
-            response = await post_webhook(server, form, signature, "?agent=sales")
+            signature = sign(VOICE_URL + "?campaign=spring", form, AUTH_TOKENS[1])
+            response = await post_webhook(server, form, signature, "?campaign=spring")
             no_sid = {k: v for k, v in form.items() if k != "CallSid"}
             without_call = await post_webhook(server, no_sid, sign(VOICE_URL, no_sid))
             samples = await scrape(server)

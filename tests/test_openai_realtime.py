@@ -396,7 +396,12 @@ def test_any_history_validates(history: list[Transcript | ToolExchange]) -> None
     expected = sum(
         2 if isinstance(item, ToolExchange) else 1 if item.text else 0 for item in history
     )
-    assert len(frames) == 1 + expected + (0 if history else 1)
+    last = history[-1] if history else None
+    owed = isinstance(last, ToolExchange) or (
+        isinstance(last, Transcript) and last.role == "dtmf" and bool(last.text)
+    )
+    # the greeting at call start; a response.create when the replay ends with what it owes
+    assert len(frames) == 1 + expected + (0 if history else 1) + owed
     for frame in frames:
         client_event(frame)
 
@@ -878,7 +883,7 @@ def test_a_malformed_response_done_envelope_is_a_protocol_error(response: Any) -
         ),
         (  # an object where JSON text belongs: passed on as its JSON text
             [{"type": "function_call", "call_id": "c", "name": "f", "arguments": {"a": [1]}}],
-            (ToolCall("c", "f", '{"a": [1]}'),),
+            (ToolCall("c", "f", '{"a":[1]}'),),
         ),
         (  # not an object at all: the call's argument check will tell the model
             [{"type": "function_call", "call_id": "c", "name": "f", "arguments": 5}],
@@ -1413,3 +1418,33 @@ def test_from_settings_and_the_registry_speak_ga_with_the_current_models() -> No
     assert echo.endpoint == ProviderEndpoint("echo", "ws://127.0.0.1:9/v1/realtime")
     direct = OpenAIProvider.from_settings(echo.endpoint, Settings(openai_model="gpt-realtime-2"))
     assert (direct.model, direct.voice) == ("gpt-realtime-2", "alloy")
+
+
+def test_arguments_nested_too_deep_to_re_encode_are_a_malformed_frame() -> None:
+    deep: Any = "x"
+    for _ in range(300):  # orjson parses 1024 levels, encodes 254
+        deep = [deep]
+    output = [{"type": "function_call", "call_id": "c1", "name": "t", "arguments": deep}]
+    frame = json.dumps(
+        {"type": "response.done", "response": {"status": "completed", "output": output}}
+    )
+    with pytest.raises(RemoteProtocolError, match="arguments is not a string"):
+        OpenAIRealtimeCodec().decode(frame)
+
+
+@pytest.mark.parametrize(
+    ("last", "answers"),
+    [
+        (ToolExchange("c1", "t", "{}", '{"ok":true}'), True),
+        (Transcript("dtmf", "5"), True),
+        (Transcript("caller", "hello"), False),
+        (Transcript("agent", "hi"), False),
+    ],
+)
+def test_a_resumed_session_answers_a_tool_result_or_key_presses_it_owes(
+    last: Any, answers: bool
+) -> None:
+    """A result or key presses that arrived while the session was being replaced are replayed
+    last: the new session must answer them (nobody else will ask)."""
+    frames = OpenAIRealtimeCodec().opening([Transcript("caller", "hi"), last])
+    assert (json.loads(frames[-1]) == {"type": "response.create"}) is answers

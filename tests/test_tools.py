@@ -111,3 +111,22 @@ def test_parameters_must_be_an_object_schema() -> None:
 def test_the_built_in_tools_are_end_call_and_transfer_call() -> None:
     assert set(BUILTIN_TOOLS) == {"end_call", "transfer_call"}
     assert all(tool.handler is None for tool in BUILTIN_TOOLS.values())  # the call runs them
+
+
+async def test_oversized_arguments_and_results_are_error_results() -> None:
+    from voxbridge.tools import MAX_ARGUMENTS, MAX_RESULT
+
+    async def huge(arguments: dict[str, Any], context: ToolContext) -> object:
+        return "x" * (MAX_RESULT + 1)
+
+    long_arguments = '{"x": "' + "y" * MAX_ARGUMENTS + '"}'
+    too_long = await run_tool(
+        ToolCall("id1", "t", long_arguments), tool(answer), CONTEXT, seconds=1
+    )
+    assert too_long.outcome == "bad_arguments"
+    assert too_long.arguments == "{}"  # not kept: the journal and resumes carry the exchange
+    result = await run_tool(ToolCall("id2", "t", "{}"), tool(huge), CONTEXT, seconds=1)
+    assert result.outcome == "error"
+    assert result.output == f'{{"error":"the result was longer than {MAX_RESULT} characters"}}'
+    unknown = await run_tool(ToolCall("id3", "n" * 1000, "{}"), None, CONTEXT, seconds=1)
+    assert unknown.name == "n" * 64  # a made-up name is not carried whole

@@ -75,6 +75,19 @@ DtmfPolicy = Literal["forward", "ignore"]
 MachinePolicy = Literal["hangup", "leave_message", "continue"]
 
 
+def _optional_choice(choices: tuple[str, ...]) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None and value not in choices:
+            raise ValueError(f"{attribute.name} must be one of {', '.join(choices)}; got {value!r}")
+
+    return check
+
+
+def _transfer_target(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not (isinstance(value, str) and is_transfer_target(value)):
+        raise ValueError(f"transfer_to must be an E.164 number or a sip: URI; got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class AgentConfig:
     """One agent.
@@ -95,19 +108,31 @@ class AgentConfig:
         on_machine: ``hangup``, ``leave_message`` or ``continue`` (the default), for a call
             answered by a machine.
         numbers: called numbers (E.164, Twilio's ``To``) that select this agent.
+
+    Raises:
+        ValueError: an unknown provider or policy, a transfer target that is neither E.164 nor
+            a SIP URI, or ``leave_message`` without a greeting (nothing to leave).
     """
 
     name: str = DEFAULT_AGENT
-    provider: str | None = None
+    provider: str | None = attrs.field(default=None, validator=_optional_choice(PROVIDERS))
     model: str | None = None
     voice: str | None = None
     instructions: str | None = None
     greeting: str | None = None
     tools: tuple[str, ...] | None = None
-    transfer_to: str | None = None
-    dtmf: DtmfPolicy = "forward"
-    on_machine: MachinePolicy = "continue"
+    transfer_to: str | None = attrs.field(default=None, validator=_transfer_target)
+    dtmf: DtmfPolicy = attrs.field(default="forward", validator=_optional_choice(DTMF_POLICIES))
+    on_machine: MachinePolicy = attrs.field(
+        default="continue", validator=_optional_choice(MACHINE_POLICIES)
+    )
     numbers: tuple[str, ...] = ()
+
+    def __attrs_post_init__(self) -> None:
+        if self.on_machine == "leave_message" and not self.greeting:
+            raise ValueError(
+                "on_machine = leave_message needs a greeting: it is the message the agent leaves"
+            )
 
 
 def default_agent(settings: Settings) -> AgentConfig:
@@ -267,7 +292,10 @@ class _AgentsFile:
                 "--transfer-to / VOXBRIDGE_TRANSFER_TO",
             )
         base = default_agent(self.settings) if name == DEFAULT_AGENT else AgentConfig(name=name)
-        return attrs.evolve(base, **fields)
+        try:
+            return attrs.evolve(base, **fields)
+        except ValueError as exc:  # a rule across fields (AgentConfig's own checks)
+            raise self.error(name, None, str(exc)) from None
 
     def field(self, name: str, field: str, value: object) -> object:
         if field not in _FIELDS:

@@ -158,11 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             settings = _settings(args)
             settings.agent_instructions()  # an unreadable --instructions-file: one line, exit 2
-            check_agents(settings)  # a bad --agents file or --tools-module: the same
-            if settings.provider != "echo" or settings.provider_url:
-                provider_for(
-                    settings
-                )  # a missing key or a bad URL: one line, exit 2, before binding
+            agents, _ = check_agents(settings)  # a bad --agents file or --tools-module: the same
+            named = {agent.provider for agent in (agents.default, *agents) if agent.provider}
+            for name in sorted(named | {settings.provider}):
+                if name != "echo" or settings.provider_url:
+                    # a missing key or a bad URL: one line, exit 2, before binding
+                    provider_for(attrs.evolve(settings, provider=name))
             configure(settings.log_format, settings.log_level)
             trio.run(_serve, settings)
         elif args.command == "call":

@@ -42,6 +42,11 @@ __all__ = [
 
 log = logging.getLogger("voxbridge.tools")
 
+#: The longest arguments (from the model) and result (from a tool) a call carries, in characters:
+#: beyond, an error result. They go to the provider, the journal and every resumed session.
+MAX_ARGUMENTS = 16_384
+MAX_RESULT = 65_536
+
 #: The ``outcome`` label of ``voxbridge_tool_calls_total``.
 OUTCOMES = ("ok", "error", "timeout", "unknown_tool", "bad_arguments")
 
@@ -177,7 +182,13 @@ async def run_tool(
         return ToolExchange(call.call_id, call.name, call.arguments, output, outcome)
 
     if tool is None or tool.handler is None:
-        return exchange(_error(f"no tool named {call.name[:64]!r} is available"), "unknown_tool")
+        call = ToolCall(call.call_id, call.name[:64], call.arguments[:MAX_ARGUMENTS])
+        return exchange(_error(f"no tool named {call.name!r} is available"), "unknown_tool")
+    if len(call.arguments) > MAX_ARGUMENTS:
+        call = ToolCall(call.call_id, call.name, "{}")  # (not kept: it could be anything)
+        return exchange(
+            _error(f"arguments longer than {MAX_ARGUMENTS} characters"), "bad_arguments"
+        )
     try:
         arguments = parse_arguments(call)
         missing = [name for name in tool.required if name not in arguments]
@@ -203,7 +214,13 @@ async def run_tool(
         )
         return exchange(_error(f"the tool did not answer within {seconds:g} s"), "timeout")
     try:
-        return exchange(_json(result), "ok")
+        output = _json(result)
     except TypeError as exc:
         log.warning("tool %s returned a value that is not JSON: %s", tool.name, exc)
         return exchange(_error("the tool returned a result that is not JSON"), "error")
+    if len(output) > MAX_RESULT:
+        log.warning(
+            "tool %s returned %d characters (at most %d)", tool.name, len(output), MAX_RESULT
+        )
+        return exchange(_error(f"the result was longer than {MAX_RESULT} characters"), "error")
+    return exchange(output, "ok")

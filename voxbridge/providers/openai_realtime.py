@@ -226,6 +226,10 @@ class OpenAIRealtimeCodec:
             frames.extend(self.history_items(item))
         if not history and self.greeting:
             frames.append(self.greeting_response(self.greeting))
+        elif history and _owes_an_answer(history[-1]):
+            # A tool result or key presses that arrived while the session was being replaced:
+            # the model has not answered them yet.
+            frames.append(_dumps({"type": "response.create"}))
         return frames
 
     def session_update(
@@ -458,6 +462,13 @@ def _response_done(response: object) -> ResponseDone:
     return ResponseDone(_id(response.get("id")), status, calls, _usage(response.get("usage")))
 
 
+def _owes_an_answer(item: HistoryItem) -> bool:
+    """The conversation ends with something the model answers: a tool's result, key presses."""
+    if isinstance(item, ToolExchange):
+        return True
+    return item.role == "dtmf" and bool(item.text)
+
+
 def _tool_calls(output: list[Any]) -> list[ToolCall]:
     calls: list[ToolCall] = []
     for item in output:
@@ -470,7 +481,10 @@ def _tool_calls(output: list[Any]) -> list[ToolCall]:
         if arguments is None:
             arguments = "{}"
         elif not isinstance(arguments, str):
-            arguments = json.dumps(arguments)
+            try:  # the model's JSON, not a string: the call's argument check tells the model
+                arguments = orjson.dumps(arguments).decode()
+            except (orjson.JSONEncodeError, RecursionError):  # (nested too deep to re-encode)
+                raise RemoteProtocolError("function_call.arguments is not a string") from None
         calls.append(ToolCall(call_id, name, arguments))
     return calls
 

@@ -48,7 +48,7 @@ from ..providers.base import Provider
 from ..providers.registry import provider_for
 from ..session.call import Call
 from ..session.registry import CallRegistry
-from ..settings import Settings
+from ..settings import Settings, SettingsError
 from ..testing.echo_agent import EchoAgent
 from ..tools import BUILTIN_TOOLS, END_CALL, TRANSFER_CALL, Tool
 from ..upstream import StreamConnector
@@ -256,9 +256,23 @@ class VoxbridgeApp:
         )
 
     def provider_for_agent(self, agent: AgentConfig) -> Provider:
-        """The provider an agent names (``None``: the settings' provider)."""
-        assert self.provider is not None
-        return self._providers.get(agent.provider or self.settings.provider, self.provider)
+        """The provider an agent names (``None``: the settings' provider).
+
+        Every provider the agents file names was built at start; one that only an embedder's
+        ``configure`` names is built now, once.
+
+        Raises:
+            Disconnect: ``UPSTREAM_CONNECT_FAILED``: that provider cannot be built (no key).
+        """
+        name = agent.provider or self.settings.provider
+        provider = self._providers.get(name)
+        if provider is None:
+            try:
+                provider = provider_for(attrs.evolve(self.settings, provider=name))
+            except SettingsError as exc:
+                raise Disconnect(Reason.UPSTREAM_CONNECT_FAILED, str(exc)) from None
+            self._providers[name] = provider
+        return provider
 
     async def open_journal(self) -> None:
         """Open the app's own journal (idempotent; nothing to do for a journal passed in).
@@ -319,13 +333,13 @@ class VoxbridgeApp:
             live_sid, decided = self._admit_stream(call, start)
 
         def configure(start: Start) -> AgentConfig | None:
-            if self.configure is not None:
-                return self.configure(start)
+            call.answered_by_machine = decided.get(MACHINE_PARAMETER) == "1"
             name = decided.get(AGENT_PARAMETER)
             agent = self.agents.get(name) if name else self.agents.default
+            if self.configure is not None:  # the embedder's choice, else the webhook's
+                return self.configure(start) or agent or self.agents.default
             if agent is None:
                 raise Disconnect(Reason.PROTOCOL_ERROR, f"no agent named {str(name)[:64]!r}")
-            call.answered_by_machine = decided.get(MACHINE_PARAMETER) == "1"
             return agent
 
         try:

@@ -289,6 +289,7 @@ class Call:
         "_ending",
         "_goodbye_heard",
         "_goodbye_mark",
+        "_handing_off",
         "_keypad",
         "_leaving",
         "_link",
@@ -365,6 +366,7 @@ class Call:
         # How the call is ending while the agent's last words play (agent_hangup, transferred):
         # the caller hanging up meanwhile does not change it.
         self._leaving: Disconnect | None = None
+        self._handing_off = False  # end_call or transfer_call is under way
         self._goodbye_heard: trio.Event | None = None
         self._goodbye_mark = 0  # the last mark of the agent's last words
         self._warned: set[str] = set()  # provider drop reasons already logged at warning level
@@ -811,10 +813,20 @@ class Call:
 
     async def _run_tool(self, session: Session, call: ToolCall) -> None:
         try:
-            if call.name == END_CALL.name and call.name in self._offered:
-                await self._end_call(call)
-            elif call.name == TRANSFER_CALL.name and call.name in self._offered:
-                await self._transfer(session, call)
+            if call.name in (END_CALL.name, TRANSFER_CALL.name) and call.name in self._offered:
+                if self._leaving is not None or self._handing_off:
+                    output = '{"error":"the call is already ending"}'
+                    exchange = ToolExchange(
+                        call.call_id, call.name, call.arguments, output, "error"
+                    )
+                    await self._tool_answered(session, exchange)
+                    return
+                self._handing_off = True  # one built-in at a time: the first decides
+                if call.name == END_CALL.name:
+                    await self._end_call(call)
+                else:
+                    await self._transfer(session, call)
+                self._handing_off = False
             else:
                 state = self.state
                 context = ToolContext(
@@ -912,7 +924,13 @@ class Call:
             self._leaving = None
             problem = str(exc) or f"no answer within {self.settings.tool_timeout:g} s"
             log.warning("transfer failed: %s", problem, extra={"call_id": self.state.call_id})
-            output = orjson.dumps({"error": f"the transfer failed: {problem}"}).decode()
+            # The model hears what kind of failure, never the transport's or Twilio's words.
+            why = (
+                f"Twilio error {exc.code}"
+                if isinstance(exc, TwilioRestError) and exc.code is not None
+                else "Twilio did not answer"
+            )
+            output = orjson.dumps({"error": f"the transfer failed ({why})"}).decode()
             exchange = ToolExchange(call.call_id, call.name, call.arguments, output, "error")
             await self._tool_answered(session, exchange)
             return
@@ -946,7 +964,8 @@ class Call:
             state = self.state
             state.transcript.append(line)
             self._journal(self.journal.transcript_line, state, line)
-            log.debug("caller pressed %s", group, extra={"call_id": state.call_id})
+            # (the keys may be a PIN or a card number: the journal has them, the log does not)
+            log.debug("caller pressed %d key(s)", len(group), extra={"call_id": state.call_id})
             link = self._link
             session = link.session if link is not None else None
             if self.agent.dtmf != "forward" or session is None or link is None:
