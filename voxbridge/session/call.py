@@ -20,8 +20,8 @@ The shape (docs/architecture.md, "The call lifecycle")::
            │                        -> wait for the goodbye to be heard (farewell_timeout); usage
            │                        metered; each tool call started as a task here
            ├── ProviderLink.upkeep  pings under pong_timeout, recycling at session_max_age
-           ├── keypad               key presses grouped (DTMF_INTERDIGIT_TIMEOUT) -> transcript,
-           │                        and to the model unless the agent ignores them
+           ├── keypad               from the first key press: keys grouped (DTMF_INTERDIGIT_TIMEOUT)
+           │                        -> transcript, and to the model unless the agent ignores them
            └── a tool call          run_tool (tool_timeout) -> result to the model; end_call and
                                     transfer_call: heard, then Twilio REST, then the call ends
       teardown (shielded, bounded by teardown_timeout): close the provider link and the carrier,
@@ -444,14 +444,11 @@ class Call:
         )
         # The carrier is read from here on, while the provider session opens too: a carrier that
         # is not read freezes its connection (docs/library-notes.md, "the queue trap").
-        keypad, digits = trio.open_memory_channel[str](MAX_DTMF_DIGITS)
-        self._keypad = keypad
         async with trio.open_nursery() as tasks:
             self._tasks = tasks
             tasks.start_soon(self._guard, self._caller_to_upstream)
             tasks.start_soon(self._guard, self._upstream_to_caller)
             tasks.start_soon(self._guard, self._link.upkeep)
-            tasks.start_soon(self._guard, partial(self._read_keypad, digits))
 
     async def _wait_for_start(self) -> None:
         watchdog = Watchdog()
@@ -938,11 +935,15 @@ class Call:
         raise Disconnect(Reason.TRANSFERRED, detail)
 
     def _key_pressed(self, digit: str) -> None:
-        """A DTMF key press: counted, and queued for :meth:`_read_keypad` (beyond
-        ``MAX_DTMF_DIGITS`` unread, dropped: a carrier cannot queue key presses without bound)."""
+        """A DTMF key press: counted, and queued for :meth:`_read_keypad`, started at the first
+        (beyond ``MAX_DTMF_DIGITS`` unread, dropped: a carrier cannot queue key presses without
+        bound)."""
         self.state.dtmf_digits += 1
         self.metrics.dtmf_digits.inc()
-        assert self._keypad is not None
+        if self._keypad is None:  # the first key: most calls have none, and no keypad task
+            assert self._tasks is not None
+            self._keypad, digits = trio.open_memory_channel[str](MAX_DTMF_DIGITS)
+            self._tasks.start_soon(self._guard, partial(self._read_keypad, digits))
         try:
             self._keypad.send_nowait(digit)
         except trio.WouldBlock:
