@@ -125,6 +125,7 @@ async def test_dial_waits_for_the_call_and_prints_its_journal_line(
 AGENTS = """
 [agents.sales]
 on_machine = "leave_message"
+greeting = "Hello from Acme sales."
 
 [agents.night-desk]
 on_machine = "hangup"
@@ -238,7 +239,8 @@ def test_missing_settings_are_one_line_and_exit_2(
     [("hangup", "Enable"), ("leave_message", "DetectMessageEnd"), ("continue", None)],
 )
 def test_machine_detection_follows_the_agents_policy(on_machine: Any, expected: str | None) -> None:
-    assert machine_detection(AgentConfig(on_machine=on_machine)) == expected
+    agent = AgentConfig(on_machine=on_machine, greeting="Hello.")
+    assert machine_detection(agent) == expected
 
 
 def test_lookup_agent_reads_the_agents_file_as_serve_does(tmp_path: Path) -> None:
