@@ -70,7 +70,7 @@ TOOLS = [
 def shop_tools(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A tools module on disk, as an operator writes one (``--tools-module shop_tools.py``);
     one file for the module: a process imports a tools module once."""
-    path = tmp_path_factory.mktemp("tools") / "shop_tools.py"
+    path = tmp_path_factory.mktemp("tools") / "e2e_agent_tools.py"
     path.write_text(TOOLS, encoding="utf-8")
     return str(path)
 

@@ -18,7 +18,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from . import __version__, tracing
 from .agents import check_agents
 from .journal import JournalError
 from .logs import configure
@@ -165,7 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     # a missing key or a bad URL: one line, exit 2, before binding
                     provider_for(attrs.evolve(settings, provider=name))
             configure(settings.log_format, settings.log_level)
-            trio.run(_serve, settings)
+            tracing.configure_from_env()  # OTEL_EXPORTER_OTLP_ENDPOINT turns traces on
+            try:
+                trio.run(_serve, settings)
+            finally:
+                tracing.shutdown()  # export the spans still queued
         elif args.command == "call":
             configure("console", args.log_level or "warning")
             return trio.run(_call, args)

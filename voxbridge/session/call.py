@@ -26,7 +26,8 @@ The shape (docs/architecture.md, "The call lifecycle")::
                                     transfer_call: heard, then Twilio REST, then the call ends
       teardown (shielded, bounded by teardown_timeout): close the provider link and the carrier,
                                     side by side
-    account (synchronous, exactly once): metrics, journal, one log line, registry removal
+    account (synchronous, exactly once): metrics, journal, one log line, the call span's
+                                    attributes, registry removal
 
 Every way the call can end becomes a ``Disconnect(reason)``: a deadline firing (a task's
 ``Watchdog``), a peer leaving (the transports), the carrier's ``stop``, a bad frame, the provider
@@ -44,13 +45,14 @@ import math
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from functools import partial
 
 import orjson
 import trio
 from prometheus_client import Counter
 
+from .. import tracing
 from ..agents import AgentConfig
 from ..audio import BYTES_PER_MS, b64_size
 from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
@@ -66,6 +68,7 @@ from ..errors import (
     ends_call,
 )
 from ..journal import CallJournal, MemoryJournal
+from ..logs import call_context
 from ..metrics import UNKNOWN_TOOL, Metrics
 from ..providers.base import Frame, Provider
 from ..providers.endpoint import ProviderEndpoint
@@ -80,6 +83,7 @@ from ..providers.events import (
     ToolCall,
     ToolExchange,
     Transcript,
+    Truncation,
     Usage,
 )
 from ..providers.openai_realtime import OpenAIProvider
@@ -298,8 +302,10 @@ class Call:
         "_providers",
         "_ran",
         "_scope",
+        "_span",
         "_tasks",
         "_tools_running",
+        "_tracer",
         "_twilio",
         "_warned",
         "agent",
@@ -371,6 +377,8 @@ class Call:
         self._goodbye_mark = 0  # the last mark of the agent's last words
         self._warned: set[str] = set()  # provider drop reasons already logged at warning level
         self._ran = False
+        self._tracer = tracing.tracer()  # off: a no-op whose spans cost nothing
+        self._span = tracing.NO_SPAN  # the call's span, while it runs
         self.state = CallState(
             call_id=uuid.uuid4().hex[:12],
             accepted_at=math.nan,
@@ -393,6 +401,21 @@ class Call:
         if self._ran:
             raise RuntimeError("a Call runs once")
         self._ran = True
+        # Both are context variables, which every task the call starts inherits: each log line
+        # names the call (voxbridge.logs), and the call's span is the parent of every span its
+        # tasks open (voxbridge.tracing).
+        attributes = {
+            "voxbridge.call_id": self.state.call_id,
+            "voxbridge.carrier": self.carrier_name,
+        }
+        with (
+            call_context(self.state),
+            self._tracer.span("voxbridge.call", kind="server", attributes=attributes) as span,
+        ):
+            self._span = span
+            return await self._run()
+
+    async def _run(self) -> Disconnect:
         self.state.accepted_at = trio.current_time()
         self._scope.deadline = self.state.accepted_at + self.settings.max_call_duration
         self.metrics.calls_active.inc()
@@ -697,24 +720,26 @@ class Call:
                 elif type(event) is SpeechStarted:
                     truncations = playback.interrupt(session)
                     messages = session.codec.interrupt(truncations or ())
-                    if truncations is not None:  # the caller talks over the agent: barge-in
-                        watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                        await carrier.send(twilio.clear())
-                        watchdog.disarm()  # the link bounds its own sends
-                        state.barge_ins += 1
-                        self.metrics.barge_ins.inc()
-                        if log.isEnabledFor(logging.DEBUG):
-                            log.debug(
-                                "barge-in: %s",
-                                ", ".join(
-                                    f"{t.item_id[:64]} at {t.audio_end_ms} ms" for t in truncations
+                    with self._barge_in_span(truncations):
+                        if truncations is not None:  # the caller talks over the agent: barge-in
+                            watchdog.arm(send_timeout, Reason.CALLER_STALLED)
+                            await carrier.send(twilio.clear())
+                            watchdog.disarm()  # the link bounds its own sends
+                            state.barge_ins += 1
+                            self.metrics.barge_ins.inc()
+                            if log.isEnabledFor(logging.DEBUG):
+                                log.debug(
+                                    "barge-in: %s",
+                                    ", ".join(
+                                        f"{t.item_id[:64]} at {t.audio_end_ms} ms"
+                                        for t in truncations
+                                    )
+                                    or "no item to truncate",
+                                    extra={"call_id": state.call_id},
                                 )
-                                or "no item to truncate",
-                                extra={"call_id": state.call_id},
-                            )
-                    for message in messages:
-                        if not await link.send_within(session, message):
-                            break
+                        for message in messages:
+                            if not await link.send_within(session, message):
+                                break
                 elif type(event) is ResponseStarted:
                     playback.response_started(event.response_id, session)
                 elif type(event) is ResponseDone:
@@ -741,6 +766,17 @@ class Call:
                         event.message,
                         extra={"call_id": state.call_id},
                     )
+
+    def _barge_in_span(
+        self, truncations: list[Truncation] | None
+    ) -> AbstractContextManager[object]:
+        """A barge-in's span (the ``clear`` and the truncations are sent in it), or no span when
+        the caller started speaking while no agent audio was outstanding."""
+        if truncations is None:
+            return nullcontext()
+        return self._tracer.span(
+            "voxbridge.barge_in", attributes={"voxbridge.truncated_items": len(truncations)}
+        )
 
     def _provider_event(self, session: Session, frame: Frame) -> ProviderEvent | None:
         """``frame`` decoded by ``session``'s codec; a bad frame is dropped and counted, and the
@@ -803,42 +839,65 @@ class Call:
                 '{"error":"too many tool calls in progress; try again"}',
                 "error",
             )
-            self._tasks.start_soon(self._guard, partial(self._tool_answered, session, exchange))
+            self._tasks.start_soon(
+                self._guard, partial(self._tool_refused, session, call, exchange)
+            )
             return
         self._tools_running += 1
         self._tasks.start_soon(self._guard, partial(self._run_tool, session, call))
 
     async def _run_tool(self, session: Session, call: ToolCall) -> None:
         try:
-            if call.name in (END_CALL.name, TRANSFER_CALL.name) and call.name in self._offered:
-                if self._leaving is not None or self._handing_off:
-                    output = '{"error":"the call is already ending"}'
-                    exchange = ToolExchange(
-                        call.call_id, call.name, call.arguments, output, "error"
-                    )
-                    await self._tool_answered(session, exchange)
-                    return
-                self._handing_off = True  # one built-in at a time: the first decides
-                if call.name == END_CALL.name:
-                    await self._end_call(call)
+            with self._tool_span(call):
+                if call.name in (END_CALL.name, TRANSFER_CALL.name) and call.name in self._offered:
+                    if self._leaving is not None or self._handing_off:
+                        output = '{"error":"the call is already ending"}'
+                        exchange = ToolExchange(
+                            call.call_id, call.name, call.arguments, output, "error"
+                        )
+                        await self._tool_answered(session, exchange)
+                        return
+                    self._handing_off = True  # one built-in at a time: the first decides
+                    if call.name == END_CALL.name:
+                        await self._end_call(call)
+                    else:
+                        await self._transfer(session, call)
+                    self._handing_off = False
                 else:
-                    await self._transfer(session, call)
-                self._handing_off = False
-            else:
-                state = self.state
-                context = ToolContext(
-                    state.call_id,
-                    state.call_sid,
-                    state.stream_sid,
-                    self.agent.name,
-                    dict(state.custom_parameters),
-                )
-                tool = self._offered.get(call.name)
-                seconds = self.settings.tool_timeout
-                exchange = await run_tool(call, tool, context, seconds=seconds)
-                await self._tool_answered(session, exchange)
+                    state = self.state
+                    context = ToolContext(
+                        state.call_id,
+                        state.call_sid,
+                        state.stream_sid,
+                        self.agent.name,
+                        dict(state.custom_parameters),
+                    )
+                    tool = self._offered.get(call.name)
+                    seconds = self.settings.tool_timeout
+                    exchange = await run_tool(call, tool, context, seconds=seconds)
+                    await self._tool_answered(session, exchange)
         finally:
             self._tools_running -= 1
+
+    def _tool_span(self, call: ToolCall) -> AbstractContextManager[tracing.Span]:
+        """The span of one tool call, after the GenAI semantic conventions' ``execute_tool``
+        span (docs/observability.md); :meth:`_tool_done` sets its outcome."""
+        name = call.name[:64]
+        return self._tracer.span(
+            f"execute_tool {name}",
+            attributes={
+                "gen_ai.operation.name": "execute_tool",
+                "gen_ai.tool.name": name,
+                "gen_ai.tool.call.id": call.call_id[:64],
+                "gen_ai.tool.type": "function",
+                "gen_ai.provider.name": self.provider.name,
+            },
+        )
+
+    async def _tool_refused(self, session: Session, call: ToolCall, exchange: ToolExchange) -> None:
+        """A tool call not run (too many running): the model is told why."""
+        with self._tool_span(call):
+            await self._tool_answered(session, exchange)
 
     async def _tool_answered(self, asked: Session, exchange: ToolExchange) -> None:
         """Count and journal ``exchange``, remember it for resumes, and tell the model."""
@@ -859,6 +918,11 @@ class Call:
         state.tool_calls += 1
         state.transcript.append(exchange)
         self._journal(self.journal.transcript_line, state, exchange)
+        span = tracing.current_span()  # the tool call's: this runs in its task, in its span
+        if span.recording:
+            span.set("voxbridge.tool.outcome", exchange.outcome)
+            if exchange.outcome != "ok":
+                span.fail(exchange.outcome)
         log.info(
             "tool %s: %s",
             exchange.name[:64],
@@ -1095,6 +1159,31 @@ class Call:
             extra=fields,
             exc_info=ending.__cause__ if reason is Reason.INTERNAL_ERROR else None,
         )
+        if self._span.recording:
+            self._trace_end(record, ending)
         if self.registry is not None:
             self.registry.remove(self, record)
         self.ended.set()
+
+    def _trace_end(self, record: CallRecord, ending: Disconnect) -> None:
+        """What the call's span says about it, set once it ended (the span ends just after)."""
+        span = self._span
+        attributes: dict[str, tracing.AttributeValue] = {
+            "voxbridge.carrier": record.carrier,
+            "voxbridge.provider": record.provider,
+            "gen_ai.provider.name": record.provider,
+            "voxbridge.agent": record.agent,
+            "voxbridge.reason": record.reason.value,
+            "voxbridge.frames_in": record.frames_from_caller,
+            "voxbridge.frames_out": record.frames_to_caller,
+            "voxbridge.barge_ins": record.barge_ins,
+            "voxbridge.resumes": record.resumes,
+            "voxbridge.tool_calls": record.tool_calls,
+        }
+        if record.call_sid is not None:
+            attributes["voxbridge.call_sid"] = record.call_sid
+        if record.stream_sid is not None:
+            attributes["voxbridge.stream_sid"] = record.stream_sid
+        span.set_many(attributes)
+        if record.reason is Reason.INTERNAL_ERROR:
+            span.fail(record.reason.value, ending.detail)

@@ -49,9 +49,11 @@ import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 
 import trio
 
+from .. import tracing
 from ..deadlines import deadline, deadline_at
 from ..errors import (
     LinkDown,
@@ -179,6 +181,7 @@ class ProviderLink:
         self._history = history
         self._extra = {"call_id": call_id}
         self._live_until = live_until
+        self._tracer = tracing.tracer()
         #: The session the call talks to; ``None`` before it opens and while resuming.
         self.session: Session | None = None
         #: Every socket this link opened and has not closed yet.
@@ -224,17 +227,19 @@ class ProviderLink:
         while True:
             attempts += 1
             started = trio.current_time()
-            try:
-                session = await self._attempt(until)
-            except _NoSession as exc:
-                if exc.reason is Reason.UPSTREAM_REJECTED:
-                    raise
-                last = exc.detail
-            else:
-                self.metrics.upstream_connect_seconds.labels(provider=self.provider.name).observe(
-                    trio.current_time() - started
-                )
-                return session
+            with self._connect_span(attempts) as span:
+                try:
+                    session = await self._attempt(until)
+                except _NoSession as exc:
+                    span.fail(exc.reason.value, exc.detail)
+                    if exc.reason is Reason.UPSTREAM_REJECTED:
+                        raise
+                    last = exc.detail
+                else:
+                    self.metrics.upstream_connect_seconds.labels(
+                        provider=self.provider.name
+                    ).observe(trio.current_time() - started)
+                    return session
             now = trio.current_time()
             if not retry or now >= until:
                 raise _NoSession(
@@ -243,6 +248,18 @@ class ProviderLink:
                 )
             log.debug("provider attempt %d failed: %s", attempts, last, extra=self._extra)
             await backoff.pause(until)
+
+    def _connect_span(self, attempt: int) -> AbstractContextManager[tracing.Span]:
+        name = self.provider.name
+        return self._tracer.span(
+            "voxbridge.provider.connect",
+            kind="client",
+            attributes={
+                "voxbridge.provider": name,
+                "gen_ai.provider.name": name,
+                "voxbridge.attempt": attempt,
+            },
+        )
 
     async def _attempt(self, until: float) -> Session:
         """One try: prepare, connect, send the opening frames. Leaves no socket open on failure."""
@@ -384,15 +401,23 @@ class ProviderLink:
                 episode.reason, f"{episode.detail}; reconnect_budget={budget:g}s spent ({detail})"
             )
         log.info("provider session dropped (%s): resuming", detail, extra=self._extra)
-        try:
-            self.session = await self._establish(episode.until, retry=True, backoff=episode.backoff)
-        except _NoSession as exc:
-            failed.inc()
-            if exc.reason is Reason.UPSTREAM_REJECTED:
-                raise LinkDown(exc.reason, exc.detail) from None
-            raise LinkDown(
-                episode.reason, f"{episode.detail}; resuming failed: {exc.detail}"
-            ) from None
+        attributes = {
+            "voxbridge.provider": self.provider.name,
+            "voxbridge.drop_reason": reason.value,
+        }
+        with self._tracer.span("voxbridge.provider.resume", attributes=attributes) as span:
+            try:
+                self.session = await self._establish(
+                    episode.until, retry=True, backoff=episode.backoff
+                )
+            except _NoSession as exc:
+                failed.inc()
+                span.fail(exc.reason.value, exc.detail)
+                if exc.reason is Reason.UPSTREAM_REJECTED:
+                    raise LinkDown(exc.reason, exc.detail) from None
+                raise LinkDown(
+                    episode.reason, f"{episode.detail}; resuming failed: {exc.detail}"
+                ) from None
         self._probation_until = trio.current_time() + max(budget, MIN_PROBATION)
         self._wake_upkeep()
 
@@ -488,6 +513,13 @@ class ProviderLink:
             True if the call now talks to the fresh session. False if it could not be opened (or
             the old session dropped meanwhile): whatever was opened is closed, the call carries on.
         """
+        attributes = {"voxbridge.provider": self.provider.name}
+        with self._tracer.span("voxbridge.provider.recycle", attributes=attributes) as span:
+            recycled = await self._recycle(span)
+            span.set("voxbridge.recycled", recycled)
+            return recycled
+
+    async def _recycle(self, span: tracing.Span) -> bool:
         old = self.session
         until = trio.current_time() + max(self.settings.reconnect_budget, MIN_PROBATION)
         try:
@@ -496,6 +528,7 @@ class ProviderLink:
             log.warning(
                 "recycle failed, the working session carries on: %s", exc.detail, extra=self._extra
             )
+            span.fail(exc.reason.value, exc.detail)
             return False
         # Make before break means *made*: the fresh session must answer a ping -- so it is alive
         # and has read the opening frames sent before the ping -- before the call relies on it.
@@ -509,6 +542,12 @@ class ProviderLink:
                 exc,
                 extra=self._extra,
             )
+            lost = (
+                Reason.UPSTREAM_CLOSED
+                if isinstance(exc, UpstreamClosed)
+                else Reason.UPSTREAM_KEEPALIVE_TIMEOUT
+            )
+            span.fail(lost.value, f"the new session did not answer a ping: {exc}")
             await self._discard(fresh.upstream)
             return False
         if old is None or self.session is not old or old.lost is not None:
