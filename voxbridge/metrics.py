@@ -4,13 +4,26 @@ Library code never touches prometheus-client's global registry: a process (``vox
 creates one ``CollectorRegistry`` and hands it here; an embedding app can pass its own, and tests get
 a fresh one each. Every label value is pre-initialised so a scrape shows a 0 series before the first
 event (``rate()`` over a series that appears late misses its first increment).
+
+A private registry (none passed in) also carries prometheus-client's process collector
+(``process_open_fds``, ``process_resident_memory_bytes``, ...: the leaked-connections alert compares
+open file descriptors with active calls). A registry passed in is left as its owner made it:
+prometheus-client's global ``REGISTRY`` already has one, and a second would be a duplicate.
+docs/metrics.md describes every family.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 
 from .errors import Reason
 from .tools import BUILTIN_TOOLS, OUTCOMES
@@ -52,13 +65,26 @@ class Metrics:
     """The metric families, bound to one registry.
 
     Args:
-        registry: where to register; a new private registry if omitted.
+        registry: where to register; if omitted, a new private registry that also carries
+            prometheus-client's process collector (``process_*``).
+
+    Raises:
+        ValueError: ``registry`` already holds a voxbridge family (prometheus-client's
+            duplicate check).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        if registry is None:
+            registry = CollectorRegistry(auto_describe=True)
+            ProcessCollector(registry=registry)
+        self.registry = registry
         r = self.registry
         self.calls_active = Gauge("voxbridge_calls_active", "Calls in progress.", registry=r)
+        self.draining = Gauge(
+            "voxbridge_draining",
+            "1 once the process drains (SIGTERM: no new calls, running ones finishing), else 0.",
+            registry=r,
+        )
         self.calls_started = Counter(
             "voxbridge_calls_started",
             "Calls accepted and started.",

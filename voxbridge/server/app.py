@@ -428,6 +428,7 @@ class VoxbridgeApp:
         their normal teardown; this returns when every call is gone.
         """
         self.draining = True
+        self.metrics.draining.set(1)
         grace = self.settings.drain_timeout if grace is None else grace
         log.info("draining: %d calls, up to %gs", len(self.registry), grace)
         with trio.move_on_after(grace):
