@@ -1,8 +1,12 @@
 """``voxbridge calls`` and ``voxbridge transcript CALL_SID`` over a journal written by
-``SQLiteJournal`` (a fixed wall clock, so the table's times are known)."""
+``SQLiteJournal`` or ``PostgresJournal`` (a fixed wall clock, so the table's times are known).
+
+The tests over a written journal run against both back ends (``where``); PostgreSQL's are skipped,
+saying why, without ``VOXBRIDGE_TEST_POSTGRES`` (tests/services.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +16,8 @@ from test_journal_sqlite import v1_journal
 
 from voxbridge.cli import main
 from voxbridge.errors import Reason
-from voxbridge.journal import SQLiteJournal
+from voxbridge.journal import PostgresJournal, SQLiteJournal, WriterJournal
+from voxbridge.journal.schema import is_postgres
 from voxbridge.providers.events import ToolExchange, Transcript
 from voxbridge.session import CallRecord, CallState
 
@@ -51,17 +56,35 @@ def _record(call_id: str, call_sid: str | None, **fields: Any) -> CallRecord:
     return CallRecord(**values)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a journal goes: a SQLite file, or a new PostgreSQL database (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "calls.db")
+        return
+    from test_journal_postgres import fresh_database  # skips without psycopg or PostgreSQL
+
+    with fresh_database() as dsn:
+        yield dsn
+
+
+def journal_at(where: str, clock: Clock) -> WriterJournal:
+    if is_postgres(where):
+        return PostgresJournal(where, clock=clock)
+    return SQLiteJournal(where, clock=clock)
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
+def db(where: str) -> str:
     """A journal with a finished call (and its transcript), a crashed one, a live one and one
     that never started."""
-    path = tmp_path / "calls.db"
+    path = where
     clock = Clock()
-    with SQLiteJournal(path, clock=clock) as journal:
+    with journal_at(path, clock) as journal:  # closes leaving "crashed1" live, as if killed
         crashed = CallState(call_id="crashed1", accepted_at=0.0, call_sid="CA-crashed")
         journal.call_started(crashed)
     clock.now = T0 + 60
-    with SQLiteJournal(path, clock=clock) as journal:  # marks "crashed1" crashed
+    with journal_at(path, clock) as journal:  # marks "crashed1" crashed
         state = CallState(call_id="done1", accepted_at=0.0, call_sid=SID)
         journal.call_started(state)
         lines = (
@@ -95,9 +118,9 @@ def db(tmp_path: Path) -> Path:
 
 
 def test_calls_lists_recent_calls_newest_first(
-    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert main(["calls", "--db", str(db)]) == 0
+    assert main(["calls", "--db", db]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     order = [next(i for i, ln in enumerate(lines) if key in ln) for key in ("CA-live", SID)]
@@ -115,9 +138,9 @@ def test_calls_lists_recent_calls_newest_first(
 
 
 def test_calls_limit_and_the_db_from_the_environment(
-    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("VOXBRIDGE_DB", str(db))
+    monkeypatch.setenv("VOXBRIDGE_DB", db)
     assert main(["calls", "--limit", "1"]) == 0
     out = capsys.readouterr().out
     assert "CA-live" in out and SID not in out
@@ -145,9 +168,9 @@ def test_a_file_that_is_not_a_journal_is_one_line_and_exit_1(
 
 
 def test_transcript_prints_the_lines_in_order_as_plain_text(
-    db: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert main(["transcript", SID, "--db", str(db)]) == 0
+    assert main(["transcript", SID, "--db", db]) == 0
     out = capsys.readouterr().out
     assert SID in out and "done1" in out and "caller_stop" in out
     caller = out.index("caller: hello, I need help with my order")
@@ -157,26 +180,25 @@ def test_transcript_prints_the_lines_in_order_as_plain_text(
 
 
 def test_transcript_by_voxbridge_id_and_of_a_call_with_no_lines(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["transcript", "crashed1", "--db", str(db)]) == 0
+    assert main(["transcript", "crashed1", "--db", db]) == 0
     out = capsys.readouterr().out
     assert "crashed" in out and "(no transcript lines)" in out
 
 
 def test_transcript_of_an_unknown_call_is_one_line_and_exit_1(
-    db: Path, capsys: pytest.CaptureFixture[str]
+    db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["transcript", "CA-unknown", "--db", str(db)]) == 1
+    assert main(["transcript", "CA-unknown", "--db", db]) == 1
     out = capsys.readouterr().out
     assert "no call 'CA-unknown' in" in out
     assert "Traceback" not in out
 
 
-def test_an_empty_journal_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "empty.db"
-    SQLiteJournal(path).open().close()
-    assert main(["calls", "--db", str(path)]) == 0
+def test_an_empty_journal_says_so(where: str, capsys: pytest.CaptureFixture[str]) -> None:
+    journal_at(where, Clock()).open().close()
+    assert main(["calls", "--db", where]) == 0
     assert "no calls in" in capsys.readouterr().out
 
 
@@ -187,12 +209,12 @@ SLOW = ToolExchange("call_2", "refund", "{}", '{"error":"the tool did not answer
 
 
 @pytest.fixture
-def agents_db(tmp_path: Path) -> Path:
+def agents_db(where: str) -> str:
     """An OpenAI call of the ``support`` agent with key presses and two tool calls (one timed
     out), and an Ultravox call of the default agent."""
-    path = tmp_path / "agents.db"
+    path = where
     clock = Clock()
-    with SQLiteJournal(path, clock=clock) as journal:
+    with journal_at(path, clock) as journal:
         state = CallState(call_id="tools1", accepted_at=0.0, call_sid="CA-tools", agent="support")
         journal.call_started(state)
         conversation = (
@@ -230,9 +252,9 @@ def agents_db(tmp_path: Path) -> Path:
 
 
 def test_calls_shows_the_agent_tool_calls_and_usage(
-    agents_db: Path, capsys: pytest.CaptureFixture[str]
+    agents_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["calls", "--db", str(agents_db)]) == 0
+    assert main(["calls", "--db", agents_db]) == 0
     out = capsys.readouterr().out
     header = next(ln for ln in out.splitlines() if "CallSid" in ln)
     assert header.split() == [
@@ -258,9 +280,9 @@ def test_calls_shows_the_agent_tool_calls_and_usage(
 
 
 def test_transcript_shows_key_presses_and_tool_calls(
-    agents_db: Path, capsys: pytest.CaptureFixture[str]
+    agents_db: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["transcript", "CA-tools", "--db", str(agents_db)]) == 0
+    assert main(["transcript", "CA-tools", "--db", agents_db]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("call CA-tools (voxbridge id tools1, agent support), started")
     assert lines[1:] == [

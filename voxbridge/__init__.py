@@ -10,7 +10,15 @@ The embedding API (see docs/embedding.md)::
 
 from .agents import AgentConfig
 from .errors import Disconnect, Reason, RemoteProtocolError
-from .journal import CallJournal, FanoutJournal, JournalError, MemoryJournal, SQLiteJournal
+from .journal import (
+    CallJournal,
+    FanoutJournal,
+    JournalError,
+    MemoryJournal,
+    PostgresJournal,
+    SQLiteJournal,
+    journal_for,
+)
 from .metrics import Metrics
 from .providers.base import Provider
 from .providers.endpoint import ProviderEndpoint
@@ -33,6 +41,7 @@ __all__ = [
     "JournalError",
     "MemoryJournal",
     "Metrics",
+    "PostgresJournal",
     "Provider",
     "ProviderEndpoint",
     "Reason",
@@ -44,6 +53,7 @@ __all__ = [
     "ToolContext",
     "TrioWebSocketCarrier",
     "__version__",
+    "journal_for",
     "provider_for",
     "run_call",
 ]

@@ -1,4 +1,5 @@
-"""``voxbridge calls`` and ``voxbridge transcript CALL_SID``: the SQLite journal, for people.
+"""``voxbridge calls`` and ``voxbridge transcript CALL_SID``: the journal (SQLite or PostgreSQL),
+for people.
 
 Everything shown comes from carriers, callers and providers, so it is printed as plain text (no
 rich markup) with control characters replaced: a transcript cannot restyle or drive the terminal.
@@ -16,7 +17,14 @@ from rich.table import Table
 from rich.text import Text
 
 from .journal import JournalError
-from .journal.reader import JournaledCall, JournaledLine, find_calls, read_lines, recent_calls
+from .journal.reader import (
+    JournaledCall,
+    JournaledLine,
+    find_calls,
+    location,
+    read_lines,
+    recent_calls,
+)
 
 __all__ = ["print_calls", "print_transcript"]
 
@@ -112,6 +120,11 @@ def _sid(call: JournaledCall) -> Text:
 def print_calls(console: Console, path: str | os.PathLike[str], limit: int = 20) -> int:
     """Print the ``limit`` most recent calls in ``path`` as a table, newest first.
 
+    Args:
+        console: where to print.
+        path: a SQLite path, or a ``postgresql://`` DSN (shown without its password).
+        limit: how many calls at most.
+
     Returns:
         The exit status: 0, or 1 (with a one-line message) if there is no readable journal.
     """
@@ -121,10 +134,10 @@ def print_calls(console: Console, path: str | os.PathLike[str], limit: int = 20)
         console.print(_plain(f"voxbridge calls: {exc}", "red"), soft_wrap=True)
         return 1
     if not calls:
-        console.print(_plain(f"no calls in {os.fspath(path)}"))
+        console.print(_plain(f"no calls in {location(path)}"))
         return 0
     table = Table(
-        title=_plain(f"{len(calls)} most recent calls in {os.fspath(path)}"),
+        title=_plain(f"{len(calls)} most recent calls in {location(path)}"),
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
@@ -160,7 +173,8 @@ def print_calls(console: Console, path: str | os.PathLike[str], limit: int = 20)
 
 
 def print_transcript(console: Console, path: str | os.PathLike[str], call: str) -> int:
-    """Print the transcript of ``call`` (a CallSid, or a voxbridge call id) in ``path``.
+    """Print the transcript of ``call`` (a CallSid, or a voxbridge call id) in ``path`` (a SQLite
+    path, or a ``postgresql://`` DSN, shown without its password).
 
     Returns:
         The exit status: 0, or 1 (with a one-line message) if there is no readable journal or no
@@ -174,7 +188,7 @@ def print_transcript(console: Console, path: str | os.PathLike[str], call: str) 
         return 1
     if not found:
         console.print(
-            _plain(f"voxbridge transcript: no call {call!r} in {os.fspath(path)}", "red"),
+            _plain(f"voxbridge transcript: no call {call!r} in {location(path)}", "red"),
             soft_wrap=True,
         )
         return 1

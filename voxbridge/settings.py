@@ -383,7 +383,10 @@ class Settings:
         ),
     )
     # --- journal and logs ------------------------------------------------------------------------
-    db: str = attrs.field(default="voxbridge.db", metadata=_help("journal location (SQLite path)"))
+    db: str = attrs.field(
+        default="voxbridge.db",
+        metadata=_help("journal location: a SQLite path, or a postgresql:// DSN"),
+    )
     log_format: str = attrs.field(
         default="console", validator=_one_of(*LOG_FORMATS), metadata=_help("console or json")
     )

@@ -1,31 +1,68 @@
 """Where a call's record and transcript go: the journal (sink) interface and the journals shipped.
 
 The call reports three things, synchronously and cheaply: it started (the carrier's ``start``
-arrived), a final transcript line (speech or key presses) or a tool exchange arrived, it ended (with its :class:`~voxbridge.CallRecord`, whose
-transcript is complete). Any object with those three methods -- :class:`CallJournal` -- is a sink:
-an embedder sends records anywhere (a queue, a message bus, a database of their own) by passing one
-to ``run_call(..., journal=...)`` or ``VoxbridgeApp(journal=...)``, or several at once with
-:class:`FanoutJournal`.
+arrived), a final transcript line (speech or key presses) or a tool exchange arrived, it ended
+(with its :class:`~voxbridge.CallRecord`, whose transcript is complete). Any object with those
+three methods -- :class:`CallJournal` -- is a sink: an embedder sends records anywhere (a queue, a
+message bus, a database of their own) by passing one to ``run_call(..., journal=...)`` or
+``VoxbridgeApp(journal=...)``, or several at once with :class:`FanoutJournal`.
 
 * :class:`~voxbridge.journal.sqlite.SQLiteJournal`: durable, the default of ``voxbridge serve``
-  (``--db``); a writer thread, so the call never waits for the disk.
+  (``--db PATH``); a writer thread, so the call never waits for the disk.
+* :class:`~voxbridge.journal.postgres.PostgresJournal`: the same on PostgreSQL, shared by replicas
+  (``--db postgresql://...``; needs the ``postgres`` extra).
 * :class:`MemoryJournal`: the most recent calls in memory (tests, embedding, the demo).
 * :class:`FanoutJournal`: every record to several journals.
+
+:func:`journal_for` picks the durable one a ``--db`` value names.
 """
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from .sqlite import JournalError, SQLiteJournal
+from ..metrics import Metrics
+from .postgres import PostgresJournal
+from .schema import JournalError, is_postgres
+from .sqlite import SQLiteJournal
+from .writer import JournalStatistics, WriterJournal
 
 if TYPE_CHECKING:  # the session imports the journal; the journal only names its types
     from ..providers.events import HistoryItem
     from ..session.state import CallRecord, CallState
 
-__all__ = ["CallJournal", "FanoutJournal", "JournalError", "MemoryJournal", "SQLiteJournal"]
+__all__ = [
+    "CallJournal",
+    "FanoutJournal",
+    "JournalError",
+    "JournalStatistics",
+    "MemoryJournal",
+    "PostgresJournal",
+    "SQLiteJournal",
+    "WriterJournal",
+    "journal_for",
+]
+
+
+def journal_for(
+    db: str | os.PathLike[str], *, metrics: Metrics | None = None
+) -> SQLiteJournal | PostgresJournal:
+    """The durable journal ``db`` names, not opened yet (``open`` does the I/O).
+
+    Args:
+        db: a ``postgresql://`` or ``postgres://`` DSN for :class:`PostgresJournal`; anything else
+            is a SQLite path (or ``":memory:"``) for :class:`SQLiteJournal`.
+        metrics: where the journal counts its losses.
+
+    Returns:
+        The journal, with its defaults for everything but ``metrics``.
+    """
+    if is_postgres(db):
+        return PostgresJournal(os.fspath(db), metrics=metrics)
+    return SQLiteJournal(db, metrics=metrics)
 
 
 class CallJournal(Protocol):

@@ -1,15 +1,18 @@
-"""Reading a SQLite journal (``voxbridge calls``, ``voxbridge transcript``, tests, scripts).
+"""Reading a journal (``voxbridge calls``, ``voxbridge transcript``, tests, scripts): SQLite, or
+PostgreSQL when the location is a ``postgresql://`` (or ``postgres://``) DSN.
 
-Readers never create a journal by mistake (a missing file is a :class:`JournalError`) and never
-write one (``PRAGMA query_only``); in WAL mode they never block the server's writer and see every
-committed record (see :mod:`voxbridge.journal.sqlite` for the schema and the timestamp format).
-The file is opened ``mode=rw`` (SQLite falls back to read-only for a write-protected file) rather
-than ``mode=ro``: a read-only connection that is the last to close leaves the ``-wal`` and
-``-shm`` files behind.
+Readers never create a journal by mistake (a missing file, or a database without a
+``voxbridge_schema`` table, is a :class:`JournalError`) and never write one (SQLite's ``PRAGMA
+query_only``; PostgreSQL's ``default_transaction_read_only``). They never block the server's
+writer and see every committed record (see :mod:`voxbridge.journal.sqlite` and
+:mod:`voxbridge.journal.postgres` for the schemas). Whichever back end, rows read alike: timestamps
+as ISO 8601 UTC text with milliseconds, JSON columns as dicts. A SQLite file is opened ``mode=rw``
+(SQLite falls back to read-only for a write-protected file) rather than ``mode=ro``: a read-only
+connection that is the last to close leaves the ``-wal`` and ``-shm`` files behind.
 
-A journal an older voxbridge wrote (schema version 1) is read as it is, never migrated: the columns
-it lacks read as the migration would fill them (``agent`` ``None``, ``usage`` ``{}``, counts 0,
-``tool`` ``None``).
+A journal an older voxbridge wrote (SQLite schema version 1) is read as it is, never migrated: the
+columns it lacks read as the migration would fill them (``agent`` ``None``, ``usage`` ``{}``,
+counts 0, ``tool`` ``None``).
 """
 
 from __future__ import annotations
@@ -17,45 +20,27 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from ..providers.events import ToolExchange
-from .sqlite import JournalError
+from .postgres import connect, error_line, redact_dsn, require_psycopg
+from .schema import CALL_COLUMNS, LINE_COLUMNS, JournalError, is_postgres
 
-__all__ = ["JournaledCall", "JournaledLine", "find_calls", "read_lines", "recent_calls"]
+__all__ = [
+    "JournaledCall",
+    "JournaledLine",
+    "find_calls",
+    "location",
+    "read_lines",
+    "recent_calls",
+]
 
-_CALL_COLUMNS = (
-    "call_id",
-    "call_sid",
-    "stream_sid",
-    "carrier",
-    "provider",
-    "status",
-    "started_at",
-    "ended_at",
-    "crash_marked_at",
-    "duration_s",
-    "reason",
-    "detail",
-    "close_code",
-    "upstream_opened",
-    "frames_from_caller",
-    "frames_to_caller",
-    "bytes_from_caller",
-    "bytes_to_caller",
-    "resumes",
-    "barge_ins",
-    "custom_parameters",
-    "agent",
-    "usage",
-    "tool_calls",
-    "dtmf_digits",
-)
-_LINE_COLUMNS = ("seq", "role", "text", "at", "tool")
 _EXCHANGE = tuple(field.name for field in attrs.fields(ToolExchange))  # the JSON's keys, in order
 # What a column added by a migration reads as in a journal not migrated yet (schema version 1).
 _ADDED = {"agent": "NULL", "usage": "'{}'", "tool_calls": "0", "dtmf_digits": "0", "tool": "NULL"}
@@ -104,8 +89,28 @@ class JournaledLine:
     tool: ToolExchange | None = None
 
 
+def location(path: str | os.PathLike[str]) -> str:
+    """The journal as messages name it: the path, or the DSN without its password."""
+    return redact_dsn(path) if isinstance(path, str) and is_postgres(path) else os.fspath(path)
+
+
+@attrs.frozen
+class _Reading:
+    """One open journal: ``query(sql, args)`` runs ``sql`` (``?`` parameters) and returns rows
+    as dicts; ``columns(table)`` names the table's columns; ``order`` breaks ties in
+    ``started_at`` in insertion order (SQLite) or by call id (PostgreSQL)."""
+
+    query: Callable[[str, Sequence[object]], list[dict[str, Any]]]
+    columns: Callable[[str], set[str]]
+    order: str
+
+
 @contextmanager
-def _reading(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
+def _reading(path: str | os.PathLike[str]) -> Iterator[_Reading]:
+    if isinstance(path, str) and is_postgres(path):
+        with _reading_postgres(path) as reading:
+            yield reading
+        return
     file = Path(path)
     if os.fspath(path) == ":memory:" or not file.is_file():
         raise JournalError(f"no journal at {os.fspath(path)!r}")
@@ -114,9 +119,16 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
     except sqlite3.Error as exc:
         raise JournalError(f"cannot open the journal {os.fspath(path)!r}: {exc}") from None
     connection.row_factory = sqlite3.Row
+
+    def query(sql: str, args: Sequence[object]) -> list[dict[str, Any]]:
+        return [dict(row) for row in connection.execute(sql, args)]
+
+    def columns(table: str) -> set[str]:
+        return {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}
+
     try:
         connection.execute("PRAGMA query_only = ON")
-        yield connection
+        yield _Reading(query, columns, "rowid")
     except sqlite3.Error as exc:
         raise JournalError(
             f"{os.fspath(path)!r} is not a readable voxbridge journal: {exc}"
@@ -125,25 +137,68 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[sqlite3.Connection]:
         connection.close()
 
 
-def _select(db: sqlite3.Connection, table: str, columns: tuple[str, ...]) -> str:
+def _value(value: object) -> object:
+    """A PostgreSQL value as the SQLite journal holds it: a ``timestamptz`` as ISO text."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return value
+
+
+@contextmanager
+def _reading_postgres(dsn: str) -> Iterator[_Reading]:
+    pg = require_psycopg()
+    where = redact_dsn(dsn)
+    try:
+        connection = connect(dsn, default_transaction_read_only="on")
+    except pg.Error as exc:
+        raise JournalError(f"cannot open the journal {where!r}: {error_line(exc)}") from None
+
+    def query(sql: str, args: Sequence[object]) -> list[dict[str, Any]]:
+        with connection.cursor() as cursor:
+            cursor.execute(sql.replace("?", "%s"), args)
+            names = [column.name for column in cursor.description or ()]
+            return [{n: _value(v) for n, v in zip(names, row, strict=True)} for row in cursor]
+
+    def columns(table: str) -> set[str]:
+        rows = query(
+            "SELECT attname FROM pg_attribute "
+            "WHERE attrelid = to_regclass(?) AND attnum > 0 AND NOT attisdropped",
+            (table,),
+        )
+        return {row["attname"] for row in rows}
+
+    try:
+        if not query("SELECT to_regclass('voxbridge_schema') AS t", ())[0]["t"]:
+            raise JournalError(f"no journal at {where!r}")
+        yield _Reading(query, columns, "call_id")
+    except pg.Error as exc:
+        raise JournalError(
+            f"{where!r} is not a readable voxbridge journal: {error_line(exc)}"
+        ) from None
+    finally:
+        connection.close()
+
+
+def _select(db: _Reading, table: str, columns: tuple[str, ...]) -> str:
     """``columns`` for a SELECT from ``table``: a column the journal lacks (an older schema) as
     the value a migration would give it."""
-    present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    present = db.columns(table)
     return ", ".join(
         name if name in present or name not in _ADDED else f"{_ADDED[name]} AS {name}"
         for name in columns
     )
 
 
-def _json_object(text: object) -> dict[str, object]:
+def _json_object(value: object) -> dict[str, object]:
+    """A JSON object column: text (SQLite) or already decoded (PostgreSQL's ``jsonb``)."""
     try:
-        value = json.loads(text) if isinstance(text, str) else None
+        value = json.loads(value) if isinstance(value, str) else value
     except ValueError:
         value = None
-    return value if isinstance(value, dict) else {}
+    return dict(value) if isinstance(value, Mapping) else {}
 
 
-def _call(row: sqlite3.Row) -> JournaledCall:
+def _call(row: dict[str, Any]) -> JournaledCall:
     values = dict(row)
     values["custom_parameters"] = _json_object(values["custom_parameters"])
     values["usage"] = {
@@ -156,7 +211,7 @@ def _call(row: sqlite3.Row) -> JournaledCall:
     return JournaledCall(**values)
 
 
-def _line(row: sqlite3.Row) -> JournaledLine:
+def _line(row: dict[str, Any]) -> JournaledLine:
     values = dict(row)
     tool = _json_object(values["tool"])
     parts = [text for key in _EXCHANGE if isinstance(text := tool.get(key), str)]
@@ -167,15 +222,19 @@ def _line(row: sqlite3.Row) -> JournaledLine:
 def recent_calls(path: str | os.PathLike[str], *, limit: int = 20) -> list[JournaledCall]:
     """The ``limit`` most recently started calls, newest first.
 
+    Args:
+        path: a SQLite path, or a ``postgresql://`` DSN.
+
     Raises:
-        JournalError: no journal at ``path``, or not a voxbridge journal.
+        JournalError: no journal at ``path``, or not a voxbridge journal, or the database cannot
+            be reached.
     """
     with _reading(path) as db:
-        columns = _select(db, "calls", _CALL_COLUMNS)
-        rows = db.execute(
-            f"SELECT {columns} FROM calls ORDER BY started_at DESC, rowid DESC LIMIT ?",
+        columns = _select(db, "calls", CALL_COLUMNS)
+        rows = db.query(
+            f"SELECT {columns} FROM calls ORDER BY started_at DESC, {db.order} DESC LIMIT ?",
             (limit,),
-        ).fetchall()
+        )
     return [_call(row) for row in rows]
 
 
@@ -183,29 +242,37 @@ def find_calls(path: str | os.PathLike[str], call: str) -> list[JournaledCall]:
     """The calls whose CallSid is ``call`` (oldest first; a carrier may reuse one for several
     streams), or else the call whose voxbridge call id is ``call``.
 
+    Args:
+        path: a SQLite path, or a ``postgresql://`` DSN.
+
     Raises:
-        JournalError: no journal at ``path``, or not a voxbridge journal.
+        JournalError: no journal at ``path``, or not a voxbridge journal, or the database cannot
+            be reached.
     """
     with _reading(path) as db:
-        columns = _select(db, "calls", _CALL_COLUMNS)
-        rows = db.execute(
-            f"SELECT {columns} FROM calls WHERE call_sid = ? ORDER BY started_at, rowid",
+        columns = _select(db, "calls", CALL_COLUMNS)
+        rows = db.query(
+            f"SELECT {columns} FROM calls WHERE call_sid = ? ORDER BY started_at, {db.order}",
             (call,),
-        ).fetchall()
+        )
         if not rows:
-            rows = db.execute(f"SELECT {columns} FROM calls WHERE call_id = ?", (call,)).fetchall()
+            rows = db.query(f"SELECT {columns} FROM calls WHERE call_id = ?", (call,))
     return [_call(row) for row in rows]
 
 
 def read_lines(path: str | os.PathLike[str], call_id: str) -> list[JournaledLine]:
     """The transcript of the call ``call_id`` (voxbridge's id), in order.
 
+    Args:
+        path: a SQLite path, or a ``postgresql://`` DSN.
+
     Raises:
-        JournalError: no journal at ``path``, or not a voxbridge journal.
+        JournalError: no journal at ``path``, or not a voxbridge journal, or the database cannot
+            be reached.
     """
     with _reading(path) as db:
-        columns = _select(db, "transcript", _LINE_COLUMNS)
-        rows = db.execute(
+        columns = _select(db, "transcript", LINE_COLUMNS)
+        rows = db.query(
             f"SELECT {columns} FROM transcript WHERE call_id = ? ORDER BY seq", (call_id,)
-        ).fetchall()
+        )
     return [_line(row) for row in rows]

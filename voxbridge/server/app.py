@@ -19,8 +19,9 @@ before any provider session opens). Whatever the settings, a second live stream 
 ``CallSid`` this process is already bridging is refused (``protocol_error``, counted
 ``duplicate``).
 
-The lifespan starts what the app needs for its whole life -- the call journal (SQLite at
-``settings.db``, unless one is passed in) and the built-in echo agent when the provider is ``echo``
+The lifespan starts what the app needs for its whole life -- the call journal (SQLite, or
+PostgreSQL for a ``postgresql://`` DSN, at ``settings.db``, unless one is passed in) and the
+built-in echo agent when the provider is ``echo``
 -- and at shutdown, once every call has been accounted for, flushes and closes the journal; so the
 same app works under ``voxbridge serve`` and under ``hypercorn -k trio voxbridge.asgi:app``.
 """
@@ -42,7 +43,7 @@ from ..agents import AgentConfig, Agents, load_agents, load_tools
 from ..carriers.twilio import Start
 from ..carriers.twilio_rest import TwilioRest, hangup_twiml
 from ..errors import Disconnect, Reason
-from ..journal import CallJournal, SQLiteJournal
+from ..journal import CallJournal, PostgresJournal, SQLiteJournal, journal_for
 from ..metrics import Metrics
 from ..providers.base import Provider
 from ..providers.registry import provider_for
@@ -96,7 +97,8 @@ class VoxbridgeApp:
         registry: the calls this app runs.
         provider: the provider; built from ``settings`` at startup if omitted.
         journal: where calls are recorded. If omitted, the app's own
-            :class:`~voxbridge.journal.SQLiteJournal` at ``settings.db``: opened by :meth:`start`
+            journal at ``settings.db`` (:class:`~voxbridge.journal.SQLiteJournal`, or
+            :class:`~voxbridge.journal.PostgresJournal` for a ``postgresql://`` DSN): opened by :meth:`start`
             (marking calls a crash left live) and flushed and closed by :meth:`aclose` (the
             lifespan's shutdown does it). A journal passed in is the caller's to open and close.
         connect_stream: how calls open provider streams (tests inject memory streams).
@@ -130,9 +132,9 @@ class VoxbridgeApp:
         self.metrics = metrics if metrics is not None else Metrics()
         self.registry = registry if registry is not None else CallRegistry()
         self.provider = provider
-        self.own_journal: SQLiteJournal | None = None
+        self.own_journal: SQLiteJournal | PostgresJournal | None = None
         if journal is None:
-            journal = self.own_journal = SQLiteJournal(settings.db, metrics=self.metrics)
+            journal = self.own_journal = journal_for(settings.db, metrics=self.metrics)
         self.journal: CallJournal = journal
         self.echo_agent: EchoAgent | None = None
         self.connect_stream = connect_stream

@@ -124,8 +124,8 @@ async def serve(
     ``await nursery.start(serve, settings)`` returns a :class:`RunningServer` once the socket is
     listening and the provider endpoint is resolved (with ``port=0``, read the port from it).
 
-    The call journal is the SQLite file at ``settings.db`` unless ``journal`` is given: opened
-    first (marking calls a crash left live), before the socket is bound, and flushed and closed
+    The call journal is at ``settings.db`` (a SQLite file, or a ``postgresql://`` DSN) unless
+    ``journal`` is given: opened first (marking calls a crash left live), before the socket is bound, and flushed and closed
     last, after the drain and every call's teardown -- also when the host cancels ``serve``.
 
     Raises:
