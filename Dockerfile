@@ -17,7 +17,9 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY voxbridge ./voxbridge
 # The postgres extra brings psycopg with its binary wheel: the image runs with either journal.
-RUN /opt/voxbridge/bin/pip install --no-cache-dir --disable-pip-version-check ".[postgres]"
+# The otel extra (OpenTelemetry's API, SDK and OTLP/HTTP exporter, no grpcio) lets
+# OTEL_EXPORTER_OTLP_ENDPOINT turn traces on without another image; unset, none of it is imported.
+RUN /opt/voxbridge/bin/pip install --no-cache-dir --disable-pip-version-check ".[postgres,otel]"
 
 # --- run: the virtualenv on a clean slim base, as an unprivileged user -------------------------
 FROM python:3.11-slim

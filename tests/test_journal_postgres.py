@@ -7,13 +7,16 @@ afterwards; every wait on the server or the writer is bounded (``connect_timeout
 (simulator -> bridge -> ``FakeOpenAIRealtime`` on the autojump clock) with a real writer thread.
 What the SQLite journal guarantees is checked here too, and where both apply the two back ends are
 written the same records and must read back the same rows. Replica crashes are real: a replica is a
-subprocess, killed with SIGKILL.
+subprocess, killed with SIGKILL. Outages and a hung pooler are real too: a TCP proxy on loopback
+(:class:`Proxy`, threads) that a test takes down (connections cut, new ones refused) or freezes
+(connections open, nothing forwarded, as a stopped PgBouncer).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -52,9 +55,15 @@ from voxbridge.journal import (
     WriterJournal,
     journal_for,
 )
-from voxbridge.journal.postgres import LOCK_KEY, SCHEMA_VERSION, redact_dsn
+from voxbridge.journal.postgres import (
+    HEARTBEAT_TIMEOUT,
+    LOCK_KEY,
+    SCHEMA_VERSION,
+    redact_dsn,
+)
 from voxbridge.journal.reader import find_calls, read_lines, recent_calls
 from voxbridge.journal.sqlite import iso_utc
+from voxbridge.journal.writer import INTERRUPT_GRACE
 from voxbridge.metrics import Metrics
 from voxbridge.providers.events import Transcript
 from voxbridge.server import RunningServer, serve
@@ -132,6 +141,117 @@ def writer_backends(dsn: str) -> list[tuple[Any, ...]]:
 
 
 QUIET = 3600.0  # a heartbeat that never comes during a test that is not about heartbeats
+
+
+class Proxy:
+    """A TCP proxy on 127.0.0.1 in front of the tests' PostgreSQL, run by threads, that a test
+    can take down or freeze:
+
+    * ``down()``: an outage. Every connection is cut and new ones are closed at once; ``up()``
+      ends it.
+    * ``freeze()``: a pooler or server that hangs with its kernel alive (a stopped PgBouncer).
+      Connections stay open and new ones are accepted, but nothing is forwarded again: what a
+      client sends is acknowledged by the kernel, keepalives are answered, no reply ever comes.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self._upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self._listener.getsockname()[1]
+        self._state = "up"
+        self._lock = threading.Lock()
+        self._open: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def dsn(self, dsn: str) -> str:
+        """``dsn``, connecting through the proxy."""
+        parts = urlsplit(dsn)
+        user = f"{parts.username}@" if parts.username else ""
+        return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{self.port}"))
+
+    def down(self) -> None:
+        self._state = "down"
+        with self._lock:
+            for sock in self._open:
+                _shut(sock)
+
+    def up(self) -> None:
+        self._state = "up"
+
+    def freeze(self) -> None:
+        self._state = "frozen"
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(WAIT)
+            assert not thread.is_alive()
+        with self._lock:
+            for sock in self._open:
+                sock.close()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            readable, _, _ = select.select([self._listener], [], [], 0.02)
+            if not readable:
+                continue
+            client, _ = self._listener.accept()
+            with self._lock:
+                self._open.append(client)
+            if self._state == "down":
+                _shut(client)  # refused: the client reads the end of the stream at once
+                continue
+            if self._state == "frozen":
+                continue  # accepted by the kernel, never answered
+            try:
+                server = socket.create_connection(self._upstream, timeout=5)
+            except OSError:
+                _shut(client)
+                continue
+            with self._lock:
+                self._open.append(server)
+            pump = threading.Thread(target=self._pump, args=(client, server), daemon=True)
+            self._threads.append(pump)
+            pump.start()
+
+    def _pump(self, client: socket.socket, server: socket.socket) -> None:
+        try:
+            while not self._stop.is_set() and self._state != "down":
+                if self._state == "frozen":
+                    time.sleep(0.02)
+                    continue
+                readable, _, _ = select.select([client, server], [], [], 0.02)
+                for sock in readable:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    (server if sock is client else client).sendall(data)
+        except OSError:
+            return
+        finally:
+            _shut(client)
+            _shut(server)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected any more
+
+
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    running = Proxy(postgres_dsn())
+    try:
+        yield running
+    finally:
+        running.close()
+
 
 # --- the call, end to end ---------------------------------------------------------------------------
 
@@ -286,9 +406,16 @@ def test_a_line_is_committed_promptly(pg: str) -> None:
 def test_journal_for_picks_the_back_end_by_scheme(tmp_path: Path) -> None:
     assert isinstance(journal_for(str(tmp_path / "x.db")), SQLiteJournal)
     assert isinstance(journal_for(tmp_path / "x.db"), SQLiteJournal)
-    for dsn in ("postgresql://vb@db.internal/voxbridge", "postgres://vb@db.internal/voxbridge"):
+    assert isinstance(journal_for("./host=x.db"), SQLiteJournal)  # a file of that name
+    for dsn in (
+        "postgresql://vb@db.internal/voxbridge",
+        "postgres://vb@db.internal/voxbridge",
+        "host=db.internal user=vb dbname=voxbridge",  # libpq's key/value form
+        "  dbname = voxbridge host=db.internal user=vb",
+    ):
         journal = journal_for(dsn, metrics=Metrics())
-        assert isinstance(journal, PostgresJournal) and journal.path == dsn
+        assert isinstance(journal, PostgresJournal)
+        assert journal.path == "postgresql://vb@db.internal/voxbridge"
         assert not journal.is_open  # nothing connects before open()
 
 
@@ -419,18 +546,39 @@ def test_what_is_not_a_journal_is_refused_and_says_why(pg: str) -> None:
     [
         ("postgresql://vb@db/voxbridge", "postgresql://vb@db/voxbridge"),
         ("postgresql://vb:pw@db:5432/voxbridge", "postgresql://vb:***@db:5432/voxbridge"),
+        ("postgres://vb:p%40w@h1,h2/x?sslmode=require", "postgresql://vb:***@h1,h2/x"),
+        ("postgresql://vb:pw@h1:5432,h2:5433/x", "postgresql://vb:***@h1:5432,h2:5433/x"),
+        ("postgresql:///x?user=vb&password=pw&sslmode=require", "postgresql://vb:***@/x"),
+        # libpq takes ? and # unescaped in a URI's password; urllib stops there
+        ("postgresql://vb:pa?ss@db/x", "postgresql://vb:***@db/x"),
+        ("postgresql://vb:pa#ss@db:5432/x?sslmode=require", "postgresql://vb:***@db:5432/x"),
         (
-            "postgres://vb:p%40w@h1,h2/x?sslmode=require",
-            "postgres://vb:***@h1,h2/x?sslmode=require",
+            "postgresql://vb:pa?ss#w@rd@db/x",
+            "postgresql://(not shown: escape @ and / in a password as %40 and %2F)",
+        ),
+        # an unescaped @ or / puts part of the password in libpq's host or database name
+        (
+            "postgresql://vb:p@ss@db/x",
+            "postgresql://(not shown: escape @ and / in a password as %40 and %2F)",
         ),
         (
-            "postgresql:///x?user=vb&password=pw&sslmode=require",
-            "postgresql:///x?user=vb&password=***&sslmode=require",
+            "postgresql://vb:p/ss@db/x",
+            "postgresql://(not shown: escape @ and / in a password as %40 and %2F)",
         ),
+        ("postgresql://vb%40tenant:pw@db/x", "postgresql://vb%40tenant:***@db/x"),
+        # libpq's key/value form, quoted values and all
+        ("host=db user=vb password=s3cret dbname=x", "postgresql://vb:***@db/x"),
+        ("host=db port=5433 password='s3 cr?t#' sslpassword=k3y", "postgresql://:***@db:5433"),
+        ("host=/var/run/postgresql dbname=x", "postgresql://%2Fvar%2Frun%2Fpostgresql/x"),
+        ("postgresql://[::1]:5432/x", "postgresql://[::1]:5432/x"),
+        ("postgresql://vb:s3cret@[::1/nowhere", "postgresql://(malformed)"),
+        ("host=db password=s3cret nonsense=1", "postgresql://(malformed)"),
     ],
 )
 def test_a_dsn_is_shown_without_its_password(dsn: str, shown: str) -> None:
     assert redact_dsn(dsn) == shown
+    for secret in ("pw", "pa?ss", "pa#ss", "ss@db", "s3cret", "s3 cr", "k3y", "p/ss"):
+        assert secret not in redact_dsn(dsn)
 
 
 # --- crashed calls, across replicas -----------------------------------------------------------------
@@ -440,7 +588,9 @@ import sys, time
 from voxbridge.journal import PostgresJournal
 from voxbridge.providers.events import Transcript
 from voxbridge.session import CallState
-journal = PostgresJournal(sys.argv[1], heartbeat=float(sys.argv[2])).open()
+journal = PostgresJournal(
+    sys.argv[1], heartbeat=float(sys.argv[2]), stale_after=float(sys.argv[3])
+).open()
 for n in range(2):
     call = CallState(call_id=f"dead{n}", accepted_at=0.0, call_sid=f"CA-dead{n}")
     journal.call_started(call)
@@ -451,9 +601,9 @@ time.sleep(60)  # bridging its calls, until killed
 
 
 @contextmanager
-def replica(dsn: str, heartbeat: float) -> Iterator[subprocess.Popen[bytes]]:
+def replica(dsn: str, heartbeat: float, bound: float) -> Iterator[subprocess.Popen[bytes]]:
     """Another voxbridge process on the same journal, with two live calls."""
-    process = subprocess.Popen([sys.executable, "-c", REPLICA, dsn, str(heartbeat)])
+    process = subprocess.Popen([sys.executable, "-c", REPLICA, dsn, str(heartbeat), str(bound)])
     try:
         yield process
     finally:
@@ -463,13 +613,15 @@ def replica(dsn: str, heartbeat: float) -> Iterator[subprocess.Popen[bytes]]:
 
 @pytest.mark.hang_limit(60)
 def test_the_calls_of_a_replica_that_dies_are_marked_crashed_by_another_after_the_bound(
-    pg: str, caplog: pytest.LogCaptureFixture
+    pg: str, caplog: pytest.LogCaptureFixture, metrics: Metrics
 ) -> None:
     heartbeat, bound = 0.1, 1.0
     clock = Clock()
     with (
-        PostgresJournal(pg, clock=clock, heartbeat=heartbeat, stale_after=bound) as survivor,
-        replica(pg, heartbeat) as other,
+        PostgresJournal(
+            pg, clock=clock, heartbeat=heartbeat, stale_after=bound, metrics=metrics
+        ) as survivor,
+        replica(pg, heartbeat, bound) as other,
         caplog.at_level(logging.WARNING, logger="voxbridge.journal"),
     ):
         survivor.call_started(state("mine", "CA-mine"))
@@ -500,9 +652,10 @@ def test_the_calls_of_a_replica_that_dies_are_marked_crashed_by_another_after_th
             "the dead replica's calls marked",
         )
         marked_after = time.monotonic() - killed
-        # its last heartbeat was at most one idle poll (0.2 s) before the kill
-        assert bound - 0.3 <= marked_after < bound + 3.0
+        # its last heartbeat was at most one heartbeat (0.1 s) before the kill
+        assert bound - 0.2 <= marked_after < bound + 3.0
         assert survivor.statistics().crashed_since_open == 2
+        assert crash_marks(metrics) == 2
     assert rows(
         pg, "SELECT call_id, status, crash_marked_at, replica_id FROM calls ORDER BY 1"
     ) == [
@@ -516,6 +669,12 @@ def test_the_calls_of_a_replica_that_dies_are_marked_crashed_by_another_after_th
         "2 calls left live by replicas that are gone marked crashed "
         "(1 replicas without a heartbeat for 1s removed)"
     ) in caplog.text
+
+
+def crash_marks(metrics: Metrics) -> float:
+    value = metrics.registry.get_sample_value("voxbridge_journal_crash_marks_total")
+    assert value is not None
+    return value
 
 
 def test_a_clean_close_leaves_no_replica_and_its_unfinished_calls_are_marked_by_the_next(
@@ -532,10 +691,12 @@ def test_a_clean_close_leaves_no_replica_and_its_unfinished_calls_are_marked_by_
     assert first.close()  # its call "gone" is live: its end was never written
     assert rows(pg, "SELECT count(*) FROM voxbridge_replicas") == [(0,)]
     clock.now = T0 + 3600
+    metrics = Metrics()
     with caplog.at_level(logging.WARNING, logger="voxbridge.journal"):
-        third = PostgresJournal(pg, clock=clock).open()
-    try:
+        third = PostgresJournal(pg, clock=clock, metrics=metrics).open()
+    try:  # a replica with no row is gone whatever the database did: marked at open
         assert third.statistics().crashed_at_open == 1
+        assert crash_marks(metrics) == 1
     finally:
         third.close()
     (gone,) = find_calls(pg, "CA-gone")
@@ -572,12 +733,159 @@ def test_a_replica_taken_for_dead_registers_again_and_its_calls_still_end(
 
 
 def test_the_heartbeat_bounds_are_checked() -> None:
-    with pytest.raises(ValueError, match="stale_after greater than heartbeat"):
+    with pytest.raises(ValueError, match=r"stale_after \(1s\) must be at least 2 \* heartbeat"):
         PostgresJournal("postgresql:///x", heartbeat=1.0, stale_after=1.0)
-    with pytest.raises(ValueError):
-        PostgresJournal("postgresql:///x", heartbeat=0)
+    # one missed heartbeat, and the heartbeat's own timeouts, must fit in the bound
+    with pytest.raises(ValueError, match=r"\(6.5s\): a replica that misses one heartbeat"):
+        PostgresJournal("postgresql:///x", heartbeat=1.0, heartbeat_timeout=1.5, stale_after=6)
+    PostgresJournal("postgresql:///x", heartbeat=1.0, heartbeat_timeout=1.0, stale_after=5)
+    for bad in ({"heartbeat": 0}, {"heartbeat_timeout": 0.0}):
+        with pytest.raises(ValueError, match="must be positive"):
+            PostgresJournal("postgresql:///x", **bad)  # type: ignore[arg-type]
     journal = PostgresJournal("postgresql:///x", heartbeat=2.0)
-    assert journal.stale_after == 6.0
+    assert (journal.stale_after, journal.heartbeat_timeout) == (6.0, 0.4)
+    journal = PostgresJournal("postgresql:///x")  # the defaults: 10 s, 2 s, 30 s
+    assert (journal.heartbeat, journal.heartbeat_timeout, journal.stale_after) == (
+        10.0,
+        HEARTBEAT_TIMEOUT,
+        30.0,
+    )
+
+
+def live_calls(dsn: str) -> list[tuple[Any, ...]]:
+    return rows(dsn, "SELECT call_id, status FROM calls ORDER BY 1")
+
+
+@pytest.mark.hang_limit(60)
+def test_an_outage_longer_than_the_bound_marks_no_replica_crashed(
+    pg: str, proxy: Proxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The database goes away for twice the bound: nobody could heartbeat. The first replica
+    back must not take the others for dead; each waits one bound of its own health first, and by
+    then the others have heartbeated again."""
+    heartbeat, bound = 0.1, 1.0
+    metrics = [Metrics(), Metrics()]
+    journals = [
+        PostgresJournal(proxy.dsn(pg), heartbeat=heartbeat, stale_after=bound, metrics=m)
+        for m in metrics
+    ]
+    with (
+        caplog.at_level(logging.WARNING, logger="voxbridge.journal"),
+        journals[0] as first,
+        journals[1] as second,
+    ):
+        first.call_started(state("a", "CA-a"))
+        second.call_started(state("b", "CA-b"))
+        assert first.flush(WAIT) and second.flush(WAIT)
+        time.sleep(bound * 1.5)  # both healthy for longer than the bound
+        proxy.down()
+        time.sleep(bound * 2)
+        proxy.up()
+        began = time.monotonic()
+        while time.monotonic() - began < bound * 2.5:  # past the point either could judge
+            assert live_calls(pg) == [("a", "live"), ("b", "live")]
+            time.sleep(0.05)
+        assert rows(pg, "SELECT count(*) FROM voxbridge_replicas") == [(2,)]
+        assert rows(pg, "SELECT max(now() - heartbeat_at) < '1 s' FROM voxbridge_replicas") == [
+            (True,)
+        ]
+    assert [j.statistics().crashed_since_open for j in journals] == [0, 0]
+    assert [crash_marks(m) for m in metrics] == [0, 0]
+    assert "journal heartbeat failed" in caplog.text  # the outage, as each replica saw it
+    assert "marked crashed" not in caplog.text
+    assert "row was gone" not in caplog.text
+
+
+@pytest.mark.hang_limit(60)
+def test_a_replica_opening_during_an_outage_of_another_waits_one_bound_before_judging(
+    pg: str, proxy: Proxy
+) -> None:
+    """One replica cannot reach the database for longer than the bound; another starts just
+    then. The starting one must not take it for dead at once: the outage ends, and the first
+    one heartbeats again before the newcomer has been healthy for a bound."""
+    heartbeat, bound = 0.1, 1.0
+    with PostgresJournal(proxy.dsn(pg), heartbeat=heartbeat, stale_after=bound) as cut_off:
+        cut_off.call_started(state("a", "CA-a"))
+        assert cut_off.flush(WAIT)
+        proxy.down()
+        time.sleep(bound * 1.3)  # silent for longer than the bound
+        metrics = Metrics()
+        with PostgresJournal(
+            pg, heartbeat=heartbeat, stale_after=bound, metrics=metrics
+        ) as newcomer:
+            proxy.up()
+            assert newcomer.statistics().crashed_at_open == 0
+            began = time.monotonic()
+            while time.monotonic() - began < bound * 2.5:
+                assert live_calls(pg) == [("a", "live")]
+                time.sleep(0.05)
+            assert newcomer.statistics().crashed_since_open == 0
+        assert crash_marks(metrics) == 0
+
+
+def test_at_start_a_silent_replica_is_judged_after_one_bound_of_health(pg: str) -> None:
+    """A replica that died while nothing else ran: the next one to start marks its calls, but
+    only once it has itself heartbeated for the bound (at start, the database may just be
+    back)."""
+    with PostgresJournal(pg, heartbeat=QUIET):
+        pass  # the schema
+    with admin(pg) as connection:
+        connection.execute(
+            "INSERT INTO voxbridge_replicas VALUES ('dead', 'h', 1, now(), now() - '1 h'::interval)"
+        )
+        connection.execute(
+            "INSERT INTO calls (call_id, carrier, provider, status, started_at, replica_id) "
+            "VALUES ('gone', 'twilio', 'openai', 'live', now(), 'dead')"
+        )
+    bound = 1.0
+    with PostgresJournal(pg, heartbeat=0.1, stale_after=bound) as starting:
+        assert starting.statistics().crashed_at_open == 0
+        assert live_calls(pg) == [("gone", "live")]
+        took = wait_until(
+            lambda: live_calls(pg) == [("gone", "crashed")], "the call marked", timeout=bound + 4
+        )
+        assert bound - 0.1 <= took < bound + 3  # (from just after open)
+        assert starting.statistics().crashed_since_open == 1
+    assert rows(pg, "SELECT count(*) FROM voxbridge_replicas") == [(0,)]
+
+
+@pytest.mark.hang_limit(60)
+def test_a_slow_write_does_not_starve_the_heartbeat(
+    pg: str, metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer of one replica waits on a lock for longer than the bound (up to busy_timeout):
+    its heartbeat has a thread and a connection of its own, so another replica does not take it
+    for dead, and the write goes through once the lock is released."""
+    heartbeat, bound = 0.1, 1.0
+    with (
+        caplog.at_level(logging.WARNING, logger="voxbridge.journal"),
+        PostgresJournal(pg, heartbeat=heartbeat, stale_after=bound, busy_timeout=3.0) as busy,
+        PostgresJournal(pg, heartbeat=heartbeat, stale_after=bound, metrics=metrics) as judge,
+    ):
+        busy.call_started(state())
+        assert busy.flush(WAIT)
+        time.sleep(bound * 1.2)  # the judge has been healthy for the bound
+        with admin(pg) as other, other.transaction():
+            other.execute("LOCK TABLE transcript IN ACCESS EXCLUSIVE MODE")
+            busy.transcript_line(state(), Transcript("caller", "hello"))
+            began = time.monotonic()
+            while time.monotonic() - began < bound * 2.2:  # the write waits all along
+                ((silent,),) = rows(
+                    pg,
+                    "SELECT extract(epoch FROM now() - heartbeat_at) FROM voxbridge_replicas "
+                    "WHERE replica_id = %s",
+                    busy.replica_id,
+                )
+                assert silent < bound / 2
+                assert live_calls(pg) == [("c1", "live")]
+                time.sleep(0.05)
+            assert busy.statistics().written == 1  # still waiting
+        assert busy.flush(WAIT)
+        assert busy.statistics().written == 2
+        assert judge.statistics().crashed_since_open == 0
+    assert [line.text for line in read_lines(pg, "c1")] == ["hello"]
+    assert crash_marks(metrics) == 0
+    assert "marked crashed" not in caplog.text
 
 
 # --- losses: the database goes away, is locked ------------------------------------------------------
@@ -646,8 +954,8 @@ def test_a_locked_table_cannot_hold_shutdown_past_close_and_one_lock_wait(
     pg: str, metrics: Metrics
 ) -> None:
     # Another session holds the tables while records are queued and the server shuts down:
-    # close() gives up at its timeout, and the writer stops after the write it is in (one
-    # lock_timeout), counting the rest as lost.
+    # close() gives up at its timeout and cancels the write it is in (at worst it would end at
+    # its lock_timeout), and the writer counts the rest as lost.
     journal = PostgresJournal(pg, metrics=metrics, busy_timeout=0.3, heartbeat=QUIET).open()
     with admin(pg) as other:
         with other.transaction():
@@ -666,6 +974,115 @@ def test_a_locked_table_cannot_hold_shutdown_past_close_and_one_lock_wait(
     stats = journal.statistics()
     assert (stats.written, stats.failed + stats.refused) == (0, 21)
     assert rows(pg, "SELECT count(*) FROM calls") == [(0,)]
+
+
+def test_close_cancels_a_write_waiting_on_a_lock(pg: str, metrics: Metrics) -> None:
+    # A lock held for longer than close() waits, with a long lock_timeout: close() cancels the
+    # write in progress, so the writer (and the heartbeat) end at once rather than after 30 s.
+    journal = PostgresJournal(pg, metrics=metrics, busy_timeout=30.0, heartbeat=QUIET).open()
+    threads = [journal._thread, journal._beat_thread]
+    with admin(pg) as other:
+        with other.transaction():
+            other.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+            journal.call_started(state())
+            time.sleep(0.1)  # the writer is in its lock wait
+            began = time.monotonic()
+            assert not journal.close(timeout=0.2)
+            closing = time.monotonic() - began
+            for thread in threads:
+                assert thread is not None
+                thread.join(2.0)
+                assert not thread.is_alive()
+            assert time.monotonic() - began < 1.5
+        assert 0.2 <= closing < 0.2 + 3 * INTERRUPT_GRACE + 0.1
+    assert errors(metrics) == 1
+    assert rows(pg, "SELECT count(*) FROM calls") == [(0,)]
+
+
+@pytest.mark.hang_limit(30)
+def test_a_frozen_database_cannot_hold_close_or_the_writer(
+    pg: str, proxy: Proxy, metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A pooler that hangs with its kernel alive: no statement_timeout fires (the server never
+    # sees the query), the TCP timeouts neither (everything is acknowledged). close() gives up
+    # at its timeout and cuts the connections, so both threads end.
+    journal = PostgresJournal(proxy.dsn(pg), metrics=metrics, heartbeat=0.2).open()
+    journal.call_started(state())
+    assert journal.flush(WAIT)
+    wait_until(lambda: journal._last_beat is not None, "the heartbeat connected")
+    threads = [journal._thread, journal._beat_thread]
+    assert all(thread is not None and thread.daemon for thread in threads)
+    proxy.freeze()
+    for n in range(10):
+        journal.transcript_line(state(), Transcript("caller", f"line {n}"))
+    time.sleep(0.5)  # the writer and the heartbeat are blocked on the frozen proxy
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="voxbridge.journal"):
+        assert not journal.close(timeout=0.5)
+    closing = time.monotonic() - began
+    assert 0.5 <= closing < 0.5 + 3 * INTERRUPT_GRACE + 0.1
+    for thread in threads:
+        assert thread is not None
+        thread.join(2.0)
+        assert not thread.is_alive()
+    assert "the writer did not finish within 0.5s" in caplog.text
+    stats = journal.statistics()
+    assert (stats.written, stats.failed + stats.refused) == (1, 10)
+    assert errors(metrics) == 10
+
+
+FROZEN = """
+import sys, time
+from voxbridge.journal import PostgresJournal
+from voxbridge.providers.events import Transcript
+from voxbridge.session import CallState
+journal = PostgresJournal(sys.argv[1], heartbeat=3600).open()
+call = CallState(call_id="c1", accepted_at=0.0, call_sid="CA1")
+journal.call_started(call)
+assert journal.flush(10)
+print("open", flush=True)
+sys.stdin.readline()  # the proxy is frozen now
+journal.transcript_line(call, Transcript("caller", "into the void"))
+time.sleep(0.3)  # the writer sends it, and waits for an answer that never comes
+print("closing", flush=True)
+print("closed", journal.close(timeout=1.0), flush=True)
+"""
+
+
+def read_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The next line the process prints, within ``timeout`` seconds."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready, f"no line within {timeout}s"
+    return process.stdout.readline().strip()
+
+
+@pytest.mark.hang_limit(40)
+def test_a_frozen_database_cannot_keep_the_process_alive_past_close(pg: str, proxy: Proxy) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", FROZEN, proxy.dsn(pg)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert read_line(process, 20) == "open"
+        proxy.freeze()
+        assert process.stdin is not None
+        process.stdin.write("go\n")
+        process.stdin.flush()
+        assert read_line(process, 5) == "closing"
+        began = time.monotonic()
+        assert read_line(process, 5) == "closed False"
+        process.wait(5)  # (before: the writer thread held the interpreter's exit for ever)
+        assert process.returncode == 0
+        assert time.monotonic() - began < 1.0 + 3 * INTERRUPT_GRACE + 2
+    finally:
+        process.kill()
+        process.wait(WAIT)
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                pipe.close()
 
 
 # --- reading it: voxbridge calls, voxbridge transcript, a real server ----------------------------
@@ -728,6 +1145,55 @@ async def test_a_server_journals_its_calls_to_postgres_and_the_cli_reads_them(pg
         return main(["calls", "--db", pg])
 
     assert await trio.to_thread.run_sync(cli) == 0
+
+
+def test_the_cli_reads_a_key_value_dsn_and_never_shows_a_password(
+    pg: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with PostgresJournal(pg) as journal:
+        journal.call_ended(record())
+    parts = urlsplit(pg)
+    user, name = parts.username or "postgres", database_of(pg)
+    conninfo = f"host={parts.hostname} port={parts.port} dbname={name} user={user} password='zq xv'"
+    assert main(["calls", "--db", conninfo]) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"1 most recent calls in postgresql://{user}:***@{parts.hostname}:{parts.port}/{name} "
+        in out
+    )
+    assert "zq" not in out and "CA1" in out
+    unreachable = "host=127.0.0.1 port=1 user=vb password=zq connect_timeout=2"
+    assert main(["transcript", "CA1", "--db", unreachable]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "voxbridge transcript: cannot open the journal 'postgresql://vb:***@127.0.0.1:1': "
+    )
+    assert out.count("\n") == 1 and "zq" not in out
+    assert main(["calls", "--db", "mysql://vb:zq@db/x"]) == 1  # not a journal, nor shown
+    assert capsys.readouterr().out == "voxbridge calls: no journal at 'mysql://(not shown)'\n"
+
+
+async def test_serve_logs_the_journal_without_its_password(
+    pg: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``voxbridge serve --db ...`` logs ``journal <dsn>`` at info level: a password with ``?``
+    and ``#`` (libpq takes them unescaped; urllib would have cut the URI there) is not in it."""
+    parts = urlsplit(pg)
+    user, where = parts.username or "postgres", f"{parts.hostname}:{parts.port}"
+    dsn = f"postgresql://{user}:zq?xv#w@{where}/{database_of(pg)}"  # (loopback trusts: ignored)
+    settings = Settings(port=0, db=dsn, idle_timeout=30, provider="echo")
+    stop = trio.Event()
+    with caplog.at_level(logging.INFO), trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                lambda task_status: serve(
+                    settings, shutdown_trigger=stop.wait, task_status=task_status
+                )
+            )
+            stop.set()
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("journal ")]
+    assert said == [f"journal postgresql://{user}:***@{where}/{database_of(pg)}"]
+    assert "zq" not in caplog.text and "xv" not in caplog.text
 
 
 def test_the_advisory_lock_key_fits_a_bigint() -> None:

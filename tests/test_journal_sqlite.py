@@ -31,6 +31,7 @@ from voxbridge.errors import Disconnect, Reason
 from voxbridge.journal import FanoutJournal, JournalError, MemoryJournal, SQLiteJournal
 from voxbridge.journal.reader import find_calls, read_lines, recent_calls
 from voxbridge.journal.sqlite import SCHEMA_VERSION, iso_utc
+from voxbridge.journal.writer import INTERRUPT_GRACE
 from voxbridge.metrics import Metrics
 from voxbridge.providers.events import ToolExchange, Transcript
 from voxbridge.providers.openai_realtime import OpenAIProvider
@@ -287,7 +288,7 @@ def test_a_line_is_committed_promptly_and_the_writes_are_durable(db: Path) -> No
 
 
 def test_opening_marks_the_calls_a_crash_left_live(
-    db: Path, caplog: pytest.LogCaptureFixture
+    db: Path, caplog: pytest.LogCaptureFixture, metrics: Metrics
 ) -> None:
     clock = Clock()
     with SQLiteJournal(db, clock=clock) as journal:
@@ -298,11 +299,12 @@ def test_opening_marks_the_calls_a_crash_left_live(
     # (the process "died" with the call "gone" in progress: close() does not end calls)
     clock.now = T0 + 3600
     with caplog.at_level(logging.WARNING, logger="voxbridge.journal"):
-        reopened = SQLiteJournal(db, clock=clock).open()
+        reopened = SQLiteJournal(db, clock=clock, metrics=metrics).open()
     try:
         assert reopened.statistics().crashed_at_open == 1
     finally:
         reopened.close()
+    assert metrics.registry.get_sample_value("voxbridge_journal_crash_marks_total") == 1
     (gone,) = find_calls(db, "CA-gone")
     assert (gone.status, gone.crash_marked_at, gone.ended_at) == (
         "crashed",
@@ -407,6 +409,38 @@ def test_a_locked_database_cannot_hold_shutdown_past_close_and_one_busy_wait(
     assert journal.statistics().failed + journal.statistics().refused == 21
 
 
+LOCKED = """
+import sqlite3, sys, time
+from voxbridge.journal import SQLiteJournal
+from voxbridge.session import CallState
+journal = SQLiteJournal(sys.argv[1], busy_timeout=30.0).open()
+other = sqlite3.connect(sys.argv[1], isolation_level=None)
+other.execute("BEGIN IMMEDIATE")  # another process holds the write lock, for good
+journal.call_started(CallState(call_id="c1", accepted_at=0.0, call_sid="CA1"))
+time.sleep(0.2)  # the writer is in its 30 s busy wait
+began = time.monotonic()
+print("closed", journal.close(timeout=0.5), flush=True)
+print(f"took {time.monotonic() - began:.1f}", flush=True)
+"""
+
+
+def test_a_locked_database_cannot_keep_the_process_alive_past_close(db: Path) -> None:
+    # close() gives up at its timeout; the writer, still in its busy wait, is a daemon thread,
+    # so the process exits at once instead of 30 s later.
+    SQLiteJournal(db).open().close()  # the schema
+    began = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", LOCKED, str(db)], capture_output=True, text=True, timeout=20
+    )
+    elapsed = time.monotonic() - began
+    assert done.returncode == 0, done.stderr
+    closed, took = done.stdout.splitlines()
+    assert closed == "closed False"
+    assert 0.5 <= float(took.removeprefix("took ")) <= 0.5 + 3 * INTERRUPT_GRACE
+    assert elapsed < 10  # the interpreter's start, 0.7 s, the exit: not the 30 s busy wait
+    assert rows(db, "SELECT count(*) FROM calls") == [(0,)]
+
+
 async def test_a_failing_disk_is_counted_and_logged_and_the_call_ends_with_its_own_reason(
     autojump_clock: Any, db: Path, metrics: Metrics, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -451,14 +485,16 @@ def test_records_after_close_are_refused_and_counted(db: Path, metrics: Metrics)
     [
         (lambda tmp: tmp / "missing" / "dir" / "x.db", "cannot open the journal"),
         (lambda tmp: "postgresql://db.example/voxbridge", "not a SQLite path .*journal_for"),
+        (lambda tmp: "mysql://vb:s3cret@db/x", r"journal 'mysql://\(not shown\)': not a SQLite"),
     ],
 )
 def test_a_journal_that_cannot_be_opened_says_why(
     tmp_path: Path, make_path: Callable[[Path], Any], message: str
 ) -> None:
     journal = SQLiteJournal(make_path(tmp_path))
-    with pytest.raises(JournalError, match=message):
+    with pytest.raises(JournalError, match=message) as refused:
         journal.open()
+    assert "s3cret" not in str(refused.value)
     assert not journal.is_open
     assert journal.close()
 
@@ -494,6 +530,16 @@ def test_a_journal_never_closed_writes_its_records_and_lets_the_process_exit(db:
     assert done.returncode == 0, done.stderr
     assert len(read_lines(db, "c1")) == 200
     assert [row.status for row in recent_calls(db)] == ["live"]
+
+
+def test_the_writer_is_a_daemon_thread_and_close_still_flushes(db: Path) -> None:
+    journal = SQLiteJournal(db).open()
+    assert journal._thread is not None and journal._thread.daemon
+    journal.call_started(state())
+    for n in range(100):
+        journal.transcript_line(state(), Transcript("caller", f"line {n}"))
+    assert journal.close(timeout=WAIT)
+    assert len(read_lines(db, "c1")) == 100
 
 
 def test_memory_path_keeps_the_journal_in_the_writer(metrics: Metrics) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from itertools import product
 from pathlib import Path
@@ -333,17 +334,28 @@ def test_promtool_reports_a_lint_problem(promtool: str) -> None:
 
 
 @pytest.mark.hang_limit(40)
-async def test_draining_is_1_while_the_process_drains() -> None:
-    seen: list[float] = []
+async def test_a_drain_exports_that_it_runs_when_it_began_and_its_timeout() -> None:
+    """What the VoxbridgeDrainTooLong alert compares: the wall-clock time the drain began (0
+    before), against the process's own drain timeout (``--drain-timeout`` from the start, then
+    the bound of the drain that runs); ``voxbridge_draining`` turns 1 as well."""
+    gauges = (
+        "voxbridge_draining",
+        "voxbridge_drain_started_timestamp_seconds",
+        "voxbridge_drain_timeout_seconds",
+    )
     with trio.fail_after(BUDGET):
-        async with running() as (server, _agent):
-            seen.append(value(parse(await scrape_text(server)), "voxbridge_draining"))
+        async with running(drain_timeout=45.0) as (server, _agent):
+            idle = parse(await scrape_text(server))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(lambda: simulate_call(server.media_url, seconds=2.0))
                 await wait_for(server, lambda s: value(s, "voxbridge_calls_active") == 1)
+                before = time.time()
                 nursery.start_soon(server.app.drain, 10.0)
                 async with httpx.AsyncClient(timeout=5) as client:
                     while (await client.get(f"{server.url}/readyz")).status_code != 503:
                         await trio.sleep(0.02)
-                seen.append(value(parse(await scrape_text(server)), "voxbridge_draining"))
-    assert seen == [0, 1]
+                after = time.time()
+                draining = parse(await scrape_text(server))
+    assert [value(idle, name) for name in gauges] == [0, 0, 45]
+    assert [value(draining, name) for name in gauges[::2]] == [1, 10]
+    assert before <= value(draining, "voxbridge_drain_started_timestamp_seconds") <= after

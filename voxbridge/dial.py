@@ -32,7 +32,7 @@ from rich.text import Text
 from .agents import AgentConfig, check_agents
 from .carriers.twilio_rest import FINAL_STATUSES, TwilioRest, TwilioRestError
 from .journal import JournalError
-from .journal.reader import find_calls
+from .journal.reader import find_calls, location
 from .server.security import webhook_url
 from .settings import Settings, SettingsError
 
@@ -181,7 +181,7 @@ def print_journal_line(console: Console, db: str | os.PathLike[str], call_sid: s
         return
     if not calls:
         console.print(
-            _plain(f"journal: no record of {call_sid} in {os.fspath(db)} yet"), soft_wrap=True
+            _plain(f"journal: no record of {call_sid} in {location(db)} yet"), soft_wrap=True
         )
         return
     for call in calls:  # a carrier may reuse a CallSid for several streams

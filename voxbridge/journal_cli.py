@@ -122,7 +122,8 @@ def print_calls(console: Console, path: str | os.PathLike[str], limit: int = 20)
 
     Args:
         console: where to print.
-        path: a SQLite path, or a ``postgresql://`` DSN (shown without its password).
+        path: a SQLite path, or a PostgreSQL DSN (a ``postgresql://`` URI or a libpq
+            key/value string; shown without its password).
         limit: how many calls at most.
 
     Returns:
@@ -174,7 +175,7 @@ def print_calls(console: Console, path: str | os.PathLike[str], limit: int = 20)
 
 def print_transcript(console: Console, path: str | os.PathLike[str], call: str) -> int:
     """Print the transcript of ``call`` (a CallSid, or a voxbridge call id) in ``path`` (a SQLite
-    path, or a ``postgresql://`` DSN, shown without its password).
+    path, or a PostgreSQL DSN, shown without its password).
 
     Returns:
         The exit status: 0, or 1 (with a one-line message) if there is no readable journal or no

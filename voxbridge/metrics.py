@@ -85,6 +85,18 @@ class Metrics:
             "1 once the process drains (SIGTERM: no new calls, running ones finishing), else 0.",
             registry=r,
         )
+        # The drain alert's timestamp idiom: `time() - started > timeout + margin` fires on a
+        # stuck drain whatever --drain-timeout is (a fixed `for:` cannot).
+        self.drain_started = Gauge(
+            "voxbridge_drain_started_timestamp_seconds",
+            "When the drain began, in seconds since the epoch; 0 while not draining.",
+            registry=r,
+        )
+        self.drain_timeout = Gauge(
+            "voxbridge_drain_timeout_seconds",
+            "How long a drain lets running calls go on (--drain-timeout), in seconds.",
+            registry=r,
+        )
         self.calls_started = Counter(
             "voxbridge_calls_started",
             "Calls accepted and started.",
@@ -171,6 +183,12 @@ class Metrics:
         )
         self.journal_write_errors = Counter(
             "voxbridge_journal_write_errors", "Journal writes that failed.", registry=r
+        )
+        self.journal_crash_marks = Counter(
+            "voxbridge_journal_crash_marks",
+            "Calls this process marked crashed in the journal: left live by an earlier run "
+            "(SQLite) or by a replica that is gone (PostgreSQL).",
+            registry=r,
         )
         self._preinitialise()
 

@@ -385,7 +385,10 @@ class Settings:
     # --- journal and logs ------------------------------------------------------------------------
     db: str = attrs.field(
         default="voxbridge.db",
-        metadata=_help("journal location: a SQLite path, or a postgresql:// DSN"),
+        metadata=_help(
+            "journal location: a SQLite path, or a PostgreSQL DSN (postgresql://... or "
+            "host=... dbname=...)"
+        ),
     )
     log_format: str = attrs.field(
         default="console", validator=_one_of(*LOG_FORMATS), metadata=_help("console or json")

@@ -53,8 +53,10 @@ def journal_for(
     """The durable journal ``db`` names, not opened yet (``open`` does the I/O).
 
     Args:
-        db: a ``postgresql://`` or ``postgres://`` DSN for :class:`PostgresJournal`; anything else
-            is a SQLite path (or ``":memory:"``) for :class:`SQLiteJournal`.
+        db: a ``postgresql://`` or ``postgres://`` DSN, or a libpq key/value string
+            (``"host=db dbname=voxbridge"``: it begins with a libpq keyword and ``=``), for
+            :class:`PostgresJournal`; anything else is a SQLite path (or ``":memory:"``) for
+            :class:`SQLiteJournal`.
         metrics: where the journal counts its losses.
 
     Returns:

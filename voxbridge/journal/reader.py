@@ -1,5 +1,7 @@
 """Reading a journal (``voxbridge calls``, ``voxbridge transcript``, tests, scripts): SQLite, or
-PostgreSQL when the location is a ``postgresql://`` (or ``postgres://``) DSN.
+PostgreSQL when the location is a DSN (``postgresql://...``, ``postgres://...`` or a libpq
+key/value string: :func:`~voxbridge.journal.schema.is_postgres`). Messages show a DSN without its
+password.
 
 Readers never create a journal by mistake (a missing file, or a database without a
 ``voxbridge_schema`` table, is a :class:`JournalError`) and never write one (SQLite's ``PRAGMA
@@ -30,7 +32,7 @@ import attrs
 
 from ..providers.events import ToolExchange
 from .postgres import connect, error_line, redact_dsn, require_psycopg
-from .schema import CALL_COLUMNS, LINE_COLUMNS, JournalError, is_postgres
+from .schema import CALL_COLUMNS, LINE_COLUMNS, JournalError, is_postgres, shown
 
 __all__ = [
     "JournaledCall",
@@ -90,8 +92,9 @@ class JournaledLine:
 
 
 def location(path: str | os.PathLike[str]) -> str:
-    """The journal as messages name it: the path, or the DSN without its password."""
-    return redact_dsn(path) if isinstance(path, str) and is_postgres(path) else os.fspath(path)
+    """The journal as messages name it: the path, or the DSN without its password
+    (:func:`~voxbridge.journal.schema.shown`)."""
+    return shown(path)
 
 
 @attrs.frozen
@@ -112,12 +115,13 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[_Reading]:
             yield reading
         return
     file = Path(path)
+    where = shown(path)
     if os.fspath(path) == ":memory:" or not file.is_file():
-        raise JournalError(f"no journal at {os.fspath(path)!r}")
+        raise JournalError(f"no journal at {where!r}")
     try:
         connection = sqlite3.connect(f"{file.resolve().as_uri()}?mode=rw", uri=True, timeout=5.0)
     except sqlite3.Error as exc:
-        raise JournalError(f"cannot open the journal {os.fspath(path)!r}: {exc}") from None
+        raise JournalError(f"cannot open the journal {where!r}: {exc}") from None
     connection.row_factory = sqlite3.Row
 
     def query(sql: str, args: Sequence[object]) -> list[dict[str, Any]]:
@@ -130,9 +134,7 @@ def _reading(path: str | os.PathLike[str]) -> Iterator[_Reading]:
         connection.execute("PRAGMA query_only = ON")
         yield _Reading(query, columns, "rowid")
     except sqlite3.Error as exc:
-        raise JournalError(
-            f"{os.fspath(path)!r} is not a readable voxbridge journal: {exc}"
-        ) from None
+        raise JournalError(f"{where!r} is not a readable voxbridge journal: {exc}") from None
     finally:
         connection.close()
 

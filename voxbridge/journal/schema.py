@@ -18,16 +18,19 @@ from its version up, one that a newer voxbridge wrote is refused.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 
 __all__ = [
     "CALL_COLUMNS",
     "END_COLUMNS",
+    "LIBPQ_KEYWORDS",
     "LINE_COLUMNS",
     "START_COLUMNS",
     "JournalError",
     "is_postgres",
     "migration_steps",
+    "shown",
     "statements",
     "write_statements",
 ]
@@ -37,9 +40,89 @@ class JournalError(Exception):
     """The journal cannot be opened or read: the message names the journal and says why."""
 
 
+#: libpq's connection keywords (``psycopg.pq.Conninfo.get_defaults()``): a ``--db`` that begins
+#: with one of them and ``=`` is a key/value connection string, not a file name.
+LIBPQ_KEYWORDS = frozenset(
+    [
+        "application_name",
+        "channel_binding",
+        "client_encoding",
+        "connect_timeout",
+        "dbname",
+        "fallback_application_name",
+        "gssdelegation",
+        "gssencmode",
+        "gsslib",
+        "host",
+        "hostaddr",
+        "keepalives",
+        "keepalives_count",
+        "keepalives_idle",
+        "keepalives_interval",
+        "krbsrvname",
+        "load_balance_hosts",
+        "max_protocol_version",
+        "min_protocol_version",
+        "oauth_client_id",
+        "oauth_client_secret",
+        "oauth_issuer",
+        "oauth_scope",
+        "options",
+        "passfile",
+        "password",
+        "port",
+        "replication",
+        "require_auth",
+        "requirepeer",
+        "scram_client_key",
+        "scram_server_key",
+        "service",
+        "ssl_max_protocol_version",
+        "ssl_min_protocol_version",
+        "sslcert",
+        "sslcertmode",
+        "sslcompression",
+        "sslcrl",
+        "sslcrldir",
+        "sslkey",
+        "sslkeylogfile",
+        "sslmode",
+        "sslnegotiation",
+        "sslpassword",
+        "sslrootcert",
+        "sslsni",
+        "target_session_attrs",
+        "tcp_user_timeout",
+        "user",
+    ]
+)
+_KEY_VALUE = re.compile(r"\s*([A-Za-z_]+)\s*=")
+
+
 def is_postgres(db: str | os.PathLike[str]) -> bool:
-    """Whether ``db`` names a PostgreSQL journal (``postgresql://...`` or ``postgres://...``)."""
-    return isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+    """Whether ``db`` names a PostgreSQL journal: a ``postgresql://`` or ``postgres://`` URI, or a
+    libpq key/value string (``"host=db dbname=voxbridge"``: it begins with a libpq keyword and
+    ``=``; a SQLite file of such a name is given as ``./host=...``)."""
+    if not isinstance(db, str):
+        return False
+    if db.startswith(("postgresql://", "postgres://")):
+        return True
+    match = _KEY_VALUE.match(db)
+    return match is not None and match.group(1) in LIBPQ_KEYWORDS
+
+
+def shown(db: str | os.PathLike[str]) -> str:
+    """``db`` as messages show it, never with a password: a SQLite path as it is, a PostgreSQL
+    DSN as libpq reads it without its password
+    (:func:`~voxbridge.journal.postgres.redact_dsn`), and any other URI (``mysql://...``: not a
+    journal) by its scheme alone."""
+    if is_postgres(db):
+        from .postgres import redact_dsn  # postgres imports this module
+
+        return redact_dsn(os.fspath(db))
+    path = os.fspath(db)
+    scheme, colon_slashes, _ = path.partition("://")
+    return f"{scheme}://(not shown)" if colon_slashes else path
 
 
 #: The ``calls`` columns, in table order (the reader selects them all).

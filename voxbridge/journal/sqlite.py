@@ -58,7 +58,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from .schema import JournalError, migration_steps, statements, write_statements
+from .schema import (
+    JournalError,
+    is_postgres,
+    migration_steps,
+    shown,
+    statements,
+    write_statements,
+)
 from .writer import (
     REDACTED_PARAMETERS,
     JournalStatistics,
@@ -169,9 +176,9 @@ class SQLiteJournal(WriterJournal):
     _connection: sqlite3.Connection | None = None
 
     def _open_backend(self) -> int:
-        if "://" in self.path:
+        if "://" in self.path or is_postgres(self.path):  # shown without what it may hold
             raise JournalError(
-                f"journal {self.path!r}: not a SQLite path (a postgresql:// DSN opens a "
+                f"journal {shown(self.path)!r}: not a SQLite path (a PostgreSQL DSN opens a "
                 "PostgresJournal: voxbridge.journal.journal_for)"
             )
         try:
@@ -225,6 +232,18 @@ class SQLiteJournal(WriterJournal):
 
     def _unavailable(self, error: Exception) -> bool:
         return isinstance(error, sqlite3.OperationalError)
+
+    def _interrupt(self, grace: float) -> bool:
+        # Stops a statement in progress; not a busy wait (sqlite3_interrupt is not checked
+        # there): that ends within busy_timeout, in a daemon thread that cannot hold the exit.
+        connection = self._connection
+        if connection is None:
+            return False
+        try:
+            connection.interrupt()
+        except sqlite3.Error:
+            return False  # closed meanwhile by the writer
+        return True
 
     def _shutdown(self, clean: bool) -> None:
         if self._connection is not None:

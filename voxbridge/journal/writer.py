@@ -35,16 +35,23 @@ keeps draining while trio tasks are being cancelled (a call's teardown, a server
 :meth:`~WriterJournal.close` flushes whatever the state of the event loop. With ``trio.to_thread``
 a trio task would have to pump the queue, owned by some nursery that must outlive every call's
 last record, and every batch would hop to a pool thread. Periodic work a back end needs (the
-PostgreSQL journal's heartbeat) runs on the same thread, between batches.
+PostgreSQL journal's heartbeat) runs on a thread and a connection of its own, so a slow write can
+never delay it.
 
-The thread is not a daemon, so the interpreter never kills it halfway through a commit. It is
-started by :meth:`~WriterJournal.open` and stopped, after writing everything queued, by
-:meth:`~WriterJournal.close`; a journal that is never closed writes what is queued and exits
-once the main thread has finished, so a forgotten ``close`` cannot hang the interpreter's exit.
+Stopping is bounded. :meth:`~WriterJournal.close` waits up to its ``timeout`` for the writer to
+write everything queued; if the database hangs, it gives up the records still queued (counted),
+asks the back end to interrupt the write in progress (PostgreSQL: a cancel request, then the
+connection's socket is shut down; SQLite: ``interrupt``) and returns, at most
+:data:`INTERRUPT_GRACE` times three after ``timeout``. The journal's threads are daemon threads,
+so a database call that never returns (a frozen server or pooler, a hung disk) can never keep the
+process alive after ``close``. A journal that is never closed is closed at interpreter exit
+(``atexit``, with :data:`CLOSE_TIMEOUT`): what is queued is written, within that bound.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import logging
 import math
@@ -52,6 +59,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
@@ -71,6 +79,7 @@ __all__ = [
     "BATCH_SIZE",
     "BUSY_TIMEOUT",
     "CLOSE_TIMEOUT",
+    "INTERRUPT_GRACE",
     "MAX_PENDING",
     "REDACTED_PARAMETERS",
     "WARN_INTERVAL",
@@ -90,13 +99,17 @@ BATCH_SIZE = 500
 BUSY_TIMEOUT = 5.0
 #: How long :meth:`WriterJournal.close` waits for the writer to finish by default.
 CLOSE_TIMEOUT = 10.0
+#: Seconds each step of giving up may take once :meth:`WriterJournal.close` has waited out its
+#: ``timeout``: the back end's interrupt (a cancel request), then the wait for the writer, then,
+#: if it is still stuck, the wait after its connections are cut. ``close`` returns at most three
+#: times this after its ``timeout``.
+INTERRUPT_GRACE = 0.3
 #: At most one warning per kind of loss (queue full, write failed, journal closed) per interval.
 WARN_INTERVAL = 10.0
 #: Custom parameters journaled as ``"(redacted)"``: the per-call token the webhook hands the stream
 #: (``voxbridge.server.security.TOKEN_PARAMETER``), a credential while it is valid.
 REDACTED_PARAMETERS = frozenset({"voxbridge_token"})
-# How often an idle writer checks whether it should stop (close() also wakes it at once) and
-# whether its back end has periodic work due.
+# How often an idle writer checks whether it should stop (close() also wakes it at once).
 _POLL = 0.2
 # NUL cannot be stored in PostgreSQL's text or jsonb: every back end stores U+FFFD instead, so a
 # journal reads the same whichever back end wrote it (NUL is no text anyone said or typed).
@@ -113,10 +126,11 @@ class JournalStatistics:
         refused: records never queued: the queue was full, or the journal was closed.
         failed: records queued but not written: database errors, or still queued when the writer
             stopped.
-        crashed_at_open: calls left ``live`` by an earlier run (SQLite), or by replicas that died
-            (PostgreSQL), marked ``crashed`` by ``open``.
-        crashed_since_open: calls of replicas that died, marked ``crashed`` by this journal's
-            heartbeats after ``open`` (PostgreSQL; always 0 for SQLite).
+        crashed_at_open: calls marked ``crashed`` by ``open``: left ``live`` by an earlier run
+            (SQLite), or by replicas that are gone without a row in ``voxbridge_replicas``
+            (PostgreSQL: they closed, or were removed, leaving calls they could not end).
+        crashed_since_open: calls of replicas that stopped heartbeating, marked ``crashed`` by
+            this journal's heartbeat thread after ``open`` (PostgreSQL; always 0 for SQLite).
     """
 
     queued: int
@@ -216,8 +230,8 @@ class JournalOptions(TypedDict, total=False):
 class WriterJournal(ABC):
     """A journal whose call methods queue and whose one writer thread writes (see the module
     docstring for the guarantees). Subclasses provide the database: :meth:`_open_backend`,
-    :meth:`_transaction`, :meth:`_unavailable`, :meth:`_shutdown` and, for periodic work,
-    :meth:`_maintain`.
+    :meth:`_transaction`, :meth:`_unavailable`, :meth:`_shutdown` and, optionally, threads of their
+    own (:meth:`_started`) and a way to interrupt a hung write (:meth:`_interrupt`, :meth:`_sever`).
 
     :meth:`call_started`, :meth:`transcript_line` and :meth:`call_ended` (the
     :class:`~voxbridge.journal.CallJournal` protocol) only queue; they may be called before
@@ -227,8 +241,9 @@ class WriterJournal(ABC):
     Args:
         path: the journal as logs and messages name it (never a password): a SQLite path, a
             PostgreSQL DSN without its password.
-        metrics: where losses are counted (``voxbridge_journal_write_errors_total``); a private
-            registry if omitted.
+        metrics: where losses are counted (``voxbridge_journal_write_errors_total``) and calls
+            marked ``crashed`` (``voxbridge_journal_crash_marks_total``); a private registry if
+            omitted.
         max_pending: the queue's bound, in records.
         batch_size: records per transaction at most.
         busy_timeout: seconds the writer waits for a lock another connection holds.
@@ -277,6 +292,9 @@ class WriterJournal(ABC):
         self._crashed_since_open = 0
         self._warned_at: dict[str, float] = {}
         self._thread: threading.Thread | None = None
+        # close() at interpreter exit, for a journal never closed (the threads are daemons); a
+        # weak reference, so the hook keeps no journal alive.
+        self._exit_hook = functools.partial(_close_at_exit, weakref.ref(self))
         self._stopping = threading.Event()
         self._abandon = threading.Event()  # close() gave up waiting: write nothing more
         self._closed = False
@@ -311,10 +329,22 @@ class WriterJournal(ABC):
         """``error`` for a log line: one line, and nothing of the records (no call content)."""
         return " ".join(str(error).split())
 
-    def _maintain(self) -> None:
-        """Periodic work, called by the writer between batches and when idle (at least every
-        0.2 s); it must check the time itself and return at once when nothing is due."""
-        return  # nothing by default (SQLite)
+    def _started(self) -> None:
+        """Start what else the back end runs once the writer runs (caller's thread, under the
+        open lock); nothing by default."""
+        return
+
+    def _interrupt(self, grace: float) -> bool:
+        """Ask the database to stop the write in progress: called by :meth:`close` once it has
+        given up waiting, from its thread, while the writer may be blocked in the driver. Must
+        return within ``grace`` seconds; returns whether it asked (nothing by default)."""
+        return False
+
+    def _sever(self) -> bool:
+        """Cut the back end's connections, so a thread blocked reading one wakes up with an
+        error: called by :meth:`close` if the writer is still running after :meth:`_interrupt`.
+        Must not block; returns whether it cut anything (nothing by default)."""
+        return False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -347,10 +377,11 @@ class WriterJournal(ABC):
             if self._thread is not None:
                 return self
             self._crashed_at_open = self._open_backend()
-            self._thread = threading.Thread(
-                target=self._run, name="voxbridge-journal", daemon=False
-            )
+            self._thread = threading.Thread(target=self._run, name="voxbridge-journal", daemon=True)
             self._thread.start()
+            self._started()
+            atexit.register(self._exit_hook)
+        self.metrics.journal_crash_marks.inc(self._crashed_at_open)
         if self._crashed_at_open:
             log.warning(self.crash_notice, self._crashed_at_open, extra={"journal": self.path})
         return self
@@ -365,11 +396,17 @@ class WriterJournal(ABC):
             timeout: seconds to wait for the writer to finish.
 
         Returns:
-            Whether the writer finished within ``timeout`` (``False``: the database hangs; the
-            records still queued are given up once the write in progress returns).
+            Whether the writer finished within ``timeout``. ``False``: the database hangs or
+            another connection holds a lock; the records still queued are given up (counted), the
+            write in progress is interrupted (:meth:`_interrupt`, then :meth:`_sever`), and this
+            returns at most ``3 * INTERRUPT_GRACE`` seconds after ``timeout``. A writer still
+            blocked in the driver after that (SQLite in a busy wait, at most ``busy_timeout``)
+            stops as soon as the call returns, and cannot hold the process's exit: it is a daemon
+            thread.
         """
         with self._lock:
             self._closed = True
+            atexit.unregister(self._exit_hook)
             thread = self._thread
             if thread is None:
                 self._refuse_leftovers()
@@ -380,21 +417,25 @@ class WriterJournal(ABC):
             except queue.Full:
                 pass  # the writer is busy; it sees _stopping when the queue is empty
         thread.join(timeout)
-        if thread.is_alive():
-            # The database hangs or another connection holds a lock: the writer finishes the
-            # write it is in (at most ``busy_timeout`` on a lock) and then counts what is left as
-            # lost and exits, so it cannot hold the process's exit for longer than that.
-            self._abandon.set()
-            log.warning(
-                "journal: the writer did not finish within %gs; %d records still queued are"
-                " given up",
-                timeout,
-                self._queue.qsize(),
-                extra={"journal": self.path},
-            )
-            return False
-        self._refuse_leftovers()
-        return True
+        if not thread.is_alive():
+            self._refuse_leftovers()
+            return True
+        # The database hangs or another connection holds a lock. The writer writes nothing more
+        # (it counts what is left as lost); the write it is in is cancelled, and if it is still
+        # blocked -- a frozen server or pooler answers nothing, not even a cancel -- its
+        # connections are cut under it.
+        self._abandon.set()
+        log.warning(
+            "journal: the writer did not finish within %gs; %d records still queued are given up",
+            timeout,
+            self._queue.qsize(),
+            extra={"journal": self.path},
+        )
+        if self._interrupt(INTERRUPT_GRACE):
+            thread.join(INTERRUPT_GRACE)
+        if thread.is_alive() and self._sever():
+            thread.join(INTERRUPT_GRACE)
+        return False
 
     def _refuse_leftovers(self) -> None:
         # Records queued by a call that raced close() after the writer's last look at the queue.
@@ -503,18 +544,16 @@ class WriterJournal(ABC):
     # --- the writer thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        main = threading.main_thread()
         clean = False
         try:
             while True:
                 if self._abandon.is_set():
                     self._refuse_leftovers()
                     return
-                self._maintain()
                 try:
                     first = self._queue.get(timeout=_POLL)
                 except queue.Empty:
-                    if self._stopping.is_set() or not main.is_alive():
+                    if self._stopping.is_set():
                         clean = True
                         return
                     continue
@@ -665,3 +704,10 @@ class WriterJournal(ABC):
             self._warned_at[kind] = now
             level = logging.WARNING
         log.log(level, message, *args, extra={"journal": self.path})
+
+
+def _close_at_exit(journal: weakref.ref[WriterJournal]) -> None:
+    """Close a journal its owner never closed, at interpreter exit (``atexit``)."""
+    alive = journal()
+    if alive is not None:
+        alive.close()

@@ -139,6 +139,7 @@ class VoxbridgeApp:
         self.echo_agent: EchoAgent | None = None
         self.connect_stream = connect_stream
         self.draining = False
+        self.metrics.drain_timeout.set(settings.drain_timeout)
         self.ready = trio.Event()
         self._admitting = 0  # WebSockets admitted but not registered as calls yet
         self.auth = TwilioAuth.from_settings(settings)  # None: no checks (no auth token)
@@ -431,7 +432,9 @@ class VoxbridgeApp:
         """
         self.draining = True
         self.metrics.draining.set(1)
+        self.metrics.drain_started.set(time.time())
         grace = self.settings.drain_timeout if grace is None else grace
+        self.metrics.drain_timeout.set(grace)  # the bound of this drain, if given another
         log.info("draining: %d calls, up to %gs", len(self.registry), grace)
         with trio.move_on_after(grace):
             await self.registry.wait_empty()
