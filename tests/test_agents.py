@@ -181,7 +181,7 @@ BAD = [
     pytest.param(
         '[agents.support]\nprovider = "vapi"\n',
         "[agents.support] provider: unknown provider 'vapi' (the providers are echo, openai, "
-        "ultravox)",
+        "ultravox, gpt-live, deepgram, gemini)",
         id="unknown-provider",
     ),
     pytest.param(
@@ -505,7 +505,7 @@ def test_check_agents_refuses_a_bad_file_in_one_line(tmp_path: Path) -> None:
     ("fields", "message"),
     [
         ({"transfer_to": "555-1234"}, "transfer_to must be an E.164 number or a sip: URI"),
-        ({"provider": "gemini"}, "provider must be one of echo, openai, ultravox"),
+        ({"provider": "watson"}, "provider must be one of echo, openai, ultravox, gpt-live"),
         ({"dtmf": "beep"}, "dtmf must be one of forward, ignore"),
         ({"on_machine": "leave_message"}, "leave_message needs a greeting"),
         ({"on_machine": "leave_message", "greeting": ""}, "leave_message needs a greeting"),

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from test_e2e_server import disconnects, scrape
 
@@ -18,6 +19,9 @@ from voxbridge.audio import tone
 from voxbridge.server import RunningServer, serve
 from voxbridge.settings import Settings
 from voxbridge.testing import simulate_call
+from voxbridge.testing.fake_deepgram import FakeDeepgram
+from voxbridge.testing.fake_gemini import FakeGemini
+from voxbridge.testing.fake_gpt_live import FakeGptLive
 from voxbridge.testing.fake_openai import FakeOpenAIRealtime
 from voxbridge.testing.fake_ultravox import FakeUltravox, Utterance
 
@@ -110,3 +114,37 @@ async def test_ultravox_round_trip_transcripts_barge_in_and_hang_up() -> None:
     assert (result.close_code, result.close_reason) == (1000, "agent_hangup")
     assert disconnects(samples)["agent_hangup"] == 1
     assert fake.sessions[0].is_closed
+
+
+@pytest.mark.parametrize(
+    ("provider", "fake", "keys"),
+    [
+        (
+            "gpt-live",
+            lambda: FakeGptLive(api_key="sk-live", echo_delay=0.05),
+            {"openai_api_key": "sk-live"},
+        ),
+        (
+            "deepgram",
+            lambda: FakeDeepgram(api_key="dg-key", echo_delay=0.05),
+            {"deepgram_api_key": "dg-key"},
+        ),
+        ("gemini", lambda: FakeGemini(api_key="gm-key", echo=True), {"gemini_api_key": "gm-key"}),
+    ],
+)
+async def test_the_newer_providers_round_trip_audio_over_real_sockets(
+    provider: str, fake: Any, keys: dict[str, str]
+) -> None:
+    """``voxbridge serve --provider gpt-live|deepgram|gemini`` against each fake, the key checked
+    by the fake: the caller's audio comes back through the bridge (resampled twice for Gemini)."""
+    agent = fake()
+    with trio.fail_after(BUDGET):
+        async with serving(agent, provider=provider, **keys) as server:
+            result = await simulate_call(server.media_url, seconds=1.5)
+            samples = await scrape(server)
+    assert (result.close_code, result.close_reason) == (1000, "caller_stop")
+    assert result.frames_received > 10  # the echo came back
+    started = samples[
+        ("voxbridge_calls_started_total", (("carrier", "twilio"), ("provider", provider)))
+    ]
+    assert started == 1

@@ -170,7 +170,7 @@ def test_labels_carry_no_ids() -> None:
     for name, _, labels, values in families().values():
         assert set(labels) <= LABEL_NAMES, name
         for value in (v for tup in values for v in tup):
-            assert re.fullmatch(r"[a-z][a-z0-9_]*", value), (name, value)
+            assert re.fullmatch(r"[a-z][a-z0-9_-]*", value), (name, value)
 
 
 def test_a_private_registry_has_the_process_collector_and_a_given_one_does_not() -> None:

@@ -37,7 +37,7 @@ DIRECTIONS = ("to_upstream", "to_caller")
 REJECTIONS = ("bad_signature", "capacity", "draining", "duplicate", "bad_request")
 RECONNECT_OUTCOMES = ("resumed", "failed")
 CARRIERS = ("twilio",)
-PROVIDERS = ("echo", "openai", "ultravox")
+PROVIDERS = ("echo", "openai", "ultravox", "gpt-live", "deepgram", "gemini")
 #: Why a provider frame was dropped: not a valid frame of the protocol; audio that failed
 #: validation (not strict base64, not whole 16-bit samples); audio of an answer the caller
 #: interrupted, arriving after the barge-in.
@@ -53,6 +53,20 @@ USAGE_KINDS: dict[str, tuple[str, ...]] = {
         "output_audio_tokens",
     ),
     "ultravox": ("billed_seconds",),
+    "gpt-live": ("billed_seconds",),
+    "gemini": (
+        "input_text_tokens",
+        "input_audio_tokens",
+        "input_other_tokens",
+        "input_cached_tokens",
+        "input_tool_tokens",
+        "input_tokens",
+        "output_text_tokens",
+        "output_audio_tokens",
+        "output_other_tokens",
+        "output_thinking_tokens",
+        "output_tokens",
+    ),
 }
 
 # Calls last seconds to an hour; the buckets are chosen for that range.

@@ -23,7 +23,7 @@ SECONDS = 1.0
 #: ``openai`` package's types, with no announced shutdown (tests/test_openai_realtime.py checks).
 OPENAI_MODEL = "gpt-realtime-2.1"
 TRANSCRIPTION_MODEL = "gpt-transcribe"
-PROVIDERS = ("echo", "openai", "ultravox")
+PROVIDERS = ("echo", "openai", "ultravox", "gpt-live", "deepgram", "gemini")
 OPENAI_FLAVOURS = ("ga",)
 #: The OpenAI Realtime beta interface (``OpenAI-Beta: realtime=v1``) was shut down in 2026.
 BETA_GONE = (
@@ -33,6 +33,15 @@ BETA_GONE = (
 LOG_FORMATS = ("console", "json")
 MAX_UPSTREAM_BATCH_MS = 500  # beyond half a second, batching would wreck turn-taking
 MIN_SESSION_AGE = 1 * SECONDS  # below that, recycling would open sessions in a tight loop
+
+#: The environment variables each provider key is read from (besides VOXBRIDGE_<NAME>): keys are
+#: environment only, never flags, so they never appear in a process list.
+KEY_VARIABLES: dict[str, tuple[str, ...]] = {
+    "openai_api_key": ("OPENAI_API_KEY",),
+    "ultravox_api_key": ("ULTRAVOX_API_KEY",),
+    "deepgram_api_key": ("DEEPGRAM_API_KEY",),
+    "gemini_api_key": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+}
 
 # Environment variables that are aliases of a setting, for operators coming from other bridges.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {"idle_timeout": ("WS_IDLE_TIMEOUT_SECONDS",)}
@@ -276,6 +285,27 @@ class Settings:
     ultravox_api_key: str | None = attrs.field(
         default=None, repr=False, metadata=_help("Ultravox key", secret=True, cli=False)
     )
+    deepgram_api_key: str | None = attrs.field(
+        default=None, repr=False, metadata=_help("Deepgram key", secret=True, cli=False)
+    )
+    gemini_api_key: str | None = attrs.field(
+        default=None,
+        repr=False,
+        metadata=_help("Gemini API key (also GOOGLE_API_KEY)", secret=True, cli=False),
+    )
+    gpt_live_model: str = attrs.field(default="gpt-live-1", metadata=_help("OpenAI GPT-Live model"))
+    gpt_live_tools_model: str | None = attrs.field(
+        default=None,
+        metadata=_help(
+            "GPT-Live: the Responses model that runs tools for the live model (unset: no tools)"
+        ),
+    )
+    gemini_model: str | None = attrs.field(
+        default=None, metadata=_help("Gemini Live model (default: a current native-audio model)")
+    )
+    deepgram_think_model: str | None = attrs.field(
+        default=None, metadata=_help("Deepgram Voice Agent: the LLM that thinks (think.provider)")
+    )
     # --- agents and tools (docs/agents.md) ---------------------------------------------------------
     agents: str | None = attrs.field(
         default=None,
@@ -455,8 +485,7 @@ class Settings:
         values: dict[str, Any] = {}
         for field in attrs.fields(cls):
             names = [f"VOXBRIDGE_{field.name.upper()}", *ENV_ALIASES.get(field.name, ())]
-            if field.name in ("openai_api_key", "ultravox_api_key"):
-                names.append(field.name.upper())
+            names.extend(KEY_VARIABLES.get(field.name, ()))
             for name in names:
                 raw = env.get(name)
                 if raw is not None and raw != "":

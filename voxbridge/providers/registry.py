@@ -6,7 +6,10 @@ from collections.abc import Callable
 
 from ..settings import Settings, SettingsError
 from .base import Provider
+from .deepgram import DEEPGRAM_URL, SPEAK_MODEL, THINK_MODEL, DeepgramProvider, deepgram_endpoint
 from .endpoint import ProviderEndpoint, checked_ws_url
+from .gemini import GEMINI_MODEL, GEMINI_URL, GEMINI_VOICE, GeminiProvider, gemini_endpoint
+from .gpt_live import GPT_LIVE_URL, GptLiveProvider, gpt_live_endpoint
 from .openai_realtime import OpenAIProvider, openai_endpoint
 from .ultravox import UltravoxProvider
 
@@ -51,10 +54,55 @@ def _ultravox(settings: Settings, echo_url: str | None) -> Provider:
     )
 
 
+def _gpt_live(settings: Settings, echo_url: str | None) -> Provider:
+    if not settings.openai_api_key and settings.provider_url is None:
+        raise SettingsError("provider gpt-live needs OPENAI_API_KEY")
+    endpoint = gpt_live_endpoint(
+        checked_ws_url(settings.provider_url or GPT_LIVE_URL), settings.openai_api_key
+    )
+    return GptLiveProvider.from_settings(
+        endpoint,
+        settings,
+        model=settings.gpt_live_model,
+        tools_model=settings.gpt_live_tools_model,
+    )
+
+
+def _deepgram(settings: Settings, echo_url: str | None) -> Provider:
+    if not settings.deepgram_api_key and settings.provider_url is None:
+        raise SettingsError("provider deepgram needs DEEPGRAM_API_KEY")
+    endpoint = deepgram_endpoint(
+        settings.deepgram_api_key, checked_ws_url(settings.provider_url or DEEPGRAM_URL)
+    )
+    return DeepgramProvider(
+        endpoint,
+        think_model=settings.deepgram_think_model or THINK_MODEL,
+        speak_model=settings.voice or SPEAK_MODEL,
+        prompt=settings.agent_instructions(),
+    )
+
+
+def _gemini(settings: Settings, echo_url: str | None) -> Provider:
+    if not settings.gemini_api_key and settings.provider_url is None:
+        raise SettingsError("provider gemini needs GEMINI_API_KEY (or GOOGLE_API_KEY)")
+    endpoint = gemini_endpoint(
+        checked_ws_url(settings.provider_url or GEMINI_URL), settings.gemini_api_key
+    )
+    return GeminiProvider(
+        endpoint,
+        model=settings.gemini_model or GEMINI_MODEL,
+        voice=settings.voice or GEMINI_VOICE,
+        instructions=settings.agent_instructions(),
+    )
+
+
 PROVIDERS: dict[str, Callable[[Settings, str | None], Provider]] = {
     "echo": _echo,
     "openai": _openai,
     "ultravox": _ultravox,
+    "gpt-live": _gpt_live,
+    "deepgram": _deepgram,
+    "gemini": _gemini,
 }
 
 
