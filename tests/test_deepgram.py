@@ -310,7 +310,7 @@ _messages = st.builds(
 )
 
 
-@settings(max_examples=300)
+@settings(max_examples=150)
 @given(st.one_of(st.binary(max_size=200), st.text(max_size=200), _messages))
 def test_decode_fuzz_only_raises_remote_protocol_error(frame: str | bytes) -> None:
     try:

@@ -371,11 +371,13 @@ def test_a_bad_agents_file_exits_2_with_one_line(capsys: pytest.CaptureFixture[s
 # --- answering machines ---------------------------------------------------------------------------
 
 
-async def answered_by_machine(agent: str) -> tuple[FakeCall, FakeUltravox, dict[Any, float]]:
+async def answered_by_machine(
+    agent: str, seconds: float = 10.0
+) -> tuple[FakeCall, FakeUltravox, dict[Any, float]]:
     """An outbound call (created over REST, as ``voxbridge dial --agent`` does) that a machine
-    answers."""
+    answers, the machine's side streaming ``seconds`` of audio."""
     fake = FakeUltravox()
-    twilio = {"answered_by": "machine_end_beep", "caller_seconds": 10.0}
+    twilio = {"answered_by": "machine_end_beep", "caller_seconds": seconds}
     async with deployed(fake, twilio=twilio, agents=agents_file(), **ULTRAVOX) as deployment:
         api_url = deployment.settings.twilio_api_url
         assert api_url is not None
@@ -407,7 +409,7 @@ async def test_an_agent_leaves_its_greeting_on_the_machine_then_hangs_up() -> No
 
 
 async def test_a_machine_answering_an_agent_that_continues_is_a_normal_call() -> None:
-    call, fake, _ = await answered_by_machine("sales")  # on_machine = "continue" (the default)
+    call, fake, _ = await answered_by_machine("sales", 1.0)  # on_machine = "continue" (default)
     assert len(fake.calls) == 1
     assert call.result is not None and call.result.close_reason == "caller_stop"
 

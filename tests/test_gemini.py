@@ -312,7 +312,7 @@ def test_tool_calls_setup_complete_go_away() -> None:
     assert codec.decode(b'{"serverContent":{}}') is None  # binary JSON frames too
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.text(max_size=300) | st.binary(max_size=300))
 def test_decode_fuzz_raw(frame: str | bytes) -> None:
     try:
@@ -361,7 +361,7 @@ _shaped = st.recursive(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(_shaped, min_size=1, max_size=4))
 def test_decode_fuzz_shaped(messages: list[Any]) -> None:
     codec = GeminiCodec()
