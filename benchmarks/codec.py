@@ -1,4 +1,4 @@
-"""Scenario *codec*: the JSON parse on the hot path, ``json`` against ``orjson``.
+"""Scenario *codec*: the JSON parse on the hot path (``json`` against ``orjson``), and provider audio.
 
 Every inbound Twilio frame (media, mark echoes) and every provider event (audio deltas) is one JSON
 parse. This measures, in this process on the server's core, the parse of exactly the frames
@@ -12,6 +12,15 @@ best of ``repeat`` timings of ``number`` parses (the least disturbed one), in mi
 What the saving is worth end to end: multiply by the frames per call-second (50 media frames in,
 and for the agent upstream about 12 deltas and 12 mark echoes) and compare with the relay's CPU per
 call-second.
+
+Provider audio per 20 ms frame, each way, as the provider codecs run it: OpenAI Realtime passes
+mu-law through (``OpenAIRealtimeCodec.audio`` builds the append around the caller's base64;
+``OpenAIRealtimeCodec.decode`` parses a delta and decodes its base64); Gemini Live converts and resamples
+(``GeminiCodec.audio``: base64 -> mu-law -> PCM16 -> soxr 8 -> 16 kHz -> base64 -> JSON;
+``GeminiCodec.decode``: JSON -> base64 -> validated PCM16 24 kHz -> soxr 24 -> 8 kHz -> mu-law),
+plus soxr's two streaming resamplers alone. A call-second is 50 frames each way (while the agent
+speaks), so (in + out) x 50 is the CPU per call-second. The stamp the relay's Gemini agent codes
+into its audio (:func:`benchmarks.wire.pcm_stamp`) is checked here through ``GeminiCodec.decode``.
 """
 
 from __future__ import annotations
@@ -19,14 +28,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import sys
 import timeit
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
+from voxbridge.audio import tone
 from voxbridge.carriers.twilio import TwilioStream
 from voxbridge.carriers.twilio_wire import (
     encode_connected,
@@ -34,12 +46,16 @@ from voxbridge.carriers.twilio_wire import (
     encode_mark_echo,
     encode_start,
 )
+from voxbridge.providers.events import AgentAudio
+from voxbridge.providers.gemini import GeminiCodec, _resampler
+from voxbridge.providers.openai_realtime import OpenAIRealtimeCodec
 
+from . import wire
 from .common import fig, pin, positive
 from .harness import Bench
 
 NAME = "codec"
-TITLE = "Codec: the hot path's JSON parse, json vs orjson"
+TITLE = "Codec: the hot path's JSON parse, json vs orjson; provider audio per frame"
 
 SID = "MZ" + "0" * 32
 
@@ -137,7 +153,91 @@ def _measure(bench: Bench, params: Params) -> dict[str, Any]:
             best_us(lambda: receive(next(media)), params), "us/frame"
         )
         bench.advance(task)
+    result["provider_audio"] = provider_audio(params)
+    result["gemini_stamps_decoded"] = fig(gemini_stamps(), "%", note="of 200 random stamps")
     return result
+
+
+def provider_audio(params: Params) -> dict[str, Any]:
+    """Microseconds per 20 ms frame each way for OpenAI Realtime and Gemini Live, soxr alone, and
+    what it adds up to per call-second (50 frames each way)."""
+    caller = base64.b64encode(tone(0.02)).decode()  # a Twilio media payload
+    openai = OpenAIRealtimeCodec()
+    delta = json.dumps(
+        {
+            "type": "response.output_audio.delta",
+            "event_id": "event_B4o9RHSTWobB5OQdEHLTo",
+            "response_id": "resp_B4o9RHSTWobB5OQdEHLTo",
+            "item_id": "item_B4o9RHSTWobB5OQdEHLTo",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": caller,
+        }
+    )
+    gemini = GeminiCodec()
+    n = np.arange(480)
+    pcm24 = (np.sin(2 * np.pi * 440 * n / 24000) * 8000).astype("<i2")
+    model_turn = json.dumps(
+        {
+            "serverContent": {
+                "modelTurn": {
+                    "parts": [
+                        {
+                            "inlineData": {
+                                "mimeType": "audio/pcm;rate=24000",
+                                "data": base64.b64encode(pcm24.tobytes()).decode(),
+                            }
+                        }
+                    ]
+                }
+            }
+        }
+    )
+    assert isinstance(openai.decode(delta), AgentAudio)
+    for _ in range(3):  # past the resampler's start-up hold-back: every frame yields audio
+        gemini.decode(model_turn)
+    event = gemini.decode(model_turn)
+    assert isinstance(event, AgentAudio) and len(event.audio) == wire.FRAME_BYTES
+    up, down = _resampler(8000, 16000), _resampler(24000, 8000)
+    pcm8 = (np.sin(2 * np.pi * 440 * np.arange(160) / 8000) * 8000).astype("<i2")
+    us = {
+        "openai_in": best_us(lambda: openai.audio(caller), params),
+        "openai_out": best_us(lambda: openai.decode(delta), params),
+        "gemini_in": best_us(lambda: gemini.audio(caller), params),
+        "gemini_out": best_us(lambda: gemini.decode(model_turn), params),
+        "soxr_8k_to_16k": best_us(lambda: up.resample_chunk(pcm8), params),
+        "soxr_24k_to_8k": best_us(lambda: down.resample_chunk(pcm24), params),
+    }
+    out = {name: fig(value, "us/frame") for name, value in us.items()}
+
+    def per_call_second(a: float, b: float) -> dict[str, Any]:
+        return fig((a + b) * 50 / 1000, "ms/call-s", note="50 frames each way")
+
+    out["openai_per_call_second"] = per_call_second(us["openai_in"], us["openai_out"])
+    out["gemini_per_call_second"] = per_call_second(us["gemini_in"], us["gemini_out"])
+    out["soxr_per_call_second"] = per_call_second(us["soxr_8k_to_16k"], us["soxr_24k_to_8k"])
+    return out
+
+
+def gemini_stamps(count: int = 200) -> float:
+    """The share of random stamps :func:`benchmarks.wire.pcm_stamp` codes into 20 ms of 24 kHz
+    audio that :func:`benchmarks.wire.decode_pcm_stamp` reads back after ``GeminiCodec.decode``
+    (24 -> 8 kHz, mu-law), each as the first frame of a burst (a turn), as the relay sends it."""
+    rng = random.Random(7)
+    silence = wire.gemini_audio_frame(bytes(960))
+    tail = wire.GEMINI_TURN_COMPLETE  # the turn ends: the resampler's tail, then a fresh one
+    codec = GeminiCodec()
+    good = 0
+    for _ in range(count):
+        stamp = rng.getrandbits(32)
+        audio = bytearray()
+        for frame in (wire.gemini_audio_frame(wire.pcm_stamp(stamp)), silence, silence, tail):
+            ((_, body),) = wire.FrameReader().feed(frame)
+            event = codec.decode(body)
+            if isinstance(event, AgentAudio):
+                audio += event.audio
+        good += wire.decode_pcm_stamp(bytes(audio[: wire.PCM_STAMP_BYTES])) == stamp
+    return good / count * 100
 
 
 def check(result: dict[str, Any]) -> list[str]:
@@ -150,6 +250,14 @@ def check(result: dict[str, Any]) -> list[str]:
     value = result["twilio_receive_media"]["value"]
     if not positive(value):
         problems.append(f"codec: twilio_receive_media = {value}")
+    for name, figure in result["provider_audio"].items():
+        if not positive(figure["value"]):
+            problems.append(f"codec: provider_audio {name} = {figure['value']}")
+    if result["gemini_stamps_decoded"]["value"] != 100:
+        problems.append(
+            f"codec: only {result['gemini_stamps_decoded']['value']} % of the Gemini agent's "
+            "coded stamps survive GeminiCodec.decode (the relay's Gemini agent latency is wrong)"
+        )
     return problems
 
 

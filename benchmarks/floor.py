@@ -35,6 +35,7 @@ PEER_STACK = {
     "voxbridge": "trio stack (hypercorn + trio-websocket)",
     "voxbridge-batch": "trio stack (hypercorn + trio-websocket)",
     "voxbridge-json": "trio stack (hypercorn + trio-websocket)",
+    "voxbridge-gemini": "trio stack (hypercorn + trio-websocket)",
     "trio": "trio stack (hypercorn + trio-websocket)",
     "asyncio": "asyncio stack (uvicorn + websockets)",
 }

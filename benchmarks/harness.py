@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -38,6 +39,7 @@ from rich.progress import (
 )
 
 from .common import PYTHON, CpuSample, HarnessError, Proc, cores
+from .upstream_fake import GEMINI_RESOURCE
 
 __all__ = ["PEERS", "Bench", "LoadRun", "PeerSpec", "latency_summary"]
 
@@ -51,6 +53,9 @@ class PeerSpec:
     module: str
     env: dict[str, str] = field(default_factory=dict)
     metrics: str | None = None  # "voxbridge" or "trio": which /metrics names it serves
+    #: The protocol it speaks to the upstream fake: "openai" (OpenAI Realtime) or "gemini" (Gemini
+    #: Live; the relay only: the other scenarios read timestamps the resampled audio cannot carry).
+    upstream: str = "openai"
 
     @property
     def batch_ms(self) -> float:
@@ -62,7 +67,7 @@ class PeerSpec:
 BATCH_MS = 40
 
 
-def _voxbridge(key: str, label: str, **env: str) -> PeerSpec:
+def _voxbridge(key: str, label: str, upstream: str = "openai", **env: str) -> PeerSpec:
     """voxbridge as ``voxbridge serve`` runs it, with ``env`` on top of the common settings."""
     common = {
         "VOXBRIDGE_PROVIDER": "echo",
@@ -71,7 +76,9 @@ def _voxbridge(key: str, label: str, **env: str) -> PeerSpec:
         "VOXBRIDGE_MAX_CALLS": "20000",
         "VOXBRIDGE_DRAIN_TIMEOUT": "2",
     }
-    return PeerSpec(key, label, "benchmarks.vox_server", common | env, metrics="voxbridge")
+    return PeerSpec(
+        key, label, "benchmarks.vox_server", common | env, metrics="voxbridge", upstream=upstream
+    )
 
 
 PEERS: dict[str, PeerSpec] = {
@@ -84,6 +91,15 @@ PEERS: dict[str, PeerSpec] = {
     # Only on request (--peers voxbridge,voxbridge-json): the A/B of the JSON parser, in one run.
     "voxbridge-json": _voxbridge(
         "voxbridge-json", "voxbridge (stdlib json)", VOXBENCH_JSON="stdlib"
+    ),
+    # Only on request (--peers voxbridge,voxbridge-gemini), relay only: --provider gemini against
+    # the fake speaking Gemini Live -- PCM16 16 kHz in, 24 kHz out, so voxbridge resamples (soxr)
+    # both ways on the hot path. Next to the voxbridge peer: what resampling costs per call.
+    "voxbridge-gemini": _voxbridge(
+        "voxbridge-gemini",
+        "voxbridge (Gemini Live, resampling)",
+        upstream="gemini",
+        VOXBRIDGE_PROVIDER="gemini",
     ),
     "trio": PeerSpec(
         "trio", "naive trio baseline", "benchmarks.baselines.trio_bridge", metrics="trio"
@@ -312,6 +328,8 @@ class Bench:
         """
         spec = PEERS[key]
         env = dict(spec.env)
+        if spec.upstream == "gemini":  # the fake speaks Gemini Live on Gemini's resource path
+            upstream_url = urlunsplit(urlsplit(upstream_url)._replace(path=GEMINI_RESOURCE))
         argv = [PYTHON, "-m", spec.module, "--port", "0", "--upstream-url", upstream_url]
         if spec.module == "benchmarks.vox_server":
             env["VOXBRIDGE_DB"] = str(self.work / f"voxbridge-{key}{tag}.db")
@@ -335,11 +353,27 @@ class Bench:
             self.notes.append("server not pinned to a core (sched_setaffinity refused)")
         return proc
 
-    def start_peers(self, upstream_url: str, *, tag: str = "", **options: Any) -> dict[str, Proc]:
-        """Start every peer of this run at once (idle ones cost nothing), then wait for each."""
+    def start_peers(
+        self,
+        upstream_url: str,
+        *,
+        tag: str = "",
+        upstreams: tuple[str, ...] = ("openai",),
+        **options: Any,
+    ) -> dict[str, Proc]:
+        """Start every peer of this run at once (idle ones cost nothing), then wait for each.
+
+        Only peers whose upstream protocol is in ``upstreams`` run (the relay alone takes the
+        Gemini peer); the others are skipped with a note.
+        """
         procs: dict[str, Proc] = {}
+        skipped = [k for k in self.peers if PEERS[k].upstream not in upstreams]
+        for key in skipped:
+            note = f"{key} runs in the relay scenario only"
+            if note not in self.notes:
+                self.notes.append(note)
         try:
-            for key in self.peers:
+            for key in (k for k in self.peers if k not in skipped):
                 procs[key] = self.peer(key, upstream_url, tag=tag, wait=False, **options)
             for proc in procs.values():
                 proc.wait_ready()

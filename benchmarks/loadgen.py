@@ -9,6 +9,12 @@ quote) are the sender's timestamp (see :mod:`benchmarks.wire`), which is all the
 needs. A bridge may merge queued frames into one message; then the payload is decoded and every
 160-byte frame in it counts, with its own timestamp.
 
+Audio that was resampled on the way (a bridge to Gemini Live) cannot carry those timestamps; the
+spec says so with ``resampled``. Received audio then counts by its bytes (a frame is 160), and a
+frame's latency is read by position -- ``echo``: when the bytes back reach the end of a frame the
+call sent, minus that frame's send time -- or, ``agent``, from the stamp the fake coded into the
+first frame of each ``burst`` frames (:func:`benchmarks.wire.decode_pcm_stamp`).
+
 The harness runs one or more of these processes with a JSON spec (``--spec-file``) and reads one
 JSON line back. For a quick manual run, flags build a spec::
 
@@ -21,7 +27,8 @@ Spec keys (all optional but ``url``): ``calls``, ``start_at`` (``CLOCK_MONOTONIC
 reading, until ``hold_until``; ``vanish``: reset the TCP connection), ``hold_until``,
 ``window`` ([start, end] for latency and window counts), ``soak`` (a schedule of calls with
 faults, see :class:`Soak`), ``samples_path`` (where latency samples go, uint32 microseconds),
-``deadline`` (hard stop), ``seed``.
+``deadline`` (hard stop), ``seed``, ``resampled`` (``echo`` or ``agent``: the upstream's mode,
+for resampled audio) with ``burst`` (the agent's frames per burst).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import binascii
 import json
 import os
 import random
@@ -59,6 +67,7 @@ class Call(asyncio.Protocol):
         "connected_at",
         "gen",
         "handshake",
+        "head",
         "index",
         "kind",
         "last_sent",
@@ -66,8 +75,11 @@ class Call(asyncio.Protocol):
         "reader",
         "received",
         "request",
+        "rx_bytes",
+        "send_times",
         "sent",
         "sids",
+        "stamps",
         "state",
         "stop_at",
         "streaming",
@@ -91,7 +103,7 @@ class Call(asyncio.Protocol):
             gen.global_index(index) / max(1, gen.calls_total)
         )
         self.sent = 0
-        self.received = 0
+        self.received: float = 0  # frames (resampled audio: fractions of frames)
         self.last_sent: int | None = None
         self.port = 0  # the caller's own port: the soak finds its sockets on the server by it
         self.connected_at: int | None = None
@@ -99,6 +111,14 @@ class Call(asyncio.Protocol):
         self.close_code: int | None = None
         self.close_sent = False
         self.aborted = False
+        # resampled audio (see the module docstring): bytes received, every frame's send time
+        # (echo), the first bytes of the current burst and the stamps of bursts (agent)
+        self.rx_bytes = 0
+        self.send_times: array.array[int] | None = (
+            array.array("Q") if gen.resampled == "echo" else None
+        )
+        self.head = bytearray()
+        self.stamps: dict[int, int | None] = {}
 
     # --- asyncio protocol -------------------------------------------------------------------
 
@@ -153,6 +173,9 @@ class Call(asyncio.Protocol):
                     at = payload.find(b'"', at + 9) + 1
                     end = payload.find(b'"', at)
                     gen.media_messages += 1
+                    if gen.resampled:
+                        self._resampled(payload[at:end], now)
+                        continue
                     if end - at <= wire.FRAME_B64:  # one 20 ms frame: its stamp leads
                         stamps = [wire.decode_stamp(payload[at : at + 8])]
                     else:  # a bridge merged queued frames: every 160 bytes starts a stamp
@@ -185,6 +208,49 @@ class Call(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
 
+    def _resampled(self, b64: bytes, now: int) -> None:
+        """Count and time a media payload of resampled audio (see the module docstring)."""
+        gen = self.gen
+        size = len(b64) * 3 // 4 - b64[-2:].count(b"=")
+        before, after = self.rx_bytes, self.rx_bytes + size
+        self.rx_bytes = after
+        frames = size / wire.FRAME_BYTES
+        self.received += frames
+        gen.received += frames
+        done = range(before // wire.FRAME_BYTES, after // wire.FRAME_BYTES)  # frames now whole
+        if self.send_times is not None:  # echo: the frame this call sent at that position
+            times = self.send_times
+            latencies = [now - times[k] for k in done if k < len(times)]
+        else:  # agent: its burst's stamp, from the burst's first frame
+            burst_bytes = gen.burst * wire.FRAME_BYTES
+            raw: bytes | None = None
+            at = before
+            while at < after:
+                burst, offset = divmod(at, burst_bytes)
+                if offset >= wire.PCM_STAMP_BYTES:
+                    at = (burst + 1) * burst_bytes
+                    continue
+                if raw is None:
+                    raw = binascii.a2b_base64(b64)
+                take = min(wire.PCM_STAMP_BYTES - offset, after - at)
+                self.head += raw[at - before : at - before + take]
+                at += take
+                if len(self.head) == wire.PCM_STAMP_BYTES:
+                    stamp = wire.decode_pcm_stamp(bytes(self.head))
+                    self.head.clear()
+                    if stamp is None:
+                        gen.stamp_errors += 1
+                    self.stamps = {k: v for k, v in self.stamps.items() if k >= burst - 1}
+                    self.stamps[burst] = stamp
+            latencies = []
+            for k in done:
+                stamp = self.stamps.get(k // gen.burst)
+                if stamp is not None:
+                    latencies.append(wire.elapsed32_us(stamp, now))
+        if gen.in_window(now):
+            gen.received_window += frames
+            gen.samples.extend(min(x, 0xFFFFFFFF) for x in latencies)
+
     # --- actions ----------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
@@ -203,6 +269,8 @@ class Call(asyncio.Protocol):
         transport.write(heads[self.sent % count] + wire.stamp(now) + self.tail)
         self.sent += 1
         self.last_sent = now
+        if self.send_times is not None:
+            self.send_times.append(now)
         return True
 
     def hang_up(self, linger: float = 0.0) -> None:
@@ -268,6 +336,9 @@ class Generator:
         self.port = url.port or 80
         self.path = url.path or "/"
         self.spec = spec
+        self.resampled: str | None = spec.get("resampled")  # "echo" or "agent", see Call
+        self.burst = int(spec.get("burst", 50))
+        self.stamp_errors = 0  # agent bursts whose stamp failed its check
         now = time.monotonic()
         self.calls_wanted = int(spec.get("calls", 1))
         self.start_at = float(spec.get("start_at", now + 0.2))
@@ -294,8 +365,8 @@ class Generator:
         self.started = 0
         self.connect_errors = 0
         self.rejected: dict[str, int] = {}
-        self.received = 0
-        self.received_window = 0
+        self.received: float = 0  # frames (resampled audio: fractions of frames)
+        self.received_window: float = 0
         self.media_messages = 0
         self.sent_window = 0
         self.marks = 0
@@ -438,6 +509,7 @@ class Generator:
             "received_window": self.received_window,
             "media_messages": self.media_messages,
             "latency_samples": len(self.samples),
+            "stamp_errors": self.stamp_errors,
             "marks": self.marks,
             "clears": self.clears,
             "skipped": self.skipped,

@@ -15,6 +15,13 @@ call-second (media, marks, clears), server CPU use, latency (echo: caller round
 trip; agent: delivery from the agent's send to the caller), frames lost over the whole run (sent
 by one side, never seen by the other), and the CPU of the load generators and the fake next to the
 server's so a saturated load side is visible.
+
+The ``voxbridge-gemini`` peer (on request) runs ``--provider gemini`` against the same fake
+speaking Gemini Live, so voxbridge resamples both ways (8 -> 16 kHz up, 24 -> 8 kHz down): its CPU
+next to the ``voxbridge`` peer's is the cost of resampling. Resampled audio cannot carry the
+callers' timestamps, so its latency is read by position (echo) or from a stamp coded to survive
+resampling (agent; see :mod:`benchmarks.wire`): the same two spans, measured another way. Its
+frames lost include the audio the resamplers still hold when a call hangs up (tens of ms a call).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .common import Proc, fig, positive
-from .harness import Bench, latency_summary, ratio
+from .harness import PEERS, Bench, latency_summary, ratio
 from .wire import FRAME_SECONDS
 
 NAME = "relay"
@@ -59,11 +66,13 @@ def measure(
     warmup: float,
     label: str,
     url: str | None = None,
+    audio: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run ``calls`` real-time callers against ``peer`` for ``seconds``; return the raw readings.
 
     Shared with the capacity and floor scenarios. ``url`` overrides the peer's media URL (the
-    floor's echo servers take any path).
+    floor's echo servers take any path); ``audio`` is added to the generators' spec (how to time
+    resampled audio: :func:`resampled`).
     """
     if fake is not None:
         fake.command("reset")
@@ -82,6 +91,7 @@ def measure(
         "window": [w0, w1],
         "deadline": w1 + 20,
         "frames": math.ceil((w1 - start) / FRAME_SECONDS) + 100,
+        **(audio or {}),
     }
     run = bench.load(label, spec)
     watched = [peer, *run.procs] + ([fake] if fake is not None else [])
@@ -153,6 +163,11 @@ def figures(raw: dict[str, Any], *, echo_fake: bool = True) -> dict[str, Any]:
         "frames_lost": fig(lost, "frames", up=lost_up, down=lost_down),
         "loss_pct": fig(lost / total * 100 if total else None, "%"),
         "generator_lateness_max": fig(load.get("lateness_max_ms", 0.0), "ms"),
+        "stamp_errors": fig(
+            load.get("stamp_errors", 0),
+            "bursts",
+            note="resampled agent audio: bursts whose coded stamp failed its check (untimed)",
+        ),
     }
 
 
@@ -168,7 +183,7 @@ def run(bench: Bench, params: Params) -> dict[str, Any]:
         fake = bench.fake("agent", tag="-relay", burst=params.burst)
         try:
             assert fake.url is not None
-            peers = bench.start_peers(fake.url, tag="-relay")
+            peers = bench.start_peers(fake.url, tag="-relay", upstreams=("openai", "gemini"))
             try:
                 # Rounds interleave the peers (A B C, A B C, ...), so a slow spell of this shared
                 # machine hits all of them rather than one; each figure is the median round's.
@@ -184,6 +199,7 @@ def run(bench: Bench, params: Params) -> dict[str, Any]:
                                 seconds=params.seconds,
                                 warmup=params.warmup,
                                 label=f"relay {variant} {key} round {n + 1}",
+                                audio=resampled(key, variant, params.burst),
                             )
                             rounds[variant].setdefault(key, []).append(figures(raw))
                             bench.advance(task)
@@ -196,6 +212,13 @@ def run(bench: Bench, params: Params) -> dict[str, Any]:
             result["variants"][variant][key] = median_round(runs)
     result["ratios"] = ratios(result)
     return result
+
+
+def resampled(key: str, variant: str, burst: int) -> dict[str, Any] | None:
+    """The generators' spec keys for a peer whose upstream resamples the audio (else ``None``)."""
+    if PEERS[key].upstream == "openai":
+        return None
+    return {"resampled": variant, "burst": burst}
 
 
 def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -236,6 +259,10 @@ def check(result: dict[str, Any]) -> list[str]:
                     problems.append(f"relay {variant} {key}: {name} = {value}")
             if figs["calls_opened"]["value"] != figs["calls"]["value"]:
                 problems.append(f"relay {variant} {key}: not every call connected")
+            if figs["stamp_errors"]["value"]:
+                problems.append(
+                    f"relay {variant} {key}: {figs['stamp_errors']['value']} bad stamps"
+                )
     return problems
 
 

@@ -20,9 +20,17 @@ from .common import ROOT
 
 __all__ = ["publish", "targets", "write_all"]
 
-PEER_ORDER = ("voxbridge", "voxbridge-batch", "voxbridge-json", "trio", "asyncio")
+PEER_ORDER = (
+    "voxbridge",
+    "voxbridge-gemini",
+    "voxbridge-batch",
+    "voxbridge-json",
+    "trio",
+    "asyncio",
+)
 LABELS = {
     "voxbridge": "voxbridge",
+    "voxbridge-gemini": "voxbridge, Gemini Live (resampling)",
     "voxbridge-batch": "voxbridge + batching",
     "voxbridge-json": "voxbridge, stdlib json",
     "trio": "naive trio baseline",
@@ -32,6 +40,7 @@ COLORS = {
     "voxbridge": "#1f77b4",
     "voxbridge-batch": "#17becf",
     "voxbridge-json": "#9467bd",
+    "voxbridge-gemini": "#d62728",
     "trio": "#ff7f0e",
     "asyncio": "#2ca02c",
 }
@@ -390,6 +399,18 @@ def _relay(sc: dict[str, Any]) -> str:
                 rows,
             )
         )
+        gemini = peers.get("voxbridge-gemini")
+        if vox is not None and gemini is not None:
+            a, b = v(vox["cpu_per_call_second"]), v(gemini["cpu_per_call_second"])
+            if a is not None and b is not None:
+                out += [
+                    "",
+                    f"Resampling (Gemini Live: 8 -> 16 kHz up, 24 -> 8 kHz down, soxr) costs "
+                    f"{b - a:+.2f} ms CPU per call-second here ({(b - a) / a * 100:+.0f} % on "
+                    "the OpenAI-protocol peer). Its latency is timed by audio position (echo) "
+                    "or a stamp coded into the audio (agent), and includes the resamplers' "
+                    "hold-back; its lost frames include the audio they still hold at hang-up.",
+                ]
     out += ["", "![relay CPU per call-second](relay_cpu.png)"]
     return "\n".join(out)
 
@@ -676,6 +697,31 @@ def _codec(sc: dict[str, Any]) -> str:
         "`TwilioStream.receive` of one media frame (parse, validation, event), as voxbridge runs "
         f"it now: {f(v(codec['twilio_receive_media']), 2)} us.",
     ]
+    audio = codec.get("provider_audio")
+    if audio:
+        rows = [
+            [
+                name,
+                f(v(audio[f"{key}_in" if key != "soxr" else "soxr_8k_to_16k"]), 1),
+                f(v(audio[f"{key}_out" if key != "soxr" else "soxr_24k_to_8k"]), 1),
+                f(v(audio[f"{key}_per_call_second"]), 2),
+            ]
+            for name, key in (
+                ("OpenAI Realtime (mu-law passed through)", "openai"),
+                ("Gemini Live (PCM16 16 / 24 kHz: converted and resampled)", "gemini"),
+                ("soxr alone (8 -> 16 kHz in, 24 -> 8 kHz out)", "soxr"),
+            )
+        ]
+        out += [
+            "",
+            "Provider audio per 20 ms frame as the codecs run it: *in* is the caller's frame "
+            "to the provider's message (`codec.audio`), *out* the provider's message to mu-law "
+            "for the caller (`codec.decode`); a call-second is 50 frames each way while the agent "
+            f"speaks. The Gemini agent's coded stamps read back: "
+            f"{f(v(codec.get('gemini_stamps_decoded')), 0)} %.",
+            "",
+            table(["codec", "in us / frame", "out us / frame", "ms / call-s"], rows),
+        ]
     return "\n".join(out)
 
 

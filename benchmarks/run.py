@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None, only: list[str] | None = None) -> int:
     unknown = set(peers) - set(PEERS)
     if unknown:
         raise SystemExit(f"unknown peer(s): {', '.join(sorted(unknown))}")
+    if args.smoke and "voxbridge" in peers and "voxbridge-gemini" not in peers:
+        peers.append("voxbridge-gemini")  # the Gemini fake and resampled timing (relay only)
     batching, why = batching_available()
     if batching and "voxbridge-batch" not in peers and "voxbridge" in peers and not args.smoke:
         peers.insert(1, "voxbridge-batch")

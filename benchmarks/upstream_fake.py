@@ -1,4 +1,4 @@
-"""A lean OpenAI-Realtime-compatible upstream for load: asyncio protocols, no WebSocket library.
+"""A lean OpenAI-Realtime and Gemini Live upstream for load: asyncio, no WebSocket library.
 
 It speaks as much of the protocol as a bridge needs -- ``session.created`` on connect,
 ``session.updated`` for ``session.update``, audio out as ``response.output_audio.delta`` -- and is
@@ -9,6 +9,17 @@ cheap enough per message that it is never the bottleneck next to the servers it 
 * ``agent``: like a realtime agent, it answers in bursts faster than real time: after every
   ``--burst`` appends it sends that many fresh 20 ms deltas back to back, stamped when sent;
 * ``silent``: listens only (stall and memory scenarios).
+
+A connection whose upgrade request names Gemini's ``...BidiGenerateContent`` resource speaks Gemini
+Live instead (the relay's ``voxbridge-gemini`` peer): ``setup`` is answered with
+``setupComplete``; caller audio comes as ``realtimeInput.audio`` (PCM16LE 16 kHz) and agent audio
+goes as ``serverContent.modelTurn`` ``inlineData`` (``audio/pcm;rate=24000``). ``echo`` resamples
+each chunk to 24 kHz (soxr, streaming, one resampler per connection, as
+:mod:`voxbridge.testing.fake_gemini` does) and sends it straight back; ``agent`` answers every
+``--burst`` frames' worth of audio with that many 20 ms chunks back to back, the first carrying
+its send time as :func:`benchmarks.wire.pcm_stamp`, then ``turnComplete`` with ``usageMetadata``
+and a ``sessionResumptionUpdate``, as Gemini ends a turn. Counts are in 20 ms frames of audio
+(fractions where a resampled chunk is not a whole frame).
 
 Per connection it records when it opened, when the bridge's close frame came and when the TCP
 connection was gone, plus the send time of the last caller frame it got (decoded from the audio),
@@ -29,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import binascii
 import json
 import os
 import random
@@ -36,9 +48,20 @@ import stat
 import sys
 from typing import Any
 
+import numpy as np
+import soxr  # type: ignore[import-untyped]  # no stubs, no py.typed
+
+from voxbridge.testing.fake_gemini import RESOURCE as GEMINI_RESOURCE
+from voxbridge.testing.fake_gemini import pcm24
+
 from . import wire
 
-__all__ = ["FakeUpstream", "main"]
+__all__ = ["GEMINI_RESOURCE", "FakeUpstream", "main"]
+
+GEMINI_IN_FRAME = 640  # bytes of 20 ms PCM16LE at 16 kHz
+GEMINI_OUT_FRAME = 960  # bytes of 20 ms PCM16LE at 24 kHz
+# 20 ms of a 440 Hz tone at 24 kHz, as a modelTurn frame: every chunk of a burst but the first
+GEMINI_TONE_FRAME = wire.gemini_audio_frame(pcm24(20))
 
 
 class Conn(asyncio.Protocol):
@@ -52,12 +75,14 @@ class Conn(asyncio.Protocol):
         "deltas",
         "fake",
         "fault",
+        "gemini",
         "handshake",
         "last_stamp",
         "opened_at",
         "reader",
         "stalled",
         "transport",
+        "up",
     )
 
     def __init__(self, fake: FakeUpstream) -> None:
@@ -69,11 +94,13 @@ class Conn(asyncio.Protocol):
         self.closed_at: int | None = None
         self.close_frame_at: int | None = None
         self.last_stamp: bytes | None = None
-        self.appends = 0  # caller frames (20 ms each) received
+        self.appends: float = 0  # caller frames (20 ms each) received
         self.bursts = 0
-        self.deltas = 0  # agent frames (20 ms each) sent
+        self.deltas: float = 0  # agent frames (20 ms each) sent
         self.fault = ""
         self.stalled = False
+        self.gemini = False  # speaks Gemini Live (by the resource in the upgrade request)
+        self.up: Any = None  # Gemini echo: the 16 -> 24 kHz resampler
 
     # --- asyncio protocol -------------------------------------------------------------------
 
@@ -96,14 +123,16 @@ class Conn(asyncio.Protocol):
                 if len(self.handshake) > 16384:
                     self._abort()
                 return
-            response = wire.handshake_response(self.handshake[:end])
+            request = self.handshake[:end]
+            response = wire.handshake_response(request)
             rest = self.handshake[end + 4 :]
             self.handshake = b""
             if response is None:
                 self._abort()
                 return
             self.reader = wire.FrameReader()
-            self._write(response + wire.SESSION_CREATED)
+            self.gemini = b"BidiGenerateContent" in request[: request.find(b"\r\n")]
+            self._write(response if self.gemini else response + wire.SESSION_CREATED)
             if not rest:
                 return
             data = rest
@@ -116,7 +145,9 @@ class Conn(asyncio.Protocol):
             return
         fake = self.fake
         for opcode, payload in messages:
-            if opcode == wire.OP_TEXT:
+            if opcode == wire.OP_TEXT and self.gemini:
+                self._gemini(payload)
+            elif opcode == wire.OP_TEXT:
                 if b"input_audio_buffer.append" in payload[:48]:
                     at = payload.find(b'"audio"')
                     first = payload.find(b'"', at + 7) + 1
@@ -146,6 +177,40 @@ class Conn(asyncio.Protocol):
                 if self.transport is not None:
                     self.transport.close()
                 return
+
+    def _gemini(self, payload: bytes) -> None:
+        """One Gemini Live client message (see the module docstring)."""
+        fake = self.fake
+        if payload.startswith(b'{"realtimeInput":{"audio"'):
+            at = payload.find(b'"data":"') + 8
+            audio = payload[at : payload.find(b'"', at)]
+            size = len(audio) * 3 // 4 - audio[-2:].count(b"=")  # PCM bytes
+            frames = size / GEMINI_IN_FRAME
+            self.appends += frames
+            fake.appends += frames
+            if fake.mode == "echo":
+                if self.up is None:
+                    self.up = soxr.ResampleStream(16000, 24000, 1, dtype="int16", vr=True)
+                pcm = np.frombuffer(binascii.a2b_base64(audio), dtype="<i2")
+                out = self.up.resample_chunk(pcm).astype("<i2", copy=False).tobytes()
+                if out:
+                    self._write(wire.gemini_audio_frame(out))
+                    frames = len(out) / GEMINI_OUT_FRAME
+                    self.deltas += frames
+                    fake.deltas += frames
+            elif fake.mode == "agent" and self.appends // fake.burst > self.bursts:
+                self.bursts += 1
+                first = wire.gemini_audio_frame(wire.pcm_stamp())
+                self._write(
+                    first
+                    + GEMINI_TONE_FRAME * (fake.burst - 1)
+                    + wire.GEMINI_TURN_COMPLETE
+                    + wire.GEMINI_RESUMPTION_UPDATE
+                )
+                self.deltas += fake.burst
+                fake.deltas += fake.burst
+        elif payload.startswith(b'{"setup"'):
+            self._write(wire.GEMINI_SETUP_COMPLETE)
 
     # --- helpers ----------------------------------------------------------------------------
 
@@ -190,8 +255,8 @@ class FakeUpstream:
         self.rng = random.Random(seed)
         self.conns: list[Conn] = []
         self.open = 0
-        self.appends = 0
-        self.deltas = 0
+        self.appends: float = 0  # 20 ms caller frames received (Gemini: fractions of frames)
+        self.deltas: float = 0  # 20 ms agent frames sent
         self.faults = {"drop": 0, "stall": 0}
 
     def pick_fault(self, conn: Conn) -> None:
@@ -217,8 +282,8 @@ class FakeUpstream:
             "opened": len(self.conns),
             "closed": len(closed),
             "open_since_reset": len(self.conns) - len(closed),
-            "appends": self.appends,
-            "deltas": self.deltas,
+            "appends": round(self.appends, 2),
+            "deltas": round(self.deltas, 2),
             "faults": dict(self.faults),
             "now_us": wire.now_us(),
         }

@@ -1,4 +1,4 @@
-"""Just enough RFC 6455 and Twilio/OpenAI wire format for a cheap load generator and upstream fake.
+"""Just enough RFC 6455 and Twilio/OpenAI/Gemini wire format for a cheap load generator and fake.
 
 The load side must never be the bottleneck, so it does not use a WebSocket library: frames are
 built from precomputed byte strings, parsed with a tiny incremental reader, and audio payloads
@@ -14,6 +14,8 @@ carry a timestamp so latency needs no per-frame bookkeeping.
   code; neither wsproto nor ``websockets`` has a fast path for it), and it lets a frame be plain
   concatenation of precomputed bytes.
 * Messages are never fragmented by the peers measured here; continuation frames are still handled.
+* **Gemini Live** audio is resampled on the way (see the Gemini section below): latency is read
+  from the audio's position (echo) or from a stamp coded to survive resampling (agent).
 """
 
 from __future__ import annotations
@@ -40,10 +42,13 @@ __all__ = [
     "accept_key",
     "client_frame",
     "close_payload",
+    "decode_pcm_stamp",
     "decode_stamp",
+    "gemini_audio_frame",
     "handshake_request",
     "handshake_response",
     "now_us",
+    "pcm_stamp",
     "server_frame",
     "stamp",
 ]
@@ -352,3 +357,83 @@ _DELTA_TAIL = AUDIO_REST_B64 + DELTA_SUFFIX
 def fresh_delta_frame(stamp8: bytes) -> bytes:
     """A delta frame with a new 20 ms payload stamped ``stamp8`` (the agent's own audio)."""
     return _DELTA_HEAD + stamp8 + _DELTA_TAIL
+
+
+# ------------------------------------------------------------------------------ Gemini side
+#
+# Gemini Live carries PCM16LE at 16 kHz up and 24 kHz down, so voxbridge resamples both ways and
+# the 6-byte timestamps of the mu-law frames cannot survive the trip. Two replacements:
+#
+# * **Position** (echo): every resampler keeps its output aligned in time with its input (no
+#   leading zeros; it only holds back a tail until more input comes), so the n-th mu-law byte a
+#   caller receives is the echo of the n-th byte it sent. A caller frame is back when the byte
+#   count reaches its end; its latency is that moment minus the frame's send time, which includes
+#   the resamplers' hold-back.
+# * **A stamp that survives resampling** (agent): the first 20 ms of each burst carry a 32-bit
+#   microsecond timestamp and an 8-bit check as 40 cells of +-A, one bit per 0.5 ms cell (12
+#   samples at 24 kHz, 4 at 8 kHz) -- a 1 kHz signal at most, far inside the resamplers' passband.
+#   After 24 -> 8 kHz and mu-law the sign bit of a sample near each cell's centre is the bit.
+
+GEMINI_FRAME_SAMPLES = 480  # 20 ms at 24 kHz
+PCM_STAMP_BITS = 40  # 32 bits of microseconds, 8 check bits
+PCM_STAMP_BYTES = 160  # the stamp's span in mu-law bytes at 8 kHz: the burst's first frame
+_CELL_24K = GEMINI_FRAME_SAMPLES // PCM_STAMP_BITS  # 12 samples
+_CELL_8K = PCM_STAMP_BYTES // PCM_STAMP_BITS  # 4 samples
+# The sample read in each 8 kHz cell: voxbridge's 24 -> 8 kHz soxr resampler (HQ, variable rate)
+# delays a cell edge by about 2.5 samples; every offset from 2 to 5 decoded 500 random stamps when
+# this was written, and 3 is near the middle (benchmarks.codec checks it through GeminiCodec).
+_READ_AT = 3
+_LEVEL = 12000
+_CELL_HI = struct.pack(f"<{_CELL_24K}h", *([_LEVEL] * _CELL_24K))
+_CELL_LO = struct.pack(f"<{_CELL_24K}h", *([-_LEVEL] * _CELL_24K))
+
+GEMINI_SETUP_COMPLETE = server_frame(b'{"setupComplete":{}}')
+GEMINI_AUDIO_PREFIX = (
+    b'{"serverContent":{"modelTurn":{"parts":[{"inlineData":'
+    b'{"mimeType":"audio/pcm;rate=24000","data":"'
+)
+GEMINI_AUDIO_SUFFIX = b'"}}]}}}'
+GEMINI_TURN_COMPLETE = server_frame(
+    b'{"serverContent":{"turnComplete":true},"usageMetadata":{"promptTokenCount":50,'
+    b'"responseTokenCount":25,"totalTokenCount":75,"promptTokensDetails":[{"modality":"AUDIO",'
+    b'"tokenCount":50}],"responseTokensDetails":[{"modality":"AUDIO","tokenCount":25}]}}'
+)
+GEMINI_RESUMPTION_UPDATE = server_frame(
+    b'{"sessionResumptionUpdate":{"newHandle":"bench-handle","resumable":true}}'
+)
+
+
+def gemini_audio_frame(pcm: bytes) -> bytes:
+    """A ``serverContent.modelTurn`` server frame carrying ``pcm`` (PCM16LE, 24 kHz)."""
+    body = GEMINI_AUDIO_PREFIX + binascii.b2a_base64(pcm, newline=False) + GEMINI_AUDIO_SUFFIX
+    return server_header(len(body)) + body
+
+
+def _check(value: int) -> int:
+    b = value.to_bytes(4, "big")
+    return (b[0] ^ b[1] ^ b[2] ^ b[3] ^ 0xA5) & 0xFF
+
+
+def pcm_stamp(us: int | None = None) -> bytes:
+    """20 ms of PCM16LE at 24 kHz carrying ``us`` (default: now) modulo 2**32 and a check byte."""
+    value = (now_us() if us is None else us) & 0xFFFFFFFF
+    word = value << 8 | _check(value)
+    return b"".join(
+        _CELL_HI if word >> (PCM_STAMP_BITS - 1 - i) & 1 else _CELL_LO
+        for i in range(PCM_STAMP_BITS)
+    )
+
+
+def decode_pcm_stamp(ulaw: bytes) -> int | None:
+    """The 32-bit microsecond stamp in the first 160 mu-law bytes of a burst (``None``: the check
+    failed). G.711 mu-law stores the sign inverted: bit 7 set is a positive sample."""
+    word = 0
+    for i in range(PCM_STAMP_BITS):
+        word = word << 1 | ulaw[i * _CELL_8K + _READ_AT] >> 7
+    value = word >> 8
+    return value if word & 0xFF == _check(value) else None
+
+
+def elapsed32_us(stamp32: int, now: int) -> int:
+    """Microseconds from a 32-bit stamp to ``now`` (wrap-around safe: 71 minutes)."""
+    return (now - stamp32) & 0xFFFFFFFF

@@ -35,7 +35,7 @@ from voxbridge.session import run_call
 from voxbridge.session.call import Call
 from voxbridge.session.registry import CallRegistry
 from voxbridge.settings import Settings
-from voxbridge.testing import CarrierSimulator, EchoAgent, FaultStream
+from voxbridge.testing import CarrierSimulator, FakeEchoAgent, FaultStream
 from voxbridge.testing.memory import accept_carrier
 from voxbridge.upstream import StreamConnector
 
@@ -187,7 +187,7 @@ class Rig:
     nursery: trio.Nursery
     t0: float
     settings: Settings
-    agent: EchoAgent
+    agent: FakeEchoAgent
     metrics: Metrics = attrs.Factory(Metrics)
     registry: CallRegistry = attrs.Factory(CallRegistry)
     carrier_tap: Tap | None = None
@@ -355,7 +355,7 @@ class Rig:
 
 @asynccontextmanager
 async def rig(
-    settings: Settings | None = None, *, agent: EchoAgent | None = None
+    settings: Settings | None = None, *, agent: FakeEchoAgent | None = None
 ) -> AsyncIterator[Rig]:
     """A nursery for one call and its fakes; cancelled on exit. Fails a hang after RIG_BUDGET."""
     with trio.fail_after(RIG_BUDGET):
@@ -364,7 +364,7 @@ async def rig(
                 nursery=nursery,
                 t0=trio.current_time(),
                 settings=settings or Settings(),
-                agent=agent or EchoAgent(delay=0.1),
+                agent=agent or FakeEchoAgent(delay=0.1),
             )
             nursery.cancel_scope.cancel()
 

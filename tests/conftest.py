@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from voxbridge.metrics import Metrics
-from voxbridge.testing import EchoAgent
+from voxbridge.testing import FakeEchoAgent
 
 # Every test gets a wall-clock limit that a shielded hang cannot defeat: see tests/hang_guard.py.
 pytest_plugins = ["hang_guard"]
@@ -26,8 +26,8 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-def agent() -> EchoAgent:
-    return EchoAgent(delay=0.1)
+def agent() -> FakeEchoAgent:
+    return FakeEchoAgent(delay=0.1)
 
 
 @pytest.fixture(autouse=True)

@@ -31,7 +31,7 @@ from voxbridge.session import run_call
 from voxbridge.session.call import FLOOD_BURST_MS
 from voxbridge.session.watchdog import Watchdog, deadline
 from voxbridge.settings import Settings
-from voxbridge.testing import EchoAgent
+from voxbridge.testing import FakeEchoAgent
 from voxbridge.upstream import StreamConnector
 
 CLOSE_TIMEOUT = Settings().close_timeout  # 2 s: a close handshake that cannot complete
@@ -623,7 +623,7 @@ async def test_caller_closed(autojump_clock):
 
 @pytest.mark.parametrize("hangup_code", [1011, 1000])
 async def test_upstream_closed_by_agent(autojump_clock, hangup_code):
-    agent = EchoAgent(delay=0.1, hangup_after=2.0, hangup_code=hangup_code)
+    agent = FakeEchoAgent(delay=0.1, hangup_after=2.0, hangup_code=hangup_code)
     async with rig(NO_RESUME, agent=agent) as r:
         await r.accept_sim(seconds=10)
         disconnect = await r.run()
@@ -640,7 +640,7 @@ async def test_upstream_closed_by_agent(autojump_clock, hangup_code):
 @pytest.mark.parametrize("how", ["agent-hangs-up", "agent-vanishes"])
 async def test_upstream_socket_is_closed_when_the_provider_leaves(autojump_clock, how):
     """The bridge opened the provider's TCP stream; it must close it, however the provider left."""
-    agent = EchoAgent(delay=0.1, hangup_after=2.0 if how == "agent-hangs-up" else None)
+    agent = FakeEchoAgent(delay=0.1, hangup_after=2.0 if how == "agent-hangs-up" else None)
     async with rig(NO_RESUME, agent=agent) as r:
         await r.accept_sim(seconds=10)
         if how == "agent-vanishes":
@@ -757,7 +757,7 @@ async def test_first_end_wins_over_a_later_end_in_the_same_instant(autojump_cloc
 async def test_an_end_during_teardown_does_not_change_the_reason(
     autojump_clock, ending, late, returned_at
 ):
-    agent = EchoAgent(delay=0.1, hangup_after=7.0 if late == "agent-hangs-up" else None)
+    agent = FakeEchoAgent(delay=0.1, hangup_after=7.0 if late == "agent-hangs-up" else None)
     if ending == "upstream-stalled":
         reason, decided, settings = Reason.UPSTREAM_STALLED, 1.02 + 5, NO_RESUME
     else:

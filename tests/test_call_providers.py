@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import string
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -57,12 +57,12 @@ class RecordingCarrier:
 
     def __init__(self, inner: CarrierSocket) -> None:
         self.inner = inner
-        self.sent: list[str] = []
+        self.sent: list[str | bytes] = []
 
     async def receive(self) -> str | bytes:
         return await self.inner.receive()
 
-    async def send(self, frame: str) -> None:
+    async def send(self, frame: str | bytes) -> None:
         self.sent.append(frame)
         await self.inner.send(frame)
 
@@ -78,11 +78,13 @@ async def bridged(
     provider_type: type[OpenAIProvider] = OpenAIProvider,
     call_options: dict[str, Any] | None = None,
     journal: MemoryJournal | None = None,
+    carrier_type: Callable[[CarrierSocket], RecordingCarrier] | None = None,
     **caller: Any,
 ) -> AsyncIterator[Outcome]:
     """One call: simulator -> bridge -> fake, all in memory. The body runs alongside the call.
 
-    ``call_options`` go to ``run_call`` (tools, agent, ...); ``caller`` to the simulator."""
+    ``call_options`` go to ``run_call`` (tools, agent, codec, ...); ``caller`` to the simulator;
+    ``carrier_type`` wraps the bridge's carrier socket (default :class:`RecordingCarrier`)."""
     outcome = Outcome()
     if journal is not None:
         outcome.journal = journal
@@ -98,7 +100,8 @@ async def bridged(
                 done[0].set()
 
             nursery.start_soon(call)
-            carrier = outcome.carrier = RecordingCarrier(await accept_carrier(nursery, bridge_end))
+            wrap = carrier_type if carrier_type is not None else RecordingCarrier
+            carrier = outcome.carrier = wrap(await accept_carrier(nursery, bridge_end))
             provider = provider_type(fake.endpoint(), instructions="be brief")
 
             async def bridge() -> None:

@@ -188,16 +188,18 @@ async def test_bad_tool_calls_are_error_results_and_the_call_goes_on(autojump_cl
 
 
 class SilentTwilio:
-    """Twilio's REST API that never answers (a ``TwilioRest`` stand-in)."""
+    """Twilio's REST API that never answers (a ``CarrierRest`` stand-in)."""
+
+    can_transfer = True
 
     def __init__(self) -> None:
         self.asked: list[tuple[str, float]] = []
 
-    async def complete(self, call_sid: str) -> None:
-        self.asked.append((call_sid, trio.current_time()))
+    async def complete(self, call_id: str) -> None:
+        self.asked.append((call_id, trio.current_time()))
         await trio.sleep_forever()
 
-    async def redirect(self, call_sid: str, twiml: str) -> None:
+    async def transfer(self, call_id: str, target: str) -> None:
         await trio.sleep_forever()
 
 
@@ -211,7 +213,7 @@ async def test_end_call_ends_the_call_even_if_twilio_does_not_answer(autojump_cl
     rest = SilentTwilio()
     settings = Settings(tool_timeout=2.0)
     async with bridged(
-        fake, settings, call_options={"twilio_rest": rest}, audio=SILENCE, seconds=30.0
+        fake, settings, call_options={"carrier_rest": rest}, audio=SILENCE, seconds=30.0
     ) as outcome:
         pass
     assert outcome.disconnect is not None
@@ -264,7 +266,7 @@ async def test_one_built_in_at_a_time_the_second_is_told_the_call_is_ending(
         )
     )
     rest = SilentTwilio()  # the redirect never answers: the transfer fails at tool_timeout
-    options = {"twilio_rest": rest, "agent": AgentConfig(transfer_to="+15551230000")}
+    options = {"carrier_rest": rest, "agent": AgentConfig(transfer_to="+15551230000")}
     async with bridged(
         fake, Settings(tool_timeout=2.0), call_options=options, audio=SILENCE, seconds=5.0
     ) as outcome:

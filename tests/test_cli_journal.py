@@ -81,11 +81,11 @@ def db(where: str) -> str:
     path = where
     clock = Clock()
     with journal_at(path, clock) as journal:  # closes leaving "crashed1" live, as if killed
-        crashed = CallState(call_id="crashed1", accepted_at=0.0, call_sid="CA-crashed")
+        crashed = CallState(call_id="crashed1", accepted_at=0.0, carrier_call_id="CA-crashed")
         journal.call_started(crashed)
     clock.now = T0 + 60
     with journal_at(path, clock) as journal:  # marks "crashed1" crashed
-        state = CallState(call_id="done1", accepted_at=0.0, call_sid=SID)
+        state = CallState(call_id="done1", accepted_at=0.0, carrier_call_id=SID)
         journal.call_started(state)
         lines = (
             Transcript("caller", "hello, I need help with my order"),
@@ -111,7 +111,7 @@ def db(where: str) -> str:
             )
         )
         clock.now = T0 + 300
-        journal.call_started(CallState(call_id="live1", accepted_at=0.0, call_sid="CA-live"))
+        journal.call_started(CallState(call_id="live1", accepted_at=0.0, carrier_call_id="CA-live"))
         assert journal.flush(5)
         # closing leaves "live1" live, as a server killed mid-call would
     return path
@@ -215,7 +215,9 @@ def agents_db(where: str) -> str:
     path = where
     clock = Clock()
     with journal_at(path, clock) as journal:
-        state = CallState(call_id="tools1", accepted_at=0.0, call_sid="CA-tools", agent="support")
+        state = CallState(
+            call_id="tools1", accepted_at=0.0, carrier_call_id="CA-tools", agent="support"
+        )
         journal.call_started(state)
         conversation = (
             Transcript("caller", "where is my order?"),

@@ -354,8 +354,9 @@ def test_dtmf_is_an_inject_user_message() -> None:
 
 
 def test_keepalive_and_closing() -> None:
-    (frame,) = DeepgramCodec().keepalive()
-    assert oracle(AgentV1KeepAlive, frame) == {"type": "KeepAlive"}
+    keepalive = DeepgramCodec().keepalive
+    assert oracle(AgentV1KeepAlive, keepalive.frame) == {"type": "KeepAlive"}  # a text frame
+    assert keepalive.interval == 8.0  # Deepgram's "Agent Keep Alive": every 8 s while idle
     assert DeepgramCodec().closing() == []
 
 

@@ -155,13 +155,14 @@ def env_names() -> set[str]:
     """Every environment variable voxbridge reads a setting from (``Settings.from_env``)."""
     names = {f"VOXBRIDGE_{field.name.upper()}" for field in attrs.fields(Settings)}
     names |= {alias for aliases in ENV_ALIASES.values() for alias in aliases}
-    return names | {"OPENAI_API_KEY", "ULTRAVOX_API_KEY"}
+    return names | {name for option in Settings.options() for name in option.variables}
 
 
 def secret_env_names() -> set[str]:
     fields = [field for field in attrs.fields(Settings) if field.metadata.get("secret")]
     names = {f"VOXBRIDGE_{field.name.upper()}" for field in fields}
-    return names | {"OPENAI_API_KEY", "ULTRAVOX_API_KEY"}
+    options = [option for option in Settings.options() if option.field.metadata["secret"]]
+    return names | {name for option in options for name in option.variables}
 
 
 def tool(name: str) -> str:

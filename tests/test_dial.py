@@ -51,7 +51,7 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def journal_the_call(db: Path, sid: str) -> None:
     """What voxbridge's journal would hold after the call (``voxbridge calls``' fixture values)."""
     with SQLiteJournal(db, clock=Clock()) as journal:
-        journal.call_started(CallState(call_id="dialled1", accepted_at=0.0, call_sid=sid))
+        journal.call_started(CallState(call_id="dialled1", accepted_at=0.0, carrier_call_id=sid))
         journal.call_ended(_record("dialled1", sid))
         assert journal.flush(5)
 

@@ -214,8 +214,12 @@ def test_every_metric_is_documented(doc: str) -> None:
 
 # --- docs/providers.md ---------------------------------------------------------------------------
 
-# Environment variables that are not ``VOXBRIDGE_<FIELD>`` but that ``Settings.from_env`` reads.
-API_KEY_VARIABLES = {"OPENAI_API_KEY": "openai_api_key", "ULTRAVOX_API_KEY": "ultravox_api_key"}
+
+def setting_variables() -> set[str]:
+    """Every ``VOXBRIDGE_*`` variable ``Settings.from_env`` reads: its fields' and each
+    provider's own settings' (``VOXBRIDGE_OPENAI_MODEL``)."""
+    names = {f"VOXBRIDGE_{field.name.upper()}" for field in attrs.fields(Settings)}
+    return names | {option.variables[0] for option in Settings.options()}
 
 
 def tables(text: str) -> list[list[list[str]]]:
@@ -249,12 +253,33 @@ def test_every_flag_in_providers_doc_is_a_serve_flag() -> None:
 
 
 def test_every_env_variable_in_providers_doc_is_read_by_settings() -> None:
-    names = {f"VOXBRIDGE_{field.name.upper()}" for field in attrs.fields(Settings)}
     mentioned = set(re.findall(r"\bVOXBRIDGE_[A-Z_]+\b", read("providers.md")))
-    assert mentioned - names == set()
-    for variable, field in API_KEY_VARIABLES.items():
-        assert f"`{variable}`" in read("providers.md"), variable
-        assert getattr(Settings.from_env({variable: "k"}), field) == "k", variable
+    assert mentioned - setting_variables() == set()
+    for spec in PROVIDERS.values():
+        for variable in spec.key_variables:  # keys: environment only, documented, and read
+            assert f"`{variable}`" in read("providers.md"), variable
+            settings = Settings.from_env({variable: "k"})
+            assert settings.provider_settings[spec.name].api_key == "k", variable
+
+
+def test_close_code_table_is_each_providers_own() -> None:
+    """The close-code table in providers.md says what each spec's ``close_reasons`` says."""
+    table = next(t for t in tables(read("providers.md")) if t[0][1] == "`agent_hangup`")
+    documented = {}
+    for row in table[1:]:
+        codes = {
+            reason: {int(code) for code in re.findall(r"\b\d{4}\b", cell)}
+            for reason, cell in (("agent_hangup", row[1]), ("upstream_rejected", row[2]))
+        }
+        documented[backticked(row[0])] = codes
+    declared = {
+        name: {
+            reason: {code for code, why in spec.close_reasons.items() if why.value == reason}
+            for reason in ("agent_hangup", "upstream_rejected")
+        }
+        for name, spec in PROVIDERS.items()
+    }
+    assert documented == declared
 
 
 def test_providers_doc_lists_every_registered_provider() -> None:
@@ -276,11 +301,13 @@ def test_fake_knob_tables_match_the_fakes(index: int, fake: type) -> None:
 
 
 def test_every_serve_flag_is_documented() -> None:
-    text = read("timeouts.md") + read("operations.md") + read("providers.md")
+    text = read("timeouts.md") + read("operations.md") + read("providers.md") + read("carriers.md")
     missing = sorted(
         f for f in serve_flags() if f.startswith("--") and f != "--help" and f"`{f}`" not in text
     )
-    assert not missing, f"flags documented in none of timeouts, operations, providers: {missing}"
+    assert not missing, (
+        f"flags documented in none of timeouts, operations, providers, carriers: {missing}"
+    )
 
 
 def test_docs_name_only_existing_metrics() -> None:
@@ -295,6 +322,8 @@ def test_docs_name_only_existing_metrics() -> None:
             base = re.sub(r"_(bucket|count|sum)$", "", name)
             if base in {"voxbridge_schema", "voxbridge_replicas"}:
                 continue  # the PostgreSQL journal's tables
+            if base == "voxbridge_token":
+                continue  # the per-call token's parameter in a carrier's answer (carriers.md)
             assert base in names, f"{page.name}: no metric {name}"
 
 

@@ -163,7 +163,7 @@ def metric(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-ULTRAVOX = {"provider": "ultravox", "ultravox_api_key": "uv-test-key"}
+ULTRAVOX = {"provider": "ultravox", "provider_settings": {"ultravox": {"api_key": "uv-test-key"}}}
 
 
 # --- tools ----------------------------------------------------------------------------------------

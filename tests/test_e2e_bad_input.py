@@ -1,7 +1,7 @@
 """End to end: bad carrier input on a real server ends that call, and only that call, on the record.
 
 Each case runs the real server (``voxbridge.server.serve``: hypercorn on port 0, the trio worker) bridged
-to the ``EchoAgent`` (the OpenAI Realtime fake), opens a raw WebSocket on ``/twilio/media``, sends
+to the ``FakeEchoAgent`` (the OpenAI Realtime fake), opens a raw WebSocket on ``/twilio/media``, sends
 what the table says and checks the ending from every side:
 
 * the caller: the close code and reason it received;
@@ -59,7 +59,7 @@ from voxbridge.providers.events import Transcript
 from voxbridge.server import RunningServer
 from voxbridge.session.call import FLOOD_BURST_MS
 from voxbridge.session.state import CallRecord, CallState
-from voxbridge.testing import EchoAgent, simulate_call
+from voxbridge.testing import FakeEchoAgent, simulate_call
 
 BUDGET = 20.0  # seconds of real time per test
 MAX_MESSAGE = 64 * 1024  # hypercorn's websocket_max_message_size under voxbridge serve
@@ -274,7 +274,7 @@ async def caller(server: RunningServer) -> AsyncIterator[Caller]:
             nursery.cancel_scope.cancel()
 
 
-async def prelude(peer: Caller, agent: EchoAgent) -> int:
+async def prelude(peer: Caller, agent: FakeEchoAgent) -> int:
     """A well-behaved start: ``connected``, ``start``, then media frames every 20 ms until the
     provider session is up, until the provider has them all and the caller has heard all their
     echo (so what follows is the only input left). Returns how many media frames were sent.

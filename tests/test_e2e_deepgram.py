@@ -1,7 +1,8 @@
 """A real call through Deepgram's protocol, in memory on the autojump clock: the Twilio carrier
 simulator -> run_call -> DeepgramProvider -> FakeDeepgram. Audio both ways, barge-in, a drop
 resumed with the conversation replayed, a frozen server resumed, a tool call, key presses, the
-agent's hang-up (end_call) and refusals."""
+agent's hang-up (end_call) and refusals; ``KeepAlive`` holding a session while the caller is
+silent, and a ``KeepAlive`` the server never reads dropping the session like any stalled send."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import trio
 import trio.testing
+from pytest import approx
 from test_call_providers import Outcome, RecordingCarrier
 
 from voxbridge.errors import Reason
@@ -19,7 +21,7 @@ from voxbridge.providers.endpoint import ProviderEndpoint
 from voxbridge.providers.events import Transcript
 from voxbridge.session import run_call
 from voxbridge.settings import Settings
-from voxbridge.testing import CarrierSimulator
+from voxbridge.testing import CarrierSimulator, FaultStream
 from voxbridge.testing.fake_deepgram import FakeDeepgram, FakeFunctionCall, speech_for
 from voxbridge.testing.memory import accept_carrier, memory_connector
 from voxbridge.tools import Tool, ToolContext
@@ -41,9 +43,12 @@ async def bridged(
     provider_options: dict[str, Any] | None = None,
     call_options: dict[str, Any] | None = None,
     endpoint: ProviderEndpoint | None = None,
+    taps: list[FaultStream] | None = None,
     **caller: Any,
 ) -> AsyncIterator[Outcome]:
-    """One call: simulator -> bridge -> fake Deepgram, all in memory; the body runs alongside."""
+    """One call: simulator -> bridge -> fake Deepgram, all in memory; the body runs alongside.
+    With ``taps``, the bridge's end of each provider connection is a :class:`FaultStream`,
+    appended there."""
     outcome = Outcome()
     with trio.fail_after(10_000):  # virtual seconds: a hang fails instead of spinning for ever
         async with trio.open_nursery() as nursery:
@@ -58,6 +63,16 @@ async def bridged(
             nursery.start_soon(call)
             carrier = outcome.carrier = RecordingCarrier(await accept_carrier(nursery, bridge_end))
             provider = DeepgramProvider(endpoint or fake.endpoint(), **(provider_options or {}))
+            connect_stream = memory_connector(nursery, fake)  # type: ignore[arg-type]
+            if taps is not None:
+                memory = connect_stream
+
+                async def tapped(host: str, port: int) -> trio.abc.Stream:
+                    tap = FaultStream(await memory(host, port))
+                    taps.append(tap)
+                    return tap
+
+                connect_stream = tapped
 
             async def bridge() -> None:
                 outcome.disconnect = await run_call(
@@ -67,7 +82,7 @@ async def bridged(
                     metrics=outcome.metrics,
                     registry=outcome.registry,
                     journal=outcome.journal,
-                    connect_stream=memory_connector(nursery, fake),  # type: ignore[arg-type]
+                    connect_stream=connect_stream,
                     **(call_options or {}),
                 )
                 outcome.ended_at = trio.current_time()
@@ -82,15 +97,17 @@ async def bridged(
 
 
 class QuickTwilio:
-    """Twilio's REST API that completes calls at once (a ``TwilioRest`` stand-in)."""
+    """Twilio's REST API that completes calls at once (a ``CarrierRest`` stand-in)."""
+
+    can_transfer = True
 
     def __init__(self) -> None:
         self.completed: list[str] = []
 
-    async def complete(self, call_sid: str) -> None:
-        self.completed.append(call_sid)
+    async def complete(self, call_id: str) -> None:
+        self.completed.append(call_id)
 
-    async def redirect(self, call_sid: str, twiml: str) -> None:
+    async def transfer(self, call_id: str, target: str) -> None:
         raise AssertionError("no transfer here")
 
 
@@ -210,7 +227,7 @@ async def test_end_call_hangs_up_after_the_goodbye(autojump_clock: Any) -> None:
     fake = fake_deepgram(function_calls=[FakeFunctionCall("end_call", "{}", at=0.5, say=goodbye)])
     rest = QuickTwilio()
     async with bridged(
-        fake, Settings(), call_options={"twilio_rest": rest}, audio=SILENCE, seconds=30.0
+        fake, Settings(), call_options={"carrier_rest": rest}, audio=SILENCE, seconds=30.0
     ) as outcome:
         pass
     assert outcome.disconnect is not None and outcome.caller is not None
@@ -241,11 +258,54 @@ async def test_a_1008_close_is_final(autojump_clock: Any) -> None:
 
 
 async def test_caller_audio_keeps_an_idle_timing_session_open(autojump_clock: Any) -> None:
-    """Twilio streams audio all call long, so Deepgram's idle close (no client message for
-    ~10 s) never fires while the caller is connected, without any KeepAlive."""
+    """Twilio streams audio all call long, so Deepgram's idle close (here after 1 s without a
+    client message) never fires while the caller streams: the audio holds the session, which the
+    KeepAlive every 8 s could not."""
     fake = fake_deepgram(idle_timeout=1.0)
     async with bridged(fake, Settings(), seconds=15.0) as outcome:
         pass
     assert outcome.disconnect is not None
     assert outcome.disconnect.reason is Reason.CALLER_STOP
-    assert len(fake.sessions) == 1 and fake.sessions[0].keepalives == 0
+    [session] = fake.sessions
+    assert session.accepted_at is not None
+    assert session.keepalives_at == [approx(session.accepted_at + 8.0)]
+
+
+async def test_keepalive_holds_the_session_while_the_caller_is_silent(autojump_clock: Any) -> None:
+    # The caller stops sending audio after 1 s and stays on the line; Deepgram closes a session
+    # that hears nothing for 10 s. The link's KeepAlive every 8 s holds the one session until the
+    # call's own idle_timeout (60 s after the last frame) ends the call. Without it the session
+    # was closed at 11 s (CLIENT_MESSAGE_TIMEOUT, 1011) and resumed, again and again.
+    fake = fake_deepgram(idle_timeout=10.0)
+    async with bridged(fake, Settings(), seconds=100.0, stall_after=1.0) as outcome:
+        pass
+    assert outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.IDLE_TIMEOUT
+    [session] = fake.sessions
+    assert session.accepted_at is not None
+    opened = session.accepted_at
+    assert session.keepalives_at == [approx(opened + 8.0 * n) for n in range(1, 8)]  # 8 .. 56 s
+    assert session.errors == [] and session.close_code == 1000  # closed by the bridge at the end
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 0
+    assert fake.errors == []
+
+
+async def test_a_keepalive_the_server_never_reads_drops_the_session(autojump_clock: Any) -> None:
+    # The caller is silent after 1 s; at 5 s nothing the bridge writes reaches the first session
+    # any more. The KeepAlive due at 8 s never leaves: after send_timeout (5 s) the session is
+    # lost at 13 s, aborted (no close handshake with a peer that does not read) and resumed.
+    fake = fake_deepgram()
+    taps: list[FaultStream] = []
+    async with bridged(fake, Settings(), taps=taps, seconds=100.0, stall_after=1.0) as outcome:
+        await trio.sleep(5.0)
+        taps[0].stop_writing()
+    assert outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.IDLE_TIMEOUT
+    first, second = fake.sessions
+    assert first.accepted_at is not None and second.accepted_at is not None
+    assert first.keepalives == 0  # the one due at 8 s was stuck in the bridge
+    assert first.closed_at == approx(first.accepted_at + 13.0)  # 8 s + send_timeout
+    assert first.close_code == 1006  # aborted: no close frame reached the server
+    assert second.accepted_at == approx(first.closed_at)
+    assert second.keepalives_at[:2] == [approx(second.accepted_at + 8.0 * n) for n in (1, 2)]
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 1

@@ -23,6 +23,13 @@ moment teardown begins), and by ``teardown_timeout`` + ``MARGIN`` after it:
   (the fake's own tasks aside, for the same reason);
 * ``/metrics`` says ``voxbridge_calls_active 0`` and counted the reason exactly once, and no other.
 
+The provider-side endings (``upstream_*``, ``agent_hangup``) run on every registered provider: one
+table, ``PROVIDER_FAKES``, says how each provider's fake produces each of them (its knobs are named
+alike in every fake), or why its protocol cannot (the case is then skipped with that reason); the
+caller-side cases run on OpenAI only, and the variant whose caller stops reading once per reason.
+``transferred`` has Twilio's REST API at ``FakeTwilio`` and a call it places (``PlacedCall``): the
+model calls ``transfer_call``, the server redirects the call to ``<Dial>`` through that API.
+
 The server runs in this process, so all of this is read directly; Linux only (``/proc``).
 """
 
@@ -56,10 +63,12 @@ from voxbridge.carriers.twilio_wire import (
     encode_stop,
 )
 from voxbridge.errors import Reason
+from voxbridge.providers.registry import PROVIDERS
 from voxbridge.server import RunningServer, serve
 from voxbridge.session.call import Call
 from voxbridge.settings import Settings
-from voxbridge.testing import FakeOpenAIRealtime, FakeUltravox, FaultStream
+from voxbridge.testing import FakeCall, FakeOpenAIRealtime, FakeTwilio, FaultStream, fake_for
+from voxbridge.testing.fake_openai import FakeToolCall
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/proc/self/fd"), reason="reads this process's sockets from Linux /proc"
@@ -95,6 +104,8 @@ CALL_SID = "CA" + "e" * 32
 ACCOUNT_SID = "AC" + "e" * 32
 SILENCE = base64.b64encode(b"\xff" * FRAME_BYTES).decode("ascii")
 UV_KEY = "uv-endings-key"
+API_KEY, API_SECRET = "SK" + "e" * 32, "endings-secret"  # voxbridge's Twilio REST credentials
+TRANSFER_TARGET = "+15550104000"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -280,6 +291,50 @@ class Caller:
                     pass  # our close is on its way: get_message says so, with the reason
 
 
+@attrs.define(eq=False)
+class PlacedCall:
+    """The caller of a call FakeTwilio places: created over its REST API with TwiML
+    ``<Connect><Stream>`` at the server, played by Twilio's own simulated caller (it reads
+    everything, echoes marks, sends ``stop`` when Twilio's REST API is told to end or redirect
+    the call). So the call has a CallSid Twilio knows, and the server can transfer it."""
+
+    twilio: FakeTwilio | None = None  # the rig's
+    script: Script = Script.STREAM
+    reads: bool = True
+    port: int = 0  # the caller's local (ephemeral) port
+    inode: int = 0  # its socket's inode
+    close: tuple[int, str | None] | None = None  # the close frame it read from us
+    call: FakeCall | None = None
+    finished: trio.Event = attrs.Factory(trio.Event)
+
+    async def run(self, url: str) -> None:
+        assert self.twilio is not None
+        try:
+            server_port = urlsplit(url).port
+            twiml = f'<Response><Connect><Stream url="{url}"/></Connect></Response>'
+            async with httpx.AsyncClient(auth=(API_KEY, API_SECRET), timeout=5) as client:
+                created = await client.post(
+                    f"{self.twilio.base_url}/2010-04-01/Accounts/{ACCOUNT_SID}/Calls.json",
+                    data={"To": "+15550101000", "From": "+15550102000", "Twiml": twiml},
+                )
+            assert created.status_code == 201, created.text
+            call = self.call = await self.twilio.wait_for_call()
+            await call.stream_started.wait()  # its TCP connection to the server is open
+            [(self.port, fd)] = [
+                (conn.laddr.port, conn.fd)
+                for conn in psutil.Process().net_connections(kind="tcp")
+                if conn.raddr
+                and conn.raddr.port == server_port
+                and conn.status == psutil.CONN_ESTABLISHED
+            ]
+            self.inode = os.fstat(fd).st_ino
+            await call.wait_ended()
+            if call.result is not None and call.result.close_code is not None:
+                self.close = (call.result.close_code, call.result.close_reason)
+        finally:
+            self.finished.set()
+
+
 # --- the cases ------------------------------------------------------------------------------------
 
 
@@ -291,6 +346,7 @@ class Rig:
     fake: Any
     stop: trio.Event  # the server's shutdown trigger
     fake_nursery: trio.Nursery
+    twilio: FakeTwilio | None = None  # Twilio's REST API, for the cases that need it
 
 
 Hook = Callable[[Rig], Awaitable[None]]
@@ -323,9 +379,140 @@ class Case:
     settings: dict[str, Any] = attrs.Factory(dict)
     during: Hook | None = None  # runs once the call is in the registry
     never_reads: bool = True  # whether the caller-that-stops-reading variant applies
+    #: Twilio's REST API is FakeTwilio, and the caller is a call it places (``PlacedCall``)
+    twilio: bool = False
 
 
-CASES: dict[str, Case] = {
+# --- the provider-side endings, for every provider ------------------------------------------------
+
+
+@attrs.frozen
+class Ending:
+    """How a provider's fake ends a call for one reason: knobs (named alike in every fake), and a
+    hook run once the call is up."""
+
+    knobs: dict[str, Any]
+    during: Hook | None = None
+    settings: dict[str, Any] = attrs.Factory(dict)
+
+
+#: A resume that cannot succeed need not be tried for long: two or three refused attempts.
+SHORT_BUDGET = {"reconnect_budget": 0.5}
+
+
+@attrs.frozen
+class Cannot:
+    """An ending the provider's protocol cannot produce, and why."""
+
+    why: str
+
+
+@attrs.frozen
+class ProviderFake:
+    """A provider's fake in the ending matrix: its knobs for a healthy session (an echo, its
+    key), the settings the server needs for it, and how it produces each provider-side ending."""
+
+    healthy: dict[str, Any]
+    settings: dict[str, Any]
+    endings: dict[Reason, Ending | Cannot]
+
+
+#: Refused with 429 (retried, not final) until ``connect_timeout`` runs out.
+CONNECT_FAILED = Ending({"refuse_status": 429})
+#: Dropped with 1011 (resumable), every later session refused until ``reconnect_budget`` runs out.
+DROPPED = Ending({"close_at": (PROVIDER_ENDS_AT, 1011)}, refuse_after_first_session, SHORT_BUDGET)
+#: Closed with 1008, a refusal in every provider's close-code table: final.
+REFUSED = Ending({"close_at": (PROVIDER_ENDS_AT, 1008)})
+#: Stops reading (no pongs), every later session refused.
+FROZEN = Ending({"stop_reading_at": 0.1}, refuse_after_first_session, SHORT_BUDGET)
+HANGS_UP = Ending({"hangup_at": PROVIDER_ENDS_AT})
+
+
+def endings(hangup: Ending | Cannot) -> dict[Reason, Ending | Cannot]:
+    return {
+        Reason.UPSTREAM_CONNECT_FAILED: CONNECT_FAILED,
+        Reason.UPSTREAM_CLOSED: DROPPED,
+        Reason.UPSTREAM_REJECTED: REFUSED,
+        Reason.UPSTREAM_KEEPALIVE_TIMEOUT: FROZEN,
+        Reason.AGENT_HANGUP: hangup,
+    }
+
+
+NO_HANGUP_OPENAI = Cannot("OpenAI Realtime has no hang-up: every close but 1008 is resumed")
+
+#: provider -> how its fake produces each provider-side ending (every registered provider).
+PROVIDER_FAKES: dict[str, ProviderFake] = {
+    "echo": ProviderFake({"delay": 0.05}, {}, endings(NO_HANGUP_OPENAI)),
+    "openai": ProviderFake({"echo_delay": 0.05}, {}, endings(NO_HANGUP_OPENAI)),
+    "ultravox": ProviderFake(
+        {"api_key": UV_KEY, "delay": 0.05},
+        {"provider_settings": {"ultravox": {"api_key": UV_KEY}}},
+        endings(HANGS_UP),  # close 1000; connect refusals are the REST API's
+    ),
+    "gpt-live": ProviderFake(
+        {"echo_delay": 0.05},
+        {"provider_settings": {"gpt-live": {"api_key": "sk-live"}}},
+        endings(HANGS_UP),  # session.closed remote_hangup
+    ),
+    "deepgram": ProviderFake(
+        {"api_key": "dg-key", "echo_delay": 0.05},
+        {"provider_settings": {"deepgram": {"api_key": "dg-key"}}},
+        endings(Cannot("Deepgram's agent API has no hang-up: a close 1000 is a drop, resumed")),
+    ),
+    "gemini": ProviderFake(
+        {"api_key": "gm-key", "echo": True, "delay": 0.05},
+        {"provider_settings": {"gemini": {"api_key": "gm-key"}}},
+        endings(Cannot("Gemini Live has no hang-up: its time limit's close 1000 is resumed")),
+    ),
+}
+#: The caller-that-stops-reading variant of a provider-side ending runs once: on this provider,
+#: or on the first that can produce the ending.
+VARIANTS_ON = "openai"
+
+
+def provider_fake(provider: str, knobs: dict[str, Any]) -> Callable[[], Any]:
+    return lambda: fake_for(provider)(**PROVIDER_FAKES[provider].healthy, **knobs)
+
+
+def provider_cases() -> Iterator[tuple[str, Case | Cannot]]:
+    """``<reason>-<provider>``: every provider-side ending, on every provider."""
+    variants_done: set[Reason] = set()
+    order = [VARIANTS_ON, *(name for name in PROVIDER_FAKES if name != VARIANTS_ON)]
+    for provider in order:
+        fake = PROVIDER_FAKES[provider]
+        for reason, ending in fake.endings.items():
+            name = f"{reason.value}-{provider}"
+            if isinstance(ending, Cannot):
+                yield name, ending
+                continue
+            yield (
+                name,
+                Case(
+                    reason,
+                    fake=provider_fake(provider, ending.knobs),
+                    provider=provider,
+                    settings={**fake.settings, **ending.settings},
+                    during=ending.during,
+                    never_reads=reason not in variants_done,
+                ),
+            )
+            variants_done.add(reason)
+
+
+#: Put through by the built-in transfer_call tool: the model calls it after the caller's first
+#: turn; voxbridge redirects the call through Twilio's REST API (FakeTwilio) to ``<Dial>``.
+TRANSFERRED = Case(
+    Reason.TRANSFERRED,
+    fake=echo_fake(
+        caller_transcripts=[(0.2, "put me through to billing")],
+        tool_calls=[FakeToolCall("transfer_call", {"reason": "billing"})],
+    ),
+    settings={"transfer_to": TRANSFER_TARGET},
+    never_reads=False,  # the caller is Twilio's own simulator
+    twilio=True,
+)
+
+CASES: dict[str, Case | Cannot] = {
     "caller_stop": Case(Reason.CALLER_STOP, Script.STOP),
     "caller_closed": Case(Reason.CALLER_CLOSED, Script.CLOSE, never_reads=False),
     "caller_closed_tcp_fin": Case(Reason.CALLER_CLOSED, Script.FIN, never_reads=False),
@@ -333,38 +520,39 @@ CASES: dict[str, Case] = {
     "idle_timeout": Case(Reason.IDLE_TIMEOUT, Script.SILENT),
     "start_timeout": Case(Reason.START_TIMEOUT, Script.CONNECTED_ONLY),
     "protocol_error": Case(Reason.PROTOCOL_ERROR, Script.GARBAGE),
-    "upstream_connect_failed": Case(
-        Reason.UPSTREAM_CONNECT_FAILED, fake=echo_fake(refuse_status=429)
-    ),
-    "upstream_closed": Case(
-        Reason.UPSTREAM_CLOSED,
-        fake=echo_fake(close_at=(PROVIDER_ENDS_AT, 1011)),
-        during=refuse_after_first_session,
-    ),
-    "upstream_rejected": Case(
-        Reason.UPSTREAM_REJECTED, fake=echo_fake(close_at=(PROVIDER_ENDS_AT, 1008))
-    ),
-    "agent_hangup": Case(
-        Reason.AGENT_HANGUP,
-        fake=lambda: FakeUltravox(api_key=UV_KEY, delay=0.05, hangup_at=PROVIDER_ENDS_AT),
-        provider="ultravox",
-        settings={"ultravox_api_key": UV_KEY},
-    ),
     "max_duration": Case(Reason.MAX_DURATION, settings={"max_call_duration": 2.0}),
     "server_shutdown": Case(Reason.SERVER_SHUTDOWN, during=shut_down_soon),
-    "upstream_keepalive_timeout": Case(
-        Reason.UPSTREAM_KEEPALIVE_TIMEOUT,
-        fake=echo_fake(stop_reading_at=0.1),
-        during=refuse_after_first_session,
-    ),
+    "transferred": TRANSFERRED,
+    **dict(provider_cases()),
 }
 
 
 def _params() -> Iterator[Any]:
     for name, case in CASES.items():
+        if isinstance(case, Cannot):
+            yield pytest.param(None, True, id=name, marks=pytest.mark.skip(reason=case.why))
+            continue
         yield pytest.param(case, True, id=name)
         if case.never_reads:
             yield pytest.param(case, False, id=f"{name}-caller_never_reads")
+
+
+def test_every_registered_provider_has_its_provider_side_endings() -> None:
+    assert list(PROVIDER_FAKES) == list(PROVIDERS)
+    provider_side = {
+        Reason.UPSTREAM_CONNECT_FAILED,
+        Reason.UPSTREAM_CLOSED,
+        Reason.UPSTREAM_REJECTED,
+        Reason.UPSTREAM_KEEPALIVE_TIMEOUT,
+        Reason.AGENT_HANGUP,
+    }
+    for name, fake in PROVIDER_FAKES.items():
+        assert set(fake.endings) == provider_side, name
+    # every reason a call can end with is in the matrix, bar internal_error (a bug) and the
+    # stalls (tests/test_call_deadlines.py, tests/test_e2e_caller_stops_reading.py)
+    reasons = {case.reason for case in CASES.values() if isinstance(case, Case)}
+    left = {Reason.INTERNAL_ERROR, Reason.CALLER_STALLED, Reason.UPSTREAM_STALLED}
+    assert reasons == set(Reason) - left
 
 
 # --- what to look at ------------------------------------------------------------------------------
@@ -376,8 +564,17 @@ async def rig_for(case: Case) -> AsyncIterator[Rig]:
     stop = trio.Event()
     async with trio.open_nursery() as fakes:
         url = await fakes.start(fake.serve)
+        twilio, rest = None, {}
+        if case.twilio:
+            twilio = FakeTwilio(ACCOUNT_SID, credentials=[(API_KEY, API_SECRET)], caller_seconds=10)
+            rest = {
+                "twilio_account_sid": ACCOUNT_SID,
+                "twilio_api_url": await fakes.start(twilio.serve),
+                "twilio_api_key": API_KEY,
+                "twilio_api_secret": API_SECRET,
+            }
         settings = Settings(
-            port=0, provider=case.provider, provider_url=url, **{**SHORT, **case.settings}
+            port=0, provider=case.provider, provider_url=url, **{**SHORT, **rest, **case.settings}
         )
         async with trio.open_nursery() as servers:
             server = await servers.start(
@@ -386,7 +583,7 @@ async def rig_for(case: Case) -> AsyncIterator[Rig]:
                 )
             )
             try:
-                yield Rig(server, fake, stop, fakes)
+                yield Rig(server, fake, stop, fakes, twilio)
             finally:
                 servers.cancel_scope.cancel()  # the checks are done: no graceful stop needed
         fakes.cancel_scope.cancel()
@@ -513,18 +710,23 @@ class Outcome:
     released_after: float | None = None
     new_tasks: list[str] = attrs.Factory(list)  # tasks the call left behind
     samples: Samples = attrs.Factory(dict)
+    dialled: dict[str, str] = attrs.Factory(dict)  # FakeTwilio: CallSid -> <Dial> target
 
 
-async def run_case(case: Case, caller: Caller) -> Outcome:
+async def run_case(case: Case, caller: Caller | PlacedCall) -> Outcome:
     """Run one call to its end; check what the server still holds by the teardown bound."""
     outcome = Outcome()
     async with rig_for(case) as rig:
         server = rig.server
         outcome.bound = server.app.settings.teardown_timeout
         baseline, baseline_sockets = all_tasks(), socket_inodes()
+        if isinstance(caller, PlacedCall):
+            caller.twilio = rig.twilio
         async with trio.open_nursery() as callers:
             callers.start_soon(caller.run, server.media_url)
-            await poll_until(lambda: len(server.app.registry) > 0, trio.current_time() + 5)
+            await poll_until(
+                lambda: len(server.app.registry) > 0 and caller.port > 0, trio.current_time() + 5
+            )
             (call,) = server.app.registry.active()
             if case.during is not None:
                 callers.start_soon(case.during, rig)
@@ -541,6 +743,10 @@ async def run_case(case: Case, caller: Caller) -> Outcome:
                 outcome.released_after = trio.current_time() - decided
             with trio.move_on_at(min(deadline, trio.current_time() + CALLER_GRACE)):
                 await caller.finished.wait()  # a caller that reads learns of it by itself
+            if rig.twilio is not None:  # Twilio goes on to the <Dial> once the stream is over
+                twilio = rig.twilio
+                await poll_until(lambda: bool(twilio.dialled), deadline)
+                outcome.dialled = dict(twilio.dialled)
             callers.cancel_scope.cancel()
         outcome.reason = call.disconnect.reason if call.disconnect else None
 
@@ -570,7 +776,7 @@ async def _decided(call: Call) -> float:
 
 @pytest.mark.parametrize(("case", "reads"), list(_params()))
 async def test_nothing_outlives_the_call(case: Case, reads: bool) -> None:
-    caller = Caller(case.script, reads=reads)
+    caller = PlacedCall() if case.twilio else Caller(case.script, reads=reads)
     with trio.fail_after(CASE_BUDGET):
         outcome = await run_case(case, caller)
 
@@ -583,6 +789,10 @@ async def test_nothing_outlives_the_call(case: Case, reads: bool) -> None:
     assert disconnects(outcome.samples) == {case.reason.value: 1}
     if reads and case.script not in (Script.CLOSE, Script.FIN, Script.RESET):
         assert caller.close == (case.reason.close_code, case.reason.value)
+    if isinstance(caller, PlacedCall):  # the transfer: the call went on to Twilio's <Dial>
+        assert caller.call is not None
+        assert outcome.dialled == {caller.call.sid: TRANSFER_TARGET}
+    elif reads and case.script not in (Script.CLOSE, Script.FIN, Script.RESET):
         assert caller.server_closed_tcp  # and then the server closed TCP, as a client waits for
     if not reads and case.script not in (Script.CONNECTED_ONLY, Script.SILENT):
         assert caller.close is None  # it really never read our close frame

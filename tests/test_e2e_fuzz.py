@@ -1,6 +1,6 @@
 """Fuzz the real server's sockets while a healthy call runs: nothing a client sends takes it down.
 
-One server (``voxbridge.server.serve``, hypercorn on port 0, bridged to the ``EchoAgent``) runs for the
+One server (``voxbridge.server.serve``, hypercorn on port 0, bridged to the ``FakeEchoAgent``) runs for the
 whole test. In the same nursery, healthy ``CarrierSimulator`` calls run back to back for as long as
 the fuzzing lasts, and hypothesis throws malformed input at the server, each example on its own raw
 TCP connection (``trio.open_tcp_stream``): it sends its bytes, maybe half-closes, reads whatever

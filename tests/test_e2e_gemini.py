@@ -1,16 +1,18 @@
 """Gemini Live through a real call, in memory on the autojump clock: the Twilio carrier simulator
 -> the bridge (``run_call``) -> ``GeminiProvider`` -> ``FakeGemini``. Audio both ways (resampled),
 barge-in (``interrupted`` -> clear), a drop resumed with a handle and one replayed from history, a
-tool call, usage metering, transcripts and the caller hanging up."""
+tool call, usage metering, transcripts and the caller hanging up; ``goAway`` recycled make before
+break with the handle, a failed one falling back to the resume, and the two never racing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 import trio.testing
+from pytest import approx
 from test_call_providers import Outcome, RecordingCarrier
 
 from voxbridge.errors import Reason
@@ -21,8 +23,51 @@ from voxbridge.testing import CarrierSimulator
 from voxbridge.testing.fake_gemini import RESOURCE, FakeGemini, FakeToolCall, Speech, pcm24
 from voxbridge.testing.memory import accept_carrier, memory_connector
 from voxbridge.tools import Tool, ToolContext
+from voxbridge.upstream import StreamConnector
 
 SILENCE = b"\xff" * 8000
+
+
+class TimedCarrier(RecordingCarrier):
+    """Records when the bridge sent each ``media`` message to the caller, too."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.media_at: list[float] = []
+
+    async def send(self, frame: str) -> None:
+        if '"event":"media"' in frame:
+            self.media_at.append(trio.current_time())
+        await super().send(frame)
+
+
+def longest_gap(times: list[float], start: float, end: float) -> float:
+    """The longest time without a media message to the caller between ``start`` and ``end``."""
+    inside = [t for t in times if start <= t <= end]
+    assert inside, "no media message in the window"
+    return max(b - a for a, b in zip([start, *inside], [*inside, end], strict=True))
+
+
+def slow_after_first(
+    connect_seconds: float,
+) -> Callable[[trio.Nursery, FakeGemini], StreamConnector]:
+    """Every connection after the first takes ``connect_seconds`` to reach the fake (a connect
+    abandoned meanwhile never reaches it)."""
+
+    def connector(nursery: trio.Nursery, fake: FakeGemini) -> StreamConnector:
+        memory = memory_connector(nursery, fake)  # type: ignore[arg-type]
+        connects = 0
+
+        async def connect(host: str, port: int) -> trio.abc.Stream:
+            nonlocal connects
+            connects += 1
+            if connects > 1:
+                await trio.sleep(connect_seconds)
+            return await memory(host, port)
+
+        return connect
+
+    return connector
 
 
 @asynccontextmanager
@@ -31,9 +76,11 @@ async def bridged(
     settings: Settings,
     *,
     call_options: dict[str, Any] | None = None,
+    connector: Callable[[trio.Nursery, FakeGemini], StreamConnector] | None = None,
     **caller: Any,
 ) -> AsyncIterator[Outcome]:
-    """One call: simulator -> bridge -> fake Gemini, all in memory."""
+    """One call: simulator -> bridge -> fake Gemini, all in memory; the body runs alongside.
+    ``outcome.carrier`` is a :class:`TimedCarrier`."""
     fake.url = f"ws://gemini.invalid{RESOURCE}"  # reached in memory; the URL only names it
     outcome = Outcome()
     with trio.fail_after(10_000):  # virtual seconds
@@ -47,7 +94,11 @@ async def bridged(
                 done[0].set()
 
             nursery.start_soon(call)
-            carrier = outcome.carrier = RecordingCarrier(await accept_carrier(nursery, bridge_end))
+            carrier = outcome.carrier = TimedCarrier(await accept_carrier(nursery, bridge_end))
+            if connector is None:
+                connect_stream = memory_connector(nursery, fake)  # type: ignore[arg-type]
+            else:
+                connect_stream = connector(nursery, fake)
             provider = GeminiProvider(fake.endpoint(), instructions="be brief")
 
             async def bridge() -> None:
@@ -58,7 +109,7 @@ async def bridged(
                     metrics=outcome.metrics,
                     registry=outcome.registry,
                     journal=outcome.journal,
-                    connect_stream=memory_connector(nursery, fake),  # type: ignore[arg-type]
+                    connect_stream=connect_stream,
                     **(call_options or {}),
                 )
                 outcome.ended_at = trio.current_time()
@@ -177,4 +228,119 @@ async def test_a_frozen_provider_is_resumed(autojump_clock: Any) -> None:
     assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
     first, second = fake.sessions
     assert first.is_closed and second.audio_in > 0
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 1
+
+
+# --- goAway: the service ends a connection after about 10 minutes, and says so first ------------
+
+
+async def test_go_away_is_recycled_make_before_break_with_the_handle(autojump_clock: Any) -> None:
+    # goAway at 3 s with 10 s left: the bridge opens the next session at once, resuming with the
+    # handle the first turn left, switches to it, and only then closes the first one (1000
+    # "recycled"), long before the service would have (at 13 s). Nothing is counted as a drop,
+    # no caller audio is lost, and the agent's audio to the caller goes on through the switch.
+    fake = FakeGemini(
+        echo=True,
+        delay=0.05,
+        speech=[Speech(0.3, "let me check")],
+        go_away_at=(3.0, 10.0),
+        only_sessions=1,
+    )
+    async with bridged(fake, Settings(), seconds=8.0) as outcome:
+        # In memory the switch takes no virtual time: watch the order instead.
+        first = await fake.wait_for_session(1)
+        second = await fake.wait_for_session(2)
+        assert not first.is_closed  # made...
+        await first.wait_closed()
+        assert second.setup is not None and not second.is_closed  # ...before broken
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    assert fake.sessions == [first, second]
+    assert {"goAway": {"timeLeft": "10s"}} in first.sent
+    assert second.resumed_from == "handle-1-1" and second.client_content == []  # nothing replayed
+    assert second.texts == []  # no greeting, no nudge: the service restored the conversation
+    assert (first.close_code, first.close_reason) == (1000, "recycled")  # by the bridge...
+    assert second.opened_at == first.closed_at == approx(first.opened_at + 3.0)  # ...not at 13 s
+    # every frame the caller sent reached one of the two sessions: none dropped at the switch
+    record = outcome.registry.recent[0]
+    assert first.audio_in + second.audio_in == record.frames_from_caller > 350
+    assert outcome.sample("voxbridge_media_frames_dropped_total", direction="to_upstream") == 0
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 0
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="failed") == 0
+    assert record.resumes == 0
+    # The echo goes on. Before the switch the caller is sent a media message every 20 ms; the
+    # switch costs what the old session still had in flight when it was closed (the fake's 50 ms
+    # echo delay) and the new session's resamplers filling (3 frames, 60 ms, at 8 -> 16 -> 24 ->
+    # 8 kHz), and nothing more: the new session was ready before the old one was closed.
+    assert isinstance(outcome.carrier, TimedCarrier)
+    media_at, switch = outcome.carrier.media_at, second.opened_at
+    assert longest_gap(media_at, switch - 2.0, switch) == approx(0.02)
+    assert longest_gap(media_at, switch, switch + 2.0) <= 0.05 + 0.06 + 0.02 + 0.01
+    assert longest_gap(media_at, switch + 0.2, switch + 2.0) == approx(0.02)
+    assert second.audio_out > 0
+
+
+async def test_a_go_away_whose_recycle_fails_falls_back_to_the_resume(autojump_clock: Any) -> None:
+    # The service refuses new connections (503) from 1 s to 9 s: the recycle the goAway at 2 s
+    # starts keeps failing until its time is up (max(reconnect_budget, 1 s) = 5 s), and the old
+    # session carries the call until the service closes it at 2 + 10 s; that drop is resumed as
+    # any other, with the handle.
+    fake = FakeGemini(
+        echo=True,
+        delay=0.05,
+        speech=[Speech(0.3, "let me check")],
+        go_away_at=(2.0, 10.0),
+        only_sessions=1,
+    )
+    connects: list[float] = []
+
+    def counting(nursery: trio.Nursery, fake: FakeGemini) -> StreamConnector:
+        memory = memory_connector(nursery, fake)  # type: ignore[arg-type]
+
+        async def connect(host: str, port: int) -> trio.abc.Stream:
+            connects.append(trio.current_time())
+            return await memory(host, port)
+
+        return connect
+
+    async with bridged(fake, Settings(), connector=counting, seconds=20.0) as outcome:
+        t0 = trio.current_time()
+        await trio.sleep(1.0)
+        fake.refuse_status = 503
+        await trio.sleep(8.0)
+        fake.refuse_status = None
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    first, second = fake.sessions  # the refused attempts never became sessions
+    recycle_attempts = [t - t0 for t in connects if t0 + 2.0 <= t < t0 + 9.0]
+    assert len(recycle_attempts) > 2  # retried with backoff...
+    assert recycle_attempts[0] == approx(2.0, abs=0.05) and recycle_attempts[-1] <= 7.0  # ...in 5 s
+    assert (first.close_code, first.close_reason) == (1000, "session time limit reached")
+    assert first.closed_at == approx(t0 + 12.0, abs=0.05)  # the old session carried the call
+    assert first.closed_at <= second.opened_at < first.closed_at + 0.5  # then: resumed
+    assert second.resumed_from == "handle-1-1" and second.audio_in > 0
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 1
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="failed") == 0
+
+
+async def test_a_session_closed_before_its_recycle_switched_is_replaced_once(
+    autojump_clock: Any,
+) -> None:
+    # goAway at 2 s with 1 s left, and every new connection takes 2 s: the service closes the
+    # session (at 3 s) before the recycle's new session is even connected. The resume takes over
+    # and the recycle is abandoned before its connection reached the service: one new session
+    # (at 3 + 2 s), not the recycle's at 4 s as well.
+    fake = FakeGemini(
+        echo=True,
+        delay=0.05,
+        speech=[Speech(0.3, "let me check")],
+        go_away_at=(2.0, 1.0),
+        only_sessions=1,
+    )
+    async with bridged(fake, Settings(), connector=slow_after_first(2.0), seconds=10.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    first, second = fake.sessions  # and no third
+    assert first.close_code == 1000 and first.closed_at == approx(first.opened_at + 3.0, abs=0.05)
+    assert second.opened_at == approx(first.closed_at + 2.0, abs=0.05)
+    assert second.resumed_from == "handle-1-1" and second.audio_in > 0
+    assert all(session.is_closed for session in fake.sessions)
     assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 1

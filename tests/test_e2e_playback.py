@@ -14,13 +14,16 @@ count of what it heard is exact to the sample.
 from __future__ import annotations
 
 import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from test_e2e_providers import serving
 from test_e2e_server import disconnects, scrape
 
 from voxbridge.audio import BYTES_PER_MS, pcm16_to_ulaw
+from voxbridge.server import RunningServer, serve
+from voxbridge.settings import Settings
 from voxbridge.testing import simulate_call
 from voxbridge.testing.fake_openai import FakeOpenAIRealtime
 from voxbridge.testing.fake_ultravox import FakeUltravox
@@ -33,6 +36,27 @@ UV_KEY = "uv-playback-key"
 NO_ECHO = 60.0  # FakeUltravox plays caller audio back this late: never, within a test
 
 A, B, X, Y = 0x11, 0x22, 0x33, 0x44  # mu-law byte of each agent item
+
+
+@asynccontextmanager
+async def serving(provider_fake: Any, **settings: Any) -> AsyncIterator[RunningServer]:
+    """``voxbridge serve`` (``settings``) on loopback, its provider URL ``provider_fake``'s."""
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(provider_fake.serve)
+        server = await nursery.start(
+            lambda task_status: serve(
+                Settings(port=0, provider_url=url, **settings),
+                shutdown_trigger=stop.wait,
+                task_status=task_status,
+            )
+        )
+        try:
+            yield server
+        finally:
+            stop.set()
+        nursery.cancel_scope.cancel()
+
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -122,7 +146,9 @@ async def test_ultravox_odd_length_frame_is_dropped_and_the_call_goes_on() -> No
         frames_at=[(0.4, b"\x00" * 321)],
     )
     with trio.fail_after(BUDGET):
-        async with serving(fake, provider="ultravox", ultravox_api_key=UV_KEY) as server:
+        async with serving(
+            fake, provider="ultravox", provider_settings={"ultravox": {"api_key": UV_KEY}}
+        ) as server:
             result = await simulate_call(server.media_url, seconds=2.0)
             samples = await scrape(server)
     session = fake.sessions[0]
@@ -241,7 +267,9 @@ def goodbye(**knobs: Any) -> FakeUltravox:
 async def test_goodbye_plays_out_before_the_agent_hangup_ends_the_call() -> None:
     fake = goodbye()
     with trio.fail_after(BUDGET):
-        async with serving(fake, provider="ultravox", ultravox_api_key=UV_KEY) as server:
+        async with serving(
+            fake, provider="ultravox", provider_settings={"ultravox": {"api_key": UV_KEY}}
+        ) as server:
             result = await simulate_call(server.media_url, seconds=6.0)
             samples = await scrape(server)
     session = fake.sessions[0]
@@ -264,7 +292,10 @@ async def test_goodbye_is_cut_at_farewell_timeout() -> None:
     fake = goodbye()
     with trio.fail_after(BUDGET):
         async with serving(
-            fake, provider="ultravox", ultravox_api_key=UV_KEY, farewell_timeout=0.5
+            fake,
+            provider="ultravox",
+            provider_settings={"ultravox": {"api_key": UV_KEY}},
+            farewell_timeout=0.5,
         ) as server:
             result = await simulate_call(server.media_url, seconds=6.0)
             samples = await scrape(server)
@@ -284,7 +315,9 @@ async def test_goodbye_is_cut_at_farewell_timeout() -> None:
 async def test_caller_hanging_up_during_the_goodbye_ends_the_call_at_once() -> None:
     fake = goodbye()
     with trio.fail_after(BUDGET):
-        async with serving(fake, provider="ultravox", ultravox_api_key=UV_KEY) as server:
+        async with serving(
+            fake, provider="ultravox", provider_settings={"ultravox": {"api_key": UV_KEY}}
+        ) as server:
             # The caller sends `stop` at 1.4 s: after the hang-up (~0.75 s), mid-goodbye.
             result = await simulate_call(server.media_url, seconds=1.4)
             samples = await scrape(server)

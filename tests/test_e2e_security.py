@@ -34,7 +34,7 @@ from voxbridge.logs import ConsoleFormatter, JsonFormatter
 from voxbridge.server import RunningServer, serve
 from voxbridge.server.security import CallTokens, token_key
 from voxbridge.settings import Settings, SettingsError
-from voxbridge.testing import CallResult, CarrierSimulator, EchoAgent
+from voxbridge.testing import CallResult, CarrierSimulator, FakeEchoAgent
 
 BUDGET = 20.0  # seconds of real time per test
 PUBLIC = "https://voice.example.test"
@@ -58,8 +58,8 @@ def new_call_sid() -> str:
 
 
 def secured(
-    agent: EchoAgent | None = None, **overrides: Any
-) -> AbstractAsyncContextManager[tuple[RunningServer, EchoAgent]]:
+    agent: FakeEchoAgent | None = None, **overrides: Any
+) -> AbstractAsyncContextManager[tuple[RunningServer, FakeEchoAgent]]:
     """A voxbridge server with signature checks on, bridged to ``agent``; torn down on exit."""
     return running(agent, **{"twilio_auth_token": AUTH, "public_url": PUBLIC, **overrides})
 
@@ -384,9 +384,11 @@ async def test_no_secret_token_or_signature_reaches_the_logs(
     call_sid = new_call_sid()
     details: list[str] = []
     results: list[CallResult] = []
-    agent = EchoAgent(delay=0.05, api_key=provider_key)  # refuses a session without the key
+    agent = FakeEchoAgent(delay=0.05, api_key=provider_key)  # refuses a session without the key
     with every_log_record() as logs, trio.fail_after(BUDGET):
-        async with secured(agent, provider="openai", openai_api_key=provider_key) as (server, _):
+        async with secured(
+            agent, provider="openai", provider_settings={"openai": {"api_key": provider_key}}
+        ) as (server, _):
             form = webhook_form(call_sid)
             signature = sign(VOICE_URL, form, AUTH_TOKENS[1])
             response = await post_webhook(server, form, signature)

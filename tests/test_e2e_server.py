@@ -1,7 +1,7 @@
 """End to end on real loopback sockets: hypercorn on port 0, real WebSockets both ways.
 
 Each test starts the real server (``voxbridge.server.serve``: tuned listening socket handed to
-hypercorn as ``fd://``, the trio worker, the ASGI app) and an ``EchoAgent`` on its own port, places
+hypercorn as ``fd://``, the trio worker, the ASGI app) and a ``FakeEchoAgent`` on its own port, places
 calls with the Twilio carrier simulator, and checks the outcome from three independent places: what
 the caller saw (close code, reason, audio back), what the provider saw (its socket closed, and when),
 and what ``/metrics`` says when scraped over HTTP. Timeouts are short and every test has a real-time
@@ -29,18 +29,18 @@ from trio_websocket import (
 from voxbridge.errors import Reason
 from voxbridge.server import RunningServer, serve
 from voxbridge.settings import Settings
-from voxbridge.testing import EchoAgent, simulate_call
+from voxbridge.testing import FakeEchoAgent, simulate_call
 
 BUDGET = 20.0  # seconds of real time per test
 
 
 @asynccontextmanager
 async def running(
-    agent: EchoAgent | None = None, **overrides: Any
-) -> AsyncIterator[tuple[RunningServer, EchoAgent]]:
+    agent: FakeEchoAgent | None = None, **overrides: Any
+) -> AsyncIterator[tuple[RunningServer, FakeEchoAgent]]:
     """A voxbridge server bridged to ``agent`` (started here), torn down on exit; ``overrides``
     are settings (the provider included)."""
-    agent = agent or EchoAgent(delay=0.05)
+    agent = agent or FakeEchoAgent(delay=0.05)
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         url = await nursery.start(agent.serve)
@@ -178,7 +178,7 @@ async def test_vanished_caller_upstream_closed() -> None:
 
 async def test_upstream_closes_caller_closed_with_1011() -> None:
     with trio.fail_after(BUDGET):
-        async with running(EchoAgent(delay=0.05, hangup_after=0.5), reconnect_budget=0) as (
+        async with running(FakeEchoAgent(delay=0.05, hangup_after=0.5), reconnect_budget=0) as (
             server,
             agent,
         ):
@@ -280,7 +280,7 @@ async def test_capacity_holds_when_upgrades_arrive_together() -> None:
 
 
 async def test_shutdown_drains_then_ends_calls_with_server_shutdown_1001() -> None:
-    agent = EchoAgent(delay=0.05)
+    agent = FakeEchoAgent(delay=0.05)
     stop = trio.Event()
     with trio.fail_after(BUDGET):
         async with trio.open_nursery() as nursery:

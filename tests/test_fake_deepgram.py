@@ -248,7 +248,7 @@ async def test_history_is_recorded_and_no_greeting_on_resume() -> None:
     with trio.fail_after(BUDGET):
         async with connected(fake) as ws:
             await opened(ws, codec, history)
-            await ws.send_message(codec.keepalive()[0])
+            await ws.send_message(codec.keepalive.frame)
             for frame in codec.dtmf("5"):
                 await ws.send_message(frame)
             events = await events_until(ws, codec, Transcript)
@@ -297,7 +297,7 @@ async def test_a_response_for_an_unknown_call_is_listed() -> None:
             await opened(ws, codec)
             exchange = ToolExchange("nope", "lookup_order", "{}", "{}")
             await ws.send_message(codec.tool_result(exchange, known=True)[0])
-            await ws.send_message(codec.keepalive()[0])
+            await ws.send_message(codec.keepalive.frame)
             while fake.sessions[0].keepalives == 0:
                 await trio.sleep(0.01)
     assert "unknown id 'nope'" in fake.errors[0]
@@ -390,7 +390,7 @@ async def test_idle_timeout_closes_a_silent_session_and_keepalive_holds_it() -> 
             await opened(ws, codec)
             for _ in range(4):  # 0.4 s of KeepAlive every 0.1 s: still open
                 await trio.sleep(0.1)
-                await ws.send_message(codec.keepalive()[0])
+                await ws.send_message(codec.keepalive.frame)
             assert not ws.closed
             events: list[object] = []
             with pytest.raises(ConnectionClosed) as closed:
@@ -400,5 +400,37 @@ async def test_idle_timeout_closes_a_silent_session_and_keepalive_holds_it() -> 
                         events.append(event)
             assert close_code(closed.value) == 1011
     assert events == [ProviderError("CLIENT_MESSAGE_TIMEOUT", "no message from the client in time")]
-    assert fake.sessions[0].keepalives == 4
+    assert fake.sessions[0].keepalives == len(fake.sessions[0].keepalives_at) == 4
     assert_sdk_valid(fake)
+
+
+# --- the fault knobs every fake shares (named as FakeOpenAIRealtime's) ---------------------------
+
+
+async def test_speech_started_at_is_user_started_speaking_and_cuts_the_turn() -> None:
+    speech = b"\x22" * 8000  # 1 s; at pace 5 it takes 0.2 s
+    fake = FakeDeepgram(speak=[(0.0, speech, "a long answer")], speech_started_at=[0.1])
+    codec = DeepgramCodec()
+    with trio.fail_after(BUDGET):
+        async with connected(fake) as ws:
+            await opened(ws, codec)
+            events = await events_until(ws, codec, SpeechStarted)
+            assert Transcript("agent", "a long answer") not in events
+    session = fake.sessions[0]
+    assert session.interrupted == 1
+    assert {"type": "UserStartedSpeaking"} in session.sent
+    assert 0 < len(session.agent_audio_out) < len(speech)
+    assert_sdk_valid(fake)
+
+
+async def test_close_at_sends_close_reason() -> None:
+    fake = FakeDeepgram(close_at=(0.05, 1011), close_reason="gone fishing")
+    with trio.fail_after(BUDGET):
+        async with connected(fake) as ws:
+            await opened(ws, DeepgramCodec())
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.get_message()
+    assert closed.value.reason is not None
+    assert (closed.value.reason.code, closed.value.reason.reason) == (1011, "gone fishing")
+    assert fake.sessions[0].close_reason == "gone fishing"

@@ -213,3 +213,79 @@ async def test_close_at_and_freeze() -> None:
             await ws.get_message()  # setupComplete may pass; nothing after the freeze
             await ws.get_message()
         assert waited.cancelled_caught
+
+
+# --- the fault knobs every fake shares (named as FakeOpenAIRealtime's) ---------------------------
+
+
+async def test_speech_started_at_is_interrupted() -> None:
+    fake = FakeGemini(
+        speech=[Speech(0.0, "a long answer", bytes(48 * 1000))], speech_started_at=[0.1]
+    )
+    codec = GeminiCodec()
+    async with served(fake) as url, connected(url) as ws:
+        for frame in codec.opening([]):
+            await ws.send_message(frame)
+        events = [codec.decode(json.dumps(m)) for m in await read_until(ws, "interrupted")]
+    assert events[-1] == SpeechStarted()
+    session = fake.sessions[0]
+    assert 0 < session.audio_bytes_out < 48 * 1000  # the turn was cut short
+    assert session._cut == 1
+
+
+async def test_stop_reading_at_leaves_pings_unanswered_while_the_fake_still_speaks() -> None:
+    fake = FakeGemini(stop_reading_at=0.05, speech=[Speech(0.1, "still talking")])
+    async with served(fake) as url, connected(url) as ws:
+        await ws.send_message(GeminiCodec().opening([])[0])
+        assert json.loads(await ws.get_message()) == {"setupComplete": {}}
+        with trio.fail_after(1):
+            await ws.ping()  # answered: it still reads
+        await trio.sleep(0.1)
+        with trio.move_on_after(0.3) as unanswered:
+            await ws.ping()
+        assert unanswered.cancelled_caught  # no pong: it no longer reads
+        await read_until(ws, "outputTranscription")  # but what it says still arrives
+
+
+def refused_with(status: int) -> Any:
+    return pytest.RaisesGroup(
+        pytest.RaisesExc(ConnectionRejected, check=lambda e: e.status_code == status),
+        allow_unwrapped=True,
+        flatten_subgroups=True,
+    )
+
+
+async def test_handshake_delay_and_refuse_status_apply_to_the_scripted_connection_only() -> None:
+    fake = FakeGemini(handshake_delay=0.3, only_session=2)
+    took = []
+    async with served(fake) as url:
+        for _ in range(2):
+            began = trio.current_time()
+            async with connected(url):
+                took.append(trio.current_time() - began)
+        fake.refuse_status, fake.only_session = 503, 3
+        with refused_with(503):
+            async with connected(url):
+                pass
+        async with connected(url):  # the fourth connection is not scripted
+            pass
+    assert took[0] < 0.3 <= took[1]
+    assert [s.number for s in fake.sessions] == [1, 2, 4]  # refused ones are counted
+
+
+async def test_close_at_with_close_reason_drops_only_the_scripted_session() -> None:
+    fake = FakeGemini(close_at=(0.05, 1011), close_reason="gone fishing", only_session=1)
+    async with served(fake) as url:
+        async with connected(url) as ws:
+            await ws.send_message(GeminiCodec().opening([])[0])
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.get_message()
+        async with connected(url) as ws:
+            await ws.send_message(GeminiCodec().opening([])[0])
+            assert json.loads(await ws.get_message()) == {"setupComplete": {}}
+            with trio.move_on_after(0.2) as quiet:
+                await ws.get_message()
+            assert quiet.cancelled_caught
+    assert (closed.value.reason.code, closed.value.reason.reason) == (1011, "gone fishing")
+    assert [s.close_code for s in fake.sessions] == [1011, 1000]

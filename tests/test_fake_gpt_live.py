@@ -133,6 +133,26 @@ async def test_echo_and_session_started() -> None:
             assert session.audio_in == 1
 
 
+async def test_the_echo_keeps_the_order_of_chunks_that_arrive_together() -> None:
+    """Chunks appended back to back are due within microseconds of each other, so their echoes
+    fall due in the same scheduling batch, which trio may run in either order: one player task
+    keeps them in order (one task per chunk did not, half the time)."""
+    with trio.fail_after(BUDGET):
+        fake = FakeGptLive(echo_delay=0.05, usage_every=None)
+        codec = GptLiveCodec()
+        async with connected(fake, key=None) as ws:
+            await start(ws, codec)
+            chunks = [bytes([k]) * 160 for k in range(1, 21)]
+            for chunk in chunks:
+                await ws.send_message(codec.audio(base64.b64encode(chunk).decode()))
+            back = []
+            while len(back) < len(chunks):
+                event = codec.decode(await ws.get_message())
+                if isinstance(event, AgentAudio):
+                    back.append(event.audio)
+    assert back == chunks
+
+
 async def test_commands_before_session_start_are_errors_and_bad_start_is_refused() -> None:
     with trio.fail_after(BUDGET):
         fake = FakeGptLive()
@@ -283,3 +303,47 @@ def test_usage_increments() -> None:
     codec = GptLiveCodec()
     frame = '{"type":"session.usage.updated","usage":{"seconds":2}}'
     assert codec.decode(frame) == Usage((("billed_seconds", 2.0),))
+
+
+# --- the fault knobs every fake shares (named as FakeOpenAIRealtime's) ---------------------------
+
+
+async def test_hangup_at_is_session_closed_remote_hangup_then_1000() -> None:
+    with trio.fail_after(BUDGET):
+        fake = FakeGptLive(hangup_at=0.05, usage_every=None)
+        codec = GptLiveCodec()
+        async with connected(fake, key=None) as ws:
+            await start(ws, codec)
+            closed = (await events(ws, "session.closed"))[-1]
+            assert closed["reason"] == "remote_hangup"
+            assert isinstance(codec.decode(json.dumps(closed)), AgentHangup)
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.get_message()
+            assert info.value.reason.code == 1000
+            assert codec.close_reason(1000) is Reason.AGENT_HANGUP
+        assert fake.sessions[0].closed_reason == "remote_hangup"
+
+
+async def test_close_at_sends_close_reason() -> None:
+    with trio.fail_after(BUDGET):
+        fake = FakeGptLive(close_at=(0.05, 1011), close_reason="gone fishing", usage_every=None)
+        async with connected(fake, key=None) as ws:
+            await start(ws, GptLiveCodec())
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.get_message()
+            assert (info.value.reason.code, info.value.reason.reason) == (1011, "gone fishing")
+        assert fake.sessions[0].closed_reason is None  # a drop: no session.closed
+
+
+async def test_handshake_delay_holds_the_scripted_connection_only() -> None:
+    with trio.fail_after(BUDGET):
+        fake = FakeGptLive(handshake_delay=0.3, only_session=1, usage_every=None)
+        async with trio.open_nursery() as nursery:
+            url = await nursery.start(fake.serve)
+            took = []
+            for _ in range(2):
+                began = trio.current_time()
+                async with client(url, None):
+                    took.append(trio.current_time() - began)
+            nursery.cancel_scope.cancel()
+        assert took[0] >= 0.3 and took[1] < 0.3

@@ -38,9 +38,8 @@ from voxbridge.providers.events import (
     Usage,
     dtmf_message,
 )
-from voxbridge.providers.openai_realtime import OpenAIRealtimeCodec
-from voxbridge.settings import OPENAI_MODEL
-from voxbridge.testing.echo_agent import EchoAgent
+from voxbridge.providers.openai_realtime import OPENAI_MODEL, OpenAIRealtimeCodec
+from voxbridge.testing.echo_agent import FakeEchoAgent
 from voxbridge.testing.fake_openai import (
     GENERIC_ANSWER,
     SPEECH_BYTES,
@@ -273,11 +272,11 @@ async def test_beta_shapes_are_refused_as_the_ga_service_does() -> None:
     )
 
 
-# --- echo (the EchoAgent) -----------------------------------------------------------------------
+# --- echo (the FakeEchoAgent) -----------------------------------------------------------------------
 
 
 async def test_echo_agent_plays_the_audio_back_after_its_delay() -> None:
-    agent = EchoAgent(delay=0.2)
+    agent = FakeEchoAgent(delay=0.2)
     with trio.fail_after(BUDGET):
         async with served(agent) as url, connected(url) as ws:
             assert agent.endpoint().name == "echo" and agent.endpoint().url == url
@@ -309,7 +308,7 @@ async def test_echo_agent_plays_the_audio_back_after_its_delay() -> None:
 
 
 async def test_echo_agent_hangs_up_with_its_code() -> None:
-    agent = EchoAgent(delay=0.05, hangup_after=0.3, hangup_code=1011)
+    agent = FakeEchoAgent(delay=0.05, hangup_after=0.3, hangup_code=1011)
     with trio.fail_after(BUDGET):
         async with served(agent) as url, connected(url) as ws:
             opened = trio.current_time()

@@ -41,8 +41,11 @@ async def joined(
 ) -> AsyncIterator[WebSocketConnection]:
     """A client WebSocket on a call (creation ``body``) created on ``fake`` by hand, over memory
     streams."""
-    call_id = f"call-{len(fake.calls) + 1}"
-    fake.calls[call_id] = CallRequest(KEY, body=body or {}, query={}, status=201, call_id=call_id)
+    number = len(fake.calls) + 1  # as if the number-th POST /api/calls had created it
+    call_id = f"call-{number}"
+    fake.calls[call_id] = CallRequest(
+        KEY, body=body or {}, query={}, status=201, call_id=call_id, number=number
+    )
     client, server = trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fake.handle_stream, server)
@@ -561,3 +564,83 @@ async def test_fake_records_tools_tool_messages_and_greeting() -> None:
     assert request.first_speaker == extra["firstSpeakerSettings"]
     assert request.greeting == "Hello!"
     assert request.initial_messages == extra["initialMessages"]
+
+
+# --- the fault knobs every fake shares (named as FakeOpenAIRealtime's) ---------------------------
+
+
+def kinds(frames: Frames) -> list[tuple[float, str]]:
+    """The data messages' arrival times and types."""
+    return [(t, json.loads(f)["type"]) for t, f in frames if isinstance(f, str)]
+
+
+async def test_speech_started_at_sends_playback_clear_buffer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeUltravox(KEY, speech_started_at=[0.3, 0.1], clear_at=0.2, hangup_at=0.5)
+    with trio.fail_after(BUDGET):
+        async with joined(fake) as ws:
+            session = await fake.wait_for_session()
+            frames, closed_at, code, _ = await until_closed(ws, session.opened_at)
+    assert kinds(frames)[2:] == [
+        (0.1, "playback_clear_buffer"),
+        (0.2, "playback_clear_buffer"),
+        (0.3, "playback_clear_buffer"),
+    ]
+    assert (closed_at, code) == (0.5, 1000)
+
+
+async def test_close_at_sends_close_reason_and_only_session_scopes_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeUltravox(KEY, close_at=(0.4, 1011), close_reason="gone fishing", only_session=1)
+    with trio.fail_after(BUDGET):
+        async with joined(fake) as ws:
+            session = await fake.wait_for_session()
+            _, closed_at, code, reason = await until_closed(ws, session.opened_at)
+        async with joined(fake) as ws:  # the second call is not scripted: nothing drops it
+            second = await fake.wait_for_session(2)
+            with trio.move_on_after(5):
+                await until_closed(ws, second.opened_at)
+    assert (closed_at, code, reason) == (0.4, 1011, "gone fishing")
+    assert (session.close_code, second.close_code) == (1011, 1000)  # 1000: our own close
+
+
+async def test_stop_reading_at_answers_no_more_pings(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeUltravox(KEY, stop_reading_at=0.5)
+    with trio.fail_after(BUDGET):
+        async with joined(fake) as ws:
+            session = await fake.wait_for_session()
+            await ws.ping()  # answered at once
+            answered_by = trio.current_time() - session.opened_at
+            await trio.sleep_until(session.opened_at + 0.5)
+            with trio.move_on_after(10) as unanswered:
+                await ws.ping()
+            await trio.aclose_forcefully(session.stream)  # else our close waits for its answer
+    assert answered_by == 0
+    assert unanswered.cancelled_caught
+
+
+async def test_handshake_delay_holds_the_scripted_call_only(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fake = FakeUltravox(KEY, handshake_delay=0.7, only_session=2)
+    took = []
+    with trio.fail_after(BUDGET):
+        for _ in range(2):
+            began = trio.current_time()
+            async with joined(fake):
+                took.append(trio.current_time() - began)
+    assert took == [0, 0.7]
+
+
+async def test_refuse_status_refuses_the_scripted_post_only() -> None:
+    auth = {"X-API-Key": KEY}
+    with trio.fail_after(5):
+        async with rest() as (fake, client):
+            fake.refuse_status, fake.only_session = 503, 2
+            answers = [await client.post("calls", json=GOOD_BODY, headers=auth) for _ in range(3)]
+    assert [a.status_code for a in answers] == [201, 503, 201]
+    assert [r.number for r in fake.requests] == [1, 2, 3]

@@ -18,6 +18,7 @@ from voxbridge.agents import AgentConfig
 from voxbridge.errors import BadAudio, Reason, RemoteProtocolError
 from voxbridge.providers.events import (
     AgentAudio,
+    SessionEnding,
     SpeechStarted,
     ToolCall,
     ToolExchange,
@@ -307,9 +308,31 @@ def test_tool_calls_setup_complete_go_away() -> None:
     assert codec.decode('{"setupComplete":{}}') is None and codec.setup_complete
     frame = '{"toolCall":{"functionCalls":[{"id":"a","name":"x","args":{"n":1}},{"id":"b","name":"y"}]}}'
     assert codec.decode(frame) == ToolCall("a", "x", '{"n":1}')
-    assert codec.decode('{"goAway":{"timeLeft":"50s"}}') == ToolCall("b", "y", "{}")
+    # goAway is urgent: it comes out at once, ahead of the queued second call
+    assert codec.decode('{"goAway":{"timeLeft":"50s"}}') == SessionEnding(50.0)
     assert codec.ending_in == 50.0
-    assert codec.decode(b'{"serverContent":{}}') is None  # binary JSON frames too
+    assert codec.decode(b'{"serverContent":{}}') == ToolCall("b", "y", "{}")  # binary JSON too
+    assert codec.decode(b'{"serverContent":{}}') is None
+
+
+@pytest.mark.parametrize(
+    ("time_left", "seconds"), [("50s", 50.0), ("12.5s", 12.5), ("0s", 0.0), (None, None)]
+)
+def test_go_away_is_session_ending(time_left: str | None, seconds: float | None) -> None:
+    # the frame as google-genai's own LiveServerMessage serialises it
+    message = genai.LiveServerMessage(go_away=genai.LiveServerGoAway(time_left=time_left))
+    frame = message.model_dump_json(by_alias=True, exclude_none=True)
+    assert GeminiCodec().decode(frame) == SessionEnding(seconds)
+
+
+@pytest.mark.parametrize("time_left", ['"soon"', '"-1s"', "50", '"1e99s"'])
+def test_a_bad_go_away_time_is_malformed(time_left: str) -> None:
+    with pytest.raises(RemoteProtocolError):
+        GeminiCodec().decode(f'{{"goAway":{{"timeLeft":{time_left}}}}}')
+
+
+def test_no_keepalive_message() -> None:
+    assert GeminiCodec().keepalive is None  # WebSocket pings and caller audio: nothing else
 
 
 @settings(max_examples=150, deadline=None)

@@ -592,7 +592,7 @@ journal = PostgresJournal(
     sys.argv[1], heartbeat=float(sys.argv[2]), stale_after=float(sys.argv[3])
 ).open()
 for n in range(2):
-    call = CallState(call_id=f"dead{n}", accepted_at=0.0, call_sid=f"CA-dead{n}")
+    call = CallState(call_id=f"dead{n}", accepted_at=0.0, carrier_call_id=f"CA-dead{n}")
     journal.call_started(call)
     journal.transcript_line(call, Transcript("caller", f"said before dying {n}"))
 assert journal.flush(10)
@@ -1037,7 +1037,7 @@ from voxbridge.journal import PostgresJournal
 from voxbridge.providers.events import Transcript
 from voxbridge.session import CallState
 journal = PostgresJournal(sys.argv[1], heartbeat=3600).open()
-call = CallState(call_id="c1", accepted_at=0.0, call_sid="CA1")
+call = CallState(call_id="c1", accepted_at=0.0, carrier_call_id="CA1")
 journal.call_started(call)
 assert journal.flush(10)
 print("open", flush=True)

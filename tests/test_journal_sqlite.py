@@ -26,7 +26,7 @@ import trio
 import trio.testing
 
 from voxbridge.audio import tone
-from voxbridge.carriers.twilio import Start
+from voxbridge.carriers.base import StreamStarted
 from voxbridge.errors import Disconnect, Reason
 from voxbridge.journal import FanoutJournal, JournalError, MemoryJournal, SQLiteJournal
 from voxbridge.journal.reader import find_calls, read_lines, recent_calls
@@ -66,7 +66,7 @@ class Clock:
 
 
 def state(call_id: str = "c1", call_sid: str | None = "CA1", **fields: Any) -> CallState:
-    return CallState(call_id=call_id, accepted_at=100.0, call_sid=call_sid, **fields)
+    return CallState(call_id=call_id, accepted_at=100.0, carrier_call_id=call_sid, **fields)
 
 
 def record(call_id: str = "c1", lines: tuple[Transcript, ...] = (), **fields: Any) -> CallRecord:
@@ -106,7 +106,7 @@ async def bridged(
     journal: Any,
     metrics: Metrics,
     *,
-    on_start: Callable[[Start], None] | None = None,
+    on_start: Callable[[StreamStarted], None] | None = None,
     **caller: Any,
 ) -> AsyncIterator[dict[str, Any]]:
     """One call: simulator -> bridge -> fake, in memory, journaled to ``journal``. Yields a dict
@@ -208,7 +208,7 @@ async def test_a_call_writes_one_complete_row_and_its_transcript_lines(
 async def test_a_call_refused_at_start_still_gets_one_complete_row(
     autojump_clock: Any, db: Path, metrics: Metrics
 ) -> None:
-    def refuse(start: Start) -> None:
+    def refuse(start: StreamStarted) -> None:
         raise Disconnect(Reason.PROTOCOL_ERROR, "bad per-call token")
 
     with SQLiteJournal(db, metrics=metrics) as journal:
@@ -416,7 +416,7 @@ from voxbridge.session import CallState
 journal = SQLiteJournal(sys.argv[1], busy_timeout=30.0).open()
 other = sqlite3.connect(sys.argv[1], isolation_level=None)
 other.execute("BEGIN IMMEDIATE")  # another process holds the write lock, for good
-journal.call_started(CallState(call_id="c1", accepted_at=0.0, call_sid="CA1"))
+journal.call_started(CallState(call_id="c1", accepted_at=0.0, carrier_call_id="CA1"))
 time.sleep(0.2)  # the writer is in its 30 s busy wait
 began = time.monotonic()
 print("closed", journal.close(timeout=0.5), flush=True)
@@ -518,7 +518,7 @@ def test_a_journal_never_closed_writes_its_records_and_lets_the_process_exit(db:
         "from voxbridge.session import CallState\n"
         "from voxbridge.providers.events import Transcript\n"
         "j = SQLiteJournal(sys.argv[1]).open()\n"
-        "s = CallState(call_id='c1', accepted_at=0.0, call_sid='CA1')\n"
+        "s = CallState(call_id='c1', accepted_at=0.0, carrier_call_id='CA1')\n"
         "j.call_started(s)\n"
         "for n in range(200):\n"
         "    j.transcript_line(s, Transcript('caller', f'line {n}'))\n"

@@ -7,14 +7,18 @@ closed) as well as how the call ended and what was counted. The last sections ho
 the link after those fixes: a recycle that fails once the conversation is long, a recycled
 session's early audio played out of order, an upkeep that spins on a session lost during its ping,
 frozen sessions that prove healthy on probation, and ``aclose`` leaving sockets open when cancelled.
+The last section drives a bare link: ``recycle_soon`` (a provider announcing a session's end).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 import trio.testing
-from callkit import ENDPOINT, Rig, Tap, approx, rig
+from callkit import ENDPOINT, RIG_BUDGET, Rig, Tap, approx, rig
 from trio_websocket import wrap_server_stream
 
 from voxbridge.errors import Reason
@@ -22,7 +26,7 @@ from voxbridge.metrics import Metrics
 from voxbridge.providers.openai_realtime import OpenAIProvider
 from voxbridge.session.link import ProviderLink
 from voxbridge.settings import Settings
-from voxbridge.testing import EchoAgent, FakeOpenAIRealtime
+from voxbridge.testing import FakeEchoAgent, FakeOpenAIRealtime
 from voxbridge.upstream import StreamConnector
 
 
@@ -131,7 +135,7 @@ async def test_a_recycle_whose_session_never_reads_the_opening_never_ends_the_ca
 async def test_a_refusing_close_ends_the_call_at_once(autojump_clock):
     # Every session is accepted, then closed with 1008 (policy: "invalid API key") 50 ms later.
     # 0.1 resumed it 143 times in 8 s of caller audio; a refusal is final.
-    agent = EchoAgent(delay=0.1, hangup_after=0.05, hangup_code=1008)
+    agent = FakeEchoAgent(delay=0.1, hangup_after=0.05, hangup_code=1008)
     async with rig(Settings(), agent=agent) as r:
         await r.accept_sim(seconds=8)
         disconnect = await r.run()
@@ -148,7 +152,7 @@ async def test_a_refusing_close_ends_the_call_at_once(autojump_clock):
 async def test_sessions_that_never_prove_healthy_share_one_budget(autojump_clock):
     # The same provider closing with 1011 (resumable) after 50 ms: each resumed session dies on
     # probation, so the budget runs from the first drop and the call ends when it is spent.
-    agent = EchoAgent(delay=0.1, hangup_after=0.05, hangup_code=1011)
+    agent = FakeEchoAgent(delay=0.1, hangup_after=0.05, hangup_code=1011)
     async with rig(Settings(reconnect_budget=5), agent=agent) as r:
         await r.accept_sim(seconds=60)
         disconnect = await r.run()
@@ -167,7 +171,7 @@ async def test_sessions_that_never_prove_healthy_share_one_budget(autojump_clock
 async def test_a_resumed_session_counts_once_it_proved_healthy(autojump_clock):
     # One drop at 2 s; the replacement is healthy. It is counted `resumed` at the end of its
     # probation (reconnect_budget = 5 s after it opened), not when it opened.
-    agent = EchoAgent(delay=0.1, hangup_after=2.0, only_session=1)
+    agent = FakeEchoAgent(delay=0.1, hangup_after=2.0, only_session=1)
     seen: list[float] = []
     async with rig(Settings(reconnect_budget=5), agent=agent) as r:
         await r.accept_sim(seconds=20)
@@ -194,7 +198,7 @@ async def test_a_missing_pong_aborts_the_socket_and_resumes_with_the_conversatio
     # The first session freezes at 5.5 s (reads nothing, answers no ping); pings every 1 s with a
     # 1 s pong deadline: decided at the ping at 6 + 1 = 7. 0.1 ended the call, after a close
     # handshake that could not succeed (3.5 s).
-    agent = EchoAgent(
+    agent = FakeEchoAgent(
         delay=0.1, caller_transcripts=[(1.0, "my order number is 42")], only_session=1
     )
     settings = Settings(keepalive_interval=1, pong_timeout=1, idle_timeout=1000)
@@ -217,7 +221,7 @@ async def test_a_missing_pong_aborts_the_socket_and_resumes_with_the_conversatio
 
 
 async def test_a_missing_pong_ends_the_call_only_when_resuming_fails(autojump_clock):
-    agent = EchoAgent(delay=0.1)
+    agent = FakeEchoAgent(delay=0.1)
     settings = Settings(keepalive_interval=1, pong_timeout=1, idle_timeout=1000, reconnect_budget=3)
     async with rig(settings, agent=agent) as r:
         await r.accept_sim(seconds=30)
@@ -258,7 +262,7 @@ async def test_a_recycle_succeeds_with_a_long_conversation(autojump_clock, lines
     # until the switch, they filled trio-websocket's message queue (64) from about 33 lines on,
     # its reader paused and answered no ping, and every recycle failed on the ping: the first
     # session carried the call to its end. A 55-minute call (what recycling is for) has far more.
-    agent = EchoAgent(
+    agent = FakeEchoAgent(
         delay=0.1,
         caller_transcripts=[(0.5 + i * 0.1, f"line {i}") for i in range(lines)],
         only_session=1,
@@ -324,7 +328,7 @@ async def test_upkeep_does_not_spin_after_a_probation_that_ended_during_a_ping(a
     # lost session's expired probation instant must not wake upkeep again: it did, at once and for
     # ever, freezing the virtual clock at 5.0 (in real time, a 100 % CPU spin). The caller's
     # stalled send ends the call send_timeout after it blocked.
-    agent = EchoAgent(delay=0.1, hangup_after=2.0, only_session=1)
+    agent = FakeEchoAgent(delay=0.1, hangup_after=2.0, only_session=1)
     settings = Settings(
         keepalive_interval=1, pong_timeout=1, reconnect_budget=2.5, idle_timeout=1000
     )
@@ -351,7 +355,7 @@ async def test_a_provider_that_freezes_every_session_cannot_keep_the_call_alive(
     # drop's budget, so the call ends upstream_keepalive_timeout about keepalive + pong + budget
     # in. Without the ping each one opened a fresh budget and the call lived until the caller
     # gave up (600 s, 19 sessions counted resumed).
-    agent = EchoAgent(delay=0.1, stop_reading_at=0.5)
+    agent = FakeEchoAgent(delay=0.1, stop_reading_at=0.5)
     async with rig(Settings(), agent=agent) as r:
         await r.accept_sim(seconds=600)
         disconnect = await r.run()
@@ -397,3 +401,163 @@ async def test_aclose_under_cancellation_closes_every_socket(autojump_clock):
     assert left == 0
     assert all(tap.closed_at is not None for tap in r.upstream_taps)
     assert nursery_done - closing_done < 1
+
+
+# --- recycle_soon: the provider says it will end the session (Gemini's goAway) ------------------
+
+
+@asynccontextmanager
+async def bare_link(r: Rig, connect_stream: StreamConnector) -> AsyncIterator[ProviderLink]:
+    """A link with its upkeep and a task reading (and resuming) it, as a call runs them."""
+    async with trio.open_nursery() as sockets:
+        link = ProviderLink(
+            OpenAIProvider.from_settings(ENDPOINT, r.settings),
+            settings=r.settings,
+            metrics=r.metrics,
+            nursery=sockets,
+            connect_stream=connect_stream,
+            history=[],
+            call_id="soon",
+            live_until=trio.current_time() + RIG_BUDGET,
+        )
+        await link.open()
+
+        async def read() -> None:
+            while True:
+                await link.receive()
+
+        async with trio.open_nursery() as tasks:
+            tasks.start_soon(link.upkeep)
+            tasks.start_soon(read)
+            yield link
+            tasks.cancel_scope.cancel()  # as the call's tasks end before it closes its link
+        await link.aclose(1000, "bye")
+        sockets.cancel_scope.cancel()
+
+
+QUIET = Settings(idle_timeout=1000, keepalive_interval=1000)  # no pings in the way
+
+
+async def test_recycle_soon_recycles_now_and_ignores_a_replaced_session(autojump_clock):
+    async with rig(QUIET) as r, bare_link(r, r.connector()) as link:
+        first = link.session
+        assert first is not None
+        await trio.sleep(10.0)
+        link.recycle_soon(first)
+        link.recycle_soon(first)  # said twice: still one recycle
+        await trio.sleep(1.0)
+        second = link.session
+        assert second is not None and second is not first
+        assert r.rel(second.upstream.opened_at) == approx(10.0)
+        assert r.upstream_taps[0].close_frames == [(approx(r.t0 + 10.0), 1000, "recycled")]
+        link.recycle_soon(first)  # a goAway read from the replaced session: nothing happens
+        await trio.sleep(100.0)
+        assert link.session is second and r.connects == 2
+        assert link.sockets == {second.upstream}
+    assert reconnects(r, "resumed") == reconnects(r, "failed") == 0
+
+
+async def test_recycle_soon_after_a_failed_recycle_waits_for_the_retry(autojump_clock):
+    # The provider refuses new connections from the start until 20 s. recycle_soon at 10 s: the
+    # recycle retries for max(reconnect_budget, 1 s) = 5 s and fails (the old session carries
+    # on); the next try waits RECYCLE_RETRY (60 s) from that failure, and then succeeds.
+    refusing = True
+    attempts: list[float] = []
+    async with rig(Settings(idle_timeout=1000, keepalive_interval=1000, reconnect_budget=5)) as r:
+        healthy, refused = r.connector(), r.refusing_connector()
+
+        async def connect(host: str, port: int) -> trio.abc.Stream:
+            attempts.append(r.now())
+            if len(attempts) > 1 and refusing:
+                return await refused(host, port)
+            return await healthy(host, port)
+
+        async with bare_link(r, connect) as link:
+            first = link.session
+            assert first is not None
+            await trio.sleep(10.0)
+            link.recycle_soon(first)
+            await trio.sleep(10.0)
+            refusing = False
+            assert link.session is first  # the failed recycle kept the working session
+            await trio.sleep(100.0)
+            second = link.session
+            assert second is not None and second is not first
+    recycle_attempts = attempts[1:]
+    assert recycle_attempts[0] == approx(10.0) and len(recycle_attempts) > 3
+    assert recycle_attempts[-2] == approx(15.0)  # the last refused one, at the end of its 5 s
+    assert recycle_attempts[-1] == approx(15.0 + 60.0)  # RECYCLE_RETRY later
+    assert r.rel(second.upstream.opened_at) == approx(75.0)
+    assert r.upstream_taps[0].close_frames[0] == (approx(r.t0 + 75.0), 1000, "recycled")
+    assert reconnects(r, "resumed") == reconnects(r, "failed") == 0
+
+
+async def test_a_drop_during_a_recycle_opens_one_replacement(autojump_clock):
+    # recycle_soon at 10 s; new connections take 2 s. The provider drops the session at 11 s,
+    # before the recycle's connection is made: the resume abandons the recycle (its connection
+    # never reaches the provider) and opens the one replacement, at 11 + 2 s. Without that the
+    # recycle's session opened at 12 s as well, then was closed as "not needed".
+    agent = FakeEchoAgent(delay=0.1, hangup_after=11.0, hangup_code=1011, only_session=1)
+    async with rig(QUIET, agent=agent) as r:
+        memory = r.connector()
+
+        async def slow(host: str, port: int) -> trio.abc.Stream:
+            if r.connects:
+                await trio.sleep(2.0)
+            return await memory(host, port)
+
+        async with bare_link(r, slow) as link:
+            first = link.session
+            assert first is not None
+            await trio.sleep(10.0)
+            link.recycle_soon(first)
+            await trio.sleep(10.0)
+            second = link.session
+            assert second is not None and second is not first
+            assert r.rel(second.upstream.opened_at) == approx(13.0)
+            assert link.sockets == {second.upstream}
+            await trio.sleep(10.0)  # the probation: it is counted resumed
+    assert len(agent.sessions) == len(r.upstream_taps) == 2  # the recycle's never connected
+    assert reconnects(r, "resumed") == 1 and reconnects(r, "failed") == 0
+    assert_every_socket_closed(r)
+
+
+class VerySlowWrites(Tap):
+    """A provider socket whose every write from the bridge takes 1 s."""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.sleep(1.0)
+        await super().send_all(data)
+
+
+async def test_a_recycle_abandoned_while_its_session_answers_the_ping_closes_it(autojump_clock):
+    # Every write to a new session takes 1 s: the recycle that recycle_soon starts at 10 s has
+    # its session open at 11 s, its opening frame written at 12 s, and its ping in flight when
+    # the provider drops the old session at 12.5 s. The abandoned session is closed then, not
+    # left open until the call ends; the resume's session is the only one left.
+    agent = FakeEchoAgent(delay=0.1, hangup_after=12.5, hangup_code=1011, only_session=1)
+    async with rig(QUIET, agent=agent) as r:
+
+        async def connect(host: str, port: int) -> trio.abc.Stream:
+            r.connects += 1
+            client, server = trio.testing.memory_stream_pair()
+            r.nursery.start_soon(agent.handle_stream, server)
+            tap = (Tap if r.connects == 1 else VerySlowWrites)(client)
+            r.upstream_taps.append(tap)
+            return tap
+
+        async with bare_link(r, connect) as link:
+            first = link.session
+            assert first is not None
+            await trio.sleep(10.0)
+            link.recycle_soon(first)
+            await trio.sleep(10.0)
+            second = link.session
+            assert second is not None and second is not first
+            assert link.sockets == {second.upstream}
+    first_tap, abandoned, resumed = r.upstream_taps
+    assert r.rel(abandoned.closed_at) == approx(12.5)
+    assert abandoned.close_frames == []  # aborted, no handshake
+    assert r.rel(first_tap.closed_at) == approx(12.5)
+    assert resumed.closed_at is not None and r.rel(resumed.closed_at) > 20
+    assert reconnects(r, "failed") == 0

@@ -81,7 +81,7 @@ def test_the_filter_adds_the_call_inside_its_context_and_nothing_outside() -> No
     with call_context(state):
         early = record()
         on_handler.filter(early)
-        state.call_sid, state.stream_sid = "CA" + "1" * 32, "MZ" + "2" * 32  # start arrives
+        state.carrier_call_id, state.stream_id = "CA" + "1" * 32, "MZ" + "2" * 32  # start arrives
         late = record()
         on_handler.filter(late)
     assert current_call() is None
@@ -94,7 +94,7 @@ def test_the_filter_adds_the_call_inside_its_context_and_nothing_outside() -> No
 
 
 def test_an_explicit_extra_wins_and_contexts_nest() -> None:
-    outer = CallState(call_id="outer0000001", accepted_at=0.0, call_sid="CAouter")
+    outer = CallState(call_id="outer0000001", accepted_at=0.0, carrier_call_id="CAouter")
     inner = CallState(call_id="inner0000001", accepted_at=0.0)
     on_handler = CallContextFilter()
     with call_context(outer):
@@ -110,7 +110,9 @@ def test_an_explicit_extra_wins_and_contexts_nest() -> None:
 
 
 def test_json_and_console_lines_carry_the_call() -> None:
-    state = CallState(call_id="abc123abc123", accepted_at=0.0, call_sid="CA9", stream_sid="MZ9")
+    state = CallState(
+        call_id="abc123abc123", accepted_at=0.0, carrier_call_id="CA9", stream_id="MZ9"
+    )
     with json_logs("info") as buffer, call_context(state):
         logging.getLogger("voxbridge.tools").info("tool %s: %s", "lookup", "ok")
         logging.getLogger("hypercorn.error").info("from hypercorn, in the call's task")
@@ -131,7 +133,7 @@ def test_the_console_handler_has_the_filter_too() -> None:
     buffer = io.StringIO()
     try:
         configure("console", "info", stream=buffer)
-        state = CallState(call_id="feed00000001", accepted_at=0.0, call_sid="CA7")
+        state = CallState(call_id="feed00000001", accepted_at=0.0, carrier_call_id="CA7")
         with call_context(state):
             logging.getLogger("voxbridge.call").info("hello")
         handler = logging.getLogger("voxbridge").handlers[0]
@@ -308,7 +310,7 @@ async def test_no_secret_reaches_any_log_line_of_a_call() -> None:
             fake,
             twilio={"credentials": [(api_key, api_secret)]},
             provider="openai",
-            openai_api_key=openai_key,
+            provider_settings={"openai": {"api_key": openai_key}},
             twilio_api_key=api_key,
             twilio_api_secret=api_secret,
         ) as deployment:

@@ -31,6 +31,7 @@ from prometheus_client.registry import CollectorRegistry
 from services import binary
 from test_e2e_server import running
 
+from voxbridge.carriers.registry import CARRIERS as REGISTERED_CARRIERS
 from voxbridge.errors import Reason
 from voxbridge.metrics import (
     CARRIERS,
@@ -157,6 +158,12 @@ def test_every_label_value_is_preinitialised() -> None:
 def test_every_registered_provider_is_preinitialised() -> None:
     assert set(REGISTERED_PROVIDERS) <= set(PROVIDERS)
     assert set(USAGE_KINDS) <= set(PROVIDERS)
+
+
+def test_every_registered_carrier_is_preinitialised() -> None:
+    assert list(CARRIERS) == list(REGISTERED_CARRIERS)  # the registry itself, in its order
+    values = families()["voxbridge_calls_started_total"][3]
+    assert {carrier for carrier, _ in values} == set(REGISTERED_CARRIERS)
 
 
 def test_declared_tools_are_preinitialised() -> None:

@@ -66,13 +66,15 @@ from voxbridge.providers.events import (
 )
 from voxbridge.providers.openai_realtime import (
     GREETING_PROMPT,
+    OPENAI_MODEL,
+    TRANSCRIPTION_MODEL,
     OpenAIProvider,
     OpenAIRealtimeCodec,
     greeting_instructions,
     openai_endpoint,
 )
 from voxbridge.providers.registry import provider_for
-from voxbridge.settings import OPENAI_MODEL, TRANSCRIPTION_MODEL, Settings
+from voxbridge.settings import Settings
 from voxbridge.tools import END_CALL, Tool
 
 CLIENT: TypeAdapter[Any] = TypeAdapter(RealtimeClientEvent)
@@ -1405,7 +1407,7 @@ def test_for_agent_keeps_what_the_agent_leaves_unset() -> None:
 
 
 def test_from_settings_and_the_registry_speak_ga_with_the_current_models() -> None:
-    settings = Settings(provider="openai", openai_api_key=KEY, voice="marin", instructions="Hi")
+    settings = Settings(voice="marin", instructions="Hi").for_provider("openai", api_key=KEY)
     provider = provider_for(settings)
     assert isinstance(provider, OpenAIProvider)
     assert provider.endpoint.url == f"wss://api.openai.com/v1/realtime?model={OPENAI_MODEL}"
@@ -1416,7 +1418,9 @@ def test_from_settings_and_the_registry_speak_ga_with_the_current_models() -> No
     echo = provider_for(Settings(), echo_url="ws://127.0.0.1:9/v1/realtime")
     assert isinstance(echo, OpenAIProvider)
     assert echo.endpoint == ProviderEndpoint("echo", "ws://127.0.0.1:9/v1/realtime")
-    direct = OpenAIProvider.from_settings(echo.endpoint, Settings(openai_model="gpt-realtime-2"))
+    direct = OpenAIProvider.from_settings(
+        echo.endpoint, Settings().for_provider("openai", model="gpt-realtime-2")
+    )
     assert (direct.model, direct.voice) == ("gpt-realtime-2", "alloy")
 
 

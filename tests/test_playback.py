@@ -8,6 +8,7 @@ echo in order once the audio before them has played, and a ``clear`` echoes ever
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -326,3 +327,145 @@ def test_a_carrier_that_never_echoes_cannot_grow_the_marks() -> None:
     # the oldest were taken as played: their audio is long over
     assert playback.unheard_ms == MAX_PENDING_MARKS * 20
     assert playback.interrupt(S1) == [Truncation("a", 100 * 20)]
+
+
+# --- a clear settles its marks: nothing waits for echoes a carrier may never send (Plivo) ------
+
+
+def test_a_clear_settles_every_pending_mark_at_once_without_any_echo() -> None:
+    # Plivo never echoes a checkpoint whose audio clearAudio discarded
+    # (Capabilities.echoes_cleared_marks false): the clear itself settles them.
+    playback, marks, results = run([*[("send", 100, "a", "r1")] * 4, ("echo", 0), ("barge",)])
+    assert results[-1] == [Truncation("a", 100)]
+    last = playback.last_mark
+    assert last == 4
+    assert playback.heard_through(last)  # at the clear, with no echo at all
+    assert not playback.outstanding and playback.unheard_ms == 0
+    # and Twilio's echoes of them (echoes_cleared_marks true), arriving next, change nothing
+    assert [playback.played(name) for name in marks[1:]] == [False, False, False]
+    assert playback.heard_through(last)
+
+
+def test_with_marks_the_estimate_stays_out_of_it() -> None:
+    playback = Playback()
+    playback.sent(800, "a", "r1", S1, now=0.0)
+    assert playback.finishes_at(playback.last_mark) == math.inf  # only the echo can tell
+    assert not playback.elapse(10.0)  # no clock moves the heard position
+    assert playback.outstanding and playback.unheard_ms == 100
+    assert playback.interrupt(S1, now=10.0) == [Truncation("a", 0)]
+
+
+# --- without marks (Vonage): the heard position is a real-time playout estimate -----------------
+
+
+def estimate(script: Sequence[tuple[Any, ...]]) -> tuple[Playback, list[Any]]:
+    """``script`` on a ``Playback(marks=False)``: ``("send", at, ms, item, response)``,
+    ``("barge", at)``, ``("elapse", at)``; returns the playback and each step's result."""
+    playback, results = Playback(marks=False), []
+    for step, at, *args in script:
+        if step == "send":
+            ms, item, response = args
+            results.append(playback.sent(ms * MS, item, response, S1, now=at))
+        elif step == "barge":
+            results.append(playback.interrupt(S1, now=at))
+        elif step == "elapse":
+            results.append(playback.elapse(at))
+        else:  # pragma: no cover - a typo in a table
+            raise AssertionError(step)
+    return playback, results
+
+
+# (script, the barge-in's result) -- times in seconds, audio sent faster than real time plays
+# out back to back from when its first byte was sent.
+ESTIMATES = {
+    "one item sent at once, barge-in inside its second chunk": (
+        [*[("send", 0.0, 100, "a", "r1")] * 3, ("barge", 0.15)],
+        [Truncation("a", 150)],  # interpolated within the chunk, to the millisecond
+    ),
+    "a chunk sent after the queue ran dry plays from when it was sent": (
+        [("send", 0.0, 100, "a", "r1"), ("send", 0.5, 100, "a", "r1"), ("barge", 0.55)],
+        [Truncation("a", 150)],  # 100 ms from 0.0, then 50 of the chunk sent at 0.5
+    ),
+    "a chunk sent while audio plays queues behind it": (
+        [("send", 0.0, 100, "a", "r1"), ("send", 0.05, 100, "a", "r1"), ("barge", 0.15)],
+        [Truncation("a", 150)],  # the second chunk started at 0.1, not at 0.05
+    ),
+    "two items, caller in the second": (
+        [
+            *[("send", 0.0, 100, "a", "r1")] * 2,
+            *[("send", 0.0, 100, "b", "r2")] * 2,
+            ("barge", 0.25),
+        ],
+        [Truncation("b", 50)],  # A heard in full
+    ),
+    "two items, caller in the first": (
+        [
+            *[("send", 0.0, 100, "a", "r1")] * 2,
+            *[("send", 0.0, 100, "b", "r2")] * 2,
+            ("barge", 0.1),
+        ],
+        [Truncation("a", 100), Truncation("b", 0)],
+    ),
+    "all played out: no barge-in": (
+        [("send", 1.0, 100, "a", "r1"), ("barge", 1.1)],
+        None,
+    ),
+    "nothing played yet": (
+        [("send", 2.0, 100, "a", "r1"), ("send", 2.0, 100, "b", "r1"), ("barge", 2.0)],
+        [Truncation("a", 0), Truncation("b", 0)],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ESTIMATES)
+def test_the_estimate_truncates_at_the_real_time_position(name: str) -> None:
+    script, expected = ESTIMATES[name]
+    playback, results = estimate(script)
+    assert results[-1] == expected
+    assert not playback.outstanding
+
+
+def test_the_estimate_says_when_the_audio_will_have_played() -> None:
+    playback, _ = estimate([*[("send", 3.0, 100, "a", "r1")] * 5])  # 500 ms sent at 3.0
+    second, last = 2, playback.last_mark
+    assert playback.finishes_at(second) == pytest.approx(3.2)
+    assert playback.finishes_at(last) == pytest.approx(3.5)
+    assert playback.unheard_ms == 500
+    assert playback.elapse(3.25)  # two chunks played, half the third
+    assert playback.heard_through(second) and not playback.heard_through(last)
+    assert playback.unheard_ms == 250
+    assert playback.finishes_at(second) == -math.inf  # already played
+    assert not playback.elapse(3.25)  # nothing more by then
+    assert playback.elapse(3.5)
+    assert playback.heard_through(last) and playback.unheard_ms == 0
+    assert not playback.outstanding
+
+
+def test_after_a_clear_the_next_audio_plays_from_when_it_is_sent() -> None:
+    _, results = estimate(
+        [
+            *[("send", 0.0, 100, "a", "r1")] * 10,  # 1 s queued at the carrier
+            ("barge", 0.2),  # cleared: the queue is empty
+            ("send", 0.3, 100, "b", "r2"),
+            ("barge", 0.35),
+        ]
+    )
+    assert results[-3] == [Truncation("a", 200)]
+    assert results[-1] == [Truncation("b", 50)]  # not behind A's cleared 800 ms
+
+
+def test_echoes_move_nothing_without_marks() -> None:
+    playback = Playback(marks=False)
+    name = playback.sent(800, "a", "r1", S1, now=0.0)
+    assert not playback.played(name)  # a carrier without marks has nothing to echo
+    assert playback.outstanding and playback.unheard_ms == 100
+    assert playback.interrupt(S1, now=0.05) == [Truncation("a", 50)]
+
+
+def test_the_estimate_keeps_no_more_entries_than_audio_queued() -> None:
+    # Six minutes of 20 ms chunks sent in real time: each has played before the next one is sent.
+    playback = Playback(marks=False)
+    for n in range(18_000):
+        playback.sent(160, "a", "r1", S1, now=n * 0.02)
+        assert len(playback._marks) <= 2
+    assert playback.interrupt(S1, now=18_000 * 0.02) is None  # all of it played

@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
+from voxbridge.carriers.registry import CARRIERS
+from voxbridge.carriers.twilio_webhooks import TwilioWebhooks
 from voxbridge.cli import _settings, build_parser
 from voxbridge.journal import MemoryJournal
 from voxbridge.server import security
@@ -29,8 +31,8 @@ from voxbridge.server.app import VoxbridgeApp
 from voxbridge.server.security import (
     CallTokenError,
     CallTokens,
+    CarrierAuth,
     FormParams,
-    TwilioAuth,
     TwilioSignatures,
     check_exposure,
     is_loopback,
@@ -444,11 +446,13 @@ def test_rotation_mints_with_the_first_token_and_accepts_either() -> None:
 
 
 def test_token_helpers_keep_secrets_out_of_repr() -> None:
-    auth = TwilioAuth.from_settings(
-        Settings(twilio_auth_token=f"{TOKEN_A},{TOKEN_B}", public_url=PUBLIC)
+    auth = CarrierAuth.from_settings(
+        Settings(twilio_auth_token=f"{TOKEN_A},{TOKEN_B}", public_url=PUBLIC), CARRIERS["twilio"]
     )
-    assert auth is not None
-    for text in (repr(auth), repr(auth.signatures), repr(auth.tokens)):
+    assert auth.checks and auth.tokens is not None
+    webhooks = auth.webhooks
+    assert isinstance(webhooks, TwilioWebhooks)
+    for text in (repr(auth), repr(webhooks), repr(webhooks.signatures), repr(auth.tokens)):
         assert TOKEN_A not in text and TOKEN_B not in text
         assert token_key(TOKEN_A).hex() not in text
 
@@ -506,7 +510,8 @@ def test_the_auth_token_is_split_for_rotation_and_kept_out_of_repr() -> None:
     assert TOKEN_A not in repr(settings_) and TOKEN_B not in repr(settings_)
     field = attrs.fields(Settings).twilio_auth_token
     assert field.metadata["secret"] is True
-    assert TwilioAuth.from_settings(Settings()) is None
+    off = CarrierAuth.from_settings(Settings(), CARRIERS["twilio"])
+    assert not off.checks and off.tokens is None
 
 
 def test_security_settings_from_the_environment() -> None:

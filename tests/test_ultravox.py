@@ -40,7 +40,8 @@ from voxbridge.providers.events import (
     Transcript,
     Truncation,
 )
-from voxbridge.providers.ultravox import UltravoxCodec, UltravoxProvider
+from voxbridge.providers.ultravox import UltravoxCodec
+from voxbridge.providers.ultravox_rest import UltravoxProvider
 from voxbridge.testing.fake_ultravox import FakeUltravox, UltravoxSession, Utterance
 
 KEY = "uv-SECRET-0123456789abcdef"

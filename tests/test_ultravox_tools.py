@@ -34,7 +34,8 @@ from voxbridge.providers.events import (
     Transcript,
     Usage,
 )
-from voxbridge.providers.ultravox import UltravoxCodec, UltravoxProvider, parse_duration
+from voxbridge.providers.ultravox import UltravoxCodec, parse_duration
+from voxbridge.providers.ultravox_rest import UltravoxProvider
 from voxbridge.testing.fake_ultravox import FakeToolCall, speech_for
 from voxbridge.tools import END_CALL, Tool
 
@@ -479,7 +480,9 @@ async def test_billed_usage_failures_are_logged_without_the_key(
     caplog.set_level(logging.INFO)
     assert await mocked(refuse).billed_usage("c1") is None
     assert await mocked(unreachable).billed_usage("c2") is None
-    messages = [r.getMessage() for r in caplog.records if r.name == "voxbridge.providers.ultravox"]
+    messages = [
+        r.getMessage() for r in caplog.records if r.name == "voxbridge.providers.ultravox_rest"
+    ]
     assert messages == [
         "Ultravox billed usage of call c1 was refused: HTTP 401: bad key <redacted>",
         "Ultravox billed usage of call c2 failed: ConnectError: cannot reach <redacted>",

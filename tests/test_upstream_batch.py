@@ -25,7 +25,7 @@ from voxbridge.carriers.twilio_wire import encode_stop
 from voxbridge.errors import Reason
 from voxbridge.session.batch import AudioBatch
 from voxbridge.settings import Settings, SettingsError
-from voxbridge.testing import EchoAgent
+from voxbridge.testing import FakeEchoAgent
 
 
 def appends(session: object) -> list[tuple[float, bytes]]:
@@ -95,7 +95,7 @@ def test_a_window_must_be_positive() -> None:
 
 async def test_streaming_caller_audio_goes_up_in_whole_windows(autojump_clock):
     audio = tone(1.0, 300)
-    async with rig(Settings(upstream_batch_ms=100), agent=EchoAgent(delay=0.05)) as r:
+    async with rig(Settings(upstream_batch_ms=100), agent=FakeEchoAgent(delay=0.05)) as r:
         await r.accept_sim(seconds=1.0, audio=audio)
         disconnect = await r.run()
     assert disconnect.reason is Reason.CALLER_STOP

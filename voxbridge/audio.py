@@ -14,6 +14,8 @@ import warnings
 import wave
 from pathlib import Path
 
+import soxr  # type: ignore[import-untyped]  # no stubs, no py.typed
+
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
@@ -30,6 +32,7 @@ __all__ = [
     "pcm16_to_ulaw",
     "pcm16_to_ulaw_b64",
     "read_wav_as_ulaw",
+    "resampler",
     "tone",
     "ulaw_b64_to_pcm16",
     "ulaw_to_pcm16",
@@ -149,3 +152,18 @@ def read_wav_as_ulaw(path: str | Path) -> bytes:
     if rate != SAMPLE_RATE:
         data, _ = audioop.ratecv(data, 2, 1, rate, SAMPLE_RATE, None)
     return pcm16_to_ulaw(data)
+
+
+def resampler(in_rate: int, out_rate: int) -> soxr.ResampleStream:
+    """A streaming soxr resampler for 16-bit mono audio: one per stream and direction, since its
+    filter state carries from one chunk to the next (resampling chunks on their own would click
+    at every boundary). Feed it ``numpy`` ``<i2`` arrays with ``resample_chunk``.
+
+    ``vr=True`` (soxr's variable-rate engine, band-limited at ``HQ``) because the default
+    fixed-rate engine works in FFT blocks: it returns nothing for four or five 20 ms chunks and
+    then a burst, adding about 100 ms each way. The variable-rate engine returns every chunk's
+    share at once and holds back a steady 25-30 ms (measured with soxr 1.1: 30 ms from 8 to
+    16 kHz, 25 ms from 24 to 8 kHz; ``benchmarks/codec.py``), at 3-7 times the CPU of the
+    fixed-rate engine.
+    """
+    return soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ", vr=True)

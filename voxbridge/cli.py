@@ -20,6 +20,7 @@ from rich.table import Table
 
 from . import __version__, tracing
 from .agents import check_agents
+from .carriers.registry import CARRIERS
 from .journal import JournalError
 from .logs import configure
 from .providers.registry import provider_for
@@ -36,33 +37,37 @@ console = Console(highlight=False)
 def _add_settings_flags(
     parser: argparse.ArgumentParser, *, only: Sequence[str] | None = None
 ) -> None:
-    for field in Settings.cli_fields():
-        if only is not None and field.name not in only:
+    fields = [(field.name, field) for field in Settings.cli_fields()]
+    if only is None:  # each provider's own settings: --openai-model, --gemini-model, ...
+        fields += [(o.name, o.field) for o in Settings.options() if o.field.metadata["cli"]]
+    for name, field in fields:
+        if only is not None and name not in only:
             continue
-        flag = "--" + field.name.replace("_", "-")
+        flag = "--" + name.replace("_", "-")
         kind = scalar_type(field)
         default = field.default
         if kind is bool:  # a switch: given means true; absent leaves the environment's value
             parser.add_argument(
                 flag,
-                dest=field.name,
+                dest=name,
                 action="store_true",
                 default=None,
-                help=f"{field.metadata['help']} (env VOXBRIDGE_{field.name.upper()}=1)",
+                help=f"{field.metadata['help']} (env VOXBRIDGE_{name.upper()}=1)",
             )
             continue
         parser.add_argument(
             flag,
-            dest=field.name,
+            dest=name,
             type=kind,
             default=None,
-            metavar=field.name.upper() if kind is str else kind.__name__.upper(),
-            help=f"{field.metadata['help']} (env VOXBRIDGE_{field.name.upper()}; default {default})",
+            metavar=name.upper() if kind is str else kind.__name__.upper(),
+            help=f"{field.metadata['help']} (env VOXBRIDGE_{name.upper()}; default {default})",
         )
 
 
 def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
-    values = {f.name: getattr(args, f.name, None) for f in attrs.fields(Settings)}
+    names = [f.name for f in attrs.fields(Settings)] + [o.name for o in Settings.options()]
+    values = {name: getattr(args, name, None) for name in names}
     values.update(overrides)
     return Settings.from_env(**values)
 
@@ -70,7 +75,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> Settings:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="voxbridge",
-        description="Bridge phone calls (Twilio Media Streams) to realtime voice AI, with a "
+        description="Bridge phone calls (carrier media streams) to realtime voice AI, with a "
         "deadline on every wait.",
     )
     parser.add_argument("--version", action="version", version=f"voxbridge {__version__}")
@@ -79,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server until SIGINT/SIGTERM, then drain")
     _add_settings_flags(serve)
 
-    call = commands.add_parser("call", help="place a simulated Twilio call against a server")
+    call = commands.add_parser("call", help="place a simulated carrier call against a server")
     call.add_argument("url", help="the media endpoint, e.g. ws://127.0.0.1:8080/twilio/media")
     call.add_argument("--seconds", type=float, default=5.0, help="seconds of audio (default 5)")
     call.add_argument("--wav", help="stream this WAV file (any PCM rate; default: a 440 Hz tone)")
@@ -103,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seconds", type=float, default=3.0, help="length of the normal call")
     for sub in (call, demo):
+        sub.add_argument(
+            "--carrier",
+            choices=tuple(CARRIERS),
+            default="twilio",
+            help="the carrier whose wire the simulated caller speaks (default twilio)",
+        )
         sub.add_argument("--log-level", dest="log_level", default=None, help="debug, info, warning")
 
     calls = commands.add_parser("calls", help="list recent calls from the journal (--db)")
@@ -177,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure("console", args.log_level or "warning")
             from .demo import run_demo
 
-            return trio.run(run_demo, console, args.idle_timeout, args.seconds)
+            return trio.run(run_demo, console, args.idle_timeout, args.seconds, args.carrier)
         elif args.command in ("calls", "transcript"):
             from .journal_cli import print_calls, print_transcript
 
@@ -233,6 +244,7 @@ async def _call(args: argparse.Namespace) -> int:
     try:
         result = await simulate_call(
             args.url,
+            carrier=args.carrier,
             audio=audio,
             seconds=args.seconds,
             stall_after=args.stall_after,

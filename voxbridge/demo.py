@@ -1,9 +1,11 @@
 """``voxbridge demo``: the tour, with no accounts and no keys.
 
 Starts the real server (hypercorn, trio worker, a real loopback port) with the built-in echo agent
-as the provider, then places three simulated Twilio calls over real WebSockets:
+as the provider, then places three simulated calls of one carrier (Twilio unless
+``voxbridge demo --carrier NAME``) over real WebSockets to its media route:
 
-1. a normal call: audio goes to the agent and comes back, the caller hangs up with ``stop``;
+1. a normal call: audio goes to the agent and comes back, the caller hangs up (the carrier's
+   stop event, or a close for a carrier that has none);
 2. a stalled caller: sends audio, then goes silent with the TCP connection left open -- the case
    every blocking bridge leaks -- and is ended by the idle timeout;
 3. a caller that vanishes: the TCP connection drops with no ``stop`` and no close frame.
@@ -15,18 +17,21 @@ scrapes ``/metrics`` over HTTP and shows the disconnect counters.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import httpx
 import trio
 from rich.console import Console
 from rich.table import Table
 
+from .carriers.registry import CARRIERS
+from .echo_agent import EchoSession
 from .journal import MemoryJournal
 from .server import RunningServer, serve
 from .session.state import CallRecord
 from .settings import Settings
 from .testing import CallResult, simulate_call
-from .testing.echo_agent import AgentSession
 
 __all__ = ["run_demo"]
 
@@ -37,7 +42,7 @@ RECORD_WAIT = 10.0
 class Scenario:
     title: str
     what: str
-    options: dict[str, object]
+    options: dict[str, Any]  # CarrierSimulator's keyword arguments
 
 
 async def _await_record(server: RunningServer, call_sid: str) -> CallRecord | None:
@@ -50,8 +55,12 @@ async def _await_record(server: RunningServer, call_sid: str) -> CallRecord | No
     return None
 
 
-async def run_demo(console: Console, idle_timeout: float = 3.0, seconds: float = 3.0) -> int:
-    """Run the tour and print what happened. Returns the process exit status."""
+async def run_demo(
+    console: Console, idle_timeout: float = 3.0, seconds: float = 3.0, carrier: str = "twilio"
+) -> int:
+    """Run the tour with ``carrier``'s simulator against its route and print what happened.
+    Returns the process exit status."""
+    spec = CARRIERS[carrier]
     settings = Settings(port=0, idle_timeout=idle_timeout, provider="echo")
     scenarios = [
         Scenario("normal call", f"talks {seconds:g} s, hangs up", {"seconds": seconds}),
@@ -66,7 +75,7 @@ async def run_demo(console: Console, idle_timeout: float = 3.0, seconds: float =
             {"seconds": seconds + 5, "vanish_after": 1.0},
         ),
     ]
-    rows: list[tuple[Scenario, CallResult, CallRecord | None, AgentSession | None]] = []
+    rows: list[tuple[Scenario, CallResult, CallRecord | None, EchoSession | None]] = []
     stop = trio.Event()
     async with trio.open_nursery() as nursery:
         server: RunningServer = await nursery.start(
@@ -82,13 +91,16 @@ async def run_demo(console: Console, idle_timeout: float = 3.0, seconds: float =
         assert agent is not None
         console.print(
             f"[bold]voxbridge demo[/bold]: server on {server.url}, echo agent on {agent.url}, "
-            f"idle timeout {idle_timeout:g} s\n"
+            f"{carrier} calls to {spec.media_path}, idle timeout {idle_timeout:g} s\n"
         )
         for number, scenario in enumerate(scenarios, start=1):
             began = trio.current_time()
             with console.status(f"call {number}: {scenario.title} ({scenario.what}) ..."):
                 result = await simulate_call(
-                    server.media_url, close_wait=idle_timeout + 10, **scenario.options
+                    server.url.replace("http://", "ws://", 1) + spec.media_path,
+                    carrier=carrier,
+                    close_wait=idle_timeout + 10,
+                    **scenario.options,
                 )
                 record = await _await_record(server, result.call_sid)
             session = agent.sessions[number - 1] if len(agent.sessions) >= number else None
@@ -121,7 +133,7 @@ async def run_demo(console: Console, idle_timeout: float = 3.0, seconds: float =
 
 
 def _table(
-    rows: list[tuple[Scenario, CallResult, CallRecord | None, AgentSession | None]],
+    rows: list[tuple[Scenario, CallResult, CallRecord | None, EchoSession | None]],
 ) -> Table:
     table = Table(title="what happened to each call", title_justify="left")
     table.add_column("call")

@@ -43,11 +43,16 @@ __all__ = [
     "LinkDown",
     "Reason",
     "RemoteProtocolError",
+    "SettingsError",
     "UpstreamClosed",
     "UpstreamConnectFailed",
     "UpstreamError",
     "UpstreamTimeout",
 ]
+
+
+class SettingsError(ValueError):
+    """A setting has a value voxbridge cannot run with. The message names the flag and env var."""
 
 
 class RemoteProtocolError(ValueError):

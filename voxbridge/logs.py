@@ -45,10 +45,10 @@ class CallFields(Protocol):
     def call_id(self) -> str: ...
 
     @property
-    def call_sid(self) -> str | None: ...
+    def carrier_call_id(self) -> str | None: ...
 
     @property
-    def stream_sid(self) -> str | None: ...
+    def stream_id(self) -> str | None: ...
 
 
 # The call the current task works for. It holds the call's live state, not a copy: the Twilio ids
@@ -60,8 +60,8 @@ _CALL: ContextVar[CallFields | None] = ContextVar("voxbridge_call", default=None
 def call_context(call: CallFields) -> Iterator[None]:
     """Within the block, and in every task started from it, log lines belong to ``call``.
 
-    Its fields are read when a line is emitted, so ids set later (``call_sid`` once ``start``
-    arrives) appear from then on. Blocks nest; leaving one restores the outer call (or none).
+    Its fields are read when a line is emitted, so ids set later (``carrier_call_id`` once the
+    stream starts) appear from then on. Blocks nest; leaving one restores the outer call (or none).
     """
     token = _CALL.set(call)
     try:
@@ -76,7 +76,9 @@ def current_call() -> CallFields | None:
 
 
 class CallContextFilter(logging.Filter):
-    """Adds ``call_id``, ``call_sid`` and ``stream_sid`` of the current call to each record.
+    """Adds ``call_id``, ``call_sid`` and ``stream_sid`` of the current call to each record
+    (``call_sid`` and ``stream_sid`` keep Twilio's names for any carrier: they hold the carrier's
+    ids of the call and of its media stream, ``carrier_call_id`` and ``stream_id``).
 
     Put it on a handler (``handler.addFilter(CallContextFilter())``): it then sees the records of
     every logger the handler serves, in the task that emits them. Outside a call it adds nothing;
@@ -91,9 +93,9 @@ class CallContextFilter(logging.Filter):
             if "call_id" not in fields:
                 fields["call_id"] = call.call_id
             if "call_sid" not in fields:
-                fields["call_sid"] = call.call_sid
+                fields["call_sid"] = call.carrier_call_id
             if "stream_sid" not in fields:
-                fields["stream_sid"] = call.stream_sid
+                fields["stream_sid"] = call.stream_id
         return True
 
 

@@ -25,10 +25,20 @@ from prometheus_client import (
     generate_latest,
 )
 
+from .carriers.registry import CARRIERS as CARRIER_SPECS
 from .errors import Reason
+from .providers.registry import PROVIDERS as PROVIDER_SPECS
 from .tools import BUILTIN_TOOLS, OUTCOMES
 
-__all__ = ["DIRECTIONS", "PROVIDER_DROPS", "REJECTIONS", "UNKNOWN_TOOL", "USAGE_KINDS", "Metrics"]
+__all__ = [
+    "CARRIERS",
+    "DIRECTIONS",
+    "PROVIDER_DROPS",
+    "REJECTIONS",
+    "UNKNOWN_TOOL",
+    "USAGE_KINDS",
+    "Metrics",
+]
 
 #: The ``tool`` label of a call to a tool that was not offered (the model's name is not a label).
 UNKNOWN_TOOL = "unknown"
@@ -36,37 +46,19 @@ UNKNOWN_TOOL = "unknown"
 DIRECTIONS = ("to_upstream", "to_caller")
 REJECTIONS = ("bad_signature", "capacity", "draining", "duplicate", "bad_request")
 RECONNECT_OUTCOMES = ("resumed", "failed")
-CARRIERS = ("twilio",)
-PROVIDERS = ("echo", "openai", "ultravox", "gpt-live", "deepgram", "gemini")
+#: The ``carrier`` label values: every registered carrier (voxbridge/carriers/registry.py), read
+#: when a :class:`Metrics` is made (the registry itself: iterating it gives the names).
+CARRIERS = CARRIER_SPECS
+#: The ``provider`` label values: every registered provider (voxbridge/providers/registry.py).
+PROVIDERS = tuple(PROVIDER_SPECS)
 #: Why a provider frame was dropped: not a valid frame of the protocol; audio that failed
 #: validation (not strict base64, not whole 16-bit samples); audio of an answer the caller
 #: interrupted, arriving after the barge-in.
 PROVIDER_DROPS = ("malformed", "bad_audio", "late_audio")
-#: Usage kinds each provider reports (``voxbridge_provider_usage_total{kind}``): OpenAI Realtime
-#: ``response.done.usage`` token counts; Ultravox's billed call duration.
+#: Usage kinds each provider reports (``voxbridge_provider_usage_total{kind}``), as its spec
+#: declares them: OpenAI Realtime and Gemini token counts, Ultravox's and GPT-Live's billed seconds.
 USAGE_KINDS: dict[str, tuple[str, ...]] = {
-    "openai": (
-        "input_text_tokens",
-        "input_audio_tokens",
-        "input_cached_tokens",
-        "output_text_tokens",
-        "output_audio_tokens",
-    ),
-    "ultravox": ("billed_seconds",),
-    "gpt-live": ("billed_seconds",),
-    "gemini": (
-        "input_text_tokens",
-        "input_audio_tokens",
-        "input_other_tokens",
-        "input_cached_tokens",
-        "input_tool_tokens",
-        "input_tokens",
-        "output_text_tokens",
-        "output_audio_tokens",
-        "output_other_tokens",
-        "output_thinking_tokens",
-        "output_tokens",
-    ),
+    name: spec.usage_kinds for name, spec in PROVIDER_SPECS.items() if spec.usage_kinds
 }
 
 # Calls last seconds to an hour; the buckets are chosen for that range.

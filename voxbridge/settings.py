@@ -10,45 +10,29 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 
-__all__ = ["PROVIDERS", "Settings", "SettingsError"]
+from .carriers.addressing import is_transfer_target
+from .carriers.registry import CARRIERS as CARRIER_SPECS
+from .errors import SettingsError
+from .providers.registry import PROVIDERS as PROVIDER_SPECS
+
+__all__ = ["PROVIDERS", "Option", "Settings", "SettingsError", "is_transfer_target"]
 
 SECONDS = 1.0
-#: The default OpenAI Realtime model and caller-transcription model: current GA names in the
-#: ``openai`` package's types, with no announced shutdown (tests/test_openai_realtime.py checks).
-OPENAI_MODEL = "gpt-realtime-2.1"
-TRANSCRIPTION_MODEL = "gpt-transcribe"
-PROVIDERS = ("echo", "openai", "ultravox", "gpt-live", "deepgram", "gemini")
-OPENAI_FLAVOURS = ("ga",)
-#: The OpenAI Realtime beta interface (``OpenAI-Beta: realtime=v1``) was shut down in 2026.
-BETA_GONE = (
-    "--openai-flavour / VOXBRIDGE_OPENAI_FLAVOUR: the OpenAI Realtime beta interface was shut "
-    "down in 2026; use ga (the default: the GA interface at /v1/realtime)"
-)
+#: The ``--provider`` choices, in the registry's order (voxbridge/providers/registry.py).
+PROVIDERS = tuple(PROVIDER_SPECS)
 LOG_FORMATS = ("console", "json")
 MAX_UPSTREAM_BATCH_MS = 500  # beyond half a second, batching would wreck turn-taking
 MIN_SESSION_AGE = 1 * SECONDS  # below that, recycling would open sessions in a tight loop
 
-#: The environment variables each provider key is read from (besides VOXBRIDGE_<NAME>): keys are
-#: environment only, never flags, so they never appear in a process list.
-KEY_VARIABLES: dict[str, tuple[str, ...]] = {
-    "openai_api_key": ("OPENAI_API_KEY",),
-    "ultravox_api_key": ("ULTRAVOX_API_KEY",),
-    "deepgram_api_key": ("DEEPGRAM_API_KEY",),
-    "gemini_api_key": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-}
-
 # Environment variables that are aliases of a setting, for operators coming from other bridges.
 ENV_ALIASES: dict[str, tuple[str, ...]] = {"idle_timeout": ("WS_IDLE_TIMEOUT_SECONDS",)}
-
-
-class SettingsError(ValueError):
-    """A setting has a value voxbridge cannot run with. The message names the flag and env var."""
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -102,12 +86,6 @@ def _boolean(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None
         raise SettingsError(f"{_names(attribute.name)} must be true or false, got {value!r}")
 
 
-def _flavour(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value == "beta":
-        raise SettingsError(BETA_GONE)
-    _one_of(*OPENAI_FLAVOURS)(instance, attribute, value)
-
-
 def _transfer_target(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """E.164 (``+`` and 8-15 digits) or a ``sip:``/``sips:`` URI."""
     if value is None:
@@ -117,16 +95,6 @@ def _transfer_target(instance: Any, attribute: attrs.Attribute[Any], value: Any)
             f"{_names(attribute.name)} must be an E.164 number (+15551230000) or a sip: URI, "
             f"got {value!r}"
         )
-
-
-def is_transfer_target(value: str) -> bool:
-    """Whether ``value`` is an E.164 number or a ``sip:``/``sips:`` URI with a host."""
-    if value.startswith("+"):
-        return value[1:].isdigit() and value[1:].isascii() and 8 <= len(value) - 1 <= 15
-    scheme, _, rest = value.partition(":")
-    return (
-        scheme.lower() in ("sip", "sips") and "@" in rest and not any(c in rest for c in ' <>"\n\r')
-    )
 
 
 def _public_url(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -179,6 +147,14 @@ def _help(text: str, *, secret: bool = False, cli: bool = True) -> dict[str, Any
     return {"help": text, "secret": secret, "cli": cli}
 
 
+def _provider_settings(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _nested("provider_settings", value)  # defined below the class, with its helpers
+
+
+def _carrier_settings(value: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _nested("carrier_settings", value)
+
+
 @attrs.frozen(kw_only=True)
 class Settings:
     """Everything a voxbridge process or an embedded call needs to know.
@@ -214,7 +190,10 @@ class Settings:
     insecure: bool = attrs.field(
         default=False,
         validator=_boolean,
-        metadata=_help("allow a non-loopback --host without --twilio-auth-token"),
+        metadata=_help(
+            "allow a non-loopback --host without --twilio-auth-token, serving carriers without "
+            "credentials there"
+        ),
     )
     max_calls: int = attrs.field(
         default=500, validator=_positive, metadata=_help("admission cap per process")
@@ -251,23 +230,9 @@ class Settings:
     provider_url: str | None = attrs.field(
         default=None,
         metadata=_help(
-            "override the provider endpoint: OpenAI/echo ws(s)://.../v1/realtime, "
-            "Ultravox REST base http(s)://.../api"
+            "override the provider endpoint: "
+            + ", ".join(f"{spec.name} {spec.endpoint}" for spec in PROVIDER_SPECS.values())
         ),
-    )
-    openai_model: str = attrs.field(
-        default=OPENAI_MODEL, metadata=_help("OpenAI Realtime model (GA)")
-    )
-    openai_flavour: str = attrs.field(
-        default="ga",
-        validator=_flavour,
-        metadata=_help("OpenAI Realtime API: ga (the beta interface was shut down in 2026)"),
-    )
-    transcription_model: str = attrs.field(
-        default=TRANSCRIPTION_MODEL, metadata=_help("OpenAI model that transcribes the caller")
-    )
-    ultravox_model: str | None = attrs.field(
-        default=None, metadata=_help("Ultravox model (default: Ultravox's own default)")
     )
     voice: str | None = attrs.field(
         default=None, metadata=_help("agent voice (default: alloy for OpenAI, Ultravox's default)")
@@ -279,32 +244,10 @@ class Settings:
     instructions_file: str | None = attrs.field(
         default=None, metadata=_help("read the agent instructions from this file")
     )
-    openai_api_key: str | None = attrs.field(
-        default=None, repr=False, metadata=_help("OpenAI key", secret=True, cli=False)
-    )
-    ultravox_api_key: str | None = attrs.field(
-        default=None, repr=False, metadata=_help("Ultravox key", secret=True, cli=False)
-    )
-    deepgram_api_key: str | None = attrs.field(
-        default=None, repr=False, metadata=_help("Deepgram key", secret=True, cli=False)
-    )
-    gemini_api_key: str | None = attrs.field(
-        default=None,
-        repr=False,
-        metadata=_help("Gemini API key (also GOOGLE_API_KEY)", secret=True, cli=False),
-    )
-    gpt_live_model: str = attrs.field(default="gpt-live-1", metadata=_help("OpenAI GPT-Live model"))
-    gpt_live_tools_model: str | None = attrs.field(
-        default=None,
-        metadata=_help(
-            "GPT-Live: the Responses model that runs tools for the live model (unset: no tools)"
-        ),
-    )
-    gemini_model: str | None = attrs.field(
-        default=None, metadata=_help("Gemini Live model (default: a current native-audio model)")
-    )
-    deepgram_think_model: str | None = attrs.field(
-        default=None, metadata=_help("Deepgram Voice Agent: the LLM that thinks (think.provider)")
+    provider_settings: Mapping[str, Any] = attrs.field(
+        factory=dict,
+        converter=_provider_settings,
+        metadata=_help("each provider's own settings (--<provider>-<field> flags)", cli=False),
     )
     # --- agents and tools (docs/agents.md) ---------------------------------------------------------
     agents: str | None = attrs.field(
@@ -343,6 +286,12 @@ class Settings:
         default=None,
         validator=_public_url,
         metadata=_help("Twilio REST base URL (default https://api.twilio.com; for tests)"),
+    )
+    # --- carriers (voxbridge/carriers/registry.py; Twilio's are the twilio_* fields above) --------
+    carrier_settings: Mapping[str, Any] = attrs.field(
+        factory=dict,
+        converter=_carrier_settings,
+        metadata=_help("each carrier's own settings (--<carrier>-<field> flags)", cli=False),
     )
     # --- deadlines (docs/timeouts.md explains each) ----------------------------------------------
     idle_timeout: float = attrs.field(
@@ -474,9 +423,51 @@ class Settings:
         """The fields exposed as ``voxbridge serve`` flags, in declaration order."""
         return [f for f in attrs.fields(cls) if f.metadata.get("cli", True)]
 
+    def for_provider(self, name: str | None = None, **changes: Any) -> Settings:
+        """These settings with provider ``name`` selected (default: the current one) and
+        ``changes`` made to its own settings, e.g. ``for_provider("openai", api_key=key)``.
+
+        Raises:
+            SettingsError: an unknown provider, field or value.
+        """
+        name = self.provider if name is None else name
+        own = {
+            **self.provider_settings,
+            name: {**_as_dict(self.provider_settings.get(name)), **changes},
+        }
+        return attrs.evolve(self, provider=name, provider_settings=own)
+
+    def for_carrier(self, name: str, **changes: Any) -> Settings:
+        """These settings with ``changes`` made to carrier ``name``'s own settings, e.g.
+        ``for_carrier("telnyx", api_key=key)``.
+
+        Raises:
+            SettingsError: an unknown carrier, field or value.
+        """
+        own = {
+            **self.carrier_settings,
+            name: {**_as_dict(self.carrier_settings.get(name)), **changes},
+        }
+        return attrs.evolve(self, carrier_settings=own)
+
+    @classmethod
+    def options(cls) -> list[Option]:
+        """Every provider's (and carrier's) own settings fields, with their flat names
+        (``openai_model``: ``--openai-model``, ``VOXBRIDGE_OPENAI_MODEL``), in registry order."""
+        return [
+            Option(group, spec, field)
+            for group, specs in GROUPS.items()
+            for spec in specs.values()
+            for field in attrs.fields(spec.settings)
+        ]
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from ``VOXBRIDGE_*`` variables (and aliases), then ``overrides`` on top.
+        """Settings from ``VOXBRIDGE_*`` variables (and aliases, and each provider's key
+        variables), then ``overrides`` on top.
+
+        ``overrides`` are field names, or a provider setting's flat name (``openai_model``);
+        ``None`` values are ignored (an absent flag).
 
         Raises:
             SettingsError: a variable does not parse or is out of range.
@@ -485,14 +476,110 @@ class Settings:
         values: dict[str, Any] = {}
         for field in attrs.fields(cls):
             names = [f"VOXBRIDGE_{field.name.upper()}", *ENV_ALIASES.get(field.name, ())]
-            names.extend(KEY_VARIABLES.get(field.name, ()))
-            for name in names:
-                raw = env.get(name)
-                if raw is not None and raw != "":
-                    values[field.name] = _parse(field, raw, source=name)
-                    break
+            raw, source = _first(env, names)
+            if source:
+                values[field.name] = _parse(field, raw, source=source)
+        nested: dict[str, dict[str, dict[str, Any]]] = {
+            group: {name: {} for name in specs} for group, specs in GROUPS.items()
+        }
+        for option in cls.options():
+            own = nested[option.group][option.spec.name]
+            raw, source = _first(env, option.variables)
+            if source:
+                own[option.field.name] = _parse(option.field, raw, source=source)
+            flat = overrides.pop(option.name, None)
+            if flat is not None:
+                own[option.field.name] = flat
+        for group, by_name in nested.items():
+            for name, changes in dict(overrides.pop(group, None) or {}).items():
+                by_name.setdefault(name, {}).update(_as_dict(changes))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        values.update(nested)
         return cls(**values)
+
+
+@attrs.frozen
+class Option:
+    """One field of a provider's (or carrier's) own settings, as a flag and variables.
+
+    ``group`` is the :class:`Settings` field that holds it (``provider_settings``).
+    """
+
+    group: str
+    spec: Any  # a ProviderSpec or CarrierSpec: name, settings, key_variables, flag_prefix()
+    field: attrs.Attribute[Any]
+
+    @property
+    def name(self) -> str:
+        """The flat name: ``openai_model``, ``gpt_live_tools_model``."""
+        return str(self.spec.flag_prefix()) + self.field.name
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """``VOXBRIDGE_<NAME>``, then, for an ``api_key``, the spec's key variables."""
+        keys: tuple[str, ...] = self.spec.key_variables if self.field.name == "api_key" else ()
+        return (f"VOXBRIDGE_{self.name.upper()}", *keys)
+
+
+def _first(env: Mapping[str, str], names: Sequence[str]) -> tuple[str, str]:
+    """The first of ``names`` set (non-empty) in ``env``: ``(value, name)``, else ``("", "")``."""
+    for name in names:
+        raw = env.get(name)
+        if raw:
+            return raw, name
+    return "", ""
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    """Own settings as a dict: ``value`` is a dict, a settings instance or ``None``."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    return attrs.asdict(value, recurse=False)
+
+
+def _nested(group: str, value: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Every registered spec's settings instance for ``group``, from partial dicts or
+    instances (read-only).
+
+    Raises:
+        SettingsError: an unknown name or field, or a value its settings class refuses.
+    """
+    specs = GROUPS[group]
+    if not isinstance(value, Mapping):
+        raise SettingsError(f"{group} must map names to settings, got {value!r}")
+    unknown = sorted(set(value) - set(specs))
+    if unknown:
+        raise SettingsError(f"{group}: unknown {unknown[0]!r} (known: {', '.join(specs)})")
+    built: dict[str, Any] = {}
+    for name, spec in specs.items():
+        given = value.get(name)
+        if isinstance(given, spec.settings):
+            built[name] = given
+            continue
+        fields = {f.name for f in attrs.fields(spec.settings)}
+        changes = _as_dict(given)
+        strange = sorted(set(changes) - fields)
+        if strange:
+            raise SettingsError(
+                f"--{spec.flag_prefix()}{strange[0]}".replace("_", "-")
+                + f": {name} has no setting {strange[0]!r} "
+                f"(it has {', '.join(sorted(fields)) or 'none'})"
+            )
+        built[name] = spec.settings(**changes)
+    return MappingProxyType(built)
+
+
+#: The nested settings groups: :class:`Settings` field -> its registry (name -> spec).
+GROUPS: dict[str, Mapping[str, Any]] = {
+    "provider_settings": PROVIDER_SPECS,
+    "carrier_settings": CARRIER_SPECS,
+}
 
 
 _TRUE = frozenset({"1", "true", "yes", "on"})

@@ -53,7 +53,10 @@ OUTCOMES = ("ok", "error", "timeout", "unknown_tool", "bad_arguments")
 
 @attrs.frozen
 class ToolContext:
-    """What a tool may know about the call it serves."""
+    """What a tool may know about the call it serves: voxbridge's ``call_id``; the carrier's id of
+    the call (``call_sid``: Twilio's ``CallSid``, or whatever the carrier names it) and of its
+    media stream (``stream_sid``), ``None`` before its start; the agent's name; the stream's custom
+    parameters."""
 
     call_id: str
     call_sid: str | None

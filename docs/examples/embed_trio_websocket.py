@@ -22,7 +22,7 @@ from voxbridge import (
     TrioWebSocketCarrier,
     run_call,
 )
-from voxbridge.testing import EchoAgent
+from voxbridge.echo_agent import EchoAgent
 
 log = logging.getLogger("embed_example")
 

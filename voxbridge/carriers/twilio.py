@@ -3,9 +3,19 @@
 Twilio talks to us over one WebSocket per call, one JSON text frame per message. This module turns
 those frames into typed, frozen events and builds the frames we send back; it never touches a
 socket, a clock or a logger, so the whole protocol can be tested synchronously and fuzzed. The I/O
-layer owns the socket: it hands every received text frame to :meth:`TwilioStream.receive` and
-writes whatever :meth:`TwilioStream.media`, :meth:`TwilioStream.mark` and
+layer owns the socket: it hands every received text frame to :meth:`TwilioStream.decode` and
+writes whatever :meth:`TwilioStream.audio`, :meth:`TwilioStream.mark` and
 :meth:`TwilioStream.clear` return.
+
+:class:`TwilioStream` is Twilio's :class:`~voxbridge.carriers.base.CarrierCodec`: :meth:`decode`
+returns the carrier-neutral events the call speaks (``start`` -> :class:`StreamStarted` with
+``call_id`` = ``CallSid``, ``stream_id`` = ``StreamSid``, ``account_id`` = ``AccountSid`` and the
+Twilio :class:`Start` as ``details``; ``media`` -> :class:`CallerAudio` carrying the payload
+verbatim; ``mark`` -> :class:`MarkPlayed`; ``dtmf`` -> the neutral ``Dtmf``; ``stop`` ->
+:class:`StreamStopped`; ``connected`` -> ``None``). :meth:`TwilioStream.receive` validates frames
+exactly the same way and returns Twilio's own events (:data:`TwilioEvent`), for tests and embedders
+that want every field. Twilio's :data:`CAPABILITIES`: marks echoed once played, and echoed at once
+when a ``clear`` discarded their audio; ``stop`` before the socket closes; audio in text frames.
 
 The state machine of one stream (Twilio's "Media Streams - WebSocket Messages" reference)::
 
@@ -24,12 +34,15 @@ stream we have not been told about, so that is *our* bug. Sending after ``stop``
 racing the caller's hang-up is not a bug; the bytes just go to a closing socket).
 
 Caller audio stays base64 text. Twilio sends mu-law audio as base64 inside JSON and the AI provider
-wants base64 inside JSON too, so the hot path forwards :attr:`Media.payload` verbatim: it is
-validated once (strict base64, non-empty, :func:`voxbridge.audio.b64_decode`) and never re-encoded.
-:attr:`Media.audio` decodes it for the rare consumer that needs the bytes. Outbound frames are built
-from string templates prepared once at ``start``, with the stream SID JSON-escaped a single time;
-:meth:`TwilioStream.media` takes the agent's audio as *bytes* and encodes it itself, and mark names
-are JSON-escaped, so no text from a provider can change an outbound frame's JSON structure.
+wants base64 inside JSON too, so the hot path forwards the payload verbatim: it is validated once
+(strict base64, non-empty, :func:`voxbridge.audio.b64_decode`) and never re-encoded, and
+:meth:`TwilioStream.decode` builds the :class:`CallerAudio` directly (one object per frame). A
+``media`` frame of another track than ``inbound`` decodes to ``None`` (a bidirectional stream has
+only the inbound track). :attr:`Media.audio` decodes it for the rare consumer that needs the bytes.
+Outbound frames are built from string templates prepared once at ``start``, with the stream SID
+JSON-escaped a single time; :meth:`TwilioStream.audio` (also :meth:`TwilioStream.media`) takes the
+agent's audio as *bytes* and encodes it itself, and mark names are JSON-escaped, so no text from a
+provider can change an outbound frame's JSON structure.
 
 The inbound-frame encoders used by simulators and tests live in
 :mod:`voxbridge.carriers.twilio_wire` and are re-exported here.
@@ -46,6 +59,17 @@ import attrs
 import orjson
 
 from voxbridge.audio import b64_decode, b64_encode
+from voxbridge.carriers import base
+from voxbridge.carriers.base import (
+    MULAW_8K,
+    CallerAudio,
+    Capabilities,
+    CarrierEvent,
+    LocalProtocolError,
+    MarkPlayed,
+    StreamStarted,
+    StreamStopped,
+)
 from voxbridge.carriers.twilio_wire import (
     CHANNELS,
     DTMF_DIGITS,
@@ -61,6 +85,7 @@ from voxbridge.carriers.twilio_wire import (
 from voxbridge.errors import RemoteProtocolError
 
 __all__ = [
+    "CAPABILITIES",
     "CHANNELS",
     "DTMF_DIGITS",
     "MULAW_ENCODING",
@@ -84,9 +109,11 @@ __all__ = [
 ]
 
 
-class LocalProtocolError(RuntimeError):
-    """We did something the protocol does not allow (e.g. sent before ``start``): our bug."""
-
+#: What Twilio's stream does (:class:`~voxbridge.carriers.base.Capabilities`): marks, echoed
+#: also when a ``clear`` discarded their audio; ``stop`` before closing; base64 audio in text frames.
+CAPABILITIES: Final = Capabilities(
+    marks=True, echoes_cleared_marks=True, sends_stop=True, binary_audio=False
+)
 
 # --------------------------------------------------------------------------------------- events
 
@@ -230,6 +257,7 @@ def _counter(value: object, path: str) -> int:
 # ---------------------------------------------------------------------------------------- codec
 
 _Decoder: TypeAlias = Callable[["TwilioStream", dict[str, object]], TwilioEvent]
+_NeutralDecoder: TypeAlias = Callable[["TwilioStream", dict[str, object]], CarrierEvent | None]
 _SAFETY_NET: Final = (
     TypeError,
     KeyError,
@@ -242,14 +270,17 @@ _SAFETY_NET: Final = (
 
 
 class TwilioStream:
-    """The state of one Twilio Media Stream, fed one WebSocket text frame at a time.
+    """The state of one Twilio Media Stream, fed one WebSocket text frame at a time: Twilio's
+    :class:`~voxbridge.carriers.base.CarrierCodec`.
 
     Attributes:
         MAX_FRAME: frames longer than this (characters for ``str``, bytes for ``bytes``) are
             rejected before parsing.
+        capabilities: :data:`CAPABILITIES`.
     """
 
     MAX_FRAME: int = 64 * 1024
+    capabilities: Capabilities = CAPABILITIES
 
     def __init__(self) -> None:
         self._connected = False
@@ -287,6 +318,36 @@ class TwilioStream:
 
     # ----------------------------------------------------------------------------- inbound
 
+    def decode(self, frame: str | bytes) -> CarrierEvent | None:
+        """Decode one WebSocket frame from Twilio as a carrier-neutral event and advance the state
+        machine (Twilio Media Streams, "WebSocket Messages").
+
+        Args:
+            frame: the frame's text; ``bytes`` are decoded as UTF-8.
+
+        Returns:
+            :class:`StreamStarted` for ``start`` (``details`` is the Twilio :class:`Start`),
+            :class:`CallerAudio` for inbound ``media`` (the base64 payload as received),
+            :class:`MarkPlayed`, the neutral :class:`~voxbridge.carriers.base.Dtmf`,
+            :class:`StreamStopped`; ``None`` for ``connected`` and for ``media`` of another track.
+
+        Raises:
+            RemoteProtocolError: as :meth:`receive` (the same checks, the state left unchanged).
+            TypeError: ``frame`` is neither ``str`` nor ``bytes`` (a bug in the caller).
+        """
+        event, message = self._parse(frame)
+        decoder = _NEUTRAL.get(event)
+        if decoder is None:
+            raise RemoteProtocolError(f"unknown event {_show(event)}")
+        try:
+            return decoder(self, message)
+        except RemoteProtocolError:
+            raise
+        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
+            raise RemoteProtocolError(
+                f"unexpected error decoding {event} frame: {type(exc).__name__}"
+            ) from exc
+
     def receive(self, frame: str | bytes) -> TwilioEvent:
         """Decode one WebSocket text frame from Twilio and advance the state machine.
 
@@ -302,6 +363,21 @@ class TwilioStream:
                 base64, out of order, wrong stream SID, ...). The state is left unchanged.
             TypeError: ``frame`` is neither ``str`` nor ``bytes`` (a bug in the caller).
         """
+        event, message = self._parse(frame)
+        decoder = _DECODERS.get(event)
+        if decoder is None:
+            raise RemoteProtocolError(f"unknown event {_show(event)}")
+        try:
+            return decoder(self, message)
+        except RemoteProtocolError:
+            raise
+        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
+            raise RemoteProtocolError(
+                f"unexpected error decoding {event} frame: {type(exc).__name__}"
+            ) from exc
+
+    def _parse(self, frame: str | bytes) -> tuple[str, dict[str, object]]:
+        """The frame's ``event`` name and its JSON object, checked as far as every event shares."""
         if self._stopped:
             raise RemoteProtocolError("frame after stop")
         if not isinstance(frame, str | bytes):
@@ -327,17 +403,7 @@ class TwilioStream:
             if event is _MISSING:
                 raise RemoteProtocolError("frame has no 'event' field")
             raise RemoteProtocolError(f"event must be a string, got {_show(event)}")
-        decoder = _DECODERS.get(event)
-        if decoder is None:
-            raise RemoteProtocolError(f"unknown event {_show(event)}")
-        try:
-            return decoder(self, message)
-        except RemoteProtocolError:
-            raise
-        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
-            raise RemoteProtocolError(
-                f"unexpected error decoding {event} frame: {type(exc).__name__}"
-            ) from exc
+        return event, message
 
     def _require_started(self, message: dict[str, object], event: str) -> None:
         start = self._start
@@ -426,7 +492,8 @@ class TwilioStream:
         self._start = start
         return start
 
-    def _decode_media(self, message: dict[str, object]) -> Media:
+    def _media_body(self, message: dict[str, object]) -> tuple[dict[str, object], str]:
+        """A ``media`` frame's body and its payload, checked (strict, non-empty base64)."""
         self._require_started(message, "media")
         body = _object(message, "media", "media")
         payload = _string(body, "payload", "media.payload")
@@ -436,12 +503,48 @@ class TwilioStream:
             b64_decode(payload)
         except ValueError as exc:
             raise RemoteProtocolError(f"media.payload is {exc}") from exc
+        return body, payload
+
+    def _decode_media(self, message: dict[str, object]) -> Media:
+        body, payload = self._media_body(message)
         return Media(
             track=_string(body, "track", "media.track", "inbound"),
             chunk=_counter(body.get("chunk", _MISSING), "media.chunk"),
             timestamp=_counter(body.get("timestamp", _MISSING), "media.timestamp"),
             payload=payload,
         )
+
+    def _caller_audio(self, message: dict[str, object]) -> CallerAudio | None:
+        # The hot path: the same checks as _decode_media, and one object per frame.
+        body, payload = self._media_body(message)
+        track = _string(body, "track", "media.track", "inbound")
+        _counter(body.get("chunk", _MISSING), "media.chunk")
+        _counter(body.get("timestamp", _MISSING), "media.timestamp")
+        return CallerAudio(payload) if track == "inbound" else None
+
+    def _stream_started(self, message: dict[str, object]) -> StreamStarted:
+        start = self._decode_start(message)
+        return StreamStarted(
+            call_id=start.call_sid,
+            stream_id=start.stream_sid,
+            account_id=start.account_sid,
+            custom_parameters=start.custom_parameters,
+            audio_format=MULAW_8K,
+            details=start,
+        )
+
+    def _greeting(self, message: dict[str, object]) -> None:
+        self._decode_connected(message)
+
+    def _mark_played(self, message: dict[str, object]) -> MarkPlayed:
+        return MarkPlayed(self._decode_mark(message).name)
+
+    def _dtmf(self, message: dict[str, object]) -> base.Dtmf:
+        return base.Dtmf(self._decode_dtmf(message).digit)
+
+    def _stream_stopped(self, message: dict[str, object]) -> StreamStopped:
+        self._decode_stop(message)
+        return StreamStopped()
 
     def _decode_mark(self, message: dict[str, object]) -> Mark:
         self._require_started(message, "mark")
@@ -472,6 +575,17 @@ class TwilioStream:
         if self._start is None:
             raise LocalProtocolError(f"cannot send {what} before start")
         return self._sid_json
+
+    def audio(self, mulaw: bytes) -> str:
+        """Build a ``media`` frame that plays ``mulaw`` (raw mu-law 8 kHz) to the caller: the
+        :class:`~voxbridge.carriers.base.CarrierCodec` name of :meth:`media`.
+
+        Raises:
+            LocalProtocolError: no ``start`` has been received yet.
+        """
+        if self._start is None:
+            raise LocalProtocolError("cannot send media before start")
+        return f'{self._media_prefix}{b64_encode(mulaw)}"}}}}'
 
     def media(self, audio: bytes) -> str:
         """Build a ``media`` frame that plays ``audio`` to the caller.
@@ -523,4 +637,13 @@ _DECODERS: Final[dict[str, _Decoder]] = {
     "mark": TwilioStream._decode_mark,
     "dtmf": TwilioStream._decode_dtmf,
     "stop": TwilioStream._decode_stop,
+}
+
+_NEUTRAL: Final[dict[str, _NeutralDecoder]] = {
+    "connected": TwilioStream._greeting,
+    "start": TwilioStream._stream_started,
+    "media": TwilioStream._caller_audio,
+    "mark": TwilioStream._mark_played,
+    "dtmf": TwilioStream._dtmf,
+    "stop": TwilioStream._stream_stopped,
 }

@@ -10,7 +10,12 @@ client: its sync client would block the event loop (or need a worker thread trio
 its async one is asyncio-only, while httpx runs under trio and every request here is cancelled by
 its deadline like any other wait.
 
-Errors, one class for all (:class:`TwilioRestError`): Twilio's refusals carry the HTTP status and
+:class:`TwilioRest` is Twilio's :class:`~voxbridge.carriers.base.CarrierRest`, the carrier-neutral
+REST hooks the call uses: :meth:`TwilioRest.complete` and :meth:`TwilioRest.transfer` (a redirect to
+:func:`dial_twiml`); ``can_transfer`` is true.
+
+Errors, one class for all (:class:`TwilioRestError`, a
+:class:`~voxbridge.carriers.base.CarrierRestError`): Twilio's refusals carry the HTTP status and
 Twilio's error ``code`` and ``message`` (its JSON error body: ``code``, ``message``, ``more_info``,
 ``status``); a transport failure or a timeout has ``status=None``. No credential is ever part of a
 message or a ``repr``.
@@ -23,14 +28,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 import httpx
 from twilio.twiml.voice_response import VoiceResponse  # type: ignore[import-untyped]  # no stubs
 
 from ..deadlines import deadline
-from ..settings import Settings, is_transfer_target
+from .addressing import is_transfer_target
+from .base import CarrierRestError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = [
     "API_URL",
@@ -60,8 +69,9 @@ ERROR_EXCERPT = 200  # characters of a non-JSON error body quoted in a message
 ClientFactory = Callable[[], httpx.AsyncClient]
 
 
-class TwilioRestError(Exception):
-    """Twilio refused a request, or it could not be made.
+class TwilioRestError(CarrierRestError):
+    """Twilio refused a request, or it could not be made (a
+    :class:`~voxbridge.carriers.base.CarrierRestError`).
 
     Attributes:
         status: the HTTP status; ``None`` when no answer came (connection failed, timed out).
@@ -76,8 +86,7 @@ class TwilioRestError(Exception):
         self, status: int | None, code: int | None, message: str, *, more_info: str | None = None
     ) -> None:
         super().__init__(status, code, message)
-        self.status = status
-        self.code = code
+        self.args = (status, code, message)
         self.message = message
         self.more_info = more_info
 
@@ -165,16 +174,22 @@ class TwilioRest:
 
     # --- operations ----------------------------------------------------------------------------
 
-    async def complete(self, call_sid: str) -> None:
+    @property
+    def can_transfer(self) -> bool:
+        """Always true: :meth:`transfer` redirects the call to ``<Dial>``."""
+        return True
+
+    async def complete(self, call_id: str) -> None:
         """Hang the call up: ``POST Calls/{Sid}.json`` with ``Status=completed``.
 
-        A call Twilio no longer knows (404, code 20404) is already over: that counts as done.
+        ``call_id`` is the call's SID (``CA...``). A call Twilio no longer knows (404, code 20404)
+        is already over: that counts as done.
 
         Raises:
             TwilioRestError: any other refusal, a transport failure or the timeout.
         """
         try:
-            await self._request("POST", self.call_url(call_sid), {"Status": "completed"})
+            await self._request("POST", self.call_url(call_id), {"Status": "completed"})
         except TwilioRestError as exc:
             if not (exc.status == 404 and exc.code == NOT_FOUND):
                 raise
@@ -189,6 +204,17 @@ class TwilioRest:
                 a transport failure or the timeout.
         """
         await self._request("POST", self.call_url(call_sid), {"Twiml": twiml})
+
+    async def transfer(self, call_id: str, target: str) -> None:
+        """Hand the call (SID ``call_id``) on to ``target``: :meth:`redirect` to
+        :func:`dial_twiml` of it. Twilio stops the media stream (``stop``) and dials.
+
+        Raises:
+            ValueError: ``target`` is neither an E.164 number nor a ``sip:`` URI.
+            TwilioRestError: refused (21220: the call is not in progress; 20404: no such call),
+                a transport failure or the timeout.
+        """
+        await self.redirect(call_id, dial_twiml(target))
 
     async def create_call(
         self,

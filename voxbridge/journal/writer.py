@@ -491,8 +491,8 @@ class WriterJournal(ABC):
             _Started(
                 self._clock(),
                 state.call_id,
-                state.call_sid,
-                state.stream_sid,
+                state.carrier_call_id,  # the journal's call_sid column: the carrier's call id
+                state.stream_id,
                 state.carrier,
                 state.provider,
                 tuple(state.custom_parameters.items()),

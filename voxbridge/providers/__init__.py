@@ -4,7 +4,7 @@ A codec turns neutral events (:mod:`voxbridge.providers.events`) into the provid
 back. It never does I/O: the call (``voxbridge.session``) owns the sockets and the clock.
 """
 
-from .base import Frame, Provider, ProviderCodec, ProviderSession
+from .base import Frame, Keepalive, Provider, ProviderCodec, ProviderSession
 from .endpoint import ProviderEndpoint
 from .events import (
     AgentAudio,
@@ -14,6 +14,7 @@ from .events import (
     ProviderEvent,
     ResponseDone,
     ResponseStarted,
+    SessionEnding,
     SpeechStarted,
     ToolCall,
     ToolExchange,
@@ -27,6 +28,7 @@ __all__ = [
     "AgentHangup",
     "Frame",
     "HistoryItem",
+    "Keepalive",
     "Provider",
     "ProviderCodec",
     "ProviderEndpoint",
@@ -35,6 +37,7 @@ __all__ = [
     "ProviderSession",
     "ResponseDone",
     "ResponseStarted",
+    "SessionEnding",
     "SpeechStarted",
     "ToolCall",
     "ToolExchange",

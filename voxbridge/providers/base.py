@@ -10,13 +10,15 @@ line in :mod:`voxbridge.providers.registry`. Nothing in the call changes.
 * A :class:`ProviderCodec` is sans-IO and belongs to one session. It turns caller audio (base64
   mu-law, as Twilio sends it) into provider frames, provider frames into neutral events
   (:mod:`voxbridge.providers.events`), and says what to send when the session opens, when the caller
-  interrupts, and when the call ends.
+  interrupts, and when the call ends, and whether the session needs a keepalive message
+  (:class:`Keepalive`) besides the link's WebSocket pings.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import attrs
 
@@ -28,14 +30,39 @@ if TYPE_CHECKING:
     from ..agents import AgentConfig
     from ..tools import Tool
 
-__all__ = ["Frame", "Provider", "ProviderCodec", "ProviderSession"]
+__all__ = [
+    "Frame",
+    "Keepalive",
+    "Provider",
+    "ProviderCodec",
+    "ProviderSession",
+    "configured",
+]
 
 #: One WebSocket message: text (JSON) or binary (audio for some providers).
 Frame = str | bytes
 
 
+@attrs.frozen
+class Keepalive:
+    """An application-level keepalive: ``frame`` sent to the current session every ``interval``
+    seconds, for a provider that closes a session it has not heard from for a while and does not
+    count WebSocket pings (Deepgram's ``KeepAlive``). The link's upkeep sends it, bounded by
+    ``send_timeout`` like every send, on that cadence whether or not caller audio flows (knowing
+    that would cost a timestamp per frame); a send that does not finish drops the session."""
+
+    frame: Frame
+    interval: float
+
+
 class ProviderCodec(Protocol):
     """Sans-IO encoding and decoding for one provider session."""
+
+    @property
+    def keepalive(self) -> Keepalive | None:
+        """The keepalive message this provider needs, and its cadence; ``None`` for providers
+        whose sessions WebSocket pings and caller audio keep alive."""
+        ...
 
     def opening(self, history: Sequence[HistoryItem]) -> list[Frame]:
         """Frames to send right after the session opens: configuration, then ``history``
@@ -131,3 +158,26 @@ class Provider(Protocol):
                 retried) or the preparation fails (a REST error).
         """
         ...
+
+
+P = TypeVar("P")
+
+#: The agent fields a provider takes, and the attribute each sets by default.
+AGENT_FIELDS = ("model", "voice", "instructions", "greeting")
+
+
+def configured(provider: P, agent: AgentConfig, tools: Sequence[Tool], **names: str) -> P:
+    """A shallow copy of ``provider`` for ``agent``: each of its :data:`AGENT_FIELDS` that is not
+    ``None`` set on the copy (on the attribute ``names`` gives for it, e.g.
+    ``instructions="prompt"``; the field's own name otherwise), and ``tools`` as a tuple.
+
+    What :meth:`Provider.for_agent` does for most providers; no I/O. The copy keeps the
+    provider's class, so a subclass keeps its overrides.
+    """
+    copied = copy.copy(provider)
+    for field in AGENT_FIELDS:
+        value = getattr(agent, field)
+        if value is not None:
+            setattr(copied, names.get(field, field), value)
+    copied.tools = tuple(tools)  # type: ignore[attr-defined]  # every provider has tools
+    return copied

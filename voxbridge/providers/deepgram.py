@@ -29,23 +29,25 @@ to skip. Text frames are JSON messages:
   ``AgentThinking``, ``AgentAudioDone``, ``Warning``, ``History`` and types added later are ignored.
 
 Key presses reach the model as ``InjectUserMessage{content}``. Deepgram closes a session that has
-had no message for about 10 s and documents a ``KeepAlive`` message for that (WebSocket pings are
-not said to count): :meth:`DeepgramCodec.keepalive` gives the frame; the caller's audio normally
-keeps the session busy. Deepgram ends every session at 2 hours (resumed like any drop, or recycled
-earlier by the link). Deepgram reports no usage over the socket.
+had no message for about 10 s and documents a ``KeepAlive`` message, every 8 s while no audio is
+sent (WebSocket pings are not said to count): :attr:`DeepgramCodec.keepalive` declares it
+(:data:`KEEPALIVE`), and the link sends it on that cadence. The caller's audio normally keeps the
+session busy; the ``KeepAlive`` covers a carrier that pauses its audio. Deepgram ends every session
+at 2 hours (resumed like any drop, or recycled earlier by the link). Deepgram reports no usage over
+the socket.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import orjson
 
 from ..audio import b64_decode
-from ..errors import Reason, RemoteProtocolError
-from .base import Frame, Provider, ProviderCodec, ProviderSession
+from ..errors import Reason, RemoteProtocolError, SettingsError
+from .base import Frame, Keepalive, Provider, ProviderCodec, ProviderSession, configured
 from .endpoint import ProviderEndpoint, checked_ws_url
 from .events import (
     AgentAudio,
@@ -61,14 +63,17 @@ from .events import (
     Truncation,
     dtmf_message,
 )
+from .spec import ProviderSpec, option
 
 if TYPE_CHECKING:
     from ..agents import AgentConfig
+    from ..settings import Settings
     from ..tools import Tool
 
 __all__ = [
     "CLOSE_REASONS",
     "DEEPGRAM_URL",
+    "KEEPALIVE",
     "DeepgramCodec",
     "DeepgramProvider",
     "deepgram_endpoint",
@@ -100,6 +105,11 @@ CLOSE_REASONS: dict[int, Reason] = {
 
 def _json(message: Mapping[str, Any]) -> str:
     return orjson.dumps(message).decode()
+
+
+#: ``KeepAlive`` every 8 s, the cadence Deepgram's "Agent Keep Alive" page gives (it closes a
+#: session without a client message for about 10 s).
+KEEPALIVE = Keepalive(_json({"type": "KeepAlive"}), 8.0)
 
 
 class DeepgramCodec:
@@ -251,10 +261,8 @@ class DeepgramCodec:
         """``InjectUserMessage{content: dtmf_message(digits)}``: the agent answers it."""
         return [_json({"type": "InjectUserMessage", "content": dtmf_message(digits)})]
 
-    def keepalive(self) -> list[Frame]:
-        """``KeepAlive``: what to send while no audio flows (Deepgram closes a silent session
-        after about 10 s). For the link's upkeep, alongside its WebSocket ping."""
-        return [_json({"type": "KeepAlive"})]
+    #: ``KeepAlive`` every 8 s (:data:`KEEPALIVE`), sent by the link's upkeep.
+    keepalive = KEEPALIVE
 
     def closing(self) -> list[Frame]:
         """Nothing: Deepgram has no end-of-session message; closing the socket ends it."""
@@ -389,19 +397,11 @@ class DeepgramProvider:
         )
 
     def for_agent(self, agent: AgentConfig, tools: Sequence[Tool]) -> DeepgramProvider:
-        """A copy for ``agent``: its model (the think model), voice (the speak model),
-        instructions and greeting where they are not ``None``, and ``tools``. No I/O."""
-        provider = copy.copy(self)
-        if agent.model is not None:
-            provider.think_model = agent.model
-        if agent.voice is not None:
-            provider.speak_model = agent.voice
-        if agent.instructions is not None:
-            provider.prompt = agent.instructions
-        if agent.greeting is not None:
-            provider.greeting = agent.greeting
-        provider.tools = tuple(tools)
-        return provider
+        """A copy for ``agent`` (:func:`~voxbridge.providers.base.configured`): its model is the
+        think model, its voice the speak model, its instructions the prompt. No I/O."""
+        return configured(
+            self, agent, tools, model="think_model", voice="speak_model", instructions="prompt"
+        )
 
     def codec(self) -> DeepgramCodec:
         """A fresh codec with this provider's settings."""
@@ -426,3 +426,39 @@ if TYPE_CHECKING:  # mypy checks that both classes satisfy the protocols they im
         codec: DeepgramCodec, provider: DeepgramProvider
     ) -> tuple[ProviderCodec, Provider]:
         return codec, provider
+
+
+# --- declaration ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class DeepgramSettings:
+    """``--deepgram-*`` settings (the key: ``DEEPGRAM_API_KEY``, environment only). The voice
+    (``--voice``) is the speak model."""
+
+    api_key: str | None = option(None, "Deepgram key", secret=True)
+    think_model: str = option(
+        THINK_MODEL, "Deepgram Voice Agent: the LLM that thinks (think.provider.model)"
+    )
+
+
+def _build(settings: Settings, own: DeepgramSettings, echo_url: str | None) -> DeepgramProvider:
+    if not own.api_key and settings.provider_url is None:
+        raise SettingsError("provider deepgram needs DEEPGRAM_API_KEY")
+    return DeepgramProvider(
+        deepgram_endpoint(own.api_key, settings.provider_url or DEEPGRAM_URL),
+        think_model=own.think_model,
+        speak_model=settings.voice or SPEAK_MODEL,
+        prompt=settings.agent_instructions(),
+    )
+
+
+SPEC = ProviderSpec(
+    name="deepgram",
+    settings=DeepgramSettings,
+    build=_build,
+    close_reasons=CLOSE_REASONS,
+    key_variables=("DEEPGRAM_API_KEY",),
+    endpoint="ws(s)://.../v1/agent/converse",
+    fake="voxbridge.testing.fake_deepgram:FakeDeepgram",
+)

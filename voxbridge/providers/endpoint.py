@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ..settings import SettingsError
+from ..errors import SettingsError
 
 __all__ = ["ProviderEndpoint", "checked_ws_url"]
 

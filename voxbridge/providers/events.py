@@ -21,6 +21,7 @@ __all__ = [
     "ProviderEvent",
     "ResponseDone",
     "ResponseStarted",
+    "SessionEnding",
     "SpeechStarted",
     "ToolCall",
     "ToolExchange",
@@ -147,6 +148,16 @@ class ProviderError:
 
 
 @attrs.frozen
+class SessionEnding:
+    """The provider announced that it will close this session soon (Gemini Live's ``goAway``):
+    ``seconds_left`` until it does, or ``None`` when it did not say. The conversation is not over:
+    the call asks its link to replace the session, make before break
+    (:meth:`~voxbridge.session.link.ProviderLink.recycle_soon`)."""
+
+    seconds_left: float | None = None
+
+
+@attrs.frozen
 class Truncation:
     """What the caller heard of one agent item when they barged in: its first ``audio_end_ms``
     milliseconds (0: none of it; it was queued behind the item being heard)."""
@@ -165,4 +176,5 @@ ProviderEvent = (
     | Usage
     | AgentHangup
     | ProviderError
+    | SessionEnding
 )

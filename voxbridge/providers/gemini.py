@@ -5,9 +5,9 @@ The codec therefore transcodes *and resamples* on the hot path, with ``soxr`` st
 (``soxr.ResampleStream``), one per direction and per session, whose filter state carries from one
 20 ms chunk to the next. A chunk-by-chunk resampler without state (or linear interpolation) clicks
 at every chunk boundary and aliases; soxr is a maintained, band-limited, C implementation whose
-cost is a few tens of microseconds per chunk (measured in the note). The resamplers are pure
-computation, so the codec stays sans-IO. soxr's variable-rate engine is used for its latency (see
-:func:`_resampler`).
+cost is a few tens of microseconds per chunk (``python -m benchmarks.codec``: 2.6 ms of CPU per
+call-second). The resamplers are pure computation, so the codec stays sans-IO. soxr's variable-rate engine is used for its latency (see
+:func:`voxbridge.audio.resampler`).
 
 * Opening a session sends ``setup`` (the model, audio responses with the agent's voice, the system
   instruction, the tools as ``functionDeclarations``, caller and agent transcription, a sliding
@@ -28,18 +28,20 @@ computation, so the codec stays sans-IO. soxr's variable-rate engine is used for
 * ``toolCall.functionCalls`` become :class:`ToolCall` events; results go back as
   ``toolResponse.functionResponses``.
 * ``usageMetadata`` (per turn) is :class:`Usage` by modality.
-* ``sessionResumptionUpdate`` stores the newest resumable handle in :class:`Resumption`;
-  ``goAway`` sets :attr:`GeminiCodec.ending_in` (the link does not act on it yet).
+* ``sessionResumptionUpdate`` stores the newest resumable handle in :class:`Resumption`.
+* ``goAway{timeLeft}`` (about a minute before the service ends a connection, at about 10 minutes)
+  is :class:`SessionEnding`: the call has its link recycle the session at once, make before break
+  (:meth:`~voxbridge.session.link.ProviderLink.recycle_soon`), the new session resuming with the
+  handle. The service closes the connection (1000) when the time is up.
 
 One server message may carry several things (a ``turnComplete`` with ``usageMetadata``, say), but
-:meth:`GeminiCodec.decode` returns one event per frame. Audio, barge-in and tool calls are returned
-at once; transcripts and usage wait in a small queue and come out with the next frames that carry
-nothing urgent (Gemini sends many: transcription chunks, resumption updates).
+:meth:`GeminiCodec.decode` returns one event per frame. Audio, barge-in, tool calls and ``goAway``
+are returned at once; transcripts and usage wait in a small queue and come out with the next frames
+that carry nothing urgent (Gemini sends many: transcription chunks, resumption updates).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections import deque
@@ -50,16 +52,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import attrs
 import numpy as np
 import orjson
-import soxr  # type: ignore[import-untyped]  # no stubs, no py.typed
 
-from ..audio import b64_decode, b64_encode, pcm16_to_ulaw, ulaw_to_pcm16
-from ..errors import BadAudio, Reason, RemoteProtocolError
-from .base import Frame, Provider, ProviderCodec, ProviderSession
-from .endpoint import ProviderEndpoint
+from ..audio import b64_decode, b64_encode, pcm16_to_ulaw, resampler, ulaw_to_pcm16
+from ..errors import BadAudio, Reason, RemoteProtocolError, SettingsError
+from .base import Frame, Provider, ProviderCodec, ProviderSession, configured
+from .endpoint import ProviderEndpoint, checked_ws_url
 from .events import (
     AgentAudio,
     HistoryItem,
     ProviderEvent,
+    SessionEnding,
     SpeechStarted,
     ToolCall,
     ToolExchange,
@@ -68,9 +70,11 @@ from .events import (
     Usage,
     dtmf_message,
 )
+from .spec import ProviderSpec, option
 
 if TYPE_CHECKING:
     from ..agents import AgentConfig
+    from ..settings import Settings
     from ..tools import Tool
 
 __all__ = [
@@ -110,7 +114,21 @@ _PCM_MIME = re.compile(r"audio/pcm(?:;\s*rate=([0-9]{1,6}))?", re.IGNORECASE)
 _ROLES = {"caller": "user", "dtmf": "user", "agent": "model"}
 #: ``usageMetadata`` details modality -> usage kind suffix.
 _MODALITIES = {"TEXT": "text", "AUDIO": "audio"}
-_URGENT = (AgentAudio, SpeechStarted, ToolCall)
+_URGENT = (AgentAudio, SpeechStarted, ToolCall, SessionEnding)
+#: The usage kinds ``usageMetadata`` yields (``voxbridge_provider_usage_total{kind}``).
+USAGE_KINDS = (
+    "input_text_tokens",
+    "input_audio_tokens",
+    "input_other_tokens",
+    "input_cached_tokens",
+    "input_tool_tokens",
+    "input_tokens",
+    "output_text_tokens",
+    "output_audio_tokens",
+    "output_other_tokens",
+    "output_thinking_tokens",
+    "output_tokens",
+)
 
 
 def _dumps(message: dict[str, Any]) -> str:
@@ -168,8 +186,8 @@ class GeminiCodec:
         self.ending_in: float | None = None
         self.setup_complete = False
         self._resumed_with: str | None = None
-        self._up = _resampler(CARRIER_RATE, INPUT_RATE)
-        self._down = _resampler(OUTPUT_RATE, CARRIER_RATE)
+        self._up = resampler(CARRIER_RATE, INPUT_RATE)
+        self._down = resampler(OUTPUT_RATE, CARRIER_RATE)
         self._down_dirty = False
         self._caller = ""
         self._agent = ""
@@ -269,6 +287,8 @@ class GeminiCodec:
         """Key presses as ``realtimeInput.text`` (:func:`dtmf_message`); the model answers."""
         return [_text_input(dtmf_message(digits))]
 
+    keepalive = None  # no keepalive message in the protocol: caller audio and WebSocket pings
+
     def closing(self) -> list[Frame]:
         """Nothing: Gemini Live has no goodbye message; closing the socket ends the session."""
         return []
@@ -341,6 +361,7 @@ class GeminiCodec:
         away = _object(message, "goAway")
         if away is not None:
             self.ending_in = _duration(away.get("timeLeft"))
+            events.append(SessionEnding(self.ending_in))
         return events
 
     def _server_content(self, content: dict[str, Any]) -> list[ProviderEvent]:
@@ -426,17 +447,6 @@ class GeminiCodec:
             self.resumption.handle = handle
         elif resumable is False:
             self.resumption.handle = None  # this point cannot be resumed: replay instead
-
-
-def _resampler(in_rate: int, out_rate: int) -> Any:
-    """A streaming soxr resampler for 16-bit mono audio.
-
-    ``vr=True`` (soxr's variable-rate engine, band-limited at ``HQ``) because the default
-    fixed-rate engine works in FFT blocks: it returns nothing for four or five 20 ms chunks and
-    then a burst, adding about 100 ms each way. The variable-rate engine returns every chunk's
-    share at once, with a steady delay of 100 output samples (12.5 ms at 8 kHz, 6.25 ms at 16 kHz).
-    """
-    return soxr.ResampleStream(in_rate, out_rate, 1, dtype="int16", quality="HQ", vr=True)
 
 
 def _object(message: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -670,18 +680,9 @@ class GeminiProvider:
         )
 
     def for_agent(self, agent: AgentConfig, tools: Sequence[Tool]) -> Self:
-        """A copy for ``agent`` (its model, voice, instructions, greeting where set) with
-        ``tools`` and a fresh :class:`Resumption`. No I/O."""
-        provider = copy.copy(self)
-        if agent.model is not None:
-            provider.model = agent.model
-        if agent.voice is not None:
-            provider.voice = agent.voice
-        if agent.instructions is not None:
-            provider.instructions = agent.instructions
-        if agent.greeting is not None:
-            provider.greeting = agent.greeting
-        provider.tools = tuple(tools)
+        """A copy for ``agent`` (:func:`~voxbridge.providers.base.configured`) with a fresh
+        :class:`Resumption`, so two calls never share a handle. No I/O."""
+        provider = configured(self, agent, tools)
         provider.resumption = Resumption()
         return provider
 
@@ -705,3 +706,39 @@ if TYPE_CHECKING:  # mypy checks that both classes satisfy the protocols they im
 
     def _conforms(codec: GeminiCodec, provider: GeminiProvider) -> tuple[ProviderCodec, Provider]:
         return codec, provider
+
+
+# --- declaration ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class GeminiSettings:
+    """``--gemini-*`` settings (the key: ``GEMINI_API_KEY`` or ``GOOGLE_API_KEY``, environment
+    only)."""
+
+    api_key: str | None = option(None, "Gemini API key (also GOOGLE_API_KEY)", secret=True)
+    model: str = option(GEMINI_MODEL, "Gemini Live model (a native-audio model)")
+
+
+def _build(settings: Settings, own: GeminiSettings, echo_url: str | None) -> GeminiProvider:
+    if not own.api_key and settings.provider_url is None:
+        raise SettingsError("provider gemini needs GEMINI_API_KEY (or GOOGLE_API_KEY)")
+    endpoint = gemini_endpoint(checked_ws_url(settings.provider_url or GEMINI_URL), own.api_key)
+    return GeminiProvider(
+        endpoint,
+        model=own.model,
+        voice=settings.voice or GEMINI_VOICE,
+        instructions=settings.agent_instructions(),
+    )
+
+
+SPEC = ProviderSpec(
+    name="gemini",
+    settings=GeminiSettings,
+    build=_build,
+    close_reasons=CLOSE_REASONS,
+    key_variables=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    usage_kinds=USAGE_KINDS,
+    endpoint="ws(s)://...BidiGenerateContent",
+    fake="voxbridge.testing.fake_gemini:FakeGemini",
+)

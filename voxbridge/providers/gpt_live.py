@@ -66,18 +66,18 @@ to ``None``.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
 
+import attrs
 import orjson
 
 from ..audio import b64_decode
-from ..errors import BadAudio, Reason, RemoteProtocolError
-from .base import Frame, ProviderSession
-from .endpoint import ProviderEndpoint
+from ..errors import BadAudio, Reason, RemoteProtocolError, SettingsError
+from .base import Frame, ProviderSession, configured
+from .endpoint import ProviderEndpoint, checked_ws_url
 from .events import (
     AgentAudio,
     AgentHangup,
@@ -91,6 +91,7 @@ from .events import (
     Usage,
     dtmf_message,
 )
+from .spec import ProviderSpec, option
 
 if TYPE_CHECKING:
     from ..agents import AgentConfig
@@ -105,8 +106,10 @@ __all__ = [
     "GPT_LIVE_VOICE",
     "MAX_HISTORY_MESSAGES",
     "MAX_HISTORY_TOKENS",
+    "SPEC",
     "GptLiveCodec",
     "GptLiveProvider",
+    "GptLiveSettings",
     "estimate_tokens",
     "gpt_live_endpoint",
     "history_input",
@@ -435,6 +438,8 @@ class GptLiveCodec:
         """Nothing: the model handles interruptions itself and has no truncate."""
         return []
 
+    keepalive = None  # no keepalive message in the protocol: caller audio and WebSocket pings
+
     def closing(self) -> list[Frame]:
         """``session.close``; the service answers ``session.closed`` with the final usage."""
         self.close_requested = True
@@ -531,41 +536,25 @@ class GptLiveProvider:
         self.name = endpoint.name if name is None else name
 
     @classmethod
-    def from_settings(
-        cls,
-        endpoint: ProviderEndpoint,
-        settings: Settings,
-        *,
-        model: str = GPT_LIVE_MODEL,
-        tools_model: str | None = None,
-    ) -> Self:
-        """The provider for ``endpoint`` with the voice and instructions of ``settings``.
+    def from_settings(cls, endpoint: ProviderEndpoint, settings: Settings) -> Self:
+        """The provider for ``endpoint`` with the model and tools model of ``settings``'
+        ``gpt-live`` settings, and its voice and instructions.
 
         Raises:
             SettingsError: ``instructions_file`` cannot be read.
         """
+        own: GptLiveSettings = SPEC.own(settings)
         return cls(
             endpoint,
-            model=model,
+            model=own.model,
             voice=settings.voice or GPT_LIVE_VOICE,
             instructions=settings.agent_instructions(),
-            tools_model=tools_model,
+            tools_model=own.tools_model,
         )
 
     def for_agent(self, agent: AgentConfig, tools: Sequence[Tool]) -> Self:
-        """A copy for ``agent``: its model, voice, instructions and greeting where not ``None``,
-        and ``tools``. No I/O."""
-        provider = copy.copy(self)
-        if agent.model is not None:
-            provider.model = agent.model
-        if agent.voice is not None:
-            provider.voice = agent.voice
-        if agent.instructions is not None:
-            provider.instructions = agent.instructions
-        if agent.greeting is not None:
-            provider.greeting = agent.greeting
-        provider.tools = tuple(tools)
-        return provider
+        """A copy for ``agent`` (:func:`~voxbridge.providers.base.configured`). No I/O."""
+        return configured(self, agent, tools)
 
     def __repr__(self) -> str:
         return f"GptLiveProvider({self.endpoint!r}, model={self.model!r})"
@@ -584,3 +573,36 @@ class GptLiveProvider:
     async def session(self, history: Sequence[HistoryItem]) -> ProviderSession:
         """The endpoint and a fresh codec (``history`` is replayed by ``codec.opening``)."""
         return ProviderSession(self.endpoint, self.codec())
+
+
+# --- declaration ----------------------------------------------------------------------------------
+
+
+@attrs.frozen(kw_only=True)
+class GptLiveSettings:
+    """``--gpt-live-*`` settings (the key: ``OPENAI_API_KEY``, environment only)."""
+
+    api_key: str | None = option(None, "OpenAI key (GPT-Live)", secret=True)
+    model: str = option(GPT_LIVE_MODEL, "OpenAI GPT-Live model")
+    tools_model: str | None = option(
+        None, "GPT-Live: the Responses model that runs tools for the live model (unset: no tools)"
+    )
+
+
+def _build(settings: Settings, own: GptLiveSettings, echo_url: str | None) -> GptLiveProvider:
+    if not own.api_key and settings.provider_url is None:
+        raise SettingsError("provider gpt-live needs OPENAI_API_KEY")
+    endpoint = gpt_live_endpoint(checked_ws_url(settings.provider_url or GPT_LIVE_URL), own.api_key)
+    return GptLiveProvider.from_settings(endpoint, settings)
+
+
+SPEC = ProviderSpec(
+    name="gpt-live",
+    settings=GptLiveSettings,
+    build=_build,
+    close_reasons=CLOSE_REASONS,
+    key_variables=("OPENAI_API_KEY",),
+    usage_kinds=(USAGE_KIND,),
+    endpoint="ws(s)://.../v1/live/sessions",
+    fake="voxbridge.testing.fake_gpt_live:FakeGptLive",
+)

@@ -48,7 +48,6 @@ The shapes follow the ``openai`` package's ``types.realtime`` models;
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Self
@@ -58,10 +57,9 @@ import attrs
 import orjson
 
 from ..audio import b64_decode
-from ..errors import BadAudio, Reason, RemoteProtocolError
-from ..settings import OPENAI_MODEL, TRANSCRIPTION_MODEL, Settings
-from .base import Frame, ProviderSession
-from .endpoint import ProviderEndpoint
+from ..errors import BadAudio, Reason, RemoteProtocolError, SettingsError
+from .base import Frame, ProviderSession, configured
+from .endpoint import ProviderEndpoint, checked_ws_url
 from .events import (
     AgentAudio,
     HistoryItem,
@@ -77,18 +75,38 @@ from .events import (
     Usage,
     dtmf_message,
 )
+from .spec import NoSettings, ProviderSpec, option
 
 if TYPE_CHECKING:
     from ..agents import AgentConfig
+    from ..settings import Settings
     from ..tools import Tool
 
 __all__ = [
+    "ECHO_SPEC",
     "GREETING_PROMPT",
+    "OPENAI_MODEL",
+    "OPENAI_URL",
+    "SPEC",
+    "TRANSCRIPTION_MODEL",
     "OpenAIProvider",
     "OpenAIRealtimeCodec",
+    "OpenAISettings",
     "greeting_instructions",
     "openai_endpoint",
 ]
+
+OPENAI_URL = "wss://api.openai.com/v1/realtime"
+#: The default Realtime model and caller-transcription model: current GA names in the ``openai``
+#: package's types, with no announced shutdown (tests/test_openai_realtime.py checks).
+OPENAI_MODEL = "gpt-realtime-2.1"
+TRANSCRIPTION_MODEL = "gpt-transcribe"
+OPENAI_FLAVOURS = ("ga",)
+#: The OpenAI Realtime beta interface (``OpenAI-Beta: realtime=v1``) was shut down in 2026.
+BETA_GONE = (
+    "--openai-flavour / VOXBRIDGE_OPENAI_FLAVOUR: the OpenAI Realtime beta interface was shut "
+    "down in 2026; use ga (the default: the GA interface at /v1/realtime)"
+)
 
 _AUDIO_DELTA = "response.output_audio.delta"
 _AGENT_TRANSCRIPT_DONE = "response.output_audio_transcript.done"
@@ -413,6 +431,8 @@ class OpenAIRealtimeCodec:
             frames.append(_dumps(truncate))
         return frames
 
+    keepalive = None  # no keepalive message in the protocol: caller audio and WebSocket pings
+
     def closing(self) -> list[Frame]:
         """Nothing: closing the socket ends an OpenAI Realtime session."""
         return []
@@ -593,33 +613,24 @@ class OpenAIProvider:
         Raises:
             SettingsError: ``instructions_file`` cannot be read.
         """
+        own: OpenAISettings = SPEC.own(settings)
         return cls(
             endpoint,
-            model=settings.openai_model,
+            model=own.model,
             voice=settings.voice or "alloy",
             instructions=settings.agent_instructions(),
-            transcription_model=settings.transcription_model,
+            transcription_model=own.transcription_model,
         )
 
     def for_agent(self, agent: AgentConfig, tools: Sequence[Tool]) -> Self:
-        """A copy of this provider for ``agent``: its model, voice, instructions and greeting
-        where they are not ``None``, and ``tools`` (replacing any declared here).
+        """A copy of this provider for ``agent`` (:func:`~voxbridge.providers.base.configured`).
 
         A model override also replaces the ``model`` parameter of the endpoint URL (an endpoint
-        without one is kept as it is). The copy keeps this provider's class, so a subclass that
-        overrides :meth:`codec` keeps doing so. No I/O.
+        without one is kept as it is). No I/O.
         """
-        provider = copy.copy(self)
+        provider = configured(self, agent, tools)
         if agent.model is not None:
-            provider.model = agent.model
             provider.endpoint = _with_model(self.endpoint, agent.model)
-        if agent.voice is not None:
-            provider.voice = agent.voice
-        if agent.instructions is not None:
-            provider.instructions = agent.instructions
-        if agent.greeting is not None:
-            provider.greeting = agent.greeting
-        provider.tools = tuple(tools)
         return provider
 
     def __repr__(self) -> str:
@@ -642,3 +653,74 @@ class OpenAIProvider:
     async def session(self, history: Sequence[HistoryItem]) -> ProviderSession:
         """The endpoint and a fresh codec (``history`` is replayed by ``codec.opening``)."""
         return ProviderSession(self.endpoint, self.codec())
+
+
+# --- declaration ----------------------------------------------------------------------------------
+
+
+def _flavour(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value == "beta":
+        raise SettingsError(BETA_GONE)
+    if value not in OPENAI_FLAVOURS:
+        raise SettingsError(
+            f"--openai-flavour / VOXBRIDGE_OPENAI_FLAVOUR must be one of "
+            f"{', '.join(OPENAI_FLAVOURS)}; got {value!r}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class OpenAISettings:
+    """``--openai-*`` settings (the key: ``OPENAI_API_KEY``, environment only)."""
+
+    api_key: str | None = option(None, "OpenAI key", secret=True)
+    model: str = option(OPENAI_MODEL, "OpenAI Realtime model (GA)")
+    flavour: str = attrs.field(
+        default="ga",
+        validator=_flavour,
+        metadata={
+            "help": "OpenAI Realtime API: ga (the beta interface was shut down in 2026)",
+            "secret": False,
+            "cli": True,
+        },
+    )
+    transcription_model: str = option(
+        TRANSCRIPTION_MODEL, "OpenAI model that transcribes the caller"
+    )
+
+
+def _openai(settings: Settings, own: OpenAISettings, echo_url: str | None) -> OpenAIProvider:
+    if not own.api_key and settings.provider_url is None:
+        raise SettingsError("provider openai needs OPENAI_API_KEY")
+    endpoint = openai_endpoint(
+        checked_ws_url(settings.provider_url or OPENAI_URL), own.api_key, model=own.model
+    )
+    return OpenAIProvider.from_settings(endpoint, settings)
+
+
+def _echo(settings: Settings, own: NoSettings, echo_url: str | None) -> OpenAIProvider:
+    url = settings.provider_url or echo_url
+    if url is None:
+        raise SettingsError("the echo provider needs a running echo agent (echo_url)")
+    return OpenAIProvider.from_settings(ProviderEndpoint("echo", checked_ws_url(url)), settings)
+
+
+SPEC = ProviderSpec(
+    name="openai",
+    settings=OpenAISettings,
+    build=_openai,
+    close_reasons=CLOSE_REASONS,
+    key_variables=("OPENAI_API_KEY",),
+    usage_kinds=tuple(kind for _, _, kind in _USAGE_KINDS),
+    endpoint="ws(s)://.../v1/realtime",
+    fake="voxbridge.testing.fake_openai:FakeOpenAIRealtime",
+)
+
+#: The built-in echo agent (:mod:`voxbridge.echo_agent`) speaks OpenAI Realtime on loopback.
+ECHO_SPEC = ProviderSpec(
+    name="echo",
+    settings=NoSettings,
+    build=_echo,
+    close_reasons=CLOSE_REASONS,
+    endpoint="ws(s)://.../v1/realtime of a running echo agent",
+    fake="voxbridge.testing.echo_agent:FakeEchoAgent",
+)

@@ -1,23 +1,30 @@
-"""The ASGI application: Twilio routes, health, readiness, metrics, and the call per WebSocket.
+"""The ASGI application: every carrier's routes, health, readiness, metrics, and the call per
+WebSocket.
 
-| route                 | what                                                              |
-|-----------------------|-------------------------------------------------------------------|
-| ``POST /twilio/voice``| TwiML ``<Connect><Stream url="wss://.../twilio/media">``           |
-| ``WS /twilio/media``  | one call: admission, then :class:`voxbridge.session.Call`          |
-| ``GET /healthz``      | 200 while the process is alive                                     |
-| ``GET /readyz``       | 200 when accepting calls; 503 while draining or at ``max_calls``   |
-| ``GET /metrics``      | Prometheus text format                                             |
+| route                          | what                                                              |
+|--------------------------------|-------------------------------------------------------------------|
+| ``POST /<carrier>/<webhook>``  | the carrier's answer that connects the call to its media route    |
+| ``WS /<carrier>/media``        | one call: admission, then :class:`voxbridge.session.Call`         |
+| ``GET /healthz``               | 200 while the process is alive                                    |
+| ``GET /readyz``                | 200 when accepting calls; 503 while draining or at ``max_calls``  |
+| ``GET /metrics``               | Prometheus text format                                            |
+
+The carrier routes derive from the registry (:data:`voxbridge.carriers.registry.CARRIERS`): for
+Twilio ``POST /twilio/voice`` (TwiML ``<Connect><Stream url="wss://.../twilio/media">``) and
+``WS /twilio/media``; each call gets a fresh codec of its carrier (``CarrierSpec.codec``) and its
+carrier's REST API.
 
 Rejections before accept (bad signature, capacity, draining) are HTTP responses through the ASGI
 ``websocket.http.response`` extension, never an upgraded socket (docs/library-notes.md,
 "Rejecting before accept").
 
-With ``twilio_auth_token`` set, who may call is checked in three places (``security``): the
-webhook's ``X-Twilio-Signature`` (403 before the TwiML), the media upgrade's (403 before
-``websocket.accept``), and the per-call token in the stream's ``start`` (``protocol_error``
-before any provider session opens). Whatever the settings, a second live stream for a
-``CallSid`` this process is already bridging is refused (``protocol_error``, counted
-``duplicate``).
+With a carrier's credentials configured (Twilio: ``twilio_auth_token``), who may call is checked
+in three places (``security``): the webhook's signature (403 before the answer), the media
+upgrade's (403 before ``websocket.accept``), and the per-call token in the stream's start
+(``protocol_error`` before any provider session opens). A carrier without credentials checks
+nothing; on a non-loopback bind without ``--insecure`` it is disabled (its routes answer 404).
+Whatever the settings, a second live stream for a call this process is already bridging is
+refused (``protocol_error``, counted ``duplicate``).
 
 The lifespan starts what the app needs for its whole life -- the call journal (SQLite, or
 PostgreSQL for a ``postgresql://`` DSN, at ``settings.db``, unless one is passed in) and the
@@ -33,16 +40,18 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs
-from xml.sax.saxutils import quoteattr
 
 import attrs
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..agents import AgentConfig, Agents, load_agents, load_tools
-from ..carriers.twilio import Start
-from ..carriers.twilio_rest import TwilioRest, hangup_twiml
-from ..errors import Disconnect, Reason
+from ..carriers.base import CallRequest, CarrierRest, HttpAnswer, HttpRequest, StreamStarted
+from ..carriers.registry import CARRIERS
+from ..carriers.spec import CarrierSpec
+from ..carriers.twilio_webhooks import connect_twiml
+from ..echo_agent import EchoAgent
+from ..errors import Disconnect, Reason, RemoteProtocolError
 from ..journal import CallJournal, PostgresJournal, SQLiteJournal, journal_for
 from ..metrics import Metrics
 from ..providers.base import Provider
@@ -50,21 +59,21 @@ from ..providers.registry import provider_for
 from ..session.call import Call
 from ..session.registry import CallRegistry
 from ..settings import Settings, SettingsError
-from ..testing.echo_agent import EchoAgent
 from ..tools import BUILTIN_TOOLS, END_CALL, TRANSFER_CALL, Tool
 from ..upstream import StreamConnector
 from .asgi_carrier import AsgiCarrier
 from .security import (
+    MEDIA_PATH,
     TOKEN_PARAMETER,
     CallTokenError,
-    TwilioAuth,
-    parse_form,
-    signature_header,
+    CarrierAuth,
+    carrier_enabled,
     stream_url,
     unauthenticated_warning,
+    webhook_url,
 )
 
-__all__ = ["VoxbridgeApp"]
+__all__ = ["MEDIA_PATH", "CarrierRoute", "VoxbridgeApp"]
 
 log = logging.getLogger("voxbridge.server")
 
@@ -72,7 +81,6 @@ Scope = dict[str, Any]
 Receive = Any
 Send = Any
 
-MEDIA_PATH = "/twilio/media"
 MAX_BODY = 64 * 1024
 BODY_TIMEOUT = 10.0
 JOURNAL_CLOSE_TIMEOUT = 10.0  # seconds to flush the journal at shutdown
@@ -82,10 +90,30 @@ AGENT_PARAMETER = "agent"
 #: The token claim (or, without checks, the ``<Parameter>``) saying an answering machine took an
 #: outbound call whose agent leaves a message.
 MACHINE_PARAMETER = "voxbridge_machine"
-#: Twilio's ``AnsweredBy`` values that mean no person answered (answering machine detection).
+#: ``AnsweredBy`` values that mean no person answered (answering machine detection), in Twilio's
+#: words (:attr:`voxbridge.carriers.base.CallRequest.answered_by`).
 MACHINE_ANSWERS = frozenset(
     {"machine_start", "machine_end_beep", "machine_end_silence", "machine_end_other", "fax"}
 )
+
+
+@attrs.frozen
+class CarrierRoute:
+    """One carrier as the app serves it.
+
+    Attributes:
+        spec: the carrier's registry entry (its routes, codec, webhooks and REST builders).
+        auth: its checks and per-call tokens, from the settings.
+        rest: its REST API (the built-in ``end_call``, ``transfer_call``); ``None`` without
+            REST credentials.
+        enabled: whether its routes serve calls (:func:`~voxbridge.server.security.carrier_enabled`);
+            a disabled carrier's routes answer 404.
+    """
+
+    spec: CarrierSpec[Any]
+    auth: CarrierAuth
+    rest: CarrierRest | None
+    enabled: bool
 
 
 class VoxbridgeApp:
@@ -105,13 +133,19 @@ class VoxbridgeApp:
         tools: tools every agent may be offered, with those of ``settings.tools_module``.
         agents: the named agents; read from ``settings.agents`` if omitted (or just the
             ``default`` agent, built from the settings).
-        configure: the embedder's choice of agent per call (``configure(start)``); it replaces
-            the choice by called number and ``agent`` parameter.
-        twilio_rest: Twilio's REST API (the built-in ``end_call`` and ``transfer_call``); built
-            from the settings' credentials if omitted (``None`` without them).
+        configure: the embedder's choice of agent per call (``configure(start)``, with the
+            carrier's :class:`~voxbridge.carriers.base.StreamStarted`); it replaces the choice by
+            called number and ``agent`` parameter.
+        carriers: the carriers served, name -> spec (default: the registry,
+            :data:`voxbridge.carriers.registry.CARRIERS`); each gets ``WS /<name>/media`` and
+            ``POST /<name>/<webhook>``.
+        carrier_rest: a carrier's REST API by carrier name (the built-in ``end_call`` and
+            ``transfer_call``); a carrier not named here gets the one its spec builds from the
+            settings' credentials (``None`` without them).
 
     Raises:
-        SettingsError: the agents file or the tools module is bad (the message is one line).
+        SettingsError: the agents file or the tools module is bad, or a carrier's credentials
+            are inconsistent (the message is one line).
     """
 
     def __init__(
@@ -125,8 +159,9 @@ class VoxbridgeApp:
         connect_stream: StreamConnector | None = None,
         tools: Sequence[Tool] = (),
         agents: Agents | None = None,
-        configure: Callable[[Start], AgentConfig | None] | None = None,
-        twilio_rest: TwilioRest | None = None,
+        configure: Callable[[StreamStarted], AgentConfig | None] | None = None,
+        carriers: Mapping[str, CarrierSpec[Any]] | None = None,
+        carrier_rest: Mapping[str, CarrierRest | None] | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics if metrics is not None else Metrics()
@@ -142,9 +177,22 @@ class VoxbridgeApp:
         self.metrics.drain_timeout.set(settings.drain_timeout)
         self.ready = trio.Event()
         self._admitting = 0  # WebSockets admitted but not registered as calls yet
-        self.auth = TwilioAuth.from_settings(settings)  # None: no checks (no auth token)
-        # The CallSid of every stream whose start was admitted, until its call has ended.
-        self._live_call_sids: set[str] = set()
+        rest = dict(carrier_rest or {})
+        #: Every registered carrier, by name: its checks, REST API and whether it is enabled.
+        self.carriers: dict[str, CarrierRoute] = {}
+        for name, spec in (CARRIERS if carriers is None else carriers).items():
+            auth = CarrierAuth.from_settings(settings, spec)
+            self.carriers[name] = CarrierRoute(
+                spec=spec,
+                auth=auth,
+                rest=rest[name] if name in rest else spec.build_rest(settings),
+                enabled=carrier_enabled(settings, auth.checks),
+            )
+        enabled = [route for route in self.carriers.values() if route.enabled]
+        self._media_routes = {route.spec.media_path: route for route in enabled}
+        self._webhook_routes = {route.spec.webhook_path: route for route in enabled}
+        # (carrier, call id) of every stream whose start was admitted, until its call has ended.
+        self._live_calls: set[tuple[str, str]] = set()
         self.tools: list[Tool] = [*tools]
         if settings.tools_module:
             self.tools.extend(load_tools(settings.tools_module))
@@ -157,9 +205,6 @@ class VoxbridgeApp:
             )
         self.agents = agents
         self.configure = configure
-        self.twilio_rest = (
-            twilio_rest if twilio_rest is not None else TwilioRest.from_settings(settings)
-        )
         self.metrics.declare_tools(tool.name for tool in self.tools)
         self._providers: dict[str, Provider] = {}  # the provider of each name agents use
 
@@ -225,38 +270,76 @@ class VoxbridgeApp:
             self._providers[settings.provider] = self.provider
         if not self.ready.is_set():  # once, at the first start
             self._log_tools()
-            if self.auth is None:
-                log.warning(unauthenticated_warning())
-            else:
-                log.info(
-                    "Twilio signatures and per-call tokens checked for %s (%d auth token(s))",
-                    self.auth.public_url,
-                    len(self.settings.twilio_auth_tokens),
-                )
+            self._log_carriers()
         self.ready.set()
 
     def _log_tools(self) -> None:
         """Say at start which tools agents may be offered, and why a built-in one is not."""
-        if self.twilio_rest is None:
+        served = [route for route in self.carriers.values() if route.enabled]
+        without = [route.spec.name for route in served if route.rest is None]
+        if "twilio" in without:
             log.info(
-                "end_call and transfer_call are not offered: no Twilio REST credentials "
-                "(--twilio-account-sid with VOXBRIDGE_TWILIO_API_KEY and "
+                "end_call and transfer_call are not offered on Twilio calls: no Twilio REST "
+                "credentials (--twilio-account-sid with VOXBRIDGE_TWILIO_API_KEY and "
                 "VOXBRIDGE_TWILIO_API_SECRET, or --twilio-auth-token)"
             )
-        elif not any(
-            a.transfer_to or self.settings.transfer_to for a in (self.agents.default, *self.agents)
-        ):
+        others = [name for name in without if name != "twilio"]
+        if others:
+            log.info(
+                "end_call and transfer_call are not offered on %s calls: no REST credentials "
+                "(docs/carriers.md)",
+                ", ".join(others),
+            )
+        rests = [route.rest for route in served if route.rest is not None]
+        targets = self.settings.transfer_to or any(a.transfer_to for a in self.agents)
+        if rests and not targets:
             log.info("transfer_call is not offered: no --transfer-to (nor an agent's transfer_to)")
         names = [tool.name for tool in self.tools]
-        if self.twilio_rest is not None:
+        if rests:
             names.append(END_CALL.name)
-            if self.settings.transfer_to or any(a.transfer_to for a in self.agents):
+            if targets and any(rest.can_transfer for rest in rests):
                 names.append(TRANSFER_CALL.name)
         log.info(
             "agents: %s; tools: %s",
             ", ".join(self.agents.names) or "default",
             ", ".join(names) or "none",
         )
+
+    def _log_carriers(self) -> None:
+        """Say at start what each carrier checks, and which carriers are disabled."""
+        for name, route in self.carriers.items():
+            auth = route.auth
+            if not route.enabled:
+                log.warning(
+                    "carrier %s is disabled: its credentials are not configured and --host %s is "
+                    "not loopback (its routes %s and %s answer 404; docs/carriers.md)",
+                    name,
+                    self.settings.host,
+                    route.spec.webhook_path,
+                    route.spec.media_path,
+                )
+            elif name == "twilio":  # Twilio's lines, as operators' log searches know them
+                if not auth.checks:
+                    log.warning(unauthenticated_warning())
+                else:
+                    log.info(
+                        "Twilio signatures and per-call tokens checked for %s (%d auth token(s))",
+                        self.settings.public_url,
+                        len(auth.webhooks.token_secrets),
+                    )
+            elif not auth.checks:
+                log.warning(
+                    "carrier %s checks nothing (no credentials configured): anyone who can reach "
+                    "%s can open calls and paid provider sessions",
+                    name,
+                    route.spec.media_path,
+                )
+            else:
+                log.info(
+                    "carrier %s: signatures checked%s",
+                    name,
+                    " and per-call tokens issued" if auth.tokens is not None else "",
+                )
 
     def provider_for_agent(self, agent: AgentConfig) -> Provider:
         """The provider an agent names (``None``: the settings' provider).
@@ -310,12 +393,14 @@ class VoxbridgeApp:
     # --- calls --------------------------------------------------------------------------------
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["path"] != MEDIA_PATH:
+        route = self._media_routes.get(scope["path"])
+        if route is None:
             await self._reject(send, 404, "bad_request", b"no WebSocket route here\n")
             return
         # Before anything else: an unauthenticated client learns nothing, not even capacity.
-        if self.auth is not None and not self.auth.upgrade_signed(
-            scope.get("query_string", b""), signature_header(scope.get("headers") or [])
+        webhooks = route.auth.webhooks
+        if webhooks.checks and not webhooks.upgrade_signed(
+            self._request(scope, route.spec.media_path, "GET", websocket=True), now=time.time()
         ):
             await self._reject(send, 403, "bad_signature", b"bad or missing signature\n")
             return
@@ -328,14 +413,14 @@ class VoxbridgeApp:
         # The slot is taken now, before the awaits below: otherwise several upgrades arriving
         # together all pass the check before any of them is registered.
         self._admitting += 1
-        live_sid: str | None = None  # the CallSid this stream holds, once its start is admitted
+        live: tuple[str, str] | None = None  # the call held, once its start is admitted
         decided: Mapping[str, str] = {}  # what the webhook decided (agent, answering machine)
 
-        def on_start(start: Start) -> None:
-            nonlocal live_sid, decided
-            live_sid, decided = self._admit_stream(call, start)
+        def on_start(start: StreamStarted) -> None:
+            nonlocal live, decided
+            live, decided = self._admit_stream(call, start, route)
 
-        def configure(start: Start) -> AgentConfig | None:
+        def configure(start: StreamStarted) -> AgentConfig | None:
             call.answered_by_machine = decided.get(MACHINE_PARAMETER) == "1"
             name = decided.get(AGENT_PARAMETER)
             agent = self.agents.get(name) if name else self.agents.default
@@ -358,34 +443,38 @@ class VoxbridgeApp:
                 registry=self.registry,
                 journal=self.journal,
                 connect_stream=self.connect_stream,
+                carrier_name=route.spec.name,
+                codec=route.spec.codec(),
                 on_start=on_start,
                 tools=self.tools,
                 configure=configure,
                 providers=self.provider_for_agent,
-                twilio_rest=self.twilio_rest,
+                carrier_rest=route.rest,
             )
         finally:
             self._admitting -= 1
         try:
             await call.run()  # registers the call before its first checkpoint: the slot stays taken
         finally:
-            if live_sid is not None:
-                self._live_call_sids.discard(live_sid)
+            if live is not None:
+                self._live_calls.discard(live)
 
-    def _admit_stream(self, call: Call, start: Start) -> tuple[str, dict[str, str]]:
+    def _admit_stream(
+        self, call: Call, start: StreamStarted, route: CarrierRoute
+    ) -> tuple[tuple[str, str], dict[str, str]]:
         """The call's ``on_start``: admit its stream, or refuse it before any provider session.
 
         Takes the per-call token out of the call's recorded custom parameters (a credential is
-        not journalled), verifies it when checks are on, then refuses a ``CallSid`` that another
-        live stream holds and registers this one. Synchronous, so the duplicate check and the
-        registration happen with no checkpoint in between: two streams starting together cannot
-        both pass.
+        not journalled), verifies it with the carrier's keys when it issues tokens, then refuses
+        a call id that another live stream of the same carrier holds and registers this one.
+        Synchronous, so the duplicate check and the registration happen with no checkpoint in
+        between: two streams starting together cannot both pass.
 
         Returns:
-            The ``CallSid`` now held (the caller releases it when the call has ended), and what
-            the webhook decided for the call (``agent``, ``voxbridge_machine``): from the signed
-            token when checks are on, else from the stream's custom parameters (an operator's
-            own TwiML may name the agent with ``<Parameter name="agent">``).
+            The ``(carrier, call id)`` now held (the caller releases it when the call has ended),
+            and what the webhook decided for the call (``agent``, ``voxbridge_machine``): from the
+            signed token when the carrier issues tokens, else from the stream's custom parameters
+            (an operator's own TwiML may name the agent with ``<Parameter name="agent">``).
 
         Raises:
             Disconnect: ``PROTOCOL_ERROR`` for a missing or bad token, or a duplicate stream.
@@ -393,9 +482,10 @@ class VoxbridgeApp:
         parameters = call.state.custom_parameters
         token = parameters.pop(TOKEN_PARAMETER, None)
         source: Mapping[str, object] = parameters
-        if self.auth is not None:
+        tokens = route.auth.tokens
+        if tokens is not None:
             try:
-                source = self.auth.tokens.verify(token, start.call_sid, now=time.time())
+                source = tokens.verify(token, start.call_id, now=time.time())
             except CallTokenError as exc:
                 raise Disconnect(Reason.PROTOCOL_ERROR, f"per-call token {exc}") from None
         decided = {
@@ -403,11 +493,12 @@ class VoxbridgeApp:
             for key in (AGENT_PARAMETER, MACHINE_PARAMETER)
             if isinstance(value := source.get(key), str)
         }
-        if start.call_sid in self._live_call_sids:
+        live = (route.spec.name, start.call_id)
+        if live in self._live_calls:
             self.metrics.connections_rejected.labels(reason="duplicate").inc()
             raise Disconnect(Reason.PROTOCOL_ERROR, "another stream of this call is live")
-        self._live_call_sids.add(start.call_sid)
-        return start.call_sid, decided
+        self._live_calls.add(live)
+        return live, decided
 
     def _at_capacity(self) -> bool:
         return len(self.registry) + self._admitting >= self.settings.max_calls
@@ -461,17 +552,23 @@ class VoxbridgeApp:
                 await _respond(send, 200, b"ready\n")
         elif path == "/metrics":
             await _respond(send, 200, self.metrics.render(), content_type=CONTENT_TYPE_LATEST)
-        elif path == "/twilio/voice":
-            await self._voice_webhook(scope, method, receive, send)
+        elif (route := self._webhook_routes.get(path)) is not None:
+            await self._webhook(route, scope, method, receive, send)
         else:
             await _respond(send, 404, b"not found\n")
 
-    async def _voice_webhook(self, scope: Scope, method: str, receive: Receive, send: Send) -> None:
-        """``POST /twilio/voice``: the TwiML that connects the call to the media stream.
+    async def _webhook(
+        self, route: CarrierRoute, scope: Scope, method: str, receive: Receive, send: Send
+    ) -> None:
+        """``POST /<carrier>/<webhook>`` (Twilio's ``POST /twilio/voice``): the carrier's answer
+        that connects the call to its media stream.
 
-        With checks on, the form-encoded body and the query string must carry Twilio's
-        signature over the public webhook URL (403 otherwise, counted ``bad_signature``), and the
-        TwiML carries a per-call token bound to the form's ``CallSid`` (400 without one).
+        With the carrier's checks on, the request must carry its signature (over the public
+        webhook URL, for Twilio: 403 otherwise, counted ``bad_signature``), the request must name
+        its call (400 otherwise), and the answer carries a per-call token bound to that call.
+        The agent is the one named by ``?agent=`` (``voxbridge dial --agent``), else the one of
+        the called number, else the default; an answering machine is hung up on or left a
+        message, as the agent says.
         """
         if method != "POST":
             await _respond(send, 405, b"use POST\n", headers=[(b"allow", b"POST")])
@@ -480,51 +577,80 @@ class VoxbridgeApp:
         if body is None:
             await _respond(send, 413, b"request body too large or too slow\n")
             return
-        params = parse_form(body)
         query = scope.get("query_string", b"")
-        if self.auth is not None:
-            signature = signature_header(scope.get("headers") or [])
-            if not self.auth.webhook_signed(query, params, signature):
-                self.metrics.connections_rejected.labels(reason="bad_signature").inc()
-                await _respond(send, 403, b"bad or missing signature\n")
-                return
-        call_sid = _first(params, "CallSid")
-        if self.auth is not None and not call_sid:
-            self.metrics.connections_rejected.labels(reason="bad_request").inc()
-            await _respond(send, 400, b"no CallSid in the request\n")
+        request = self._request(scope, route.spec.webhook_path, "POST", body=body)
+        auth = route.auth
+        webhooks = auth.webhooks
+        if webhooks.checks and not webhooks.webhook_signed(request, now=time.time()):
+            self.metrics.connections_rejected.labels(reason="bad_signature").inc()
+            await _respond(send, 403, b"bad or missing signature\n")
             return
-        # The agent: named by the webhook URL (``voxbridge dial --agent``), else by the called
-        # number, else the default.
+        try:
+            call = webhooks.call(request)
+        except RemoteProtocolError as exc:
+            if webhooks.checks:  # a token must be bound to a call
+                self.metrics.connections_rejected.labels(reason="bad_request").inc()
+                await _respond(send, 400, f"{exc}\n".encode())
+                return
+            call = CallRequest(call_id="")
         named = _first(parse_qs(query.decode("latin-1")), AGENT_PARAMETER)
-        agent = self.agents.get(named) if named else self.agents.for_number(_first(params, "To"))
+        agent = self.agents.get(named) if named else self.agents.for_number(call.to)
         if agent is None and named:
             self.metrics.connections_rejected.labels(reason="bad_request").inc()
             await _respond(send, 400, b"no such agent\n")
             return
         agent = agent or self.agents.default
         decided = {AGENT_PARAMETER: agent.name}
-        answered_by = _first(params, "AnsweredBy")
-        if answered_by in MACHINE_ANSWERS:
+        if call.answered_by in MACHINE_ANSWERS:
             log.info(
                 "call %s answered by %s: %s",
-                call_sid,
-                answered_by,
+                call.call_id,
+                call.answered_by,
                 agent.on_machine,
-                extra={"call_sid": call_sid},
+                extra={"call_sid": call.call_id, "carrier": route.spec.name},
             )
             if agent.on_machine == "hangup":
-                await _respond(send, 200, hangup_twiml().encode(), content_type="text/xml")
+                await _answer(send, webhooks.hangup())
                 return
             if agent.on_machine == "leave_message":
                 decided[MACHINE_PARAMETER] = "1"
-        token = None
-        if self.auth is not None:
-            token = self.auth.tokens.mint(call_sid, now=time.time(), extra=decided)
-            decided = {}  # signed, in the token; nothing in plain parameters
-        elif decided == {AGENT_PARAMETER: self.agents.default.name}:
-            decided = {}  # the default needs no parameter
-        twiml = self.twiml(scope, token, decided)
-        await _respond(send, 200, twiml.encode(), content_type="text/xml")
+        parameters: dict[str, str] = {}
+        if auth.tokens is not None:
+            # signed, in the token; nothing in plain parameters
+            token = auth.tokens.mint(call.call_id, now=time.time(), extra=decided)
+            parameters[TOKEN_PARAMETER] = token
+        elif decided != {AGENT_PARAMETER: self.agents.default.name}:
+            parameters.update(decided)  # the default needs no parameter
+        media_url = self.media_url(scope, route.spec.name)
+        await _answer(send, webhooks.connect(media_url, parameters))
+
+    def _request(
+        self, scope: Scope, path: str, method: str, *, body: bytes = b"", websocket: bool = False
+    ) -> HttpRequest:
+        """A request as the carrier checks see it: the public URL rebuilt from ``public_url``
+        (never from ``Host``, when it is set) with the query string, the headers in lower case
+        (a repeated header keeps its last value)."""
+        query = scope.get("query_string", b"")
+        base = self._base_url(scope)
+        url = (stream_url if websocket else webhook_url)(base, query, path)
+        headers = {
+            name.decode("latin-1").lower(): value.decode("latin-1")
+            for name, value in scope.get("headers") or []
+        }
+        return HttpRequest(url=url, method=method, headers=headers, body=body)
+
+    def _base_url(self, scope: Scope) -> str:
+        """``public_url``; without it, ``http://`` and the request's ``Host`` (or the bound
+        address): fine on a private network, which is why Twilio's checks require
+        ``public_url``."""
+        base = self.settings.public_url
+        if base is None:
+            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+            if not host:
+                server = scope.get("server") or (self.settings.host, self.settings.port)
+                host = f"{server[0]}:{server[1]}"
+            base = f"http://{host}"
+        return base
 
     def twiml(
         self, scope: Scope, token: str | None = None, parameters: Mapping[str, str] | None = None
@@ -538,37 +664,18 @@ class VoxbridgeApp:
                 ``<Parameter>`` (Twilio hands it back in ``start.customParameters``).
             parameters: more ``<Parameter>``s (the agent, without checks).
         """
-        url = self.media_url(scope)
         named = dict(parameters or {})
         if token is not None:
             named[TOKEN_PARAMETER] = token
-        if not named:
-            stream = f"<Stream url={quoteattr(url)} />"
-        else:
-            inner = "".join(
-                f"<Parameter name={quoteattr(name)} value={quoteattr(value)} />"
-                for name, value in named.items()
-            )
-            stream = f"<Stream url={quoteattr(url)}>{inner}</Stream>"
-        return (
-            '<?xml version="1.0" encoding="UTF-8"?>'
-            f"<Response><Connect>{stream}</Connect></Response>"
-        )
+        return connect_twiml(self.media_url(scope), named)
 
-    def media_url(self, scope: Scope) -> str:
-        """``wss://<public host>/twilio/media`` (``ws://`` when the public URL is plain http).
+    def media_url(self, scope: Scope, carrier: str = "twilio") -> str:
+        """``wss://<public host>/<carrier>/media`` (``ws://`` when the public URL is plain http).
 
         Without ``public_url`` the host comes from the request (its ``Host`` header): fine on a
         private network, which is why signature checks require ``public_url``.
         """
-        base = self.settings.public_url
-        if base is None:
-            host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
-            if not host:
-                server = scope.get("server") or (self.settings.host, self.settings.port)
-                host = f"{server[0]}:{server[1]}"
-            base = f"http://{host}"
-        return stream_url(base)
+        return stream_url(self._base_url(scope), path=self.carriers[carrier].spec.media_path)
 
 
 def _first(values: Mapping[str, list[str]], name: str) -> str:
@@ -613,3 +720,8 @@ async def _respond(
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+async def _answer(send: Send, answer: HttpAnswer) -> None:
+    """A carrier webhook's answer document, with status 200."""
+    await _respond(send, 200, answer.body, content_type=answer.content_type)

@@ -2,8 +2,9 @@
 
 hypercorn reports close code 1006 for every peer close and silently ignores sends after the peer
 left (docs/library-notes.md, "The app always sees 1006"), so this transport learns that the carrier
-is gone only from the ``websocket.disconnect`` message; the call's deadlines and the Twilio ``stop``
-cover the rest.
+is gone only from the ``websocket.disconnect`` message; the call's deadlines and the carrier's stop
+(Twilio's and Telnyx's ``stop``; Plivo and Vonage send none) cover the rest. Frames go out as text
+(``str``) or binary (``bytes``: Vonage's audio), one ``websocket.send`` message each.
 
 Closing drains. hypercorn feeds the app through a queue of ten messages and its connection reader
 waits while that queue is full, so an app that sends ``websocket.close`` and stops calling
@@ -49,10 +50,16 @@ class AsgiCarrier:
         code = message.get("code", 1006)
         raise Disconnect(Reason.CALLER_CLOSED, f"carrier disconnected ({kind}, code {code})")
 
-    async def send(self, frame: str) -> None:
+    async def send(self, frame: str | bytes) -> None:
+        """Send ``frame``: a ``str`` as ``{"type": "websocket.send", "text": ...}`` (a text
+        frame), ``bytes`` as ``{"type": "websocket.send", "bytes": ...}`` (a binary frame); only
+        the one key, since hypercorn takes ``bytes`` whenever that key is not ``None``."""
         if self._gone or self._closed:
             raise Disconnect(Reason.CALLER_CLOSED, "carrier socket already closed")
-        await self._send({"type": "websocket.send", "text": frame})
+        if isinstance(frame, str):
+            await self._send({"type": "websocket.send", "text": frame})
+        else:
+            await self._send({"type": "websocket.send", "bytes": frame})
 
     async def close(self, code: int, reason: str) -> None:
         """Send the close frame, then drain until hypercorn reports the disconnect.

@@ -28,8 +28,15 @@ names changes only TCP connections of the trio worker, and only what is broken (
 overrides one method each). The layout is checked before anything is rebound; if hypercorn moved
 things, ``install()`` logs a warning and leaves that part alone rather than guessing.
 
-``install()`` is idempotent and is called when ``voxbridge.server`` is imported, so it also
-protects ``hypercorn -k trio voxbridge.asgi:app``.
+**Fast paths.** ``install()`` binds ``voxbridge.server.fastpaths.FastTCPServer``, a
+``ContainedTCPServer`` that skips hypercorn's per-message lock, scopes and failed ``recv`` on plain
+TCP, and :class:`ReleasingTaskGroup` hands a message to an app with room in its queue without a
+yield (docs/library-notes.md, "Per-message fast paths"). When the fast paths do not fit the
+installed hypercorn, ``ContainedTCPServer`` is bound alone.
+
+``install()`` is idempotent (a server class it bound, or a ``ContainedTCPServer`` bound on
+purpose, is kept) and is called when ``voxbridge.server`` is imported, so it also protects
+``hypercorn -k trio voxbridge.asgi:app``.
 """
 
 from __future__ import annotations
@@ -90,24 +97,32 @@ class ContainedTCPServer(_TCPServer):
             await super().protocol_send(event)
             return
         async with self.send_lock:
-            try:
-                with trio.CancelScope(shield=True) as bound:
-                    bound.deadline = trio.current_time() + self._write_timeout
-                    await self.stream.send_all(event.data)
-                if bound.cancelled_caught:  # the peer stopped reading: half a frame may be out
-                    await trio.aclose_forcefully(self.stream)
-                    await self.protocol.handle(Closed())
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-                # Busy: hypercorn's ``_close`` sends EOF without the send lock, so a write racing a
-                # connection that is closing (a malformed frame from the peer) finds the stream
-                # busy. The connection is gone either way; the call must see "closed", not a bug.
+            await self._send_locked(event.data)
+
+    async def _send_locked(self, data: bytes | memoryview) -> None:
+        """Write ``data`` with ``send_lock`` held: shielded, bounded by ``_write_timeout``."""
+        try:
+            with trio.CancelScope(shield=True) as bound:
+                bound.deadline = trio.current_time() + self._write_timeout
+                await self.stream.send_all(data)
+            if bound.cancelled_caught:  # the peer stopped reading: half a frame may be out
+                await trio.aclose_forcefully(self.stream)
                 await self.protocol.handle(Closed())
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            # Busy: hypercorn's ``_close`` sends EOF without the send lock, so a write racing a
+            # connection that is closing (a malformed frame from the peer) finds the stream
+            # busy. The connection is gone either way; the call must see "closed", not a bug.
+            await self.protocol.handle(Closed())
 
     async def _read_data(self) -> None:
-        await super()._read_data()
+        await self._read_until_closed()
         # The peer is gone: hypercorn's keep-alive idle timer (5 s) would otherwise hold the
         # connection, and its socket in CLOSE_WAIT, until it fires.
         await self.idle_task.stop()
+
+    async def _read_until_closed(self) -> None:
+        """hypercorn's read loop (``voxbridge.server.fastpaths`` replaces it)."""
+        await super()._read_data()
 
     @functools.cached_property
     def _write_timeout(self) -> float:
@@ -194,7 +209,15 @@ class ReleasingTaskGroup(_TaskGroup):
 
         async def put_unless_finished(message: ASGIReceiveEvent) -> None:
             try:
-                await put.send(message)
+                # Room in the queue (the usual case): no checkpoint, no yield. ``send`` would
+                # do the same ``send_nowait`` between two checkpoints (library-notes.md,
+                # "Per-message fast paths").
+                put.send_nowait(message)
+            except trio.WouldBlock:  # full: wait for the app to take one, as hypercorn does
+                try:
+                    await put.send(message)
+                except trio.BrokenResourceError:
+                    pass  # the app returned while we waited
             except trio.BrokenResourceError:
                 pass  # the app has returned: nobody will read this, and that is not an error
 
@@ -245,14 +268,33 @@ def _install_releasing_task_group() -> bool:
 
 
 def install() -> bool:
-    """Install both containments in hypercorn's trio worker. Idempotent.
+    """Install both containments, and the per-message fast paths, in hypercorn's trio worker.
 
-    Returns True if the #225 containment (``ContainedTCPServer``) is installed; the queue-trap
-    release (``ReleasingTaskGroup``) is installed independently and warns if it cannot be.
+    Idempotent. Returns True if the #225 containment is installed: ``FastTCPServer`` (a
+    ``ContainedTCPServer`` with the fast paths of ``voxbridge.server.fastpaths``), or
+    ``ContainedTCPServer`` alone, with a warning, when the fast paths do not fit this hypercorn.
+    The queue-trap release (``ReleasingTaskGroup``) is installed independently and warns if it
+    cannot be.
     """
+    from .fastpaths import FastTCPServer, fits, install_notifying_ws_stream  # subclasses ours
+
     _install_releasing_task_group()
+    unfit_stream = install_notifying_ws_stream()
+    if unfit_stream is not None:  # pragma: no cover - hypercorn changed shape
+        log.warning(
+            "hypercorn's WebSocket stream NOT patched: %s (an app may not hear that hypercorn "
+            "refused a client that sent data before the 101)",
+            unfit_stream,
+        )
     if not hasattr(_hypercorn_run, "TCPServer"):  # pragma: no cover - hypercorn changed shape
         log.warning("hypercorn has no trio.run.TCPServer: #225 containment NOT installed")
         return False
-    _hypercorn_run.TCPServer = ContainedTCPServer
+    if _hypercorn_run.TCPServer in (FastTCPServer, ContainedTCPServer):
+        return True  # installed already (or ContainedTCPServer alone, bound on purpose)
+    unfit = fits()
+    if unfit is not None:  # pragma: no cover - hypercorn changed shape
+        log.warning("hypercorn's per-message fast paths NOT installed: %s", unfit)
+        _hypercorn_run.TCPServer = ContainedTCPServer
+        return True
+    _hypercorn_run.TCPServer = FastTCPServer
     return True

@@ -6,36 +6,46 @@ The shape (docs/architecture.md, "The call lifecycle")::
       sockets nursery  ── hosts the provider sockets' readers; outlives the call's own tasks so the
       │                   close handshakes can complete during teardown
       └─ call scope    ── deadline = accept + max_call_duration; Call.end() cancels it
-           wait for the carrier's `start`            (start_timeout)
+           wait for the carrier's start              (start_timeout; the codec's StreamStarted)
            task nursery                              (the carrier is read from here to the end)
-           ├── caller_to_upstream   receive (idle_timeout) -> decode -> ProviderLink.send;
-           │                        mark echoes -> Playback; audio dropped (counted) while the
+           ├── caller_to_upstream   receive (idle_timeout) -> CarrierCodec.decode ->
+           │                        ProviderLink.send; mark echoes -> Playback; StreamStopped
+           │                        -> caller_stop; audio dropped (counted) while the
            │                        link has no session (opening, resuming);
            │                        opt-in: audio gathered for upstream_batch_ms (AudioBatch)
            ├── upstream_to_caller   ProviderLink.open (connect_timeout, retried with backoff), then
            │                        ProviderLink.receive (which resumes a dropped session) ->
            │                        decode (bad frames dropped, counted) -> send to the carrier
-           │                        (send_timeout); a mark after each media message; barge-in ->
-           │                        `clear`, cancel + truncates, late audio dropped; agent hang-up
+           │                        (send_timeout); a mark after each media message (a carrier
+           │                        without marks: a playout estimate); barge-in -> `clear`
+           │                        (its marks settled), cancel + truncates, late audio dropped;
+           │                        agent hang-up
            │                        -> wait for the goodbye to be heard (farewell_timeout); usage
            │                        metered; each tool call started as a task here
            ├── ProviderLink.upkeep  pings under pong_timeout, recycling at session_max_age
            ├── keypad               from the first key press: keys grouped (DTMF_INTERDIGIT_TIMEOUT)
            │                        -> transcript, and to the model unless the agent ignores them
            └── a tool call          run_tool (tool_timeout) -> result to the model; end_call and
-                                    transfer_call: heard, then Twilio REST, then the call ends
+                                    transfer_call: heard, then the carrier's REST API (CarrierRest),
+                                    then the call ends
       teardown (shielded, bounded by teardown_timeout): close the provider link and the carrier,
                                     side by side
     account (synchronous, exactly once): metrics, journal, one log line, the call span's
                                     attributes, registry removal
 
 Every way the call can end becomes a ``Disconnect(reason)``: a deadline firing (a task's
-``Watchdog``), a peer leaving (the transports), the carrier's ``stop``, a bad frame, the provider
+``Watchdog``), a peer leaving (the transports), the carrier's stop (``StreamStopped``; a carrier
+that sends none ends ``caller_closed`` when its socket closes), a bad frame, the provider
 link giving up (``LinkDown``, turned into a ``Disconnect`` here and nowhere else), ``Call.end()``
 from outside, the max-duration deadline, a cancellation by the host app (``server_shutdown``), or a
 bug (``internal_error``, chained from the exception group). Tasks do not let either escape into the
 nursery: ``_guard`` records the reason (first reason wins) and cancels the call scope, so no code
 ever picks exception groups apart by hand.
+
+The call speaks only the carrier protocol (:mod:`voxbridge.carriers.base`): a
+:class:`~voxbridge.carriers.base.CarrierCodec` per stream (its ``capabilities`` say whether marks
+exist), and a :class:`~voxbridge.carriers.base.CarrierRest` for the built-in tools. Nothing here
+knows which carrier it is, beyond its name.
 """
 
 from __future__ import annotations
@@ -55,8 +65,17 @@ from prometheus_client import Counter
 from .. import tracing
 from ..agents import AgentConfig
 from ..audio import BYTES_PER_MS, b64_size
-from ..carriers.twilio import Connected, Dtmf, Mark, Media, Start, Stop, TwilioStream
-from ..carriers.twilio_rest import TwilioRest, TwilioRestError, dial_twiml
+from ..carriers.base import (
+    CallerAudio,
+    CarrierCodec,
+    CarrierEvent,
+    CarrierRest,
+    CarrierRestError,
+    Dtmf,
+    MarkPlayed,
+    StreamStarted,
+    StreamStopped,
+)
 from ..deadlines import Deadline
 from ..errors import (
     BadAudio,
@@ -79,6 +98,7 @@ from ..providers.events import (
     ProviderEvent,
     ResponseDone,
     ResponseStarted,
+    SessionEnding,
     SpeechStarted,
     ToolCall,
     ToolExchange,
@@ -122,11 +142,13 @@ async def run_call(
     registry: CallRegistry | None = None,
     journal: CallJournal | None = None,
     connect_stream: StreamConnector | None = None,
-    on_start: Callable[[Start], None] | None = None,
+    on_start: Callable[[StreamStarted], None] | None = None,
     tools: Sequence[Tool] = (),
     agent: AgentConfig | None = None,
-    configure: Callable[[Start], AgentConfig | None] | None = None,
-    twilio_rest: TwilioRest | None = None,
+    configure: Callable[[StreamStarted], AgentConfig | None] | None = None,
+    carrier_rest: CarrierRest | None = None,
+    codec: CarrierCodec | None = None,
+    carrier_name: str = "twilio",
 ) -> Disconnect:
     """Bridge one accepted carrier WebSocket to a provider until the call ends.
 
@@ -143,18 +165,26 @@ async def run_call(
         registry: where the call registers itself while it runs (and is remembered after).
         journal: where the call's record and transcript go; in memory if omitted.
         connect_stream: opens the byte stream to the provider; defaults to tuned TCP.
-        on_start: called with the carrier's ``start`` event before any provider session opens;
-            it refuses the call by raising ``Disconnect`` (e.g. ``PROTOCOL_ERROR`` for a bad
-            per-call token).
+        on_start: called with the carrier's start (:class:`~voxbridge.carriers.base.StreamStarted`:
+            ``call_id``, ``stream_id``, ``account_id``, ``custom_parameters``, ``details``) before
+            any provider session opens; it refuses the call by raising ``Disconnect`` (e.g.
+            ``PROTOCOL_ERROR`` for a bad per-call token).
         tools: tools the agent may call (see :class:`voxbridge.Tool`); each call runs in the
             call's nursery under ``settings.tool_timeout``.
         agent: the agent (voice, instructions, greeting, tools offered, DTMF policy, ...);
             ``AgentConfig()`` if omitted: the provider's own settings, every tool offered.
-        configure: called with the ``start`` event (after ``on_start``); the agent it returns
+        configure: called with the ``StreamStarted`` (after ``on_start``); the agent it returns
             replaces ``agent`` for this call (``None`` keeps it). It refuses the call by raising
             ``Disconnect``.
-        twilio_rest: Twilio's REST API for this call's account: enables the built-in
-            ``end_call`` (and ``transfer_call`` with a transfer target).
+        carrier_rest: the carrier's REST API for this call's account
+            (:class:`~voxbridge.carriers.base.CarrierRest`, e.g.
+            :class:`~voxbridge.carriers.twilio_rest.TwilioRest`): enables the built-in
+            ``end_call``, and ``transfer_call`` when it ``can_transfer`` and there is a transfer
+            target.
+        codec: the carrier's codec for this stream (:class:`~voxbridge.carriers.base.CarrierCodec`,
+            fresh: one per stream); default: a new one of the registered carrier
+            ``carrier_name``.
+        carrier_name: the carrier's name (the ``carrier`` metric label and record field).
 
     Returns:
         The ``Disconnect`` that ended the call; ``.reason`` is one of the closed set.
@@ -171,7 +201,9 @@ async def run_call(
         tools=tools,
         agent=agent,
         configure=configure,
-        twilio_rest=twilio_rest,
+        carrier_rest=carrier_rest,
+        codec=codec,
+        carrier_name=carrier_name,
     )
     return await call.run()
 
@@ -284,11 +316,26 @@ def _counted_at_exit(
         backlog.clear()
 
 
+def _codec_of(carrier_name: str) -> CarrierCodec:
+    """A fresh codec of the registered carrier ``carrier_name``.
+
+    Raises:
+        ValueError: no carrier of that name is registered.
+    """
+    from ..carriers.registry import CARRIERS  # the registry imports every carrier module
+
+    spec = CARRIERS.get(carrier_name)
+    if spec is None:
+        raise ValueError(f"no carrier named {carrier_name!r} (known: {', '.join(CARRIERS)})")
+    return spec.codec()
+
+
 class Call:
     """One call's state and tasks. Most users want :func:`run_call`; drain uses :meth:`end`."""
 
     __slots__ = (
         "_carrier",
+        "_codec",
         "_connect_stream",
         "_ending",
         "_goodbye_heard",
@@ -306,11 +353,11 @@ class Call:
         "_tasks",
         "_tools_running",
         "_tracer",
-        "_twilio",
         "_warned",
         "agent",
         "answered_by_machine",
         "carrier_name",
+        "carrier_rest",
         "configure",
         "ended",
         "journal",
@@ -321,7 +368,6 @@ class Call:
         "settings",
         "state",
         "tools",
-        "twilio_rest",
     )
 
     def __init__(
@@ -335,19 +381,20 @@ class Call:
         journal: CallJournal | None = None,
         connect_stream: StreamConnector | None = None,
         carrier_name: str = "twilio",
-        on_start: Callable[[Start], None] | None = None,
+        on_start: Callable[[StreamStarted], None] | None = None,
         tools: Sequence[Tool] = (),
         agent: AgentConfig | None = None,
-        configure: Callable[[Start], AgentConfig | None] | None = None,
+        configure: Callable[[StreamStarted], AgentConfig | None] | None = None,
         providers: Callable[[AgentConfig], Provider] | None = None,
-        twilio_rest: TwilioRest | None = None,
+        carrier_rest: CarrierRest | None = None,
+        codec: CarrierCodec | None = None,
     ) -> None:
         self.settings = settings
         self.on_start = on_start
         self.configure = configure
         self.agent = agent if agent is not None else AgentConfig()
         self.tools = {tool.name: tool for tool in tools}
-        self.twilio_rest = twilio_rest
+        self.carrier_rest = carrier_rest
         #: Set before the call starts when an answering machine picked up (Twilio's
         #: ``AnsweredBy``): with ``on_machine="leave_message"`` the agent's greeting is the
         #: message, and the call hangs up once it has been heard.
@@ -364,8 +411,8 @@ class Call:
         self.carrier_name = carrier_name
         self._carrier = carrier
         self._connect_stream = connect_stream or open_tcp_stream_tuned(settings.tcp_user_timeout)
-        self._twilio = TwilioStream()
-        self._playback = Playback()
+        self._codec = codec if codec is not None else _codec_of(carrier_name)
+        self._playback = Playback(marks=self._codec.capabilities.marks)
         self._link: ProviderLink | None = None
         self._scope = trio.CancelScope()
         self._ending: Disconnect | None = None
@@ -482,18 +529,20 @@ class Call:
             while True:
                 event = self._decode(await self._carrier.receive())
                 self.state.last_caller_frame_at = trio.current_time()
-                if isinstance(event, Start):
+                if type(event) is StreamStarted:
                     start = event
                     break
-                if not isinstance(event, Connected):  # pragma: no cover - the codec orders events
+                if event is not None:  # pragma: no cover - the codec orders events
                     raise Disconnect(Reason.PROTOCOL_ERROR, f"{type(event).__name__} before start")
         state = self.state
         state.started_at = state.last_caller_frame_at
-        state.call_sid = start.call_sid
-        state.stream_sid = start.stream_sid
-        state.account_sid = start.account_sid
+        state.carrier_call_id = start.call_id
+        state.stream_id = start.stream_id
+        state.account_id = start.account_id
         state.custom_parameters = dict(start.custom_parameters)
-        log.debug("call started", extra={"call_id": state.call_id, "call_sid": state.call_sid})
+        log.debug(
+            "call started", extra={"call_id": state.call_id, "call_sid": state.carrier_call_id}
+        )
         if self.on_start is not None:
             self.on_start(start)  # may refuse the call (Disconnect) before any provider session
         if self.configure is not None:
@@ -505,9 +554,10 @@ class Call:
         agent = self.agent
         self.state.agent = agent.name
         offered: dict[str, Tool] = dict(self.tools)
-        if self.twilio_rest is not None:
+        rest = self.carrier_rest
+        if rest is not None:
             offered[END_CALL.name] = END_CALL
-            if self._transfer_target() is not None:
+            if rest.can_transfer and self._transfer_target() is not None:
                 offered[TRANSFER_CALL.name] = TRANSFER_CALL
         if agent.tools is not None:
             offered = {name: offered[name] for name in agent.tools if name in offered}
@@ -614,9 +664,7 @@ class Call:
                         frame = await carrier.receive()
                     now = state.last_caller_frame_at = trio.current_time()
                     event = self._decode(frame)
-                    if type(event) is Media:
-                        if event.track != "inbound":
-                            continue
+                    if type(event) is CallerAudio:
                         if not flood.admits(b64_size(event.payload), now):
                             dropped.inc()  # faster than real time: never queued, never paid for
                             if flood.dropped == 1:
@@ -631,16 +679,10 @@ class Call:
                             await forward(event.payload, 1)
                         elif batch.add(event.payload, now):
                             await forward(*batch.take())
-                    elif type(event) is Mark:
-                        heard = playback.played(event.name)
-                        goodbye = self._goodbye_heard
-                        if (
-                            heard
-                            and goodbye is not None
-                            and playback.heard_through(self._goodbye_mark)
-                        ):
-                            goodbye.set()  # the agent's goodbye has played
-                    elif type(event) is Stop:
+                    elif type(event) is MarkPlayed:
+                        if playback.played(event.name):
+                            self._goodbye_played()
+                    elif type(event) is StreamStopped:
                         if batch:
                             await forward(*batch.take())  # the caller's last words still count
                         raise Disconnect(Reason.CALLER_STOP, "carrier sent stop")
@@ -674,7 +716,8 @@ class Call:
 
     async def _play_provider(self) -> None:
         carrier, link, state = self._carrier, self._link, self.state
-        twilio, playback, journal = self._twilio, self._playback, self.journal
+        codec, playback, journal = self._codec, self._playback, self.journal
+        marks = playback.marks  # else: no mark frames, the heard position is an estimate
         assert link is not None
         await link.open()
         state.upstream_connected_at = trio.current_time()
@@ -710,21 +753,26 @@ class Call:
                     audio, carry = _coalesce(event, session, decode)
                     for start in range(0, len(audio), MAX_MEDIA_BYTES):
                         media = audio[start : start + MAX_MEDIA_BYTES]  # (no copy if it is all)
-                        mark = playback.sent(len(media), item_id, response_id, session)
+                        now = 0.0 if marks else trio.current_time()  # (the estimate's clock)
+                        mark = playback.sent(len(media), item_id, response_id, session, now)
                         watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                        await carrier.send(twilio.media(media))
-                        await carrier.send(twilio.mark(mark))
+                        await carrier.send(codec.audio(media))
+                        if marks and (mark_frame := codec.mark(mark)) is not None:
+                            await carrier.send(mark_frame)
                         state.frames_to_caller += 1
                         state.bytes_to_caller += len(media)
                         frames.inc()
                 elif type(event) is SpeechStarted:
-                    truncations = playback.interrupt(session)
+                    truncations = playback.interrupt(
+                        session, None if marks else trio.current_time()
+                    )
                     messages = session.codec.interrupt(truncations or ())
                     with self._barge_in_span(truncations):
                         if truncations is not None:  # the caller talks over the agent: barge-in
                             watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                            await carrier.send(twilio.clear())
+                            await carrier.send(codec.clear())
                             watchdog.disarm()  # the link bounds its own sends
+                            self._goodbye_played()  # the clear settled every pending mark
                             state.barge_ins += 1
                             self.metrics.barge_ins.inc()
                             if log.isEnabledFor(logging.DEBUG):
@@ -759,6 +807,8 @@ class Call:
                     log.debug("%s: %s", event.role, event.text, extra={"call_id": state.call_id})
                 elif type(event) is AgentHangup:
                     raise Disconnect(Reason.AGENT_HANGUP, event.message or "agent hung up")
+                elif type(event) is SessionEnding:
+                    link.recycle_soon(session)  # make before break; a no-op if replaced already
                 elif type(event) is ProviderError:
                     log.warning(
                         "provider error %s: %s",
@@ -810,14 +860,21 @@ class Call:
     async def _heard(self) -> None:
         """Wait until the carrier confirms the caller heard the agent audio sent so far (the
         mark after the last of it echoed), at most ``farewell_timeout``. Audio sent meanwhile
-        is not waited for: the agent's last words are what it had said when it chose to leave."""
+        is not waited for: the agent's last words are what it had said when it chose to leave.
+        A barge-in's ``clear`` ends the wait (nothing is left to play). Without marks, the wait
+        ends when the playout estimate says the audio has played (``Playback.finishes_at``)."""
         playback = self._playback
+        playback.elapse(trio.current_time())  # (without marks; with marks, a no-op)
         until = self._goodbye_mark = playback.last_mark
         if playback.heard_through(until) or self.settings.farewell_timeout <= 0:
             return
         heard = self._goodbye_heard = trio.Event()
-        with trio.move_on_after(self.settings.farewell_timeout):
+        with (
+            trio.move_on_after(self.settings.farewell_timeout),
+            trio.move_on_at(playback.finishes_at(until)),  # inf with marks: the echo tells
+        ):
             await heard.wait()
+        playback.elapse(trio.current_time())
         if not playback.heard_through(until):
             log.info(
                 "%d ms of the agent's last words not confirmed heard within farewell_timeout=%gs",
@@ -825,6 +882,13 @@ class Call:
                 self.settings.farewell_timeout,
                 extra={"call_id": self.state.call_id},
             )
+
+    def _goodbye_played(self) -> None:
+        """Wake :meth:`_heard` if the audio it waits for has been heard (a mark echoed, or a
+        barge-in's ``clear`` settled it)."""
+        goodbye = self._goodbye_heard
+        if goodbye is not None and self._playback.heard_through(self._goodbye_mark):
+            goodbye.set()  # the agent's goodbye has played
 
     # --- tools, key presses, usage ------------------------------------------------------------
 
@@ -867,8 +931,8 @@ class Call:
                     state = self.state
                     context = ToolContext(
                         state.call_id,
-                        state.call_sid,
-                        state.stream_sid,
+                        state.carrier_call_id,
+                        state.stream_id,
                         self.agent.name,
                         dict(state.custom_parameters),
                     )
@@ -927,7 +991,7 @@ class Call:
             "tool %s: %s",
             exchange.name[:64],
             exchange.outcome,
-            extra={"call_id": state.call_id, "call_sid": state.call_sid},
+            extra={"call_id": state.call_id, "call_sid": state.carrier_call_id},
         )
 
     async def _end_call(self, call: ToolCall) -> None:
@@ -946,50 +1010,59 @@ class Call:
             self._tasks.start_soon(self._guard, partial(self._hang_up, detail))
 
     async def _hang_up(self, detail: str) -> None:
-        """Let the goodbye be heard, complete the Twilio call through the REST API (so no later
-        TwiML verb keeps the line open), and end the call ``agent_hangup``."""
+        """Let the goodbye be heard, complete the call through the carrier's REST API (so nothing
+        the carrier would do next, e.g. a later TwiML verb, keeps the line open), and end the call
+        ``agent_hangup``."""
 
         await self._farewell(detail)
-        rest, call_sid = self.twilio_rest, self.state.call_sid
-        if rest is not None and call_sid:
+        rest, call_id = self.carrier_rest, self.state.carrier_call_id
+        if rest is not None and call_id:
             try:
                 with trio.fail_after(self.settings.tool_timeout):
-                    await rest.complete(call_sid)
-            except (trio.TooSlowError, TwilioRestError) as exc:
+                    await rest.complete(call_id)
+            except (trio.TooSlowError, CarrierRestError) as exc:
                 log.warning(
-                    "completing the call through Twilio's REST API failed (%s); closing the "
+                    "completing the call through %s's REST API failed (%s); closing the "
                     "stream ends it",
+                    self._carrier_title,
                     exc or "no answer within tool_timeout",
                     extra={"call_id": self.state.call_id},
                 )
         raise Disconnect(Reason.AGENT_HANGUP, detail)
 
+    @property
+    def _carrier_title(self) -> str:
+        """The carrier's name as a word in a sentence (``twilio`` -> ``Twilio``)."""
+        return self.carrier_name.capitalize()
+
     async def _transfer(self, session: Session, call: ToolCall) -> None:
-        """The built-in ``transfer_call``: once the caller has heard the agent, redirect the
-        Twilio call to TwiML ``<Dial>`` the transfer target, and end the call ``transferred``.
-        A refused redirect is an error result: the model tells the caller."""
+        """The built-in ``transfer_call``: once the caller has heard the agent, have the carrier
+        move the call to the transfer target (``CarrierRest.transfer``; Twilio: a redirect to
+        TwiML ``<Dial>``), and end the call ``transferred``. A refused transfer is an error
+        result: the model tells the caller."""
 
         target = self._transfer_target()
-        rest, call_sid = self.twilio_rest, self.state.call_sid
+        rest, call_id = self.carrier_rest, self.state.carrier_call_id
         assert target is not None and rest is not None
         detail = f"transferred to {target}"
         await self._heard()  # "I am putting you through": a caller who hangs up now just left
-        # From here, the stream ending (Twilio leaves <Connect> for the <Dial>) is the transfer.
+        # From here, the stream ending (the carrier leaves the stream for the dial) is the
+        # transfer.
         self._leaving = Disconnect(Reason.TRANSFERRED, detail)
         try:
-            if not call_sid:
-                raise TwilioRestError(None, None, "the stream named no CallSid")
+            if not call_id:
+                raise CarrierRestError(None, None, "the stream named no call id")
             with trio.fail_after(self.settings.tool_timeout):
-                await rest.redirect(call_sid, dial_twiml(target))
-        except (trio.TooSlowError, TwilioRestError) as exc:
+                await rest.transfer(call_id, target)
+        except (trio.TooSlowError, CarrierRestError) as exc:
             self._leaving = None
             problem = str(exc) or f"no answer within {self.settings.tool_timeout:g} s"
             log.warning("transfer failed: %s", problem, extra={"call_id": self.state.call_id})
-            # The model hears what kind of failure, never the transport's or Twilio's words.
+            # The model hears what kind of failure, never the transport's or the carrier's words.
             why = (
-                f"Twilio error {exc.code}"
-                if isinstance(exc, TwilioRestError) and exc.code is not None
-                else "Twilio did not answer"
+                f"{self._carrier_title} error {exc.code}"
+                if isinstance(exc, CarrierRestError) and exc.code is not None
+                else f"{self._carrier_title} did not answer"
             )
             output = orjson.dumps({"error": f"the transfer failed ({why})"}).decode()
             exchange = ToolExchange(call.call_id, call.name, call.arguments, output, "error")
@@ -1048,9 +1121,9 @@ class Call:
 
     # --- ending -------------------------------------------------------------------------------
 
-    def _decode(self, frame: str | bytes) -> Connected | Start | Media | Mark | Dtmf | Stop:
+    def _decode(self, frame: str | bytes) -> CarrierEvent | None:
         try:
-            return self._twilio.receive(frame)
+            return self._codec.decode(frame)
         except RemoteProtocolError as exc:
             raise Disconnect(Reason.PROTOCOL_ERROR, str(exc)) from None
 
@@ -1105,8 +1178,8 @@ class Call:
         ended_at = trio.current_time()
         record = CallRecord(
             call_id=state.call_id,
-            call_sid=state.call_sid,
-            stream_sid=state.stream_sid,
+            call_sid=state.carrier_call_id,  # the public record keeps its names (CallRecord)
+            stream_sid=state.stream_id,
             reason=reason,
             detail=ending.detail,
             close_code=reason.close_code,
@@ -1137,8 +1210,8 @@ class Call:
         self._journal(self.journal.call_ended, record)
         fields: dict[str, object] = {
             "call_id": state.call_id,
-            "call_sid": state.call_sid,
-            "stream_sid": state.stream_sid,
+            "call_sid": state.carrier_call_id,  # the log keys stay Twilio's (docs/observability.md)
+            "stream_sid": state.stream_id,
             "reason": reason.value,
             "close_code": reason.close_code,
             "duration_s": round(record.duration, 3),

@@ -29,8 +29,10 @@ class CarrierSocket(Protocol):
         """The next frame. Raises ``Disconnect(CALLER_CLOSED)`` once the peer is gone."""
         ...
 
-    async def send(self, frame: str) -> None:
-        """Send one text frame. Raises ``Disconnect(CALLER_CLOSED)`` once the peer is gone."""
+    async def send(self, frame: str | bytes) -> None:
+        """Send one frame: a ``str`` as a text frame, ``bytes`` as a binary frame (the audio of a
+        carrier whose ``capabilities.binary_audio`` is true). Raises ``Disconnect(CALLER_CLOSED)``
+        once the peer is gone."""
         ...
 
     async def close(self, code: int, reason: str) -> None:
@@ -53,7 +55,7 @@ class TrioWebSocketCarrier:
             ) from None
         return message
 
-    async def send(self, frame: str) -> None:
+    async def send(self, frame: str | bytes) -> None:
         try:
             await self.ws.send_message(frame)
         except ConnectionClosed as exc:

@@ -31,10 +31,18 @@ The policy, in one place:
   calls a refusal (``ProviderCodec.close_reason`` -> ``upstream_rejected``), ends the call at once,
   never retried, so the carrier's fallback (Twilio's action URL) runs while the caller still listens.
   A close the table calls the agent hanging up ends the call ``agent_hangup``.
-* **recycle** before a session gets too old (OpenAI ends them at 60 minutes): make before break --
-  open and seed a new session, wait for it to answer a ping (so it is alive and read the opening
-  frames), switch to it, then close the old one. A recycle that fails in any way closes what it
-  opened and keeps the working session; it never ends the call.
+* **recycle** before a session gets too old (OpenAI ends them at 60 minutes), or at once when the
+  provider announces that it will end the session (Gemini's ``goAway``, through
+  :meth:`ProviderLink.recycle_soon`): make before break -- open and seed a new session, wait for it
+  to answer a ping (so it is alive and read the opening frames), switch to it, then close the old
+  one. A recycle that fails in any way closes what it opened and keeps the working session; it
+  never ends the call, and is tried again ``RECYCLE_RETRY`` later. If the old session drops before
+  the switch, the recycle is abandoned (what it opened is closed) and the drop is resumed as any
+  other: one replacement, never two.
+* **keepalive**: every ``keepalive_interval`` the current session is pinged (no pong within
+  ``pong_timeout`` drops it); a provider that wants a message of its own besides
+  (:attr:`~voxbridge.providers.base.ProviderCodec.keepalive`: Deepgram's ``KeepAlive``) gets it on
+  its cadence, bounded by ``send_timeout`` (a send that does not finish drops the session).
 
 Every socket the link opens is in :attr:`ProviderLink.sockets` until it is closed, and
 :meth:`ProviderLink.aclose` closes all of them on every path. Every wait is bounded by
@@ -64,7 +72,7 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..metrics import Metrics
-from ..providers.base import Frame, ProviderCodec
+from ..providers.base import Frame, Keepalive, ProviderCodec
 from ..providers.base import Provider as ProviderT
 from ..providers.events import HistoryItem, Usage
 from ..settings import Settings
@@ -84,11 +92,16 @@ EARLY_FRAMES = 4096  # frames a recycled session may send before the switch (its
 class Session:
     """One open provider session: its socket and codec, and why the link dropped it (if it did)."""
 
-    __slots__ = ("codec", "early", "lost", "upstream")
+    __slots__ = ("codec", "early", "keepalive", "keepalive_at", "lost", "upstream")
 
     def __init__(self, upstream: Upstream, codec: ProviderCodec) -> None:
         self.upstream = upstream
         self.codec = codec
+        #: The codec's keepalive message, and when upkeep sends it next (trio time; ``inf``: never).
+        self.keepalive: Keepalive | None = codec.keepalive
+        self.keepalive_at = (
+            math.inf if self.keepalive is None else upstream.opened_at + self.keepalive.interval
+        )
         #: ``(reason, detail)`` once the link dropped this session; the reason is what the call
         #: ends with if no session can replace it.
         self.lost: tuple[Reason, str] | None = None
@@ -191,6 +204,8 @@ class ProviderLink:
         self._opened = trio.Event()
         self._changed = trio.Event()
         self._pinging: tuple[Session, trio.CancelScope] | None = None  # upkeep's ping in flight
+        self._recycling: trio.CancelScope | None = None  # upkeep's recycle in flight
+        self._ending: Session | None = None  # the provider said it ends this one: recycle it
         self.resumes = 0  # sessions resumed that proved healthy
         self.on_usage = on_usage
         # How to ask what each session prepared so far cost, once it ended (Ultravox).
@@ -382,6 +397,10 @@ class ProviderLink:
         self._probation_until = None
         if self._pinging is not None and self._pinging[0] is session:
             self._pinging[1].cancel()  # a ping in flight on it would wait out pong_timeout
+        if self._recycling is not None:
+            # A recycle in flight (a goAway's, say, when the provider closed first) is abandoned:
+            # it closes what it opened, and the resume below opens the one replacement.
+            self._recycling.cancel()
         await self._discard(session.upstream)
         if reason in (Reason.AGENT_HANGUP, Reason.UPSTREAM_REJECTED):
             raise LinkDown(reason, detail)
@@ -442,9 +461,11 @@ class ProviderLink:
         """Keepalive, recycling and probation, in one task of the call (a task is memory at scale).
 
         Every ``keepalive_interval`` (from the end of the previous ping) the current session is
-        pinged under ``pong_timeout``; no pong drops it. At ``session_max_age`` it is recycled; a
-        failed recycle is retried ``RECYCLE_RETRY`` seconds later. Never raises for a provider
-        fault: a dropped session is the reading task's to resume.
+        pinged under ``pong_timeout``; no pong drops it. A codec that declares a keepalive message
+        (:class:`~voxbridge.providers.base.Keepalive`) has it sent on its cadence, under
+        ``send_timeout``. At ``session_max_age``, or at once after :meth:`recycle_soon`, the session
+        is recycled; a failed recycle is retried ``RECYCLE_RETRY`` seconds later. Never raises for
+        a provider fault: a dropped session is the reading task's to resume.
         """
         settings = self.settings
         await self._opened.wait()
@@ -453,14 +474,17 @@ class ProviderLink:
         while True:
             session = self.session
             wake = next_ping
-            if session is not None:
-                wake = min(wake, self._recycle_at(session, recycle_not_before))
+            if session is not None and session.lost is None:
+                recycle_at = self._recycle_at(session, recycle_not_before)
+                wake = min(wake, recycle_at, session.keepalive_at)
             if self._probation_until is not None:
                 wake = min(wake, self._probation_until)
             with trio.move_on_at(wake):
                 await self._changed.wait()
             now = trio.current_time()
             session = self.session
+            if self._ending is not None and self._ending is not session:
+                self._ending = None  # replaced meanwhile: nothing left to recycle
             if session is None or session.lost is not None:  # resuming: check the next one later
                 self._probation_until = None  # (a lost session never proves healthy)
                 if now >= next_ping:
@@ -474,16 +498,44 @@ class ProviderLink:
                 if self.session is session:
                     self._proved_healthy()
                 continue
+            if now >= session.keepalive_at:
+                await self._keep_alive(session, now)
+                continue
             if now >= self._recycle_at(session, recycle_not_before):
-                if not await self.recycle():
-                    recycle_not_before = trio.current_time() + RECYCLE_RETRY
+                recycled = await self.recycle()
+                if not recycled and self.session is session and session.lost is None:
+                    recycle_not_before = trio.current_time() + RECYCLE_RETRY  # it carries on
                 continue
             if now >= next_ping:
                 await self._ping(session)
                 next_ping = trio.current_time() + settings.keepalive_interval
 
+    def recycle_soon(self, session: Session) -> None:
+        """The provider will end ``session`` soon (Gemini's ``goAway``): have upkeep recycle it
+        now, make before break, instead of at ``session_max_age``. Does not wait.
+
+        Nothing happens if ``session`` is no longer the current one (replaced already, or dropped
+        and being resumed). After a failed recycle the next try still waits ``RECYCLE_RETRY``. If
+        the provider closes ``session`` before the switch, the recycle is abandoned and the drop
+        resumed like any other (:meth:`receive`), so one session replaces it, not two.
+        """
+        if session is not self.session or session.lost is not None or self._ending is session:
+            return
+        log.info("the provider is ending the session: recycling it now", extra=self._extra)
+        self._ending = session
+        self._wake_upkeep()
+
     def _recycle_at(self, session: Session, not_before: float) -> float:
+        if self._ending is session:
+            return not_before
         return max(session.upstream.opened_at + self.settings.session_max_age, not_before)
+
+    async def _keep_alive(self, session: Session, now: float) -> None:
+        """Send ``session`` its codec's keepalive message; the next one is due an interval on."""
+        keepalive = session.keepalive
+        assert keepalive is not None  # else keepalive_at is inf
+        session.keepalive_at = now + keepalive.interval
+        await self.send_within(session, keepalive.frame)  # a stalled send drops the session
 
     async def _ping(self, session: Session) -> None:
         pong_timeout = self.settings.pong_timeout
@@ -511,16 +563,27 @@ class ProviderLink:
 
         Returns:
             True if the call now talks to the fresh session. False if it could not be opened (or
-            the old session dropped meanwhile): whatever was opened is closed, the call carries on.
+            the old session dropped meanwhile, which abandons the recycle): whatever was opened is
+            closed, the call carries on.
         """
+        old = self.session
         attributes = {"voxbridge.provider": self.provider.name}
         with self._tracer.span("voxbridge.provider.recycle", attributes=attributes) as span:
-            recycled = await self._recycle(span)
+            recycled = False
+            with trio.CancelScope() as scope:  # cancelled by _recover: the old session dropped
+                self._recycling = scope
+                try:
+                    recycled = await self._recycle(span, old)
+                finally:
+                    self._recycling = None
+            if scope.cancelled_caught and old is not None and old.lost is not None:
+                span.fail(
+                    old.lost[0].value, f"the session dropped before the switch: {old.lost[1]}"
+                )
             span.set("voxbridge.recycled", recycled)
             return recycled
 
-    async def _recycle(self, span: tracing.Span) -> bool:
-        old = self.session
+    async def _recycle(self, span: tracing.Span, old: Session | None) -> bool:
         until = trio.current_time() + max(self.settings.reconnect_budget, MIN_PROBATION)
         try:
             fresh = await self._establish(until, retry=True)
@@ -550,10 +613,14 @@ class ProviderLink:
             span.fail(lost.value, f"the new session did not answer a ping: {exc}")
             await self._discard(fresh.upstream)
             return False
+        except BaseException:  # abandoned (the old session dropped) or the call ends
+            await self._discard(fresh.upstream)
+            raise
         if old is None or self.session is not old or old.lost is not None:
             await self._close(fresh.upstream, 1000, "not needed")
             return False
         self.session = fresh
+        self._recycling = None  # switched: a drop from now on is the fresh session's to resume
         self._wake_upkeep()
         log.info("provider session recycled", extra=self._extra)
         await self._close(old.upstream, 1000, "recycled")

@@ -1,12 +1,29 @@
-"""What agent audio the caller has actually heard, item by item, from the carrier's mark echoes.
+"""What agent audio the caller has actually heard, item by item: from the carrier's mark echoes, or,
+for a carrier without marks, from a real-time playout model.
 
-Twilio plays the audio we send in order and, when the audio before a ``mark`` has finished playing,
-echoes that mark back; on ``clear`` it drops the audio still queued and echoes every pending mark at
-once. So after every media message the call sends a mark, and :class:`Playback` remembers, per
-mark, which agent *item* (a provider's unit of speech: an OpenAI conversation item) it closes and
-how many bytes of that item had been sent up to it. A mark that comes back means everything before
-it was *played*: the caller heard it. Several items may be queued at the carrier at once (providers
-send answers faster than real time), so every item with audio still queued is tracked.
+A carrier plays the audio we send in order and, when the audio before a mark (Twilio and Telnyx
+``mark``, Plivo ``checkpoint``) has finished playing, echoes that mark back; on ``clear`` it drops
+the audio still queued. So after every media message the call sends a mark, and :class:`Playback`
+remembers, per mark, which agent *item* (a provider's unit of speech: an OpenAI conversation item)
+it closes and how many bytes of that item had been sent up to it. A mark that comes back means
+everything before it was *played*: the caller heard it. Several items may be queued at the carrier
+at once (providers send answers faster than real time), so every item with audio still queued is
+tracked.
+
+**A clear settles its marks at once.** :meth:`Playback.interrupt` drops every pending mark when the
+call sends the ``clear``: nothing of that audio is left to play, so ``heard_through`` is true for it
+from that instant, and nothing waits for an echo. That holds whatever the carrier does with those
+marks afterwards (``Capabilities.echoes_cleared_marks``): Twilio and Telnyx echo them at once (the
+echoes find nothing and move nothing), Plivo never echoes a checkpoint whose audio was cleared.
+
+**Without marks** (``Playback(marks=False)``; Vonage, ``Capabilities.marks`` false), no mark frame
+is sent and nothing is echoed. The heard position is then *the best estimate*: the carrier is taken
+to play the audio out in real time, in order, each chunk starting when it was sent or when the
+audio before it ends, whichever is later (the first unplayed byte plays at once). The call passes
+its clock's ``now`` (seconds, ``trio.current_time()``) to :meth:`Playback.sent`,
+:meth:`Playback.elapse` and :meth:`Playback.interrupt`; :meth:`Playback.finishes_at` says when the
+audio up to a mark will have played. The estimate interpolates within a chunk, but it knows
+neither the network's delay nor the carrier's jitter buffer: it may run a little ahead of the truth.
 
 A barge-in (the caller talks over the agent), :meth:`Playback.interrupt`::
 
@@ -18,15 +35,18 @@ A barge-in (the caller talks over the agent), :meth:`Playback.interrupt`::
     ->  audio of A, B and their responses that still arrives is late: dropped until a new
         response begins (:meth:`admits`, :meth:`response_started`)
 
-The heard position comes from echoed marks, never from a wall clock, so it can be short of the truth
-by at most one media message (the call sends at most ``MAX_MEDIA_BYTES``, 100 ms, per message) and
-is never past it. Only marks this object named count: a carrier echoing a mark never sent, or one
-voided by a ``clear``, moves nothing.
+With marks, the heard position comes from echoed marks, never from a clock, so it can be short of
+the truth by at most one media message (the call sends at most ``MAX_MEDIA_BYTES``, 100 ms, per
+message) and is never past it. Only marks this object named count: a carrier echoing a mark never
+sent, or one voided by a ``clear``, moves nothing.
 
-Pure state: no clock, no I/O. G.711 mu-law at 8 kHz is 8 bytes per millisecond.
+Pure state: no clock of its own (times are passed in), no I/O. G.711 mu-law at 8 kHz is 8 bytes per
+millisecond.
 """
 
 from __future__ import annotations
+
+import math
 
 from ..audio import BYTES_PER_MS
 from ..providers.events import Truncation
@@ -43,6 +63,10 @@ MAX_ITEMS = 64
 #: at one mark per 20 ms: a carrier that never echoes marks must not grow memory without bound).
 MAX_PENDING_MARKS = 4096
 _MAX_SEQ_DIGITS = 18  # mark numbers are ours: short ASCII decimals
+_BYTES_PER_SECOND = BYTES_PER_MS * 1000
+#: Seconds of slack when the estimate compares times: chunk ends are sums of floats, a microsecond
+#: (under a tenth of a sample) keeps audio that ends "now" from counting as not played yet.
+_SLACK = 1e-6
 
 Key = tuple[object, str]  # (provider session, item or response id)
 
@@ -65,11 +89,33 @@ class Playback:
 
     Items are keyed by provider session and id: ids of one session mean nothing in another (a
     resumed or recycled session may number its items afresh).
+
+    Args:
+        marks: the carrier echoes marks (``Capabilities.marks``). When false, the heard position
+            is estimated from the times audio was sent (see the module docstring), and the call
+            sends no mark frames: the names :meth:`sent` returns only number the audio.
     """
 
-    __slots__ = ("_cut_items", "_cut_responses", "_items", "_last", "_marks", "_response", "_seq")
+    __slots__ = (
+        "_cut_items",
+        "_cut_responses",
+        "_items",
+        "_last",
+        "_marks",
+        "_response",
+        "_seq",
+        "_times",
+        "_until",
+        "marks",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, *, marks: bool = True) -> None:
+        #: Whether the heard position comes from mark echoes (else from the playout estimate).
+        self.marks = marks
+        # estimate mode: (start, end, bytes) of each entry of ``_marks``, in step with it, and
+        # when the audio sent so far will have played (the carrier's queue runs dry)
+        self._times: list[tuple[float, float, int]] = []
+        self._until = -math.inf
         self._seq = 0
         # (seq, item, bytes of the item sent up to this mark), oldest first; a list, not a deque:
         # it stays short, and an empty deque costs 600 bytes per call
@@ -95,8 +141,48 @@ class Playback:
 
     def heard_through(self, mark: int) -> bool:
         """The caller has heard all the audio sent up to mark number ``mark`` (a barge-in's
-        ``clear`` counts as heard: nothing of it is left to play)."""
+        ``clear`` counts as heard: nothing of it is left to play). Without marks: as of the last
+        :meth:`elapse` (or :meth:`sent`, :meth:`interrupt`)."""
         return not self._marks or self._marks[0][0] > mark
+
+    def finishes_at(self, mark: int) -> float:
+        """Without marks: when (the call's clock, seconds) the audio sent up to mark number
+        ``mark`` will have played, by the playout estimate; ``-inf`` if it has already (as of the
+        last :meth:`elapse`). With marks: ``inf``, only its echo can tell."""
+        if self.marks:
+            return math.inf
+        finished = -math.inf
+        for (seq, _, _), (_, end, _) in zip(self._marks, self._times, strict=True):
+            if seq > mark:
+                break
+            finished = end
+        return finished
+
+    def elapse(self, now: float) -> bool:
+        """Without marks: move the heard position to what the playout estimate says has played
+        by ``now`` (the call's clock, seconds; within a chunk, in proportion). Returns True if it
+        moved. With marks: does nothing and returns False (only echoes move it)."""
+        marks = self._marks
+        if self.marks or not marks:
+            return False
+        times = self._times
+        done = 0
+        while done < len(marks) and times[done][1] <= now + _SLACK:
+            _, item, upto = marks[done]
+            item.heard = upto
+            done += 1
+        if done:
+            del marks[:done]
+            del times[:done]
+        if marks:
+            start, _, nbytes = times[0]
+            if start < now:  # the first chunk still queued is playing: part of it is heard
+                _, item, upto = marks[0]
+                heard = upto - nbytes + min(nbytes, round((now - start) * _BYTES_PER_SECOND))
+                if heard > item.heard:
+                    item.heard = heard
+                    return True
+        return done > 0
 
     @property
     def unheard_ms(self) -> int:
@@ -109,10 +195,21 @@ class Playback:
         return total // BYTES_PER_MS
 
     def sent(
-        self, nbytes: int, item_id: str | None, response_id: str | None, session: object
+        self,
+        nbytes: int,
+        item_id: str | None,
+        response_id: str | None,
+        session: object,
+        now: float = 0.0,
     ) -> str:
         """Record ``nbytes`` of agent audio of ``item_id`` (of ``session``) sent; returns the name
-        of the mark to send after it."""
+        of the mark to send after it. Without marks, ``now`` (the call's clock, seconds) is when
+        it was sent: it plays from then, or when the audio before it ends."""
+        if not self.marks:
+            self.elapse(now)
+            start = now if now > self._until else self._until
+            self._until = start + nbytes / _BYTES_PER_SECOND
+            self._times.append((start, self._until, nbytes))
         item = self._last
         if item is None or item.item_id != item_id or item.session is not session:
             item = self._item(session, item_id, response_id)
@@ -123,6 +220,8 @@ class Playback:
         if len(marks) > MAX_PENDING_MARKS:  # a carrier that does not echo: assume it played
             _, oldest, upto = marks.pop(0)
             oldest.heard = upto
+            if self._times:
+                self._times.pop(0)
         return f"{_PREFIX}{self._seq}"
 
     def _item(self, session: object, item_id: str | None, response_id: str | None) -> _Item:
@@ -142,9 +241,12 @@ class Playback:
     def played(self, name: str) -> bool:
         """The carrier echoed mark ``name``. Returns True if it means audio was heard.
 
-        Marks that are not ours (or never sent), voided by a barge-in (the ``clear`` echoes
-        them), or echoed twice return False and change nothing.
+        Marks that are not ours (or never sent), voided by a barge-in (the ``clear`` settled
+        them), or echoed twice return False and change nothing; so does any echo without marks
+        (``marks`` false: the estimate is all there is).
         """
+        if not self.marks:
+            return False
         digits = name[len(_PREFIX) :]
         if not (
             name.startswith(_PREFIX)
@@ -167,8 +269,9 @@ class Playback:
         del marks[:played]
         return True
 
-    def interrupt(self, session: object) -> list[Truncation] | None:
-        """The caller barged in.
+    def interrupt(self, session: object, now: float | None = None) -> list[Truncation] | None:
+        """The caller barged in (at ``now``, the call's clock: without marks, the heard position
+        is first moved there with :meth:`elapse`).
 
         Returns ``None`` when no agent audio is outstanding (nothing to clear). Otherwise the
         carrier's buffer must be cleared, and the result is what to truncate: every item with
@@ -177,8 +280,11 @@ class Playback:
         stretch of the same item ended) -- only items of ``session`` (the current provider
         session; older sessions are gone) that have an id. Either way, the answer being generated
         (the response begun last) and every queued item and its response count as interrupted:
-        their audio that still arrives is late (:meth:`admits`).
+        their audio that still arrives is late (:meth:`admits`). The pending marks are settled
+        here, as the ``clear`` is sent: nothing waits for their echoes.
         """
+        if now is not None:
+            self.elapse(now)
         if self._response is not None:
             self._cut(self._cut_responses, self._response)
         if not self._marks:
@@ -192,7 +298,9 @@ class Playback:
                 self._cut(self._cut_responses, (item.session, item.response_id))
             if item.item_id is not None and item.session is session:
                 truncations.append(Truncation(item.item_id, item.heard // BYTES_PER_MS))
-        self._marks.clear()  # a clear echoes them, unplayed: played() finds nothing for them
+        self._marks.clear()  # settled: an echo of them (Twilio's, after the clear) finds nothing
+        self._times.clear()
+        self._until = -math.inf  # the carrier's queue is empty: the next audio plays at once
         self._items.clear()
         self._last = None
         return truncations

@@ -12,15 +12,22 @@ __all__ = ["CallRecord", "CallState"]
 
 @attrs.define
 class CallState:
-    """Mutable state of one live call. Times are ``trio.current_time()`` values."""
+    """Mutable state of one live call. Times are ``trio.current_time()`` values.
+
+    The carrier's ids come from its stream's start (:class:`voxbridge.carriers.base.StreamStarted`)
+    and are ``None`` before it: ``carrier_call_id`` is the carrier's id of the call (Twilio
+    ``CallSid``, Telnyx ``call_control_id``, Plivo ``callId``, Vonage ``uuid``), ``stream_id`` its
+    id of the media stream, ``account_id`` the carrier account. ``carrier`` is the carrier's name
+    (the ``carrier`` metric label).
+    """
 
     call_id: str
     accepted_at: float
     carrier: str = "twilio"
     provider: str = ""
-    call_sid: str | None = None
-    stream_sid: str | None = None
-    account_sid: str | None = None
+    carrier_call_id: str | None = None
+    stream_id: str | None = None
+    account_id: str | None = None
     custom_parameters: dict[str, str] = attrs.Factory(dict)
     started_at: float | None = None
     last_caller_frame_at: float | None = None
@@ -48,7 +55,12 @@ class CallState:
 
 @attrs.frozen
 class CallRecord:
-    """A finished call, as the registry remembers it. Times are ``trio.current_time()`` values."""
+    """A finished call, as the registry remembers it. Times are ``trio.current_time()`` values.
+
+    A public record (the journal's columns have the same names): ``call_sid`` holds the carrier's
+    id of the call (:attr:`CallState.carrier_call_id`; Twilio's ``CallSid``, whatever the carrier)
+    and ``stream_sid`` its id of the media stream (:attr:`CallState.stream_id`).
+    """
 
     call_id: str
     call_sid: str | None

@@ -1,28 +1,46 @@
-"""A Twilio Media Streams carrier simulator: a fake phone call over a real WebSocket.
+"""A carrier simulator: a fake phone call over a real WebSocket, for any carrier.
 
-It sends what Twilio sends (``connected``, ``start``, 20 ms ``media`` frames in real time, ``stop``),
-plays the agent audio it receives in real time as Twilio does (queued behind what is playing; a
-``clear`` discards what is queued), echoes ``mark`` messages back once the audio before them has
+The engine (:class:`CarrierSimulator`) is carrier-neutral. It streams caller audio in real time
+(20 ms chunks), plays the agent audio it receives in real time as a carrier does (queued behind
+what is playing; a clear discards what is queued), echoes marks once the audio before them has
 played, and records what the bridge sent, what the caller actually *heard*
-(:attr:`CallResult.played`) and how the bridge closed the socket. Behaviours for fault tests:
+(:attr:`CallResult.played`) and how the bridge closed the socket. What the frames look like is
+the carrier's :class:`~voxbridge.testing.carrier_wire.CallerWire` (``wire=``): Twilio's
+(:class:`TwilioWire`, the default) sends ``connected``, ``start``, ``media``, ``dtmf``, ``mark``
+echoes and ``stop``; another carrier's wire sends its own handshake and frames, converts audio to
+and from its format, and says through ``wire.capabilities`` how marks behave:
+
+* ``marks`` false (Vonage): no mark is ever echoed;
+* ``echoes_cleared_marks`` true (Twilio, Telnyx): the marks pending at a clear are echoed at the
+  clear; false (Plivo): they are dropped, never echoed (counted in
+  :attr:`CallResult.marks_discarded`);
+* a wire whose ``stop`` is ``None`` (Plivo, Vonage) hangs up by closing the WebSocket.
+
+The engine converts nothing itself: the wire gets and returns mu-law 8 kHz, so the engine's clock
+(8 bytes per ms) and its record of what was heard are the same for every carrier. Behaviours for
+fault tests:
 
 * ``stall_after`` -- stop sending after that many seconds but keep the TCP connection open and keep
   reading: the zombie caller every other bridge leaks;
-* ``vanish_after`` -- drop the TCP connection abruptly (no ``stop``, no close frame): a phone dying
+* ``vanish_after`` -- drop the TCP connection abruptly (no stop, no close frame): a phone dying
   in a tunnel.
 
 The same :class:`CarrierSimulator` drives in-memory tests (hand it a stream from
-``trio.testing.memory_stream_pair``), ``voxbridge call`` and the demo (:func:`simulate_call`).
-Every wait is bounded by ``close_wait``: the simulator cannot hang a test.
+``trio.testing.memory_stream_pair``), ``voxbridge call`` and the demo (:func:`simulate_call`,
+``carrier=`` names a registered carrier whose spec names its wire). Every wait is bounded by
+``close_wait``: the simulator cannot hang a test.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
+import importlib
 import json
 import secrets
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -35,6 +53,8 @@ from trio_websocket import (
 )
 
 from ..audio import BYTES_PER_MS, FRAME_BYTES, tone
+from ..carriers.base import Capabilities, Frame
+from ..carriers.registry import CARRIERS
 from ..carriers.twilio_wire import (
     encode_connected,
     encode_dtmf,
@@ -43,9 +63,10 @@ from ..carriers.twilio_wire import (
     encode_start,
     encode_stop,
 )
+from .carrier_wire import AgentSpoke, CallerWire, Cleared, Marked, SimulatedCall, WireEvent
 from .faults import FaultStream
 
-__all__ = ["CallResult", "CarrierSimulator", "simulate_call"]
+__all__ = ["CallResult", "CarrierSimulator", "TwilioWire", "simulate_call", "wire_for"]
 
 FRAME_SECONDS = FRAME_BYTES / 8000  # 20 ms
 
@@ -54,12 +75,16 @@ FRAME_SECONDS = FRAME_BYTES / 8000  # 20 ms
 class CallResult:
     """What the simulated caller saw. Times are ``trio.current_time()`` values.
 
-    ``audio_received`` is every byte of agent audio (mu-law 8 kHz, 8 bytes per ms) the bridge
-    sent; ``played`` is what the caller heard of it: exactly the bytes whose real-time playback
-    happened, in order. A chunk cut by a ``clear`` adds the part played before the clear, audio a
-    ``clear`` discarded adds nothing, and audio still queued when the call ended (``closed_at``:
-    the bridge closed the socket, or the simulator stopped reading) adds what had played by then.
-    ``clears_at`` holds the arrival time of each ``clear``.
+    ``call_sid`` and ``stream_sid`` are the carrier's call and stream ids the simulator sent
+    (Twilio's names: ``CA...`` and ``MZ...``-shaped for every carrier).
+
+    ``audio_received`` is every byte of agent audio (mu-law 8 kHz, 8 bytes per ms, as the wire
+    converted it) the bridge sent; ``played`` is what the caller heard of it: exactly the bytes
+    whose real-time playback happened, in order. A chunk cut by a clear adds the part played
+    before the clear, audio a clear discarded adds nothing, and audio still queued when the call
+    ended (``closed_at``: the bridge closed the socket, or the simulator stopped reading) adds
+    what had played by then. ``clears_at`` holds the arrival time of each clear.
+    ``protocol_errors`` holds why each frame the carrier would have refused was refused.
     """
 
     call_sid: str
@@ -69,12 +94,15 @@ class CallResult:
     frames_received: int = 0
     marks_received: int = 0
     marks_echoed: int = 0
+    #: Marks a clear discarded and the carrier never echoes (``echoes_cleared_marks`` false).
+    marks_discarded: int = 0
     clears_received: int = 0
-    #: For each ``clear``: milliseconds of agent audio the caller had heard when it arrived.
+    #: For each clear: milliseconds of agent audio the caller had heard when it arrived.
     heard_ms_at_clear: list[float] = attrs.Factory(list)
     clears_at: list[float] = attrs.Factory(list)
     audio_received: bytearray = attrs.field(factory=bytearray, repr=False)
     played: bytearray = attrs.field(factory=bytearray, repr=False)
+    protocol_errors: list[str] = attrs.Factory(list)
     connected_at: float | None = None
     first_sent_at: float | None = None
     first_received_at: float | None = None
@@ -103,6 +131,105 @@ class CallResult:
         return self.first_received_at - self.first_sent_at
 
 
+# --- Twilio's wire ---------------------------------------------------------------------------------
+
+
+class TwilioWire:
+    """Twilio Media Streams as the caller's side speaks it (a
+    :class:`~voxbridge.testing.carrier_wire.CallerWire`), built on
+    :mod:`voxbridge.carriers.twilio_wire`'s encoders.
+
+    Twilio sends ``connected`` then ``start`` (with ``customParameters``), ``media`` frames with
+    ``sequenceNumber``, ``media.chunk`` and ``media.timestamp`` as digit strings (one sequence
+    across every message), ``dtmf``, ``mark`` echoes and ``stop``. From the bridge it takes
+    ``media``, ``mark`` and ``clear``; anything else is its error 31924, a binary frame 31950
+    (Twilio's error reference), so :meth:`parse` refuses them with ``ValueError``.
+    """
+
+    carrier = "twilio"
+    capabilities = Capabilities()  # marks, cleared marks echoed, stop, base64 text audio
+
+    def upgrade_headers(self, call: SimulatedCall) -> list[tuple[str, str]]:
+        """None: a signature (``X-Twilio-Signature``) is the test's to add (``extra_headers``)."""
+        return []
+
+    def handshake(self, call: SimulatedCall) -> list[Frame]:
+        start = encode_start(
+            call.stream_id,
+            call.call_id,
+            call.account_id,
+            sequence_number=call.next_sequence(),
+            custom_parameters=call.custom_parameters,
+        )
+        return [encode_connected(), start]
+
+    def audio(self, call: SimulatedCall, mulaw: bytes) -> Frame:
+        frame = encode_inbound_media(
+            call.stream_id,
+            base64.b64encode(mulaw).decode("ascii"),
+            chunk=call.chunk,
+            timestamp=call.timestamp_ms,
+            sequence_number=call.next_sequence(),
+        )
+        call.chunk += 1
+        call.timestamp_ms += len(mulaw) // BYTES_PER_MS
+        return frame
+
+    def dtmf(self, call: SimulatedCall, digit: str) -> Frame:
+        return encode_dtmf(call.stream_id, digit, sequence_number=call.next_sequence())
+
+    def mark_echo(self, call: SimulatedCall, name: str) -> Frame:
+        return encode_mark_echo(call.stream_id, name, call.next_sequence())
+
+    def stop(self, call: SimulatedCall) -> Frame | None:
+        return encode_stop(call.stream_id, call.call_id, call.account_id, call.next_sequence())
+
+    def parse(self, frame: Frame) -> WireEvent | None:
+        """``media`` -> :class:`AgentSpoke`, ``mark`` -> :class:`Marked`, ``clear`` ->
+        :class:`Cleared`.
+
+        Raises:
+            ValueError: a binary frame, not a JSON object, an unknown event, a missing field or a
+                payload that is not base64.
+        """
+        if not isinstance(frame, str):
+            raise ValueError("a binary frame (Twilio error 31950)")
+        event: Any = json.loads(frame)  # a JSONDecodeError is a ValueError
+        if not isinstance(event, dict):
+            raise ValueError("not a JSON object")
+        kind = event.get("event")
+        try:
+            if kind == "media":
+                payload = event["media"]["payload"]
+                return AgentSpoke(base64.b64decode(payload, validate=True))
+            if kind == "mark":
+                return Marked(str(event["mark"]["name"]))
+        except (KeyError, TypeError, binascii.Error) as exc:
+            raise ValueError(f"bad {kind} frame: {type(exc).__name__}") from None
+        if kind == "clear":
+            return Cleared()
+        raise ValueError(f"unknown event {str(kind)[:40]!r} (Twilio error 31924)")
+
+
+def wire_for(carrier: str) -> CallerWire:
+    """A fresh wire of a registered carrier: the class its spec's ``simulator`` names.
+
+    Raises:
+        ValueError: an unknown carrier, or one whose spec names no simulator.
+    """
+    spec = CARRIERS.get(carrier)
+    if spec is None:
+        raise ValueError(f"unknown carrier {carrier!r} (known: {', '.join(CARRIERS)})")
+    module, _, name = spec.simulator.partition(":")
+    if not (module and name):
+        raise ValueError(f"carrier {carrier!r} names no simulator")
+    wire: CallerWire = getattr(importlib.import_module(module), name)()
+    return wire
+
+
+# --- the engine ------------------------------------------------------------------------------------
+
+
 def _status(rejected: BaseExceptionGroup[ConnectionRejected]) -> int:
     """The HTTP status of a refused handshake. trio-websocket raises the refusal from its reader
     task, a direct child of the simulator's nursery, so ``except*`` hands over a flat group."""
@@ -114,21 +241,25 @@ def _sid(prefix: str) -> str:
 
 
 class CarrierSimulator:
-    """Plays one Twilio call over an open byte stream.
+    """Plays one call over an open byte stream, as the carrier of ``wire`` would.
 
     Args:
         stream: the TCP (or in-memory) stream to the bridge.
-        host, resource: for the WebSocket handshake (``Host`` header and path).
+        host, resource: for the WebSocket handshake (``Host`` header and path; default
+            ``/<carrier>/media``).
         audio: mu-law 8 kHz audio to stream (looped); a 440 Hz tone if omitted.
-        seconds: how long to stream before sending ``stop``.
+        seconds: how long to stream before hanging up (the carrier's stop, or a close).
         stall_after: stop sending after this many seconds, keep the socket open and reading.
         vanish_after: drop the connection abruptly after this many seconds.
-        send_stop: send ``stop`` at the end (the normal hang-up).
+        send_stop: hang up at the end (the normal end of a call).
         close_wait: how long to wait for the bridge to close the socket at the end.
-        custom_parameters: ``start.customParameters``.
-        extra_headers: handshake headers (e.g. a signature).
-        call_sid: the ``CallSid`` of ``start`` (a fresh random one if omitted).
+        custom_parameters: what the carrier hands back from the webhook's answer (Twilio's
+            ``start.customParameters``).
+        extra_headers: more handshake headers (e.g. a signature), after the wire's own.
+        call_sid: the carrier's call id (a fresh random one if omitted).
         dtmf: key presses to send, as ``(seconds after start, digit)``, while audio streams.
+        wire: the carrier's wire (one per call: it may hold conversion state);
+            :class:`TwilioWire` if omitted.
     """
 
     def __init__(
@@ -136,7 +267,7 @@ class CarrierSimulator:
         stream: trio.abc.Stream,
         *,
         host: str = "localhost",
-        resource: str = "/twilio/media",
+        resource: str | None = None,
         audio: bytes | None = None,
         seconds: float = 2.0,
         stall_after: float | None = None,
@@ -147,10 +278,12 @@ class CarrierSimulator:
         extra_headers: list[tuple[str, str]] | None = None,
         call_sid: str | None = None,
         dtmf: Sequence[tuple[float, str]] = (),
+        wire: CallerWire | None = None,
     ) -> None:
         self.stream = FaultStream(stream)
+        self.wire: CallerWire = wire if wire is not None else TwilioWire()
         self.host = host
-        self.resource = resource
+        self.resource = resource if resource is not None else f"/{self.wire.carrier}/media"
         self.audio = audio if audio else tone(1.0)
         self.seconds = seconds
         self.stall_after = stall_after
@@ -162,22 +295,32 @@ class CarrierSimulator:
         self.result = CallResult(call_sid=call_sid or _sid("CA"), stream_sid=_sid("MZ"))
         self.dtmf = sorted(dtmf)
         self.stalled = False
+        self.hung_up = False  # we closed the WebSocket (a carrier without a stop event)
         self.account_sid = _sid("AC")
+        self.call: SimulatedCall | None = None  # the wire's view of the call, once it runs
 
-    def frames(self) -> list[str]:
-        """Every payload the call will send, precomputed (base64 of 20 ms of audio)."""
+    def chunks(self) -> list[bytes]:
+        """Every 20 ms chunk of mu-law audio the call will send, in order (``audio`` looped)."""
         count = max(1, round(self.seconds / FRAME_SECONDS))
         audio = self.audio
         while len(audio) < count * FRAME_BYTES:
             audio += self.audio
-        return [
-            base64.b64encode(audio[i * FRAME_BYTES : (i + 1) * FRAME_BYTES]).decode("ascii")
-            for i in range(count)
-        ]
+        return [audio[i * FRAME_BYTES : (i + 1) * FRAME_BYTES] for i in range(count)]
+
+    def frames(self) -> list[str]:
+        """Every chunk the call will send, as base64 (what Twilio puts in ``media.payload``)."""
+        return [base64.b64encode(chunk).decode("ascii") for chunk in self.chunks()]
 
     async def run(self) -> CallResult:
         """Run the call to its end (the bridge closed, or ``close_wait`` passed)."""
         result = self.result
+        call = self.call = SimulatedCall(
+            call_id=result.call_sid,
+            stream_id=result.stream_sid,
+            account_id=self.account_sid,
+            custom_parameters=dict(self.custom_parameters),
+        )
+        headers = [*self.wire.upgrade_headers(call), *self.extra_headers]
         ws: WebSocketConnection | None = None
         try:
             async with trio.open_nursery() as nursery:
@@ -187,7 +330,7 @@ class CarrierSimulator:
                         self.stream,  # type: ignore[arg-type]  # any trio Stream works
                         self.host,
                         self.resource,
-                        extra_headers=[(k.encode(), v.encode()) for k, v in self.extra_headers],
+                        extra_headers=[(k.encode(), v.encode()) for k, v in headers],
                     )
                 if ws is None:
                     nursery.cancel_scope.cancel()
@@ -205,7 +348,11 @@ class CarrierSimulator:
             await trio.aclose_forcefully(self.stream)
         return result
 
-    async def _send(self, ws: WebSocketConnection, frame: str) -> bool:
+    def _running(self) -> SimulatedCall:
+        assert self.call is not None, "the call is not running"
+        return self.call
+
+    async def _send(self, ws: WebSocketConnection, frame: Frame) -> bool:
         with trio.move_on_after(self.close_wait):
             try:
                 await ws.send_message(frame)
@@ -215,26 +362,14 @@ class CarrierSimulator:
         return False
 
     async def _talk(self, ws: WebSocketConnection, done: trio.Event) -> None:
-        result, sid = self.result, self.result.stream_sid
-        if not (
-            await self._send(ws, encode_connected())
-            and await self._send(
-                ws,
-                encode_start(
-                    sid,
-                    result.call_sid,
-                    self.account_sid,
-                    sequence_number=1,
-                    custom_parameters=self.custom_parameters,
-                ),
-            )
-        ):
-            return
+        result, wire, call = self.result, self.wire, self._running()
+        for frame in wire.handshake(call):
+            if not await self._send(ws, frame):
+                return
         start = trio.current_time()
         result.first_sent_at = start
         keys = list(self.dtmf)
-        sequence = 2
-        for index, payload in enumerate(self.frames()):
+        for index, chunk in enumerate(self.chunks()):
             at = start + index * FRAME_SECONDS
             if self.vanish_after is not None and at - start >= self.vanish_after:
                 await self.stream.vanish()
@@ -246,58 +381,61 @@ class CarrierSimulator:
             if done.is_set():
                 return
             while keys and keys[0][0] <= at - start:
-                digit = keys.pop(0)[1]
-                if not await self._send(ws, encode_dtmf(sid, digit, sequence_number=sequence)):
+                if not await self._send(ws, wire.dtmf(call, keys.pop(0)[1])):
                     return
-                sequence += 1
                 result.dtmf_sent += 1
-            frame = encode_inbound_media(
-                sid, payload, chunk=index + 1, timestamp=index * 20, sequence_number=sequence
-            )
-            sequence += 1
-            if not await self._send(ws, frame):
+            if not await self._send(ws, wire.audio(call, chunk)):
                 return
             result.frames_sent += 1
             result.last_sent_at = trio.current_time()
         if self.send_stop and not done.is_set():
-            await self._send(ws, encode_stop(sid, result.call_sid, self.account_sid, sequence))
+            stop = wire.stop(call)
+            if stop is not None:
+                await self._send(ws, stop)
+            else:  # the carrier hangs up by closing the socket
+                self.hung_up = True
+                with trio.move_on_after(self.close_wait):
+                    await ws.aclose()
 
     async def _read(self, ws: WebSocketConnection, done: trio.Event) -> None:
-        """Receive what the bridge sends and play it back like Twilio does.
+        """Receive what the bridge sends and play it back like the carrier does.
 
         Agent audio is "played" in real time from when it arrives (queued behind what is still
-        playing); a ``mark`` is echoed when the audio sent before it has finished playing; a
-        ``clear`` discards the queued audio and echoes every pending mark at once.
+        playing); a mark is echoed when the audio sent before it has finished playing; a clear
+        discards the queued audio and echoes every pending mark at once, or drops them when the
+        carrier does not echo cleared marks.
         """
         result = self.result
-        player = _Player(self, ws)
+        player = _Player(self, ws, self._running())
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(player.echo_marks)
                 try:
                     while True:
                         message = await ws.get_message()
-                        event = json.loads(message)
-                        kind = event.get("event")
-                        if kind == "media":
+                        try:
+                            event = self.wire.parse(message)
+                        except ValueError as exc:
+                            result.protocol_errors.append(str(exc))
+                            continue
+                        if isinstance(event, AgentSpoke):
                             now = trio.current_time()
                             if result.first_received_at is None:
                                 result.first_received_at = now
                             result.frames_received += 1
-                            audio = base64.b64decode(event["media"]["payload"])
-                            result.audio_received += audio
-                            player.queue(now, audio)
-                        elif kind == "mark":
+                            result.audio_received += event.audio
+                            player.queue(now, event.audio)
+                        elif isinstance(event, Marked):
                             result.marks_received += 1
-                            player.mark(event["mark"]["name"])
-                        elif kind == "clear":
+                            player.mark(event.name)
+                        elif isinstance(event, Cleared):
                             now = trio.current_time()
                             result.clears_received += 1
                             result.clears_at.append(now)
                             result.heard_ms_at_clear.append(player.heard_ms(now))
                             await player.clear(now)
                 except ConnectionClosed as exc:
-                    if exc.reason is not None:
+                    if exc.reason is not None and not self.hung_up:
                         result.close_code = exc.reason.code
                         result.close_reason = exc.reason.reason
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -311,16 +449,21 @@ class CarrierSimulator:
 
 
 class _Player:
-    """Twilio's playback, simulated: real-time audio, marks echoed when played or cleared.
+    """A carrier's playback, simulated: real-time audio, marks echoed when played (and, per
+    ``wire.capabilities``, when cleared).
 
     What has played goes to ``CallResult.played``: each chunk is kept with the time it starts
-    playing until it has played out (added whole) or is cut (by a ``clear`` or the end of the call:
+    playing until it has played out (added whole) or is cut (by a clear or the end of the call:
     the part played by then is added, what is queued behind it is dropped).
     """
 
-    def __init__(self, simulator: CarrierSimulator, ws: WebSocketConnection) -> None:
+    def __init__(
+        self, simulator: CarrierSimulator, ws: WebSocketConnection, call: SimulatedCall
+    ) -> None:
         self._simulator = simulator
         self._ws = ws
+        self._call = call
+        self._capabilities = simulator.wire.capabilities
         self._play_until = 0.0  # when the audio queued so far has finished playing
         self._started_at: float | None = None  # when the current stretch of audio began playing
         self._queued_seconds = 0.0  # seconds of audio in the current stretch
@@ -328,7 +471,6 @@ class _Player:
         self._stopped = False
         self._pending: list[tuple[float, str]] = []  # (due, mark name)
         self._wake = trio.Event()
-        self._sequence = 10**6  # our echo sequence numbers, apart from the media ones
 
     def queue(self, now: float, audio: bytes) -> None:
         if self._stopped:
@@ -373,6 +515,8 @@ class _Player:
         return min(now - self._started_at, self._queued_seconds) * 1000
 
     def mark(self, name: str) -> None:
+        if not self._capabilities.marks:
+            return  # the carrier has no marks: nothing to echo
         self._pending.append((self._play_until, name))
         self._wake.set()
 
@@ -381,8 +525,11 @@ class _Player:
         self._play_until = now
         self._started_at = None
         pending, self._pending = self._pending, []
-        for _, name in pending:
-            await self._echo(name)
+        if self._capabilities.echoes_cleared_marks:
+            for _, name in pending:
+                await self._echo(name)
+        else:
+            self._simulator.result.marks_discarded += len(pending)
         self._wake.set()
 
     async def echo_marks(self) -> None:
@@ -404,27 +551,36 @@ class _Player:
         simulator = self._simulator
         if simulator.stalled:
             return  # a stalled carrier sends nothing at all
-        self._sequence += 1
-        stream_sid = simulator.result.stream_sid
-        if await simulator._send(self._ws, encode_mark_echo(stream_sid, name, self._sequence)):
+        if await simulator._send(self._ws, simulator.wire.mark_echo(self._call, name)):
             simulator.result.marks_echoed += 1
 
 
-async def simulate_call(url: str, **options: object) -> CallResult:
+async def simulate_call(url: str, *, carrier: str | None = None, **options: Any) -> CallResult:
     """Open a TCP connection to ``url`` (``ws://host:port/path``) and play one call on it.
 
-    ``options`` are :class:`CarrierSimulator`'s keyword arguments.
+    Args:
+        url: the bridge's media route, e.g. ``ws://127.0.0.1:8080/twilio/media``.
+        carrier: a registered carrier whose wire to speak (:func:`wire_for`); Twilio's if
+            omitted (or the ``wire`` option).
+        options: :class:`CarrierSimulator`'s keyword arguments.
+
+    Raises:
+        ValueError: ``url`` is not ``ws://host:port/path``, or ``carrier`` is unknown.
     """
     parts = urlsplit(url)
     if parts.scheme != "ws" or parts.hostname is None:
         raise ValueError(f"expected ws://host:port/path, got {url!r}")
+    if carrier is not None:
+        if "wire" in options:
+            raise ValueError("give carrier= or wire=, not both")
+        options["wire"] = wire_for(carrier)
     port = parts.port or 80
-    with trio.fail_after(float(options.get("close_wait", 10.0))):  # type: ignore[arg-type]
+    with trio.fail_after(float(options.get("close_wait", 10.0))):
         stream = await trio.open_tcp_stream(parts.hostname, port)
     simulator = CarrierSimulator(
         stream,
         host=f"{parts.hostname}:{port}",
         resource=parts.path or "/",
-        **options,  # type: ignore[arg-type]
+        **options,
     )
     return await simulator.run()

@@ -1,8 +1,10 @@
-"""The built-in echo agent: an OpenAI-Realtime provider that plays the caller back.
+"""The echo agent's test double: an OpenAI-Realtime provider that plays the caller back, with fault knobs.
 
-:class:`EchoAgent` is :class:`~voxbridge.testing.fake_openai.FakeOpenAIRealtime` configured for echo:
+The product's echo agent (what ``voxbridge serve --provider echo`` runs) is
+:class:`voxbridge.echo_agent.EchoAgent`. :class:`FakeEchoAgent` is
+:class:`~voxbridge.testing.fake_openai.FakeOpenAIRealtime` configured for echo, for tests:
 a real WebSocket server (trio-websocket, real TCP on loopback, or any ``trio.abc.Stream`` via
-:meth:`EchoAgent.handle_stream` for in-memory tests) speaking the GA Realtime protocol:
+:meth:`FakeEchoAgent.handle_stream` for in-memory tests) speaking the GA Realtime protocol:
 
 * sends ``session.created`` on connect and answers ``session.update`` with ``session.updated``;
 * for each ``input_audio_buffer.append`` schedules the same audio, ``delay`` seconds later, as a
@@ -26,12 +28,12 @@ from typing import Any
 from ..providers.endpoint import ProviderEndpoint
 from .fake_openai import AgentSession, FakeOpenAIRealtime, ResponseRecord
 
-__all__ = ["AgentSession", "EchoAgent", "ResponseRecord"]
+__all__ = ["AgentSession", "FakeEchoAgent", "ResponseRecord"]
 
 HANGUP_REASON = "echo agent hangs up (fault knob)"
 
 
-class EchoAgent(FakeOpenAIRealtime):
+class FakeEchoAgent(FakeOpenAIRealtime):
     """A local OpenAI-Realtime-compatible agent that echoes audio after ``delay`` seconds.
 
     Args:
@@ -97,5 +99,5 @@ class EchoAgent(FakeOpenAIRealtime):
     def endpoint(self) -> ProviderEndpoint:
         """The endpoint a bridge uses to reach this agent (after :meth:`serve` started)."""
         if self.url is None:
-            raise RuntimeError("EchoAgent.serve() has not started")
+            raise RuntimeError("FakeEchoAgent.serve() has not started")
         return ProviderEndpoint("echo", self.url)

@@ -11,12 +11,15 @@ What it speaks (the shapes of the ``deepgram-sdk`` agent v1 types):
 * Binary frames are caller audio (mu-law bytes), echoed back as agent audio after ``echo_delay``.
 * Agent turns (``speak``, the greeting, answers): ``AgentStartedSpeaking``, binary mu-law chunks,
   ``ConversationText{role: "assistant"}``, ``AgentAudioDone``. ``UserStartedSpeaking`` (at
-  ``user_started_at``) cuts a turn in progress, as Deepgram's own barge-in does.
+  ``user_started_at`` and ``speech_started_at``) cuts a turn in progress, as Deepgram's own
+  barge-in does.
 * ``FunctionCallRequest{functions: [{id, name, arguments, client_side: true}]}`` for each
   :class:`FakeFunctionCall`; a ``FunctionCallResponse`` is recorded and answered with speech and
   ``ConversationText`` ``"<name> answered: <content>"``.
 * ``InjectUserMessage`` is recorded (``injected``) and answered with ``speech_for(content)``;
-  ``KeepAlive`` is counted.
+  ``KeepAlive`` is counted, with its arrival time (``keepalives_at``). With ``idle_timeout`` the
+  fake closes a session that sent nothing (audio, ``KeepAlive``, any message) for that long, as
+  Deepgram does.
 
 Times are seconds after a session's handshake; ``only_session`` restricts the scripted and fault
 knobs (not the echo) to one connection (1-based), so one session drops and the next runs healthy.
@@ -100,6 +103,7 @@ class DeepgramSession:
     function_responses: list[dict[str, Any]] = attrs.Factory(list)
     injected: list[str] = attrs.Factory(list)
     keepalives: int = 0
+    keepalives_at: list[float] = attrs.Factory(list)  # when each ``KeepAlive`` arrived
     idle: trio.CancelScope = attrs.Factory(trio.CancelScope)  # for ``idle_timeout``
     interrupted: int = 0
     errors: list[str] = attrs.Factory(list)
@@ -135,6 +139,7 @@ class FakeDeepgram:
         speak_pace: how many times faster than real time turns are sent (``math.inf``: at once).
         chunk_ms: milliseconds of agent audio per binary frame.
         user_started_at: send ``UserStartedSpeaking`` at these times, cutting a turn in progress.
+        speech_started_at: the same, under the name the other fakes use (both lists are sent).
         caller_transcripts: ``(at, text)``: a user ``ConversationText``.
         function_calls: :class:`FakeFunctionCall` list.
         error_at: ``(at, code, description)``: send an ``Error``.
@@ -142,6 +147,7 @@ class FakeDeepgram:
         refuse_status: reject every handshake with this HTTP status.
         handshake_delay: wait this long before accepting a handshake.
         close_at: ``(at, code)``: close the session with ``code``.
+        close_reason: the close reason sent with ``close_at``.
         hangup_at: close with 1000 at this time, once the turns due by then are spoken.
         stop_reading_at: stop reading the connection (no pongs: a frozen server).
         idle_timeout: as Deepgram does, end a session that has received no message (audio,
@@ -159,6 +165,7 @@ class FakeDeepgram:
         speak_pace: float = 5.0,
         chunk_ms: int = 20,
         user_started_at: Sequence[float] = (),
+        speech_started_at: Sequence[float] = (),
         caller_transcripts: Sequence[tuple[float, str]] = (),
         function_calls: Sequence[FakeFunctionCall] = (),
         error_at: Sequence[tuple[float, str, str]] = (),
@@ -166,6 +173,7 @@ class FakeDeepgram:
         refuse_status: int | None = None,
         handshake_delay: float = 0.0,
         close_at: tuple[float, int] | None = None,
+        close_reason: str = "fake provider closes (fault knob)",
         hangup_at: float | None = None,
         stop_reading_at: float | None = None,
         idle_timeout: float | None = None,
@@ -177,6 +185,7 @@ class FakeDeepgram:
         self.speak_pace = speak_pace
         self.chunk_ms = chunk_ms
         self.user_started_at = list(user_started_at)
+        self.speech_started_at = list(speech_started_at)
         self.caller_transcripts = list(caller_transcripts)
         self.function_calls = list(function_calls)
         self.error_at = list(error_at)
@@ -184,6 +193,7 @@ class FakeDeepgram:
         self.refuse_status = refuse_status
         self.handshake_delay = handshake_delay
         self.close_at = close_at
+        self.close_reason = close_reason
         self.hangup_at = hangup_at
         self.stop_reading_at = stop_reading_at
         self.idle_timeout = idle_timeout
@@ -335,7 +345,7 @@ class FakeDeepgram:
             nursery.start_soon(
                 self._scheduled_turn, session, ws, t0 + at, audio, transcript, spoken
             )
-        for at in self.user_started_at:
+        for at in [*self.user_started_at, *self.speech_started_at]:
             nursery.start_soon(self._user_started, session, ws, t0 + at)
         for at, text in self.caller_transcripts:
             message = {"type": "ConversationText", "role": "user", "content": text}
@@ -351,7 +361,7 @@ class FakeDeepgram:
             drop_at, drop_code = self.close_at
             no_wait: list[trio.Event] = []
             nursery.start_soon(
-                self._close_at, session, ws, t0 + drop_at, drop_code, "dropped (close_at)", no_wait
+                self._close_at, session, ws, t0 + drop_at, drop_code, self.close_reason, no_wait
             )
         if self.hangup_at is not None:
             when = t0 + self.hangup_at
@@ -385,6 +395,7 @@ class FakeDeepgram:
                 session._configured.set()
         elif kind == "KeepAlive":
             session.keepalives += 1
+            session.keepalives_at.append(trio.current_time())
         elif kind == "InjectUserMessage":
             content = message.get("content")
             if not isinstance(content, str):

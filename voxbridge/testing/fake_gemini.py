@@ -26,8 +26,15 @@ What the fake does, each time relative to the session's opening:
 * **go_away_at**: ``(at, time_left_seconds)`` sends ``goAway``; the connection is then closed
   with 1000 when the time is up (what the service does).
 * ``resumable=False``: every resumption update says the session cannot be resumed (no handle).
-* Faults: ``close_at=(at, code)`` drops the session; ``freeze_at`` stops reading and writing
-  (no pongs, nothing sent); ``only_sessions`` limits the scripted actions to the first N sessions.
+* Faults: ``close_at=(at, code)`` drops the session (with ``close_reason``); ``freeze_at`` stops
+  reading and writing (no pongs, nothing sent); ``only_sessions`` limits the scripted actions to
+  the first N sessions.
+* The fault knobs under :class:`~voxbridge.testing.FakeOpenAIRealtime`'s names:
+  ``refuse_status``, ``handshake_delay`` (wait before accepting), ``close_at``/``close_reason``,
+  ``stop_reading_at`` (stop reading only: no pongs), ``speech_started_at`` (``interrupted``, as
+  ``interrupt_at``) and ``only_session=k`` (the scripted and fault knobs, ``refuse_status`` and
+  ``handshake_delay`` too, apply to the k-th connection only, counting refused ones). Gemini has
+  no hang-up: nothing ends a call from the service's side but the connection's time limit.
 
 Every session is a :class:`GeminiSession` record. Every wait here is bounded.
 """
@@ -95,6 +102,7 @@ class GeminiSession:
     stream: FaultStream
     opened_at: float
     index: int = 0
+    number: int = 0  # the connection's number (1-based, refused ones counted): ``only_session``
     query: dict[str, str] = attrs.Factory(dict)
     setup: dict[str, Any] | None = None
     resumed_from: str | None = None
@@ -140,9 +148,14 @@ class FakeGemini:
         usage: dict[str, Any] | None = None,
         go_away_at: tuple[float, float] | None = None,
         close_at: tuple[float, int] | None = None,
+        close_reason: str = "fake provider closes (fault knob)",
         freeze_at: float | None = None,
+        stop_reading_at: float | None = None,
+        speech_started_at: Sequence[float] = (),
         refuse_status: int | None = None,
+        handshake_delay: float = 0.0,
         only_sessions: int | None = None,
+        only_session: int | None = None,
         chunk_ms: int = 20,
         resumable: bool = True,
     ) -> None:
@@ -165,9 +178,15 @@ class FakeGemini:
         }
         self.go_away_at = go_away_at
         self.close_at = close_at
+        self.close_reason = close_reason
         self.freeze_at = freeze_at
+        self.stop_reading_at = stop_reading_at
+        self.speech_started_at = tuple(speech_started_at)
         self.refuse_status = refuse_status
+        self.handshake_delay = handshake_delay
         self.only_sessions = only_sessions
+        self.only_session = only_session
+        self.connections = 0
         self.chunk_ms = chunk_ms
         self.resumable = resumable
         self.url = ""
@@ -211,22 +230,32 @@ class FakeGemini:
         self._changed.set()
         self._changed = trio.Event()
 
+    def scripted(self, number: int) -> bool:
+        """Whether the scripted and fault knobs apply to connection ``number``
+        (``only_session``; ``only_sessions`` further limits the scripted actions)."""
+        return self.only_session is None or self.only_session == number
+
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one WebSocket connection on an open byte stream."""
+        self.connections += 1
         fault = FaultStream(stream)
         session = GeminiSession(stream=fault, opened_at=trio.current_time())
+        session.number = self.connections
+        scripted = self.scripted(session.number)
+        delay = self.handshake_delay if scripted else 0.0
         ws: WebSocketConnection | None = None
         try:
             async with trio.open_nursery() as nursery:
-                with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                with trio.move_on_after(HANDSHAKE_TIMEOUT + delay):
                     request = await wrap_server_stream(nursery, fault)
                     parts = urlsplit(request.path)
                     session.query = dict(parse_qsl(parts.query))
-                    if self.refuse_status is not None:
+                    if scripted and self.refuse_status is not None:
                         await request.reject(self.refuse_status, body=b"refused by the fake")
                     elif parts.path != RESOURCE:
                         await request.reject(404, body=b"not found")
                     else:
+                        await trio.sleep(delay)
                         ws = await request.accept()
                 if ws is not None:
                     session.opened_at = trio.current_time()
@@ -268,7 +297,9 @@ class FakeGemini:
                 return
             session.resumed_from = handle
         await self._send(session, ws, {"setupComplete": {}})
-        scripted = self.only_sessions is None or session.index <= self.only_sessions
+        scripted = self.scripted(session.number) and (
+            self.only_sessions is None or session.index <= self.only_sessions
+        )
         async with trio.open_nursery() as nursery:
             playback_in, playback_out = trio.open_memory_channel[tuple[float, bytes]](256)
             nursery.start_soon(self._play, session, ws, playback_out)
@@ -278,7 +309,7 @@ class FakeGemini:
                 for at, text in self.heard:
                     heard = {"serverContent": {"inputTranscription": {"text": text}}}
                     nursery.start_soon(self._at, session, at, self._send, ws, heard)
-                for at in self.interrupt_at:
+                for at in (*self.interrupt_at, *self.speech_started_at):
                     nursery.start_soon(self._at, session, at, self._interrupt, ws)
                 for number, call in enumerate(self.tool_calls, start=1):
                     nursery.start_soon(self._at, session, call.at, self._call, ws, call, number)
@@ -288,6 +319,9 @@ class FakeGemini:
                     nursery.start_soon(self._at, session, self.close_at[0], self._drop, ws)
                 if self.freeze_at is not None:
                     nursery.start_soon(self._at, session, self.freeze_at, self._freeze, ws)
+                if self.stop_reading_at is not None:
+                    stop_reading = self.stop_reading_at
+                    nursery.start_soon(self._at, session, stop_reading, self._stop_reading, ws)
             up = soxr.ResampleStream(16000, 24000, 1, dtype="int16", vr=True)
             try:
                 while True:
@@ -418,11 +452,14 @@ class FakeGemini:
 
     async def _drop(self, session: GeminiSession, ws: WebSocketConnection) -> None:
         assert self.close_at is not None
-        await self._close(session, ws, self.close_at[1], "dropped by the fake (close_at)")
+        await self._close(session, ws, self.close_at[1], self.close_reason)
 
     async def _freeze(self, session: GeminiSession, ws: WebSocketConnection) -> None:
         session.stream.stop_reading()
         session.stream.stop_writing()
+
+    async def _stop_reading(self, session: GeminiSession, ws: WebSocketConnection) -> None:
+        session.stream.stop_reading()
 
     async def _close(
         self, session: GeminiSession, ws: WebSocketConnection, code: int, reason: str

@@ -34,9 +34,13 @@ What it does for a bridge:
   created`` and a ``response.event`` wrapping ``response.output_item.done`` with the
   ``function_call``; ``response.item.create`` with its ``function_call_output`` is recorded and
   ``response.create`` makes the model speak :func:`~voxbridge.testing.fake_openai.tool_answer`.
-* Fault knobs: ``refuse_status``, ``close_at`` (drop with a code, no ``session.closed``),
-  ``stop_reading_at`` (freeze), ``corrupt_deltas``, ``events_at`` (raw events);
-  ``only_session=k`` applies the scripted and fault knobs to the k-th connection only.
+* ``hangup_at``: the model ends the call, ``session.closed{reason: remote_hangup}`` then close
+  1000 (what ``closed_at=(at, "remote_hangup")`` does, under the name the other fakes use).
+* Fault knobs, named as :class:`~voxbridge.testing.FakeOpenAIRealtime`'s: ``refuse_status``,
+  ``handshake_delay``, ``close_at`` (drop with a code and ``close_reason``, no
+  ``session.closed``), ``stop_reading_at`` (freeze), ``corrupt_deltas``, ``events_at`` (raw
+  events); ``only_session=k`` applies the scripted and fault knobs to the k-th connection only.
+  There is no ``speech_started_at``: the Live API has no event saying the caller interrupted.
 
 Every wait here is bounded: a fake that hangs would hide the bugs it exists to find.
 """
@@ -146,6 +150,8 @@ class LiveSession:
     _speaking: trio.Lock = attrs.Factory(trio.Lock)
     _interrupt: trio.Event | None = None
     _corrupt: Mapping[int, str] = MappingProxyType({})
+    #: Echo chunks waiting, with when each is due: one task plays them, in order.
+    _echo: trio.MemorySendChannel[tuple[float, bytes]] | None = None
     _calls: dict[str, str] = attrs.Factory(dict)
 
     def next_id(self, prefix: str) -> str:
@@ -176,8 +182,11 @@ class FakeGptLive:
         usage_every: seconds between ``session.usage.updated`` events (``None``: none).
         closed_at: ``(at, reason)``: ``session.closed`` with ``reason``, then close.
         close_at: ``(at, code)``: close the socket with ``code``, no ``session.closed``.
+        close_reason: the close reason sent with ``close_at``.
+        hangup_at: the model hangs up: ``session.closed`` ``remote_hangup``, then close 1000.
         stop_reading_at: stop reading the socket (a frozen service: no pongs).
         refuse_status: reject the handshake with this HTTP status.
+        handshake_delay: wait this long before accepting the handshake (a slow service).
         corrupt_deltas: ``{k: text}``: the k-th audio delta of a session carries ``text``.
         events_at: ``(at, event)``: send this raw event.
         tool_calls: :class:`FakeLiveToolCall` list (needs a Responses delegation with the tool).
@@ -198,8 +207,11 @@ class FakeGptLive:
         usage_every: float | None = 1.0,
         closed_at: tuple[float, str] | None = None,
         close_at: tuple[float, int] | None = None,
+        close_reason: str = "fake provider closes (fault knob)",
+        hangup_at: float | None = None,
         stop_reading_at: float | None = None,
         refuse_status: int | None = None,
+        handshake_delay: float = 0.0,
         corrupt_deltas: Mapping[int, str] = MappingProxyType({}),
         events_at: Sequence[tuple[float, Mapping[str, Any]]] = (),
         tool_calls: Sequence[FakeLiveToolCall] = (),
@@ -220,8 +232,11 @@ class FakeGptLive:
         self.usage_every = usage_every
         self.closed_at = closed_at
         self.close_at = close_at
+        self.close_reason = close_reason
+        self.hangup_at = hangup_at
         self.stop_reading_at = stop_reading_at
         self.refuse_status = refuse_status
+        self.handshake_delay = handshake_delay
         self.corrupt_deltas = dict(corrupt_deltas)
         self.events_at = [(when, dict(event)) for when, event in events_at]
         self.tool_calls = list(tool_calls)
@@ -281,8 +296,9 @@ class FakeGptLive:
             await trio.aclose_forcefully(fault)
 
     async def _serve_one(self, fault: FaultStream, session: LiveSession, scripted: bool) -> None:
+        delay = self.handshake_delay if scripted else 0.0
         async with trio.open_nursery() as nursery:
-            with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            with trio.move_on_after(HANDSHAKE_TIMEOUT + delay):
                 request = await wrap_server_stream(nursery, fault)
                 session.path = request.path
                 session.headers = {
@@ -301,6 +317,7 @@ class FakeGptLive:
                         body=json.dumps(body).encode(),
                     )
                 else:
+                    await trio.sleep(delay)
                     session.ws = await request.accept()
             if session.ws is not None:
                 self.sessions.append(session)
@@ -319,6 +336,9 @@ class FakeGptLive:
             session._corrupt = self.corrupt_deltas
             session.scripted = True
         async with trio.open_nursery() as nursery:
+            if self.echo_delay is not None:
+                session._echo, echoes = trio.open_memory_channel[tuple[float, bytes]](512)
+                nursery.start_soon(self._play_echo, session, send, echoes)
             try:
                 while True:
                     message = await ws.get_message()
@@ -371,9 +391,11 @@ class FakeGptLive:
         if self.closed_at is not None:
             when, reason = self.closed_at
             at(when, partial(self._finish, session, ws, send, reason))
+        if self.hangup_at is not None:
+            at(self.hangup_at, partial(self._finish, session, ws, send, "remote_hangup"))
         if self.close_at is not None:
             when, code = self.close_at
-            at(when, partial(self._close, session, ws, code, "fake provider closes (fault knob)"))
+            at(when, partial(self._close, session, ws, code, self.close_reason))
         if self.stop_reading_at is not None:
             at(self.stop_reading_at, stop_reading)
         if self.events_at:
@@ -497,13 +519,23 @@ class FakeGptLive:
             await self._error(session, send, "invalid_audio", "audio must be base64.")
             return
         session.audio_bytes_in += len(chunk)
-        if self.echo_delay is not None and session.started_at is not None:
+        if session._echo is not None and self.echo_delay is not None:
+            try:
+                session._echo.send_nowait((trio.current_time() + self.echo_delay, chunk))
+            except trio.WouldBlock:
+                pass  # a full queue drops the chunk, never queues without bound
 
-            async def echo() -> None:
-                await trio.sleep(self.echo_delay or 0.0)
-                await self._delta(session, send, chunk)
-
-            nursery.start_soon(echo)
+    async def _play_echo(
+        self,
+        session: LiveSession,
+        send: Callable[[Event], Awaitable[bool]],
+        echoes: trio.MemoryReceiveChannel[tuple[float, bytes]],
+    ) -> None:
+        """Play the echo back in the order it came (chunks that arrived together are due
+        together: one task per chunk could send them in any order)."""
+        async for due, chunk in echoes:
+            await trio.sleep_until(due)
+            await self._delta(session, send, chunk)
 
     async def _say(
         self,

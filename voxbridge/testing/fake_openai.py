@@ -33,7 +33,7 @@ What it does for a bridge:
 * Echo mode (``echo_delay``): each ``input_audio_buffer.append`` comes back ``echo_delay`` seconds
   later as a ``response.output_audio.delta`` (item ``item_echo``; after each ``speech_started``
   a new item and response, ``item_echo_2`` ..., as an agent answers each caller turn anew) -- what
-  :class:`EchoAgent` is.
+  :class:`FakeEchoAgent` is.
 * Scripted agent turns (``speak``): a full response -- ``response.created``, the output item and
   ``conversation.item.added``, the content part, 20 ms ``response.output_audio.delta`` chunks sent
   *faster than real time* (``speak_pace``, as the real service bursts), then the ``.done`` events,
@@ -76,8 +76,7 @@ from wsproto.utilities import LocalProtocolError
 
 from ..audio import BYTES_PER_MS, b64_size
 from ..providers.endpoint import ProviderEndpoint
-from ..providers.openai_realtime import GREETING_PROMPT, openai_endpoint
-from ..settings import OPENAI_MODEL
+from ..providers.openai_realtime import GREETING_PROMPT, OPENAI_MODEL, openai_endpoint
 from .faults import FaultStream, record_close
 
 __all__ = [

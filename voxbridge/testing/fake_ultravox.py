@@ -11,7 +11,7 @@ Two real servers on loopback, each on its own port:
   unknown id) answers the ``Call``, with a ``billedDuration`` once its WebSocket has closed: the
   seconds it was joined, rounded to 0.1 s (``"2.4s"``).
 * **WebSocket** -- trio-websocket on a :class:`~voxbridge.testing.FaultStream`-wrapped TCP stream,
-  like :class:`~voxbridge.testing.EchoAgent`. ``/calls/<callId>`` (only for created calls) sends
+  like :class:`~voxbridge.testing.FakeEchoAgent`. ``/calls/<callId>`` (only for created calls) sends
   ``call_started`` and ``state``; plays every binary (PCM) frame back ``delay`` seconds later; answers
   ``ping`` with ``pong``; speaks a scripted list of :class:`Utterance` as ``transcript`` messages
   (partials, then ``final``); speaks scripted agent audio (``agent_audio``: s16le 8 kHz PCM as
@@ -27,10 +27,15 @@ Two real servers on loopback, each on its own port:
 Each WebSocket is recorded as an :class:`UltravoxSession` (open/close times, close code, audio
 frames in and out, data messages received and sent), so a test checks from the provider's side what
 the bridge did; ``fake.tool_results``, ``fake.user_texts`` and ``fake.errors`` (protocol mistakes
-the fake refused) span every session. Fault knobs: ``refuse_status`` (REST answers that status),
-``rest_delay`` (slow REST), ``close_at=(seconds, code)`` (drop mid-call), ``frames_at`` (any raw
-frame, binary or text, at a given time: an odd-length PCM frame, broken JSON) and, per session, the
-``FaultStream`` (``stop_reading`` -> no pongs, ``vanish`` -> no close frame).
+the fake refused) span every session. Fault knobs, named as
+:class:`~voxbridge.testing.FakeOpenAIRealtime`'s: ``refuse_status`` (REST answers that status),
+``rest_delay`` (slow REST), ``handshake_delay`` (slow WebSocket handshake), ``close_at=(seconds,
+code)`` (drop mid-call, with ``close_reason``), ``stop_reading_at`` (the WebSocket stops reading:
+no pongs), ``speech_started_at`` (``playback_clear_buffer``, Ultravox's barge-in, as ``clear_at``),
+``frames_at`` (any raw frame, binary or text, at a given time: an odd-length PCM frame, broken
+JSON) and ``only_session=k`` (the scripted and fault knobs apply to the call created by the k-th
+``POST /api/calls`` only, refused ones counted); per session, the ``FaultStream``
+(``stop_reading`` -> no pongs, ``vanish`` -> no close frame).
 
 Every wait here is bounded: a fake that hangs would hide the bugs it exists to find.
 """
@@ -175,6 +180,7 @@ class CallRequest:
     query: dict[str, str]
     status: int = 0
     call_id: str | None = None
+    number: int = 0  # 1-based, in the order the requests arrived (for ``only_session``)
 
     @property
     def initial_messages(self) -> list[dict[str, Any]]:
@@ -310,14 +316,24 @@ class FakeUltravox:
         speak_pace: how many times faster than real time agent audio is sent (``math.inf``: all
             at once). A speech of ``n`` frames takes ``n * chunk_ms / speak_pace`` ms.
         clear_at: send ``playback_clear_buffer`` this many seconds after a session opened.
+        speech_started_at: send ``playback_clear_buffer`` (Ultravox's barge-in: the caller
+            started speaking) at these times, as the other fakes' knob of that name.
         hangup_at: the agent hangs up (close 1000) this many seconds after a session opened, or
             once every ``agent_audio`` speech due by then has been sent, if that is later (a
             goodbye's audio goes out before the hang-up).
         frames_at: fault knob -- ``(seconds, frame)``: send this raw frame (``bytes``: binary,
             ``str``: text) as is, e.g. an odd-length PCM frame.
         close_at: fault knob -- ``(seconds, code)``: drop each session with ``code``.
-        refuse_status: fault knob -- answer every ``POST /api/calls`` with this status.
+        close_reason: the close reason sent with ``close_at``.
+        stop_reading_at: fault knob -- the session's WebSocket stops reading (no pongs; the
+            bridge's sends block) this many seconds after it opened.
+        refuse_status: fault knob -- answer every ``POST /api/calls`` (with ``only_session``,
+            that one) with this status.
         rest_delay: fault knob -- seconds before ``POST /api/calls`` answers.
+        handshake_delay: fault knob -- seconds before the WebSocket handshake is accepted.
+        only_session: apply the scripted and fault knobs (not the echo, not the greeting) to the
+            call created by the ``only_session``-th ``POST /api/calls`` only (1-based, refused
+            ones counted), so one session drops and the resumed one runs healthy.
         close_on_hang_up: end the call (close 1000) when the client sends ``hang_up``.
         queue: chunks waiting to be played back per session; beyond that audio is dropped.
         tool_calls: :class:`FakeToolCall` s the model makes in every session. The answer to a
@@ -343,11 +359,16 @@ class FakeUltravox:
         chunk_ms: int = 20,
         speak_pace: float = 5.0,
         clear_at: float | None = None,
+        speech_started_at: Sequence[float] = (),
         hangup_at: float | None = None,
         frames_at: Sequence[tuple[float, bytes | str]] = (),
         close_at: tuple[float, int] | None = None,
+        close_reason: str = "fake provider closes (fault knob)",
+        stop_reading_at: float | None = None,
         refuse_status: int | None = None,
         rest_delay: float = 0.0,
+        handshake_delay: float = 0.0,
+        only_session: int | None = None,
         close_on_hang_up: bool = True,
         queue: int = 512,
         tool_calls: Sequence[FakeToolCall] = (),
@@ -361,11 +382,16 @@ class FakeUltravox:
         self.chunk_ms = chunk_ms
         self.speak_pace = speak_pace
         self.clear_at = clear_at
+        self.speech_started_at = tuple(speech_started_at)
         self.hangup_at = hangup_at
         self.frames_at = tuple(frames_at)
         self.close_at = close_at
+        self.close_reason = close_reason
+        self.stop_reading_at = stop_reading_at
         self.refuse_status = refuse_status
         self.rest_delay = rest_delay
+        self.handshake_delay = handshake_delay
+        self.only_session = only_session
         self.close_on_hang_up = close_on_hang_up
         self.queue = queue
         self.tool_calls = tuple(tool_calls)
@@ -427,6 +453,11 @@ class FakeUltravox:
         self._changed.set()
         self._changed = trio.Event()
 
+    def scripted(self, number: int) -> bool:
+        """Whether the scripted and fault knobs apply to the call of the ``number``-th
+        ``POST /api/calls`` (``only_session``)."""
+        return self.only_session is None or self.only_session == number
+
     # --- REST ---------------------------------------------------------------------------------
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -461,6 +492,7 @@ class FakeUltravox:
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         request = CallRequest(api_key=headers.get("x-api-key"), body=None, query=query)
         self.requests.append(request)
+        request.number = len(self.requests)
         if self.rest_delay:
             await trio.sleep(self.rest_delay)
         status, answer = self._create_call(request, raw)
@@ -469,7 +501,7 @@ class FakeUltravox:
         await _respond(send, status, answer)
 
     def _create_call(self, request: CallRequest, raw: bytes | None) -> tuple[int, dict[str, Any]]:
-        if self.refuse_status is not None:
+        if self.refuse_status is not None and self.scripted(request.number):
             return self.refuse_status, {
                 "detail": f"refused by the fake (HTTP {self.refuse_status})"
             }
@@ -538,7 +570,7 @@ class FakeUltravox:
         session = UltravoxSession(stream=fault, opened_at=trio.current_time())
         try:
             async with trio.open_nursery() as nursery:
-                with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                with trio.move_on_after(HANDSHAKE_TIMEOUT + self.handshake_delay):
                     request = await wrap_server_stream(nursery, fault)
                     parts = urlsplit(request.path)
                     session.path = parts.path
@@ -549,6 +581,8 @@ class FakeUltravox:
                     elif any(s.call_id == session.call_id for s in self.sessions):
                         await request.reject(409, body=b"call already joined")
                     else:
+                        if self.scripted(self.calls[session.call_id].number):
+                            await trio.sleep(self.handshake_delay)
                         session.ws = await request.accept()
                 if session.ws is not None:
                     session.opened_at = trio.current_time()
@@ -574,27 +608,11 @@ class FakeUltravox:
         greeting = self.calls[session.call_id].greeting
         if greeting is None:
             session._greeted.set()
+        scripted = self.scripted(self.calls[session.call_id].number)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._play, session, ws, playback_out)
-            for number, tool_call in enumerate(self.tool_calls, start=1):
-                nursery.start_soon(self._invoke, session, ws, tool_call, number)
-            for ordinal, utterance in enumerate(self.script, start=1):
-                nursery.start_soon(self._speak, session, ws, utterance, ordinal)
-            before_hangup: list[trio.Event] = []
-            for at, pcm in self.agent_audio:
-                spoken = trio.Event()
-                if self.hangup_at is not None and at <= self.hangup_at:
-                    before_hangup.append(spoken)
-                nursery.start_soon(self._say, session, ws, at, pcm, spoken)
-            for at, frame in self.frames_at:
-                nursery.start_soon(self._at, session, at, partial(self._raw_frame, frame=frame), ws)
-            if self.clear_at is not None:
-                nursery.start_soon(self._at, session, self.clear_at, self._clear, ws)
-            if self.hangup_at is not None:
-                hang_up = partial(self._hang_up, after=before_hangup)
-                nursery.start_soon(self._at, session, self.hangup_at, hang_up, ws)
-            if self.close_at is not None:
-                nursery.start_soon(self._at, session, self.close_at[0], self._drop, ws)
+            if scripted:
+                self._schedule(nursery, session, ws)
             await self._send(session, ws, {"type": "call_started", "callId": session.call_id})
             await self._send(session, ws, {"type": "state", "state": "listening"})
             if greeting is not None:
@@ -615,6 +633,33 @@ class FakeUltravox:
                 record_close(session, exc)
             finally:
                 nursery.cancel_scope.cancel()
+
+    def _schedule(
+        self, nursery: trio.Nursery, session: UltravoxSession, ws: WebSocketConnection
+    ) -> None:
+        """Start the scripted and fault knobs of one session."""
+        for number, tool_call in enumerate(self.tool_calls, start=1):
+            nursery.start_soon(self._invoke, session, ws, tool_call, number)
+        for ordinal, utterance in enumerate(self.script, start=1):
+            nursery.start_soon(self._speak, session, ws, utterance, ordinal)
+        before_hangup: list[trio.Event] = []
+        for at, pcm in self.agent_audio:
+            spoken = trio.Event()
+            if self.hangup_at is not None and at <= self.hangup_at:
+                before_hangup.append(spoken)
+            nursery.start_soon(self._say, session, ws, at, pcm, spoken)
+        for at, frame in self.frames_at:
+            nursery.start_soon(self._at, session, at, partial(self._raw_frame, frame=frame), ws)
+        clears = [*([] if self.clear_at is None else [self.clear_at]), *self.speech_started_at]
+        for at in clears:
+            nursery.start_soon(self._at, session, at, self._clear, ws)
+        if self.hangup_at is not None:
+            hang_up = partial(self._hang_up, after=before_hangup)
+            nursery.start_soon(self._at, session, self.hangup_at, hang_up, ws)
+        if self.close_at is not None:
+            nursery.start_soon(self._at, session, self.close_at[0], self._drop, ws)
+        if self.stop_reading_at is not None:
+            nursery.start_soon(self._at, session, self.stop_reading_at, self._stop_reading, ws)
 
     async def _on_data(
         self,
@@ -834,7 +879,10 @@ class FakeUltravox:
 
     async def _drop(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
         assert self.close_at is not None
-        await self._close(session, ws, self.close_at[1], "dropped by the fake (close_at)")
+        await self._close(session, ws, self.close_at[1], self.close_reason)
+
+    async def _stop_reading(self, session: UltravoxSession, ws: WebSocketConnection) -> None:
+        session.stream.stop_reading()
 
     async def _close(
         self, session: UltravoxSession, ws: WebSocketConnection, code: int, reason: str

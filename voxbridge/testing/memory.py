@@ -7,19 +7,28 @@ milliseconds and lands on the exact virtual instant (docs/library-notes.md, "Web
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import trio
 import trio.testing
 from trio_websocket import wrap_server_stream
 
 from ..session.carrier import TrioWebSocketCarrier
 from ..upstream import StreamConnector
-from .echo_agent import EchoAgent
 
 __all__ = ["accept_carrier", "memory_connector"]
 
 
-def memory_connector(nursery: trio.Nursery, agent: EchoAgent) -> StreamConnector:
-    """A ``connect_stream`` for :func:`voxbridge.run_call` that reaches ``agent`` in memory."""
+class StreamServer(Protocol):
+    """What serves one connection on a byte stream: a fake (``FakeEchoAgent``,
+    ``FakeOpenAIRealtime``, ...) or :class:`voxbridge.echo_agent.EchoAgent`."""
+
+    async def handle_stream(self, stream: trio.abc.Stream) -> None: ...
+
+
+def memory_connector(nursery: trio.Nursery, agent: StreamServer) -> StreamConnector:
+    """A ``connect_stream`` for :func:`voxbridge.run_call` that reaches ``agent`` in memory
+    (``agent.handle_stream`` serves each connection, in ``nursery``)."""
 
     async def connect(host: str, port: int) -> trio.abc.Stream:
         client, server = trio.testing.memory_stream_pair()

@@ -17,6 +17,9 @@ None of these take a timeout: the caller (the provider link) puts each wait unde
 comes, and exiting a connection against a dead peer is unbounded otherwise (docs/library-notes.md,
 "trio-websocket").
 
+The connection is trio-websocket's with its per-message yields removed (the reader's hand-off
+and the send lock; over TLS, ``SSLStream``'s inner locks): :mod:`voxbridge.upstream.fastpaths`.
+
 The connection's reader task runs in a nursery the *caller* supplies (the call's sockets nursery),
 so the call decides how long a socket may live: the reader must outlive the call's own tasks for the
 close handshake to complete during teardown.
@@ -40,6 +43,7 @@ from wsproto import ConnectionType, WSConnection
 
 from ..errors import UpstreamClosed, UpstreamConnectFailed
 from ..providers.endpoint import ProviderEndpoint
+from .fastpaths import WEBSOCKET_CONNECTION, direct_tls_locks
 
 __all__ = ["StreamConnector", "Upstream", "open_tcp_stream_tuned", "tune_socket"]
 
@@ -103,7 +107,7 @@ async def _open_websocket(
     Raises:
         UpstreamConnectFailed: the connection closed before the handshake completed.
     """
-    ws = WebSocketConnection(
+    ws = WEBSOCKET_CONNECTION(  # trio-websocket's, minus per-message yields (fastpaths.py)
         stream,  # any trio Stream works; memory ones in tests
         WSConnection(ConnectionType.CLIENT),
         host=endpoint.host,
@@ -230,6 +234,7 @@ class Upstream:
                 stream = trio.SSLStream(
                     stream, ssl.create_default_context(), server_hostname=endpoint.host
                 )
+                direct_tls_locks(stream)  # the same per-message gains over TLS (fastpaths.py)
                 await stream.do_handshake()
             ws = await _open_websocket(nursery, stream, endpoint)
             upstream = cls(ws, stream, endpoint)

@@ -1,0 +1,365 @@
+"""Plivo end to end: the real server (hypercorn, trio worker, port 0 on loopback), the provider
+fakes, the Plivo caller simulator (:class:`~voxbridge.testing.plivo_wire.PlivoWire`) and the fake
+Plivo (REST hang-ups, the signed answer webhook), all over real sockets.
+
+For Plivo x {echo, the OpenAI fake, the Ultravox fake}: a call round-trips audio (byte for byte
+in mu-law; within stated bounds through L16 16 kHz, where both sides resample), a barge-in reaches
+the caller as ``clearAudio`` and the call waits for none of the checkpoints it cleared (Plivo
+never echoes them), a stalled caller ends ``idle_timeout`` with the provider's socket closed. With
+the checks on (``PLIVO_AUTH_TOKEN``): the signed answer webhook hands the stream a per-call token
+in ``extraHeaders``; a forged upgrade signature gets HTTP 403 before accept, a forged or missing
+token ends the call before any provider session; ``end_call`` hangs up through Plivo's REST API.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import numpy as np
+import pytest
+import trio
+from test_e2e_providers import PROVIDERS as ROWS
+from test_e2e_providers import TURN_MS, merged
+from test_e2e_server import scrape
+
+from voxbridge.audio import tone, ulaw_to_pcm16
+from voxbridge.server import RunningServer, serve
+from voxbridge.settings import Settings
+from voxbridge.testing import CallResult, fake_for, simulate_call
+from voxbridge.testing.fake_openai import FakeOpenAIRealtime, speech
+from voxbridge.testing.fake_openai import FakeToolCall as OpenAIToolCall
+from voxbridge.testing.fake_plivo import Answer, FakePlivo
+from voxbridge.testing.fake_ultravox import FakeToolCall as UltravoxToolCall
+from voxbridge.testing.fake_ultravox import FakeUltravox, speech_for
+from voxbridge.testing.plivo_wire import PlivoWire
+
+BUDGET = 20.0  # real seconds per case, whatever happens
+PROVIDERS = ["echo", "openai", "ultravox"]
+#: Short deadlines (as tests/test_e2e_endings.py's).
+SHORT = {
+    "idle_timeout": 1.0,
+    "start_timeout": 1.0,
+    "keepalive_interval": 0.5,
+    "pong_timeout": 0.5,
+    "close_timeout": 0.5,
+    "connect_timeout": 1.0,
+    "reconnect_budget": 1.0,
+}
+PUBLIC = "https://voice.example.test"
+ANSWER_URL = PUBLIC + "/plivo/answer"
+STREAM_URL = "wss://voice.example.test/plivo/media"
+AUTH_ID = "MA" + "E" * 18
+AUTH_TOKEN = secrets.token_hex(16)
+SENT = tone(1.0) * 3  # what the simulated caller streams (its one-second tone, looped)
+L16_16K = "audio/x-l16;rate=16000"
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@attrs.define
+class Rig:
+    server: RunningServer
+    fake: Any  # the provider's
+    plivo: FakePlivo
+
+    @property
+    def media_url(self) -> str:
+        return self.server.url.replace("http://", "ws://", 1) + "/plivo/media"
+
+    async def settled(self) -> Samples:
+        """``/metrics`` once every call has been accounted for."""
+        with trio.fail_after(10):
+            await self.server.app.registry.wait_empty()
+        return await scrape(self.server)
+
+    async def answer(self, **options: Any) -> tuple[str, Answer]:
+        """Plivo's signed answer webhook, sent to the server for its public URL."""
+        return await self.plivo.answer(
+            self.server.url + "/plivo/answer", signed_url=ANSWER_URL, **options
+        )
+
+    async def answered_call(self, *, sign_upgrade: bool = True, **options: Any) -> CallResult:
+        """The whole inbound call: the answer webhook, then the stream it names (its token in
+        ``extraHeaders``, its ``contentType``), the upgrade signed as Plivo may sign it."""
+        call_uuid, answer = await self.answer()
+        assert answer.status == 200, answer.body
+        assert answer.stream_url == STREAM_URL
+        wire = PlivoWire(
+            answer.stream["contentType"],
+            sign_upgrade=(AUTH_TOKEN, STREAM_URL) if sign_upgrade else None,
+        )
+        return await simulate_call(
+            self.media_url,
+            wire=wire,
+            call_sid=call_uuid,
+            custom_parameters=answer.parameters,
+            **options,
+        )
+
+
+@asynccontextmanager
+async def rig(
+    provider: str, *knobs: dict[str, Any], signed: bool = False, **settings: Any
+) -> AsyncIterator[Rig]:
+    """voxbridge serving Plivo in front of ``provider``'s fake (made with ``knobs``), and a
+    fake Plivo REST API; ``signed``: Plivo's checks on (auth token, public URL)."""
+    row = ROWS[provider]
+    fake = fake_for(provider)(**merged(*knobs))
+    plivo = FakePlivo(AUTH_ID, AUTH_TOKEN)
+    stop = trio.Event()
+    with trio.fail_after(BUDGET):
+        async with trio.open_nursery() as nursery:
+            provider_url = await nursery.start(fake.serve)
+            api_url = await nursery.start(plivo.serve)
+            own: dict[str, Any] = {"auth_id": AUTH_ID, "api_url": api_url}
+            values: dict[str, Any] = merged(SHORT, row.settings, settings)
+            if signed:
+                own["auth_token"] = AUTH_TOKEN
+                values["public_url"] = PUBLIC
+            values = merged(values, {"carrier_settings": {"plivo": own}})
+            config = Settings(port=0, provider=provider, provider_url=provider_url, **values)
+            server = await nursery.start(
+                lambda task_status: serve(config, shutdown_trigger=stop.wait, task_status=task_status)
+            )
+            try:
+                yield Rig(server, fake, plivo)
+            finally:
+                stop.set()
+            nursery.cancel_scope.cancel()
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def disconnects(samples: Samples) -> dict[str, float]:
+    return {
+        dict(labels)["reason"]: value
+        for (name, labels), value in samples.items()
+        if name == "voxbridge_call_disconnects_total" and value
+    }
+
+
+def rms(mulaw: bytes) -> float:
+    samples = np.frombuffer(ulaw_to_pcm16(mulaw), dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(samples**2)))
+
+
+# --- a normal call ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_audio_round_trips_byte_for_byte(provider: str) -> None:
+    """mu-law both ways: what the provider echoes is what the caller sent, byte for byte; the
+    caller hangs up by closing the socket (Plivo has no stop): ``caller_closed``."""
+    async with rig(provider, ROWS[provider].echo) as deployed:
+        result = await simulate_call(deployed.media_url, carrier="plivo", seconds=1.0)
+        samples = await deployed.settled()
+    assert result.protocol_errors == []  # every frame the bridge sent was one Plivo accepts
+    assert result.frames_sent == 50
+    up = metric(samples, "voxbridge_media_frames_total", direction="to_upstream")
+    dropped = metric(samples, "voxbridge_media_frames_dropped_total", direction="to_upstream")
+    assert up + dropped == 50
+    back = bytes(result.audio_received)
+    assert len(back) > 4000
+    assert back == SENT[: len(back)]
+    assert disconnects(samples) == {"caller_closed": 1}
+    assert metric(samples, "voxbridge_calls_started_total", carrier="plivo", provider=provider) == 1
+
+
+async def test_l16_16k_round_trips_within_bounds() -> None:
+    """``--plivo-content-type audio/x-l16;rate=16000``: the caller streams 16 kHz L16, voxbridge
+    resamples to mu-law 8 kHz for the provider and back for playAudio. Resampling is not
+    byte-exact, so: every playAudio is 16 kHz L16, and the echo keeps the tone's level within
+    1.5 dB (two round trips through soxr's HQ filters) and its length within the resamplers'
+    delay."""
+    settings = {"carrier_settings": {"plivo": {"content_type": L16_16K}}}
+    async with rig("echo", ROWS["echo"].echo, **settings) as deployed:
+        result = await simulate_call(
+            deployed.media_url, wire=PlivoWire(L16_16K), seconds=1.0, audio=SENT
+        )
+        samples = await deployed.settled()
+    assert result.protocol_errors == []  # every playAudio said audio/x-l16 at 16000 Hz
+    back = bytes(result.audio_received)
+    assert len(back) > 4000
+    assert abs(20 * math.log10(rms(back[800:]) / rms(SENT))) < 1.5
+    assert disconnects(samples) == {"caller_closed": 1}
+
+
+# --- barge-in ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_barge_in_clears_and_waits_for_no_cleared_checkpoint(provider: str) -> None:
+    """The agent speaks 2 s from 0.2 s; at 0.7 s the provider says the caller started speaking.
+    The caller gets ``clearAudio``; Plivo never echoes the checkpoints that clear discarded, and
+    the call does not wait for them: nothing is outstanding right after the clear."""
+    row = ROWS[provider]
+    assert not isinstance(row.interrupt, type(None))
+    outstanding_after_clear: list[bool] = []
+    async with rig(provider, row.speak(0.2, TURN_MS), row.interrupt(0.7)) as deployed:  # type: ignore[operator]
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                while not deployed.server.app.registry.active():
+                    await trio.sleep(0.005)
+                (call,) = deployed.server.app.registry.active()
+                while deployed.server.app.metrics is not None:
+                    if call.playback.outstanding or not call_cleared(call):
+                        await trio.sleep(0.005)
+                        continue
+                    outstanding_after_clear.append(call.playback.outstanding)
+                    return
+
+            nursery.start_soon(watch)
+            result = await simulate_call(deployed.media_url, carrier="plivo", seconds=1.2)
+            nursery.cancel_scope.cancel()
+        samples = await deployed.settled()
+    assert result.clears_received == 1
+    assert result.marks_echoed > 0  # checkpoints whose audio played were echoed
+    assert metric(samples, "voxbridge_barge_ins_total") == 1
+    [heard] = result.heard_ms_at_clear
+    assert 0 < heard < TURN_MS
+    assert outstanding_after_clear == [False]
+    assert disconnects(samples) == {"caller_closed": 1}
+
+
+def call_cleared(call: Any) -> bool:
+    return bool(call.record().barge_ins)
+
+
+# --- a stalled caller ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_stalled_caller_ends_idle_timeout_and_the_provider_socket_closes(
+    provider: str,
+) -> None:
+    async with rig(provider, ROWS[provider].echo) as deployed:
+        result = await simulate_call(
+            deployed.media_url, carrier="plivo", seconds=30, stall_after=0.3
+        )
+        samples = await deployed.settled()
+        with trio.fail_after(5):
+            while not all(session.is_closed for session in deployed.fake.sessions):
+                await trio.sleep(0.01)
+    assert result.close_reason == "idle_timeout"
+    assert deployed.fake.sessions and all(s.is_closed for s in deployed.fake.sessions)
+    assert result.last_sent_at is not None and result.closed_at is not None
+    assert 1.0 <= result.closed_at - result.last_sent_at <= 2.5
+    assert disconnects(samples) == {"idle_timeout": 1}
+
+
+# --- checks before accept -----------------------------------------------------------------------------
+
+
+async def test_signed_answer_then_signed_stream_is_a_call() -> None:
+    async with rig("openai", ROWS["openai"].echo, signed=True) as deployed:
+        result = await deployed.answered_call(seconds=0.6)
+        samples = await deployed.settled()
+    assert result.rejected_status is None and result.frames_received > 0
+    assert len(deployed.fake.sessions) == 1
+    assert disconnects(samples) == {"caller_closed": 1}
+    assert metric(samples, "voxbridge_connections_rejected_total", reason="bad_signature") == 0
+
+
+async def test_the_token_alone_admits_an_unsigned_upgrade() -> None:
+    async with rig("openai", ROWS["openai"].echo, signed=True) as deployed:
+        result = await deployed.answered_call(sign_upgrade=False, seconds=0.6)
+        samples = await deployed.settled()
+    assert result.rejected_status is None and result.frames_received > 0
+    assert disconnects(samples) == {"caller_closed": 1}
+
+
+async def test_a_forged_answer_webhook_is_refused() -> None:
+    async with rig("openai", signed=True) as deployed:
+        _, answer = await deployed.answer(auth_token="not-the-token")
+        samples = await deployed.settled()
+    assert answer.status == 403 and answer.stream_url is None
+    assert metric(samples, "voxbridge_connections_rejected_total", reason="bad_signature") == 1
+
+
+async def test_a_forged_upgrade_signature_gets_403_before_accept() -> None:
+    async with rig("openai", signed=True) as deployed:
+        call_uuid, answer = await deployed.answer()
+        wire = PlivoWire(sign_upgrade=("not-the-token", STREAM_URL))
+        result = await simulate_call(
+            deployed.media_url,
+            wire=wire,
+            call_sid=call_uuid,
+            custom_parameters=answer.parameters,  # even with the right token
+            seconds=0.5,
+        )
+        samples = await deployed.settled()
+    assert result.rejected_status == 403
+    assert result.frames_sent == 0
+    assert deployed.fake.sessions == []  # no provider session, no call
+    assert deployed.server.app.registry.recent == [] or not list(deployed.server.app.registry.recent)
+    assert metric(samples, "voxbridge_connections_rejected_total", reason="bad_signature") == 1
+    assert disconnects(samples) == {}
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [{}, {"voxbridge_token": "forged"}, "another call's"],
+    ids=["no-token", "forged-token", "another-calls-token"],
+)
+async def test_a_stream_without_its_token_ends_before_any_provider_session(
+    parameters: Any,
+) -> None:
+    async with rig("openai", signed=True) as deployed:
+        if parameters == "another call's":
+            _, answer = await deployed.answer()
+            parameters = answer.parameters  # minted for that call, presented for another
+        result = await simulate_call(
+            deployed.media_url,
+            carrier="plivo",
+            custom_parameters=parameters,
+            seconds=0.5,
+        )
+        samples = await deployed.settled()
+    assert result.close_reason == "protocol_error"
+    assert deployed.fake.sessions == []
+    assert disconnects(samples) == {"protocol_error": 1}
+
+
+# --- end_call -----------------------------------------------------------------------------------------
+
+
+async def test_openai_end_call_hangs_up_through_plivos_rest_api() -> None:
+    knobs = {
+        "caller_transcripts": [(0.3, "That is all, thanks.")],
+        "tool_calls": [OpenAIToolCall("end_call", {}, say=speech("Goodbye!"))],
+    }
+    async with rig("openai", knobs, signed=True) as deployed:
+        result = await deployed.answered_call(seconds=20.0)
+        samples = await deployed.settled()
+        assert await deployed.plivo.wait_hangup() == result.call_sid
+    assert speech("Goodbye!") in bytes(result.played)  # the goodbye was heard, then the hang-up
+    assert result.close_reason == "agent_hangup"
+    assert result.frames_sent < 5 / 0.02
+    assert deployed.plivo.hangups == [result.call_sid]
+    assert deployed.plivo.calls[result.call_sid] == "completed"
+    assert metric(samples, "voxbridge_tool_calls_total", tool="end_call", outcome="ok") == 1
+    assert disconnects(samples) == {"agent_hangup": 1}
+
+
+async def test_ultravox_end_call_hangs_up_through_plivos_rest_api() -> None:
+    goodbye = speech_for("Thanks for calling, goodbye!", ms=600)
+    knobs = {"tool_calls": [UltravoxToolCall("end_call", {}, say=goodbye, at=0.3)]}
+    async with rig("ultravox", ROWS["ultravox"].echo, knobs, signed=True) as deployed:
+        result = await deployed.answered_call(seconds=20.0, audio=b"\xff" * 8000)
+        samples = await deployed.settled()
+    assert result.close_reason == "agent_hangup"
+    assert deployed.plivo.hangups == [result.call_sid]
+    assert metric(samples, "voxbridge_tool_calls_total", tool="end_call", outcome="ok") == 1
+
+
+def test_rows_are_the_providers_matrix() -> None:
+    assert set(PROVIDERS) <= set(ROWS)
+    assert isinstance(FakeOpenAIRealtime, type) and isinstance(FakeUltravox, type)

@@ -1,0 +1,307 @@
+"""Telnyx end to end: the real server (hypercorn on port 0, loopback) with Telnyx's caller wire.
+
+Every case runs against three providers' fakes (the echo agent, the OpenAI Realtime fake, the
+Ultravox fake), the caller being :class:`voxbridge.testing.CarrierSimulator` speaking
+:class:`voxbridge.testing.telnyx_wire.TelnyxWire` on ``WS /telnyx/media``:
+
+* a normal call round-trips audio: mu-law (PCMU) byte for byte; L16 at 16 kHz is resampled twice
+  each way (soxr, band-limited and delayed by its filters), so there the caller's tone must come
+  back whole in length (within a frame per direction of the resamplers' start-up) and in energy
+  (within 1.5 dB: the tone lies far below the 4 kHz band edge of the 8 kHz leg);
+* barge-in: the provider says the caller started speaking, the caller receives a ``clear``;
+* a stalled caller (no media, still connected) ends ``idle_timeout``, the provider session closed;
+* the carrier's auth is checked before accept: with a stream token configured, an upgrade
+  without it (or with another) gets HTTP 403 and no provider session opens; a webhook without a
+  valid Ed25519 signature gets 403; a signed webhook's TeXML carries the per-call token, and a
+  stream presenting it is a normal call;
+* ``end_call`` hangs up through the Call Control API (the fake Telnyx REST server).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlencode
+from xml.etree import ElementTree
+
+import attrs
+import httpx
+import numpy as np
+import pytest
+import trio
+from test_e2e_server import scrape
+
+from voxbridge.audio import FRAME_BYTES, tone, ulaw_to_pcm16
+from voxbridge.server import RunningServer, serve
+from voxbridge.settings import Settings
+from voxbridge.testing import CallResult, fake_for, simulate_call
+from voxbridge.testing.fake_openai import FakeToolCall as OpenAIToolCall
+from voxbridge.testing.fake_telnyx import FakeTelnyx, WebhookSigner
+from voxbridge.testing.fake_ultravox import FakeToolCall as UltravoxToolCall
+from voxbridge.testing.fake_ultravox import speech_for
+from voxbridge.testing.telnyx_wire import TelnyxWire
+
+BUDGET = 20.0  # real seconds per case, whatever happens
+SHORT = {
+    "idle_timeout": 1.0,
+    "start_timeout": 1.0,
+    "keepalive_interval": 0.5,
+    "pong_timeout": 0.5,
+    "close_timeout": 0.5,
+    "connect_timeout": 2.0,
+    "reconnect_budget": 2.0,
+}
+SENT = tone(1.0) * 3  # what the simulated caller streams (its one-second tone, looped)
+TURN_MS = 2000
+TURN_BYTE = 0x11  # the mu-law byte an agent turn is made of: the caller's tone never has it
+API_KEY = "KEYtelnyx0123456789"
+STREAM_TOKEN = "stream-token-0123456789abcdef"
+UV_KEY = "uv-key"
+
+Knobs = dict[str, Any]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@attrs.frozen
+class Row:
+    """How one provider's fake does what the cases ask."""
+
+    settings: Knobs
+    echo: Knobs
+    speak: Callable[[float, int], Knobs]
+    interrupt: Callable[[float], Knobs]
+    end_call: Knobs
+
+
+def mulaw_turn(at: float, ms: int) -> Knobs:
+    return {"speak": [(at, bytes([TURN_BYTE]) * (8 * ms), "an answer")]}
+
+
+OPENAI_END = {
+    "caller_transcripts": [(0.2, "that is all")],
+    "tool_calls": [OpenAIToolCall("end_call", {})],
+}
+PROVIDERS: dict[str, Row] = {
+    "echo": Row({}, {"delay": 0.05}, mulaw_turn, lambda at: {"speech_started_at": [at]}, OPENAI_END),
+    "openai": Row(
+        {}, {"echo_delay": 0.05}, mulaw_turn, lambda at: {"speech_started_at": [at]}, OPENAI_END
+    ),
+    "ultravox": Row(
+        settings={"provider_settings": {"ultravox": {"api_key": UV_KEY}}},
+        echo={"api_key": UV_KEY, "delay": 0.05},
+        speak=lambda at, ms: {"api_key": UV_KEY, "agent_audio": [(at, speech_for("hi", ms))]},
+        interrupt=lambda at: {"api_key": UV_KEY, "speech_started_at": [at]},
+        end_call={"api_key": UV_KEY, "tool_calls": [UltravoxToolCall("end_call", {}, at=0.3)]},
+    ),
+}
+
+
+def merged(*parts: Knobs) -> Knobs:
+    out: Knobs = {}
+    for part in parts:
+        for key, value in part.items():
+            if isinstance(value, dict) and isinstance(out.get(key), dict):
+                out[key] = merged(out[key], value)
+            elif isinstance(value, list) and isinstance(out.get(key), list):
+                out[key] = [*out[key], *value]
+            else:
+                out[key] = value
+    return out
+
+
+@attrs.define
+class Rig:
+    server: RunningServer
+    fake: Any
+    telnyx: FakeTelnyx
+
+    @property
+    def media_url(self) -> str:
+        return self.server.url.replace("http://", "ws://", 1) + "/telnyx/media"
+
+
+@asynccontextmanager
+async def serving(provider: str, *knobs: Knobs, telnyx: Knobs = {}, **settings: Any) -> AsyncIterator[Rig]:  # noqa: B006
+    """The server with ``provider``'s fake (made with ``knobs``) and a fake Telnyx REST API."""
+    row = PROVIDERS[provider]
+    fake = fake_for(provider)(**merged(*knobs))
+    rest = FakeTelnyx(api_key=API_KEY)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(fake.serve)
+        api_url = await nursery.start(rest.serve)
+        own = {"api_key": API_KEY, "api_url": api_url, **telnyx}
+        config = Settings(
+            port=0,
+            provider=provider,
+            provider_url=url,
+            **merged(SHORT, row.settings, {"carrier_settings": {"telnyx": own}}, settings),
+        )
+        server = await nursery.start(
+            lambda task_status: serve(config, shutdown_trigger=stop.wait, task_status=task_status)
+        )
+        try:
+            yield Rig(server, fake, rest)
+        finally:
+            stop.set()
+        nursery.cancel_scope.cancel()
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def rms_db(mulaw: bytes) -> float:
+    samples = np.frombuffer(ulaw_to_pcm16(mulaw), dtype="<i2").astype(np.float64)
+    return 20 * math.log10(math.sqrt(float(np.mean(samples**2))))
+
+
+async def call(rig: Rig, wire: TelnyxWire | None = None, **options: Any) -> CallResult:
+    return await simulate_call(rig.media_url, wire=wire or TelnyxWire(), **options)
+
+
+# --- a normal call --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_pcmu_audio_round_trips_byte_exact(provider: str) -> None:
+    with trio.fail_after(BUDGET):
+        async with serving(provider, PROVIDERS[provider].echo) as rig:
+            result = await call(rig, seconds=0.6)
+            await rig.server.app.registry.wait_empty()
+            samples = await scrape(rig.server)
+            record = rig.server.app.registry.recent[-1]
+    assert (result.close_code, result.close_reason) == (1000, "caller_stop")
+    assert result.frames_sent == 30 == record.frames_from_caller
+    assert (record.carrier, record.call_sid) == ("telnyx", result.call_sid)
+    back = bytes(result.audio_received)
+    assert len(back) > 2400  # more than 0.3 s of the 0.6 s came back
+    assert back == SENT[: len(back)]  # byte for byte
+    assert metric(samples, "voxbridge_call_disconnects_total", reason="caller_stop") == 1
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_l16_16k_audio_round_trips_whole_and_at_its_level(provider: str) -> None:
+    telnyx = {"codec": "L16", "sample_rate": 16000}
+    with trio.fail_after(BUDGET):
+        async with serving(provider, PROVIDERS[provider].echo, telnyx=telnyx) as rig:
+            result = await call(rig, TelnyxWire("L16", 16000), seconds=1.0)
+            await rig.server.app.registry.wait_empty()
+    assert (result.close_code, result.close_reason) == (1000, "caller_stop")
+    back = bytes(result.audio_received)
+    # the echo of 1 s, less the echo delay and what was in flight at the stop: at least 0.6 s
+    assert len(back) >= 4800
+    # the tone's level survives both resamplers each way (skip their first 100 ms)
+    assert abs(rms_db(back[800:]) - rms_db(SENT[800 : len(back)])) < 1.5
+
+
+# --- barge-in -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_barge_in_clears_the_telnyx_queue(provider: str) -> None:
+    row = PROVIDERS[provider]
+    with trio.fail_after(BUDGET):
+        async with serving(provider, row.speak(0.1, TURN_MS), row.interrupt(0.5)) as rig:
+            result = await call(rig, seconds=0.9)
+            await rig.server.app.registry.wait_empty()
+            samples = await scrape(rig.server)
+    assert (result.close_code, result.close_reason) == (1000, "caller_stop")
+    assert result.clears_received == 1
+    assert metric(samples, "voxbridge_barge_ins_total") == 1
+    [heard] = result.heard_ms_at_clear
+    assert 0 < heard < TURN_MS
+
+
+# --- a stalled caller -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_stalled_caller_ends_idle_timeout_and_the_provider_session_closes(
+    provider: str,
+) -> None:
+    with trio.fail_after(BUDGET):
+        async with serving(provider, PROVIDERS[provider].echo) as rig:
+            started = trio.current_time()
+            result = await call(rig, seconds=10.0, stall_after=0.3)
+            await rig.server.app.registry.wait_empty()
+            samples = await scrape(rig.server)
+            sessions = list(rig.fake.sessions)
+    assert result.close_reason == "idle_timeout"
+    assert trio.current_time() - started < 5.0
+    assert sessions and all(session.is_closed for session in sessions)
+    assert metric(samples, "voxbridge_call_disconnects_total", reason="idle_timeout") == 1
+
+
+# --- auth before accept ---------------------------------------------------------------------------
+
+
+def signed_form(signer: WebhookSigner, call_id: str) -> tuple[bytes, dict[str, str]]:
+    body = urlencode({"CallSid": call_id, "To": "+13129457420", "From": "+35319605860"}).encode()
+    headers = {
+        "content-type": "application/x-www-form-urlencoded",
+        **signer.headers(body, int(time.time())),
+    }
+    return body, headers
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_auth_is_checked_before_accept(provider: str) -> None:
+    signer = WebhookSigner()
+    telnyx = {"public_key": signer.public_key, "stream_token": STREAM_TOKEN}
+    call_id = "v3:e2e-call-1"
+    with trio.fail_after(BUDGET):
+        async with serving(provider, PROVIDERS[provider].echo, telnyx=telnyx) as rig:
+            async with httpx.AsyncClient(base_url=rig.server.url, timeout=5) as client:
+                body, headers = signed_form(signer, call_id)
+                unsigned = await client.post(
+                    "/telnyx/voice", content=body, headers={"content-type": headers["content-type"]}
+                )
+                forged = await client.post(
+                    "/telnyx/voice",
+                    content=body.replace(b"e2e-call-1", b"e2e-call-2"),
+                    headers=headers,
+                )
+                answer = await client.post("/telnyx/voice", content=body, headers=headers)
+            refused = [
+                await call(rig, TelnyxWire(stream_token=token), seconds=0.3)
+                for token in (None, "wrong-" + STREAM_TOKEN)
+            ]
+            sessions_after_refusals = len(rig.fake.sessions)
+            stream = ElementTree.fromstring(answer.content).find("./Connect/Stream")
+            assert stream is not None and stream.get("bidirectionalMode") == "rtp"
+            token = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+            accepted = await call(
+                rig,
+                TelnyxWire(stream_token=STREAM_TOKEN),
+                seconds=0.4,
+                call_sid=call_id,
+                custom_parameters={"voxbridge_token": str(token["voxbridge_token"])},
+            )
+            await rig.server.app.registry.wait_empty()
+            samples = await scrape(rig.server)
+    assert (unsigned.status_code, forged.status_code, answer.status_code) == (403, 403, 200)
+    assert [r.rejected_status for r in refused] == [403, 403]
+    assert sessions_after_refusals == 0  # no provider session for a refused upgrade
+    assert accepted.rejected_status is None
+    assert (accepted.close_code, accepted.close_reason) == (1000, "caller_stop")
+    assert metric(samples, "voxbridge_connections_rejected_total", reason="bad_signature") == 4
+
+
+# --- end_call -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_end_call_hangs_up_through_call_control(provider: str) -> None:
+    with trio.fail_after(BUDGET):
+        async with serving(provider, PROVIDERS[provider].end_call) as rig:
+            result = await call(rig, seconds=10.0, audio=b"\xff" * FRAME_BYTES)
+            await rig.server.app.registry.wait_empty()
+            samples = await scrape(rig.server)
+            hangups = list(rig.telnyx.hangups)
+    assert result.close_reason == "agent_hangup"
+    assert hangups == [result.call_sid]
+    assert metric(samples, "voxbridge_tool_calls_total", tool="end_call", outcome="ok") == 1

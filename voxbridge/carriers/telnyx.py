@@ -1,0 +1,711 @@
+"""A sans-IO codec for Telnyx Media Streaming (TeXML ``<Connect><Stream bidirectionalMode="rtp">``).
+
+Telnyx talks to us over one WebSocket per call, one JSON text frame per message, in snake_case
+(Telnyx's "Stream call media over WebSocket" AsyncAPI reference, its Call Control
+``streaming_start`` page and the TeXML ``<Stream>`` verb page; pipecat's Telnyx serializer as a
+second reading). This module turns those frames into the neutral events of
+:mod:`voxbridge.carriers.base` and builds the frames we send back; it never touches a socket, a
+clock or a logger.
+
+The state machine of one stream::
+
+    fresh --connected--> connected --start--> started --stop--> stopped
+      |                                 ^      |    ^
+      +-------------start---------------+      +----+ media / mark / dtmf
+    (error: in any state but stopped)
+
+``connected`` is optional and comes at most once, before ``start``. ``start`` comes exactly once
+and must name the call (``start.call_control_id``), the stream (top-level ``stream_id``) and an
+audio format voxbridge converts (``start.media_format``: ``PCMU`` at 8000 Hz, or ``L16`` at 8000
+or 16000 Hz, mono). ``media``, ``mark`` (the echo of a mark we sent) and ``dtmf`` are valid only
+while started; a ``stream_id`` they carry must be the one ``start`` announced. ``stop`` ends the
+stream and nothing may follow it. A frame that breaks a rule raises
+:class:`~voxbridge.errors.RemoteProtocolError` (the call ends ``protocol_error``) and leaves the
+state exactly as it was; no other exception escapes :meth:`TelnyxStream.decode`, whatever text or
+bytes it is fed. Sending before ``start`` raises
+:class:`~voxbridge.carriers.base.LocalProtocolError` (our bug); sending after ``stop`` is allowed
+(a send racing the hang-up is not a bug).
+
+Choices where Telnyx's documents leave room (recorded in docs/carriers.md too):
+
+* **Media order.** Telnyx says the order of ``media`` frames is not guaranteed. The codec forwards
+  caller audio in *arrival* order and counts, in :attr:`TelnyxStream.out_of_order`, every frame
+  whose ``media.chunk`` is not above the highest chunk seen so far (a late or repeated chunk).
+  Reordering would need a jitter buffer, i.e. added latency on every call, to fix an occasional
+  20 ms swap the provider's speech recognition shrugs off; the counter makes the trade visible.
+* **``error`` frames** (Telnyx telling us it could not use a frame we sent) are not protocol
+  errors of *theirs*: they decode to ``None``, are counted in :attr:`TelnyxStream.errors` and the
+  last one is kept (:attr:`TelnyxStream.last_error`, a :class:`TelnyxError`). The call goes on.
+* **Unknown events** decode to ``None`` and are counted in :attr:`TelnyxStream.ignored`: Telnyx's
+  event list is younger than Twilio's and a new informational event must not end calls.
+* **``media`` of the outbound track** (a stream configured with ``both_tracks``) is our own
+  audio coming back: it decodes to ``None``.
+* **Custom parameters** (what the TeXML ``<Parameter>`` elements carried: the per-call token among
+  them) are read from ``start.custom_parameters``, as an object of strings or as Call Control's
+  list of ``{"name", "value"}`` pairs; ``start.client_state`` is kept in :class:`Start`.
+* **The outbound format** is not echoed in ``start`` (D.6). Our TeXML answer asks for the same
+  codec and rate both ways, so the codec sends what ``start.media_format`` announced unless it was
+  built with another ``outbound`` format.
+
+Audio: ``PCMU`` at 8 kHz is the call's neutral format, so caller payloads are forwarded verbatim
+(validated once: strict, non-empty base64) and agent audio is only base64-encoded: copy-free.
+``L16`` is big-endian (network order, RFC 2586; D.6) and goes through one
+:class:`~voxbridge.carriers.transcode.Transcoder` per direction, chosen at ``start`` (16 kHz is
+resampled by soxr streaming resamplers whose state spans the call).
+
+Outbound frames carry no ``stream_id`` (Telnyx's examples and pipecat send none): ``media`` is
+``{"event":"media","media":{"payload":...}}``, ``mark`` ``{"event":"mark","mark":{"name":...}}``,
+``clear`` ``{"event":"clear"}``. Payloads are base64 text built here from bytes and mark names are
+JSON-escaped, so nothing a provider says can change an outbound frame's JSON structure.
+
+The frames Telnyx sends, for simulators and tests, are built by :mod:`voxbridge.testing.telnyx_wire`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+import attrs
+import orjson
+
+from ..audio import b64_decode, b64_encode
+from ..errors import RemoteProtocolError, SettingsError
+from ..providers.spec import option
+from .base import (
+    MULAW_8K,
+    AudioFormat,
+    CallerAudio,
+    Capabilities,
+    CarrierEvent,
+    Dtmf,
+    Frame,
+    LocalProtocolError,
+    MarkPlayed,
+    StreamStarted,
+    StreamStopped,
+)
+from .spec import CarrierSpec
+from .transcode import Transcoder, transcoder
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .telnyx_rest import TelnyxRest
+    from .telnyx_webhooks import TelnyxWebhooks
+
+__all__ = [
+    "CODECS",
+    "DTMF_DIGITS",
+    "L16_RATES",
+    "SPEC",
+    "MediaFormat",
+    "Start",
+    "TelnyxError",
+    "TelnyxSettings",
+    "TelnyxStream",
+    "audio_format",
+    "prime",
+]
+
+#: The stream codecs voxbridge asks Telnyx for (``--telnyx-codec``).
+CODECS: Final = ("PCMU", "L16")
+#: The sample rates (Hz) voxbridge converts for ``L16``; ``PCMU`` is always 8000.
+L16_RATES: Final = (8000, 16000)
+#: Every value a ``dtmf.digit`` may take.
+DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
+_TEXT_EXCERPT: Final = 200  # characters of Telnyx's error title/detail kept
+
+
+def audio_format(codec: str, sample_rate: int) -> AudioFormat:
+    """The :class:`~voxbridge.carriers.base.AudioFormat` of a Telnyx stream codec.
+
+    ``PCMU`` at 8000 Hz is mu-law 8 kHz (:data:`~voxbridge.carriers.base.MULAW_8K`); ``L16`` at
+    8000 or 16000 Hz is big-endian 16-bit PCM.
+
+    Raises:
+        ValueError: a codec or rate voxbridge does not convert.
+    """
+    if codec == "PCMU" and sample_rate == 8000:
+        return MULAW_8K
+    if codec == "L16" and sample_rate in L16_RATES:
+        return AudioFormat("l16", sample_rate, big_endian=True)
+    raise ValueError(
+        f"Telnyx codec {codec[:16]!r} at {sample_rate} Hz is not supported "
+        "(PCMU at 8000 Hz, or L16 at 8000 or 16000 Hz)"
+    )
+
+
+# --------------------------------------------------------------------------------------- events
+
+
+@attrs.frozen
+class MediaFormat:
+    """``start.media_format``: the codec of the audio Telnyx streams to us."""
+
+    encoding: str
+    sample_rate: int
+    channels: int
+
+
+def _params(params: Mapping[str, str]) -> dict[str, str]:
+    return dict(params)
+
+
+@attrs.frozen
+class Start:
+    """Telnyx's ``start`` frame (``StreamStarted.details``).
+
+    Attributes:
+        stream_id: the top-level ``stream_id``.
+        call_control_id: the ``v3:...`` id Call Control commands (hang-up, transfer) name.
+        user_id: the Telnyx account (``""`` when not sent).
+        client_state: ``start.client_state`` as sent (base64 text; ``""`` when absent or null).
+        media_format: what Telnyx streams to us.
+        custom_parameters: the TeXML ``<Parameter>`` pairs (a private copy, not hashed).
+        from_: ``start.from`` (``""`` when absent or null).
+        to: ``start.to`` (``""`` when absent or null).
+    """
+
+    stream_id: str
+    call_control_id: str
+    user_id: str
+    client_state: str
+    media_format: MediaFormat
+    custom_parameters: Mapping[str, str] = attrs.field(converter=_params, hash=False)
+    from_: str = ""
+    to: str = ""
+
+
+@attrs.frozen
+class TelnyxError:
+    """An ``error`` frame: Telnyx could not use something we sent (``code`` is Telnyx's error
+    code as sent, ``""`` when absent; ``title`` and ``detail`` are cut to 200 characters)."""
+
+    code: str
+    title: str
+    detail: str
+
+
+# ------------------------------------------------------------------------------ field checking
+
+_MISSING: Final = object()
+_MAX_COUNTER: Final = 2**63 - 1
+_TYPE_NAMES: Final[Mapping[type, str]] = {dict: "an object", list: "an array"}
+
+
+def _show(value: object) -> str:
+    """Describe a JSON value for an error message, briefly and without recursing into it."""
+    if isinstance(value, str):
+        return repr(value[:60] + "..." if len(value) > 60 else value)
+    if value is None or isinstance(value, bool | int | float):
+        text = json.dumps(value)
+        return text[:60] + "..." if len(text) > 60 else text
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _object(obj: dict[str, object], key: str, path: str) -> dict[str, object]:
+    value = obj.get(key, _MISSING)
+    if value is _MISSING:
+        raise RemoteProtocolError(f"{path} is missing")
+    if type(value) is not dict:
+        raise RemoteProtocolError(f"{path} must be an object, got {_show(value)}")
+    return value
+
+
+def _string(obj: dict[str, object], key: str, path: str, default: str | None = None) -> str:
+    """A string field; with a ``default``, absent or ``null`` reads as the default."""
+    value = obj.get(key, _MISSING)
+    if type(value) is str:
+        return value
+    if value is _MISSING or (value is None and default is not None):
+        if default is None:
+            raise RemoteProtocolError(f"{path} is missing")
+        return default
+    raise RemoteProtocolError(f"{path} must be a string, got {_show(value)}")
+
+
+def _counter(value: object, path: str) -> int:
+    """A non-negative integer sent as a digit string (Telnyx's way) or a JSON integer."""
+    if type(value) is str:
+        if 0 < len(value) <= 19 and value.isascii() and value.isdigit():
+            number = int(value)
+            if number <= _MAX_COUNTER:
+                return number
+    elif type(value) is int and 0 <= value <= _MAX_COUNTER:
+        return value
+    raise RemoteProtocolError(f"{path} must be a non-negative integer, got {_show(value)}")
+
+
+def _optional_counter(obj: dict[str, object], key: str, path: str) -> int | None:
+    value = obj.get(key, _MISSING)
+    return None if value is _MISSING or value is None else _counter(value, path)
+
+
+def _custom_parameters(value: object) -> dict[str, str]:
+    """``start.custom_parameters``: an object of strings, or a list of ``{"name", "value"}``."""
+    if value is _MISSING or value is None:
+        return {}
+    if type(value) is dict:
+        for name, item in value.items():
+            if type(item) is not str:
+                raise RemoteProtocolError(
+                    f"start.custom_parameters[{_show(name)}] must be a string, got {_show(item)}"
+                )
+        return value  # checked above: every value is a string
+    if type(value) is list:
+        params: dict[str, str] = {}
+        for pair in value:
+            if type(pair) is not dict:
+                raise RemoteProtocolError(
+                    f"start.custom_parameters must hold objects, got {_show(pair)}"
+                )
+            name = _string(pair, "name", "start.custom_parameters[].name")
+            params[name] = _string(pair, "value", "start.custom_parameters[].value")
+        return params
+    raise RemoteProtocolError(
+        f"start.custom_parameters must be an object or an array, got {_show(value)}"
+    )
+
+
+def _excerpt(value: object) -> str:
+    if type(value) is str:
+        return value[:_TEXT_EXCERPT]
+    if type(value) is int:
+        return str(value)
+    return ""
+
+
+# ---------------------------------------------------------------------------------------- codec
+
+#: Neutral silence fed to a new upsampler, its output discarded: 40 ms, more than soxr's start-up
+#: delay, so that from then on every chunk of agent audio comes out whole (without it the first
+#: 20 ms chunk comes out empty, and an empty ``media`` payload is not a frame to send Telnyx).
+PRIMING = b"\xff" * 320
+
+
+def prime(up: Transcoder) -> None:
+    """Fill ``up``'s resampler start-up delay with silence (see :data:`PRIMING`)."""
+    up.from_neutral(PRIMING)
+
+
+_Decoder: TypeAlias = Callable[["TelnyxStream", dict[str, object]], CarrierEvent | None]
+_SAFETY_NET: Final = (
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    ValueError,
+    OverflowError,
+    RecursionError,
+)
+_CLEAR: Final = '{"event":"clear"}'
+_MEDIA_PREFIX: Final = '{"event":"media","media":{"payload":"'
+
+
+class TelnyxStream:
+    """The state of one Telnyx media stream, fed one WebSocket frame at a time
+    (a :class:`~voxbridge.carriers.base.CarrierCodec`).
+
+    Args:
+        outbound: the format Telnyx expects our audio in (the TeXML ``bidirectionalCodec`` and
+            ``bidirectionalSamplingRate``); ``None``: the format ``start`` announces for the
+            caller's audio (our TeXML asks for the same both ways).
+
+    Attributes:
+        MAX_FRAME: frames longer than this (characters for ``str``, bytes for ``bytes``) are
+            rejected before parsing: 64 KiB, about 2 s of L16 16 kHz audio in base64.
+        out_of_order: caller ``media`` frames whose ``chunk`` was not above the highest seen.
+        errors: ``error`` frames received; :attr:`last_error` is the last one.
+        ignored: frames with an event this codec does not know (decoded to ``None``).
+    """
+
+    MAX_FRAME: int = 64 * 1024
+    capabilities: Capabilities = Capabilities(
+        marks=True, echoes_cleared_marks=True, sends_stop=True, binary_audio=False
+    )
+
+    def __init__(self, outbound: AudioFormat | None = None) -> None:
+        self._outbound_format = outbound
+        self._connected = False
+        self._start: Start | None = None
+        self._stopped = False
+        self._down: Transcoder | None = None  # caller audio -> mu-law 8 kHz
+        self._up: Transcoder | None = None  # agent mu-law 8 kHz -> the stream's format
+        self._highest_chunk = -1
+        self.out_of_order = 0
+        self.errors = 0
+        self.ignored = 0
+        self.last_error: TelnyxError | None = None
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "started" if self._start else "fresh"
+        return f"TelnyxStream({state}, stream_id={self.stream_id!r})"
+
+    # ------------------------------------------------------------------------------- state
+
+    @property
+    def start(self) -> Start | None:
+        """The ``start`` frame, once received."""
+        return self._start
+
+    @property
+    def started(self) -> bool:
+        """True once ``start`` has been received (it stays true after ``stop``)."""
+        return self._start is not None
+
+    @property
+    def stopped(self) -> bool:
+        """True once ``stop`` has been received; no further frame is accepted."""
+        return self._stopped
+
+    @property
+    def stream_id(self) -> str | None:
+        """The ``stream_id`` from ``start``, or ``None`` before it."""
+        return None if self._start is None else self._start.stream_id
+
+    # ----------------------------------------------------------------------------- inbound
+
+    def decode(self, frame: Frame) -> CarrierEvent | None:
+        """Decode one WebSocket frame from Telnyx and advance the state machine.
+
+        Args:
+            frame: the frame's text; ``bytes`` are decoded as UTF-8.
+
+        Returns:
+            The neutral event, or ``None`` for a frame that carries nothing for the call
+            (``connected``, ``error``, an unknown event, outbound-track media, caller audio
+            that a resampler has buffered whole).
+
+        Raises:
+            RemoteProtocolError: the frame is not a valid Telnyx message in the current state (too
+                long, not UTF-8, not a JSON object, no event, a missing or mistyped field, bad
+                base64, an unsupported media format, out of order, another stream's id, ...).
+                The state is left unchanged.
+            TypeError: ``frame`` is neither ``str`` nor ``bytes`` (a bug in the caller).
+        """
+        if self._stopped:
+            raise RemoteProtocolError("frame after stop")
+        if not isinstance(frame, str | bytes):
+            raise TypeError(f"frame must be str or bytes, not {type(frame).__name__}")
+        if len(frame) > self.MAX_FRAME:
+            raise RemoteProtocolError(f"frame of {len(frame)} exceeds MAX_FRAME={self.MAX_FRAME}")
+        if isinstance(frame, bytes):
+            try:
+                frame = frame.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RemoteProtocolError(f"frame is not valid UTF-8: {exc.reason}") from exc
+        try:
+            message = orjson.loads(frame)
+        except orjson.JSONDecodeError as exc:
+            raise RemoteProtocolError(f"malformed JSON: {exc}") from exc
+        if type(message) is not dict:
+            raise RemoteProtocolError(f"frame must be a JSON object, got {_show(message)}")
+        event = message.get("event", _MISSING)
+        if type(event) is not str:
+            if event is _MISSING:
+                raise RemoteProtocolError("frame has no 'event' field")
+            raise RemoteProtocolError(f"event must be a string, got {_show(event)}")
+        decoder = _DECODERS.get(event)
+        if decoder is None:
+            self.ignored += 1
+            return None
+        try:
+            return decoder(self, message)
+        except RemoteProtocolError:
+            raise
+        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
+            raise RemoteProtocolError(
+                f"unexpected error decoding {event} frame: {type(exc).__name__}"
+            ) from exc
+
+    def _require_started(self, message: dict[str, object], event: str) -> Start:
+        start = self._start
+        if start is None:
+            raise RemoteProtocolError(f"{event} before start")
+        stream_id = message.get("stream_id", _MISSING)
+        if stream_id is not _MISSING and stream_id != start.stream_id:
+            raise RemoteProtocolError(
+                f"{event}.stream_id {_show(stream_id)} does not match the stream "
+                f"{start.stream_id!r}"
+            )
+        return start
+
+    def _decode_connected(self, message: dict[str, object]) -> None:
+        if self._start is not None:
+            raise RemoteProtocolError("connected after start")
+        if self._connected:
+            raise RemoteProtocolError("duplicate connected")
+        _string(message, "version", "connected.version", "")
+        self._connected = True  # its body may repeat the stream token: never kept
+        return None
+
+    def _decode_start(self, message: dict[str, object]) -> StreamStarted:
+        if self._start is not None:
+            raise RemoteProtocolError("duplicate start")
+        stream_id = _string(message, "stream_id", "stream_id")
+        if not stream_id:
+            raise RemoteProtocolError("stream_id is empty")
+        body = _object(message, "start", "start")
+        call_control_id = _string(body, "call_control_id", "start.call_control_id")
+        if not call_control_id:
+            raise RemoteProtocolError("start.call_control_id is empty")
+        fmt = _object(body, "media_format", "start.media_format")
+        encoding = _string(fmt, "encoding", "start.media_format.encoding")
+        rate_value = fmt.get("sample_rate", _MISSING)
+        if rate_value is _MISSING:
+            raise RemoteProtocolError("start.media_format.sample_rate is missing")
+        sample_rate = _counter(rate_value, "start.media_format.sample_rate")
+        channels_value = fmt.get("channels", 1)
+        channels = _counter(channels_value, "start.media_format.channels")
+        if channels != 1:
+            raise RemoteProtocolError(f"start.media_format.channels must be 1, got {channels}")
+        try:
+            inbound = audio_format(encoding.upper(), sample_rate)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"start.media_format: {exc}") from None
+        outbound = self._outbound_format or inbound
+        params = _custom_parameters(body.get("custom_parameters", _MISSING))
+        start = Start(
+            stream_id=stream_id,
+            call_control_id=call_control_id,
+            user_id=_string(body, "user_id", "start.user_id", ""),
+            client_state=_string(body, "client_state", "start.client_state", ""),
+            media_format=MediaFormat(encoding, sample_rate, channels),
+            custom_parameters=params,
+            from_=_string(body, "from", "start.from", ""),
+            to=_string(body, "to", "start.to", ""),
+        )
+        down, up = transcoder(inbound), transcoder(outbound)  # ValueError: caught as a bug
+        if up is not None and outbound.sample_rate != MULAW_8K.sample_rate:
+            prime(up)
+        self._down, self._up = down, up
+        self._start = start
+        return StreamStarted(
+            call_id=call_control_id,
+            stream_id=stream_id,
+            account_id=start.user_id,
+            custom_parameters=params,
+            audio_format=inbound,
+            details=start,
+        )
+
+    def _decode_media(self, message: dict[str, object]) -> CallerAudio | None:
+        self._require_started(message, "media")
+        body = _object(message, "media", "media")
+        track = _string(body, "track", "media.track", "inbound")
+        payload = _string(body, "payload", "media.payload")
+        if not payload:
+            raise RemoteProtocolError("empty media payload")
+        try:
+            audio = b64_decode(payload)
+        except ValueError as exc:
+            raise RemoteProtocolError(f"media.payload is {exc}") from exc
+        chunk = _optional_counter(body, "chunk", "media.chunk")
+        _optional_counter(body, "timestamp", "media.timestamp")
+        if track == "outbound":
+            return None  # our own audio, streamed back with both_tracks
+        down = self._down
+        if down is not None:
+            if len(audio) % 2:  # checked before the resampler's state moves
+                raise RemoteProtocolError(
+                    f"L16 media.payload must be whole 16-bit samples, got {len(audio)} bytes"
+                )
+            payload = down.to_neutral(audio)
+        if chunk is not None:
+            if chunk <= self._highest_chunk:
+                self.out_of_order += 1
+            else:
+                self._highest_chunk = chunk
+        return CallerAudio(payload) if payload else None
+
+    def _decode_mark(self, message: dict[str, object]) -> MarkPlayed:
+        self._require_started(message, "mark")
+        body = _object(message, "mark", "mark")
+        return MarkPlayed(_string(body, "name", "mark.name"))
+
+    def _decode_dtmf(self, message: dict[str, object]) -> Dtmf:
+        self._require_started(message, "dtmf")
+        body = _object(message, "dtmf", "dtmf")
+        digit = _string(body, "digit", "dtmf.digit")
+        if digit not in DTMF_DIGITS:
+            raise RemoteProtocolError(f"dtmf.digit must be one of 0-9 * # A-D, got {_show(digit)}")
+        return Dtmf(digit)
+
+    def _decode_error(self, message: dict[str, object]) -> None:
+        body = message.get("payload", _MISSING)
+        if body is _MISSING or body is None:
+            body = message.get("error", {})
+        if type(body) is not dict:
+            raise RemoteProtocolError(f"error.payload must be an object, got {_show(body)}")
+        self.last_error = TelnyxError(
+            code=_excerpt(body.get("code")),
+            title=_excerpt(body.get("title")),
+            detail=_excerpt(body.get("detail")),
+        )
+        self.errors += 1
+        return None
+
+    def _decode_stop(self, message: dict[str, object]) -> StreamStopped:
+        self._require_started(message, "stop")
+        body = message.get("stop", _MISSING)
+        if body is not _MISSING and body is not None and type(body) is not dict:
+            raise RemoteProtocolError(f"stop must be an object, got {_show(body)}")
+        self._stopped = True
+        return StreamStopped()
+
+    # ---------------------------------------------------------------------------- outbound
+
+    def _check(self, what: str) -> None:
+        if self._start is None:
+            raise LocalProtocolError(f"cannot send {what} before start")
+
+    def audio(self, mulaw: bytes) -> str:
+        """A ``media`` frame that plays ``mulaw`` (raw mu-law 8 kHz, no header) to the caller,
+        converted to the stream's outbound format (``L16``: big-endian, resampled).
+
+        Returns:
+            ``{"event":"media","media":{"payload":"<base64>"}}``
+
+        Raises:
+            LocalProtocolError: no ``start`` has been received yet.
+        """
+        self._check("media")
+        up = self._up
+        raw = mulaw if up is None else up.from_neutral(mulaw)
+        return f'{_MEDIA_PREFIX}{b64_encode(raw)}"}}}}'
+
+    def mark(self, name: str) -> str:
+        """A ``mark`` frame; Telnyx echoes it once the audio sent before it has played (or was
+        cleared).
+
+        Returns:
+            ``{"event":"mark","mark":{"name":"..."}}`` (``name`` JSON-escaped).
+
+        Raises:
+            LocalProtocolError: no ``start`` has been received yet.
+        """
+        self._check("mark")
+        quoted = f'"{name}"' if name.isascii() and name.isalnum() else json.dumps(name)
+        return f'{{"event":"mark","mark":{{"name":{quoted}}}}}'
+
+    def clear(self) -> str:
+        """A ``clear`` frame: Telnyx drops the audio it has queued and echoes the pending marks.
+
+        Returns:
+            ``{"event":"clear"}``
+
+        Raises:
+            LocalProtocolError: no ``start`` has been received yet.
+        """
+        self._check("clear")
+        return _CLEAR
+
+
+_DECODERS: Final[dict[str, _Decoder]] = {
+    "connected": TelnyxStream._decode_connected,
+    "start": TelnyxStream._decode_start,
+    "media": TelnyxStream._decode_media,
+    "mark": TelnyxStream._decode_mark,
+    "dtmf": TelnyxStream._decode_dtmf,
+    "error": TelnyxStream._decode_error,
+    "stop": TelnyxStream._decode_stop,
+}
+
+
+# ------------------------------------------------------------------------------------- settings
+
+
+def _public_key_bytes(value: str) -> bytes:
+    """A base64 Ed25519 public key as its 32 bytes.
+
+    Raises:
+        SettingsError: not base64, or not 32 bytes (the value is not quoted back).
+    """
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError("--telnyx-public-key must be base64 (Mission Control's key)") from None
+    if len(raw) != 32:
+        raise SettingsError(
+            f"--telnyx-public-key must be a 32-byte Ed25519 key in base64, got {len(raw)} bytes"
+        )
+    return raw
+
+
+@attrs.frozen
+class TelnyxSettings:
+    """``--telnyx-*`` settings. The API key (``TELNYX_API_KEY``) and the stream token
+    (``VOXBRIDGE_TELNYX_STREAM_TOKEN``) are environment only.
+
+    Raises:
+        SettingsError: a codec or rate voxbridge does not convert, or a public key that is not
+            a base64 Ed25519 key.
+    """
+
+    codec: str = option(
+        "PCMU", "Telnyx stream codec, both ways: PCMU (mu-law, no conversion) or L16"
+    )
+    sample_rate: int = option(
+        8000, "Telnyx stream sample rate in Hz (PCMU: 8000; L16: 8000 or 16000)"
+    )
+    public_key: str | None = option(
+        None,
+        "Telnyx account public key (base64 Ed25519, Mission Control > Keys & Credentials): "
+        "webhook signatures are checked with it",
+    )
+    api_key: str | None = option(None, "Telnyx API key (also TELNYX_API_KEY)", secret=True)
+    stream_token: str | None = option(
+        None,
+        "token Telnyx sends in x-telnyx-streaming-auth-token on the media upgrade, checked before accept",
+        secret=True,
+    )
+    api_url: str | None = option(
+        None, "Telnyx REST API base URL (default https://api.telnyx.com/v2; a fake's in tests)"
+    )
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            audio_format(self.codec, self.sample_rate)
+        except ValueError as exc:
+            raise SettingsError(f"--telnyx-codec/--telnyx-sample-rate: {exc}") from None
+        if self.public_key is not None:
+            _public_key_bytes(self.public_key)
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        """The stream's format, both ways."""
+        return audio_format(self.codec, self.sample_rate)
+
+    @property
+    def public_key_bytes(self) -> bytes | None:
+        """The 32 bytes of :attr:`public_key` (``None`` when unset)."""
+        return None if self.public_key is None else _public_key_bytes(self.public_key)
+
+
+def _webhooks(settings: Settings, own: TelnyxSettings) -> TelnyxWebhooks:
+    from .telnyx_webhooks import TelnyxWebhooks
+
+    return TelnyxWebhooks.from_settings(own)
+
+
+def rest(settings: Settings, own: TelnyxSettings) -> TelnyxRest | None:
+    """The Call Control client ``own`` allows: ``None`` without an API key."""
+    from .telnyx_rest import TelnyxRest
+
+    return TelnyxRest.from_settings(own)
+
+
+#: Telnyx, as the registry lists it.
+SPEC: CarrierSpec[TelnyxSettings] = CarrierSpec(
+    name="telnyx",
+    codec=TelnyxStream,
+    webhook="voice",
+    settings=TelnyxSettings,
+    webhooks=_webhooks,
+    simulator="voxbridge.testing.telnyx_wire:TelnyxWire",
+    key_variables=("TELNYX_API_KEY",),
+    rest=rest,
+)
