@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from voxbridge.audio import tone
+from voxbridge.audio import resampler, tone
 from voxbridge.carriers.twilio import TwilioStream
 from voxbridge.carriers.twilio_wire import (
     encode_connected,
@@ -47,7 +47,7 @@ from voxbridge.carriers.twilio_wire import (
     encode_start,
 )
 from voxbridge.providers.events import AgentAudio
-from voxbridge.providers.gemini import GeminiCodec, _resampler
+from voxbridge.providers.gemini import GeminiCodec
 from voxbridge.providers.openai_realtime import OpenAIRealtimeCodec
 
 from . import wire
@@ -198,7 +198,7 @@ def provider_audio(params: Params) -> dict[str, Any]:
         gemini.decode(model_turn)
     event = gemini.decode(model_turn)
     assert isinstance(event, AgentAudio) and len(event.audio) == wire.FRAME_BYTES
-    up, down = _resampler(8000, 16000), _resampler(24000, 8000)
+    up, down = resampler(8000, 16000), resampler(24000, 8000)
     pcm8 = (np.sin(2 * np.pi * 440 * np.arange(160) / 8000) * 8000).astype("<i2")
     us = {
         "openai_in": best_us(lambda: openai.audio(caller), params),

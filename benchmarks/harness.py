@@ -2,8 +2,10 @@
 
 A scenario gets a :class:`Bench` and asks it for processes:
 
-* :meth:`Bench.fake` -- the upstream fake (:mod:`benchmarks.upstream_fake`) on the load cores;
-* :meth:`Bench.peer` -- voxbridge or a baseline, on the server core, talking to that fake;
+* :meth:`Bench.fake` -- the upstream fake (:mod:`benchmarks.upstream_fake`) on the load cores,
+  ``ws://`` or, with ``tls=True``, ``wss://`` with a test certificate (:meth:`Bench.certificates`);
+* :meth:`Bench.peer` -- voxbridge or a baseline, on the server core, talking to that fake (a
+  ``wss://`` one through the system's TLS defaults, trusting the test CA: ``SSL_CERT_FILE``);
 * :meth:`Bench.echo_server` -- one of the floor's echo servers, on the server core;
 * :meth:`Bench.load` -- one or more generator processes (:mod:`benchmarks.loadgen`) on the load
   cores, returning a :class:`LoadRun` to wait on.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import array
 import json
 import math
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -38,10 +41,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from .common import PYTHON, CpuSample, HarnessError, Proc, cores
-from .upstream_fake import GEMINI_RESOURCE
+from voxbridge.testing.fake_gemini import RESOURCE as GEMINI_RESOURCE
 
-__all__ = ["PEERS", "Bench", "LoadRun", "PeerSpec", "latency_summary"]
+from .common import PYTHON, CpuSample, HarnessError, Proc, cores
+
+__all__ = ["PEERS", "Bench", "LoadRun", "PeerSpec", "TlsCertificates", "latency_summary"]
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,21 @@ def latency_summary(samples_us: array.array[int] | list[int]) -> dict[str, float
         "max": values[-1] / 1000,
         "mean": sum(values) / n / 1000,
     }
+
+
+@dataclass(frozen=True)
+class TlsCertificates:
+    """A run's test PKI for ``wss://`` upstreams (``trustme``).
+
+    ``server``: the upstream fake's private key and certificate chain (PEM; for ``127.0.0.1`` and
+    ``localhost``). ``trust``: the file every peer gets as ``SSL_CERT_FILE`` -- the test CA followed
+    by the system's CA bundle, so a peer's default TLS context loads what it loads in production
+    (``ssl.create_default_context()`` reads that variable through OpenSSL; voxbridge, trio-websocket
+    and ``websockets`` all build their ``wss://`` context that way, so no peer needs a TLS option).
+    """
+
+    server: Path
+    trust: Path
 
 
 class LoadRun:
@@ -264,6 +283,7 @@ class Bench:
             transient=False,
         )
         self._reapers: list[threading.Thread] = []
+        self._certificates: TlsCertificates | None = None
 
     # --- progress ---------------------------------------------------------------------------
 
@@ -298,9 +318,38 @@ class Bench:
 
     # --- processes --------------------------------------------------------------------------
 
-    def fake(self, mode: str = "echo", tag: str = "", **options: Any) -> Proc:
-        """Start the upstream fake on the load cores (commands on stdin)."""
+    def certificates(self) -> TlsCertificates:
+        """The run's test certificates, made on first use in the work folder."""
+        if self._certificates is None:
+            import trustme
+
+            ca = trustme.CA()
+            server = self.work / "upstream-tls.pem"
+            cert = ca.issue_cert("127.0.0.1", "localhost")
+            cert.private_key_and_cert_chain_pem.write_to_path(str(server))
+            system = ssl.get_default_verify_paths().cafile
+            bundle = Path(system).read_bytes() if system and Path(system).is_file() else b""
+            trust = self.work / "trust.pem"
+            trust.write_bytes(ca.cert_pem.bytes() + b"\n" + bundle)
+            self._certificates = TlsCertificates(server, trust)
+        return self._certificates
+
+    def fake(
+        self,
+        mode: str = "echo",
+        tag: str = "",
+        *,
+        tls: bool = False,
+        wait: bool = True,
+        **options: Any,
+    ) -> Proc:
+        """Start the upstream fake on the load cores (commands on stdin); ``tls``: ``wss://``.
+
+        With ``wait=False`` it returns at once; :meth:`ready` waits for it.
+        """
         argv = [PYTHON, "-m", "benchmarks.upstream_fake", "--mode", mode, "--max-seconds", "3600"]
+        if tls:
+            argv += ["--certfile", str(self.certificates().server)]
         for key, value in options.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
         return Proc(
@@ -309,6 +358,7 @@ class Bench:
             cpus=self.load_cpus,
             log=self.logs / f"fake{tag}.log",
             stdin=True,
+            ready=wait,
         )
 
     def peer(
@@ -324,10 +374,13 @@ class Bench:
     ) -> Proc:
         """Start a bridge under test on the server core, talking to ``upstream_url``.
 
-        With ``wait=False`` it returns at once; call ``wait_ready()`` before using it.
+        A ``wss://`` upstream is trusted through ``SSL_CERT_FILE`` (:class:`TlsCertificates`).
+        With ``wait=False`` it returns at once; :meth:`ready` waits for it.
         """
         spec = PEERS[key]
         env = dict(spec.env)
+        if upstream_url.startswith("wss://"):
+            env["SSL_CERT_FILE"] = str(self.certificates().trust)
         if spec.upstream == "gemini":  # the fake speaks Gemini Live on Gemini's resource path
             upstream_url = urlunsplit(urlsplit(upstream_url)._replace(path=GEMINI_RESOURCE))
         argv = [PYTHON, "-m", spec.module, "--port", "0", "--upstream-url", upstream_url]
@@ -346,12 +399,27 @@ class Bench:
             env=env,
             log=self.logs / f"{key}{tag}.log",
             timeout=30.0,
-            ready=wait,
+            ready=False,
             pin_when_ready=True,
         )
-        if wait and not proc.pinned and "server not pinned" not in " ".join(self.notes):
-            self.notes.append("server not pinned to a core (sched_setaffinity refused)")
+        if wait:
+            self.ready(proc)
         return proc
+
+    def ready(self, *procs: Proc) -> None:
+        """Wait until each of ``procs`` (started with ``wait=False``) listens; stop them all if one
+        does not."""
+        try:
+            for proc in procs:
+                proc.wait_ready()
+                if proc.pin_when_ready and not proc.pinned:
+                    note = "server not pinned to a core (sched_setaffinity refused)"
+                    if note not in self.notes:
+                        self.notes.append(note)
+        except BaseException:
+            for proc in procs:
+                proc.stop(1.0)
+            raise
 
     def start_peers(
         self,
@@ -359,9 +427,11 @@ class Bench:
         *,
         tag: str = "",
         upstreams: tuple[str, ...] = ("openai",),
+        wait: bool = True,
         **options: Any,
     ) -> dict[str, Proc]:
-        """Start every peer of this run at once (idle ones cost nothing), then wait for each.
+        """Start every peer of this run at once (idle ones cost nothing), then wait for each
+        (``wait=False``: :meth:`ready` later).
 
         Only peers whose upstream protocol is in ``upstreams`` run (the relay alone takes the
         Gemini peer); the others are skipped with a note.
@@ -375,14 +445,12 @@ class Bench:
         try:
             for key in (k for k in self.peers if k not in skipped):
                 procs[key] = self.peer(key, upstream_url, tag=tag, wait=False, **options)
-            for proc in procs.values():
-                proc.wait_ready()
-                if not proc.pinned and "server not pinned" not in " ".join(self.notes):
-                    self.notes.append("server not pinned to a core (sched_setaffinity refused)")
         except BaseException:
             for proc in procs.values():
                 proc.stop(1.0)
             raise
+        if wait:
+            self.ready(*procs.values())
         return procs
 
     def echo_server(self, kind: str) -> Proc:

@@ -7,6 +7,12 @@ seconds. Two upstream variants, each peer in both:
   of caller audio, one second of its own audio as 50 deltas back to back, faster than real time;
 * ``echo``: every caller frame comes straight back as one delta.
 
+Each variant runs over a ``ws://`` upstream and, for the variants named in ``tls``, over a
+``wss://`` one too (``agent-tls``, ``echo-tls``): production providers are TLS. The fake then
+serves a test certificate (``trustme``) and every peer trusts the test CA through its default TLS
+context (:class:`benchmarks.harness.TlsCertificates`), so each pays for TLS what it pays in
+production. The peers of both upstreams run side by side and the rounds interleave them all.
+
 Figures per peer and variant, over the measurement window (after the calls connected and a
 warm-up): server CPU (user+sys of the server process) per call-second of bridged caller audio and
 per relayed frame (20 ms of audio in either direction; a bridge that merges queued frames into
@@ -26,6 +32,7 @@ frames lost include the audio the resamplers still hold when a call hangs up (te
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -48,12 +55,17 @@ class Params:
     seconds: float = 10.0
     warmup: float = 2.0
     variants: str = "agent,echo"
+    #: the variants that also run over a ``wss://`` upstream ("" for none)
+    tls: str = "agent,echo"
     burst: int = 50
     rounds: int = 3
 
     @classmethod
     def smoke(cls) -> Params:
-        return cls(calls=3, seconds=0.5, warmup=0.1, variants="agent,echo", burst=10, rounds=1)
+        # every mode and both transports once, in as many windows as before TLS (a minute's budget)
+        return cls(
+            calls=3, seconds=0.5, warmup=0.1, variants="agent", tls="echo", burst=10, rounds=1
+        )
 
 
 def measure(
@@ -171,54 +183,65 @@ def figures(raw: dict[str, Any], *, echo_fake: bool = True) -> dict[str, Any]:
     }
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def run(bench: Bench, params: Params) -> dict[str, Any]:
-    """Run every peer through every variant; return the scenario's results."""
-    variants = [v.strip() for v in params.variants.split(",") if v.strip()]
+    """Run every peer through every variant, over ``ws://`` and ``wss://``; the results."""
+    plan = [(mode, "ws", mode) for mode in _names(params.variants)]
+    plan += [(mode, "wss", f"{mode}-tls") for mode in _names(params.tls)]
     result: dict[str, Any] = {"title": TITLE, "params": vars(params), "variants": {}}
-    for v in variants:
-        result["variants"][v] = {}
-    rounds: dict[str, dict[str, list[dict[str, Any]]]] = {v: {} for v in variants}
-    steps = len(bench.peers) * len(variants) * params.rounds
-    with bench.scenario(NAME, steps) as task:
-        fake = bench.fake("agent", tag="-relay", burst=params.burst)
-        try:
+    rounds: dict[str, dict[str, list[dict[str, Any]]]] = {variant: {} for *_, variant in plan}
+    transports = {transport for _, transport, _ in plan}
+    steps = len(bench.peers) * len(plan) * params.rounds
+    with bench.scenario(NAME, steps) as task, contextlib.ExitStack() as stack:
+        legs: dict[str, tuple[Proc, dict[str, Proc]]] = {}
+        tags = {"ws": "-relay", "wss": "-relay-tls"}
+        fakes = {
+            t: bench.fake("agent", tag=tags[t], tls=t == "wss", burst=params.burst, wait=False)
+            for t in sorted(transports)
+        }
+        stack.callback(bench.retire, *fakes.values())
+        for transport, fake in fakes.items():  # every process starts at once, then all are waited
+            bench.ready(fake)
             assert fake.url is not None
-            peers = bench.start_peers(fake.url, tag="-relay", upstreams=("openai", "gemini"))
-            try:
-                # Rounds interleave the peers (A B C, A B C, ...), so a slow spell of this shared
-                # machine hits all of them rather than one; each figure is the median round's.
-                for n in range(params.rounds):
-                    for variant in variants:
-                        fake.command(f"mode {variant}")
-                        for key, peer in peers.items():
-                            raw = measure(
-                                bench,
-                                peer,
-                                fake,
-                                calls=params.calls,
-                                seconds=params.seconds,
-                                warmup=params.warmup,
-                                label=f"relay {variant} {key} round {n + 1}",
-                                audio=resampled(key, variant, params.burst),
-                            )
-                            rounds[variant].setdefault(key, []).append(figures(raw))
-                            bench.advance(task)
-            finally:
-                bench.retire(*peers.values())
-        finally:
-            bench.retire(fake)
+            peers = bench.start_peers(
+                fake.url, tag=tags[transport], upstreams=("openai", "gemini"), wait=False
+            )
+            stack.callback(bench.retire, *peers.values())
+            legs[transport] = fake, peers
+        bench.ready(*(peer for _, peers in legs.values() for peer in peers.values()))
+        # Rounds interleave the peers (A B C, A B C, ...), so a slow spell of this shared machine
+        # hits all of them rather than one; each figure is the median round's.
+        for n in range(params.rounds):
+            for mode, transport, variant in plan:
+                fake, peers = legs[transport]
+                fake.command(f"mode {mode}")
+                for key, peer in peers.items():
+                    raw = measure(
+                        bench,
+                        peer,
+                        fake,
+                        calls=params.calls,
+                        seconds=params.seconds,
+                        warmup=params.warmup,
+                        label=f"relay {variant} {key} round {n + 1}",
+                        audio=resampled(key, mode, params.burst),
+                    )
+                    rounds[variant].setdefault(key, []).append(figures(raw))
+                    bench.advance(task)
     for variant, by_peer in rounds.items():
-        for key, runs in by_peer.items():
-            result["variants"][variant][key] = median_round(runs)
+        result["variants"][variant] = {key: median_round(runs) for key, runs in by_peer.items()}
     result["ratios"] = ratios(result)
     return result
 
 
-def resampled(key: str, variant: str, burst: int) -> dict[str, Any] | None:
+def resampled(key: str, mode: str, burst: int) -> dict[str, Any] | None:
     """The generators' spec keys for a peer whose upstream resamples the audio (else ``None``)."""
     if PEERS[key].upstream == "openai":
         return None
-    return {"resampled": variant, "burst": burst}
+    return {"resampled": mode, "burst": burst}
 
 
 def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -232,18 +255,22 @@ def median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def ratios(result: dict[str, Any]) -> dict[str, Any]:
-    """voxbridge / each baseline for the cost figures, per variant."""
+    """voxbridge / each baseline for the cost figures, per variant; TLS / plain, per peer."""
     out: dict[str, Any] = {}
-    for variant, peers in result["variants"].items():
+    variants = result["variants"]
+    for variant, peers in variants.items():
         vox = peers.get("voxbridge")
-        if vox is None:
-            continue
         for other in peers:
-            if other == "voxbridge":
-                continue
-            for name in ("cpu_per_call_second", "cpu_per_message"):
-                out[f"{variant}.{name}.voxbridge/{other}"] = ratio(
-                    vox[name]["value"], peers[other][name]["value"]
+            if vox is not None and other != "voxbridge":
+                for name in ("cpu_per_call_second", "cpu_per_message"):
+                    out[f"{variant}.{name}.voxbridge/{other}"] = ratio(
+                        vox[name]["value"], peers[other][name]["value"]
+                    )
+            plain = variants.get(variant.removesuffix("-tls"), {}).get(other)
+            if variant.endswith("-tls") and plain is not None:
+                out[f"{variant}.cpu_per_call_second.{other}.tls/plain"] = ratio(
+                    peers[other]["cpu_per_call_second"]["value"],
+                    plain["cpu_per_call_second"]["value"],
                 )
     return out
 

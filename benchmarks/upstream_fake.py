@@ -34,6 +34,10 @@ Control: one command per line on stdin -- ``stats`` (prints one JSON line; ``sta
 adds per-connection teardown figures), ``reset`` (forget every connection so far, zero the
 counters), ``mode echo|agent|silent``, ``quit``. The first line on stdout is
 ``upstream listening on ws://127.0.0.1:PORT/v1/realtime``.
+
+With ``--certfile PEM`` (key and certificate chain) it serves ``wss://`` instead: asyncio's TLS
+transport under the same protocol, as a production provider serves TLS (the harness makes the
+certificate with ``trustme``: :meth:`benchmarks.harness.Bench.certificates`).
 """
 
 from __future__ import annotations
@@ -41,27 +45,34 @@ from __future__ import annotations
 import argparse
 import asyncio
 import binascii
+import functools
 import json
 import os
 import random
+import ssl
 import stat
 import sys
 from typing import Any
 
-import numpy as np
-import soxr  # type: ignore[import-untyped]  # no stubs, no py.typed
-
-from voxbridge.testing.fake_gemini import RESOURCE as GEMINI_RESOURCE
-from voxbridge.testing.fake_gemini import pcm24
-
 from . import wire
 
-__all__ = ["GEMINI_RESOURCE", "FakeUpstream", "main"]
+__all__ = ["FakeUpstream", "main"]
 
 GEMINI_IN_FRAME = 640  # bytes of 20 ms PCM16LE at 16 kHz
 GEMINI_OUT_FRAME = 960  # bytes of 20 ms PCM16LE at 24 kHz
-# 20 ms of a 440 Hz tone at 24 kHz, as a modelTurn frame: every chunk of a burst but the first
-GEMINI_TONE_FRAME = wire.gemini_audio_frame(pcm24(20))
+
+
+@functools.cache
+def gemini_kit() -> tuple[Any, Any, bytes]:
+    """numpy, soxr, and 20 ms of a 440 Hz tone at 24 kHz as a modelTurn frame (every chunk of a
+    burst but the first): loaded with the first Gemini connection, so the fake starts in a tenth
+    of the time (once per scenario) and a fake that never speaks Gemini never loads them."""
+    import numpy
+    import soxr  # type: ignore[import-untyped]  # no stubs, no py.typed
+
+    from voxbridge.testing.fake_gemini import pcm24
+
+    return numpy, soxr, wire.gemini_audio_frame(pcm24(20))
 
 
 class Conn(asyncio.Protocol):
@@ -132,6 +143,8 @@ class Conn(asyncio.Protocol):
                 return
             self.reader = wire.FrameReader()
             self.gemini = b"BidiGenerateContent" in request[: request.find(b"\r\n")]
+            if self.gemini:
+                gemini_kit()  # loaded now, at connect, rather than with the first audio
             self._write(response if self.gemini else response + wire.SESSION_CREATED)
             if not rest:
                 return
@@ -189,6 +202,7 @@ class Conn(asyncio.Protocol):
             self.appends += frames
             fake.appends += frames
             if fake.mode == "echo":
+                np, soxr, _ = gemini_kit()
                 if self.up is None:
                     self.up = soxr.ResampleStream(16000, 24000, 1, dtype="int16", vr=True)
                 pcm = np.frombuffer(binascii.a2b_base64(audio), dtype="<i2")
@@ -203,7 +217,7 @@ class Conn(asyncio.Protocol):
                 first = wire.gemini_audio_frame(wire.pcm_stamp())
                 self._write(
                     first
-                    + GEMINI_TONE_FRAME * (fake.burst - 1)
+                    + gemini_kit()[2] * (fake.burst - 1)
                     + wire.GEMINI_TURN_COMPLETE
                     + wire.GEMINI_RESUMPTION_UPDATE
                 )
@@ -341,11 +355,16 @@ async def _control(fake: FakeUpstream, stop: asyncio.Event) -> None:
 async def serve(args: argparse.Namespace) -> None:
     fake = FakeUpstream(args.mode, args.burst, args.drop, args.stall, args.seed)
     loop = asyncio.get_running_loop()
+    tls = None
+    if args.certfile:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.certfile)
     server = await loop.create_server(
-        lambda: Conn(fake), args.host, args.port, backlog=4096, reuse_address=True
+        lambda: Conn(fake), args.host, args.port, backlog=4096, reuse_address=True, ssl=tls
     )
     port = server.sockets[0].getsockname()[1]
-    sys.stdout.write(f"upstream listening on ws://{args.host}:{port}/v1/realtime\n")
+    scheme = "wss" if tls else "ws"
+    sys.stdout.write(f"upstream listening on {scheme}://{args.host}:{port}/v1/realtime\n")
     sys.stdout.flush()
     stop = asyncio.Event()
     # commands come on stdin when it is a pipe (the harness); otherwise run until --max-seconds
@@ -371,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--drop", type=float, default=0.0, help="fraction of sessions dropped")
     parser.add_argument("--stall", type=float, default=0.0, help="fraction of sessions stalled")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--certfile", help="serve wss:// with this PEM key + certificate chain")
     parser.add_argument(
         "--max-seconds", type=float, default=3600.0, help="exit after this long whatever happens"
     )

@@ -35,9 +35,7 @@ The server runs in this process, so all of this is read directly; Linux only (``
 
 from __future__ import annotations
 
-import base64
 import enum
-import json
 import os
 import socket
 import struct
@@ -55,19 +53,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from voxbridge.audio import FRAME_BYTES
-from voxbridge.carriers.twilio_wire import (
-    encode_connected,
-    encode_inbound_media,
-    encode_mark_echo,
-    encode_start,
-    encode_stop,
-)
 from voxbridge.errors import Reason
 from voxbridge.providers.registry import PROVIDERS
 from voxbridge.server import RunningServer, serve
 from voxbridge.session.call import Call
 from voxbridge.settings import Settings
 from voxbridge.testing import FakeCall, FakeOpenAIRealtime, FakeTwilio, FaultStream, fake_for
+from voxbridge.testing.carrier import wire_for
+from voxbridge.testing.carrier_wire import CallerWire, Marked, SimulatedCall
 from voxbridge.testing.fake_openai import FakeToolCall
 
 pytestmark = pytest.mark.skipif(
@@ -102,7 +95,7 @@ SHORT = {
 STREAM_SID = "MZ" + "e" * 32
 CALL_SID = "CA" + "e" * 32
 ACCOUNT_SID = "AC" + "e" * 32
-SILENCE = base64.b64encode(b"\xff" * FRAME_BYTES).decode("ascii")
+SILENCE = b"\xff" * FRAME_BYTES
 UV_KEY = "uv-endings-key"
 API_KEY, API_SECRET = "SK" + "e" * 32, "endings-secret"  # voxbridge's Twilio REST credentials
 TRANSFER_TARGET = "+15550104000"
@@ -166,10 +159,12 @@ class CallerStream(FaultStream):
 
 @attrs.define(eq=False)
 class Caller:
-    """A Twilio-like caller on trio-websocket; ``reads=False`` stops reading once the call started."""
+    """A caller on trio-websocket speaking ``carrier``'s wire (Twilio's by default);
+    ``reads=False`` stops reading once the call started."""
 
     script: Script
     reads: bool = True
+    carrier: str = "twilio"
     port: int = 0  # the caller's local (ephemeral) port
     inode: int = 0  # its socket's inode (its own socket is not the server's to close)
     close: tuple[int, str | None] | None = None  # the close frame it read from us
@@ -178,9 +173,14 @@ class Caller:
     send_failed: bool = False  # a send failed: the server let go of the connection
     server_closed_tcp: bool = False  # after the close handshake, the server's FIN (or RST) came
     finished: trio.Event = attrs.Factory(trio.Event)
-    _seq: int = 0
     _talking: bool = True
     _heard_close: trio.Event = attrs.Factory(trio.Event)
+    wire: CallerWire = attrs.field(
+        init=False, default=attrs.Factory(lambda self: wire_for(self.carrier), takes_self=True)
+    )
+    call: SimulatedCall = attrs.field(
+        init=False, factory=lambda: SimulatedCall(CALL_SID, STREAM_SID, ACCOUNT_SID)
+    )
 
     async def run(self, url: str) -> None:
         parts = urlsplit(url)
@@ -210,20 +210,8 @@ class Caller:
             await trio.aclose_forcefully(fault)
             self.finished.set()
 
-    def _next(self) -> int:
-        self._seq += 1
-        return self._seq
-
     async def _media(self, ws: WebSocketConnection) -> None:
-        seq = self._next()
-        frame = encode_inbound_media(
-            STREAM_SID,
-            SILENCE,
-            chunk=self.frames_sent + 1,
-            timestamp=self.frames_sent * 20,
-            sequence_number=seq,
-        )
-        await ws.send_message(frame)
+        await ws.send_message(self.wire.audio(self.call, SILENCE))
         self.frames_sent += 1
 
     async def _stream(self, ws: WebSocketConnection, seconds: float = float("inf")) -> None:
@@ -234,21 +222,23 @@ class Caller:
                 await trio.sleep(0.02)
 
     async def _play(self, ws: WebSocketConnection, fault: CallerStream) -> None:
-        await ws.send_message(encode_connected())
-        self._next()
+        *connected, start = self.wire.handshake(self.call)
+        for frame in connected:  # Twilio's and Telnyx's connected; nothing for Plivo
+            await ws.send_message(frame)
         if self.script is Script.CONNECTED_ONLY:
             if not self.reads:
                 fault.stop_reading()
             await self._heard_close.wait()
             return
-        await ws.send_message(encode_start(STREAM_SID, CALL_SID, ACCOUNT_SID, sequence_number=2))
-        self._next()
+        await ws.send_message(start)
         await self._stream(ws, TALK)
         if not self.reads:
             fault.stop_reading()  # from here on nothing is read: not our close frame, no pings
         if self.script is Script.STOP:
             fault.cork()  # stop and the burst behind it leave in one write
-            await ws.send_message(encode_stop(STREAM_SID, CALL_SID, ACCOUNT_SID, self._next()))
+            stop = self.wire.stop(self.call)
+            assert stop is not None, f"{self.carrier} has no stop event"
+            await ws.send_message(stop)
             for _ in range(BURST):
                 await self._media(ws)
             await fault.uncork()
@@ -281,9 +271,12 @@ class Caller:
                     self.close = (exc.reason.code, exc.reason.reason)
                 self._heard_close.set()
                 return
-            event = json.loads(message)
-            if event.get("event") == "mark" and self._talking:
-                echo = encode_mark_echo(STREAM_SID, event["mark"]["name"], self._next())
+            try:
+                event = self.wire.parse(message)
+            except ValueError:
+                continue  # not the caller's business here
+            if isinstance(event, Marked) and self._talking:
+                echo = self.wire.mark_echo(self.call, event.name)
                 try:
                     await ws.send_message(echo)
                     self.marks_echoed += 1
@@ -527,14 +520,40 @@ CASES: dict[str, Case | Cannot] = {
 }
 
 
+#: The carriers besides Twilio whose callers run the caller-side cases (the provider-side ones do
+#: not depend on the carrier), and those cases.
+CARRIERS = ("telnyx", "vonage", "plivo")
+CALLER_SIDE = (
+    "caller_stop",
+    "caller_closed",
+    "caller_closed_tcp_fin",
+    "caller_closed_tcp_reset",
+    "idle_timeout",
+    "start_timeout",
+    "protocol_error",
+)
+
+
 def _params() -> Iterator[Any]:
     for name, case in CASES.items():
         if isinstance(case, Cannot):
-            yield pytest.param(None, True, id=name, marks=pytest.mark.skip(reason=case.why))
+            yield pytest.param(
+                None, True, "twilio", id=name, marks=pytest.mark.skip(reason=case.why)
+            )
             continue
-        yield pytest.param(case, True, id=name)
+        yield pytest.param(case, True, "twilio", id=name)
         if case.never_reads:
-            yield pytest.param(case, False, id=f"{name}-caller_never_reads")
+            yield pytest.param(case, False, "twilio", id=f"{name}-caller_never_reads")
+    for carrier in CARRIERS:
+        stops = wire_for(carrier).capabilities.sends_stop
+        for name in CALLER_SIDE:
+            case = CASES[name]
+            assert isinstance(case, Case)
+            if case.script is Script.STOP and not stops:
+                continue  # a carrier without a stop event: its caller_closed is the normal end
+            yield pytest.param(case, True, carrier, id=f"{carrier}-{name}")
+            if case.never_reads:
+                yield pytest.param(case, False, carrier, id=f"{carrier}-{name}-caller_never_reads")
 
 
 def test_every_registered_provider_has_its_provider_side_endings() -> None:
@@ -723,7 +742,10 @@ async def run_case(case: Case, caller: Caller | PlacedCall) -> Outcome:
         if isinstance(caller, PlacedCall):
             caller.twilio = rig.twilio
         async with trio.open_nursery() as callers:
-            callers.start_soon(caller.run, server.media_url)
+            url = server.media_url
+            if isinstance(caller, Caller):
+                url = url.replace("/twilio/media", f"/{caller.carrier}/media")
+            callers.start_soon(caller.run, url)
             await poll_until(
                 lambda: len(server.app.registry) > 0 and caller.port > 0, trio.current_time() + 5
             )
@@ -774,9 +796,9 @@ async def _decided(call: Call) -> float:
 # --- the matrix -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("case", "reads"), list(_params()))
-async def test_nothing_outlives_the_call(case: Case, reads: bool) -> None:
-    caller = PlacedCall() if case.twilio else Caller(case.script, reads=reads)
+@pytest.mark.parametrize(("case", "reads", "carrier"), list(_params()))
+async def test_nothing_outlives_the_call(case: Case, reads: bool, carrier: str) -> None:
+    caller = PlacedCall() if case.twilio else Caller(case.script, reads=reads, carrier=carrier)
     with trio.fail_after(CASE_BUDGET):
         outcome = await run_case(case, caller)
 

@@ -7,6 +7,7 @@ import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
@@ -156,3 +157,22 @@ async def test_the_request_is_the_official_clients(fake: FakePlivo) -> None:
     basic = base64.b64encode(f"{AUTH_ID}:{AUTH_TOKEN}".encode()).decode()
     assert theirs.headers["Authorization"] == f"Basic {basic}"
     assert ours.username == AUTH_ID
+
+
+async def test_the_fakes_other_answers(fake: FakePlivo) -> None:
+    """The fake's REST answers besides a hang-up: a live call read back, another account's path
+    and another method refused as Plivo does."""
+    fake.add_call(CALL)
+    auth = (AUTH_ID, AUTH_TOKEN)
+    path = f"{fake.base_url}/v1/Account/{AUTH_ID}/Call/{CALL}/"
+    async with httpx.AsyncClient(timeout=5) as http:
+        live = await http.get(path, auth=auth)
+        other = await http.delete(path.replace(AUTH_ID, "MA" + "0" * 18), auth=auth)
+        post = await http.post(path, auth=auth)
+        await client(fake).complete(CALL)
+        gone = await http.get(path, auth=auth)
+    assert (live.status_code, live.json()["call_status"]) == (200, "in-progress")
+    assert (other.status_code, other.json()["error"]) == (404, "not found")
+    assert post.status_code == 405
+    assert gone.status_code == 404
+    assert fake.calls[CALL] == "completed"

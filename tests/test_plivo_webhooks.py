@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from voxbridge.carriers.base import CallRequest, CarrierWebhooks, HttpRequest
-from voxbridge.carriers.plivo import decode_extra_headers, encode_extra_headers
+from voxbridge.carriers.plivo import SPEC, decode_extra_headers, encode_extra_headers
 from voxbridge.carriers.plivo_webhooks import (
     MA_SIGNATURE_HEADER,
     NONCE_HEADER,
@@ -21,8 +21,10 @@ from voxbridge.carriers.plivo_webhooks import (
     sign,
     signed_text,
 )
-from voxbridge.errors import RemoteProtocolError
-from voxbridge.server.security import CallTokenError, CallTokens
+from voxbridge.cli import build_parser
+from voxbridge.errors import RemoteProtocolError, SettingsError
+from voxbridge.server.security import CallTokenError, CallTokens, CarrierAuth
+from voxbridge.settings import Settings
 
 plivo_utils = pytest.importorskip("plivo.utils.signature_v3")
 plivoxml = pytest.importorskip("plivo").plivoxml
@@ -339,3 +341,36 @@ def test_construction_checks() -> None:
         PlivoWebhooks(["a", "b", "c"], public_url=PUBLIC)
     with pytest.raises(ValueError, match="contentType"):
         PlivoWebhooks(content_type="audio/x-alaw;rate=8000")
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+
+def test_settings_read_plivos_own_variables() -> None:
+    """``PLIVO_AUTH_ID`` and ``PLIVO_AUTH_TOKEN`` (Plivo's names) are read, after
+    ``VOXBRIDGE_PLIVO_*``; the token is environment only and never shown."""
+    env = {"PLIVO_AUTH_ID": "MA1", "PLIVO_AUTH_TOKEN": TOKEN, "VOXBRIDGE_PUBLIC_URL": PUBLIC}
+    settings = Settings.from_env(env)
+    own = settings.carrier_settings["plivo"]
+    assert (own.auth_id, own.auth_tokens) == ("MA1", (TOKEN,))
+    assert TOKEN not in repr(settings)
+    first = Settings.from_env({**env, "VOXBRIDGE_PLIVO_AUTH_TOKEN": f"{OTHER},{TOKEN}"})
+    assert first.carrier_settings["plivo"].auth_tokens == (OTHER, TOKEN)
+    auth = CarrierAuth.from_settings(settings, SPEC)
+    assert auth.checks and auth.tokens is not None
+    assert SPEC.build_rest(settings) is not None
+    assert SPEC.build_rest(Settings()) is None  # no credentials: no end_call
+    flags = build_parser().parse_args(["serve", "--plivo-content-type", "audio/x-l16;rate=16000"])
+    assert flags.plivo_content_type == "audio/x-l16;rate=16000"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--plivo-auth-token", TOKEN])
+
+
+def test_settings_refuse_what_plivo_cannot_do() -> None:
+    with pytest.raises(SettingsError, match="--plivo-content-type must be one of"):
+        Settings(carrier_settings={"plivo": {"content_type": "audio/x-alaw;rate=8000"}})
+    with pytest.raises(SettingsError, match="one auth token, or two"):
+        Settings(carrier_settings={"plivo": {"auth_token": "a,b,c"}})
+    no_public_url = Settings(carrier_settings={"plivo": {"auth_token": TOKEN}})
+    with pytest.raises(SettingsError, match="needs --public-url"):
+        SPEC.build_webhooks(no_public_url)

@@ -265,12 +265,15 @@ async def _call(args: argparse.Namespace) -> int:
     table.add_row("frames received", str(result.frames_received))
     rtt = result.round_trip
     table.add_row("first round trip", f"{rtt * 1000:.0f} ms" if rtt is not None else "-")
-    table.add_row(
-        "close code", str(result.close_code) if result.close_code else "- (no close frame)"
-    )
+    if result.hung_up:  # a carrier without a stop event (Plivo, Vonage) hangs up by closing
+        table.add_row("close code", "- (the caller hung up: it closed the socket)")
+    else:
+        table.add_row(
+            "close code", str(result.close_code) if result.close_code else "- (no close frame)"
+        )
     table.add_row("close reason", result.close_reason or "-")
     console.print(table)
-    return 0 if result.close_code is not None else 1
+    return 0 if result.close_code is not None or result.hung_up else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,6 +29,9 @@ SECONDS = 1.0
 PROVIDERS = tuple(PROVIDER_SPECS)
 LOG_FORMATS = ("console", "json")
 MAX_UPSTREAM_BATCH_MS = 500  # beyond half a second, batching would wreck turn-taking
+#: The ``--marks`` choices: a mark after every media message, or only at the end of a burst and
+#: every half second of audio (voxbridge/session/playback.py).
+MARK_MODES = ("exact", "sparse")
 MIN_SESSION_AGE = 1 * SECONDS  # below that, recycling would open sessions in a tight loop
 
 # Environment variables that are aliases of a setting, for operators coming from other bridges.
@@ -361,6 +364,15 @@ class Settings:
             f"(adds up to that much latency; 0 = off, at most {MAX_UPSTREAM_BATCH_MS})"
         ),
     )
+    marks: str = attrs.field(
+        default="exact",
+        validator=_one_of(*MARK_MODES),
+        metadata=_help(
+            "exact: a mark after every media message to the caller; sparse: one at the end of "
+            "each burst and every 500 ms of audio, the heard position between them from a "
+            "playout model (fewer messages; carriers with marks only)"
+        ),
+    )
     # --- journal and logs ------------------------------------------------------------------------
     db: str = attrs.field(
         default="voxbridge.db",
@@ -520,9 +532,11 @@ class Option:
 
     @property
     def variables(self) -> tuple[str, ...]:
-        """``VOXBRIDGE_<NAME>``, then, for an ``api_key``, the spec's key variables."""
+        """``VOXBRIDGE_<NAME>``, then the field's own vendor variables (its ``env`` metadata,
+        e.g. ``PLIVO_AUTH_TOKEN``), then, for an ``api_key``, the spec's key variables."""
         keys: tuple[str, ...] = self.spec.key_variables if self.field.name == "api_key" else ()
-        return (f"VOXBRIDGE_{self.name.upper()}", *keys)
+        own: tuple[str, ...] = tuple(self.field.metadata.get("env", ()))
+        return (f"VOXBRIDGE_{self.name.upper()}", *own, *keys)
 
 
 def _first(env: Mapping[str, str], names: Sequence[str]) -> tuple[str, str]:

@@ -159,12 +159,16 @@ class Capabilities:
         sends_stop: the carrier sends a stop event before it closes (Twilio, Telnyx); when false
             (Plivo, Vonage) the socket closing is the normal end of the call.
         binary_audio: audio travels in binary frames (Vonage), else base64 in text frames.
+        frame_ms: agent audio must go out in messages of exactly this many milliseconds
+            (Vonage: 20), so the call hands :meth:`CarrierCodec.audio` at most that much at a
+            time; 0: any size.
     """
 
     marks: bool = True
     echoes_cleared_marks: bool = True
     sends_stop: bool = True
     binary_audio: bool = False
+    frame_ms: int = 0
 
 
 class CarrierCodec(Protocol):
@@ -183,7 +187,9 @@ class CarrierCodec(Protocol):
         ...
 
     def audio(self, mulaw: bytes) -> Frame:
-        """A frame that plays ``mulaw`` (raw mu-law 8 kHz, no header) to the caller.
+        """A frame that plays ``mulaw`` (raw mu-law 8 kHz, no header) to the caller; an empty
+        frame when there is nothing to send yet (a codec with ``capabilities.frame_ms`` holds
+        back what does not fill a frame until the next call), which the call does not send.
 
         Raises:
             LocalProtocolError: the stream has not started.

@@ -736,6 +736,5 @@ SPEC: CarrierSpec[PlivoSettings] = CarrierSpec(
     settings=PlivoSettings,
     webhooks=_webhooks,
     simulator="voxbridge.testing.plivo_wire:PlivoWire",
-    key_variables=("PLIVO_AUTH_ID", "PLIVO_AUTH_TOKEN"),
     rest=_rest,
 )

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import twilio_webhooks
+from . import plivo, telnyx, twilio_webhooks, vonage
 from .spec import CarrierSpec
 
 __all__ = ["CARRIERS", "SPECS"]
 
 SPECS: tuple[CarrierSpec[Any], ...] = (
     twilio_webhooks.SPEC,  # Twilio's spec lives with its webhooks (twilio.py is the codec)
+    plivo.SPEC,
+    telnyx.SPEC,
+    vonage.SPEC,
 )
 
 #: Carrier name -> its spec, in ``SPECS`` order.

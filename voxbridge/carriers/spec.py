@@ -49,6 +49,9 @@ class CarrierSpec(Generic[S]):
         rest: builds its :class:`~voxbridge.carriers.base.CarrierRest` from the settings (and
             its own), or ``None`` when its REST credentials are not configured (then the
             built-in ``end_call`` and ``transfer_call`` are not offered); no I/O.
+        call_parameter: for a carrier whose stream does not name its call (Vonage), the
+            parameter of the webhook's answer that carries the call id to the stream's start
+            (``uuid``); ``""``: the stream names its call itself.
     """
 
     name: str
@@ -59,6 +62,7 @@ class CarrierSpec(Generic[S]):
     simulator: str = ""
     key_variables: tuple[str, ...] = ()
     rest: Callable[[Settings, S], CarrierRest | None] = attrs.field(default=no_rest, repr=False)
+    call_parameter: str = ""
 
     @property
     def media_path(self) -> str:

@@ -59,10 +59,11 @@ resampler per direction whose filter state carries across frames. Caller audio c
 nothing yet (the first frame while the resampler fills) decodes to ``None``.
 
 Agent audio goes out in **whole 20 ms frames** (:data:`FRAME_MS`: 320, 640 or 960 bytes a
-frame), as Vonage's guide asks and its own tutorial sends. The resampler's output does not line up
-with the call's chunks, so :meth:`VonageStream.audio` sends the whole frames ready and keeps the
-rest (less than one frame) for the next; the outbound resampler is primed with 40 ms of silence at
-the start, so that each 20 ms of input has a whole frame ready. When no whole frame is ready (the
+frame), as Vonage's guide asks and its own tutorial sends: :attr:`Capabilities.frame_ms` is 20, so
+the call hands :meth:`VonageStream.audio` 20 ms at a time and each call sends one frame. The
+resampler's output does not line up with the call's chunks, so it sends the whole frames ready and
+keeps the rest (less than one frame) for the next; the outbound resampler is primed with 40 ms of
+silence at the start, so that each 20 ms of input has a whole frame ready. When no whole frame is ready (the
 provider handed over less than 20 ms), :meth:`~VonageStream.audio` returns an **empty** frame,
 which the call does not send: the audio waits for the next chunk. A :meth:`~VonageStream.clear`
 drops the leftover and restarts the outbound resampler, so nothing of the interrupted answer plays
@@ -150,7 +151,7 @@ DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 CLEAR: Final = '{"action":"clear"}'
 #: What a Vonage stream does (see the module docstring).
 CAPABILITIES: Final = Capabilities(
-    marks=False, echoes_cleared_marks=False, sends_stop=False, binary_audio=True
+    marks=False, echoes_cleared_marks=False, sends_stop=False, binary_audio=True, frame_ms=FRAME_MS
 )
 #: Mu-law silence that primes an outbound resampler (two 20 ms chunks: see the module docstring).
 PRIMING: Final = SILENCE * 320
@@ -636,4 +637,5 @@ SPEC: CarrierSpec[VonageSettings] = CarrierSpec(
     webhooks=_webhooks,
     simulator="voxbridge.testing.vonage_wire:VonageWire",
     rest=_rest,
+    call_parameter=CALL_HEADER,
 )

@@ -621,6 +621,8 @@ class VoxbridgeApp:
             parameters[TOKEN_PARAMETER] = token
         elif decided != {AGENT_PARAMETER: self.agents.default.name}:
             parameters.update(decided)  # the default needs no parameter
+        if route.spec.call_parameter and call.call_id:  # a stream that does not name its call
+            parameters[route.spec.call_parameter] = call.call_id
         media_url = self.media_url(scope, route.spec.name)
         await _answer(send, webhooks.connect(media_url, parameters))
 

@@ -303,6 +303,15 @@ def _coalesce(
     return b"".join(chunks) if len(chunks) > 1 else first.audio, carry
 
 
+def _ends_burst(event: ProviderEvent, playback: Playback, session: Session) -> bool:
+    """Whether ``event``, handled after agent audio, ends a burst (sparse marks: the audio sent
+    before it gets its mark now): anything but more audio that will play, or a barge-in (its
+    ``clear`` settles that audio instead)."""
+    if type(event) is AgentAudio:
+        return not playback.admits(event.item_id, event.response_id, session)
+    return type(event) is not SpeechStarted
+
+
 @contextmanager
 def _counted_at_exit(
     backlog: deque[tuple[str, int]], batch: AudioBatch | None, dropped: Counter
@@ -412,7 +421,9 @@ class Call:
         self._carrier = carrier
         self._connect_stream = connect_stream or open_tcp_stream_tuned(settings.tcp_user_timeout)
         self._codec = codec if codec is not None else _codec_of(carrier_name)
-        self._playback = Playback(marks=self._codec.capabilities.marks)
+        self._playback = Playback(
+            marks=self._codec.capabilities.marks, sparse=self.settings.marks == "sparse"
+        )
         self._link: ProviderLink | None = None
         self._scope = trio.CancelScope()
         self._ending: Disconnect | None = None
@@ -680,7 +691,7 @@ class Call:
                         elif batch.add(event.payload, now):
                             await forward(*batch.take())
                     elif type(event) is MarkPlayed:
-                        if playback.played(event.name):
+                        if playback.played(event.name, now):
                             self._goodbye_played()
                     elif type(event) is StreamStopped:
                         if batch:
@@ -711,13 +722,21 @@ class Call:
         except (Disconnect, LinkDown) as end:
             if end.reason is not Reason.AGENT_HANGUP:
                 raise
+            # sparse marks: the goodbye's last audio may still owe its mark (the provider closed
+            # right after it); this task sends to the caller, so it sends that mark
+            owed = self._playback.owed_mark(trio.current_time())
+            if owed is not None and (mark_frame := self._codec.mark(owed)) is not None:
+                with trio.move_on_after(self.settings.send_timeout):
+                    await self._carrier.send(mark_frame)
             await self._farewell(end.detail)
             raise Disconnect(end.reason, end.detail) from None
 
     async def _play_provider(self) -> None:
         carrier, link, state = self._carrier, self._link, self.state
         codec, playback, journal = self._codec, self._playback, self.journal
-        marks = playback.marks  # else: no mark frames, the heard position is an estimate
+        timed = playback.timed  # the heard position comes from a playout model: it needs times
+        # agent audio per message: at most MAX_MEDIA_BYTES, or exactly the carrier's frame
+        step = codec.capabilities.frame_ms * BYTES_PER_MS or MAX_MEDIA_BYTES
         assert link is not None
         await link.open()
         state.upstream_connected_at = trio.current_time()
@@ -742,6 +761,13 @@ class Call:
                     if event is None:
                         continue
                 assert session is not None
+                if playback.owes_mark and _ends_burst(event, playback, session):
+                    # sparse marks: the audio sent last ended its burst; send the mark it owes
+                    owed = playback.owed_mark(trio.current_time())
+                    if owed is not None and (mark_frame := codec.mark(owed)) is not None:
+                        watchdog.arm(send_timeout, Reason.CALLER_STALLED)
+                        await carrier.send(mark_frame)
+                        watchdog.disarm()
                 if type(event) is AgentAudio:
                     item_id, response_id = event.item_id, event.response_id
                     if not playback.admits(item_id, response_id, session):
@@ -751,20 +777,26 @@ class Call:
                     # queued goes out as one media message and one mark (fewer messages on the
                     # hot path); nothing ever waits for more to arrive.
                     audio, carry = _coalesce(event, session, decode)
-                    for start in range(0, len(audio), MAX_MEDIA_BYTES):
-                        media = audio[start : start + MAX_MEDIA_BYTES]  # (no copy if it is all)
-                        now = 0.0 if marks else trio.current_time()  # (the estimate's clock)
-                        mark = playback.sent(len(media), item_id, response_id, session, now)
+                    # sparse marks: the burst ends here if what is queued next will not play
+                    ends = carry is not None and _ends_burst(carry, playback, session)
+                    for start in range(0, len(audio), step):
+                        media = audio[start : start + step]  # (no copy if it is all)
+                        now = trio.current_time() if timed else 0.0  # (the model's clock)
+                        last = ends and start + step >= len(audio)
+                        mark = playback.sent(
+                            len(media), item_id, response_id, session, now, burst_end=last
+                        )
                         watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                        await carrier.send(codec.audio(media))
-                        if marks and (mark_frame := codec.mark(mark)) is not None:
+                        if audio_frame := codec.audio(media):  # empty: held back (frame_ms)
+                            await carrier.send(audio_frame)
+                        if mark is not None and (mark_frame := codec.mark(mark)) is not None:
                             await carrier.send(mark_frame)
                         state.frames_to_caller += 1
                         state.bytes_to_caller += len(media)
                         frames.inc()
                 elif type(event) is SpeechStarted:
                     truncations = playback.interrupt(
-                        session, None if marks else trio.current_time()
+                        session, trio.current_time() if timed else None
                     )
                     messages = session.codec.interrupt(truncations or ())
                     with self._barge_in_span(truncations):

@@ -25,6 +25,16 @@ fault tests:
 * ``vanish_after`` -- drop the TCP connection abruptly (no stop, no close frame): a phone dying
   in a tunnel.
 
+And for the playout itself (both 0 by default: audio plays the instant it arrives):
+
+* ``playout_latency`` -- seconds between agent audio reaching an idle carrier (nothing playing:
+  the start of the call, after a silence or a clear) and its first sample playing: the carrier's
+  jitter buffer filling up. Audio queued behind what is playing follows it without a gap;
+* ``jitter`` -- each agent audio message reaches the carrier up to this many seconds late
+  (uniform, from a ``random.Random(seed)``), in order: what the bridge sends after it (marks, a
+  clear) never overtakes it. Audio that arrives after the audio before it ran out starts a new
+  stretch, after ``playout_latency`` again.
+
 The same :class:`CarrierSimulator` drives in-memory tests (hand it a stream from
 ``trio.testing.memory_stream_pair``), ``voxbridge call`` and the demo (:func:`simulate_call`,
 ``carrier=`` names a registered carrier whose spec names its wire). Every wait is bounded by
@@ -37,9 +47,11 @@ import base64
 import binascii
 import importlib
 import json
+import math
+import random
 import secrets
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -97,8 +109,12 @@ class CallResult:
     #: Marks a clear discarded and the carrier never echoes (``echoes_cleared_marks`` false).
     marks_discarded: int = 0
     clears_received: int = 0
-    #: For each clear: milliseconds of agent audio the caller had heard when it arrived.
+    #: For each clear: milliseconds of agent audio the caller had heard when it arrived, of the
+    #: stretch playing then (since the carrier's queue last ran dry).
     heard_ms_at_clear: list[float] = attrs.Factory(list)
+    #: For each clear: milliseconds of agent audio the caller had heard in the whole call, when
+    #: it arrived (:meth:`heard_ms` at that instant).
+    played_ms_at_clear: list[float] = attrs.Factory(list)
     clears_at: list[float] = attrs.Factory(list)
     audio_received: bytearray = attrs.field(factory=bytearray, repr=False)
     played: bytearray = attrs.field(factory=bytearray, repr=False)
@@ -111,6 +127,9 @@ class CallResult:
     close_code: int | None = None
     close_reason: str | None = None
     rejected_status: int | None = None  # the HTTP status if the server refused the upgrade
+    #: The caller hung up by closing the WebSocket (a carrier without a stop event: Plivo,
+    #: Vonage); then ``close_code`` stays ``None`` (the close was the caller's own).
+    hung_up: bool = False
 
     def heard_ms(self, byte_value: int | None = None) -> float:
         """Milliseconds of agent audio the caller heard (:attr:`played`, 8 bytes per ms).
@@ -260,6 +279,9 @@ class CarrierSimulator:
         dtmf: key presses to send, as ``(seconds after start, digit)``, while audio streams.
         wire: the carrier's wire (one per call: it may hold conversion state);
             :class:`TwilioWire` if omitted.
+        playout_latency: seconds from agent audio reaching an idle carrier to its playing.
+        jitter: each agent audio message arrives up to this many seconds late (in order).
+        seed: the jitter's random seed (``random.Random(seed)``).
     """
 
     def __init__(
@@ -279,8 +301,14 @@ class CarrierSimulator:
         call_sid: str | None = None,
         dtmf: Sequence[tuple[float, str]] = (),
         wire: CallerWire | None = None,
+        playout_latency: float = 0.0,
+        jitter: float = 0.0,
+        seed: int | None = None,
     ) -> None:
         self.stream = FaultStream(stream)
+        self.playout_latency = playout_latency
+        self.jitter = jitter
+        self.random = random.Random(seed)
         self.wire: CallerWire = wire if wire is not None else TwilioWire()
         self.host = host
         self.resource = resource if resource is not None else f"/{self.wire.carrier}/media"
@@ -393,7 +421,7 @@ class CarrierSimulator:
             if stop is not None:
                 await self._send(ws, stop)
             else:  # the carrier hangs up by closing the socket
-                self.hung_up = True
+                self.hung_up = result.hung_up = True
                 with trio.move_on_after(self.close_wait):
                     await ws.aclose()
 
@@ -401,15 +429,36 @@ class CarrierSimulator:
         """Receive what the bridge sends and play it back like the carrier does.
 
         Agent audio is "played" in real time from when it arrives (queued behind what is still
-        playing); a mark is echoed when the audio sent before it has finished playing; a clear
-        discards the queued audio and echoes every pending mark at once, or drops them when the
-        carrier does not echo cleared marks.
+        playing, or ``playout_latency`` after it reaches an idle carrier), each message up to
+        ``jitter`` late; a mark is echoed when the audio sent before it has finished playing; a
+        clear discards the queued audio and echoes every pending mark at once, or drops them when
+        the carrier does not echo cleared marks.
         """
         result = self.result
         player = _Player(self, ws, self._running())
+
+        async def arrived(event: WireEvent) -> None:
+            now = trio.current_time()
+            if isinstance(event, AgentSpoke):
+                if result.first_received_at is None:
+                    result.first_received_at = now
+                result.frames_received += 1
+                result.audio_received += event.audio
+                player.queue(now, event.audio)
+            elif isinstance(event, Marked):
+                result.marks_received += 1
+                player.mark(event.name)
+            elif isinstance(event, Cleared):
+                result.clears_received += 1
+                result.clears_at.append(now)
+                result.heard_ms_at_clear.append(player.heard_ms(now))
+                await player.clear(now)
+                result.played_ms_at_clear.append(result.heard_ms())
+
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(player.echo_marks)
+                late = self._delay_line(nursery, arrived) if self.jitter > 0 else None
                 try:
                     while True:
                         message = await ws.get_message()
@@ -418,22 +467,12 @@ class CarrierSimulator:
                         except ValueError as exc:
                             result.protocol_errors.append(str(exc))
                             continue
-                        if isinstance(event, AgentSpoke):
-                            now = trio.current_time()
-                            if result.first_received_at is None:
-                                result.first_received_at = now
-                            result.frames_received += 1
-                            result.audio_received += event.audio
-                            player.queue(now, event.audio)
-                        elif isinstance(event, Marked):
-                            result.marks_received += 1
-                            player.mark(event.name)
-                        elif isinstance(event, Cleared):
-                            now = trio.current_time()
-                            result.clears_received += 1
-                            result.clears_at.append(now)
-                            result.heard_ms_at_clear.append(player.heard_ms(now))
-                            await player.clear(now)
+                        if event is None:
+                            continue
+                        if late is None:
+                            await arrived(event)
+                        else:
+                            late(event)
                 except ConnectionClosed as exc:
                     if exc.reason is not None and not self.hung_up:
                         result.close_code = exc.reason.code
@@ -446,6 +485,32 @@ class CarrierSimulator:
             result.closed_at = trio.current_time()
             player.stop(result.closed_at)  # the caller hears nothing more
             done.set()
+
+    def _delay_line(
+        self, nursery: trio.Nursery, arrived: Callable[[WireEvent], Awaitable[None]]
+    ) -> Callable[[WireEvent], None]:
+        """What the bridge sends, handed to ``arrived`` in order, each agent audio message up to
+        ``jitter`` seconds late (what follows it waits for it). Returns the function that takes
+        each event as it is read."""
+        send, receive = trio.open_memory_channel[tuple[float, WireEvent]](math.inf)
+        latest = -math.inf
+
+        def late(event: WireEvent) -> None:
+            nonlocal latest
+            at = trio.current_time()
+            if isinstance(event, AgentSpoke):
+                at += self.random.uniform(0.0, self.jitter)
+            latest = at = max(at, latest)
+            send.send_nowait((at, event))
+
+        async def deliver() -> None:
+            async with receive:
+                async for at, event in receive:
+                    await trio.sleep_until(at)
+                    await arrived(event)
+
+        nursery.start_soon(deliver)
+        return late
 
 
 class _Player:
@@ -477,8 +542,10 @@ class _Player:
             return
         self._settle(now)
         if self._started_at is None or now >= self._play_until:
-            self._started_at, self._queued_seconds = now, 0.0  # silence before: a new stretch
-            self._play_until = now
+            # silence before: a new stretch, once the jitter buffer has filled
+            start = now + self._simulator.playout_latency
+            self._started_at, self._queued_seconds = start, 0.0
+            self._play_until = start
         seconds = len(audio) / 8000
         self._chunks.append((self._play_until, audio))
         self._play_until += seconds
@@ -510,9 +577,10 @@ class _Player:
             self._stopped = True
 
     def heard_ms(self, now: float) -> float:
+        """Milliseconds heard by ``now`` of the stretch playing (or about to)."""
         if self._started_at is None:
             return 0.0
-        return min(now - self._started_at, self._queued_seconds) * 1000
+        return max(0.0, min(now - self._started_at, self._queued_seconds)) * 1000
 
     def mark(self, name: str) -> None:
         if not self._capabilities.marks:

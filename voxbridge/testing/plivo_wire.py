@@ -22,6 +22,7 @@ from __future__ import annotations
 import binascii
 import json
 import secrets
+from collections import Counter
 from typing import Any
 
 from ..audio import BYTES_PER_MS, b64_decode, b64_encode
@@ -85,6 +86,8 @@ class PlivoWire:
         if self._caller is not None and self.format.sample_rate != 8000:
             self._caller.from_neutral(PRIMING)  # no empty media frame while the resampler fills
         self._agent: dict[AudioFormat, Transcoder] = {}  # agent audio, L16 -> mu-law
+        #: How many ``playAudio`` frames came in each format.
+        self.formats: Counter[AudioFormat] = Counter()
         self._extra = ""
         self._stream_id: str | None = None
 
@@ -227,6 +230,7 @@ class PlivoWire:
             raise ValueError(f"Plivo plays no {content_type!r} at {rate!r} Hz")
         if not isinstance(payload, str):
             raise ValueError("playAudio without a payload")
+        self.formats[played] += 1
         try:
             audio = b64_decode(payload)
         except (binascii.Error, ValueError) as exc:
