@@ -43,7 +43,7 @@ fmt:
     {{venv}}/ruff format {{paths}}
     {{venv}}/ruff check --fix {{paths}}
 
-# the full benchmark suite: voxbridge vs two baselines; writes benchmarks/results/<timestamp>/
+# the full benchmark suite (~65 min): voxbridge vs two baselines; writes benchmarks/results/<timestamp>/
 bench *args:
     {{venv}}/python -m benchmarks.run {{args}}
 

@@ -205,17 +205,13 @@ def provider_audio(params: Params) -> dict[str, Any]:
         "openai_out": best_us(lambda: openai.decode(delta), params),
         "gemini_in": best_us(lambda: gemini.audio(caller), params),
         "gemini_out": best_us(lambda: gemini.decode(model_turn), params),
-        "soxr_8k_to_16k": best_us(lambda: up.resample_chunk(pcm8), params),
-        "soxr_24k_to_8k": best_us(lambda: down.resample_chunk(pcm24), params),
+        "soxr_in": best_us(lambda: up.resample_chunk(pcm8), params),  # 8 -> 16 kHz
+        "soxr_out": best_us(lambda: down.resample_chunk(pcm24), params),  # 24 -> 8 kHz
     }
     out = {name: fig(value, "us/frame") for name, value in us.items()}
-
-    def per_call_second(a: float, b: float) -> dict[str, Any]:
-        return fig((a + b) * 50 / 1000, "ms/call-s", note="50 frames each way")
-
-    out["openai_per_call_second"] = per_call_second(us["openai_in"], us["openai_out"])
-    out["gemini_per_call_second"] = per_call_second(us["gemini_in"], us["gemini_out"])
-    out["soxr_per_call_second"] = per_call_second(us["soxr_8k_to_16k"], us["soxr_24k_to_8k"])
+    for name in ("openai", "gemini", "soxr"):  # 50 frames each way
+        per = (us[f"{name}_in"] + us[f"{name}_out"]) * 50 / 1000
+        out[f"{name}_per_call_second"] = fig(per, "ms/call-s", note="50 frames each way")
     return out
 
 

@@ -340,16 +340,20 @@ class Bench:
         tag: str = "",
         *,
         tls: bool = False,
+        gemini: bool = False,
         wait: bool = True,
         **options: Any,
     ) -> Proc:
-        """Start the upstream fake on the load cores (commands on stdin); ``tls``: ``wss://``.
+        """Start the upstream fake on the load cores (commands on stdin); ``tls``: ``wss://``;
+        ``gemini``: a Gemini peer will connect (the fake loads what it needs meanwhile).
 
         With ``wait=False`` it returns at once; :meth:`ready` waits for it.
         """
         argv = [PYTHON, "-m", "benchmarks.upstream_fake", "--mode", mode, "--max-seconds", "3600"]
         if tls:
             argv += ["--certfile", str(self.certificates().server)]
+        if gemini:
+            argv.append("--gemini")
         for key, value in options.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
         return Proc(

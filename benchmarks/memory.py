@@ -5,7 +5,9 @@ calls), then its idle RSS is read. N calls connect (``ramp_rate`` per second) an
 sending one frame every ``trickle`` seconds that the echo upstream plays back, so every call is
 established in both directions with traffic flowing. Once all are up and ``settle`` seconds have
 passed, RSS and open file descriptors are read again. RSS per call = (RSS held - RSS idle) / calls
-held. The RSS after the calls ended is recorded too.
+held. The RSS after the calls ended is recorded too, and the live tasks per call held (each peer
+prints its task count: trio tasks walked from the root task, asyncio's ``all_tasks``), which is
+where much of a trio call's memory goes (every task and cancel scope is a few objects).
 """
 
 from __future__ import annotations
@@ -60,6 +62,18 @@ def warm_up(bench: Bench, peer: Proc, label: str, calls: int = 10, seconds: floa
     time.sleep(0.1 if bench.smoke else 0.5)
 
 
+def tasks_after(peer: Proc, when: float, timeout: float = 3.0) -> int | None:
+    """The peer's live tasks from its first ``stats`` line printed after ``when`` (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        lines = [s for t, s in peer.stats if t > when]
+        if lines:
+            tasks: int | None = lines[0].get("tasks")
+            return tasks
+        time.sleep(0.05)
+    return None
+
+
 def run(bench: Bench, params: Params) -> dict[str, Any]:
     """Hold N calls on every peer; RSS per call."""
     result: dict[str, Any] = {"title": TITLE, "params": vars(params), "peers": {}}
@@ -67,11 +81,12 @@ def run(bench: Bench, params: Params) -> dict[str, Any]:
         fake = bench.fake("echo", tag="-memory")
         try:
             assert fake.url is not None
-            peers = bench.start_peers(fake.url, tag="-memory")
+            peers = bench.start_peers(fake.url, tag="-memory", stats_interval=0.1)
             try:
                 for key, peer in peers.items():
                     warm_up(bench, peer, f"memory-{key}")
                     rss_idle, fds_idle = peer.rss(), peer.fds()
+                    tasks_idle = tasks_after(peer, time.monotonic())
                     fake.command("reset")
                     start = time.monotonic() + bench.lead
                     ramp = params.calls / params.ramp_rate
@@ -92,6 +107,7 @@ def run(bench: Bench, params: Params) -> dict[str, Any]:
                     try:
                         bench.sleep_until(held_at, f"memory {key}: {params.calls} calls connect")
                         rss_held, fds_held = peer.rss(), peer.fds()
+                        tasks_held = tasks_after(peer, time.monotonic())
                         up = fake.command("stats")
                         load = run_.wait()
                     finally:
@@ -113,6 +129,14 @@ def run(bench: Bench, params: Params) -> dict[str, Any]:
                         "fds_held": fig(fds_held, "fds"),
                         "fds_after": fig(fds_after, "fds"),
                         "fds_per_call": fig((fds_held - fds_idle) / held if held else None, "fds"),
+                        "tasks_idle": fig(tasks_idle, "tasks"),
+                        "tasks_held": fig(tasks_held, "tasks"),
+                        "tasks_per_call": fig(
+                            (tasks_held - tasks_idle) / held
+                            if held and tasks_held is not None and tasks_idle is not None
+                            else None,
+                            "tasks",
+                        ),
                     }
                     peer.terminate()
                     bench.advance(task)

@@ -1,13 +1,14 @@
 """Where voxbridge's server time goes: the relay load, once, under a profiler.
 
-``python -m benchmarks.run --profile py-spy`` (or ``cprofile``) runs voxbridge under the relay
-scenario's agent load after the scenarios and writes ``profile-voxbridge.txt`` (the full listing)
+``python -m benchmarks.run --profile py-spy`` (or ``cprofile``; by default ``auto``: py-spy when a
+CPU, latency or capacity target is not met, so the report explains the miss) runs voxbridge under
+the relay scenario's agent load after the scenarios and writes ``profile-voxbridge.txt`` (the full listing)
 next to the report; the report shows the top functions by self and inclusive time and the share
 of each package (voxbridge itself, trio, hypercorn, wsproto, trio-websocket, json, logging ...).
 
 * ``py-spy`` samples the running server from outside (100 Hz, idle time excluded; each sample
-  pauses the process for a few microseconds so its stacks are consistent). py-spy is not a project dependency:
-  ``pip install py-spy`` (or pass ``--py-spy PATH``); without it this falls back to cProfile.
+  pauses the process for a few microseconds so its stacks are consistent). The ``bench`` extra
+  installs it (or pass ``--py-spy PATH``); without it this falls back to cProfile.
 * ``cprofile`` runs the server under cProfile with a CPU-time clock; it slows the server down
   (every call is traced), so shares are indicative, absolute times are not.
 """
@@ -59,24 +60,42 @@ def _top(counter: Counter[str], total: float, n: int = 30) -> list[dict[str, Any
     ]
 
 
-def _py_spy_summary(raw: Path) -> tuple[Counter[str], Counter[str], Counter[str], float]:
-    """Self, inclusive and per-package counts from py-spy's raw (folded) output."""
+#: Leaf frames of a thread blocked on a lock (a C call below them): waiting, not running. py-spy's
+#: idle detection lets some through on these VMs (voxbridge's journal thread in ``queue.get``, trio's
+#: idle worker threads), so they are dropped here rather than counted as their package's time.
+WAITS = frozenset(
+    {
+        "Condition.wait (threading.py)",
+        "Event.wait (threading.py)",
+        "Thread._wait_for_tstate_lock (threading.py)",
+        "WorkerThread._work (trio/_core/_thread_cache.py)",
+    }
+)
+
+
+def _py_spy_summary(raw: Path) -> tuple[Counter[str], Counter[str], Counter[str], float, int]:
+    """Self, inclusive and per-package counts from py-spy's raw (folded) output, their total, and
+    the samples dropped as :data:`WAITS`."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     packages: Counter[str] = Counter()
     total = 0.0
+    waiting = 0
     for line in raw.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        total += count
         frames = [_strip_line(frame) for frame in stack.split(";")]
+        if frames[-1] in WAITS:
+            waiting += count
+            continue
+        total += count
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
         packages[package_of(_location(frames[-1]))] += count
-    return own, inclusive, packages, total
+    return own, inclusive, packages, total, waiting
 
 
 def _strip_line(frame: str) -> str:
@@ -112,7 +131,8 @@ def profile_voxbridge(
 ) -> dict[str, Any]:
     """Profile voxbridge under the relay agent load; returns what the report shows."""
     params = RelayParams.smoke() if bench.smoke else RelayParams()
-    spy = py_spy or shutil.which("py-spy")
+    beside = Path(sys.executable).with_name("py-spy")  # the bench extra installs it there
+    spy = py_spy or shutil.which("py-spy") or (str(beside) if beside.exists() else None)
     if tool == "py-spy" and not spy:
         bench.notes.append("py-spy not found: profiled with cProfile instead")
         tool = "cprofile"
@@ -175,15 +195,18 @@ def profile_voxbridge(
     if tool == "py-spy":
         if not raw_path.exists():
             raise HarnessError(f"py-spy wrote no profile (see {bench.logs / 'py-spy.log'})")
-        own, inclusive, packages, total = _py_spy_summary(raw_path)
+        own, inclusive, packages, total, waiting = _py_spy_summary(raw_path)
         unit = "samples"
     else:
         if not stats_path.exists():
             raise HarnessError("the cProfile run wrote no stats")
         own, inclusive, packages, total = _cprofile_summary(stats_path)
-        unit = "CPU seconds"
+        unit, waiting = "CPU seconds", 0
     with open(listing, "w") as out:
-        out.write(f"voxbridge under the relay agent load, {tool}, total {total:.1f} {unit}\n\n")
+        out.write(f"voxbridge under the relay agent load, {tool}, total {total:.1f} {unit}")
+        out.write(
+            f" ({waiting} more of threads waiting on a lock, dropped)\n\n" if waiting else "\n\n"
+        )
         out.write("== by package (self) ==\n")
         for name, count in packages.most_common():
             out.write(f"{count / total * 100:6.2f} %  {name}\n")
@@ -202,6 +225,7 @@ def profile_voxbridge(
         "file": listing.name,
         "total": total,
         "unit": unit,
+        "waiting_dropped": waiting,
         "self": _top(own, total),
         "inclusive": _top(inclusive, total),
         "groups": [(name, count / total * 100) for name, count in packages.most_common(15)],

@@ -82,9 +82,10 @@ def build_parser(only: list[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--gen-procs", type=int, default=0, help="generator processes (0 = auto)")
     parser.add_argument(
         "--profile",
-        choices=("none", "cprofile", "py-spy"),
-        default="none",
-        help="profile voxbridge under the relay load once (after the scenarios)",
+        choices=("auto", "none", "cprofile", "py-spy"),
+        default="auto",
+        help="profile voxbridge under the relay load once, after the scenarios; auto: with py-spy "
+        "(else cProfile) when a CPU, latency or capacity target is not met, to explain it",
     )
     parser.add_argument("--profile-seconds", type=float, default=15.0, help="profiled window")
     parser.add_argument("--py-spy", default=None, help="py-spy binary (default: from PATH)")
@@ -170,12 +171,20 @@ def main(argv: list[str] | None = None, only: list[str] | None = None) -> int:
             if args.smoke:
                 problems += module.check(result)
             bench.log(f"{name} done in {result['elapsed_s']} s")
-        if args.profile != "none" and "voxbridge" in peers:
+        tool = args.profile
+        if tool == "auto":
+            from .report import targets
+
+            missed = [
+                r for r in targets(results) if r["kind"] == "cpu" and r["status"] == "not met"
+            ]
+            tool = "py-spy" if missed else "none"
+        if tool != "none" and "voxbridge" in peers:
             from .profiling import profile_voxbridge
 
             try:
                 results["profile"] = profile_voxbridge(
-                    bench, args.profile, seconds=args.profile_seconds, py_spy=args.py_spy
+                    bench, tool, seconds=args.profile_seconds, py_spy=args.py_spy
                 )
             except HarnessError as exc:
                 results["errors"]["profile"] = str(exc)

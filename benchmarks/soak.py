@@ -14,9 +14,11 @@ Sampled every ``sample_interval`` seconds: RSS and open fds of the server (psuti
 tasks (printed by the server itself). Figures: RSS growth after warm-up (median of the last fifth
 of the load against the median of the second fifth), fds and tasks at the end of the load and
 after settling (until they are back where they were before the load, every call the peer
-counted as started has ended and the fake has no session open, at most ``settle`` seconds:
-hypercorn's per-connection ping task outlives a closed WebSocket by up to one ping interval,
-15 s in voxbridge) against before; the server's sockets before and after: TCP to callers (told
+counted as started has ended and the fake has no session open, at most ``settle`` seconds)
+against before; the cyclic garbage census (:mod:`benchmarks.gcstats`: the objects the peer's
+cyclic collector freed between a full collection before the load and one after settling, per
+call finished meanwhile; target 0: a finished call is freed by reference counting); the
+server's sockets before and after: TCP to callers (told
 by the callers' ports: a /metrics scrape hypercorn holds in CLOSE_WAIT does not count) and
 upstream by state, and socket fds reset by the other end but never closed (``--smoke`` fails if
 voxbridge leaves any socket to a caller or a reset one: a server that stopped reading a caller
@@ -41,6 +43,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from .common import Proc, fig, positive
+from .gcstats import CENSUS_SIGNAL
 from .harness import Bench
 from .memory import warm_up
 
@@ -102,6 +105,24 @@ def _records(key: str, metrics: dict[str, float]) -> tuple[float | None, float |
 
 def _tasks(peer: Proc) -> int | None:
     return peer.stats[-1][1].get("tasks") if peer.stats else None
+
+
+def _census(peer: Proc, timeout: float = 5.0) -> int | None:
+    """The objects ``peer``'s cyclic collector has freed so far, counted after a full collection
+    it runs when asked (``CENSUS_SIGNAL``; the answer is its next ``stats`` line that says
+    ``gc_census``). None: the peer prints no stats (then it has no handler: it is not asked),
+    or did not answer in time."""
+    if not peer.stats or not peer.alive():
+        return None
+    asked = time.monotonic()
+    peer.popen.send_signal(CENSUS_SIGNAL)
+    while time.monotonic() < asked + timeout:
+        answers = [line for t, line in peer.stats if t > asked and line.get("gc_census")]
+        if answers:
+            collected: int | None = answers[0].get("gc_collected")
+            return collected
+        time.sleep(0.05)
+    return None
 
 
 def _sockets(peer: Proc, upstream: int | None, callers: set[int] | None) -> dict[str, Counter[str]]:
@@ -190,6 +211,8 @@ def soak_one(
         return now
 
     upstream = urlsplit(fake.url or "").port
+    collected_before = _census(peer)
+    ended_before = _records(key, bench.scrape(peer))[1]
     before, sockets_before = sample(), _sockets(peer, upstream, None)
     fake.command("reset")
     duration = params.calls / params.rate
@@ -239,6 +262,15 @@ def soak_one(
     after, sockets_after = sample(), _sockets(peer, upstream, set(load.pop("ports", ())))
     up = fake.command("stats")
     started, ended = _records(key, bench.scrape(peer))
+    collected_after = _census(peer)
+    # calls finished during the soak: the peer's own count, else the generator's
+    finished = ended - ended_before if ended is not None and ended_before is not None else None
+    finished = finished if finished else load["calls"]
+    garbage = (
+        (collected_after - collected_before) / finished
+        if collected_after is not None and collected_before is not None and finished
+        else None
+    )
     # RSS growth after warm-up: the load phase split in fifths, 2nd vs 5th
     load_rss = [r for t, r in zip(series["t"], series["rss"], strict=True) if 0 <= t <= duration]
     fifth = max(1, len(load_rss) // 5)
@@ -268,6 +300,12 @@ def soak_one(
             missing, "calls", note="" if missing is not None else "this peer keeps no call records"
         ),
         "upstream_open_after": fig(up.get("open_since_reset"), "sessions"),
+        "cyclic_garbage_per_call": fig(
+            garbage,
+            "objects",
+            note="objects the cyclic collector freed per finished call, between full "
+            "collections before the load and after settling (target 0)",
+        ),
         "settle": fig(settled, "s", note="until the peer was idle again, at most the settle limit"),
     }
     for when, reading in (("before", before), ("load_end", load_end), ("after", after)):

@@ -5,8 +5,11 @@ none is idle while the others connect), then all go silent within ``spread`` sec
 with their TCP connections open and still reading. With ``spread`` equal to the idle timeout (the
 default) the last call goes silent just as the first one's timeout fires: N concurrent stalled
 calls, their timeouts firing at N / ``spread`` per second. (A smaller spread makes the teardowns
-burstier; on one core they then queue behind each other, which is CPU, not deadline, behaviour.) voxbridge runs with
-``idle_timeout`` (a short 2 s, so the run is short); the baselines have no such deadline.
+burstier; on one core they then queue behind each other, which is CPU, not deadline, behaviour.)
+The defaults are the target's size: 5,000 concurrent stalled calls, ``idle_timeout`` and
+``spread`` 10 s (500 teardowns a second), a frame every 5 s each until then (1,000 frames a
+second in all, so the trickle does not load the core the teardowns need). voxbridge runs with
+that ``idle_timeout``; the baselines have no such deadline.
 
 Figures, measured by the upstream fake on its side of the bridge:
 
@@ -39,11 +42,11 @@ TITLE = "Stall: teardown of silent callers with TCP open"
 class Params:
     """Stall parameters."""
 
-    calls: int = 1000
-    idle_timeout: float = 2.0
-    ramp_rate: float = 50.0
-    trickle: float = 1.0
-    spread: float = 2.0
+    calls: int = 5000
+    idle_timeout: float = 10.0
+    ramp_rate: float = 250.0
+    trickle: float = 5.0
+    spread: float = 10.0
     orphan_wait: float = 5.0
 
     @classmethod

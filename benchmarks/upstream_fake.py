@@ -52,6 +52,7 @@ import random
 import ssl
 import stat
 import sys
+import threading
 from typing import Any
 
 from . import wire
@@ -65,8 +66,8 @@ GEMINI_OUT_FRAME = 960  # bytes of 20 ms PCM16LE at 24 kHz
 @functools.cache
 def gemini_kit() -> tuple[Any, Any, bytes]:
     """numpy, soxr, and 20 ms of a 440 Hz tone at 24 kHz as a modelTurn frame (every chunk of a
-    burst but the first): loaded with the first Gemini connection, so the fake starts in a tenth
-    of the time (once per scenario) and a fake that never speaks Gemini never loads them."""
+    burst but the first): loaded in the background from the start with ``--gemini``, else with the
+    first Gemini connection, so the fake starts in a tenth of the time."""
     import numpy
     import soxr  # type: ignore[import-untyped]  # no stubs, no py.typed
 
@@ -366,6 +367,8 @@ async def serve(args: argparse.Namespace) -> None:
     scheme = "wss" if tls else "ws"
     sys.stdout.write(f"upstream listening on {scheme}://{args.host}:{port}/v1/realtime\n")
     sys.stdout.flush()
+    if args.gemini:  # loaded while the peers start, before the first Gemini connection
+        threading.Thread(target=gemini_kit, name="gemini-kit", daemon=True).start()
     stop = asyncio.Event()
     # commands come on stdin when it is a pipe (the harness); otherwise run until --max-seconds
     piped = stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode)
@@ -391,6 +394,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stall", type=float, default=0.0, help="fraction of sessions stalled")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--certfile", help="serve wss:// with this PEM key + certificate chain")
+    parser.add_argument(
+        "--gemini", action="store_true", help="load Gemini's kit now (a Gemini peer will come)"
+    )
     parser.add_argument(
         "--max-seconds", type=float, default=3600.0, help="exit after this long whatever happens"
     )

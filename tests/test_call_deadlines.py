@@ -4,6 +4,11 @@ All calls run in memory on the autojump clock (see ``callkit``). Times are secon
 socket was accepted (``rig.t0``). Where a peer cannot complete the close handshake, teardown waits
 ``close_timeout`` (2 s) for it: "decided" is when the reason was decided (the bridge's first close
 frame), "returned" is when ``run_call`` returned.
+
+A deadline the call's tasks re-arm per frame (``idle_timeout``, ``send_timeout``) fires from the
+instant it is due to ``LATENESS`` (50 ms) after it, never before (docs/timeouts.md, "How precise a
+deadline is"): such a decision is asserted with :func:`on_time`, and what follows it exactly,
+relative to when it really fell.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from callkit import (
 )
 
 from voxbridge.carriers.twilio_wire import encode_dtmf, encode_stop
+from voxbridge.deadlines import LATENESS, Deadline
 from voxbridge.errors import Disconnect, Reason
+from voxbridge.session import call as call_module
 from voxbridge.session import run_call
 from voxbridge.session.call import FLOOD_BURST_MS
 from voxbridge.session.watchdog import Watchdog, deadline
@@ -41,6 +48,20 @@ NO_RESUME = Settings(reconnect_budget=0)
 
 def elapsed(t0: float) -> float:
     return trio.current_time() - t0
+
+
+class on_time:
+    """Equal to a time from ``due`` to ``LATENESS`` after it: when a re-armed deadline fires."""
+
+    def __init__(self, due: float) -> None:
+        self.due = due
+
+    def __eq__(self, other: object) -> bool:
+        late = self.due + LATENESS
+        return isinstance(other, float | int) and self.due - 1e-6 <= other <= late + 1e-6
+
+    def __repr__(self) -> str:
+        return f"on_time({self.due:g})"
 
 
 def stop_frame(sequence_number: int) -> str:
@@ -98,11 +119,11 @@ async def test_idle_timeout_custom_moves_with_each_frame(autojump_clock, script,
         disconnect = await r.run()
         returned = r.now()
     assert disconnect.reason is Reason.IDLE_TIMEOUT
-    assert returned == approx(expected_end)
-    assert r.upstream.close_frames == [(approx(r.t0 + expected_end), 1000, "idle_timeout")]
-    assert r.rel(r.session.closed_at) == approx(expected_end)
+    assert returned == on_time(expected_end)
+    assert r.upstream.close_frames == [(approx(r.t0 + returned), 1000, "idle_timeout")]
+    assert r.rel(r.session.closed_at) == approx(returned)
     assert r.session.close_code == 1000
-    assert r.carrier_close == (1000, "idle_timeout", approx(expected_end))
+    assert r.carrier_close == (1000, "idle_timeout", approx(returned))
     r.assert_accounted_once(Reason.IDLE_TIMEOUT)
 
 
@@ -113,9 +134,9 @@ async def test_idle_timeout_custom_with_streaming_caller(autojump_clock):
         returned = r.now()
     assert disconnect.reason is Reason.IDLE_TIMEOUT
     assert r.rel(r.sim.result.last_sent_at) == approx(2.98)
-    assert returned == approx(7.98)
-    assert r.rel(r.session.closed_at) == approx(7.98)
-    assert r.carrier_close == (1000, "idle_timeout", approx(7.98))
+    assert returned == on_time(7.98)
+    assert r.rel(r.session.closed_at) == approx(returned)
+    assert r.carrier_close == (1000, "idle_timeout", approx(returned))
     r.assert_accounted_once(Reason.IDLE_TIMEOUT)
     assert r.registry.recent[0].frames_from_caller == 150
     assert r.sim.result.frames_received > 0  # the echo flowed while the caller talked
@@ -143,7 +164,7 @@ async def test_idle_timeout_is_not_charged_for_a_slow_upstream_connect(autojump_
         disconnect = await r.run(slow_connect)
         returned = r.now()
     assert disconnect.reason is Reason.IDLE_TIMEOUT, disconnect
-    assert returned == approx(17)
+    assert returned == on_time(17)
     r.assert_accounted_once(Reason.IDLE_TIMEOUT)
 
 
@@ -351,11 +372,11 @@ async def test_upstream_stalled(autojump_clock):
         r.at(1.005, lambda: r.upstream.stop_writing())
         disconnect = await r.run()
         returned = r.now()
-    decided = 1.02 + 5  # the first frame after 1.005, + send_timeout
+    decided = r.rel(r.upstream.closed_at)
+    assert decided == on_time(1.02 + 5)  # the first frame after 1.005, + send_timeout
     assert disconnect.reason is Reason.UPSTREAM_STALLED
     assert r.rel(r.upstream.first_blocked_write_at) == approx(1.02)
     assert r.upstream.close_frames == []
-    assert r.rel(r.upstream.closed_at) == approx(decided)
     assert returned == approx(decided)
     assert r.rel(r.session.closed_at) == approx(decided)
     assert r.session.close_code == 1006  # the agent saw the TCP close, no close frame
@@ -374,14 +395,14 @@ async def test_upstream_stalled_is_resumed(autojump_clock):
         r.at(1.005, lambda: r.upstream_taps[0].stop_writing())
         disconnect = await r.run()
         returned = r.now()
-    decided = 1.02 + 5
     assert disconnect.reason is Reason.CALLER_STOP
     assert returned == approx(19.98)
     stalled, resumed = r.upstream_taps
     first, second = r.agent.sessions
     assert r.rel(stalled.first_blocked_write_at) == approx(1.02)
     assert stalled.close_frames == []
-    assert r.rel(stalled.closed_at) == approx(decided)
+    decided = r.rel(stalled.closed_at)
+    assert decided == on_time(1.02 + 5)
     assert r.rel(first.closed_at) == approx(decided)
     assert first.close_code == 1006
     assert r.rel(second.opened_at) == approx(decided)
@@ -409,14 +430,14 @@ async def test_upstream_stalled_resume_fails(autojump_clock):
         r.at(1.005, lambda: r.upstream_taps[0].stop_writing())
         disconnect = await r.run(first_then_refusing(r))
         returned = r.now()
-    dropped_at = 1.02 + 5
+    dropped_at = r.rel(r.upstream.closed_at)
+    assert dropped_at == on_time(1.02 + 5)
     decided = dropped_at + 5  # + reconnect_budget
     assert disconnect.reason is Reason.UPSTREAM_STALLED
     assert "resuming failed" in disconnect.detail
     assert returned == approx(decided)
     assert r.connects >= 2
     assert r.upstream.close_frames == []
-    assert r.rel(r.upstream.closed_at) == approx(dropped_at)
     assert r.rel(r.session.closed_at) == approx(dropped_at)
     assert r.session.close_code == 1006
     assert r.carrier_tap.close_frames == [(approx(r.t0 + decided), 1011, "upstream_stalled")]
@@ -742,16 +763,17 @@ async def test_first_end_wins_over_a_later_end_in_the_same_instant(autojump_cloc
 @pytest.mark.parametrize(
     ("ending", "late", "returned_at"),
     [
-        # upstream_stalled (no resume) is decided at 6.02; the dead provider socket is aborted
-        # then, and the carrier, which stopped reading at 2, cannot answer the close: teardown
-        # waits for it until 8.02 -- or until it vanishes at 7
+        # upstream_stalled (no resume) is decided at 6.02 (+ up to LATENESS); the dead provider
+        # socket is aborted then, and the carrier, which stopped reading at 2, cannot answer the
+        # close: teardown waits for it for close_timeout -- or until it vanishes at 7
         ("upstream-stalled", "carrier-vanishes", 7.0),
-        ("upstream-stalled", "end-called", 8.02),
-        # idle_timeout is decided at 5.98; neither the agent nor the carrier reads since 2, so
-        # both close handshakes wait, side by side, until 7.98 -- one of them may end at 7
-        ("idle-timeout", "carrier-vanishes", 7.98),
-        ("idle-timeout", "agent-hangs-up", 7.98),
-        ("idle-timeout", "end-called", 7.98),
+        ("upstream-stalled", "end-called", None),
+        # idle_timeout is decided at 5.98 (+ up to LATENESS); neither the agent nor the carrier
+        # reads since 2, so both close handshakes wait, side by side, for close_timeout -- one of
+        # them may end at 7
+        ("idle-timeout", "carrier-vanishes", None),
+        ("idle-timeout", "agent-hangs-up", None),
+        ("idle-timeout", "end-called", None),
     ],
 )
 async def test_an_end_during_teardown_does_not_change_the_reason(
@@ -759,9 +781,9 @@ async def test_an_end_during_teardown_does_not_change_the_reason(
 ):
     agent = FakeEchoAgent(delay=0.1, hangup_after=7.0 if late == "agent-hangs-up" else None)
     if ending == "upstream-stalled":
-        reason, decided, settings = Reason.UPSTREAM_STALLED, 1.02 + 5, NO_RESUME
+        reason, due, settings = Reason.UPSTREAM_STALLED, 1.02 + 5, NO_RESUME
     else:
-        reason, decided, settings = Reason.IDLE_TIMEOUT, 0.98 + 5, Settings(idle_timeout=5)
+        reason, due, settings = Reason.IDLE_TIMEOUT, 0.98 + 5, Settings(idle_timeout=5)
     async with rig(settings, agent=agent) as r:
         if ending == "upstream-stalled":
             await r.accept_sim(seconds=20)
@@ -779,6 +801,10 @@ async def test_an_end_during_teardown_does_not_change_the_reason(
         returned = r.now()
     assert disconnect.reason is reason
     assert call.disconnect is disconnect
+    decided = r.rel(r.carrier_tap.first_close_at)
+    assert decided == on_time(due)
+    if returned_at is None:  # (None: the close handshakes ran out of time)
+        returned_at = decided + CLOSE_TIMEOUT
     assert returned == approx(returned_at)
     r.assert_accounted_once(reason)
     assert r.registry.recent[0].reason is reason
@@ -791,7 +817,7 @@ async def test_an_end_during_teardown_does_not_change_the_reason(
         assert r.rel(r.upstream.closed_at) == approx(decided)
     else:
         assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, reason.value)]
-        # the agent's own close at 7 completes the handshake; else it times out at 7.98
+        # the agent's own close at 7 completes the handshake; else it times out
         upstream_closed = 7.0 if late == "agent-hangs-up" else returned_at
         assert r.rel(r.upstream.closed_at) == approx(upstream_closed)
         if late == "agent-hangs-up":
@@ -813,7 +839,8 @@ async def test_teardown_is_bounded_when_close_handshakes_cannot_finish(autojump_
             r.at(1.5, lambda: r.session.stream.stop_reading())
         disconnect = await r.run()
         returned = r.now()
-    decided = 0.98 + 5
+    decided = r.rel(r.carrier_tap.first_close_at)
+    assert decided == on_time(0.98 + 5)
     assert disconnect.reason is Reason.IDLE_TIMEOUT
     # both close frames go out at the decision instant
     assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, "idle_timeout")]
@@ -858,9 +885,137 @@ async def test_teardown_is_bounded_when_carrier_close_never_returns(autojump_clo
         )
         returned = r.now()
     assert disconnect.reason is Reason.IDLE_TIMEOUT
-    assert r.rel(carrier.close_called_at) == approx(5.98)
-    assert returned == approx(5.98 + CLOSE_TIMEOUT)
+    decided = r.rel(carrier.close_called_at)
+    assert decided == on_time(5.98)
+    assert returned == approx(decided + CLOSE_TIMEOUT)
     r.assert_accounted_once(Reason.IDLE_TIMEOUT)
+
+
+# --- how precise a re-armed deadline is (docs/timeouts.md) ----------------------------------------
+
+
+class CountingDeadline(Deadline):
+    """The call's caller_to_upstream scope, remembered: did a deadline kept while it listened fire?"""
+
+    made: list[CountingDeadline] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        CountingDeadline.made.append(self)
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[CountingDeadline]:
+    made: list[CountingDeadline] = []
+    monkeypatch.setattr(CountingDeadline, "made", made)
+    monkeypatch.setattr(call_module, "Deadline", CountingDeadline)
+    return made
+
+
+@pytest.mark.parametrize("idle_timeout", [5, 60])
+@pytest.mark.parametrize("interval", [0.02, 0.05, 0.3])
+async def test_idle_timeout_fires_on_time_whatever_the_frame_cadence(
+    autojump_clock, interval, idle_timeout
+):
+    """Frames every ``interval`` for 2 s, then silence: the call ends idle_timeout after the last
+    frame, up to LATENESS later, never earlier. (With 5 s the deadline the last send left armed is
+    the idle deadline's own, up to LATENESS late; with 60 s it fires 5 s into the silence, the task
+    listens on under a fresh scope, and the idle deadline is armed exactly.)"""
+    count = int(2 / interval)
+    script = [(0, start_frame())] + [(0.1 + interval * i, media_frame(i)) for i in range(count)]
+    last = 0.1 + interval * (count - 1)
+    async with rig(Settings(idle_timeout=idle_timeout)) as r:
+        await r.accept_script(script)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.IDLE_TIMEOUT
+    assert returned == on_time(last + idle_timeout)
+    assert r.carrier_close == (1000, "idle_timeout", approx(returned))
+    assert r.session.audio_in == count  # every frame went to the provider
+
+
+async def test_a_frame_stream_keeps_the_call_alive_past_many_idle_timeouts(autojump_clock):
+    """idle_timeout 0.5 s (25 frames), a caller streaming for 60 s: the deadline stays ahead of
+    every frame, moved at most once per LATENESS of frames (4 of 5 re-arms move nothing)."""
+    async with rig(Settings(idle_timeout=0.5)) as r:
+        await r.accept_sim(seconds=60)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert returned == approx(59.98)
+    assert r.session.audio_in == r.sim.result.frames_sent == 3000
+
+
+async def test_a_silence_longer_than_send_timeout_does_not_end_the_call(autojump_clock, counted):
+    """The wait for the caller's next frame keeps the deadline the last send to the provider left
+    armed (send_timeout, 5 s): a 7 s silence outlasts it. It fires while the task listens, the task
+    listens on under a fresh scope, from the same instant: the call goes on (idle_timeout is 10 s),
+    and every frame after the silence reaches the provider."""
+    script = [(0, start_frame())]
+    script += [(0.1 + 0.02 * i, media_frame(i)) for i in range(50)]  # to 1.08
+    script += [(8.08 + 0.02 * i, media_frame(50 + i)) for i in range(50)]  # after 7 s of silence
+    script += [(9.5, stop_frame(102))]
+    async with rig(Settings(idle_timeout=10)) as r:
+        await r.accept_script(script)
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert returned == approx(9.5)
+    assert r.session.audio_in == 100
+    assert [d.ended_early for d in counted] == [True, False]  # it fired once, in the silence
+
+
+async def test_a_frame_that_comes_as_the_kept_deadline_fires_is_not_lost(autojump_clock, counted):
+    """The frame arrives in the very tick the deadline kept while listening fires (the clock is
+    moved onto it while the receive returns): the receive has the frame, the scope is cancelled.
+    The frame is handed to the next pass's fresh scope and reaches the provider."""
+
+    class LateFrame:
+        def __init__(self, inner: object) -> None:
+            self.inner = inner
+
+        async def receive(self) -> str | bytes:
+            frame = await self.inner.receive()  # type: ignore[attr-defined]
+            if trio.current_time() - r.t0 > 2:  # the first frame after the pause
+                watch = counted[-1]
+                autojump_clock.jump(watch.deadline - trio.current_time())
+                await trio.lowlevel.cancel_shielded_checkpoint()  # the deadline expires here
+                assert watch.expired
+                self.receive = self.inner.receive  # type: ignore[method-assign,attr-defined]
+            return frame
+
+        async def send(self, frame: str | bytes) -> None:
+            await self.inner.send(frame)  # type: ignore[attr-defined]
+
+        async def close(self, code: int, reason: str) -> None:
+            await self.inner.close(code, reason)  # type: ignore[attr-defined]
+
+    script = [(0, start_frame())] + [(0.1 + 0.02 * i, media_frame(i)) for i in range(50)]
+    script += [(3.0, media_frame(50)), (3.0, stop_frame(52))]
+    async with rig(Settings(idle_timeout=100)) as r:
+        await r.accept_script(script)
+        r.carrier = LateFrame(r.carrier)
+        disconnect = await r.run()
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert r.session.audio_in == 51  # the frame of the expiring tick too
+    assert [d.ended_early for d in counted] == [False, False]  # handed over, not cut short
+
+
+async def test_caller_stalled_in_a_burst_fires_on_time(autojump_clock):
+    """The agent floods 4 s of audio at once; the carrier stops taking writes in the middle of it.
+    The blocked send's deadline was kept from the send before it (re-armed): caller_stalled comes
+    send_timeout after the blocked write, up to LATENESS later."""
+    async with rig(agent=FakeEchoAgent(delay=0.1, flood=200)) as r:
+        await r.accept_sim(seconds=20)
+        r.carrier_tap.writes_before_stall = r.carrier_tap.writes + 9  # 4 media messages, 4 marks
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.CALLER_STALLED
+    blocked = r.rel(r.carrier_tap.first_blocked_write_at)
+    decided = r.rel(r.carrier_tap.first_close_at)
+    assert decided == on_time(blocked + 5)
+    assert returned == approx(decided + CLOSE_TIMEOUT)  # the close cannot leave either
+    r.assert_accounted_once(Reason.CALLER_STALLED)
 
 
 # --- Watchdog and deadline ------------------------------------------------------------------------
@@ -927,10 +1082,11 @@ async def test_watchdog_deadline_moves_with_each_rearm(autojump_clock):
                 watchdog.arm(4, Reason.IDLE_TIMEOUT)
                 received.append(await receive.receive())
         nursery.cancel_scope.cancel()
-    # 3 and 6 each arrive within 4 s of the previous one; 11 comes 5 s after 6
+    # 3 and 6 each arrive within 4 s of the previous one; 11 comes 5 s after 6. A re-arm that
+    # moves the deadline later moves it LATENESS further, for the re-arms that follow
     assert received == [3, 6]
     assert caught.value.reason is Reason.IDLE_TIMEOUT
-    assert elapsed(t0) == approx(10)
+    assert elapsed(t0) == approx(10 + LATENESS)
 
 
 async def test_watchdog_rearm_replaces_reason_and_deadline(autojump_clock):
@@ -948,9 +1104,9 @@ async def test_watchdog_rearm_replaces_reason_and_deadline(autojump_clock):
     watchdog = Watchdog()
     with pytest.raises(Disconnect) as caught, watchdog:
         watchdog.arm(2, Reason.UPSTREAM_STALLED)
-        watchdog.arm(10, Reason.IDLE_TIMEOUT)  # later, too: a rearm can extend
+        watchdog.arm(10, Reason.IDLE_TIMEOUT)  # later, too: a rearm can extend (by LATENESS more)
         await trio.sleep_forever()
-    assert elapsed(t0) == approx(10)
+    assert elapsed(t0) == approx(10 + LATENESS)
     assert caught.value.reason is Reason.IDLE_TIMEOUT
 
 
@@ -1041,6 +1197,65 @@ async def test_watchdog_does_not_claim_an_outer_cancellation(
     assert outer.cancelled_caught is not disconnect
     assert (raised is not None) is disconnect
     assert elapsed(t0) == approx(5.0 if disconnect else outer_after)
+
+
+async def test_a_deadline_re_armed_per_frame_moves_once_per_lateness_and_fires_on_time(
+    autojump_clock,
+):
+    """Re-armed for 5 s every 20 ms for 2 s, the scope's deadline moves when it would fire early,
+    and then LATENESS past what is needed: at most once per LATENESS of re-arms, not 100 times.
+    It fires from the last wait's deadline to LATENESS after it, never before."""
+    watch = Deadline()
+    moves = 0
+    with pytest.raises(TimeoutError), watch:
+        for _ in range(100):
+            before = watch.deadline
+            watch.arm(5, TimeoutError)
+            moves += watch.deadline != before
+            due = trio.current_time() + 5
+            assert due <= watch.deadline <= due + LATENESS  # never early, at most LATENESS late
+            await trio.sleep(0.02)
+        await trio.sleep_forever()
+    assert trio.current_time() == on_time(due)
+    assert moves <= 1 + 100 * 0.02 / LATENESS  # the first arm, then one per LATENESS
+
+
+async def test_a_re_arm_that_would_fire_more_than_lateness_late_moves_exactly(autojump_clock):
+    t0 = trio.current_time()
+    watch = Deadline()
+    with pytest.raises(TimeoutError) as caught, watch:
+        watch.arm(5, TimeoutError)
+        watch.arm(5 - LATENESS, TimeoutError)  # earlier by LATENESS: kept, fires LATENESS late
+        assert watch.deadline == t0 + 5
+        watch.arm(4, TimeoutError)  # earlier by more: moved, to exactly what is needed
+        assert watch.deadline == t0 + 4
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(4)
+    assert str(caught.value) == "waited 4.000s (limit 4s)"
+
+
+async def test_a_restartable_wait_keeps_an_earlier_deadline_and_ends_quietly(autojump_clock):
+    """A wait that can be started over keeps the earlier deadline the wait before it left: if that
+    one fires first, the block ends without an error (``ended_early``), for the caller to wait
+    again under a fresh Deadline. A later one is still moved (never more than LATENESS late)."""
+    t0 = trio.current_time()
+    watch = Deadline()
+    with watch:
+        watch.arm(5, TimeoutError)  # a send's deadline
+        watch.arm(60, TimeoutError, restartable=True)  # then a receive's, from a queue
+        assert watch.deadline == t0 + 5
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(5)
+    assert watch.ended_early and watch.expired
+
+    t0 = trio.current_time()
+    watch = Deadline()
+    with pytest.raises(TimeoutError), watch:
+        watch.arm(60, TimeoutError)
+        watch.arm(5, TimeoutError, restartable=True)  # its own deadline is earlier: moved to it
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(5)
+    assert not watch.ended_early
 
 
 async def test_deadline_fires_with_its_reason(autojump_clock):

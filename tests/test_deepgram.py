@@ -79,7 +79,8 @@ def oracle(cls: type[pydantic.BaseModel], frame: str | bytes) -> dict[str, Any]:
 
 def test_opening_at_call_start_is_settings_with_mulaw_8k_and_the_greeting() -> None:
     codec = DeepgramCodec(prompt="be brief", greeting="Hello, how can I help?", tools=[LOOKUP])
-    frames = codec.opening([])
+    assert not codec.awaits_acknowledgement  # audio may follow Settings at once
+    frames = codec.opening([], first=True)
     assert len(frames) == 1
     settings_ = oracle(AgentV1Settings, frames[0])
     assert settings_ == {
@@ -113,7 +114,7 @@ def test_opening_at_call_start_is_settings_with_mulaw_8k_and_the_greeting() -> N
 
 @pytest.mark.parametrize("greeting", [None, ""])
 def test_no_greeting_means_the_agent_waits(greeting: str | None) -> None:
-    settings_ = oracle(AgentV1Settings, DeepgramCodec(greeting=greeting).opening([])[0])
+    settings_ = oracle(AgentV1Settings, DeepgramCodec(greeting=greeting).opening([], first=True)[0])
     assert "greeting" not in settings_["agent"]
     assert "functions" not in settings_["agent"]["think"]
     assert "context" not in settings_["agent"]
@@ -129,7 +130,7 @@ def test_resume_replays_history_in_context_messages_and_does_not_greet() -> None
         Transcript("caller", "   "),  # nothing said: skipped
         Transcript("agent", ""),
     ]
-    settings_ = oracle(AgentV1Settings, codec.opening(history)[0])
+    settings_ = oracle(AgentV1Settings, codec.opening(history, first=False)[0])
     assert "greeting" not in settings_["agent"]
     assert settings_["agent"]["context"] == {
         "messages": [
@@ -156,9 +157,22 @@ def test_resume_replays_history_in_context_messages_and_does_not_greet() -> None
     }
 
 
-def test_a_history_of_empty_lines_neither_greets_nor_replays() -> None:
-    settings_ = json.loads(DeepgramCodec(greeting="Hi").opening([Transcript("caller", "")])[0])
+@pytest.mark.parametrize("history", [[], [Transcript("caller", "")]])
+def test_a_resumed_session_never_greets_even_with_nothing_to_replay(
+    history: list[HistoryItem],
+) -> None:
+    # a session that dropped before any line was final (or said nothing) is resumed with an
+    # empty history: the greeting is still the first session's alone
+    settings_ = json.loads(DeepgramCodec(greeting="Hi").opening(history, first=False)[0])
     assert "greeting" not in settings_["agent"] and "context" not in settings_["agent"]
+
+
+def test_the_first_session_greets_after_key_presses_too() -> None:
+    # keys pressed while the first session opened are in its history: it greets all the same
+    codec = DeepgramCodec(greeting="Hi")
+    settings_ = oracle(AgentV1Settings, codec.opening([Transcript("dtmf", "1")], first=True)[0])
+    assert settings_["agent"]["greeting"] == "Hi"
+    assert len(settings_["agent"]["context"]["messages"]) == 1
 
 
 # --- caller audio -----------------------------------------------------------------------------
@@ -340,9 +354,15 @@ def test_tool_result_is_a_function_call_response() -> None:
     }
 
 
-def test_tool_result_for_a_replaced_session_is_left_to_the_next_settings() -> None:
-    exchange = ToolExchange("fc-1", "lookup_order", "{}", '{"error":"x"}', outcome="error")
-    assert DeepgramCodec().tool_result(exchange, known=False) == []
+def test_tool_result_for_a_replaced_session_is_an_inject_user_message() -> None:
+    # the new session knows no call id it did not make: the agent is told the whole exchange
+    exchange = ToolExchange("fc-1", "lookup_order", '{"number":"42"}', '{"error":"x"}', "error")
+    (frame,) = DeepgramCodec().tool_result(exchange, known=False)
+    assert oracle(AgentV1InjectUserMessage, frame) == {
+        "type": "InjectUserMessage",
+        "content": 'The result of the tool call lookup_order({"number":"42"}), asked for before '
+        'the connection was restored: {"error":"x"}',
+    }
 
 
 def test_dtmf_is_an_inject_user_message() -> None:
@@ -394,9 +414,9 @@ async def test_provider_session_and_for_agent() -> None:
     agent = AgentConfig(model="gpt-4.1", voice="aura-2-zeus-en", instructions="be terse")
     configured = provider.for_agent(agent, [LOOKUP])
     assert provider.tools == () and provider.prompt == "default"
-    session = await configured.session([])
+    session = await configured.session([], first=True)
     assert session.endpoint == provider.endpoint and session.usage is None
-    settings_ = oracle(AgentV1Settings, session.codec.opening([])[0])
+    settings_ = oracle(AgentV1Settings, session.codec.opening([], first=True)[0])
     assert settings_["agent"]["think"]["provider"]["model"] == "gpt-4.1"
     assert settings_["agent"]["think"]["prompt"] == "be terse"
     assert settings_["agent"]["speak"]["provider"]["model"] == "aura-2-zeus-en"

@@ -520,7 +520,8 @@ async def test_server_releases_a_caller_that_resets_its_connection() -> None:
     # A phone dying in a tunnel: RST mid-call, no close frame. hypercorn's WebSocket ping loop
     # sleeps websocket_ping_interval (15 s) before it notices, and the connection's socket was
     # closed only after it: the fd (state CLOSE) was held 15 s past the call. ReleasingTaskGroup
-    # ends the ping loop with the read loop.
+    # runs no ping loop per connection (one task per process pings them all), and a connection
+    # leaves it with its read loop.
     with trio.fail_after(BUDGET):
         async with running(close_timeout=CLOSE_TIMEOUT) as (server, agent):
             bound = server.app.settings.teardown_timeout

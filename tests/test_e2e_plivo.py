@@ -13,31 +13,23 @@ token ends the call before any provider session; ``end_call`` hangs up through P
 
 from __future__ import annotations
 
-import io
 import math
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import numpy as np
 import pytest
 import trio
-from rich.console import Console
+from carrierkit import Rig, cli_call, demo_tour, metric, rms, serving, stalled_call
 from test_e2e_providers import PROVIDERS as ROWS
-from test_e2e_providers import TURN_MS, merged
-from test_e2e_server import scrape
+from test_e2e_providers import TURN_MS, disconnects
 
 from voxbridge.audio import tone, ulaw_to_pcm16
 from voxbridge.carriers.base import AudioFormat
-from voxbridge.demo import run_demo
-from voxbridge.server import RunningServer, serve
 from voxbridge.session.playback import Playback
-from voxbridge.settings import Settings
-from voxbridge.testing import CallResult, fake_for, simulate_call
+from voxbridge.testing import CallResult, simulate_call
 from voxbridge.testing.fake_openai import FakeToolCall as OpenAIToolCall
 from voxbridge.testing.fake_openai import speech
 from voxbridge.testing.fake_plivo import Answer, FakePlivo
@@ -45,18 +37,7 @@ from voxbridge.testing.fake_ultravox import FakeToolCall as UltravoxToolCall
 from voxbridge.testing.fake_ultravox import speech_for
 from voxbridge.testing.plivo_wire import PlivoWire
 
-BUDGET = 20.0  # real seconds per case, whatever happens
 PROVIDERS = ["echo", "openai", "ultravox"]
-#: Short deadlines (as tests/test_e2e_endings.py's).
-SHORT = {
-    "idle_timeout": 1.0,
-    "start_timeout": 1.0,
-    "keepalive_interval": 0.5,
-    "pong_timeout": 0.5,
-    "close_timeout": 0.5,
-    "connect_timeout": 1.0,
-    "reconnect_budget": 1.0,
-}
 PUBLIC = "https://voice.example.test"
 ANSWER_URL = PUBLIC + "/plivo/answer"
 STREAM_URL = "wss://voice.example.test/plivo/media"
@@ -65,24 +46,14 @@ AUTH_TOKEN = secrets.token_hex(16)
 SENT = tone(1.0) * 3  # what the simulated caller streams (its one-second tone, looped)
 L16_16K = "audio/x-l16;rate=16000"
 
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
-
-@attrs.define
-class Rig:
-    server: RunningServer
-    fake: Any  # the provider's
-    plivo: FakePlivo
+class PlivoRig(Rig):
+    """The rig, and Plivo's side of an inbound call: its signed answer webhook, then the stream."""
 
     @property
-    def media_url(self) -> str:
-        return self.server.url.replace("http://", "ws://", 1) + "/plivo/media"
-
-    async def settled(self) -> Samples:
-        """``/metrics`` once every call has been accounted for."""
-        with trio.fail_after(10):
-            await self.server.app.registry.wait_empty()
-        return await scrape(self.server)
+    def plivo(self) -> FakePlivo:
+        plivo: FakePlivo = self.api
+        return plivo
 
     async def answer(self, **options: Any) -> tuple[str, Answer]:
         """Plivo's signed answer webhook, sent to the server for its public URL."""
@@ -112,51 +83,16 @@ class Rig:
 @asynccontextmanager
 async def rig(
     provider: str, *knobs: dict[str, Any], signed: bool = False, **settings: Any
-) -> AsyncIterator[Rig]:
+) -> AsyncIterator[PlivoRig]:
     """voxbridge serving Plivo in front of ``provider``'s fake (made with ``knobs``), and a
     fake Plivo REST API; ``signed``: Plivo's checks on (auth token, public URL)."""
-    row = ROWS[provider]
-    fake = fake_for(provider)(**merged(*knobs))
-    plivo = FakePlivo(AUTH_ID, AUTH_TOKEN)
-    stop = trio.Event()
-    with trio.fail_after(BUDGET):
-        async with trio.open_nursery() as nursery:
-            provider_url = await nursery.start(fake.serve)
-            api_url = await nursery.start(plivo.serve)
-            own: dict[str, Any] = {"auth_id": AUTH_ID, "api_url": api_url}
-            values: dict[str, Any] = merged(SHORT, row.settings, settings)
-            if signed:
-                own["auth_token"] = AUTH_TOKEN
-                values["public_url"] = PUBLIC
-            values = merged(values, {"carrier_settings": {"plivo": own}})
-            config = Settings(port=0, provider=provider, provider_url=provider_url, **values)
-            server = await nursery.start(
-                lambda task_status: serve(
-                    config, shutdown_trigger=stop.wait, task_status=task_status
-                )
-            )
-            try:
-                yield Rig(server, fake, plivo)
-            finally:
-                stop.set()
-            nursery.cancel_scope.cancel()
-
-
-def metric(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def disconnects(samples: Samples) -> dict[str, float]:
-    return {
-        dict(labels)["reason"]: value
-        for (name, labels), value in samples.items()
-        if name == "voxbridge_call_disconnects_total" and value
-    }
-
-
-def rms(mulaw: bytes) -> float:
-    samples = np.frombuffer(ulaw_to_pcm16(mulaw), dtype="<i2").astype(np.float64)
-    return float(np.sqrt(np.mean(samples**2)))
+    own: dict[str, Any] = {"auth_id": AUTH_ID}
+    if signed:
+        own["auth_token"] = AUTH_TOKEN
+        settings["public_url"] = PUBLIC
+    api = FakePlivo(AUTH_ID, AUTH_TOKEN)
+    async with serving("plivo", provider, *knobs, api=api, own=own, kind=PlivoRig, **settings) as r:
+        yield r
 
 
 # --- a normal call ---------------------------------------------------------------------------------
@@ -261,13 +197,7 @@ async def test_a_stalled_caller_ends_idle_timeout_and_the_provider_socket_closes
     provider: str,
 ) -> None:
     async with rig(provider, ROWS[provider].echo) as deployed:
-        result = await simulate_call(
-            deployed.media_url, carrier="plivo", seconds=30, stall_after=0.3
-        )
-        samples = await deployed.settled()
-        with trio.fail_after(5):
-            while not all(session.is_closed for session in deployed.fake.sessions):
-                await trio.sleep(0.01)
+        result, samples = await stalled_call(deployed)
     assert result.close_reason == "idle_timeout"
     assert deployed.fake.sessions and all(s.is_closed for s in deployed.fake.sessions)
     assert result.last_sent_at is not None and result.closed_at is not None
@@ -387,11 +317,7 @@ async def test_voxbridge_call_speaks_plivo() -> None:
     """``voxbridge call --carrier plivo URL``: the simulated Plivo caller, in a child process;
     it hangs up by closing the socket, which is a successful call (exit status 0)."""
     async with rig("echo", ROWS["echo"].echo) as deployed:
-        command = [sys.executable, "-m", "voxbridge", "call", "--carrier", "plivo"]
-        command += [deployed.media_url, "--seconds", "0.3"]
-        done = await trio.to_thread.run_sync(
-            lambda: subprocess.run(command, capture_output=True, text=True, timeout=15, check=False)
-        )
+        done = await cli_call("plivo", deployed.media_url)
         samples = await deployed.settled()
     assert done.returncode == 0, done.stdout + done.stderr
     assert "the caller hung up" in done.stdout
@@ -401,10 +327,7 @@ async def test_voxbridge_call_speaks_plivo() -> None:
 
 @pytest.mark.hang_limit(60)
 async def test_the_demo_tours_plivo() -> None:
-    out = io.StringIO()
-    with trio.fail_after(40):
-        status = await run_demo(Console(file=out, width=200), 1.0, 0.5, carrier="plivo")
-    text = out.getvalue()
+    status, text = await demo_tour("plivo")
     assert status == 0, text  # every call reached /plivo/media and its upstream closed
     assert "plivo calls to /plivo/media" in text
     assert "caller_closed" in text and "idle_timeout" in text

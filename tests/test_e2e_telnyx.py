@@ -21,154 +21,65 @@ Ultravox fake), the caller being :class:`voxbridge.testing.CarrierSimulator` spe
 
 from __future__ import annotations
 
-import io
-import math
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlencode
 from xml.etree import ElementTree
 
-import attrs
 import httpx
-import numpy as np
 import pytest
 import trio
-from rich.console import Console
+from carrierkit import BUDGET, Rig, cli_call, demo_tour, metric, rms_db, serving
+from test_e2e_providers import PROVIDERS as ROWS
+from test_e2e_providers import TURN_MS
 from test_e2e_server import scrape
 
-from voxbridge.audio import FRAME_BYTES, tone, ulaw_to_pcm16
-from voxbridge.demo import run_demo
-from voxbridge.server import RunningServer, serve
-from voxbridge.settings import Settings
-from voxbridge.testing import CallResult, fake_for, simulate_call
+from voxbridge.audio import FRAME_BYTES, tone
+from voxbridge.testing import CallResult, simulate_call
 from voxbridge.testing.fake_openai import FakeToolCall as OpenAIToolCall
 from voxbridge.testing.fake_telnyx import FakeTelnyx, WebhookSigner
 from voxbridge.testing.fake_ultravox import FakeToolCall as UltravoxToolCall
-from voxbridge.testing.fake_ultravox import speech_for
 from voxbridge.testing.telnyx_wire import TelnyxWire
 
-BUDGET = 20.0  # real seconds per case, whatever happens
-SHORT = {
-    "idle_timeout": 1.0,
-    "start_timeout": 1.0,
-    "keepalive_interval": 0.5,
-    "pong_timeout": 0.5,
-    "close_timeout": 0.5,
-    "connect_timeout": 2.0,
-    "reconnect_budget": 2.0,
-}
+PROVIDERS = ["echo", "openai", "ultravox"]
 SENT = tone(1.0) * 3  # what the simulated caller streams (its one-second tone, looped)
-TURN_MS = 2000
-TURN_BYTE = 0x11  # the mu-law byte an agent turn is made of: the caller's tone never has it
 API_KEY = "KEYtelnyx0123456789"
 STREAM_TOKEN = "stream-token-0123456789abcdef"
-UV_KEY = "uv-key"
-
 Knobs = dict[str, Any]
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@attrs.frozen
-class Row:
-    """How one provider's fake does what the cases ask."""
-
-    settings: Knobs
-    echo: Knobs
-    speak: Callable[[float, int], Knobs]
-    interrupt: Callable[[float], Knobs]
-    end_call: Knobs
-
-
-def mulaw_turn(at: float, ms: int) -> Knobs:
-    return {"speak": [(at, bytes([TURN_BYTE]) * (8 * ms), "an answer")]}
-
 
 OPENAI_END = {
     "caller_transcripts": [(0.2, "that is all")],
     "tool_calls": [OpenAIToolCall("end_call", {})],
 }
-PROVIDERS: dict[str, Row] = {
-    "echo": Row(
-        {}, {"delay": 0.05}, mulaw_turn, lambda at: {"speech_started_at": [at]}, OPENAI_END
-    ),
-    "openai": Row(
-        {}, {"echo_delay": 0.05}, mulaw_turn, lambda at: {"speech_started_at": [at]}, OPENAI_END
-    ),
-    "ultravox": Row(
-        settings={"provider_settings": {"ultravox": {"api_key": UV_KEY}}},
-        echo={"api_key": UV_KEY, "delay": 0.05},
-        speak=lambda at, ms: {"api_key": UV_KEY, "agent_audio": [(at, speech_for("hi", ms))]},
-        interrupt=lambda at: {"api_key": UV_KEY, "speech_started_at": [at]},
-        end_call={"api_key": UV_KEY, "tool_calls": [UltravoxToolCall("end_call", {}, at=0.3)]},
-    ),
+#: provider -> the knobs that make its fake call ``end_call``.
+END_CALL: dict[str, Knobs] = {
+    "echo": OPENAI_END,
+    "openai": OPENAI_END,
+    "ultravox": {"api_key": "uv-key", "tool_calls": [UltravoxToolCall("end_call", {}, at=0.3)]},
 }
 
 
-def merged(*parts: Knobs) -> Knobs:
-    out: Knobs = {}
-    for part in parts:
-        for key, value in part.items():
-            if isinstance(value, dict) and isinstance(out.get(key), dict):
-                out[key] = merged(out[key], value)
-            elif isinstance(value, list) and isinstance(out.get(key), list):
-                out[key] = [*out[key], *value]
-            else:
-                out[key] = value
-    return out
-
-
-@attrs.define
-class Rig:
-    server: RunningServer
-    fake: Any
-    telnyx: FakeTelnyx
-
+class TelnyxRig(Rig):
     @property
-    def media_url(self) -> str:
-        return self.server.url.replace("http://", "ws://", 1) + "/telnyx/media"
+    def telnyx(self) -> FakeTelnyx:
+        telnyx: FakeTelnyx = self.api
+        return telnyx
 
 
 @asynccontextmanager
-async def serving(
+async def telnyx_rig(
     provider: str, *knobs: Knobs, telnyx: Knobs | None = None, **settings: Any
-) -> AsyncIterator[Rig]:
+) -> AsyncIterator[TelnyxRig]:
     """The server with ``provider``'s fake (made with ``knobs``) and a fake Telnyx REST API;
     ``telnyx`` are the server's Telnyx settings besides the API key and URL."""
-    row = PROVIDERS[provider]
-    fake = fake_for(provider)(**merged(*knobs))
-    rest = FakeTelnyx(api_key=API_KEY)
-    stop = trio.Event()
-    async with trio.open_nursery() as nursery:
-        url = await nursery.start(fake.serve)
-        api_url = await nursery.start(rest.serve)
-        own = {"api_key": API_KEY, "api_url": api_url, **(telnyx or {})}
-        config = Settings(
-            port=0,
-            provider=provider,
-            provider_url=url,
-            **merged(SHORT, row.settings, {"carrier_settings": {"telnyx": own}}, settings),
-        )
-        server = await nursery.start(
-            lambda task_status: serve(config, shutdown_trigger=stop.wait, task_status=task_status)
-        )
-        try:
-            yield Rig(server, fake, rest)
-        finally:
-            stop.set()
-        nursery.cancel_scope.cancel()
-
-
-def metric(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def rms_db(mulaw: bytes) -> float:
-    samples = np.frombuffer(ulaw_to_pcm16(mulaw), dtype="<i2").astype(np.float64)
-    return 20 * math.log10(math.sqrt(float(np.mean(samples**2))))
+    own = {"api_key": API_KEY, **(telnyx or {})}
+    api = FakeTelnyx(api_key=API_KEY)
+    async with serving(
+        "telnyx", provider, *knobs, api=api, own=own, kind=TelnyxRig, **settings
+    ) as rig:
+        yield rig
 
 
 async def call(rig: Rig, wire: TelnyxWire | None = None, **options: Any) -> CallResult:
@@ -181,7 +92,7 @@ async def call(rig: Rig, wire: TelnyxWire | None = None, **options: Any) -> Call
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_pcmu_audio_round_trips_byte_exact(provider: str) -> None:
     with trio.fail_after(BUDGET):
-        async with serving(provider, PROVIDERS[provider].echo) as rig:
+        async with telnyx_rig(provider, ROWS[provider].echo) as rig:
             result = await call(rig, seconds=0.6)
             await rig.server.app.registry.wait_empty()
             samples = await scrape(rig.server)
@@ -199,7 +110,7 @@ async def test_pcmu_audio_round_trips_byte_exact(provider: str) -> None:
 async def test_l16_16k_audio_round_trips_whole_and_at_its_level(provider: str) -> None:
     telnyx = {"codec": "L16", "sample_rate": 16000}
     with trio.fail_after(BUDGET):
-        async with serving(provider, PROVIDERS[provider].echo, telnyx=telnyx) as rig:
+        async with telnyx_rig(provider, ROWS[provider].echo, telnyx=telnyx) as rig:
             result = await call(rig, TelnyxWire("L16", 16000), seconds=1.0)
             await rig.server.app.registry.wait_empty()
     assert (result.close_code, result.close_reason) == (1000, "caller_stop")
@@ -215,9 +126,9 @@ async def test_l16_16k_audio_round_trips_whole_and_at_its_level(provider: str) -
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_barge_in_clears_the_telnyx_queue(provider: str) -> None:
-    row = PROVIDERS[provider]
+    row = ROWS[provider]
     with trio.fail_after(BUDGET):
-        async with serving(provider, row.speak(0.1, TURN_MS), row.interrupt(0.5)) as rig:
+        async with telnyx_rig(provider, row.speak(0.1, TURN_MS), row.interrupt(0.5)) as rig:
             result = await call(rig, seconds=0.9)
             await rig.server.app.registry.wait_empty()
             samples = await scrape(rig.server)
@@ -236,7 +147,7 @@ async def test_a_stalled_caller_ends_idle_timeout_and_the_provider_session_close
     provider: str,
 ) -> None:
     with trio.fail_after(BUDGET):
-        async with serving(provider, PROVIDERS[provider].echo) as rig:
+        async with telnyx_rig(provider, ROWS[provider].echo) as rig:
             started = trio.current_time()
             result = await call(rig, seconds=10.0, stall_after=0.3)
             await rig.server.app.registry.wait_empty()
@@ -266,7 +177,7 @@ async def test_auth_is_checked_before_accept(provider: str) -> None:
     telnyx = {"public_key": signer.public_key, "stream_token": STREAM_TOKEN}
     call_id = "v3:e2e-call-1"
     with trio.fail_after(BUDGET):
-        async with serving(provider, PROVIDERS[provider].echo, telnyx=telnyx) as rig:
+        async with telnyx_rig(provider, ROWS[provider].echo, telnyx=telnyx) as rig:
             async with httpx.AsyncClient(base_url=rig.server.url, timeout=5) as client:
                 body, headers = signed_form(signer, call_id)
                 unsigned = await client.post(
@@ -309,7 +220,7 @@ async def test_auth_is_checked_before_accept(provider: str) -> None:
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_end_call_hangs_up_through_call_control(provider: str) -> None:
     with trio.fail_after(BUDGET):
-        async with serving(provider, PROVIDERS[provider].end_call) as rig:
+        async with telnyx_rig(provider, END_CALL[provider]) as rig:
             result = await call(rig, seconds=10.0, audio=b"\xff" * FRAME_BYTES)
             await rig.server.app.registry.wait_empty()
             samples = await scrape(rig.server)
@@ -323,15 +234,9 @@ async def test_end_call_hangs_up_through_call_control(provider: str) -> None:
 
 
 async def test_voxbridge_call_speaks_telnyx() -> None:
-    def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "voxbridge", "call", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=15, check=False)
-
     with trio.fail_after(BUDGET):
-        async with serving("echo", PROVIDERS["echo"].echo) as rig:
-            done = await trio.to_thread.run_sync(
-                lambda: cli("--carrier", "telnyx", rig.media_url, "--seconds", "0.3")
-            )
+        async with telnyx_rig("echo", ROWS["echo"].echo) as rig:
+            done = await cli_call("telnyx", rig.media_url)
             await rig.server.app.registry.wait_empty()
             samples = await scrape(rig.server)
             record = rig.server.app.registry.recent[-1]
@@ -343,10 +248,7 @@ async def test_voxbridge_call_speaks_telnyx() -> None:
 
 @pytest.mark.hang_limit(60)
 async def test_the_demo_tours_the_telnyx_route() -> None:
-    out = io.StringIO()
-    with trio.fail_after(40):
-        status = await run_demo(Console(file=out, width=200), 1.0, 0.5, carrier="telnyx")
-    text = out.getvalue()
+    status, text = await demo_tour("telnyx")
     assert status == 0, text  # every call was recorded: it reached /telnyx/media
     assert "telnyx calls to /telnyx/media" in text
     assert "caller_stop" in text and "idle_timeout" in text

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pydantic
 import pytest
 import trio
+import trio.testing
 from deepgram.agent.v1.types import (
     AgentV1AgentAudioDone,
     AgentV1AgentStartedSpeaking,
@@ -169,7 +170,7 @@ async def events_until(
 
 async def opened(ws: WebSocketConnection, codec: DeepgramCodec, history: Any = ()) -> None:
     assert (await next_message(ws))["type"] == "Welcome"
-    for frame in codec.opening(list(history)):
+    for frame in codec.opening(list(history), first=not history):
         await ws.send_message(frame)
     assert (await next_message(ws)) == {"type": "SettingsApplied"}
 
@@ -371,36 +372,75 @@ async def test_hangup_at_waits_for_the_speech_due() -> None:
     assert_sdk_valid(fake)
 
 
-async def test_stop_reading_freezes_the_server() -> None:
-    fake = FakeDeepgram(stop_reading_at=0.0)
-    with trio.fail_after(BUDGET):
-        async with connected(fake) as ws:
-            assert (await next_message(ws))["type"] == "Welcome"
-            await trio.sleep(0.02)
-            with trio.move_on_after(0.2) as waited:
+@asynccontextmanager
+async def in_memory(fake: FakeDeepgram) -> AsyncIterator[WebSocketConnection]:
+    """A client WebSocket to ``fake`` over a memory stream (for trio's autojump clock: the
+    fake's times are exact virtual instants, and no sleep has to guess how long it takes)."""
+    with trio.fail_after(BUDGET):  # virtual seconds: a hang fails at once
+        async with trio.open_nursery() as nursery:
+            client_stream, server_stream = trio.testing.memory_stream_pair()
+            nursery.start_soon(fake.handle_stream, server_stream)
+            ws = await wrap_client_stream(
+                nursery,
+                client_stream,
+                "agent.deepgram.com",
+                "/v1/agent/converse",
+                extra_headers=[(b"Authorization", f"Token {KEY}".encode())],
+            )
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(0.5):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+
+async def test_stop_reading_freezes_the_server(autojump_clock: trio.abc.Clock) -> None:
+    """Pings every 0.1 s, each given 0.05 s for its pong: answered until the fake stops reading
+    at 0.25 s; the one at 0.3 s is not."""
+    fake = FakeDeepgram(stop_reading_at=0.25)
+    answered = []
+    async with in_memory(fake) as ws:
+        assert (await next_message(ws))["type"] == "Welcome"
+        t0 = fake.sessions[0].accepted_at
+        assert t0 is not None
+        while True:
+            with trio.move_on_after(0.05) as waited:
                 await ws.ping()
-            assert waited.cancelled_caught  # no pong from a server that stopped reading
+            if waited.cancelled_caught:
+                break
+            answered.append(round(trio.current_time() - t0, 6))
+            await trio.sleep_until(t0 + 0.1 * (len(answered)))
+        assert trio.current_time() - t0 == pytest.approx(0.35)  # the 0.3 s ping, unanswered
+    assert answered == [0.0, 0.1, 0.2]
 
 
-async def test_idle_timeout_closes_a_silent_session_and_keepalive_holds_it() -> None:
+async def test_idle_timeout_closes_a_silent_session_and_keepalive_holds_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``idle_timeout`` 0.2 s: four KeepAlives 0.1 s apart hold the session for 0.4 s; after the
+    last one it is closed exactly 0.2 s later."""
     fake = FakeDeepgram(idle_timeout=0.2)
     codec = DeepgramCodec()
-    with trio.fail_after(BUDGET):
-        async with connected(fake) as ws:
-            await opened(ws, codec)
-            for _ in range(4):  # 0.4 s of KeepAlive every 0.1 s: still open
-                await trio.sleep(0.1)
-                await ws.send_message(codec.keepalive.frame)
-            assert not ws.closed
-            events: list[object] = []
-            with pytest.raises(ConnectionClosed) as closed:
-                while True:
-                    event = codec.decode(await ws.get_message())
-                    if event is not None:
-                        events.append(event)
-            assert close_code(closed.value) == 1011
+    async with in_memory(fake) as ws:
+        await opened(ws, codec)
+        t0 = trio.current_time()
+        for k in range(1, 5):
+            await trio.sleep_until(t0 + 0.1 * k)
+            await ws.send_message(codec.keepalive.frame)
+        events: list[object] = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                event = codec.decode(await ws.get_message())
+                if event is not None:
+                    events.append(event)
+        assert close_code(closed.value) == 1011
+        assert trio.current_time() - t0 == pytest.approx(0.4 + 0.2)
     assert events == [ProviderError("CLIENT_MESSAGE_TIMEOUT", "no message from the client in time")]
-    assert fake.sessions[0].keepalives == len(fake.sessions[0].keepalives_at) == 4
+    session = fake.sessions[0]
+    assert [at - t0 for at in session.keepalives_at] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert session.keepalives == 4
+    assert session.closed_at is not None and session.closed_at - t0 == pytest.approx(0.6)
     assert_sdk_valid(fake)
 
 

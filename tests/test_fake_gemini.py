@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio
+from pytest import approx
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -23,7 +24,7 @@ from trio_websocket import (
 
 from voxbridge.errors import Reason
 from voxbridge.providers.events import AgentAudio, SpeechStarted, ToolCall, ToolExchange, Transcript
-from voxbridge.providers.gemini import GeminiCodec, Resumption
+from voxbridge.providers.gemini import GREETING_PROMPT, GeminiCodec, Resumption
 from voxbridge.testing.fake_gemini import FakeGemini, FakeToolCall, Speech
 
 BUDGET = 5.0  # real seconds
@@ -97,7 +98,7 @@ async def test_echo_answers_24khz() -> None:
     fake = FakeGemini(echo=True)
     codec = GeminiCodec(instructions="hi")
     async with served(fake) as url, connected(url) as ws:
-        for frame in codec.opening([]):
+        for frame in codec.opening([], first=True):
             await ws.send_message(frame)
         assert json.loads(await ws.get_message()) == {"setupComplete": {}}
         for _ in range(10):
@@ -113,6 +114,27 @@ async def test_echo_answers_24khz() -> None:
     assert all(set(a.audio) <= {0xFF, 0x7F, 0xFE, 0x7E} for a in audio)  # silence stays silent
 
 
+async def test_nothing_may_come_before_setup_complete() -> None:
+    # the service must acknowledge the setup before anything else is sent (google-genai waits
+    # for setupComplete): the fake ignores what comes earlier, and records the violation
+    fake = FakeGemini(echo=True, setup_delay=0.2)
+    codec = GeminiCodec(greeting="Hi")
+    async with served(fake) as url, connected(url) as ws:
+        (setup,) = codec.opening([], first=True)
+        await ws.send_message(setup)
+        await ws.send_message(codec.audio(SILENCE_20MS))  # too early
+        await ws.send_message(json.dumps({"realtimeInput": {"text": "too early"}}))
+        ack = await ws.get_message()
+        for frame in [*(codec.acknowledged(ack) or []), codec.audio(SILENCE_20MS)]:
+            await ws.send_message(frame)  # the greeting request, then audio: in time
+        await read_until(ws, "turnComplete")  # the greeting is answered
+    session = fake.sessions[0]
+    assert session.setup_complete_at == approx(session.opened_at + 0.2, abs=0.05)
+    assert session.before_setup_complete == ["realtimeInput", "realtimeInput"]
+    assert session.errors == ["realtimeInput before setupComplete"] * 2
+    assert session.audio_in == 1 and session.texts == [GREETING_PROMPT + "Hi"]
+
+
 async def test_speech_transcripts_usage_handles_and_resume() -> None:
     fake = FakeGemini(speech=[Speech(0.05, "Hello caller")], heard=[(0.01, "hi there")])
     resumption = Resumption()
@@ -120,7 +142,7 @@ async def test_speech_transcripts_usage_handles_and_resume() -> None:
     events: list[Any] = []
     async with served(fake) as url:
         async with connected(url) as ws:
-            for frame in codec.opening([]):
+            for frame in codec.opening([], first=True):
                 await ws.send_message(frame)
             for message in await read_until(ws, "sessionResumptionUpdate"):
                 events.append(codec.decode(json.dumps(message)))
@@ -131,7 +153,7 @@ async def test_speech_transcripts_usage_handles_and_resume() -> None:
         # a new session resumes with the handle, without replay
         again = GeminiCodec(resumption=resumption)
         async with connected(url) as ws:
-            for frame in again.opening([Transcript("caller", "hi there")]):
+            for frame in again.opening([Transcript("caller", "hi there")], first=False):
                 await ws.send_message(frame)
             assert json.loads(await ws.get_message()) == {"setupComplete": {}}
         assert (await fake.wait_for_session(2)).resumed_from == "handle-1-1"
@@ -141,7 +163,7 @@ async def test_unknown_handle_is_refused_with_1008() -> None:
     fake = FakeGemini()
     codec = GeminiCodec(resumption=Resumption("forged"))
     async with served(fake) as url, connected(url) as ws:
-        for frame in codec.opening([Transcript("caller", "x")]):
+        for frame in codec.opening([Transcript("caller", "x")], first=False):
             await ws.send_message(frame)
         with pytest.raises(ConnectionClosed) as closed:
             await ws.get_message()
@@ -158,7 +180,7 @@ async def test_interrupt_tool_call_and_response() -> None:
     )
     codec = GeminiCodec()
     async with served(fake) as url, connected(url) as ws:
-        for frame in codec.opening([]):
+        for frame in codec.opening([], first=True):
             await ws.send_message(frame)
         events = [codec.decode(json.dumps(m)) for m in await read_until(ws, "toolCall")]
         assert SpeechStarted() in events
@@ -188,7 +210,7 @@ async def test_go_away_then_close_1000() -> None:
     fake = FakeGemini(go_away_at=(0.05, 0.1))
     codec = GeminiCodec()
     async with served(fake) as url, connected(url) as ws:
-        for frame in codec.opening([]):
+        for frame in codec.opening([], first=True):
             await ws.send_message(frame)
         await read_until(ws, "goAway")
         codec.decode('{"goAway":{"timeLeft":"0.1s"}}')
@@ -201,14 +223,14 @@ async def test_go_away_then_close_1000() -> None:
 async def test_close_at_and_freeze() -> None:
     fake = FakeGemini(close_at=(0.05, 1011))
     async with served(fake) as url, connected(url) as ws:
-        await ws.send_message(GeminiCodec().opening([])[0])
+        await ws.send_message(GeminiCodec().opening([], first=True)[0])
         with pytest.raises(ConnectionClosed) as closed:
             while True:
                 await ws.get_message()
     assert closed.value.reason.code == 1011
     frozen = FakeGemini(freeze_at=0.0, speech=[Speech(0.05, "never")])
     async with served(frozen) as url, connected(url) as ws:
-        await ws.send_message(GeminiCodec().opening([])[0])
+        await ws.send_message(GeminiCodec().opening([], first=True)[0])
         with trio.move_on_after(0.3) as waited:
             await ws.get_message()  # setupComplete may pass; nothing after the freeze
             await ws.get_message()
@@ -224,7 +246,7 @@ async def test_speech_started_at_is_interrupted() -> None:
     )
     codec = GeminiCodec()
     async with served(fake) as url, connected(url) as ws:
-        for frame in codec.opening([]):
+        for frame in codec.opening([], first=True):
             await ws.send_message(frame)
         events = [codec.decode(json.dumps(m)) for m in await read_until(ws, "interrupted")]
     assert events[-1] == SpeechStarted()
@@ -234,13 +256,13 @@ async def test_speech_started_at_is_interrupted() -> None:
 
 
 async def test_stop_reading_at_leaves_pings_unanswered_while_the_fake_still_speaks() -> None:
-    fake = FakeGemini(stop_reading_at=0.05, speech=[Speech(0.1, "still talking")])
+    fake = FakeGemini(stop_reading_at=0.2, speech=[Speech(0.3, "still talking")])
     async with served(fake) as url, connected(url) as ws:
-        await ws.send_message(GeminiCodec().opening([])[0])
+        await ws.send_message(GeminiCodec().opening([], first=True)[0])
         assert json.loads(await ws.get_message()) == {"setupComplete": {}}
         with trio.fail_after(1):
             await ws.ping()  # answered: it still reads
-        await trio.sleep(0.1)
+        await trio.sleep(0.2)
         with trio.move_on_after(0.3) as unanswered:
             await ws.ping()
         assert unanswered.cancelled_caught  # no pong: it no longer reads
@@ -277,12 +299,12 @@ async def test_close_at_with_close_reason_drops_only_the_scripted_session() -> N
     fake = FakeGemini(close_at=(0.05, 1011), close_reason="gone fishing", only_session=1)
     async with served(fake) as url:
         async with connected(url) as ws:
-            await ws.send_message(GeminiCodec().opening([])[0])
+            await ws.send_message(GeminiCodec().opening([], first=True)[0])
             with pytest.raises(ConnectionClosed) as closed:
                 while True:
                     await ws.get_message()
         async with connected(url) as ws:
-            await ws.send_message(GeminiCodec().opening([])[0])
+            await ws.send_message(GeminiCodec().opening([], first=True)[0])
             assert json.loads(await ws.get_message()) == {"setupComplete": {}}
             with trio.move_on_after(0.2) as quiet:
                 await ws.get_message()

@@ -15,6 +15,7 @@ import pytest
 import trio
 from openai.types.live import ServerEvent
 from pydantic import TypeAdapter
+from pytest import approx
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
@@ -31,7 +32,7 @@ from voxbridge.providers.events import (
     Transcript,
     Usage,
 )
-from voxbridge.providers.gpt_live import GptLiveCodec
+from voxbridge.providers.gpt_live import GREETING_PROMPT, GptLiveCodec
 from voxbridge.testing.fake_gpt_live import FakeGptLive, FakeLiveToolCall
 from voxbridge.testing.fake_openai import heard_text, speech
 from voxbridge.tools import Tool
@@ -88,9 +89,12 @@ async def events(ws: WebSocketConnection, until: str, limit: int = 500) -> list[
 
 
 async def start(ws: WebSocketConnection, codec: GptLiveCodec, history: Any = ()) -> None:
-    for frame in codec.opening(list(history)):
+    """What the link does: ``session.start``, wait for ``session.started``, then the rest."""
+    for frame in codec.opening(list(history), first=not history):
         await ws.send_message(frame)
-    await events(ws, "session.started")
+    started = (await events(ws, "session.started"))[-1]
+    for frame in codec.acknowledged(json.dumps(started)) or []:
+        await ws.send_message(frame)
 
 
 async def rejected(fake: FakeGptLive, key: str | None = KEY) -> int:
@@ -169,6 +173,30 @@ async def test_commands_before_session_start_are_errors_and_bad_start_is_refused
             with pytest.raises(ConnectionClosed) as info:
                 await ws.get_message()
             assert info.value.reason.code == 1008
+
+
+async def test_nothing_may_come_before_session_started() -> None:
+    # "Send session.start first and wait for session.started before application commands": what
+    # comes between the two is refused (an error each, not acted on) and recorded
+    with trio.fail_after(BUDGET):
+        fake = FakeGptLive(start_delay=0.2, usage_every=None, answer_pace=float("inf"))
+        codec = GptLiveCodec(greeting="Hi!")
+        async with connected(fake, key=None) as ws:
+            (start_,) = codec.opening([], first=True)
+            await ws.send_message(start_)
+            await ws.send_message(codec.audio("//8="))  # too early
+            await ws.send_message(codec.commentary("too early"))
+            got = await events(ws, "session.started")
+            errors = [e["error"]["code"] for e in got if e["type"] == "error"]
+            assert errors == ["session_not_started"] * 2
+            session = fake.sessions[0]
+            assert session.started_at == approx(session.opened_at + 0.2, abs=0.1)
+            for frame in [*(codec.acknowledged(json.dumps(got[-1])) or []), codec.audio("//8=")]:
+                await ws.send_message(frame)  # the greeting, then audio: in time
+            await events(ws, "session.output_transcript.delta")
+        assert session.before_started == ["session.input_audio.append", "session.commentary.append"]
+        assert session.audio_before_start == 1 and session.audio_in == 2
+        assert session.commentaries == [GREETING_PROMPT + "Hi!"]
 
 
 async def test_speech_transcripts_and_silent_interruption() -> None:
@@ -297,6 +325,21 @@ async def test_tool_call_round_trip() -> None:
             said = await events(ws, "session.output_transcript.delta")
             assert said[-1]["delta"].startswith("The result")
             assert fake.sessions[0].tool_outputs == [(call.call_id, '"noon"')]
+
+
+async def test_a_tool_not_declared_is_never_called() -> None:
+    # without a Responses backend declaring it (no tools_model), the service cannot run a tool:
+    # the fake does not call it, and says so
+    with trio.fail_after(BUDGET):
+        fake = FakeGptLive(
+            tool_calls=[FakeLiveToolCall("get_time", at=0.05)], usage_every=0.2, start_delay=0
+        )
+        codec = GptLiveCodec(tools=[Tool("get_time", "The time.")])  # no tools_model
+        async with connected(fake, key=None) as ws:
+            await start(ws, codec)
+            got = await events(ws, "session.usage.updated")  # well after the call was due
+        assert [e["type"] for e in got] == ["session.usage.updated"]
+        assert fake.sessions[0].undeclared_tools == ["get_time"]
 
 
 def test_usage_increments() -> None:

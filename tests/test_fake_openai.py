@@ -182,7 +182,7 @@ async def test_session_update_history_and_events_in_validate() -> None:
             seen: list[dict[str, Any]] = []
             created = await until(ws, "session.created", seen)
             assert created["session"]["type"] == "realtime"
-            for frame in CODEC.opening(history):
+            for frame in CODEC.opening(history, first=False):
                 await ws.send_message(frame)
             updated = await until(ws, "session.updated", seen)
             effective = updated["session"]
@@ -282,7 +282,7 @@ async def test_echo_agent_plays_the_audio_back_after_its_delay() -> None:
             assert agent.endpoint().name == "echo" and agent.endpoint().url == url
             seen: list[dict[str, Any]] = []
             await until(ws, "session.created", seen)
-            await ws.send_message(CODEC.opening([])[0])
+            await ws.send_message(CODEC.opening([], first=True)[0])
             await until(ws, "session.updated", seen)
             sent_at = trio.current_time()
             for _ in range(3):
@@ -848,7 +848,7 @@ async def test_a_whole_agent_conversation_over_a_real_socket() -> None:
     with trio.fail_after(BUDGET):
         async with served(fake) as url, connected(url) as ws:
             await until(ws, "session.created", seen)
-            for frame in codec.opening([]):
+            for frame in codec.opening([], first=True):
                 await ws.send_message(frame)
             updated = await until(ws, "session.updated", seen)
             assert [t["name"] for t in updated["session"]["tools"]] == ["get_weather"]
@@ -1167,7 +1167,7 @@ async def test_a_greeting_of_any_prompt_is_spoken(autojump_clock: trio.testing.M
     seen: list[dict[str, Any]] = []
     with trio.fail_after(BUDGET):
         async with in_memory(fake) as ws:
-            greet = OpenAIRealtimeCodec(greeting="Hello, caller.").opening([])[1]
+            greet = OpenAIRealtimeCodec(greeting="Hello, caller.").opening([], first=True)[1]
             await ws.send_message(greet)
             first = await until(ws, "response.done", seen)
             other = {"type": "response.create", "response": {"instructions": "Say hi."}}

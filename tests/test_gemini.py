@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from voxbridge.agents import AgentConfig
+from voxbridge.audio import pcm16_to_ulaw, ulaw_to_pcm16
 from voxbridge.errors import BadAudio, Reason, RemoteProtocolError
 from voxbridge.providers.events import (
     AgentAudio,
@@ -58,10 +59,38 @@ def tone24(ms: int) -> bytes:
 
 # --- opening --------------------------------------------------------------------------------
 
+SETUP_COMPLETE = json.dumps({"setupComplete": {}})
+
+
+def opened(codec: GeminiCodec, history: Any, *, first: bool) -> list[str | bytes]:
+    """What the link sends a session: ``setup`` alone, then, after ``setupComplete``, the rest."""
+    frames = codec.opening(history, first=first)
+    assert len(frames) == 1 and "setup" in json.loads(frames[0])  # nothing before the ack
+    rest = codec.acknowledged(SETUP_COMPLETE)
+    assert rest is not None
+    return [*frames, *rest]
+
+
+def test_only_setup_before_setup_complete() -> None:
+    codec = GeminiCodec(greeting="Hello there")
+    assert codec.awaits_acknowledgement
+    (setup,) = codec.opening(HISTORY, first=False)
+    assert "setup" in valid(setup)
+    server_content = json.dumps({"serverContent": {"turnComplete": True}})
+    for early in (server_content, "nope", b"\x00", json.dumps({"setupCompletely": 1})):
+        assert codec.acknowledged(early) is None
+    rest = codec.acknowledged(SETUP_COMPLETE.encode())  # Gemini sends JSON in binary frames too
+    assert rest is not None and [next(iter(valid(f))) for f in rest] == [
+        "clientContent",
+        "realtimeInput",
+    ]
+    assert codec.acknowledged(SETUP_COMPLETE) == []  # sent once
+    assert codec.decode(SETUP_COMPLETE) is None and codec.setup_complete  # still decoded
+
 
 def test_setup_at_call_start_with_greeting() -> None:
     codec = GeminiCodec(instructions="be brief", tools=[END_CALL], greeting="Hello there")
-    setup, greeting = (valid(f) for f in codec.opening([]))
+    setup, greeting = (valid(f) for f in opened(codec, [], first=True))
     assert setup["setup"]["model"] == "models/gemini-2.5-flash-native-audio-latest"
     assert setup["setup"]["generationConfig"] == {
         "responseModalities": ["AUDIO"],
@@ -80,7 +109,9 @@ def test_setup_at_call_start_with_greeting() -> None:
 
 
 def test_setup_without_greeting_instructions_or_tools() -> None:
-    (setup,) = (valid(f) for f in GeminiCodec(model="models/x", greeting="").opening([]))
+    (setup,) = (
+        valid(f) for f in opened(GeminiCodec(model="models/x", greeting=""), [], first=True)
+    )
     assert setup["setup"]["model"] == "models/x"
     assert "tools" not in setup["setup"] and "systemInstruction" not in setup["setup"]
 
@@ -94,7 +125,9 @@ HISTORY = [
 
 
 def test_history_replayed_without_a_handle() -> None:
-    setup, content, nudge = (valid(f) for f in GeminiCodec(greeting="Hi").opening(HISTORY))
+    setup, content, nudge = (
+        valid(f) for f in opened(GeminiCodec(greeting="Hi"), HISTORY, first=False)
+    )
     assert setup["setup"]["historyConfig"] == {"initialHistoryInClientContent": True}
     assert content == {
         "clientContent": {
@@ -127,28 +160,39 @@ def test_history_replayed_without_a_handle() -> None:
     assert nudge == {"realtimeInput": {"text": RESUME_PROMPT}}  # no greeting on a resume
 
 
+def test_the_greeting_belongs_to_the_first_session_only() -> None:
+    # a session that resumes one dropped before any line was final has an empty history, and
+    # still must not greet again
+    assert opened(GeminiCodec(greeting="Hi"), [], first=False) == [
+        GeminiCodec().opening([], first=False)[0]
+    ]
+    # key presses may be in the history of the first session: it greets all the same
+    frames = opened(GeminiCodec(greeting="Hi"), [Transcript("dtmf", "1")], first=True)
+    assert valid(frames[-1]) == {"realtimeInput": {"text": GREETING_PROMPT + "Hi"}}
+
+
 def test_history_ending_with_the_agent_needs_no_nudge() -> None:
-    frames = GeminiCodec().opening([Transcript("caller", "hi"), Transcript("agent", "yes")])
-    assert len(frames) == 2
+    history = [Transcript("caller", "hi"), Transcript("agent", "yes")]
+    assert len(opened(GeminiCodec(), history, first=False)) == 2
 
 
 def test_a_handle_resumes_without_replay() -> None:
     resumption = Resumption("h-7")
-    (setup,) = (valid(f) for f in GeminiCodec(resumption=resumption).opening(HISTORY))
+    (setup,) = (valid(f) for f in opened(GeminiCodec(resumption=resumption), HISTORY, first=False))
     assert setup["setup"]["sessionResumption"] == {"handle": "h-7"}
     assert "historyConfig" not in setup["setup"]
     # at call start a stale handle is never used
-    (fresh,) = GeminiCodec(resumption=resumption).opening([])
+    (fresh,) = GeminiCodec(resumption=resumption).opening([], first=True)
     assert valid(fresh)["setup"]["sessionResumption"] == {}
 
 
 def test_a_refused_handle_is_forgotten_and_the_next_session_replays() -> None:
     resumption = Resumption("h-7")
     codec = GeminiCodec(resumption=resumption)
-    codec.opening(HISTORY)
+    codec.opening(HISTORY, first=False)
     assert codec.close_reason(1008) is Reason.UPSTREAM_CLOSED  # not final: retry without it
     assert resumption.handle is None
-    assert len(GeminiCodec(resumption=resumption).opening(HISTORY)) == 3
+    assert len(opened(GeminiCodec(resumption=resumption), HISTORY, first=False)) == 3
 
 
 # --- client messages ------------------------------------------------------------------------
@@ -315,6 +359,58 @@ def test_tool_calls_setup_complete_go_away() -> None:
     assert codec.decode(b'{"serverContent":{}}') is None
 
 
+def test_go_away_during_an_answer_waits_for_its_end() -> None:
+    # goAway while the model answers: SessionEnding says so, and comes again, not answering,
+    # once the answer has ended (turnComplete), so the recycle cuts no answer in flight
+    codec = GeminiCodec()
+    assert not codec.answering
+    assert isinstance(codec.decode(audio_frame(tone24(200))), AgentAudio)
+    assert codec.answering
+    assert codec.decode('{"goAway":{"timeLeft":"50s"}}') == SessionEnding(50.0, answering=True)
+    assert codec.decode(audio_frame(tone24(20))) is not None  # the answer goes on
+    assert codec.decode('{"serverContent":{"outputTranscription":{"text":"Noon."}}}') is None
+    assert codec.decode('{"serverContent":{"generationComplete":true}}') is not None  # the tail
+    assert codec.answering  # generated, not yet over: Gemini waits for the playback
+    # the turn ends: urgent, out at once; the transcript follows with the next frame
+    assert codec.decode('{"serverContent":{"turnComplete":true}}') == SessionEnding(
+        None, answering=False
+    )
+    assert not codec.answering
+    assert codec.decode('{"sessionResumptionUpdate":{"newHandle":"h2","resumable":true}}') == (
+        Transcript("agent", "Noon.")
+    )
+    assert codec.decode('{"serverContent":{"turnComplete":true}}') is None  # said once
+
+
+def test_go_away_while_silent_or_after_a_barge_in() -> None:
+    silent = GeminiCodec()
+    assert silent.decode('{"goAway":{"timeLeft":"50s"}}') == SessionEnding(50.0)
+    assert silent.decode('{"serverContent":{"turnComplete":true}}') is None  # nothing to wait for
+    cut = GeminiCodec()
+    cut.decode('{"serverContent":{"outputTranscription":{"text":"Well"}}}')
+    assert cut.decode('{"goAway":{"timeLeft":"9s"}}') == SessionEnding(9.0, answering=True)
+    assert cut.decode('{"serverContent":{"interrupted":true}}') == SpeechStarted()
+    # the answer ended there: the agent's cut line, then the SessionEnding, queued behind the
+    # barge-in (one event a frame), come out with the next frames
+    update = '{"sessionResumptionUpdate":{"resumable":false}}'
+    assert cut.decode(update) == Transcript("agent", "Well")
+    assert cut.decode(update) == SessionEnding(None)
+
+
+def test_flush_gives_what_is_still_queued_and_the_lines_being_gathered() -> None:
+    codec = GeminiCodec()
+    codec.decode('{"serverContent":{"inputTranscription":{"text":"hello"}}}')
+    codec.decode('{"serverContent":{"outputTranscription":{"text":"Hi, how"}}}')  # caller's out
+    codec.decode('{"usageMetadata":{"promptTokenCount":7}}')  # returned at once: nothing queued
+    frame = '{"serverContent":{"outputTranscription":{"text":" can I"}},"usageMetadata":{"responseTokenCount":3}}'
+    assert codec.decode(frame) == Usage((("output_tokens", 3.0),))
+    tool = '{"toolCall":{"functionCalls":[{"id":"a","name":"x"}]},"usageMetadata":{"promptTokenCount":1}}'
+    assert codec.decode(tool) == ToolCall("a", "x", "{}")  # urgent; its usage waits
+    assert codec.pending == 1
+    assert codec.flush() == [Usage((("input_tokens", 1.0),)), Transcript("agent", "Hi, how can I")]
+    assert codec.pending == 0 and codec.flush() == []
+
+
 @pytest.mark.parametrize(
     ("time_left", "seconds"), [("50s", 50.0), ("12.5s", 12.5), ("0s", 0.0), (None, None)]
 )
@@ -414,10 +510,64 @@ async def test_provider_sessions_share_one_resumption_per_call() -> None:
     call = base.for_agent(AgentConfig(name="a", voice="Kore", greeting="Hi"), [END_CALL])
     other = base.for_agent(AgentConfig(name="a"), [])
     assert call.resumption is not other.resumption
-    first, second = await call.session([]), await call.session(HISTORY)
+    first, second = await call.session([], first=True), await call.session(HISTORY, first=False)
     assert isinstance(first.codec, GeminiCodec) and isinstance(second.codec, GeminiCodec)
     assert first.codec.resumption is second.codec.resumption is call.resumption
     first.codec.decode('{"sessionResumptionUpdate":{"newHandle":"h9","resumable":true}}')
-    (setup,) = second.codec.opening(HISTORY)
+    (setup,) = second.codec.opening(HISTORY, first=False)
     assert valid(setup)["setup"]["sessionResumption"] == {"handle": "h9"}
     assert first.codec.voice == "Kore" and first.codec.greeting == "Hi"
+
+
+# --- what the resampling does to the sound ---------------------------------------------------------
+
+TONE_HZ = 1000
+AMPLITUDE = 8000
+
+
+def tone(rate: int, seconds: float = 1.0) -> np.ndarray:
+    """A ``TONE_HZ`` sine at ``rate``, 16-bit."""
+    t = np.arange(int(rate * seconds)) / rate
+    return (np.sin(2 * np.pi * TONE_HZ * t) * AMPLITUDE).astype("<i2")
+
+
+def assert_clean_tone(samples: np.ndarray, rate: int) -> None:
+    """``samples`` (past the resampler's filter fill) are the tone: its peak frequency, its
+    loudness, and no chunk-boundary clicks (no step larger than the sine's steepest, plus a
+    margin for mu-law's quantisation)."""
+    y = samples.astype(float)
+    spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
+    peak_hz = np.argmax(spectrum) * rate / len(y)
+    assert abs(peak_hz - TONE_HZ) < 10, peak_hz
+    assert np.sqrt(np.mean(y**2)) > 0.7 * AMPLITUDE / np.sqrt(2)  # not silence, not attenuated
+    steepest = AMPLITUDE * 2 * np.pi * TONE_HZ / rate
+    assert np.max(np.abs(np.diff(y))) < 1.3 * steepest
+
+
+def test_the_caller_tone_reaches_gemini_as_the_same_tone_at_16khz() -> None:
+    ulaw = pcm16_to_ulaw(tone(8000).tobytes())
+    codec = GeminiCodec()
+    out = bytearray()
+    for i in range(0, len(ulaw), 160):  # 20 ms chunks, as the carrier sends them
+        message = valid(codec.audio(base64.b64encode(ulaw[i : i + 160]).decode()))
+        out += base64.b64decode(message["realtimeInput"]["audio"]["data"])
+    samples = np.frombuffer(bytes(out), dtype="<i2")
+    assert len(samples) == 16000 - 480  # all but the 30 ms the resampler holds back
+    assert_clean_tone(samples[800:], 16000)  # past the filter fill (50 ms)
+
+
+def test_the_agent_tone_reaches_the_caller_as_the_same_tone_at_8khz() -> None:
+    pcm = tone(24000).tobytes()
+    codec = GeminiCodec()
+    out = bytearray()
+    for i in range(0, len(pcm), 960):  # 20 ms chunks of 24 kHz PCM16
+        event = codec.decode(audio_frame(pcm[i : i + 960]))
+        if event is not None:
+            assert isinstance(event, AgentAudio)
+            out += event.audio
+    tail = codec.decode('{"serverContent":{"turnComplete":true}}')
+    assert isinstance(tail, AgentAudio)  # the resampler's tail, flushed at the end of the turn
+    out += tail.audio
+    samples = np.frombuffer(ulaw_to_pcm16(bytes(out)), dtype="<i2")
+    assert len(samples) == 8000  # every sample of the second, none made up
+    assert_clean_tone(samples[400:], 8000)

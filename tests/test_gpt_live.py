@@ -83,7 +83,7 @@ def server(event: dict[str, Any]) -> str:
 
 def test_session_start_exact() -> None:
     codec = GptLiveCodec(instructions="be brief", voice="cedar")
-    frames = codec.opening([])
+    frames = codec.opening([], first=True)
     assert [client_event(f) for f in frames] == [
         {
             "type": "session.start",
@@ -99,16 +99,35 @@ def test_session_start_exact() -> None:
     ]
 
 
-def test_greeting_is_commentary_at_call_start_only() -> None:
+STARTED = server({"type": "session.started", "event_id": "e0", "session": SESSION})
+
+
+def test_greeting_is_commentary_after_session_started_in_the_first_session_only() -> None:
     codec = GptLiveCodec(greeting="Hello, Acme here.")
-    start, greet = (client_event(f) for f in codec.opening([]))
+    assert codec.awaits_acknowledgement
+    (start,) = (client_event(f) for f in codec.opening([], first=True))
     assert "instructions" not in start["session"]  # empty: server defaults
+    # "Send session.start first and wait for session.started before application commands"
+    for early in (
+        server({"type": "session.usage.updated", "event_id": "u", "usage": {"seconds": 0}}),
+        json.dumps({"type": "error", "error": {"code": "x"}}),
+        "not json",
+        b"\x00",
+    ):
+        assert codec.acknowledged(early) is None
+    (greet,) = (client_event(f) for f in codec.acknowledged(STARTED) or [])
     assert greet == {
         "type": "session.commentary.append",
         "content": GREETING_PROMPT + "Hello, Acme here.",
         "delegation_id": None,
     }
-    assert len(codec.opening([Transcript("caller", "hi")])) == 1
+    assert codec.acknowledged(STARTED) == []  # said once
+    assert codec.decode(STARTED) is None  # the call still decodes the frame: nothing to act on
+    # a resumed session never greets again, with or without a history to replay
+    for history in ([], [Transcript("caller", "hi")]):
+        resumed = GptLiveCodec(greeting="Hello, Acme here.")
+        assert len(resumed.opening(history, first=False)) == 1
+        assert resumed.acknowledged(STARTED) == []
 
 
 def test_history_is_session_input() -> None:
@@ -119,7 +138,7 @@ def test_history_is_session_input() -> None:
         Transcript("caller", ""),
         Transcript("dtmf", "12#"),
     ]
-    start = client_event(GptLiveCodec().opening(history)[0])
+    start = client_event(GptLiveCodec().opening(history, first=False)[0])
     assert start["session"]["input"] == [
         {
             "type": "message",
@@ -171,7 +190,7 @@ def test_history_keeps_the_most_recent_lines_within_the_token_budget() -> None:
 
 def test_history_rejects_unknown_roles() -> None:
     with pytest.raises(ValueError):
-        GptLiveCodec().opening([Transcript("system", "x")])
+        GptLiveCodec().opening([Transcript("system", "x")], first=False)
 
 
 def test_tools_are_delegated_to_a_responses_backend() -> None:
@@ -198,7 +217,7 @@ def test_tools_are_delegated_to_a_responses_backend() -> None:
 @given(instructions=st.text(), voice=st.text(min_size=1), greeting=st.text())
 def test_opening_always_validates(instructions: str, voice: str, greeting: str) -> None:
     codec = GptLiveCodec(instructions=instructions, voice=voice, greeting=greeting)
-    for frame in codec.opening([]):
+    for frame in [*codec.opening([], first=True), *(codec.acknowledged(STARTED) or [])]:
         client_event(frame)
 
 
@@ -275,6 +294,40 @@ def test_transcript_lines_end_when_the_speaker_changes() -> None:
     assert codec.decode(_transcript(agent, ".", 300)) is None
     assert codec.decode(_transcript(caller, "thanks", 400)) == Transcript("agent", "Noon.")
     assert codec.pending == ("caller", "thanks")
+
+
+def test_the_last_line_is_final_when_the_session_ends() -> None:
+    # No ServerEvent ends a turn: the line still being gathered is final at flush (the link
+    # calls it when it stops reading the session: a drop, a recycle, the end of the call).
+    codec = GptLiveCodec(greeting="Hi")
+    assert codec.decode(_transcript("session.output_transcript.delta", "Hi, Acme ", 0)) is None
+    assert codec.decode(_transcript("session.output_transcript.delta", "here.", 100)) is None
+    codec.closing()
+    assert codec.flush() == [Transcript("agent", "Hi, Acme here.")]
+    assert codec.pending is None and codec.flush() == []  # given once
+    blank = GptLiveCodec()
+    blank.decode(_transcript("session.input_transcript.delta", "  ", 0))
+    assert blank.flush() == []
+
+
+def test_a_delegation_ends_the_agent_line() -> None:
+    # the model hands work to the backend: what it said before is a line of its own
+    codec = GptLiveCodec()
+    assert codec.decode(_transcript("session.output_transcript.delta", "Let me check.", 0)) is None
+    created = server(
+        {
+            "type": "session.delegation.created",
+            "event_id": "d",
+            "offset_ms": 100,
+            "delegation": {"id": "deleg_1", "target": "responses", "type": "delegation"},
+        }
+    )
+    assert codec.decode(created) == Transcript("agent", "Let me check.")
+    assert codec.decode(created) is None and codec.pending is None
+    assert (
+        codec.decode(_transcript("session.output_transcript.delta", "It ships today.", 900)) is None
+    )
+    assert codec.flush() == [Transcript("agent", "It ships today.")]
 
 
 def test_decode_usage_reports_increments_of_the_cumulative_seconds() -> None:
@@ -405,6 +458,13 @@ def test_decode_any_frame_fails_only_with_remote_protocol_error(frame: str | byt
     _decode_or_protocol_error(frame)
 
 
+@given(frame=st.text() | st.binary() | JSON.map(json.dumps))
+def test_acknowledged_never_raises(frame: str | bytes) -> None:
+    codec = GptLiveCodec(greeting="Hi")
+    codec.opening([], first=True)
+    assert codec.acknowledged(frame) in (None, [codec.commentary(GREETING_PROMPT + "Hi")])
+
+
 @given(
     kind=st.sampled_from(MAPPED),
     fields=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=4),
@@ -434,9 +494,20 @@ async def test_provider_session_and_for_agent() -> None:
     agent = AgentConfig(voice="sage", greeting="Hi", instructions="agent")
     configured = provider.for_agent(agent, [WEATHER])
     assert provider.voice == "marin" and provider.tools == ()
-    session = await configured.session([])
+    session = await configured.session([], first=True)
     codec = session.codec
     assert isinstance(codec, GptLiveCodec)
     assert (codec.voice, codec.instructions, codec.greeting) == ("sage", "agent", "Hi")
     assert codec.tools == (WEATHER,)
     assert session.endpoint is endpoint
+
+
+def test_tools_without_a_tools_model_are_warned_about() -> None:
+    provider = GptLiveProvider(gpt_live_endpoint())
+    assert provider.tools_warning(["lookup_order", "end_call"]) == (
+        "lookup_order, end_call not declared to GPT-Live: the Live model runs tools only through "
+        "a Responses backend, and --gpt-live-tools-model is not set"
+    )
+    assert provider.tools_warning([]) is None
+    backed = GptLiveProvider(gpt_live_endpoint(), tools_model="gpt-5-mini")
+    assert backed.tools_warning(["lookup_order"]) is None

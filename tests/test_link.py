@@ -244,8 +244,8 @@ async def test_a_provider_that_stops_reading_is_resumed_too(autojump_clock):
         disconnect = await r.run()
     assert disconnect.reason is Reason.CALLER_STOP
     first = r.upstream_taps[0]
-    decided = 1.02 + 5  # the first send after 1.005 blocks; send_timeout
-    assert r.rel(first.closed_at) == approx(decided)
+    decided = 1.02 + 5  # the first send after 1.005 blocks; send_timeout (re-armed: <= 50 ms late)
+    assert decided - 1e-6 <= r.rel(first.closed_at) <= decided + 0.05 + 1e-6
     assert first.close_frames == []
     assert reconnects(r, "resumed") == 1
     r.assert_accounted_once(Reason.CALLER_STOP)

@@ -233,7 +233,8 @@ async def test_the_call_end_line_of_a_timeout_has_the_limit_and_the_silence(
         "silence_s": round(ended.silence, 3),
     }
     assert caller.frames_sent == 50  # 1 s of 20 ms frames, then silence
-    assert line["silence_s"] == pytest.approx(5.0, abs=0.01)  # the configured idle timeout
+    # the configured idle timeout (a re-armed deadline fires up to LATENESS, 50 ms, late)
+    assert 5.0 - 0.01 <= line["silence_s"] <= 5.0 + 0.05 + 0.01
     assert line["duration_s"] == pytest.approx(1.0 + 5.0, abs=0.05)
 
 

@@ -219,7 +219,7 @@ def test_session_update_is_the_documented_shape() -> None:
         instructions="Be brief.",
         transcription_model="gpt-live-transcribe",
     )
-    [frame] = codec.opening([])
+    [frame] = codec.opening([], first=True)
     assert json.loads(frame) == {
         "type": "session.update",
         "session": {
@@ -253,7 +253,7 @@ def test_session_update_is_the_documented_shape() -> None:
 
 def test_session_update_declares_the_tools() -> None:
     codec = OpenAIRealtimeCodec(tools=[WEATHER, END_CALL])
-    [frame] = codec.opening([])
+    [frame] = codec.opening([], first=True)
     session = json.loads(frame)["session"]
     assert session["tools"] == [
         {
@@ -358,7 +358,7 @@ RESPONSE_CREATE = {"type": "response.create"}
 
 def test_opening_replays_history_as_items() -> None:
     codec = OpenAIRealtimeCodec(greeting="Hello!")  # a resumed session never greets again
-    frames = codec.opening(HISTORY)
+    frames = codec.opening(HISTORY, first=False)
     assert json.loads(frames[0])["type"] == "session.update"
     assert [json.loads(frame) for frame in frames[1:]] == [
         message("user", "input_text", "Hello, is this the bakery?"),
@@ -382,7 +382,7 @@ def test_opening_replays_history_as_items() -> None:
 
 def test_history_rejects_unknown_roles() -> None:
     with pytest.raises(ValueError, match="role"):
-        OpenAIRealtimeCodec().opening([Transcript("system", "x")])
+        OpenAIRealtimeCodec().opening([Transcript("system", "x")], first=False)
 
 
 HISTORY_ITEMS = st.one_of(
@@ -394,7 +394,7 @@ HISTORY_ITEMS = st.one_of(
 
 @given(history=st.lists(HISTORY_ITEMS, max_size=5))
 def test_any_history_validates(history: list[Transcript | ToolExchange]) -> None:
-    frames = OpenAIRealtimeCodec(greeting="Hi").opening(history)
+    frames = OpenAIRealtimeCodec(greeting="Hi").opening(history, first=False)
     expected = sum(
         2 if isinstance(item, ToolExchange) else 1 if item.text else 0 for item in history
     )
@@ -413,7 +413,7 @@ def test_any_history_validates(history: list[Transcript | ToolExchange]) -> None
 
 def test_greeting_at_call_start_is_a_response_create_after_the_session_update() -> None:
     codec = OpenAIRealtimeCodec(greeting='Thanks for calling "Acme"!')
-    update, greet = codec.opening([])
+    update, greet = codec.opening([], first=True)
     assert json.loads(update)["type"] == "session.update"
     instructions = GREETING_PROMPT + 'Thanks for calling "Acme"!'
     assert json.loads(greet) == {
@@ -429,11 +429,11 @@ def test_greeting_at_call_start_is_a_response_create_after_the_session_update() 
 
 @pytest.mark.parametrize("greeting", [None, ""])
 def test_no_greeting_means_the_caller_speaks_first(greeting: str | None) -> None:
-    assert len(OpenAIRealtimeCodec(greeting=greeting).opening([])) == 1
+    assert len(OpenAIRealtimeCodec(greeting=greeting).opening([], first=True)) == 1
 
 
 def test_a_resumed_session_is_not_greeted() -> None:
-    frames = OpenAIRealtimeCodec(greeting="Hi").opening([Transcript("caller", "")])
+    frames = OpenAIRealtimeCodec(greeting="Hi").opening([Transcript("caller", "")], first=False)
     assert [json.loads(frame)["type"] for frame in frames] == ["session.update"]
 
 
@@ -1323,19 +1323,19 @@ async def test_provider_session_pairs_the_endpoint_with_a_fresh_codec() -> None:
         greeting="Hello.",
     )
     assert provider.name == "openai"
-    first = await provider.session([])
-    second = await provider.session(HISTORY)
+    first = await provider.session([], first=True)
+    second = await provider.session(HISTORY, first=False)
     assert isinstance(first, ProviderSession)
     assert first.endpoint == endpoint and second.endpoint == endpoint
     assert first.codec is not second.codec
     assert isinstance(first.codec, OpenAIRealtimeCodec)
-    update, greet = first.codec.opening([])
+    update, greet = first.codec.opening([], first=True)
     session = client_event(update).session
     assert session.audio.output.voice == "cedar"
     assert session.audio.input.transcription.model == "gpt-live-transcribe"
     assert [tool.name for tool in session.tools] == ["get_weather"]
     assert client_event(greet).response.instructions == greeting_instructions("Hello.")
-    assert len(second.codec.opening(HISTORY)) == 7
+    assert len(second.codec.opening(HISTORY, first=False)) == 7
     assert KEY not in repr(provider) and KEY not in repr(first) and KEY not in repr(second.codec)
 
 
@@ -1377,7 +1377,9 @@ async def test_for_agent_overrides_what_the_agent_sets() -> None:
     assert provider.tools == (WEATHER,) and provider.name == "oai"
     assert provider.endpoint.url == "wss://h/v1/realtime?call_id=c1&model=gpt-realtime-2.1-mini"
     assert provider.endpoint.headers == endpoint.headers
-    assert isinstance((await provider.session([])).codec, QuietCodec)  # the subclass's codec
+    assert isinstance(
+        (await provider.session([], first=True)).codec, QuietCodec
+    )  # the subclass's codec
     # the original is untouched
     assert (base.model, base.voice, base.greeting, base.tools) == (
         "gpt-realtime-2",
@@ -1400,7 +1402,9 @@ def test_for_agent_keeps_what_the_agent_leaves_unset() -> None:
     )
     assert provider.tools == () and provider.endpoint is endpoint
     silent = base.for_agent(AgentConfig(greeting="", model="gpt-realtime-2"), [END_CALL])
-    assert silent.greeting == "" and silent.codec().opening([]) == [silent.codec().session_update()]
+    assert silent.greeting == "" and silent.codec().opening([], first=True) == [
+        silent.codec().session_update()
+    ]
     assert silent.endpoint is endpoint  # an endpoint without a model parameter is kept
     assert json.loads(silent.codec().session_update())["session"]["model"] == "gpt-realtime-2"
     assert [tool.name for tool in silent.codec().tools] == ["end_call"]
@@ -1450,5 +1454,5 @@ def test_a_resumed_session_answers_a_tool_result_or_key_presses_it_owes(
 ) -> None:
     """A result or key presses that arrived while the session was being replaced are replayed
     last: the new session must answer them (nobody else will ask)."""
-    frames = OpenAIRealtimeCodec().opening([Transcript("caller", "hi"), last])
+    frames = OpenAIRealtimeCodec().opening([Transcript("caller", "hi"), last], first=False)
     assert (json.loads(frames[-1]) == {"type": "response.create"}) is answers

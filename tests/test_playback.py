@@ -12,10 +12,18 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import attrs
 import pytest
 
 from voxbridge.providers.events import Truncation
-from voxbridge.session.playback import MAX_CUT_IDS, MAX_ITEMS, MAX_PENDING_MARKS, Playback
+from voxbridge.session.playback import (
+    MAX_CUT_IDS,
+    MAX_ITEMS,
+    MAX_PENDING_MARKS,
+    SPARSE_MARK_MS,
+    Playback,
+)
+from voxbridge.settings import Settings, SettingsError
 
 S1, S2 = object(), object()  # provider sessions
 MS = 8  # bytes of mu-law per millisecond
@@ -456,8 +464,8 @@ def test_after_a_clear_the_next_audio_plays_from_when_it_is_sent() -> None:
 
 def test_echoes_move_nothing_without_marks() -> None:
     playback = Playback(marks=False)
-    name = playback.sent(800, "a", "r1", S1, now=0.0)
-    assert not playback.played(name)  # a carrier without marks has nothing to echo
+    assert playback.sent(800, "a", "r1", S1, now=0.0) is None  # no mark to send
+    assert not playback.played("vb1")  # a carrier without marks has nothing to echo
     assert playback.outstanding and playback.unheard_ms == 100
     assert playback.interrupt(S1, now=0.05) == [Truncation("a", 50)]
 
@@ -469,3 +477,220 @@ def test_the_estimate_keeps_no_more_entries_than_audio_queued() -> None:
         playback.sent(160, "a", "r1", S1, now=n * 0.02)
         assert len(playback._marks) <= 2
     assert playback.interrupt(S1, now=18_000 * 0.02) is None  # all of it played
+
+
+# --- sparse marks: fewer marks, the heard position from the playout model ------------------------
+
+
+def sparse_marks(pattern: Sequence[tuple[float, int, bool]]) -> tuple[Playback, list[int]]:
+    """Send ``pattern`` (``(at, ms, burst_end)`` per media message, item "a") in sparse mode;
+    returns the playback and the numbers of the messages a mark was named after."""
+    playback, named = Playback(sparse=True), []
+    for number, (at, ms, burst_end) in enumerate(pattern, 1):
+        if playback.sent(ms * MS, "a", "r1", S1, now=at, burst_end=burst_end) is not None:
+            named.append(number)
+    return playback, named
+
+
+BURST = [(0.0, 100, False)] * 11 + [(0.0, 100, True)]  # 1.2 s at once; its end known
+STREAM = [(n * 0.02, 20, n == 99) for n in range(100)]  # 2 s in real time, 20 ms messages
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected", "owes"),
+    [
+        # the first message (a stretch begins), every 500 ms after a mark, the burst's end
+        (BURST, [1, 6, 11, 12], False),
+        (STREAM, [1, 26, 51, 76, 100], False),
+        # the end not known yet: the last message owes its mark
+        ([(0.0, 100, False)] * 12, [1, 6, 11], True),
+        # two answers with a silence between: each begins a stretch
+        ([(0.0, 100, False)] * 3 + [(1.0, 100, False)] * 3, [1, 4], True),
+        # an answer sent while the one before still plays continues its stretch
+        ([(0.0, 100, False)] * 3 + [(0.25, 100, True)], [1, 4], False),
+    ],
+    ids=["burst", "real-time stream", "end not known", "two answers", "back to back"],
+)
+def test_sparse_marks_for_a_burst_pattern(
+    pattern: list[tuple[float, int, bool]], expected: list[int], owes: bool
+) -> None:
+    playback, named = sparse_marks(pattern)
+    assert named == expected
+    assert playback.owes_mark is owes
+    assert playback.last_mark == len(pattern)
+
+
+def test_exact_mode_names_a_mark_after_every_message() -> None:
+    playback = Playback()
+    names = [playback.sent(800, "a", "r1", S1, burst_end=False) for _ in range(12)]
+    assert names == [f"vb{n}" for n in range(1, 13)]
+    assert not playback.owes_mark and playback.owed_mark() is None
+
+
+def test_an_owed_mark_names_the_last_message_once() -> None:
+    playback, named = sparse_marks([(0.0, 100, False)] * 3)
+    assert named == [1] and playback.owes_mark
+    assert playback.finishes_at(3) == pytest.approx(0.3)  # until a mark is sent, the model tells
+    assert playback.owed_mark() == "vb3"
+    assert not playback.owes_mark and playback.owed_mark() is None
+    assert playback.finishes_at(3) == math.inf  # the echo tells now
+    assert playback.played("vb1", 0.1)
+    assert not playback.heard_through(3)
+    assert playback.played("vb3", 0.3)
+    assert playback.heard_through(3) and not playback.outstanding
+
+
+def test_sparse_echoes_of_marks_never_named_move_nothing() -> None:
+    playback, named = sparse_marks(BURST)
+    assert named == [1, 6, 11, 12]
+    for forged in ("vb2", "vb5", "vb7", "vb13"):  # media messages without a mark, or none
+        assert not playback.played(forged, 0.4)
+    assert playback.unheard_ms == 1200
+    assert playback.played("vb1", 0.1)
+    assert not playback.played("vb1", 0.2)  # echoed twice
+    assert playback.unheard_ms == 1100
+
+
+def test_the_heard_position_between_marks_comes_from_the_model() -> None:
+    playback, _ = sparse_marks(BURST)
+    assert playback.latency == 0.0
+    # The first 100 ms ended at 0.18, not 0.1: the carrier starts playing 80 ms after it gets
+    # audio. The rest plays on from there.
+    assert playback.played("vb1", 0.18)
+    assert playback.latency == pytest.approx(0.08)
+    assert playback.interrupt(S1, now=0.55) == [Truncation("a", 100 + 370)]
+
+
+def test_an_echo_in_the_middle_of_a_stretch_reanchors_the_position_not_the_latency() -> None:
+    playback, _ = sparse_marks(BURST)
+    assert playback.played("vb1", 0.18)  # the stretch began 80 ms after it was sent
+    # The model has the first 600 ms ending at 0.68; the carrier stalled 70 ms on the way.
+    assert playback.played("vb6", 0.75)
+    assert playback.latency == pytest.approx(0.08)  # a stall says nothing about the next start
+    assert playback.interrupt(S1, now=0.9) == [Truncation("a", 600 + 150)]
+
+
+def test_a_new_answer_plays_the_learned_latency_after_it_is_sent() -> None:
+    playback, _ = sparse_marks(BURST)
+    playback.played("vb1", 0.18)
+    playback.played("vb12", 1.28)
+    assert not playback.outstanding
+    playback.response_started("r2", S1)
+    assert playback.sent(800, "b", "r2", S1, now=3.0) == "vb13"  # a stretch begins
+    assert playback.sent(800, "b", "r2", S1, now=3.0) is None
+    assert playback.interrupt(S1, now=3.13) == [Truncation("b", 50)]  # from 3.08, not 3.0
+
+
+def test_the_model_never_goes_past_a_mark_still_awaited() -> None:
+    playback, _ = sparse_marks(BURST)
+    # No echo at all: by the model (latency 0) the caller would be 350 ms in, but the mark after
+    # the first 100 ms has not come back, so that audio has not finished playing.
+    assert playback.interrupt(S1, now=0.35) == [Truncation("a", 100)]
+
+
+def test_audio_owing_its_mark_is_settled_by_the_model_alone() -> None:
+    playback, named = sparse_marks([(0.0, 100, False)] * 3)
+    assert named == [1]
+    assert playback.played("vb1", 0.1)
+    assert playback.finishes_at(3) == pytest.approx(0.3)  # the farewell waits for the model
+    assert playback.elapse(0.25) and playback.unheard_ms == 50
+    assert playback.elapse(0.3) and playback.heard_through(3) and not playback.outstanding
+    assert not playback.owes_mark  # nothing left for a mark to confirm
+
+
+def test_a_barge_in_after_audio_owing_its_mark_has_played_clears_nothing() -> None:
+    playback, _ = sparse_marks([(0.0, 100, False)] * 3)
+    playback.played("vb1", 0.1)
+    assert playback.interrupt(S1, now=0.5) is None  # the model: all of it played
+    assert not playback.outstanding and not playback.owes_mark
+
+
+def test_with_a_mark_awaited_a_barge_in_clears_even_if_the_model_says_all_played() -> None:
+    playback, _ = sparse_marks(BURST)
+    playback.played("vb1", 0.1)
+    playback.played("vb6", 0.6)
+    playback.played("vb11", 1.1)
+    # vb12 (the last) has not come back: the carrier may still be playing, whatever the model
+    # says, so the carrier is cleared; the model has A heard in full, so nothing is truncated
+    assert playback.interrupt(S1, now=1.5) == []
+    assert not playback.admits("a", "r1", S1)
+
+
+def played_out(sparse: bool, barge_at: float) -> list[Truncation] | None:
+    """Items A (300 ms), B (300 ms) and C (200 ms) sent at once in 100 ms messages, to a carrier
+    that plays them 50 ms after it gets them, back to back, and echoes each mark the call named
+    the instant the audio before it ended; the caller barges in at ``barge_at``."""
+    playback = Playback(sparse=sparse)
+    items = ["a"] * 3 + ["b"] * 3 + ["c"] * 2
+    echoes = []
+    for number, item in enumerate(items, 1):
+        name = playback.sent(800, item, f"r-{item}", S1, now=0.0, burst_end=number == len(items))
+        if name is not None:
+            echoes.append((0.05 + number * 0.1, name))
+    for at, name in echoes:
+        if at <= barge_at + 1e-9:
+            assert playback.played(name, at)
+    return playback.interrupt(S1, now=barge_at)
+
+
+@pytest.mark.parametrize(
+    ("barge_at", "expected"),
+    [
+        (0.15, [Truncation("a", 100), Truncation("b", 0), Truncation("c", 0)]),
+        (0.35, [Truncation("b", 0), Truncation("c", 0)]),  # A heard in full: not named
+        (0.45, [Truncation("b", 100), Truncation("c", 0)]),
+        (0.65, [Truncation("c", 0)]),
+        (0.75, [Truncation("c", 100)]),
+        (0.85, None),  # all of it heard: nothing to clear
+    ],
+)
+def test_barge_in_across_queued_items_is_the_same_in_both_modes(
+    barge_at: float, expected: list[Truncation] | None
+) -> None:
+    # At the end of a media message, where exact mode's last echo is the truth, both modes say the
+    # same: the item being heard at the heard millisecond, the items queued behind it at 0.
+    assert played_out(False, barge_at) == expected
+    assert played_out(True, barge_at) == expected
+
+
+@pytest.mark.parametrize(
+    ("barge_at", "sparse", "exact"),
+    [
+        (0.29, 240, 200),  # 240 ms into A: the model says so; the last echo closed A at 200
+        (0.47, 420, 400),  # 120 ms into B
+        (0.79, 740, 700),  # 40 ms into C's last message
+    ],
+)
+def test_within_a_message_sparse_is_the_truth_and_exact_the_last_echo(
+    barge_at: float, sparse: int, exact: int
+) -> None:
+    def truncations(heard: int) -> list[Truncation]:
+        """A heard ``heard`` ms in all: the item being heard at its millisecond, those behind
+        it at 0, those heard in full not named."""
+        out, start = [], 0
+        for item, ms in (("a", 300), ("b", 300), ("c", 200)):
+            if heard < start + ms:
+                out.append(Truncation(item, max(0, heard - start)))
+            start += ms
+        return out
+
+    assert played_out(True, barge_at) == truncations(sparse)
+    assert played_out(False, barge_at) == truncations(exact)
+
+
+def test_without_marks_the_sparse_setting_changes_nothing() -> None:
+    playback = Playback(marks=False, sparse=True)
+    assert not playback.sparse and playback.timed
+    assert playback.sent(800, "a", "r1", S1, now=0.0) is None  # no mark frame, ever
+    assert playback.sent(800, "a", "r1", S1, now=0.0, burst_end=True) is None
+    assert not playback.owes_mark and playback.owed_mark() is None
+    assert not playback.played("vb1", 0.05)
+    assert playback.interrupt(S1, now=0.15) == [Truncation("a", 150)]  # the estimate, as before
+
+
+def test_the_setting_documents_the_mark_spacing() -> None:
+    assert f"every {SPARSE_MARK_MS} ms" in attrs.fields(Settings).marks.metadata["help"]
+    assert Settings().marks == "exact"
+    assert Settings(marks="sparse").marks == "sparse"
+    with pytest.raises(SettingsError, match="VOXBRIDGE_MARKS must be one of exact, sparse"):
+        Settings(marks="none")

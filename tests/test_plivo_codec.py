@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import carrierkit
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -716,34 +717,10 @@ def test_fuzz_raw_frames(frame: str | bytes, start_first: bool) -> None:
     feed(started() if start_first else PlivoStream(), frame)
 
 
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-    st.sampled_from(["", "1", "-1", "8000", "AAAA", "AA==", "audio/x-mulaw", STREAM, "#", "A"]),
+json_values = carrierkit.json_values(
+    "", "1", "-1", "8000", "AAAA", "AA==", "audio/x-mulaw", STREAM, "#", "A"
 )
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
-@st.composite
-def fields(draw: st.DrawFn, /, **strategies: st.SearchStrategy[Any]) -> dict[str, Any]:
-    """An object whose fields are mostly plausible, sometimes junk, sometimes missing."""
-    obj: dict[str, Any] = {}
-    for key, plausible in strategies.items():
-        roll = draw(st.integers(0, 11))
-        if roll < 10:
-            obj[key] = draw(plausible)
-        elif roll == 10:
-            obj[key] = draw(json_values)
-    return obj
+fields = carrierkit.fields_of(json_values)
 
 
 media_format = fields(

@@ -12,11 +12,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from voxbridge.carriers.base import CallRequest, CarrierWebhooks, HttpRequest
-from voxbridge.carriers.plivo import SPEC, decode_extra_headers, encode_extra_headers
+from voxbridge.carriers.plivo import decode_extra_headers, encode_extra_headers
 from voxbridge.carriers.plivo_webhooks import (
     MA_SIGNATURE_HEADER,
     NONCE_HEADER,
     SIGNATURE_HEADER,
+    SPEC,
     PlivoWebhooks,
     sign,
     signed_text,

@@ -13,6 +13,7 @@ import base64
 import json
 from typing import Any
 
+import carrierkit
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,14 +32,13 @@ from voxbridge.carriers.base import (
     StreamStopped,
 )
 from voxbridge.carriers.telnyx import (
-    SPEC,
     MediaFormat,
     Start,
     TelnyxError,
-    TelnyxSettings,
     TelnyxStream,
     audio_format,
 )
+from voxbridge.carriers.telnyx_webhooks import SPEC, TelnyxSettings
 from voxbridge.errors import RemoteProtocolError, SettingsError
 from voxbridge.testing.telnyx_wire import (
     encode_connected,
@@ -667,34 +667,10 @@ def test_fuzz_raw_frames(frame: str | bytes, setup: str) -> None:
     feed(SETUPS[setup](), frame)
 
 
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-    st.sampled_from(["", "1", "-1", "8000", "AAAA", "AA==", "PCMU", "L16", STREAM, "#", "\u00b2"]),
+json_values = carrierkit.json_values(
+    "", "1", "-1", "8000", "AAAA", "AA==", "PCMU", "L16", STREAM, "#", "\u00b2"
 )
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
-@st.composite
-def fields(draw: st.DrawFn, /, **strategies: st.SearchStrategy[Any]) -> dict[str, Any]:
-    """An object whose fields are mostly plausible, sometimes junk, sometimes missing."""
-    obj: dict[str, Any] = {}
-    for key, plausible in strategies.items():
-        roll = draw(st.integers(0, 11))
-        if roll < 10:
-            obj[key] = draw(plausible)
-        elif roll == 10:
-            obj[key] = draw(json_values)
-    return obj
+fields = carrierkit.fields_of(json_values)
 
 
 media_format = fields(

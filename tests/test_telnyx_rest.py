@@ -19,8 +19,8 @@ import trio
 from telnyx import AsyncTelnyx
 
 from voxbridge.carriers.base import CarrierRestError
-from voxbridge.carriers.telnyx import TelnyxSettings, rest
 from voxbridge.carriers.telnyx_rest import API_URL, TelnyxRest
+from voxbridge.carriers.telnyx_webhooks import TelnyxSettings, rest
 from voxbridge.testing.fake_telnyx import FakeTelnyx, RestRequest
 
 KEY = "KEY0199A1B2C3D4E5F6_secretpart"

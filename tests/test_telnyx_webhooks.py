@@ -24,8 +24,7 @@ from telnyx.lib.webhook_verification import (
 )
 
 from voxbridge.carriers.base import CallRequest, HttpRequest
-from voxbridge.carriers.telnyx import TelnyxSettings
-from voxbridge.carriers.telnyx_webhooks import TOLERANCE, TelnyxWebhooks
+from voxbridge.carriers.telnyx_webhooks import TOLERANCE, TelnyxSettings, TelnyxWebhooks
 from voxbridge.errors import RemoteProtocolError, SettingsError
 from voxbridge.testing.fake_telnyx import WebhookSigner
 

@@ -27,8 +27,8 @@ from voxbridge.carriers.base import (
     StreamStarted,
     StreamStopped,
 )
-from voxbridge.carriers.telnyx import TelnyxSettings, TelnyxStream
-from voxbridge.carriers.telnyx_webhooks import TelnyxWebhooks
+from voxbridge.carriers.telnyx import TelnyxStream
+from voxbridge.carriers.telnyx_webhooks import TelnyxSettings, TelnyxWebhooks
 from voxbridge.testing.carrier_wire import AgentSpoke, Cleared, Marked, SimulatedCall
 from voxbridge.testing.telnyx_wire import TelnyxWire
 

@@ -294,8 +294,10 @@ def test_arbitrary_data_messages_only_raise_protocol_errors(messages: list[dict[
 
 def test_opening_and_interrupt_send_nothing() -> None:
     codec = UltravoxCodec()
-    assert codec.opening([]) == []
-    assert codec.opening([Transcript("caller", "hi")]) == []  # history went into call creation
+    assert codec.opening([], first=True) == []
+    assert (
+        codec.opening([Transcript("caller", "hi")], first=False) == []
+    )  # history went into call creation
     assert codec.interrupt([]) == []
     assert codec.interrupt([Truncation("item", 1234), Truncation("next", 0)]) == []
 
@@ -389,7 +391,7 @@ async def test_session_creates_a_call(caplog: pytest.LogCaptureFixture) -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
             uv: Provider = provider(fake, model="ultravox-v0.7")
-            session = await uv.session([])
+            session = await uv.session([], first=True)
     [request] = fake.requests
     assert request.status == 201
     assert request.api_key == KEY
@@ -416,7 +418,7 @@ async def test_session_creates_a_call(caplog: pytest.LogCaptureFixture) -> None:
 async def test_optional_fields_are_left_out() -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
-            await provider(fake, voice=None).session([])
+            await provider(fake, voice=None).session([], first=True)
     assert "voice" not in fake.requests[0].body
     assert "model" not in fake.requests[0].body
 
@@ -430,8 +432,8 @@ async def test_history_becomes_initial_messages() -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
             uv = provider(fake)
-            await uv.session(history)
-            await uv.session(history[:2])
+            await uv.session(history, first=False)
+            await uv.session(history[:2], first=False)
     resumed, answering = fake.requests
     assert resumed.status == answering.status == 201
     assert resumed.initial_messages == [
@@ -458,7 +460,7 @@ async def test_bad_key_fails_to_connect(key: str | None) -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
             with pytest.raises(UpstreamConnectFailed) as failed:
-                await provider(fake, key).session([])
+                await provider(fake, key).session([], first=True)
     assert failed.value.status == 401 and failed.value.refused  # final: the link gives up
     assert "401" in str(failed.value)
     assert "Invalid API key" in str(failed.value) or "not provided" in str(failed.value)
@@ -473,7 +475,7 @@ async def test_refused_call_reports_status_and_error_text() -> None:
     with trio.fail_after(BUDGET):
         async with running(refuse_status=503) as fake:
             with pytest.raises(UpstreamConnectFailed) as failed:
-                await provider(fake).session([])
+                await provider(fake).session([], first=True)
     assert failed.value.status == 503 and not failed.value.refused  # retried by the link
     assert "HTTP 503" in str(failed.value)
     assert "refused by the fake" in str(failed.value)
@@ -484,7 +486,7 @@ async def test_slow_rest_fails_within_connect_timeout() -> None:
         async with running(rest_delay=5.0) as fake:
             start = trio.current_time()
             with pytest.raises(UpstreamConnectFailed) as failed:
-                await provider(fake, connect_timeout=0.3).session([])
+                await provider(fake, connect_timeout=0.3).session([], first=True)
             elapsed = trio.current_time() - start
     assert failed.value.status is None
     assert "0.3 s" in str(failed.value)
@@ -503,7 +505,7 @@ async def test_unreachable_rest_fails_to_connect() -> None:
         connect_timeout=2,
     )
     with trio.fail_after(BUDGET), pytest.raises(UpstreamConnectFailed) as failed:
-        await uv.session([])
+        await uv.session([], first=True)
     assert failed.value.status is None
     assert "ConnectError" in str(failed.value)
 
@@ -541,7 +543,7 @@ async def test_bad_answers_fail_to_connect(status: int, body: bytes, message: st
         client_factory=lambda: httpx.AsyncClient(transport=httpx.MockTransport(answer)),
     )
     with pytest.raises(UpstreamConnectFailed) as failed:
-        await uv.session([])
+        await uv.session([], first=True)
     assert failed.value.refused is (status == 401)
     assert message in str(failed.value)
     assert KEY not in repr(failed.value)
@@ -579,7 +581,7 @@ async def test_audio_round_trip_through_the_fake() -> None:
     chunks = [sent[i : i + 160] for i in range(0, len(sent), 160)]
     with trio.fail_after(BUDGET):
         async with running(delay=0.05) as fake:
-            session = await provider(fake).session([])
+            session = await provider(fake).session([], first=True)
             codec = session.codec
             received = b""
             async with joined(session.endpoint) as ws:
@@ -609,7 +611,7 @@ async def test_transcripts_barge_in_and_agent_hangup() -> None:
     ]
     with trio.fail_after(BUDGET):
         async with running(script=script, clear_at=0.05, hangup_at=0.65) as fake:
-            session = await provider(fake).session([])
+            session = await provider(fake).session([], first=True)
             async with joined(session.endpoint) as ws:
                 events, code = await events_until_closed(ws, session.codec)
             agent = await fake.wait_for_session()
@@ -627,7 +629,7 @@ async def test_transcripts_barge_in_and_agent_hangup() -> None:
 async def test_hang_up_reaches_the_fake() -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
-            session = await provider(fake, hangup_message="Goodbye!").session([])
+            session = await provider(fake, hangup_message="Goodbye!").session([], first=True)
             async with joined(session.endpoint) as ws:
                 await ws.send_message('{"type":"ping","timestamp":1.5}')
                 for frame in session.codec.closing():
@@ -644,7 +646,7 @@ async def test_hang_up_reaches_the_fake() -> None:
 async def test_dropped_session_is_upstream_closed() -> None:
     with trio.fail_after(BUDGET):
         async with running(close_at=(0.1, 1011)) as fake:
-            session = await provider(fake).session([])
+            session = await provider(fake).session([], first=True)
             async with joined(session.endpoint) as ws:
                 _, code = await events_until_closed(ws, session.codec)
     assert code == 1011
@@ -654,7 +656,7 @@ async def test_dropped_session_is_upstream_closed() -> None:
 async def test_unknown_or_rejoined_call_is_rejected() -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
-            session = await provider(fake).session([])
+            session = await provider(fake).session([], first=True)
             bogus = ProviderEndpoint("ultravox", f"{fake.ws_url}/calls/nope?apiVersion=1")
             with rejected(404):
                 async with joined(bogus):
@@ -678,7 +680,7 @@ def rejected(status: int) -> pytest.RaisesGroup[ConnectionRejected]:
 async def test_stop_reading_fault_stops_pongs() -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
-            session = await provider(fake).session([])
+            session = await provider(fake).session([], first=True)
             async with joined(session.endpoint) as ws:
                 agent: UltravoxSession = await fake.wait_for_session()
                 with trio.fail_after(1):
@@ -691,7 +693,9 @@ async def test_stop_reading_fault_stops_pongs() -> None:
 
 
 async def test_fake_validates_call_creation() -> None:
-    good = UltravoxProvider(KEY, voice=None, system_prompt="", connect_timeout=1).request_body([])
+    good = UltravoxProvider(KEY, voice=None, system_prompt="", connect_timeout=1).request_body(
+        [], first=True
+    )
     wrong_rate = good | {"medium": {"serverWebSocket": {"inputSampleRate": 16000}}}
     bad_role = good | {"initialMessages": [{"role": "MESSAGE_ROLE_CALLER", "text": "hi"}]}
     with trio.fail_after(BUDGET):

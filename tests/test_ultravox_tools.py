@@ -219,7 +219,7 @@ def test_dtmf_is_an_immediate_user_text_message(digits: str, text: str) -> None:
 
 
 def test_tools_become_client_temporary_tools() -> None:
-    body = plain(tools=[LOOKUP, END_CALL]).request_body([])
+    body = plain(tools=[LOOKUP, END_CALL]).request_body([], first=True)
     assert body["selectedTools"] == [
         LOOKUP_DEFINITION,
         {
@@ -256,7 +256,7 @@ def test_a_tool_without_properties_has_no_dynamic_parameters_and_mappings_become
             }
         ),
     )
-    body = plain(tools=[bare, nested]).request_body([])
+    body = plain(tools=[bare, nested]).request_body([], first=True)
     assert [tool["temporaryTool"]["dynamicParameters"] for tool in body["selectedTools"]] == [
         [],
         [
@@ -275,12 +275,12 @@ def test_a_tool_without_properties_has_no_dynamic_parameters_and_mappings_become
     ("tool_timeout", "timeout"), [(10.0, "11s"), (2.25, "3.25s"), (39.5, "40s"), (120.0, "40s")]
 )
 def test_tool_timeout_is_ours_plus_a_margin_at_most_40s(tool_timeout: float, timeout: str) -> None:
-    body = plain(tools=[LOOKUP], tool_timeout=tool_timeout).request_body([])
+    body = plain(tools=[LOOKUP], tool_timeout=tool_timeout).request_body([], first=True)
     assert body["selectedTools"][0]["temporaryTool"]["timeout"] == timeout
 
 
 def test_no_tools_no_selected_tools_and_duplicate_names_are_refused() -> None:
-    assert "selectedTools" not in plain().request_body([])
+    assert "selectedTools" not in plain().request_body([], first=True)
     with pytest.raises(ValueError, match="unique"):
         plain(tools=[LOOKUP, LOOKUP])
 
@@ -294,7 +294,7 @@ def test_no_tools_no_selected_tools_and_duplicate_names_are_refused() -> None:
     ],
 )
 def test_greeting_at_call_start(greeting: str | None, first_speaker: dict[str, Any]) -> None:
-    body = plain(greeting=greeting).request_body([])
+    body = plain(greeting=greeting).request_body([], first=True)
     assert body["firstSpeakerSettings"] == first_speaker
     assert "initialMessages" not in body
 
@@ -302,8 +302,12 @@ def test_greeting_at_call_start(greeting: str | None, first_speaker: dict[str, A
 @pytest.mark.parametrize("greeting", [None, "", "Hello again!"])
 def test_greeting_is_not_repeated_on_resume(greeting: str | None) -> None:
     uv = plain(greeting=greeting)
-    assert uv.request_body([Transcript("agent", "Hi.")])["firstSpeakerSettings"] == {"user": {}}
-    assert uv.request_body([Transcript("caller", "Hi.")])["firstSpeakerSettings"] == {"agent": {}}
+    assert uv.request_body([Transcript("agent", "Hi.")], first=False)["firstSpeakerSettings"] == {
+        "user": {}
+    }
+    assert uv.request_body([Transcript("caller", "Hi.")], first=False)["firstSpeakerSettings"] == {
+        "agent": {}
+    }
 
 
 def test_key_presses_and_tool_exchanges_become_initial_messages() -> None:
@@ -315,7 +319,7 @@ def test_key_presses_and_tool_exchanges_become_initial_messages() -> None:
         Transcript("dtmf", ""),  # nothing pressed: nothing to say
         ToolExchange("inv-1-2", "nope", "{}", '{"error":"no tool"}', "unknown_tool"),
     ]
-    body = plain(tools=[LOOKUP]).request_body(history)
+    body = plain(tools=[LOOKUP]).request_body(history, first=False)
     assert body["initialMessages"] == [
         {"role": "MESSAGE_ROLE_AGENT", "text": "Which order?", "medium": "MESSAGE_MEDIUM_VOICE"},
         {
@@ -351,7 +355,9 @@ def test_key_presses_and_tool_exchanges_become_initial_messages() -> None:
     ]
     # the agent answers a tool's result, as it answers the caller's last words
     assert body["firstSpeakerSettings"] == {"agent": {}}
-    first_speakers = [plain().request_body(history[:n])["firstSpeakerSettings"] for n in (2, 3, 4)]
+    first_speakers = [
+        plain().request_body(history[:n], first=False)["firstSpeakerSettings"] for n in (2, 3, 4)
+    ]
     assert first_speakers == [{"agent": {}}, {"agent": {}}, {"user": {}}]  # key presses too
 
 
@@ -393,7 +399,7 @@ def test_for_agent_keeps_what_the_agent_leaves_unset() -> None:
         (),
         5.0,
     )
-    assert uv.request_body([]) == base.request_body([])
+    assert uv.request_body([], first=True) == base.request_body([], first=True)
 
 
 # --- billed usage ---------------------------------------------------------------------------------
@@ -522,7 +528,7 @@ async def test_billed_usage_lets_a_cancellation_through(
 async def test_the_codec_knows_its_call_id() -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
-            session = await provider(fake).session([])
+            session = await provider(fake).session([], first=True)
     [request] = fake.requests
     assert isinstance(session.codec, UltravoxCodec)
     assert session.codec.call_id == request.call_id is not None
@@ -533,7 +539,7 @@ async def test_call_id_is_none_when_ultravox_does_not_say(answer: dict[str, Any]
     def created(request: httpx.Request) -> httpx.Response:
         return httpx.Response(201, json=answer | {"joinUrl": "wss://uv.example/calls/c1"})
 
-    session = await mocked(created).session([])
+    session = await mocked(created).session([], first=True)
     assert isinstance(session.codec, UltravoxCodec) and session.codec.call_id is None
 
 
@@ -541,7 +547,7 @@ async def test_billed_usage_from_the_fake_once_the_session_is_over() -> None:
     with trio.fail_after(BUDGET):
         async with running() as fake:
             uv = provider(fake)
-            session = await uv.session([])
+            session = await uv.session([], first=True)
             codec = session.codec
             assert isinstance(codec, UltravoxCodec) and codec.call_id is not None
             assert await uv.billed_usage(codec.call_id) is None  # not joined
@@ -565,7 +571,7 @@ async def test_tools_greeting_tool_call_and_key_presses_through_the_fake() -> No
     with trio.fail_after(BUDGET):
         async with running(tool_calls=calls, delay=60) as fake:
             uv = provider(fake, greeting="Welcome to Dr. Donut!", tools=[LOOKUP], tool_timeout=4)
-            session = await uv.session([])
+            session = await uv.session([], first=True)
             codec = session.codec
             events: list[Any] = []
             async with joined(session.endpoint) as ws:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
+import carrierkit
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,15 +30,14 @@ from voxbridge.carriers.vonage import (
     CAPABILITIES,
     CLEAR,
     HEADERS_MAX,
-    SPEC,
     L16Framer,
     VonageConnected,
-    VonageSettings,
     VonageStream,
     content_type_of,
     encode_headers,
     parse_content_type,
 )
+from voxbridge.carriers.vonage_webhooks import SPEC, VonageSettings
 from voxbridge.errors import RemoteProtocolError, SettingsError
 from voxbridge.server.security import TOKEN_PARAMETER, CallTokens
 
@@ -501,34 +501,10 @@ def test_fuzz_raw_frames(frame: str | bytes, rate: int | None) -> None:
     feed(VonageStream() if rate is None else started(rate), frame)
 
 
-json_scalars = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=12),
-    st.sampled_from(["", "5", "#", "E", "audio/l16;rate=16000", "audio/l16;rate=8000", CALL]),
+json_values = carrierkit.json_values(
+    "", "5", "#", "E", "audio/l16;rate=16000", "audio/l16;rate=8000", CALL
 )
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
-@st.composite
-def fields(draw: st.DrawFn, /, **strategies: st.SearchStrategy[Any]) -> dict[str, Any]:
-    """An object whose fields are mostly plausible, sometimes junk, sometimes missing."""
-    obj: dict[str, Any] = {}
-    for key, plausible in strategies.items():
-        roll = draw(st.integers(0, 11))
-        if roll < 10:
-            obj[key] = draw(plausible)
-        elif roll == 10:
-            obj[key] = draw(json_values)
-    return obj
+fields = carrierkit.fields_of(json_values)
 
 
 @st.composite

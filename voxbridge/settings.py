@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -142,8 +142,37 @@ def _auth_tokens(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> 
         )
 
 
+def _text(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A string, or ``None`` where the field's default is ``None``. (Not quoted back: a provider
+    URL may carry a key.)"""
+    if value is None and attribute.default is None:
+        return
+    if not isinstance(value, str):
+        raise SettingsError(f"{_names(attribute.name)} must be text, got {type(value).__name__}")
+
+
 def _names(field: str) -> str:
     return f"--{field.replace('_', '-')} / VOXBRIDGE_{field.upper()}"
+
+
+def _provider_help() -> str:
+    """``--provider``'s help: the registry's names, each with its key variables."""
+    choices = ", ".join(
+        f"{spec.name} ({' or '.join(spec.key_variables) or 'no key'})"
+        for spec in PROVIDER_SPECS.values()
+    )
+    return (
+        f"voice-AI provider: {choices}; a key is read from the environment only (also "
+        "VOXBRIDGE_<PROVIDER>_API_KEY)"
+    )
+
+
+def _voice_help() -> str:
+    """``--voice``'s help: what each registered provider uses when it is unset."""
+    defaults = "; ".join(
+        f"{spec.name} {spec.voice or 'its own default'}" for spec in PROVIDER_SPECS.values()
+    )
+    return f"agent voice; unset, per provider: {defaults}"
 
 
 def _help(text: str, *, secret: bool = False, cli: bool = True) -> dict[str, Any]:
@@ -223,29 +252,32 @@ class Settings:
     )
     websocket_ping_interval: float = attrs.field(
         default=15 * SECONDS,
-        validator=_positive,
-        metadata=_help("WebSocket pings to the carrier, so proxies see traffic (<= 20 s)"),
+        validator=_non_negative,
+        metadata=_help(
+            "WebSocket pings to the carrier, so a proxy that times voxbridge's direction sees "
+            "traffic while the agent is silent (<= 20 s; 0 = no pings)"
+        ),
     )
     # --- provider --------------------------------------------------------------------------------
     provider: str = attrs.field(
-        default="echo", validator=_one_of(*PROVIDERS), metadata=_help("voice-AI provider")
+        default="echo", validator=_one_of(*PROVIDERS), metadata=_help(_provider_help())
     )
     provider_url: str | None = attrs.field(
         default=None,
+        validator=_text,
         metadata=_help(
             "override the provider endpoint: "
             + ", ".join(f"{spec.name} {spec.endpoint}" for spec in PROVIDER_SPECS.values())
         ),
     )
-    voice: str | None = attrs.field(
-        default=None, metadata=_help("agent voice (default: alloy for OpenAI, Ultravox's default)")
-    )
+    voice: str | None = attrs.field(default=None, validator=_text, metadata=_help(_voice_help()))
     instructions: str = attrs.field(
         default="You are a helpful, concise phone assistant.",
+        validator=_text,
         metadata=_help("agent instructions"),
     )
     instructions_file: str | None = attrs.field(
-        default=None, metadata=_help("read the agent instructions from this file")
+        default=None, validator=_text, metadata=_help("read the agent instructions from this file")
     )
     provider_settings: Mapping[str, Any] = attrs.field(
         factory=dict,
@@ -445,7 +477,7 @@ class Settings:
         name = self.provider if name is None else name
         own = {
             **self.provider_settings,
-            name: {**_as_dict(self.provider_settings.get(name)), **changes},
+            name: {**_as_dict(self.provider_settings.get(name), f"provider {name!r}"), **changes},
         }
         return attrs.evolve(self, provider=name, provider_settings=own)
 
@@ -458,7 +490,7 @@ class Settings:
         """
         own = {
             **self.carrier_settings,
-            name: {**_as_dict(self.carrier_settings.get(name)), **changes},
+            name: {**_as_dict(self.carrier_settings.get(name), f"carrier {name!r}"), **changes},
         }
         return attrs.evolve(self, carrier_settings=own)
 
@@ -503,8 +535,11 @@ class Settings:
             if flat is not None:
                 own[option.field.name] = flat
         for group, by_name in nested.items():
-            for name, changes in dict(overrides.pop(group, None) or {}).items():
-                by_name.setdefault(name, {}).update(_as_dict(changes))
+            given = overrides.pop(group, None) or {}
+            if not isinstance(given, Mapping):
+                raise SettingsError(f"{group} must map names to settings, got {_kind(given)}")
+            for name, changes in given.items():
+                by_name.setdefault(name, {}).update(_as_dict(changes, f"{group}[{name!r}]"))
         values.update({k: v for k, v in overrides.items() if v is not None})
         values.update(nested)
         return cls(**values)
@@ -531,6 +566,14 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
     @property
+    def names(self) -> str:
+        """How an error names it: ``--gemini-model / VOXBRIDGE_GEMINI_MODEL``; a secret, which
+        has no flag, by its variables (``VOXBRIDGE_GEMINI_API_KEY / GEMINI_API_KEY / ...``)."""
+        if self.field.metadata.get("cli", True):
+            return f"{self.flag} / {self.variables[0]}"
+        return " / ".join(self.variables)
+
+    @property
     def variables(self) -> tuple[str, ...]:
         """``VOXBRIDGE_<NAME>``, then the field's own vendor variables (its ``env`` metadata,
         e.g. ``PLIVO_AUTH_TOKEN``), then, for an ``api_key``, the spec's key variables."""
@@ -548,13 +591,54 @@ def _first(env: Mapping[str, str], names: Sequence[str]) -> tuple[str, str]:
     return "", ""
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    """Own settings as a dict: ``value`` is a dict, a settings instance or ``None``."""
+def _as_dict(value: Any, what: str) -> dict[str, Any]:
+    """Own settings as a dict: ``value`` is a dict, a settings instance or ``None``.
+
+    Raises:
+        SettingsError: it is none of these (``what`` names it in the message).
+    """
     if value is None:
         return {}
     if isinstance(value, Mapping):
         return dict(value)
-    return attrs.asdict(value, recurse=False)
+    if attrs.has(type(value)):
+        return attrs.asdict(value, recurse=False)
+    raise SettingsError(
+        f"{what} must be a dict of its settings or its settings class, got {_kind(value)}"
+    )
+
+
+def _kind(value: Any) -> str:
+    """A value's type, for a message that must not quote the value (it may be a key)."""
+    return type(value).__name__
+
+
+#: Annotation word -> (is this value one, how a message says it).
+_SCALARS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "str": (lambda v: isinstance(v, str), "text"),
+    "int": (lambda v: type(v) is int, "a whole number"),
+    "float": (lambda v: type(v) in (int, float), "a number"),
+    "bool": (lambda v: type(v) is bool, "true or false"),
+    "None": (lambda v: v is None, "unset (None)"),
+}
+
+
+def _check_option(group: str, spec: Any, field: attrs.Attribute[Any], value: Any) -> None:
+    """``value`` has the field's declared type (``str | None``, ``int``, ...): a scalar of
+    :data:`_SCALARS`, the only kinds a flag or variable can give. A type made of other words is
+    not checked.
+
+    Raises:
+        SettingsError: it does not, naming the flag and variables (never the value).
+    """
+    words = [word.strip() for word in str(field.type).split("|")]
+    if not all(word in _SCALARS for word in words):
+        return
+    if any(_SCALARS[word][0](value) for word in words):
+        return
+    wanted = " or ".join(_SCALARS[word][1] for word in words)
+    option = Option(group, spec, field)
+    raise SettingsError(f"{option.names} must be {wanted}, got {_kind(value)}")
 
 
 def _nested(group: str, value: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -566,26 +650,29 @@ def _nested(group: str, value: Mapping[str, Any]) -> Mapping[str, Any]:
     """
     specs = GROUPS[group]
     if not isinstance(value, Mapping):
-        raise SettingsError(f"{group} must map names to settings, got {value!r}")
-    unknown = sorted(set(value) - set(specs))
+        raise SettingsError(f"{group} must map names to settings, got {_kind(value)}")
+    unknown = [name for name in value if name not in specs]
     if unknown:
         raise SettingsError(f"{group}: unknown {unknown[0]!r} (known: {', '.join(specs)})")
     built: dict[str, Any] = {}
     for name, spec in specs.items():
         given = value.get(name)
+        fields = {f.name: f for f in attrs.fields(spec.settings)}
         if isinstance(given, spec.settings):
-            built[name] = given
-            continue
-        fields = {f.name for f in attrs.fields(spec.settings)}
-        changes = _as_dict(given)
-        strange = sorted(set(changes) - fields)
+            changes = attrs.asdict(given, recurse=False)
+        else:
+            flags = f"--{spec.flag_prefix()}*".replace("_", "-")
+            changes = _as_dict(given, f"{group}[{name!r}] (its {flags} flags)")
+        strange = sorted(str(key) for key in set(changes) - set(fields))
         if strange:
             raise SettingsError(
                 f"--{spec.flag_prefix()}{strange[0]}".replace("_", "-")
                 + f": {name} has no setting {strange[0]!r} "
                 f"(it has {', '.join(sorted(fields)) or 'none'})"
             )
-        built[name] = spec.settings(**changes)
+        for key, change in changes.items():
+            _check_option(group, spec, fields[key], change)
+        built[name] = given if isinstance(given, spec.settings) else spec.settings(**changes)
     return MappingProxyType(built)
 
 

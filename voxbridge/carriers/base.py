@@ -321,6 +321,23 @@ class CarrierRestError(Exception):
         self.code = code
 
 
+class NamedRestError(CarrierRestError):
+    """A :class:`CarrierRestError` of a carrier whose errors carry no code (``code`` is ``None``):
+    its text reads ``<API>: HTTP <status>: <message>``, or ``<API>: <message>`` without an answer
+    (``status`` ``None``). Subclasses name the API (``API = "Plivo REST API"``)."""
+
+    API = "REST API"
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(status, None, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        if self.status is None:
+            return f"{self.API}: {self.message}"
+        return f"{self.API}: HTTP {self.status}: {self.message}"
+
+
 class CarrierRest(Protocol):
     """A carrier's call-control REST API, as the built-in tools use it (``end_call``,
     ``transfer_call``). Every request is bounded by the caller's deadline (a trio cancel scope);

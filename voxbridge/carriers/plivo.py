@@ -54,8 +54,8 @@ is handed to the call as received, no copy), or ``audio/x-l16`` at 8000 or 16000
 linear PCM, little-endian: Plivo does not state the byte order, and little-endian is what its
 ``playAudio`` examples and every other L16 carrier but Telnyx use), converted to and from mu-law
 8 kHz by a :class:`~voxbridge.carriers.transcode.Transcoder` chosen once at ``start`` (at
-16 kHz its outbound resampler is primed with 20 ms of silence, so that no ``playAudio`` goes out
-empty while it fills; caller audio converted to nothing yet decodes to ``None``). Outbound
+16 kHz its outbound resampler comes primed, so that no ``playAudio`` goes out empty while it
+fills; caller audio converted to nothing yet decodes to ``None``). Outbound
 ``playAudio`` frames use the stream's own format, with ``contentType`` and ``sampleRate`` always
 set (Plivo's pages disagree on the default). They also carry the top-level ``streamId``, as
 Plivo's stream SDKs and pipecat send it.
@@ -77,15 +77,13 @@ an outbound frame's JSON structure.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import attrs
-import orjson
 
-from ..audio import SILENCE, b64_decode, b64_encode
-from ..errors import RemoteProtocolError, SettingsError
+from ..audio import b64_encode
+from ..errors import RemoteProtocolError
 from .base import (
     MULAW_8K,
     AudioFormat,
@@ -99,12 +97,23 @@ from .base import (
     StreamStarted,
     StreamStopped,
 )
-from .spec import CarrierSpec
+from .fields import (
+    DTMF_DIGITS,
+    MISSING,
+    SAFETY_NET,
+    audio_payload,
+    counter,
+    digit,
+    json_string,
+    object_field,
+    optional_counter,
+    parse_frame,
+    same_stream,
+    show,
+    string_field,
+    unexpected,
+)
 from .transcode import Transcoder, transcoder
-
-if TYPE_CHECKING:
-    from ..settings import Settings
-    from .base import CarrierRest, CarrierWebhooks
 
 __all__ = [
     "CAPABILITIES",
@@ -113,8 +122,6 @@ __all__ = [
     "EXTRA_HEADERS_MAX",
     "L16_ENCODING",
     "MULAW_ENCODING",
-    "SPEC",
-    "PlivoSettings",
     "PlivoStart",
     "PlivoStream",
     "content_type_of",
@@ -134,10 +141,6 @@ CONTENT_TYPES: Final[Mapping[str, AudioFormat]] = {
     "audio/x-l16;rate=16000": AudioFormat("l16", 16000),
 }
 DEFAULT_CONTENT_TYPE: Final = "audio/x-mulaw;rate=8000"
-#: 20 ms of mu-law silence: what primes a resampler at the start of a 16 kHz stream.
-PRIMING: Final = SILENCE * 160
-#: Every value a ``dtmf.digit`` may take.
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 #: Plivo's limit on the ``extraHeaders`` attribute, in bytes.
 EXTRA_HEADERS_MAX: Final = 512
 #: What a Plivo stream does (see the module docstring).
@@ -264,70 +267,17 @@ class PlivoStart:
 
 # --- field checking ---------------------------------------------------------------------------------
 
-_MISSING: Final = object()
-_MAX_COUNTER: Final = 2**63 - 1
-_TYPE_NAMES: Final[Mapping[type, str]] = {dict: "an object", list: "an array"}
-
-
-def _show(value: object) -> str:
-    """A JSON value for an error message, briefly and without recursing into it."""
-    if isinstance(value, str):
-        return repr(value[:60] + "..." if len(value) > 60 else value)
-    if value is None or isinstance(value, bool | int | float):
-        text = json.dumps(value)
-        return text[:60] + "..." if len(text) > 60 else text
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _object(obj: dict[str, Any], key: str, path: str) -> dict[str, Any]:
-    value = obj.get(key, _MISSING)
-    if value is _MISSING:
-        raise RemoteProtocolError(f"{path} is missing")
-    if type(value) is not dict:
-        raise RemoteProtocolError(f"{path} must be an object, got {_show(value)}")
-    return value
-
-
-def _string(obj: dict[str, Any], key: str, path: str, default: str | None = None) -> str:
-    value = obj.get(key, _MISSING)
-    if type(value) is str:
-        return value
-    if value is _MISSING:
-        if default is None:
-            raise RemoteProtocolError(f"{path} is missing")
-        return default
-    raise RemoteProtocolError(f"{path} must be a string, got {_show(value)}")
-
-
-def _counter(value: object, path: str) -> int:
-    """A non-negative integer sent as a JSON integer or a string of digits."""
-    if type(value) is int and 0 <= value <= _MAX_COUNTER:
-        return value
-    if type(value) is str and 0 < len(value) <= 19 and value.isascii() and value.isdigit():
-        number = int(value)
-        if number <= _MAX_COUNTER:
-            return number
-    raise RemoteProtocolError(f"{path} must be a non-negative integer, got {_show(value)}")
-
-
-def _optional_counter(obj: dict[str, Any], key: str, path: str) -> int | None:
-    value = obj.get(key, _MISSING)
-    return None if value is _MISSING else _counter(value, path)
-
 
 def _audio_format(fmt: dict[str, Any]) -> AudioFormat:
-    encoding = _string(fmt, "encoding", "start.mediaFormat.encoding")
+    encoding = string_field(fmt, "encoding", "start.mediaFormat.encoding")
     base = encoding.partition(";")[0].strip().lower()
-    rate = fmt.get("sampleRate", _MISSING)
-    if rate is _MISSING:
-        raise RemoteProtocolError("start.mediaFormat.sampleRate is missing")
-    sample_rate = _counter(rate, "start.mediaFormat.sampleRate")
+    sample_rate = counter(fmt.get("sampleRate", MISSING), "start.mediaFormat.sampleRate")
     if base == MULAW_ENCODING and sample_rate == 8000:
         return MULAW_8K
     if base == L16_ENCODING and sample_rate in (8000, 16000):
         return AudioFormat("l16", sample_rate)
     raise RemoteProtocolError(
-        f"start.mediaFormat {_show(encoding)} at {sample_rate} Hz is not one voxbridge streams "
+        f"start.mediaFormat {show(encoding)} at {sample_rate} Hz is not one voxbridge streams "
         "(audio/x-mulaw 8000, audio/x-l16 8000 or 16000)"
     )
 
@@ -335,15 +285,6 @@ def _audio_format(fmt: dict[str, Any]) -> AudioFormat:
 # --- the codec ----------------------------------------------------------------------------------------
 
 _Decoder: TypeAlias = Callable[["PlivoStream", dict[str, Any]], CarrierEvent | None]
-_SAFETY_NET: Final = (
-    TypeError,
-    KeyError,
-    AttributeError,
-    IndexError,
-    ValueError,
-    OverflowError,
-    RecursionError,
-)
 
 
 class PlivoStream:
@@ -424,23 +365,7 @@ class PlivoStream:
         """
         if self._stopped:
             raise RemoteProtocolError("frame after stop")
-        if not isinstance(frame, str | bytes):
-            raise RemoteProtocolError(f"a frame must be text or bytes, not {type(frame).__name__}")
-        if len(frame) > self.MAX_FRAME:
-            raise RemoteProtocolError(f"frame of {len(frame)} exceeds MAX_FRAME={self.MAX_FRAME}")
-        try:
-            # orjson rejects invalid UTF-8, NaN/Infinity, lone surrogates, integers beyond 64
-            # bits and nesting beyond 1024, like the Twilio codec.
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            raise RemoteProtocolError(f"malformed JSON: {exc}") from exc
-        if type(message) is not dict:
-            raise RemoteProtocolError(f"frame must be a JSON object, got {_show(message)}")
-        event = message.get("event", _MISSING)
-        if type(event) is not str:
-            if event is _MISSING:
-                raise RemoteProtocolError("frame has no 'event' field")
-            raise RemoteProtocolError(f"event must be a string, got {_show(event)}")
+        event, message = parse_frame(frame, self.MAX_FRAME)
         decoder = _DECODERS.get(event)
         if decoder is None:
             self.unknown_events += 1
@@ -449,44 +374,38 @@ class PlivoStream:
             return decoder(self, message)
         except RemoteProtocolError:
             raise
-        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
-            raise RemoteProtocolError(
-                f"unexpected error decoding {event} frame: {type(exc).__name__}"
-            ) from exc
+        except SAFETY_NET as exc:  # a decoder bug; still never let it escape
+            raise unexpected(event, exc) from exc
 
     def _require_started(self, message: dict[str, Any], event: str) -> PlivoStart:
         start = self._start
         if start is None:
             raise RemoteProtocolError(f"{event} before start")
-        sid = message.get("streamId", _MISSING)
-        if sid is not _MISSING and sid != start.stream_id:
-            raise RemoteProtocolError(
-                f"{event}.streamId {_show(sid)} does not match the stream {start.stream_id!r}"
-            )
+        same_stream(message, "streamId", start.stream_id, event)
         return start
 
     def _decode_start(self, message: dict[str, Any]) -> StreamStarted:
         if self._start is not None:
             raise RemoteProtocolError("duplicate start")
-        body = _object(message, "start", "start")
-        stream_id = _string(body, "streamId", "start.streamId")
+        body = object_field(message, "start", "start")
+        stream_id = string_field(body, "streamId", "start.streamId")
         if not stream_id:
             raise RemoteProtocolError("start.streamId is empty")
-        top = message.get("streamId", _MISSING)
-        if top is not _MISSING and top != stream_id:
+        top = message.get("streamId", MISSING)
+        if top is not MISSING and top != stream_id:
             raise RemoteProtocolError(
-                f"streamId {_show(top)} does not match start.streamId {stream_id!r}"
+                f"streamId {show(top)} does not match start.streamId {stream_id!r}"
             )
-        call_id = _string(body, "callId", "start.callId")
+        call_id = string_field(body, "callId", "start.callId")
         if not call_id:
             raise RemoteProtocolError("start.callId is empty")
-        account_id = _string(body, "accountId", "start.accountId", "")
+        account_id = string_field(body, "accountId", "start.accountId", "")
         tracks = body.get("tracks", [])
         if type(tracks) is not list or not all(type(track) is str for track in tracks):
-            raise RemoteProtocolError(f"start.tracks must be an array of strings: {_show(tracks)}")
-        audio_format = _audio_format(_object(body, "mediaFormat", "start.mediaFormat"))
-        extra = _string(message, "extra_headers", "extra_headers", "")
-        sequence_number = _optional_counter(message, "sequenceNumber", "sequenceNumber")
+            raise RemoteProtocolError(f"start.tracks must be an array of strings: {show(tracks)}")
+        audio_format = _audio_format(object_field(body, "mediaFormat", "start.mediaFormat"))
+        extra = string_field(message, "extra_headers", "extra_headers", "")
+        sequence_number = optional_counter(message, "sequenceNumber", "sequenceNumber")
 
         start = PlivoStart(
             call_id=call_id,
@@ -498,12 +417,8 @@ class PlivoStream:
             sequence_number=sequence_number,
         )
         # Nothing below can fail: the state changes only once the whole frame was valid.
-        converter = transcoder(audio_format)
-        if converter is not None and audio_format.sample_rate != 8000:
-            # A streaming resampler gives nothing for its first input (it fills its filter):
-            # feed it 20 ms of silence now, so that no playAudio goes out empty.
-            converter.from_neutral(PRIMING)
-        sid_json = json.dumps(stream_id)
+        converter = transcoder(audio_format)  # primed: no playAudio goes out empty
+        sid_json = json_string(stream_id)
         if converter is None:
             media = f'"contentType":"{MULAW_ENCODING}","sampleRate":8000'
         else:
@@ -525,25 +440,15 @@ class PlivoStream:
 
     def _decode_media(self, message: dict[str, Any]) -> CallerAudio | None:
         self._require_started(message, "media")
-        _optional_counter(message, "sequenceNumber", "sequenceNumber")
-        body = _object(message, "media", "media")
-        payload = _string(body, "payload", "media.payload")
-        if not payload:
-            raise RemoteProtocolError("empty media payload")
-        _optional_counter(body, "chunk", "media.chunk")
-        _optional_counter(body, "timestamp", "media.timestamp")
-        _string(body, "track", "media.track", "")
+        optional_counter(message, "sequenceNumber", "sequenceNumber")
+        body = object_field(message, "media", "media")
+        payload, audio = audio_payload(body, "media.payload")
+        optional_counter(body, "chunk", "media.chunk")
+        optional_counter(body, "timestamp", "media.timestamp")
+        string_field(body, "track", "media.track", "")
         converter = self._transcoder
         if converter is None:
-            try:
-                b64_decode(payload)
-            except ValueError as exc:
-                raise RemoteProtocolError(f"media.payload is {exc}") from None
             return CallerAudio(payload)
-        try:
-            audio = b64_decode(payload)
-        except ValueError as exc:
-            raise RemoteProtocolError(f"media.payload is {exc}") from None
         if len(audio) % 2:
             raise RemoteProtocolError(
                 f"L16 media.payload of {len(audio)} bytes is not whole samples"
@@ -553,15 +458,12 @@ class PlivoStream:
 
     def _decode_dtmf(self, message: dict[str, Any]) -> Dtmf:
         self._require_started(message, "dtmf")
-        body = _object(message, "dtmf", "dtmf")
-        digit = _string(body, "digit", "dtmf.digit")
-        if digit not in DTMF_DIGITS:
-            raise RemoteProtocolError(f"dtmf.digit must be one of 0-9 * # A-D, got {_show(digit)}")
-        return Dtmf(digit)
+        body = object_field(message, "dtmf", "dtmf")
+        return Dtmf(digit(string_field(body, "digit", "dtmf.digit"), "dtmf.digit"))
 
     def _decode_played(self, message: dict[str, Any]) -> MarkPlayed:
         self._require_started(message, "playedStream")
-        return MarkPlayed(_string(message, "name", "playedStream.name"))
+        return MarkPlayed(string_field(message, "name", "playedStream.name"))
 
     def _decode_cleared(self, message: dict[str, Any]) -> None:
         self._require_started(message, "clearedAudio")
@@ -602,8 +504,7 @@ class PlivoStream:
             LocalProtocolError: no ``start`` has been received yet.
         """
         sid = self._sid("checkpoint")
-        quoted = f'"{name}"' if name.isascii() and name.isalnum() else json.dumps(name)
-        return f'{{"event":"checkpoint","streamId":{sid},"name":{quoted}}}'
+        return f'{{"event":"checkpoint","streamId":{sid},"name":{json_string(name)}}}'
 
     def clear(self) -> str:
         """A ``clearAudio`` frame: Plivo drops the audio queued (and its checkpoints).
@@ -631,110 +532,3 @@ _DECODERS: Final[dict[str, _Decoder]] = {
     "clearedAudio": PlivoStream._decode_cleared,
     "stop": PlivoStream._decode_stop,
 }
-
-
-# --- settings and the spec ----------------------------------------------------------------------------
-
-
-def _option(default: Any, help: str, *, secret: bool = False, env: tuple[str, ...] = ()) -> Any:
-    """A settings field as :func:`voxbridge.providers.spec.option` makes it, plus ``env``: the
-    vendor's own environment variables for it (``PLIVO_AUTH_TOKEN``), read after
-    ``VOXBRIDGE_PLIVO_<FIELD>``."""
-    return attrs.field(
-        default=default,
-        repr=not secret,
-        metadata={"help": help, "secret": secret, "cli": not secret, "env": env},
-    )
-
-
-def _content_type(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value not in CONTENT_TYPES:
-        raise SettingsError(
-            f"--plivo-content-type must be one of {', '.join(CONTENT_TYPES)}, got {value!r}"
-        )
-
-
-def _auth_tokens(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    tokens = value.split(",") if isinstance(value, str) else []
-    if not 1 <= len(tokens) <= 2 or not all(token.strip() for token in tokens):
-        raise SettingsError(
-            "PLIVO_AUTH_TOKEN must be one auth token, or two separated by a comma (while rotating)"
-        )
-
-
-@attrs.frozen
-class PlivoSettings:
-    """``--plivo-*`` settings. The auth token is environment only (``PLIVO_AUTH_TOKEN``)."""
-
-    auth_id: str | None = _option(
-        None,
-        "Plivo Auth ID (MA... or SA...; also PLIVO_AUTH_ID): the account of REST calls",
-        env=("PLIVO_AUTH_ID",),
-    )
-    auth_token: str | None = attrs.field(
-        default=None,
-        repr=False,
-        validator=_auth_tokens,
-        metadata={
-            "help": "Plivo Auth Token (also PLIVO_AUTH_TOKEN): enables signature checks and "
-            "per-call tokens (a second, comma-separated token while rotating)",
-            "secret": True,
-            "cli": False,
-            "env": ("PLIVO_AUTH_TOKEN",),
-        },
-    )
-    content_type: str = attrs.field(
-        default=DEFAULT_CONTENT_TYPE,
-        validator=_content_type,
-        metadata={
-            "help": "the stream's audio: audio/x-mulaw;rate=8000 (no conversion), "
-            "audio/x-l16;rate=8000 or audio/x-l16;rate=16000",
-            "secret": False,
-            "cli": True,
-            "env": (),
-        },
-    )
-    api_url: str = _option("https://api.plivo.com", "Plivo REST API base URL (a fake's in tests)")
-
-    @property
-    def auth_tokens(self) -> tuple[str, ...]:
-        """``auth_token`` split for rotation: ``()`` when unset, else one or two tokens."""
-        if self.auth_token is None:
-            return ()
-        return tuple(token.strip() for token in self.auth_token.split(","))
-
-
-def _webhooks(settings: Settings, own: PlivoSettings) -> CarrierWebhooks:
-    from .plivo_webhooks import PlivoWebhooks
-
-    tokens = own.auth_tokens
-    if tokens and settings.public_url is None:
-        raise SettingsError(
-            "PLIVO_AUTH_TOKEN needs --public-url / VOXBRIDGE_PUBLIC_URL: Plivo signs the public "
-            "URL it calls, and voxbridge rebuilds it from that setting"
-        )
-    return PlivoWebhooks(
-        auth_tokens=tokens, content_type=own.content_type, public_url=settings.public_url
-    )
-
-
-def _rest(settings: Settings, own: PlivoSettings) -> CarrierRest | None:
-    from .plivo_rest import PlivoRest
-
-    tokens = own.auth_tokens
-    if not tokens or not own.auth_id:
-        return None
-    return PlivoRest(own.auth_id, tokens[0], base_url=own.api_url)
-
-
-SPEC: CarrierSpec[PlivoSettings] = CarrierSpec(
-    name="plivo",
-    codec=PlivoStream,
-    webhook="answer",
-    settings=PlivoSettings,
-    webhooks=_webhooks,
-    simulator="voxbridge.testing.plivo_wire:PlivoWire",
-    rest=_rest,
-)

@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from ..deadlines import deadline
-from .base import CarrierRestError
+from .base import NamedRestError
 
 __all__ = ["API_URL", "REST_TIMEOUT", "PlivoRest", "PlivoRestError"]
 
@@ -39,18 +39,11 @@ ERROR_EXCERPT: Final = 200  # characters of a non-JSON error body quoted in a me
 ClientFactory = Callable[[], httpx.AsyncClient]
 
 
-class PlivoRestError(CarrierRestError):
+class PlivoRestError(NamedRestError):
     """Plivo refused a request (``status``, Plivo's ``error`` text), or it could not be made
     (``status`` ``None``). ``code`` is always ``None``: Plivo's errors carry no code."""
 
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(status, None, message)
-        self.message = message
-
-    def __str__(self) -> str:
-        if self.status is None:
-            return f"Plivo REST API: {self.message}"
-        return f"Plivo REST API: HTTP {self.status}: {self.message}"
+    API = "Plivo REST API"
 
 
 class PlivoRest:

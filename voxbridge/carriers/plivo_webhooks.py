@@ -1,7 +1,10 @@
-"""Plivo's HTTP side: request signatures (V3), the answer webhook, and the ``<Stream>`` XML.
+"""Plivo's HTTP side: request signatures (V3), the answer webhook, the ``<Stream>`` XML, and where
+Plivo declares itself: its settings (:class:`PlivoSettings`, ``--plivo-*``) and its
+:class:`~voxbridge.carriers.spec.CarrierSpec` (:data:`SPEC`, one line of the registry).
 
 Sans-IO: the server reads the requests and writes the answers; this module only judges and builds
-them (:class:`PlivoWebhooks`, a :class:`~voxbridge.carriers.base.CarrierWebhooks`).
+them (:class:`PlivoWebhooks`, a :class:`~voxbridge.carriers.base.CarrierWebhooks`). The REST client
+(:mod:`.plivo_rest`, httpx) is imported only when :data:`SPEC` builds it.
 
 **Signatures** (Plivo's "Validation" page, docs.plivo.com/docs/voice/xml/request/validation, and
 ``plivo.utils.signature_v3.validate_v3_signature`` of the official ``plivo`` package, which
@@ -54,18 +57,28 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qs, urlparse, urlsplit, urlunparse, urlunsplit
 from xml.etree import ElementTree
 
-from ..errors import RemoteProtocolError
+import attrs
+
+from ..errors import RemoteProtocolError, SettingsError
+from ..options import option
 from .base import CallRequest, HttpAnswer, HttpRequest
-from .plivo import CONTENT_TYPES, DEFAULT_CONTENT_TYPE, encode_extra_headers
+from .plivo import CONTENT_TYPES, DEFAULT_CONTENT_TYPE, PlivoStream, encode_extra_headers
+from .spec import CarrierSpec
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .base import CarrierRest, CarrierWebhooks
 
 __all__ = [
     "MA_SIGNATURE_HEADER",
     "NONCE_HEADER",
     "SIGNATURE_HEADER",
+    "SPEC",
+    "PlivoSettings",
     "PlivoWebhooks",
     "parse_params",
     "sign",
@@ -303,3 +316,89 @@ class PlivoWebhooks:
 def _xml(root: ElementTree.Element) -> HttpAnswer:
     body = ElementTree.tostring(root, encoding="unicode")
     return HttpAnswer(content_type=XML_CONTENT_TYPE, body=(_DECLARATION + body).encode("utf-8"))
+
+
+# --- settings and the spec ----------------------------------------------------------------------------
+
+
+def _content_type(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in CONTENT_TYPES:
+        raise SettingsError(
+            f"--plivo-content-type must be one of {', '.join(CONTENT_TYPES)}, got {value!r}"
+        )
+
+
+def _auth_tokens(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    tokens = value.split(",") if isinstance(value, str) else []
+    if not 1 <= len(tokens) <= 2 or not all(token.strip() for token in tokens):
+        raise SettingsError(
+            "PLIVO_AUTH_TOKEN must be one auth token, or two separated by a comma (while rotating)"
+        )
+
+
+@attrs.frozen
+class PlivoSettings:
+    """``--plivo-*`` settings. The auth token is environment only (``PLIVO_AUTH_TOKEN``)."""
+
+    auth_id: str | None = option(
+        None,
+        "Plivo Auth ID (MA... or SA...; also PLIVO_AUTH_ID): the account of REST calls",
+        env=("PLIVO_AUTH_ID",),
+    )
+    auth_token: str | None = option(
+        None,
+        "Plivo Auth Token (also PLIVO_AUTH_TOKEN): enables signature checks and per-call tokens "
+        "(a second, comma-separated token while rotating)",
+        secret=True,
+        env=("PLIVO_AUTH_TOKEN",),
+        validator=_auth_tokens,
+    )
+    content_type: str = option(
+        DEFAULT_CONTENT_TYPE,
+        "the stream's audio: audio/x-mulaw;rate=8000 (no conversion), audio/x-l16;rate=8000 or "
+        "audio/x-l16;rate=16000",
+        validator=_content_type,
+    )
+    api_url: str = option("https://api.plivo.com", "Plivo REST API base URL (a fake's in tests)")
+
+    @property
+    def auth_tokens(self) -> tuple[str, ...]:
+        """``auth_token`` split for rotation: ``()`` when unset, else one or two tokens."""
+        if self.auth_token is None:
+            return ()
+        return tuple(token.strip() for token in self.auth_token.split(","))
+
+
+def _webhooks(settings: Settings, own: PlivoSettings) -> CarrierWebhooks:
+    tokens = own.auth_tokens
+    if tokens and settings.public_url is None:
+        raise SettingsError(
+            "PLIVO_AUTH_TOKEN needs --public-url / VOXBRIDGE_PUBLIC_URL: Plivo signs the public "
+            "URL it calls, and voxbridge rebuilds it from that setting"
+        )
+    return PlivoWebhooks(
+        auth_tokens=tokens, content_type=own.content_type, public_url=settings.public_url
+    )
+
+
+def _rest(settings: Settings, own: PlivoSettings) -> CarrierRest | None:
+    from .plivo_rest import PlivoRest  # here: httpx only where a REST client is built
+
+    tokens = own.auth_tokens
+    if not tokens or not own.auth_id:
+        return None
+    return PlivoRest(own.auth_id, tokens[0], base_url=own.api_url)
+
+
+#: Plivo, as the registry lists it.
+SPEC: CarrierSpec[PlivoSettings] = CarrierSpec(
+    name="plivo",
+    codec=PlivoStream,
+    webhook="answer",
+    settings=PlivoSettings,
+    webhooks=_webhooks,
+    simulator="voxbridge.testing.plivo_wire:PlivoWire",
+    rest=_rest,
+)

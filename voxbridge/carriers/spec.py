@@ -37,8 +37,8 @@ class CarrierSpec(Generic[S]):
         codec: makes a fresh :class:`~voxbridge.carriers.base.CarrierCodec` for one stream.
         webhook: the last segment of its webhook route (``voice``: ``POST /twilio/voice``).
         settings: its settings class (an ``attrs`` frozen class, fields made with
-            :func:`voxbridge.providers.spec.option`); :class:`~voxbridge.providers.spec.NoSettings`
-            when it has none of its own.
+            :func:`voxbridge.options.option`); :class:`~voxbridge.options.NoSettings` when it has
+            none of its own.
         webhooks: builds its :class:`~voxbridge.carriers.base.CarrierWebhooks` from the settings
             (``settings``, and its own); no I/O.
         simulator: ``module:Class`` of its caller simulator's wire

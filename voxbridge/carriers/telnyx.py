@@ -63,18 +63,13 @@ The frames Telnyx sends, for simulators and tests, are built by :mod:`voxbridge.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import Final, TypeAlias
 
 import attrs
-import orjson
 
-from ..audio import b64_decode, b64_encode
-from ..errors import RemoteProtocolError, SettingsError
-from ..providers.spec import option
+from ..audio import b64_encode
+from ..errors import RemoteProtocolError
 from .base import (
     MULAW_8K,
     AudioFormat,
@@ -88,34 +83,39 @@ from .base import (
     StreamStarted,
     StreamStopped,
 )
-from .spec import CarrierSpec
+from .fields import (
+    DTMF_DIGITS,
+    MISSING,
+    SAFETY_NET,
+    audio_payload,
+    counter,
+    digit,
+    json_string,
+    object_field,
+    optional_counter,
+    parse_frame,
+    same_stream,
+    show,
+    string_field,
+    unexpected,
+)
 from .transcode import Transcoder, transcoder
-
-if TYPE_CHECKING:
-    from ..settings import Settings
-    from .telnyx_rest import TelnyxRest
-    from .telnyx_webhooks import TelnyxWebhooks
 
 __all__ = [
     "CODECS",
     "DTMF_DIGITS",
     "L16_RATES",
-    "SPEC",
     "MediaFormat",
     "Start",
     "TelnyxError",
-    "TelnyxSettings",
     "TelnyxStream",
     "audio_format",
-    "prime",
 ]
 
 #: The stream codecs voxbridge asks Telnyx for (``--telnyx-codec``).
 CODECS: Final = ("PCMU", "L16")
 #: The sample rates (Hz) voxbridge converts for ``L16``; ``PCMU`` is always 8000.
 L16_RATES: Final = (8000, 16000)
-#: Every value a ``dtmf.digit`` may take.
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 _TEXT_EXCERPT: Final = 200  # characters of Telnyx's error title/detail kept
 
 
@@ -191,68 +191,16 @@ class TelnyxError:
 
 # ------------------------------------------------------------------------------ field checking
 
-_MISSING: Final = object()
-_MAX_COUNTER: Final = 2**63 - 1
-_TYPE_NAMES: Final[Mapping[type, str]] = {dict: "an object", list: "an array"}
-
-
-def _show(value: object) -> str:
-    """Describe a JSON value for an error message, briefly and without recursing into it."""
-    if isinstance(value, str):
-        return repr(value[:60] + "..." if len(value) > 60 else value)
-    if value is None or isinstance(value, bool | int | float):
-        text = json.dumps(value)
-        return text[:60] + "..." if len(text) > 60 else text
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _object(obj: dict[str, object], key: str, path: str) -> dict[str, object]:
-    value = obj.get(key, _MISSING)
-    if value is _MISSING:
-        raise RemoteProtocolError(f"{path} is missing")
-    if type(value) is not dict:
-        raise RemoteProtocolError(f"{path} must be an object, got {_show(value)}")
-    return value
-
-
-def _string(obj: dict[str, object], key: str, path: str, default: str | None = None) -> str:
-    """A string field; with a ``default``, absent or ``null`` reads as the default."""
-    value = obj.get(key, _MISSING)
-    if type(value) is str:
-        return value
-    if value is _MISSING or (value is None and default is not None):
-        if default is None:
-            raise RemoteProtocolError(f"{path} is missing")
-        return default
-    raise RemoteProtocolError(f"{path} must be a string, got {_show(value)}")
-
-
-def _counter(value: object, path: str) -> int:
-    """A non-negative integer sent as a digit string (Telnyx's way) or a JSON integer."""
-    if type(value) is str:
-        if 0 < len(value) <= 19 and value.isascii() and value.isdigit():
-            number = int(value)
-            if number <= _MAX_COUNTER:
-                return number
-    elif type(value) is int and 0 <= value <= _MAX_COUNTER:
-        return value
-    raise RemoteProtocolError(f"{path} must be a non-negative integer, got {_show(value)}")
-
-
-def _optional_counter(obj: dict[str, object], key: str, path: str) -> int | None:
-    value = obj.get(key, _MISSING)
-    return None if value is _MISSING or value is None else _counter(value, path)
-
 
 def _custom_parameters(value: object) -> dict[str, str]:
     """``start.custom_parameters``: an object of strings, or a list of ``{"name", "value"}``."""
-    if value is _MISSING or value is None:
+    if value is MISSING or value is None:
         return {}
     if type(value) is dict:
         for name, item in value.items():
             if type(item) is not str:
                 raise RemoteProtocolError(
-                    f"start.custom_parameters[{_show(name)}] must be a string, got {_show(item)}"
+                    f"start.custom_parameters[{show(name)}] must be a string, got {show(item)}"
                 )
         return value  # checked above: every value is a string
     if type(value) is list:
@@ -260,13 +208,13 @@ def _custom_parameters(value: object) -> dict[str, str]:
         for pair in value:
             if type(pair) is not dict:
                 raise RemoteProtocolError(
-                    f"start.custom_parameters must hold objects, got {_show(pair)}"
+                    f"start.custom_parameters must hold objects, got {show(pair)}"
                 )
-            name = _string(pair, "name", "start.custom_parameters[].name")
-            params[name] = _string(pair, "value", "start.custom_parameters[].value")
+            name = string_field(pair, "name", "start.custom_parameters[].name")
+            params[name] = string_field(pair, "value", "start.custom_parameters[].value")
         return params
     raise RemoteProtocolError(
-        f"start.custom_parameters must be an object or an array, got {_show(value)}"
+        f"start.custom_parameters must be an object or an array, got {show(value)}"
     )
 
 
@@ -280,27 +228,7 @@ def _excerpt(value: object) -> str:
 
 # ---------------------------------------------------------------------------------------- codec
 
-#: Neutral silence fed to a new upsampler, its output discarded: 40 ms, more than soxr's start-up
-#: delay, so that from then on every chunk of agent audio comes out whole (without it the first
-#: 20 ms chunk comes out empty, and an empty ``media`` payload is not a frame to send Telnyx).
-PRIMING = b"\xff" * 320
-
-
-def prime(up: Transcoder) -> None:
-    """Fill ``up``'s resampler start-up delay with silence (see :data:`PRIMING`)."""
-    up.from_neutral(PRIMING)
-
-
 _Decoder: TypeAlias = Callable[["TelnyxStream", dict[str, object]], CarrierEvent | None]
-_SAFETY_NET: Final = (
-    TypeError,
-    KeyError,
-    AttributeError,
-    IndexError,
-    ValueError,
-    OverflowError,
-    RecursionError,
-)
 _CLEAR: Final = '{"event":"clear"}'
 _MEDIA_PREFIX: Final = '{"event":"media","media":{"payload":"'
 
@@ -388,26 +316,7 @@ class TelnyxStream:
         """
         if self._stopped:
             raise RemoteProtocolError("frame after stop")
-        if not isinstance(frame, str | bytes):
-            raise TypeError(f"frame must be str or bytes, not {type(frame).__name__}")
-        if len(frame) > self.MAX_FRAME:
-            raise RemoteProtocolError(f"frame of {len(frame)} exceeds MAX_FRAME={self.MAX_FRAME}")
-        if isinstance(frame, bytes):
-            try:
-                frame = frame.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise RemoteProtocolError(f"frame is not valid UTF-8: {exc.reason}") from exc
-        try:
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            raise RemoteProtocolError(f"malformed JSON: {exc}") from exc
-        if type(message) is not dict:
-            raise RemoteProtocolError(f"frame must be a JSON object, got {_show(message)}")
-        event = message.get("event", _MISSING)
-        if type(event) is not str:
-            if event is _MISSING:
-                raise RemoteProtocolError("frame has no 'event' field")
-            raise RemoteProtocolError(f"event must be a string, got {_show(event)}")
+        event, message = parse_frame(frame, self.MAX_FRAME, foreign=TypeError)
         decoder = _DECODERS.get(event)
         if decoder is None:
             self.ignored += 1
@@ -416,21 +325,14 @@ class TelnyxStream:
             return decoder(self, message)
         except RemoteProtocolError:
             raise
-        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
-            raise RemoteProtocolError(
-                f"unexpected error decoding {event} frame: {type(exc).__name__}"
-            ) from exc
+        except SAFETY_NET as exc:  # a decoder bug; still never let it escape
+            raise unexpected(event, exc) from exc
 
     def _require_started(self, message: dict[str, object], event: str) -> Start:
         start = self._start
         if start is None:
             raise RemoteProtocolError(f"{event} before start")
-        stream_id = message.get("stream_id", _MISSING)
-        if stream_id is not _MISSING and stream_id != start.stream_id:
-            raise RemoteProtocolError(
-                f"{event}.stream_id {_show(stream_id)} does not match the stream "
-                f"{start.stream_id!r}"
-            )
+        same_stream(message, "stream_id", start.stream_id, event)
         return start
 
     def _decode_connected(self, message: dict[str, object]) -> None:
@@ -438,28 +340,24 @@ class TelnyxStream:
             raise RemoteProtocolError("connected after start")
         if self._connected:
             raise RemoteProtocolError("duplicate connected")
-        _string(message, "version", "connected.version", "")
+        string_field(message, "version", "connected.version", "", nullable=True)
         self._connected = True  # its body may repeat the stream token: never kept
         return None
 
     def _decode_start(self, message: dict[str, object]) -> StreamStarted:
         if self._start is not None:
             raise RemoteProtocolError("duplicate start")
-        stream_id = _string(message, "stream_id", "stream_id")
+        stream_id = string_field(message, "stream_id", "stream_id")
         if not stream_id:
             raise RemoteProtocolError("stream_id is empty")
-        body = _object(message, "start", "start")
-        call_control_id = _string(body, "call_control_id", "start.call_control_id")
+        body = object_field(message, "start", "start")
+        call_control_id = string_field(body, "call_control_id", "start.call_control_id")
         if not call_control_id:
             raise RemoteProtocolError("start.call_control_id is empty")
-        fmt = _object(body, "media_format", "start.media_format")
-        encoding = _string(fmt, "encoding", "start.media_format.encoding")
-        rate_value = fmt.get("sample_rate", _MISSING)
-        if rate_value is _MISSING:
-            raise RemoteProtocolError("start.media_format.sample_rate is missing")
-        sample_rate = _counter(rate_value, "start.media_format.sample_rate")
-        channels_value = fmt.get("channels", 1)
-        channels = _counter(channels_value, "start.media_format.channels")
+        fmt = object_field(body, "media_format", "start.media_format")
+        encoding = string_field(fmt, "encoding", "start.media_format.encoding")
+        sample_rate = counter(fmt.get("sample_rate", MISSING), "start.media_format.sample_rate")
+        channels = counter(fmt.get("channels", 1), "start.media_format.channels")
         if channels != 1:
             raise RemoteProtocolError(f"start.media_format.channels must be 1, got {channels}")
         try:
@@ -467,21 +365,21 @@ class TelnyxStream:
         except ValueError as exc:
             raise RemoteProtocolError(f"start.media_format: {exc}") from None
         outbound = self._outbound_format or inbound
-        params = _custom_parameters(body.get("custom_parameters", _MISSING))
+        params = _custom_parameters(body.get("custom_parameters", MISSING))
         start = Start(
             stream_id=stream_id,
             call_control_id=call_control_id,
-            user_id=_string(body, "user_id", "start.user_id", ""),
-            client_state=_string(body, "client_state", "start.client_state", ""),
+            user_id=string_field(body, "user_id", "start.user_id", "", nullable=True),
+            client_state=string_field(
+                body, "client_state", "start.client_state", "", nullable=True
+            ),
             media_format=MediaFormat(encoding, sample_rate, channels),
             custom_parameters=params,
-            from_=_string(body, "from", "start.from", ""),
-            to=_string(body, "to", "start.to", ""),
+            from_=string_field(body, "from", "start.from", "", nullable=True),
+            to=string_field(body, "to", "start.to", "", nullable=True),
         )
-        down, up = transcoder(inbound), transcoder(outbound)  # ValueError: caught as a bug
-        if up is not None and outbound.sample_rate != MULAW_8K.sample_rate:
-            prime(up)
-        self._down, self._up = down, up
+        # a Transcoder primes its outbound resampler: no media payload goes out empty
+        self._down, self._up = transcoder(inbound), transcoder(outbound)  # ValueError: a bug
         self._start = start
         return StreamStarted(
             call_id=call_control_id,
@@ -494,17 +392,11 @@ class TelnyxStream:
 
     def _decode_media(self, message: dict[str, object]) -> CallerAudio | None:
         self._require_started(message, "media")
-        body = _object(message, "media", "media")
-        track = _string(body, "track", "media.track", "inbound")
-        payload = _string(body, "payload", "media.payload")
-        if not payload:
-            raise RemoteProtocolError("empty media payload")
-        try:
-            audio = b64_decode(payload)
-        except ValueError as exc:
-            raise RemoteProtocolError(f"media.payload is {exc}") from exc
-        chunk = _optional_counter(body, "chunk", "media.chunk")
-        _optional_counter(body, "timestamp", "media.timestamp")
+        body = object_field(message, "media", "media")
+        track = string_field(body, "track", "media.track", "inbound", nullable=True)
+        payload, audio = audio_payload(body, "media.payload")
+        chunk = optional_counter(body, "chunk", "media.chunk", nullable=True)
+        optional_counter(body, "timestamp", "media.timestamp", nullable=True)
         if track == "outbound":
             return None  # our own audio, streamed back with both_tracks
         down = self._down
@@ -523,23 +415,20 @@ class TelnyxStream:
 
     def _decode_mark(self, message: dict[str, object]) -> MarkPlayed:
         self._require_started(message, "mark")
-        body = _object(message, "mark", "mark")
-        return MarkPlayed(_string(body, "name", "mark.name"))
+        body = object_field(message, "mark", "mark")
+        return MarkPlayed(string_field(body, "name", "mark.name"))
 
     def _decode_dtmf(self, message: dict[str, object]) -> Dtmf:
         self._require_started(message, "dtmf")
-        body = _object(message, "dtmf", "dtmf")
-        digit = _string(body, "digit", "dtmf.digit")
-        if digit not in DTMF_DIGITS:
-            raise RemoteProtocolError(f"dtmf.digit must be one of 0-9 * # A-D, got {_show(digit)}")
-        return Dtmf(digit)
+        body = object_field(message, "dtmf", "dtmf")
+        return Dtmf(digit(string_field(body, "digit", "dtmf.digit"), "dtmf.digit"))
 
     def _decode_error(self, message: dict[str, object]) -> None:
-        body = message.get("payload", _MISSING)
-        if body is _MISSING or body is None:
+        body = message.get("payload", MISSING)
+        if body is MISSING or body is None:
             body = message.get("error", {})
         if type(body) is not dict:
-            raise RemoteProtocolError(f"error.payload must be an object, got {_show(body)}")
+            raise RemoteProtocolError(f"error.payload must be an object, got {show(body)}")
         self.last_error = TelnyxError(
             code=_excerpt(body.get("code")),
             title=_excerpt(body.get("title")),
@@ -550,9 +439,9 @@ class TelnyxStream:
 
     def _decode_stop(self, message: dict[str, object]) -> StreamStopped:
         self._require_started(message, "stop")
-        body = message.get("stop", _MISSING)
-        if body is not _MISSING and body is not None and type(body) is not dict:
-            raise RemoteProtocolError(f"stop must be an object, got {_show(body)}")
+        body = message.get("stop", MISSING)
+        if body is not MISSING and body is not None and type(body) is not dict:
+            raise RemoteProtocolError(f"stop must be an object, got {show(body)}")
         self._stopped = True
         return StreamStopped()
 
@@ -588,8 +477,7 @@ class TelnyxStream:
             LocalProtocolError: no ``start`` has been received yet.
         """
         self._check("mark")
-        quoted = f'"{name}"' if name.isascii() and name.isalnum() else json.dumps(name)
-        return f'{{"event":"mark","mark":{{"name":{quoted}}}}}'
+        return f'{{"event":"mark","mark":{{"name":{json_string(name)}}}}}'
 
     def clear(self) -> str:
         """A ``clear`` frame: Telnyx drops the audio it has queued and echoes the pending marks.
@@ -613,99 +501,3 @@ _DECODERS: Final[dict[str, _Decoder]] = {
     "error": TelnyxStream._decode_error,
     "stop": TelnyxStream._decode_stop,
 }
-
-
-# ------------------------------------------------------------------------------------- settings
-
-
-def _public_key_bytes(value: str) -> bytes:
-    """A base64 Ed25519 public key as its 32 bytes.
-
-    Raises:
-        SettingsError: not base64, or not 32 bytes (the value is not quoted back).
-    """
-    try:
-        raw = base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise SettingsError("--telnyx-public-key must be base64 (Mission Control's key)") from None
-    if len(raw) != 32:
-        raise SettingsError(
-            f"--telnyx-public-key must be a 32-byte Ed25519 key in base64, got {len(raw)} bytes"
-        )
-    return raw
-
-
-@attrs.frozen
-class TelnyxSettings:
-    """``--telnyx-*`` settings. The API key (``TELNYX_API_KEY``) and the stream token
-    (``VOXBRIDGE_TELNYX_STREAM_TOKEN``) are environment only.
-
-    Raises:
-        SettingsError: a codec or rate voxbridge does not convert, or a public key that is not
-            a base64 Ed25519 key.
-    """
-
-    codec: str = option(
-        "PCMU", "Telnyx stream codec, both ways: PCMU (mu-law, no conversion) or L16"
-    )
-    sample_rate: int = option(
-        8000, "Telnyx stream sample rate in Hz (PCMU: 8000; L16: 8000 or 16000)"
-    )
-    public_key: str | None = option(
-        None,
-        "Telnyx account public key (base64 Ed25519, Mission Control > Keys & Credentials): "
-        "webhook signatures are checked with it",
-    )
-    api_key: str | None = option(None, "Telnyx API key (also TELNYX_API_KEY)", secret=True)
-    stream_token: str | None = option(
-        None,
-        "token Telnyx sends in x-telnyx-streaming-auth-token on the media upgrade, checked before accept",
-        secret=True,
-    )
-    api_url: str | None = option(
-        None, "Telnyx REST API base URL (default https://api.telnyx.com/v2; a fake's in tests)"
-    )
-
-    def __attrs_post_init__(self) -> None:
-        try:
-            audio_format(self.codec, self.sample_rate)
-        except ValueError as exc:
-            raise SettingsError(f"--telnyx-codec/--telnyx-sample-rate: {exc}") from None
-        if self.public_key is not None:
-            _public_key_bytes(self.public_key)
-
-    @property
-    def audio_format(self) -> AudioFormat:
-        """The stream's format, both ways."""
-        return audio_format(self.codec, self.sample_rate)
-
-    @property
-    def public_key_bytes(self) -> bytes | None:
-        """The 32 bytes of :attr:`public_key` (``None`` when unset)."""
-        return None if self.public_key is None else _public_key_bytes(self.public_key)
-
-
-def _webhooks(settings: Settings, own: TelnyxSettings) -> TelnyxWebhooks:
-    from .telnyx_webhooks import TelnyxWebhooks
-
-    return TelnyxWebhooks.from_settings(own)
-
-
-def rest(settings: Settings, own: TelnyxSettings) -> TelnyxRest | None:
-    """The Call Control client ``own`` allows: ``None`` without an API key."""
-    from .telnyx_rest import TelnyxRest
-
-    return TelnyxRest.from_settings(own)
-
-
-#: Telnyx, as the registry lists it.
-SPEC: CarrierSpec[TelnyxSettings] = CarrierSpec(
-    name="telnyx",
-    codec=TelnyxStream,
-    webhook="voice",
-    settings=TelnyxSettings,
-    webhooks=_webhooks,
-    simulator="voxbridge.testing.telnyx_wire:TelnyxWire",
-    key_variables=("TELNYX_API_KEY",),
-    rest=rest,
-)

@@ -32,7 +32,7 @@ from .addressing import is_transfer_target
 from .base import CarrierRestError
 
 if TYPE_CHECKING:
-    from .telnyx import TelnyxSettings
+    from .telnyx_webhooks import TelnyxSettings
 
 __all__ = ["ALREADY_ENDED", "API_URL", "REST_TIMEOUT", "TelnyxRest"]
 

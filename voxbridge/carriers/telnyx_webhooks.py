@@ -1,4 +1,6 @@
-"""Telnyx's HTTP side, sans-IO: webhook signatures, the TeXML voice webhook, the answer documents.
+"""Telnyx's HTTP side, sans-IO: webhook signatures, the TeXML voice webhook, the answer documents,
+and where Telnyx declares itself: its settings (:class:`TelnyxSettings`, ``--telnyx-*``) and its
+:class:`~voxbridge.carriers.spec.CarrierSpec` (:data:`SPEC`, one line of the registry).
 
 **Webhook signatures** (Telnyx's "Receiving webhooks" guide and the TeXML callback references; the
 official ``telnyx`` package's ``telnyx.lib.webhook_verification`` is the test oracle): every
@@ -28,7 +30,8 @@ rate both ways (``codec``, ``bidirectionalCodec``, ``bidirectionalSamplingRate``
 track only, and one ``<Parameter>`` per parameter (TeXML's ``<Stream>`` page: "Parameters are
 included in the start message"). Built with :mod:`xml.etree.ElementTree`, so values are escaped.
 
-No error message or ``repr`` here contains a key, a token or a signature.
+No error message or ``repr`` here contains a key, a token or a signature. The REST client
+(:mod:`.telnyx_rest`, httpx) is imported only when :data:`SPEC` builds it.
 """
 
 from __future__ import annotations
@@ -38,21 +41,31 @@ import binascii
 import hmac
 import json
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
 
+import attrs
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import RemoteProtocolError, SettingsError
-from .base import CallRequest, HttpAnswer, HttpRequest
-from .telnyx import TelnyxSettings
+from ..options import option
+from .base import AudioFormat, CallRequest, HttpAnswer, HttpRequest
+from .spec import CarrierSpec
+from .telnyx import TelnyxStream, audio_format
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .telnyx_rest import TelnyxRest
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "SPEC",
     "STREAM_TOKEN_HEADER",
     "TIMESTAMP_HEADER",
     "TOLERANCE",
+    "TelnyxSettings",
     "TelnyxWebhooks",
     "hangup_texml",
     "stream_texml",
@@ -255,3 +268,97 @@ def _fields(request: HttpRequest) -> dict[str, str]:
         text = urlsplit(request.url).query
     form = parse_qs(text, keep_blank_values=True, errors="replace")
     return {name: values[-1] for name, values in form.items()}
+
+
+# --- settings and the spec ---------------------------------------------------------------------------
+
+
+def _public_key_bytes(value: str) -> bytes:
+    """A base64 Ed25519 public key as its 32 bytes.
+
+    Raises:
+        SettingsError: not base64, or not 32 bytes (the value is not quoted back).
+    """
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise SettingsError("--telnyx-public-key must be base64 (Mission Control's key)") from None
+    if len(raw) != 32:
+        raise SettingsError(
+            f"--telnyx-public-key must be a 32-byte Ed25519 key in base64, got {len(raw)} bytes"
+        )
+    return raw
+
+
+@attrs.frozen
+class TelnyxSettings:
+    """``--telnyx-*`` settings. The API key (``TELNYX_API_KEY``) and the stream token
+    (``VOXBRIDGE_TELNYX_STREAM_TOKEN``) are environment only.
+
+    Raises:
+        SettingsError: a codec or rate voxbridge does not convert, or a public key that is not
+            a base64 Ed25519 key.
+    """
+
+    codec: str = option(
+        "PCMU", "Telnyx stream codec, both ways: PCMU (mu-law, no conversion) or L16"
+    )
+    sample_rate: int = option(
+        8000, "Telnyx stream sample rate in Hz (PCMU: 8000; L16: 8000 or 16000)"
+    )
+    public_key: str | None = option(
+        None,
+        "Telnyx account public key (base64 Ed25519, Mission Control > Keys & Credentials): "
+        "webhook signatures are checked with it",
+    )
+    api_key: str | None = option(None, "Telnyx API key (also TELNYX_API_KEY)", secret=True)
+    stream_token: str | None = option(
+        None,
+        "token Telnyx sends in x-telnyx-streaming-auth-token on the media upgrade, checked before accept",
+        secret=True,
+    )
+    api_url: str | None = option(
+        None, "Telnyx REST API base URL (default https://api.telnyx.com/v2; a fake's in tests)"
+    )
+
+    def __attrs_post_init__(self) -> None:
+        try:
+            audio_format(self.codec, self.sample_rate)
+        except ValueError as exc:
+            raise SettingsError(f"--telnyx-codec/--telnyx-sample-rate: {exc}") from None
+        if self.public_key is not None:
+            _public_key_bytes(self.public_key)
+
+    @property
+    def audio_format(self) -> AudioFormat:
+        """The stream's format, both ways."""
+        return audio_format(self.codec, self.sample_rate)
+
+    @property
+    def public_key_bytes(self) -> bytes | None:
+        """The 32 bytes of :attr:`public_key` (``None`` when unset)."""
+        return None if self.public_key is None else _public_key_bytes(self.public_key)
+
+
+def _webhooks(settings: Settings, own: TelnyxSettings) -> TelnyxWebhooks:
+    return TelnyxWebhooks.from_settings(own)
+
+
+def rest(settings: Settings, own: TelnyxSettings) -> TelnyxRest | None:
+    """The Call Control client ``own`` allows: ``None`` without an API key."""
+    from .telnyx_rest import TelnyxRest  # here: httpx only where a REST client is built
+
+    return TelnyxRest.from_settings(own)
+
+
+#: Telnyx, as the registry lists it.
+SPEC: CarrierSpec[TelnyxSettings] = CarrierSpec(
+    name="telnyx",
+    codec=TelnyxStream,
+    webhook="voice",
+    settings=TelnyxSettings,
+    webhooks=_webhooks,
+    simulator="voxbridge.testing.telnyx_wire:TelnyxWire",
+    key_variables=("TELNYX_API_KEY",),
+    rest=rest,
+)

@@ -3,9 +3,22 @@
 Chosen once per stream, when its format is known (:func:`transcoder`): ``None`` for mu-law 8 kHz,
 the common case, so those carriers forward the caller's base64 payload untouched. Otherwise a
 :class:`Transcoder` holds the per-stream state: G.711 via ``audioop`` (:mod:`voxbridge.audio`),
-byte order for big-endian L16 (Telnyx), and, for 16 kHz streams (Vonage, Plivo, Telnyx L16 at
-16000), one ``soxr`` streaming resampler per direction whose filter state carries across chunks
+byte order for big-endian L16 (Telnyx), and, for 16 and 24 kHz streams (Vonage, Plivo and Telnyx
+L16 at 16000), one ``soxr`` streaming resampler per direction whose filter state carries across chunks
 (resampling each chunk on its own would click at every boundary). Sans-IO: pure computation.
+
+**Priming.** A streaming resampler holds back the start of what it is fed while its filter fills:
+soxr's variable-rate HQ engine (:func:`voxbridge.audio.resampler`), from 8 kHz to 16 or 24 kHz,
+holds back exactly 240 input samples, 30 ms (measured with soxr 1.1;
+tests/test_carrier_shared.py holds it). Unprimed, the first 20 ms chunk of agent audio would come out empty -- no frame a
+carrier takes -- and the second short. So a :class:`Transcoder` feeds its agent-side resampler
+:data:`PRIMING_MS` of silence when it is made, and from then on every 20 ms chunk of agent audio
+comes out as 20 ms at the stream's rate, the first included: 30 ms is the smallest amount that does
+it (with 10 ms or less the first chunk comes out empty, with less than 30 ms short). The priming
+gives no output itself (nothing is discarded) and adds no delay: the samples come out when they
+would anyway, behind 30 ms of silence (and the filter's pre-ringing of the first sound, which an
+unprimed resampler drops) instead of behind nothing. The caller side is not primed: a caller chunk
+that converts to nothing yet decodes to ``None``.
 """
 
 from __future__ import annotations
@@ -15,7 +28,15 @@ import warnings
 
 import numpy as np
 
-from ..audio import b64_decode, b64_encode, pcm16_to_ulaw, resampler, ulaw_to_pcm16
+from ..audio import (
+    BYTES_PER_MS,
+    SILENCE,
+    b64_decode,
+    b64_encode,
+    pcm16_to_ulaw,
+    resampler,
+    ulaw_to_pcm16,
+)
 from ..errors import BadAudio
 from .base import AudioFormat
 
@@ -23,11 +44,14 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
     import audioop
 
-__all__ = ["Transcoder", "transcoder"]
+__all__ = ["PRIMING_MS", "RATES", "Transcoder", "transcoder"]
 
 NEUTRAL_RATE = 8000
 #: Sample rates a carrier stream may use (Hz).
 RATES = (8000, 16000, 24000)
+#: Milliseconds of silence an agent-side resampler is fed when it is made: its hold-back (see the
+#: module docstring).
+PRIMING_MS = 30
 
 
 def transcoder(audio_format: AudioFormat) -> Transcoder | None:
@@ -43,7 +67,8 @@ def transcoder(audio_format: AudioFormat) -> Transcoder | None:
 
 
 class Transcoder:
-    """One stream's conversion to and from mu-law 8 kHz.
+    """One stream's conversion to and from mu-law 8 kHz; its agent-side resampler comes primed
+    (see the module docstring).
 
     Raises:
         ValueError: (construction) a format it cannot convert.
@@ -56,6 +81,13 @@ class Transcoder:
         rate = audio_format.sample_rate
         self._down = resampler(rate, NEUTRAL_RATE) if rate != NEUTRAL_RATE else None
         self._up = resampler(NEUTRAL_RATE, rate) if rate != NEUTRAL_RATE else None
+        if self._up is not None:
+            self.from_neutral(SILENCE * (PRIMING_MS * BYTES_PER_MS))  # gives nothing: see above
+
+    @property
+    def resamples(self) -> bool:
+        """Whether the stream's rate is not 8 kHz (a resampler each way)."""
+        return self._up is not None
 
     def __repr__(self) -> str:
         return f"Transcoder({self.format!r})"

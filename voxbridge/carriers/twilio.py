@@ -56,10 +56,9 @@ from collections.abc import Callable, Mapping
 from typing import Final, TypeAlias
 
 import attrs
-import orjson
 
-from voxbridge.audio import b64_decode, b64_encode
-from voxbridge.carriers import base
+from voxbridge.audio import b64_encode
+from voxbridge.carriers import base, fields
 from voxbridge.carriers.base import (
     MULAW_8K,
     CallerAudio,
@@ -69,6 +68,19 @@ from voxbridge.carriers.base import (
     MarkPlayed,
     StreamStarted,
     StreamStopped,
+)
+from voxbridge.carriers.fields import (
+    MISSING,
+    SAFETY_NET,
+    audio_payload,
+    counter,
+    json_string,
+    object_field,
+    parse_frame,
+    same_stream,
+    show,
+    string_field,
+    unexpected,
 )
 from voxbridge.carriers.twilio_wire import (
     CHANNELS,
@@ -203,70 +215,10 @@ TwilioEvent: TypeAlias = Connected | Start | Media | Mark | Dtmf | Stop
 """Every event :meth:`TwilioStream.receive` can return."""
 
 
-# ------------------------------------------------------------------------------ field checking
-
-_MISSING: Final = object()
-_MAX_COUNTER: Final = 2**63 - 1
-_TYPE_NAMES: Final[Mapping[type, str]] = {dict: "an object", list: "an array"}
-
-
-def _show(value: object) -> str:
-    """Describe a JSON value for an error message, briefly and without recursing into it."""
-    if isinstance(value, str):
-        return repr(value[:60] + "..." if len(value) > 60 else value)
-    if value is None or isinstance(value, bool | int | float):
-        text = json.dumps(value)
-        return text[:60] + "..." if len(text) > 60 else text
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _object(obj: dict[str, object], key: str, path: str) -> dict[str, object]:
-    value = obj.get(key, _MISSING)
-    if value is _MISSING:
-        raise RemoteProtocolError(f"{path} is missing")
-    if type(value) is not dict:
-        raise RemoteProtocolError(f"{path} must be an object, got {_show(value)}")
-    return value
-
-
-def _string(obj: dict[str, object], key: str, path: str, default: str | None = None) -> str:
-    value = obj.get(key, _MISSING)
-    if type(value) is str:
-        return value
-    if value is _MISSING:
-        if default is None:
-            raise RemoteProtocolError(f"{path} is missing")
-        return default
-    raise RemoteProtocolError(f"{path} must be a string, got {_show(value)}")
-
-
-def _counter(value: object, path: str) -> int:
-    """Parse a non-negative integer sent as a digit string (Twilio's way) or a JSON integer."""
-    if value is _MISSING:
-        raise RemoteProtocolError(f"{path} is missing")
-    if type(value) is str:
-        if 0 < len(value) <= 19 and value.isascii() and value.isdigit():
-            number = int(value)
-            if number <= _MAX_COUNTER:
-                return number
-    elif type(value) is int and 0 <= value <= _MAX_COUNTER:
-        return value
-    raise RemoteProtocolError(f"{path} must be a non-negative integer, got {_show(value)}")
-
-
 # ---------------------------------------------------------------------------------------- codec
 
 _Decoder: TypeAlias = Callable[["TwilioStream", dict[str, object]], TwilioEvent]
 _NeutralDecoder: TypeAlias = Callable[["TwilioStream", dict[str, object]], CarrierEvent | None]
-_SAFETY_NET: Final = (
-    TypeError,
-    KeyError,
-    AttributeError,
-    IndexError,
-    ValueError,
-    OverflowError,
-    RecursionError,
-)
 
 
 class TwilioStream:
@@ -338,15 +290,13 @@ class TwilioStream:
         event, message = self._parse(frame)
         decoder = _NEUTRAL.get(event)
         if decoder is None:
-            raise RemoteProtocolError(f"unknown event {_show(event)}")
+            raise RemoteProtocolError(f"unknown event {show(event)}")
         try:
             return decoder(self, message)
         except RemoteProtocolError:
             raise
-        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
-            raise RemoteProtocolError(
-                f"unexpected error decoding {event} frame: {type(exc).__name__}"
-            ) from exc
+        except SAFETY_NET as exc:  # a decoder bug; still never let it escape
+            raise unexpected(event, exc) from exc
 
     def receive(self, frame: str | bytes) -> TwilioEvent:
         """Decode one WebSocket text frame from Twilio and advance the state machine.
@@ -366,54 +316,25 @@ class TwilioStream:
         event, message = self._parse(frame)
         decoder = _DECODERS.get(event)
         if decoder is None:
-            raise RemoteProtocolError(f"unknown event {_show(event)}")
+            raise RemoteProtocolError(f"unknown event {show(event)}")
         try:
             return decoder(self, message)
         except RemoteProtocolError:
             raise
-        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
-            raise RemoteProtocolError(
-                f"unexpected error decoding {event} frame: {type(exc).__name__}"
-            ) from exc
+        except SAFETY_NET as exc:  # a decoder bug; still never let it escape
+            raise unexpected(event, exc) from exc
 
     def _parse(self, frame: str | bytes) -> tuple[str, dict[str, object]]:
         """The frame's ``event`` name and its JSON object, checked as far as every event shares."""
         if self._stopped:
             raise RemoteProtocolError("frame after stop")
-        if not isinstance(frame, str | bytes):
-            raise TypeError(f"frame must be str or bytes, not {type(frame).__name__}")
-        if len(frame) > self.MAX_FRAME:
-            raise RemoteProtocolError(f"frame of {len(frame)} exceeds MAX_FRAME={self.MAX_FRAME}")
-        if isinstance(frame, bytes):
-            try:
-                frame = frame.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise RemoteProtocolError(f"frame is not valid UTF-8: {exc.reason}") from exc
-        try:
-            # orjson: 3-7x faster than the json module on these frames (benchmarks/jsonparse.py)
-            # and strict where it matters: NaN/Infinity, lone surrogates, 64-bit integer range
-            # and nesting beyond 1024 are all errors.
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            raise RemoteProtocolError(f"malformed JSON: {exc}") from exc
-        if type(message) is not dict:
-            raise RemoteProtocolError(f"frame must be a JSON object, got {_show(message)}")
-        event = message.get("event", _MISSING)
-        if type(event) is not str:
-            if event is _MISSING:
-                raise RemoteProtocolError("frame has no 'event' field")
-            raise RemoteProtocolError(f"event must be a string, got {_show(event)}")
-        return event, message
+        return parse_frame(frame, self.MAX_FRAME, foreign=TypeError)
 
     def _require_started(self, message: dict[str, object], event: str) -> None:
         start = self._start
         if start is None:
             raise RemoteProtocolError(f"{event} before start")
-        sid = message.get("streamSid", _MISSING)
-        if sid is not _MISSING and sid != start.stream_sid:
-            raise RemoteProtocolError(
-                f"{event}.streamSid {_show(sid)} does not match the stream {start.stream_sid!r}"
-            )
+        same_stream(message, "streamSid", start.stream_sid, event)
 
     def _decode_connected(self, message: dict[str, object]) -> Connected:
         if self._start is not None:
@@ -421,8 +342,8 @@ class TwilioStream:
         if self._connected:
             raise RemoteProtocolError("duplicate connected")
         event = Connected(
-            protocol=_string(message, "protocol", "connected.protocol", ""),
-            version=_string(message, "version", "connected.version", ""),
+            protocol=string_field(message, "protocol", "connected.protocol", ""),
+            version=string_field(message, "version", "connected.version", ""),
         )
         self._connected = True
         return event
@@ -430,53 +351,53 @@ class TwilioStream:
     def _decode_start(self, message: dict[str, object]) -> Start:
         if self._start is not None:
             raise RemoteProtocolError("duplicate start")
-        body = _object(message, "start", "start")
-        stream_sid = _string(body, "streamSid", "start.streamSid")
+        body = object_field(message, "start", "start")
+        stream_sid = string_field(body, "streamSid", "start.streamSid")
         if not stream_sid:
             raise RemoteProtocolError("start.streamSid is empty")
-        top_sid = message.get("streamSid", _MISSING)
-        if top_sid is not _MISSING and top_sid != stream_sid:
+        top_sid = message.get("streamSid", MISSING)
+        if top_sid is not MISSING and top_sid != stream_sid:
             raise RemoteProtocolError(
-                f"streamSid {_show(top_sid)} does not match start.streamSid {stream_sid!r}"
+                f"streamSid {show(top_sid)} does not match start.streamSid {stream_sid!r}"
             )
-        call_sid = _string(body, "callSid", "start.callSid")
-        account_sid = _string(body, "accountSid", "start.accountSid", "")
+        call_sid = string_field(body, "callSid", "start.callSid")
+        account_sid = string_field(body, "accountSid", "start.accountSid", "")
 
         raw_tracks = body.get("tracks", [])
         if type(raw_tracks) is not list:
-            raise RemoteProtocolError(f"start.tracks must be an array, got {_show(raw_tracks)}")
+            raise RemoteProtocolError(f"start.tracks must be an array, got {show(raw_tracks)}")
         for track in raw_tracks:
             if type(track) is not str:
-                raise RemoteProtocolError(f"start.tracks must hold strings, got {_show(track)}")
+                raise RemoteProtocolError(f"start.tracks must hold strings, got {show(track)}")
 
-        fmt = _object(body, "mediaFormat", "start.mediaFormat")
-        encoding = _string(fmt, "encoding", "start.mediaFormat.encoding")
+        fmt = object_field(body, "mediaFormat", "start.mediaFormat")
+        encoding = string_field(fmt, "encoding", "start.mediaFormat.encoding")
         if encoding != MULAW_ENCODING:
             raise RemoteProtocolError(
-                f"start.mediaFormat.encoding must be {MULAW_ENCODING!r}, got {_show(encoding)}"
+                f"start.mediaFormat.encoding must be {MULAW_ENCODING!r}, got {show(encoding)}"
             )
         for key, expected in (("sampleRate", SAMPLE_RATE), ("channels", CHANNELS)):
-            value = fmt.get(key, _MISSING)
-            if value is _MISSING:
+            value = fmt.get(key, MISSING)
+            if value is MISSING:
                 raise RemoteProtocolError(f"start.mediaFormat.{key} is missing")
             if type(value) is not int or value != expected:
                 raise RemoteProtocolError(
-                    f"start.mediaFormat.{key} must be {expected}, got {_show(value)}"
+                    f"start.mediaFormat.{key} must be {expected}, got {show(value)}"
                 )
 
         params = body.get("customParameters", {})
         if type(params) is not dict:
             raise RemoteProtocolError(
-                f"start.customParameters must be an object, got {_show(params)}"
+                f"start.customParameters must be an object, got {show(params)}"
             )
         for name, value in params.items():
             if type(value) is not str:
                 raise RemoteProtocolError(
-                    f"start.customParameters[{_show(name)}] must be a string, got {_show(value)}"
+                    f"start.customParameters[{show(name)}] must be a string, got {show(value)}"
                 )
 
-        raw_seq = message.get("sequenceNumber", _MISSING)
-        sequence_number = None if raw_seq is _MISSING else _counter(raw_seq, "sequenceNumber")
+        raw_seq = message.get("sequenceNumber", MISSING)
+        sequence_number = None if raw_seq is MISSING else counter(raw_seq, "sequenceNumber")
 
         start = Start(
             stream_sid=stream_sid,
@@ -495,31 +416,25 @@ class TwilioStream:
     def _media_body(self, message: dict[str, object]) -> tuple[dict[str, object], str]:
         """A ``media`` frame's body and its payload, checked (strict, non-empty base64)."""
         self._require_started(message, "media")
-        body = _object(message, "media", "media")
-        payload = _string(body, "payload", "media.payload")
-        if not payload:
-            raise RemoteProtocolError("empty media payload")
-        try:
-            b64_decode(payload)
-        except ValueError as exc:
-            raise RemoteProtocolError(f"media.payload is {exc}") from exc
+        body = object_field(message, "media", "media")
+        payload, _ = audio_payload(body, "media.payload")
         return body, payload
 
     def _decode_media(self, message: dict[str, object]) -> Media:
         body, payload = self._media_body(message)
         return Media(
-            track=_string(body, "track", "media.track", "inbound"),
-            chunk=_counter(body.get("chunk", _MISSING), "media.chunk"),
-            timestamp=_counter(body.get("timestamp", _MISSING), "media.timestamp"),
+            track=string_field(body, "track", "media.track", "inbound"),
+            chunk=counter(body.get("chunk", MISSING), "media.chunk"),
+            timestamp=counter(body.get("timestamp", MISSING), "media.timestamp"),
             payload=payload,
         )
 
     def _caller_audio(self, message: dict[str, object]) -> CallerAudio | None:
         # The hot path: the same checks as _decode_media, and one object per frame.
         body, payload = self._media_body(message)
-        track = _string(body, "track", "media.track", "inbound")
-        _counter(body.get("chunk", _MISSING), "media.chunk")
-        _counter(body.get("timestamp", _MISSING), "media.timestamp")
+        track = string_field(body, "track", "media.track", "inbound")
+        counter(body.get("chunk", MISSING), "media.chunk")
+        counter(body.get("timestamp", MISSING), "media.timestamp")
         return CallerAudio(payload) if track == "inbound" else None
 
     def _stream_started(self, message: dict[str, object]) -> StreamStarted:
@@ -548,23 +463,21 @@ class TwilioStream:
 
     def _decode_mark(self, message: dict[str, object]) -> Mark:
         self._require_started(message, "mark")
-        body = _object(message, "mark", "mark")
-        return Mark(name=_string(body, "name", "mark.name"))
+        body = object_field(message, "mark", "mark")
+        return Mark(name=string_field(body, "name", "mark.name"))
 
     def _decode_dtmf(self, message: dict[str, object]) -> Dtmf:
         self._require_started(message, "dtmf")
-        body = _object(message, "dtmf", "dtmf")
-        digit = _string(body, "digit", "dtmf.digit")
-        if digit not in DTMF_DIGITS:
-            raise RemoteProtocolError(f"dtmf.digit must be one of 0-9 * # A-D, got {_show(digit)}")
-        return Dtmf(digit=digit, track=_string(body, "track", "dtmf.track", "inbound_track"))
+        body = object_field(message, "dtmf", "dtmf")
+        digit = fields.digit(string_field(body, "digit", "dtmf.digit"), "dtmf.digit")
+        return Dtmf(digit=digit, track=string_field(body, "track", "dtmf.track", "inbound_track"))
 
     def _decode_stop(self, message: dict[str, object]) -> Stop:
         self._require_started(message, "stop")
-        body = _object(message, "stop", "stop") if "stop" in message else {}
+        body = object_field(message, "stop", "stop") if "stop" in message else {}
         event = Stop(
-            account_sid=_string(body, "accountSid", "stop.accountSid", ""),
-            call_sid=_string(body, "callSid", "stop.callSid", ""),
+            account_sid=string_field(body, "accountSid", "stop.accountSid", ""),
+            call_sid=string_field(body, "callSid", "stop.callSid", ""),
         )
         self._stopped = True
         return event
@@ -614,9 +527,7 @@ class TwilioStream:
             LocalProtocolError: no ``start`` has been received yet.
         """
         sid = self._sid("mark")
-        # one per media message: skip the JSON encoder for the plain names voxbridge uses
-        quoted = f'"{name}"' if name.isascii() and name.isalnum() else json.dumps(name)
-        return f'{{"event":"mark","streamSid":{sid},"mark":{{"name":{quoted}}}}}'
+        return f'{{"event":"mark","streamSid":{sid},"mark":{{"name":{json_string(name)}}}}}'
 
     def clear(self) -> str:
         """Build a ``clear`` frame: drop all buffered audio (pending marks are echoed back).

@@ -45,7 +45,7 @@ from twilio.request_validator import (  # type: ignore[import-untyped]  # no stu
 )
 
 from ..errors import RemoteProtocolError
-from ..providers.spec import NoSettings
+from ..options import NoSettings
 from .base import CallRequest, HttpAnswer, HttpRequest
 from .spec import CarrierSpec
 from .twilio import TwilioStream

@@ -8,13 +8,16 @@ shape (Twilio's "Media Streams - WebSocket Messages" reference), including its q
 ``media.chunk`` and ``media.timestamp`` as *strings* of digits while ``mediaFormat.sampleRate`` and
 ``mediaFormat.channels`` are JSON numbers.
 
-Everything here is pure: stdlib ``json`` only, no state, no I/O.
+Everything here is pure: stdlib ``json`` (and the DTMF digits every carrier shares,
+:data:`voxbridge.carriers.fields.DTMF_DIGITS`), no state, no I/O.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+
+from .fields import DTMF_DIGITS
 
 __all__ = [
     "CHANNELS",
@@ -35,8 +38,6 @@ SAMPLE_RATE = 8000
 """The only ``start.mediaFormat.sampleRate`` Twilio uses, in Hz."""
 CHANNELS = 1
 """The only ``start.mediaFormat.channels`` Twilio uses."""
-DTMF_DIGITS = frozenset("0123456789*#ABCD")
-"""Every value a ``dtmf.digit`` may take."""
 
 _SEPARATORS = (",", ":")
 

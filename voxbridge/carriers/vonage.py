@@ -62,9 +62,10 @@ Agent audio goes out in **whole 20 ms frames** (:data:`FRAME_MS`: 320, 640 or 96
 frame), as Vonage's guide asks and its own tutorial sends: :attr:`Capabilities.frame_ms` is 20, so
 the call hands :meth:`VonageStream.audio` 20 ms at a time and each call sends one frame. The
 resampler's output does not line up with the call's chunks, so it sends the whole frames ready and
-keeps the rest (less than one frame) for the next; the outbound resampler is primed with 40 ms of
-silence at the start, so that each 20 ms of input has a whole frame ready. When no whole frame is ready (the
-provider handed over less than 20 ms), :meth:`~VonageStream.audio` returns an **empty** frame,
+keeps the rest (less than one frame) for the next; the outbound resampler comes primed
+(:class:`~voxbridge.carriers.transcode.Transcoder`), so that each 20 ms of input has a whole frame
+ready, and at 16 and 24 kHz the first frame starts with 10 ms of silence. When no whole frame is
+ready (the provider handed over less than 20 ms), :meth:`~VonageStream.audio` returns an **empty** frame,
 which the call does not send: the audio waits for the next chunk. A :meth:`~VonageStream.clear`
 drops the leftover and restarts the outbound resampler, so nothing of the interrupted answer plays
 after it. Vonage plays frames in order and buffers up to 3072 of them (about a minute at 20 ms): a
@@ -82,13 +83,14 @@ import base64
 import binascii
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import attrs
 import orjson
 
-from ..audio import SILENCE
-from ..errors import RemoteProtocolError, SettingsError
+from ..audio import BYTES_PER_MS, SILENCE
+from ..errors import RemoteProtocolError
+from . import fields
 from .base import (
     AudioFormat,
     CallerAudio,
@@ -99,12 +101,8 @@ from .base import (
     LocalProtocolError,
     StreamStarted,
 )
-from .spec import CarrierSpec
+from .fields import DTMF_DIGITS, MISSING, SAFETY_NET, parse_frame, show, unexpected
 from .transcode import Transcoder
-
-if TYPE_CHECKING:
-    from ..settings import Settings
-    from .base import CarrierRest, CarrierWebhooks
 
 __all__ = [
     "CALL_HEADER",
@@ -116,10 +114,9 @@ __all__ = [
     "FRAME_MS",
     "HEADERS_MAX",
     "RESERVED_HEADERS",
-    "SPEC",
+    "SAMPLE_RATES",
     "L16Framer",
     "VonageConnected",
-    "VonageSettings",
     "VonageStream",
     "content_type_of",
     "encode_headers",
@@ -144,8 +141,6 @@ RESERVED_HEADERS: Final = frozenset({"event", "content-type"})
 CALL_HEADER: Final = "uuid"
 #: The per-call token's parameter (``voxbridge.server.security.TOKEN_PARAMETER``).
 TOKEN_HEADER: Final = "voxbridge_token"
-#: Every value a DTMF ``digit`` may take.
-DTMF_DIGITS: Final = frozenset("0123456789*#ABCD")
 #: The one control frame we send: drop the audio Vonage has queued (it answers
 #: ``websocket:cleared``).
 CLEAR: Final = '{"action":"clear"}'
@@ -153,8 +148,6 @@ CLEAR: Final = '{"action":"clear"}'
 CAPABILITIES: Final = Capabilities(
     marks=False, echoes_cleared_marks=False, sends_stop=False, binary_audio=True, frame_ms=FRAME_MS
 )
-#: Mu-law silence that primes an outbound resampler (two 20 ms chunks: see the module docstring).
-PRIMING: Final = SILENCE * 320
 
 
 def content_type_of(sample_rate: int) -> str:
@@ -185,7 +178,7 @@ def parse_content_type(text: str) -> AudioFormat:
         if rate.isascii() and rate.isdigit() and int(rate) in SAMPLE_RATES:
             return AudioFormat("l16", int(rate))
     raise RemoteProtocolError(
-        f"content-type {_show(text)} is not one voxbridge streams "
+        f"content-type {show(text)} is not one voxbridge streams "
         "(audio/l16 at rate 8000, 16000 or 24000)"
     )
 
@@ -240,13 +233,12 @@ class L16Framer:
         self._transcoder, self._pending = self._fresh()
 
     def _fresh(self) -> tuple[Transcoder, bytearray]:
-        converter = Transcoder(self.format)
+        converter = Transcoder(self.format)  # primed: each 20 ms in gives 20 ms out
         pending = bytearray()
-        if self.format.sample_rate != 8000:
-            # A streaming resampler holds back its first input while its filter fills: prime it
-            # with 40 ms of silence, and keep what that gives, so that each 20 ms of input has a
-            # whole frame ready.
-            pending += converter.from_neutral(PRIMING)
+        if converter.resamples:
+            # half a frame of silence ahead (Vonage's frame timing since the first release):
+            # input in 10 ms pieces then goes out on the first piece, not the second
+            pending += converter.from_neutral(SILENCE * (FRAME_MS // 2 * BYTES_PER_MS))
         return converter, pending
 
     def __repr__(self) -> str:
@@ -282,31 +274,6 @@ class VonageConnected:
     content_type: str
     audio_format: AudioFormat
     headers: Mapping[str, str] = attrs.field(converter=_copy, hash=False)
-
-
-# --- field checking ---------------------------------------------------------------------------------
-
-_MISSING: Final = object()
-_TYPE_NAMES: Final[Mapping[type, str]] = {dict: "an object", list: "an array"}
-_SAFETY_NET: Final = (
-    TypeError,
-    KeyError,
-    AttributeError,
-    IndexError,
-    ValueError,
-    OverflowError,
-    RecursionError,
-)
-
-
-def _show(value: object) -> str:
-    """A JSON value for an error message, briefly and without recursing into it."""
-    if isinstance(value, str):
-        return repr(value[:60] + "..." if len(value) > 60 else value)
-    if value is None or isinstance(value, bool | int | float):
-        text = json.dumps(value)
-        return text[:60] + "..." if len(text) > 60 else text
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def _as_text(value: Any) -> str:
@@ -381,23 +348,7 @@ class VonageStream:
         """
         if isinstance(frame, bytes | bytearray | memoryview):
             return self._decode_audio(bytes(frame))
-        if not isinstance(frame, str):
-            raise RemoteProtocolError(f"a frame must be text or bytes, not {type(frame).__name__}")
-        if len(frame) > self.MAX_FRAME:
-            raise RemoteProtocolError(f"frame of {len(frame)} exceeds MAX_FRAME={self.MAX_FRAME}")
-        try:
-            # orjson rejects lone surrogates, NaN/Infinity, integers beyond 64 bits and nesting
-            # beyond 1024, like the other codecs.
-            message = orjson.loads(frame)
-        except orjson.JSONDecodeError as exc:
-            raise RemoteProtocolError(f"malformed JSON: {exc}") from exc
-        if type(message) is not dict:
-            raise RemoteProtocolError(f"frame must be a JSON object, got {_show(message)}")
-        event = message.get("event", _MISSING)
-        if type(event) is not str:
-            if event is _MISSING:
-                raise RemoteProtocolError("frame has no 'event' field")
-            raise RemoteProtocolError(f"event must be a string, got {_show(event)}")
+        event, message = parse_frame(frame, self.MAX_FRAME)
         try:
             if event == "websocket:connected":
                 return self._decode_connected(message)
@@ -408,10 +359,8 @@ class VonageStream:
                 return None
         except RemoteProtocolError:
             raise
-        except _SAFETY_NET as exc:  # a decoder bug; still never let it escape
-            raise RemoteProtocolError(
-                f"unexpected error decoding {event[:40]!r}: {type(exc).__name__}"
-            ) from exc
+        except SAFETY_NET as exc:  # a decoder bug; still never let it escape
+            raise unexpected(event, exc) from exc
         self.unknown_events += 1
         return None
 
@@ -434,11 +383,11 @@ class VonageStream:
     def _decode_connected(self, message: dict[str, Any]) -> StreamStarted:
         if self._connected is not None:
             raise RemoteProtocolError("duplicate websocket:connected")
-        content_type = message.get("content-type", _MISSING)
+        content_type = message.get("content-type", MISSING)
         if type(content_type) is not str:
-            if content_type is _MISSING:
+            if content_type is MISSING:
                 raise RemoteProtocolError("websocket:connected has no content-type")
-            raise RemoteProtocolError(f"content-type must be a string, got {_show(content_type)}")
+            raise RemoteProtocolError(f"content-type must be a string, got {show(content_type)}")
         audio_format = parse_content_type(content_type)
         headers = {
             name: _as_text(value) for name, value in message.items() if name not in RESERVED_HEADERS
@@ -464,17 +413,13 @@ class VonageStream:
 
     def _decode_dtmf(self, message: dict[str, Any]) -> Dtmf:
         self._require_connected("websocket:dtmf")
-        digit = message.get("digit", _MISSING)
-        if digit is _MISSING:
-            body = message.get("dtmf", _MISSING)
+        digit = message.get("digit", MISSING)
+        if digit is MISSING:
+            body = message.get("dtmf", MISSING)
             if type(body) is not dict:
                 raise RemoteProtocolError("websocket:dtmf has no digit")
-            digit = body.get("digit", _MISSING)
-        if type(digit) is not str or digit not in DTMF_DIGITS:
-            raise RemoteProtocolError(
-                f"websocket:dtmf digit must be one of 0-9 * # A-D, got {_show(digit)}"
-            )
-        return Dtmf(digit)
+            digit = body.get("digit", MISSING)
+        return Dtmf(fields.digit(digit, "websocket:dtmf digit"))
 
     # --- outbound ---------------------------------------------------------------------------------
 
@@ -511,131 +456,3 @@ class VonageStream:
             raise LocalProtocolError("cannot clear before websocket:connected")
         self._outbound.reset()
         return CLEAR
-
-
-# --- settings and the spec ----------------------------------------------------------------------------
-
-
-def _option(
-    default: Any,
-    help: str,
-    *,
-    secret: bool = False,
-    env: tuple[str, ...] = (),
-    validator: Any = None,
-) -> Any:
-    """A settings field as :func:`voxbridge.providers.spec.option` makes it, plus ``env``: the
-    vendor's own environment variables for it (``VONAGE_PRIVATE_KEY``), read after
-    ``VOXBRIDGE_VONAGE_<FIELD>``."""
-    return attrs.field(
-        default=default,
-        repr=not secret,
-        validator=validator,
-        metadata={"help": help, "secret": secret, "cli": not secret, "env": env},
-    )
-
-
-def _sample_rate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value not in SAMPLE_RATES:
-        raise SettingsError(f"--vonage-sample-rate must be 8000, 16000 or 24000, got {value!r}")
-
-
-def _signature_secrets(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None:
-        return
-    secrets = value.split(",") if isinstance(value, str) else []
-    if not 1 <= len(secrets) <= 2 or not all(secret.strip() for secret in secrets):
-        raise SettingsError(
-            "VONAGE_SIGNATURE_SECRET must be one signature secret, or two separated by a comma "
-            "(while rotating)"
-        )
-
-
-def _private_key(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and (not isinstance(value, str) or "-----BEGIN" not in value):
-        raise SettingsError(
-            "VONAGE_PRIVATE_KEY must be the application's private key in PEM "
-            "(-----BEGIN PRIVATE KEY-----...), not a file name"
-        )
-
-
-@attrs.frozen
-class VonageSettings:
-    """``--vonage-*`` settings. The secrets are environment only: the signature secret
-    (``VONAGE_SIGNATURE_SECRET``) and the application's private key (``VONAGE_PRIVATE_KEY``)."""
-
-    application_id: str | None = _option(
-        None,
-        "Vonage application id (also VONAGE_APPLICATION_ID): with VONAGE_PRIVATE_KEY, the REST "
-        "API's JWTs (end_call)",
-        env=("VONAGE_APPLICATION_ID",),
-    )
-    private_key: str | None = _option(
-        None,
-        "the Vonage application's private key, PEM (also VONAGE_PRIVATE_KEY): signs the REST "
-        "API's JWTs (RS256)",
-        secret=True,
-        env=("VONAGE_PRIVATE_KEY",),
-        validator=_private_key,
-    )
-    signature_secret: str | None = _option(
-        None,
-        "the Vonage account's signature secret (also VONAGE_SIGNATURE_SECRET): enables checks of "
-        "signed webhooks and the WebSocket's JWT, and per-call tokens (a second, comma-separated "
-        "secret while rotating)",
-        secret=True,
-        env=("VONAGE_SIGNATURE_SECRET",),
-        validator=_signature_secrets,
-    )
-    sample_rate: int = _option(
-        DEFAULT_SAMPLE_RATE,
-        "the stream's L16 sample rate: 8000, 16000 or 24000 (Hz)",
-        validator=_sample_rate,
-    )
-    api_url: str = _option("https://api.nexmo.com", "Vonage Voice API base URL (a fake's in tests)")
-
-    @property
-    def signature_secrets(self) -> tuple[str, ...]:
-        """``signature_secret`` split for rotation: ``()`` when unset, else one or two."""
-        if self.signature_secret is None:
-            return ()
-        return tuple(secret.strip() for secret in self.signature_secret.split(","))
-
-    @property
-    def private_key_pem(self) -> str | None:
-        """``private_key`` with ``\\n`` escapes turned into newlines (a key pasted into a
-        one-line variable), ``None`` when unset."""
-        key = self.private_key
-        if key is None or "\n" in key:
-            return key
-        return key.replace("\\n", "\n")
-
-
-def _webhooks(settings: Settings, own: VonageSettings) -> CarrierWebhooks:
-    from .vonage_webhooks import VonageWebhooks
-
-    return VonageWebhooks(own.signature_secrets, sample_rate=own.sample_rate)
-
-
-def _rest(settings: Settings, own: VonageSettings) -> CarrierRest | None:
-    from .vonage_rest import VonageRest
-
-    key = own.private_key_pem
-    if not own.application_id or key is None:
-        return None
-    try:
-        return VonageRest(own.application_id, key, base_url=own.api_url)
-    except ValueError as exc:
-        raise SettingsError(f"VONAGE_PRIVATE_KEY / --vonage-api-url: {exc}") from None
-
-
-SPEC: CarrierSpec[VonageSettings] = CarrierSpec(
-    name="vonage",
-    codec=VonageStream,
-    webhook="answer",
-    settings=VonageSettings,
-    webhooks=_webhooks,
-    simulator="voxbridge.testing.vonage_wire:VonageWire",
-    rest=_rest,
-    call_parameter=CALL_HEADER,
-)

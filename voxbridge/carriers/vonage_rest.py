@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from ..deadlines import deadline
-from .base import CarrierRestError
+from .base import NamedRestError
 
 __all__ = ["API_URL", "JWT_TTL", "REST_TIMEOUT", "VonageRest", "VonageRestError"]
 
@@ -55,18 +55,11 @@ ERROR_EXCERPT: Final = 200  # characters of an error body quoted in a message
 ClientFactory = Callable[[], httpx.AsyncClient]
 
 
-class VonageRestError(CarrierRestError):
+class VonageRestError(NamedRestError):
     """Vonage refused a request (``status``, its problem text), or it could not be made
     (``status`` ``None``). ``code`` is always ``None``: Vonage's errors carry no code."""
 
-    def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(status, None, message)
-        self.message = message
-
-    def __str__(self) -> str:
-        if self.status is None:
-            return f"Vonage REST API: {self.message}"
-        return f"Vonage REST API: HTTP {self.status}: {self.message}"
+    API = "Vonage REST API"
 
 
 def load_private_key(pem: str) -> RSAPrivateKey:

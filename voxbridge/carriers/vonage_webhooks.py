@@ -1,8 +1,11 @@
-"""Vonage's HTTP side: signed-webhook JWTs, the answer webhook, and the NCCO answers.
+"""Vonage's HTTP side: signed-webhook JWTs, the answer webhook, the NCCO answers, and where Vonage
+declares itself: its settings (:class:`VonageSettings`, ``--vonage-*``) and its
+:class:`~voxbridge.carriers.spec.CarrierSpec` (:data:`SPEC`, one line of the registry).
 
 Sans-IO: the server reads the requests and writes the answers; this module only judges and builds
 them (:class:`VonageWebhooks`, a :class:`~voxbridge.carriers.base.CarrierWebhooks`). No socket, no
 clock (``now`` is an argument), no logging; no message or ``repr`` here holds a secret or a token.
+The REST client (:mod:`.vonage_rest`, httpx) is imported only when :data:`SPEC` builds it.
 
 **Signatures** (Vonage's "Signed webhooks" pages for the Voice API and the Messages API, and its
 support article on verifying Voice webhooks; the official ``vonage-jwt`` package's
@@ -52,15 +55,29 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 from urllib.parse import parse_qsl, urlsplit
 
+import attrs
 import jwt
 import orjson
 
-from ..errors import RemoteProtocolError
+from ..errors import RemoteProtocolError, SettingsError
+from ..options import option
 from .base import CallRequest, HttpAnswer, HttpRequest
-from .vonage import DEFAULT_SAMPLE_RATE, content_type_of, encode_headers
+from .spec import CarrierSpec
+from .vonage import (
+    CALL_HEADER,
+    DEFAULT_SAMPLE_RATE,
+    SAMPLE_RATES,
+    VonageStream,
+    content_type_of,
+    encode_headers,
+)
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from .base import CarrierRest, CarrierWebhooks
 
 __all__ = [
     "ALGORITHM",
@@ -68,6 +85,8 @@ __all__ = [
     "MAX_AGE",
     "MAX_TOKEN",
     "NCCO_CONTENT_TYPE",
+    "SPEC",
+    "VonageSettings",
     "VonageWebhooks",
     "bearer",
     "connect_ncco",
@@ -334,3 +353,111 @@ class VonageWebhooks:
     def hangup(self) -> HttpAnswer:
         """``[]``: an NCCO with no action, which ends the call at once."""
         return HttpAnswer(NCCO_CONTENT_TYPE, b"[]")
+
+
+# --- settings and the spec ----------------------------------------------------------------------------
+
+
+def _sample_rate(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value not in SAMPLE_RATES:
+        raise SettingsError(f"--vonage-sample-rate must be 8000, 16000 or 24000, got {value!r}")
+
+
+def _signature_secrets(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    secrets = value.split(",") if isinstance(value, str) else []
+    if not 1 <= len(secrets) <= 2 or not all(secret.strip() for secret in secrets):
+        raise SettingsError(
+            "VONAGE_SIGNATURE_SECRET must be one signature secret, or two separated by a comma "
+            "(while rotating)"
+        )
+
+
+def _private_key(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (not isinstance(value, str) or "-----BEGIN" not in value):
+        raise SettingsError(
+            "VONAGE_PRIVATE_KEY must be the application's private key in PEM "
+            "(-----BEGIN PRIVATE KEY-----...), not a file name"
+        )
+
+
+@attrs.frozen
+class VonageSettings:
+    """``--vonage-*`` settings. The secrets are environment only: the signature secret
+    (``VONAGE_SIGNATURE_SECRET``) and the application's private key (``VONAGE_PRIVATE_KEY``)."""
+
+    application_id: str | None = option(
+        None,
+        "Vonage application id (also VONAGE_APPLICATION_ID): with VONAGE_PRIVATE_KEY, the REST "
+        "API's JWTs (end_call)",
+        env=("VONAGE_APPLICATION_ID",),
+    )
+    private_key: str | None = option(
+        None,
+        "the Vonage application's private key, PEM (also VONAGE_PRIVATE_KEY): signs the REST "
+        "API's JWTs (RS256)",
+        secret=True,
+        env=("VONAGE_PRIVATE_KEY",),
+        validator=_private_key,
+    )
+    signature_secret: str | None = option(
+        None,
+        "the Vonage account's signature secret (also VONAGE_SIGNATURE_SECRET): enables checks of "
+        "signed webhooks and the WebSocket's JWT, and per-call tokens (a second, comma-separated "
+        "secret while rotating)",
+        secret=True,
+        env=("VONAGE_SIGNATURE_SECRET",),
+        validator=_signature_secrets,
+    )
+    sample_rate: int = option(
+        DEFAULT_SAMPLE_RATE,
+        "the stream's L16 sample rate: 8000, 16000 or 24000 (Hz)",
+        validator=_sample_rate,
+    )
+    api_url: str = option("https://api.nexmo.com", "Vonage Voice API base URL (a fake's in tests)")
+
+    @property
+    def signature_secrets(self) -> tuple[str, ...]:
+        """``signature_secret`` split for rotation: ``()`` when unset, else one or two."""
+        if self.signature_secret is None:
+            return ()
+        return tuple(secret.strip() for secret in self.signature_secret.split(","))
+
+    @property
+    def private_key_pem(self) -> str | None:
+        """``private_key`` with ``\\n`` escapes turned into newlines (a key pasted into a
+        one-line variable), ``None`` when unset."""
+        key = self.private_key
+        if key is None or "\n" in key:
+            return key
+        return key.replace("\\n", "\n")
+
+
+def _webhooks(settings: Settings, own: VonageSettings) -> CarrierWebhooks:
+    return VonageWebhooks(own.signature_secrets, sample_rate=own.sample_rate)
+
+
+def _rest(settings: Settings, own: VonageSettings) -> CarrierRest | None:
+    from .vonage_rest import VonageRest  # here: httpx only where a REST client is built
+
+    key = own.private_key_pem
+    if not own.application_id or key is None:
+        return None
+    try:
+        return VonageRest(own.application_id, key, base_url=own.api_url)
+    except ValueError as exc:
+        raise SettingsError(f"VONAGE_PRIVATE_KEY / --vonage-api-url: {exc}") from None
+
+
+#: Vonage, as the registry lists it.
+SPEC: CarrierSpec[VonageSettings] = CarrierSpec(
+    name="vonage",
+    codec=VonageStream,
+    webhook="answer",
+    settings=VonageSettings,
+    webhooks=_webhooks,
+    simulator="voxbridge.testing.vonage_wire:VonageWire",
+    rest=_rest,
+    call_parameter=CALL_HEADER,
+)

@@ -9,9 +9,11 @@ line in :mod:`voxbridge.providers.registry`. Nothing in the call changes.
   far, so the new session can be seeded with it.
 * A :class:`ProviderCodec` is sans-IO and belongs to one session. It turns caller audio (base64
   mu-law, as Twilio sends it) into provider frames, provider frames into neutral events
-  (:mod:`voxbridge.providers.events`), and says what to send when the session opens, when the caller
-  interrupts, and when the call ends, and whether the session needs a keepalive message
-  (:class:`Keepalive`) besides the link's WebSocket pings.
+  (:mod:`voxbridge.providers.events`), and says what to send when the session opens (and, for a
+  service that must acknowledge a session before anything else, once it has), when the caller
+  interrupts, and when the call ends, whether the session needs a keepalive message
+  (:class:`Keepalive`) besides the link's WebSocket pings, and what it still holds when the link
+  stops reading its session (:meth:`ProviderCodec.flush`).
 """
 
 from __future__ import annotations
@@ -64,10 +66,32 @@ class ProviderCodec(Protocol):
         whose sessions WebSocket pings and caller audio keep alive."""
         ...
 
-    def opening(self, history: Sequence[HistoryItem]) -> list[Frame]:
+    @property
+    def awaits_acknowledgement(self) -> bool:
+        """Whether the service must acknowledge the session before it is sent anything but the
+        opening frames (GPT-Live's ``session.started``, Gemini's ``setupComplete``). The link
+        then reads until :meth:`acknowledged` says the acknowledgement came (within
+        ``connect_timeout``), sends what it returns, and only then gives the session to the
+        call: no caller audio, key press or tool result reaches the session before."""
+        ...
+
+    def opening(self, history: Sequence[HistoryItem], *, first: bool) -> list[Frame]:
         """Frames to send right after the session opens: configuration, then ``history``
-        replayed (transcript lines, key presses, tool exchanges), then -- at call start only
-        (empty ``history``) -- the greeting, if the agent speaks first."""
+        replayed (transcript lines, key presses, tool exchanges), then -- in the call's first
+        session only (``first``; never in a resumed or recycled one, whatever ``history``
+        holds) -- the greeting, if the agent speaks first.
+
+        A codec that :attr:`awaits_acknowledgement` returns the frames the service takes
+        before its acknowledgement (the configuration); :meth:`acknowledged` returns the rest.
+        """
+        ...
+
+    def acknowledged(self, frame: Frame) -> list[Frame] | None:
+        """Whether ``frame``, read after the opening frames, is the service's acknowledgement
+        of the session: ``None`` if it is not (the link reads on), else the frames to send now
+        (the rest of the opening: history, greeting; possibly none). Called only for a codec
+        that :attr:`awaits_acknowledgement`. It does not decode ``frame``: the call still
+        decodes every frame read, this one included, in order."""
         ...
 
     def audio(self, payload: str) -> Frame:
@@ -113,6 +137,15 @@ class ProviderCodec(Protocol):
         """Frames to send before closing the session at the end of the call (best effort)."""
         ...
 
+    def flush(self) -> list[ProviderEvent]:
+        """The events this codec still holds, now final: the link stops reading its session
+        (the session dropped, was replaced by a recycle, or the call ends). A transcript line
+        still being gathered (the provider had not said it was over) is final here, as the
+        session ends; events decoded but not returned yet come out too. The call keeps the
+        lines and the usage, so the journal and the history a new session is seeded with have
+        them. Afterwards the codec holds nothing (a second call returns ``[]``)."""
+        ...
+
     def close_reason(self, code: int) -> Reason:
         """What the provider closing its socket with ``code`` means.
 
@@ -148,8 +181,10 @@ class Provider(Protocol):
         the model. Cheap and without I/O: the call does it once, at start."""
         ...
 
-    async def session(self, history: Sequence[HistoryItem]) -> ProviderSession:
-        """Prepare a session seeded with ``history`` (empty at call start).
+    async def session(self, history: Sequence[HistoryItem], *, first: bool) -> ProviderSession:
+        """Prepare a session seeded with ``history`` (empty at call start). ``first``: this is
+        the call's first session (the agent's greeting belongs to it alone; a session that
+        resumes or recycles an earlier one is never ``first``, even with an empty ``history``).
 
         The call bounds this with ``connect_timeout``.
 

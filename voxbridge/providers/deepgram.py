@@ -24,7 +24,12 @@ to skip. Text frames are JSON messages:
 * ``FunctionCallRequest{functions: [{id, name, arguments, client_side}]}``: the ``client_side``
   functions are ours to run (one: a ``ToolCall``; several: one ``ResponseDone`` that carries them);
   the others Deepgram runs itself. Each result goes back as ``FunctionCallResponse{id, name,
-  content}``.
+  content}``. A result for a session that has since been replaced (a resume, a recycle) cannot
+  be: a new session knows no call id it did not make, and takes function calls only in its
+  ``Settings``. It goes as ``InjectUserMessage`` instead (the call, its arguments and the result:
+  :func:`~voxbridge.providers.events.tool_result_message`), which the agent answers, as it would
+  have answered the ``FunctionCallResponse``; the sessions after that one have the exchange in
+  their ``agent.context.messages``.
 * ``Error{code, description}`` is a ``ProviderError``; ``Welcome``, ``SettingsApplied``,
   ``AgentThinking``, ``AgentAudioDone``, ``Warning``, ``History`` and types added later are ignored.
 
@@ -62,6 +67,7 @@ from .events import (
     Transcript,
     Truncation,
     dtmf_message,
+    tool_result_message,
 )
 from .spec import ProviderSpec, option
 
@@ -150,8 +156,9 @@ class DeepgramCodec:
             f" speak={self.speak_model!r}, tools={[t.name for t in self.tools]!r})"
         )
 
-    def settings(self, history: Sequence[HistoryItem]) -> dict[str, Any]:
-        """The ``Settings`` message for a session seeded with ``history``."""
+    def settings(self, history: Sequence[HistoryItem], *, first: bool) -> dict[str, Any]:
+        """The ``Settings`` message for a session seeded with ``history``; the greeting only in
+        the call's ``first`` session."""
         think: dict[str, Any] = {
             "provider": {"type": self.think_provider, "model": self.think_model},
             "prompt": self.prompt,
@@ -173,7 +180,7 @@ class DeepgramCodec:
         messages = _context_messages(history)
         if messages:
             agent["context"] = {"messages": messages}
-        elif not history and self.greeting:
+        if first and self.greeting:
             agent["greeting"] = self.greeting
         return {
             "type": "Settings",
@@ -184,10 +191,19 @@ class DeepgramCodec:
             "agent": agent,
         }
 
-    def opening(self, history: Sequence[HistoryItem]) -> list[Frame]:
+    #: Audio may follow ``Settings`` at once: nothing to wait for.
+    awaits_acknowledgement = False
+
+    def opening(self, history: Sequence[HistoryItem], *, first: bool) -> list[Frame]:
         """One ``Settings`` message: the configuration, ``history`` as
-        ``agent.context.messages`` and, at call start only, ``agent.greeting``."""
-        return [_json(self.settings(history))]
+        ``agent.context.messages`` and, in the call's ``first`` session only,
+        ``agent.greeting``."""
+        return [_json(self.settings(history, first=first))]
+
+    def acknowledged(self, frame: Frame) -> list[Frame] | None:
+        """Nothing waits for an acknowledgement (never called: see
+        :attr:`awaits_acknowledgement`)."""
+        return []
 
     def audio(self, payload: str) -> Frame:
         """Caller audio (base64 mu-law 8 kHz) as one binary frame of its mu-law bytes.
@@ -240,12 +256,14 @@ class DeepgramCodec:
     def tool_result(self, exchange: ToolExchange, *, known: bool) -> list[Frame]:
         """``FunctionCallResponse{id, name, content}`` (content: the tool's JSON output).
 
-        Not ``known`` (the session that asked was replaced): nothing. A new Deepgram session
-        knows no call id it did not make, and cannot be given a function call after ``Settings``;
-        the exchange reaches the model in ``agent.context.messages`` of the next session.
+        Not ``known`` (the session that asked was replaced): ``InjectUserMessage`` with
+        :func:`~voxbridge.providers.events.tool_result_message`. A new Deepgram session knows no
+        call id it did not make, and takes function calls only in its ``Settings``; the agent
+        answers the injected message.
         """
         if not known:
-            return []
+            content = tool_result_message(exchange)
+            return [_json({"type": "InjectUserMessage", "content": content})]
         return [
             _json(
                 {
@@ -266,6 +284,10 @@ class DeepgramCodec:
 
     def closing(self) -> list[Frame]:
         """Nothing: Deepgram has no end-of-session message; closing the socket ends it."""
+        return []
+
+    def flush(self) -> list[ProviderEvent]:
+        """Nothing is held: every ``ConversationText`` is a whole line, decoded as it comes."""
         return []
 
     def close_reason(self, code: int) -> Reason:
@@ -415,8 +437,9 @@ class DeepgramProvider:
             greeting=self.greeting,
         )
 
-    async def session(self, history: Sequence[HistoryItem]) -> ProviderSession:
-        """The endpoint and a fresh codec (``history`` goes into the ``Settings``)."""
+    async def session(self, history: Sequence[HistoryItem], *, first: bool) -> ProviderSession:
+        """The endpoint and a fresh codec (``history`` goes into the ``Settings``, and the
+        greeting in the ``first`` session's)."""
         return ProviderSession(self.endpoint, self.codec())
 
 
@@ -458,7 +481,9 @@ SPEC = ProviderSpec(
     settings=DeepgramSettings,
     build=_build,
     close_reasons=CLOSE_REASONS,
+    codec=DeepgramCodec,
     key_variables=("DEEPGRAM_API_KEY",),
     endpoint="ws(s)://.../v1/agent/converse",
     fake="voxbridge.testing.fake_deepgram:FakeDeepgram",
+    voice=f"{SPEAK_MODEL} (the speak model)",
 )

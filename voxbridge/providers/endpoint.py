@@ -8,7 +8,7 @@ import attrs
 
 from ..errors import SettingsError
 
-__all__ = ["ProviderEndpoint", "checked_ws_url"]
+__all__ = ["URL_SETTING", "ProviderEndpoint", "checked_ws_url", "url_problem"]
 
 
 @attrs.frozen
@@ -48,12 +48,36 @@ def _without_query(url: str) -> str:
     return repr(f"{parts.scheme}://{parts.netloc}/...") if parts.path.strip("/") else repr(url)
 
 
+#: How an error names the setting a provider URL comes from.
+URL_SETTING = "--provider-url / VOXBRIDGE_PROVIDER_URL"
+
+
 def checked_ws_url(url: str) -> str:
-    """``url`` if it is a ws:// or wss:// URL.
+    """``url`` if it is a ws:// or wss:// URL with a host (and, if any, a valid port).
 
     Raises:
-        SettingsError: it is not.
+        SettingsError: it is not. The message names the setting (:data:`URL_SETTING`) and never
+            quotes the URL, which may carry a key (Gemini's ``?key=``).
     """
-    if urlsplit(url).scheme not in ("ws", "wss"):
-        raise SettingsError(f"provider URL must be ws:// or wss://, got {url!r}")
+    problem = url_problem(url, ("ws", "wss"))
+    if problem:
+        raise SettingsError(f"{URL_SETTING} must be ws:// or wss://, with a host: {problem}")
     return url
+
+
+def url_problem(url: str, schemes: tuple[str, ...]) -> str:
+    """What is wrong with ``url`` for ``schemes`` (``""``: nothing), without quoting it: only its
+    scheme is named, when it is a plain word."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or out of range
+    except ValueError:
+        return "it does not parse (a bad port or IPv6 address)"
+    if parts.scheme not in schemes:
+        shown = f"{parts.scheme}://" if parts.scheme.isalnum() and len(parts.scheme) < 16 else ""
+        return f"its scheme is {shown}" if shown else "it has no scheme"
+    if not parts.hostname:
+        return "it has no host"
+    if port == 0:
+        return "port 0"
+    return ""

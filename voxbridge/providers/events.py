@@ -29,6 +29,7 @@ __all__ = [
     "Truncation",
     "Usage",
     "dtmf_message",
+    "tool_result_message",
 ]
 
 
@@ -132,6 +133,17 @@ def dtmf_message(digits: str) -> str:
     return f"The caller pressed {' '.join(digits)} on the keypad."
 
 
+def tool_result_message(exchange: ToolExchange) -> str:
+    """The user message that tells a model the result of a tool call made by a session that has
+    since been replaced, for a protocol that cannot take the result itself there (Deepgram,
+    Ultravox): ``'The result of the tool call lookup({"order": "42"}), asked for before the
+    connection was restored: {...}'``."""
+    return (
+        f"The result of the tool call {exchange.name}({exchange.arguments}), asked for before "
+        f"the connection was restored: {exchange.output}"
+    )
+
+
 @attrs.frozen
 class AgentHangup:
     """The agent ended the call."""
@@ -152,9 +164,13 @@ class SessionEnding:
     """The provider announced that it will close this session soon (Gemini Live's ``goAway``):
     ``seconds_left`` until it does, or ``None`` when it did not say. The conversation is not over:
     the call asks its link to replace the session, make before break
-    (:meth:`~voxbridge.session.link.ProviderLink.recycle_soon`)."""
+    (:meth:`~voxbridge.session.link.ProviderLink.recycle_soon`), at a turn boundary: at once when
+    the agent is not ``answering``; else when the answer has ended (the codec then says
+    ``SessionEnding`` again, not ``answering``), at the latest ``RECYCLE_MARGIN`` seconds before
+    ``seconds_left`` runs out."""
 
     seconds_left: float | None = None
+    answering: bool = False
 
 
 @attrs.frozen

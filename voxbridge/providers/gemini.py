@@ -15,8 +15,11 @@ call-second). The resamplers are pure computation, so the codec stays sans-IO. s
   the call already holds a resumption handle (:class:`Resumption`, shared by every session of one
   call) the setup names it and nothing is replayed: the service restores the conversation itself.
   Without one the conversation so far is sent as ``clientContent`` turns after a
-  ``historyConfig{initialHistoryInClientContent}`` setup. At call start a greeting is asked for as
-  ``realtimeInput.text``.
+  ``historyConfig{initialHistoryInClientContent}`` setup. In the call's first session a greeting is
+  asked for as ``realtimeInput.text``. The service must answer ``setupComplete`` before anything
+  else is sent (the ``google-genai`` client waits for it too): the codec
+  :attr:`~GeminiCodec.awaits_acknowledgement`, so the link sends ``setup`` alone, and the turns,
+  the greeting and caller audio only after ``setupComplete`` (:meth:`GeminiCodec.acknowledged`).
 * Agent audio (``serverContent.modelTurn.parts[].inlineData``, ``audio/pcm;rate=24000``) is
   validated (strict base64, whole samples, the PCM mime type and rate) -- :class:`BadAudio`
   otherwise -- then resampled to 8 kHz and encoded as mu-law.
@@ -30,9 +33,16 @@ call-second). The resamplers are pure computation, so the codec stays sans-IO. s
 * ``usageMetadata`` (per turn) is :class:`Usage` by modality.
 * ``sessionResumptionUpdate`` stores the newest resumable handle in :class:`Resumption`.
 * ``goAway{timeLeft}`` (about a minute before the service ends a connection, at about 10 minutes)
-  is :class:`SessionEnding`: the call has its link recycle the session at once, make before break
+  is :class:`SessionEnding`: the call has its link recycle the session, make before break
   (:meth:`~voxbridge.session.link.ProviderLink.recycle_soon`), the new session resuming with the
-  handle. The service closes the connection (1000) when the time is up.
+  handle, at a turn boundary: at once if the model is not answering; else ``SessionEnding`` says
+  ``answering``, and the codec says ``SessionEnding`` again when the answer has ended
+  (``turnComplete``, or ``interrupted``), so the caller hears it whole (the link recycles at the
+  latest ``RECYCLE_MARGIN`` seconds before the time is up). The model is answering from its first
+  audio or output transcription until ``turnComplete`` or ``interrupted``. The service closes the
+  connection (1000) when the time is up.
+* :meth:`GeminiCodec.flush`, when the link stops reading a session, gives the events still queued
+  (below) and the transcript lines still being gathered.
 
 One server message may carry several things (a ``turnComplete`` with ``usageMetadata``, say), but
 :meth:`GeminiCodec.decode` returns one event per frame. Audio, barge-in, tool calls and ``goAway``
@@ -185,6 +195,10 @@ class GeminiCodec:
         #: ``goAway.timeLeft`` in seconds, once the service announced the end of this connection.
         self.ending_in: float | None = None
         self.setup_complete = False
+        #: The model is answering: audio or output transcription since the last turn ended.
+        self.answering = False
+        self._ending_after_turn = False  # goAway came while answering: say so when it ends
+        self._after_setup: list[Frame] = []  # what acknowledged() sends after setupComplete
         self._resumed_with: str | None = None
         self._up = resampler(CARRIER_RATE, INPUT_RATE)
         self._down = resampler(OUTPUT_RATE, CARRIER_RATE)
@@ -230,19 +244,40 @@ class GeminiCodec:
             setup["historyConfig"] = {"initialHistoryInClientContent": True}
         return {"setup": setup}
 
-    def opening(self, history: Sequence[HistoryItem]) -> list[Frame]:
-        """``setup``; then, without a resumption handle, ``history`` as one ``clientContent``
-        (and a nudge if the model owes an answer); at call start, the greeting request."""
-        handle = self.resumption.handle if history else None
+    #: ``setup``, then wait for ``setupComplete`` (:meth:`acknowledged`).
+    awaits_acknowledgement = True
+
+    def opening(self, history: Sequence[HistoryItem], *, first: bool) -> list[Frame]:
+        """``setup`` (naming the call's resumption handle in a session that is not the
+        ``first``, when there is one and a conversation to resume). After ``setupComplete``
+        (:meth:`acknowledged`): without a handle, ``history`` as one ``clientContent`` (and a
+        nudge if the model owes an answer); in the ``first`` session, the greeting request."""
+        handle = self.resumption.handle if history and not first else None
         self._resumed_with = handle
         turns = [] if handle is not None else _turns(history)
-        frames: list[Frame] = [_dumps(self.setup(handle=handle, history=bool(turns)))]
+        after: list[Frame] = []
         if turns:
-            frames.append(_dumps({"clientContent": {"turns": turns, "turnComplete": True}}))
+            after.append(_dumps({"clientContent": {"turns": turns, "turnComplete": True}}))
             if _owes_an_answer(history[-1]):
-                frames.append(_text_input(RESUME_PROMPT))
-        if not history and self.greeting:
-            frames.append(_text_input(GREETING_PROMPT + self.greeting))
+                after.append(_text_input(RESUME_PROMPT))
+        if first and self.greeting:
+            after.append(_text_input(GREETING_PROMPT + self.greeting))
+        self._after_setup = after
+        return [_dumps(self.setup(handle=handle, history=bool(turns)))]
+
+    def acknowledged(self, frame: Frame) -> list[Frame] | None:
+        """``None`` unless ``frame`` is ``setupComplete``; then what waits for it (the replayed
+        turns, a nudge, the greeting). Does not change what :meth:`decode` does."""
+        raw = frame.encode() if isinstance(frame, str) else bytes(frame)
+        if b"setupComplete" not in raw:
+            return None
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(message, dict) or "setupComplete" not in message:
+            return None
+        frames, self._after_setup = self._after_setup, []
         return frames
 
     def audio(self, payload: str) -> Frame:
@@ -292,6 +327,13 @@ class GeminiCodec:
     def closing(self) -> list[Frame]:
         """Nothing: Gemini Live has no goodbye message; closing the socket ends the session."""
         return []
+
+    def flush(self) -> list[ProviderEvent]:
+        """The events still queued (:attr:`pending`), then the caller's and the agent's lines
+        still being gathered, final now that the session ends."""
+        events = [*self._pending, *self._flush("caller"), *self._flush("agent")]
+        self._pending.clear()
+        return events
 
     def close_reason(self, code: int) -> Reason:
         """What Gemini closing the socket with ``code`` means: see :data:`CLOSE_REASONS`.
@@ -361,7 +403,8 @@ class GeminiCodec:
         away = _object(message, "goAway")
         if away is not None:
             self.ending_in = _duration(away.get("timeLeft"))
-            events.append(SessionEnding(self.ending_in))
+            self._ending_after_turn = self.answering
+            events.append(SessionEnding(self.ending_in, answering=self.answering))
         return events
 
     def _server_content(self, content: dict[str, Any]) -> list[ProviderEvent]:
@@ -375,11 +418,14 @@ class GeminiCodec:
         if said:
             events += self._flush("caller")  # the agent answers: the caller's line is over
             self._agent = (self._agent + said)[:MAX_TRANSCRIPT]
+            self.answering = True
         turn = _object(content, "modelTurn")
         if turn is not None:
             audio = self._model_audio(turn)
             if audio:
                 events.append(AgentAudio(audio))
+            if self._down_dirty:
+                self.answering = True
         interrupted = _flag(content, "interrupted")
         if interrupted:
             self._down.clear()  # the tail of the cut turn never plays
@@ -395,6 +441,11 @@ class GeminiCodec:
                 events.append(AgentAudio(pcm16_to_ulaw(tail.astype("<i2").tobytes())))
         if _flag(content, "turnComplete"):
             events += self._flush("caller") + self._flush("agent")
+        if interrupted or _flag(content, "turnComplete"):
+            self.answering = False
+            if self._ending_after_turn:  # the answer goAway waited for has ended: recycle now
+                self._ending_after_turn = False
+                events.append(SessionEnding(None, answering=False))
         return events
 
     def _flush(self, role: str) -> list[ProviderEvent]:
@@ -697,8 +748,9 @@ class GeminiProvider:
             resumption=self.resumption,
         )
 
-    async def session(self, history: Sequence[HistoryItem]) -> ProviderSession:
-        """The endpoint and a fresh codec (``codec.opening`` resumes or replays ``history``)."""
+    async def session(self, history: Sequence[HistoryItem], *, first: bool) -> ProviderSession:
+        """The endpoint and a fresh codec (``codec.opening`` resumes or replays ``history``, and
+        asks for the greeting in the ``first`` session)."""
         return ProviderSession(self.endpoint, self.codec())
 
 
@@ -737,8 +789,10 @@ SPEC = ProviderSpec(
     settings=GeminiSettings,
     build=_build,
     close_reasons=CLOSE_REASONS,
+    codec=GeminiCodec,
     key_variables=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
     usage_kinds=USAGE_KINDS,
     endpoint="ws(s)://...BidiGenerateContent",
     fake="voxbridge.testing.fake_gemini:FakeGemini",
+    voice=GEMINI_VOICE,
 )

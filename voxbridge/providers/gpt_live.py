@@ -22,10 +22,15 @@ truncation. What that means for a bridge:
   not used as a barge-in signal: in a full-duplex conversation the caller's "mm-hm" while the model
   speaks is transcribed too, and is not an interruption.
 * **Transcripts.** ``session.input_transcript.delta`` / ``session.output_transcript.delta`` are
-  fragments with no ``done`` event. The codec accumulates each side's fragments and emits a final
-  :class:`~voxbridge.providers.events.Transcript` line when the other side's first fragment arrives
-  (a change of speaker ends a line). A line still being accumulated when the session closes is
-  not emitted (:attr:`GptLiveCodec.pending`).
+  fragments, and "do not define complete turns or include a transcript-done event": no server
+  event of ``ServerEvent`` says that the model (or the caller) finished speaking. So the codec
+  accumulates each side's fragments (:attr:`GptLiveCodec.pending`) and emits a final
+  :class:`~voxbridge.providers.events.Transcript` line at the first thing that proves it over: the
+  other side's first fragment (a change of speaker), ``session.delegation.created`` (the model
+  hands work to a backend: what it said before is a line), and the end of the session:
+  :meth:`GptLiveCodec.flush`, which the link calls when it stops reading the session (a drop, a
+  recycle, the end of the call, ``session.closed`` included). So the agent's last line reaches the
+  journal, and the history a resumed session is seeded with.
 * **Usage.** ``session.usage.updated`` and ``session.closed`` carry *cumulative* billable
   ``seconds`` (no tokens; "do not sum values across usage events"): the codec reports the increase
   since the previous report as ``Usage((("billed_seconds", delta),))``. None of OpenAI Realtime's
@@ -46,10 +51,16 @@ truncation. What that means for a bridge:
   plus 8 per message for the role framing (:func:`history_input`). Key presses are the user
   message :func:`~voxbridge.providers.events.dtmf_message`; a tool exchange is a developer message
   (the protocol has no function-call items in history).
+* **Starting.** ``session.start`` must come first, "and wait for ``session.started`` before
+  application commands": the codec :attr:`~GptLiveCodec.awaits_acknowledgement`, so the link
+  sends ``session.start`` alone, reads until ``session.started``
+  (:meth:`GptLiveCodec.acknowledged`), then sends the greeting, and only then does caller audio
+  flow.
 * **Greeting and key presses.** No ``response.create`` exists for the Live model itself. The
   greeting is ``session.commentary.append`` ("context the Live model can communicate to the user")
-  asking it to say the text; key presses are ``session.instructions.append`` with
-  :func:`~voxbridge.providers.events.dtmf_message` (kept in the conversation through compaction).
+  asking it to say the text, in the call's first session only; key presses are
+  ``session.instructions.append`` with :func:`~voxbridge.providers.events.dtmf_message` (kept in
+  the conversation through compaction).
 * **Tools.** The Live model does not call functions itself: it delegates tasks. With tools and a
   ``tools_model``, ``session.start`` sets ``delegation`` to a Responses backend with the tools as
   ``function`` tools; the backend's calls arrive inside ``response.event`` (a nested Responses
@@ -57,7 +68,8 @@ truncation. What that means for a bridge:
   :class:`~voxbridge.providers.events.ToolCall`; a result goes back as ``response.item.create``
   (``function_call_output``) and ``response.create``. To a session that never saw the call (a
   resume), the exchange is told as ``session.commentary.append`` instead. Without a
-  ``tools_model`` no tools are declared.
+  ``tools_model`` no tools are declared (the service cannot run them):
+  :meth:`GptLiveProvider.tools_warning` says so, and ``voxbridge serve`` logs it at start.
 
 Inbound frames are parsed with ``orjson``; a frame that is not a JSON object with a string
 ``type`` (or a binary frame) raises ``RemoteProtocolError``; events the bridge does not act on map
@@ -131,6 +143,7 @@ USAGE_KIND = "billed_seconds"
 _AUDIO_DELTA = "session.output_audio.delta"
 _INPUT_TRANSCRIPT = "session.input_transcript.delta"
 _OUTPUT_TRANSCRIPT = "session.output_transcript.delta"
+_STARTED = "session.started"
 
 #: What the greeting's commentary says before the greeting itself.
 GREETING_PROMPT = (
@@ -259,23 +272,42 @@ class GptLiveCodec:
         #: The transcript line being accumulated: ``(role, text)``.
         self.pending: tuple[str, str] | None = None
         self._billed = 0.0
+        #: What :meth:`acknowledged` sends once the service has started the session.
+        self._after_start: list[Frame] = []
 
     def __repr__(self) -> str:
         return f"GptLiveCodec(model={self.model!r}, voice={self.voice!r})"
 
     # --- opening ------------------------------------------------------------------------------
 
-    def opening(self, history: Sequence[HistoryItem]) -> list[Frame]:
-        """``session.start`` (with ``history`` as its ``input``, :func:`history_input`), then --
-        at call start, for an agent with a greeting -- the greeting's
-        ``session.commentary.append``.
+    #: ``session.start``, then wait for ``session.started`` (:meth:`acknowledged`).
+    awaits_acknowledgement = True
+
+    def opening(self, history: Sequence[HistoryItem], *, first: bool) -> list[Frame]:
+        """``session.start``, with ``history`` as its ``input`` (:func:`history_input`). In the
+        call's ``first`` session, for an agent with a greeting, the greeting's
+        ``session.commentary.append`` follows ``session.started`` (:meth:`acknowledged`).
 
         Raises:
             ValueError: a transcript role is not ``caller``, ``agent`` or ``dtmf``.
         """
-        frames: list[Frame] = [self.session_start(history)]
-        if not history and self.greeting:
-            frames.append(self.commentary(GREETING_PROMPT + self.greeting))
+        self._after_start = []
+        if first and self.greeting:
+            self._after_start.append(self.commentary(GREETING_PROMPT + self.greeting))
+        return [self.session_start(history)]
+
+    def acknowledged(self, frame: Frame) -> list[Frame] | None:
+        """``None`` unless ``frame`` is ``session.started``; then the frames that wait for it
+        (the greeting, in the first session). Does not change what :meth:`decode` does."""
+        if not isinstance(frame, str) or _STARTED not in frame:
+            return None
+        try:
+            event = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(event, dict) or event.get("type") != _STARTED:
+            return None
+        frames, self._after_start = self._after_start, []
         return frames
 
     def session_start(self, history: Sequence[HistoryItem] = ()) -> str:
@@ -359,6 +391,8 @@ class GptLiveCodec:
             return self._closed(event)
         if kind == "response.event":
             return _tool_call(event.get("event"))
+        if kind == "session.delegation.created":
+            return self._end_line()  # the model hands work over: what it said is a line
         if kind == "error":
             error = event.get("error")
             error = error if isinstance(error, dict) else {}
@@ -372,7 +406,13 @@ class GptLiveCodec:
         if pending is not None and pending[0] == role:
             self.pending = (role, pending[1] + text)
             return None
+        line = self._end_line()  # a change of speaker ends the other side's line
         self.pending = (role, text)
+        return line
+
+    def _end_line(self) -> Transcript | None:
+        """The line being gathered, now final (``None`` if there is none, or only blanks)."""
+        pending, self.pending = self.pending, None
         if pending is None or not pending[1].strip():
             return None
         return Transcript(pending[0], pending[1].strip())
@@ -444,6 +484,13 @@ class GptLiveCodec:
         """``session.close``; the service answers ``session.closed`` with the final usage."""
         self.close_requested = True
         return ['{"type":"session.close"}']
+
+    def flush(self) -> list[ProviderEvent]:
+        """The line still being gathered (:attr:`pending`), final now that the session ends:
+        the protocol has no event that ends a turn, so the agent's last words would be lost
+        otherwise."""
+        line = self._end_line()
+        return [] if line is None else [line]
 
     def close_reason(self, code: int) -> Reason:
         """What the socket closing with ``code`` means: the ``session.closed`` reason if one came
@@ -556,6 +603,17 @@ class GptLiveProvider:
         """A copy for ``agent`` (:func:`~voxbridge.providers.base.configured`). No I/O."""
         return configured(self, agent, tools)
 
+    def tools_warning(self, tools: Sequence[str]) -> str | None:
+        """Why ``tools`` (names), offered to an agent of this provider, will not reach the model:
+        no ``tools_model`` (``--gpt-live-tools-model``), so no Responses backend is declared to
+        run them. ``None`` when they will (or there are none)."""
+        if not tools or self.tools_model:
+            return None
+        return (
+            f"{', '.join(tools)} not declared to GPT-Live: the Live model runs tools only through "
+            "a Responses backend, and --gpt-live-tools-model is not set"
+        )
+
     def __repr__(self) -> str:
         return f"GptLiveProvider({self.endpoint!r}, model={self.model!r})"
 
@@ -570,8 +628,9 @@ class GptLiveProvider:
             greeting=self.greeting,
         )
 
-    async def session(self, history: Sequence[HistoryItem]) -> ProviderSession:
-        """The endpoint and a fresh codec (``history`` is replayed by ``codec.opening``)."""
+    async def session(self, history: Sequence[HistoryItem], *, first: bool) -> ProviderSession:
+        """The endpoint and a fresh codec (``history`` is replayed, and the greeting said in the
+        ``first`` session, by ``codec.opening``)."""
         return ProviderSession(self.endpoint, self.codec())
 
 
@@ -601,8 +660,10 @@ SPEC = ProviderSpec(
     settings=GptLiveSettings,
     build=_build,
     close_reasons=CLOSE_REASONS,
+    codec=GptLiveCodec,
     key_variables=("OPENAI_API_KEY",),
     usage_kinds=(USAGE_KIND,),
     endpoint="ws(s)://.../v1/live/sessions",
     fake="voxbridge.testing.fake_gpt_live:FakeGptLive",
+    voice=GPT_LIVE_VOICE,
 )

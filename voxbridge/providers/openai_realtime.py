@@ -12,9 +12,9 @@ shut down in 2026.
   as ``conversation.item.create`` events, so a resumed session (after a drop, or the 60-minute
   ``session_expired``) keeps the context: transcript lines as messages, key presses as the user
   message :func:`~voxbridge.providers.events.dtmf_message`, tool exchanges as a ``function_call``
-  item and its ``function_call_output``. At call start (no history) an agent with a greeting
+  item and its ``function_call_output``. In the call's first session an agent with a greeting
   speaks first: a ``response.create`` whose ``response.instructions`` (which replace the session's
-  for that one response) ask the model to say exactly the greeting.
+  for that one response) ask the model to say exactly the greeting (never in a resumed session).
 * The codec follows the response lifecycle (``response.created`` .. ``response.done``): a new
   response is a :class:`~voxbridge.providers.events.ResponseStarted`, audio carries its
   ``item_id`` and ``response_id``, and ``response.done`` is a
@@ -229,9 +229,12 @@ class OpenAIRealtimeCodec:
 
     # --- opening ------------------------------------------------------------------------------
 
-    def opening(self, history: Sequence[HistoryItem]) -> list[Frame]:
-        """``session.update``, then ``history`` as ``conversation.item.create`` events, then -- at
-        call start (empty ``history``), for an agent with a greeting -- the greeting's
+    #: The service takes ``session.update`` and audio at once: nothing to wait for.
+    awaits_acknowledgement = False
+
+    def opening(self, history: Sequence[HistoryItem], *, first: bool) -> list[Frame]:
+        """``session.update``, then ``history`` as ``conversation.item.create`` events, then -- in
+        the call's ``first`` session, for an agent with a greeting -- the greeting's
         ``response.create``.
 
         Transcript lines with empty text are skipped (an empty message adds nothing).
@@ -242,7 +245,7 @@ class OpenAIRealtimeCodec:
         frames: list[Frame] = [self.session_update()]
         for item in history:
             frames.extend(self.history_items(item))
-        if not history and self.greeting:
+        if first and self.greeting:
             frames.append(self.greeting_response(self.greeting))
         elif history and _owes_an_answer(history[-1]):
             # A tool result or key presses that arrived while the session was being replaced:
@@ -432,6 +435,16 @@ class OpenAIRealtimeCodec:
         return frames
 
     keepalive = None  # no keepalive message in the protocol: caller audio and WebSocket pings
+
+    def acknowledged(self, frame: Frame) -> list[Frame] | None:
+        """Nothing waits for an acknowledgement (never called: see
+        :attr:`awaits_acknowledgement`)."""
+        return []
+
+    def flush(self) -> list[ProviderEvent]:
+        """Nothing is held: transcript lines come whole (their ``done`` and ``completed``
+        events), decoded as they come."""
+        return []
 
     def closing(self) -> list[Frame]:
         """Nothing: closing the socket ends an OpenAI Realtime session."""
@@ -650,8 +663,9 @@ class OpenAIProvider:
             greeting=self.greeting,
         )
 
-    async def session(self, history: Sequence[HistoryItem]) -> ProviderSession:
-        """The endpoint and a fresh codec (``history`` is replayed by ``codec.opening``)."""
+    async def session(self, history: Sequence[HistoryItem], *, first: bool) -> ProviderSession:
+        """The endpoint and a fresh codec (``history`` is replayed, and the greeting asked for in
+        the ``first`` session, by ``codec.opening``)."""
         return ProviderSession(self.endpoint, self.codec())
 
 
@@ -709,10 +723,12 @@ SPEC = ProviderSpec(
     settings=OpenAISettings,
     build=_openai,
     close_reasons=CLOSE_REASONS,
+    codec=OpenAIRealtimeCodec,
     key_variables=("OPENAI_API_KEY",),
     usage_kinds=tuple(kind for _, _, kind in _USAGE_KINDS),
     endpoint="ws(s)://.../v1/realtime",
     fake="voxbridge.testing.fake_openai:FakeOpenAIRealtime",
+    voice="alloy",
 )
 
 #: The built-in echo agent (:mod:`voxbridge.echo_agent`) speaks OpenAI Realtime on loopback.
@@ -721,6 +737,8 @@ ECHO_SPEC = ProviderSpec(
     settings=NoSettings,
     build=_echo,
     close_reasons=CLOSE_REASONS,
+    codec=OpenAIRealtimeCodec,
     endpoint="ws(s)://.../v1/realtime of a running echo agent",
     fake="voxbridge.testing.echo_agent:FakeEchoAgent",
+    voice="alloy",
 )

@@ -61,6 +61,7 @@ from .events import (
     Transcript,
     Truncation,
     dtmf_message,
+    tool_result_message,
 )
 
 __all__ = ["CLOSE_REASONS", "SAMPLE_RATE", "UltravoxCodec", "parse_duration"]
@@ -104,9 +105,17 @@ class UltravoxCodec:
     def __repr__(self) -> str:
         return f"UltravoxCodec(call_id={self.call_id!r}, pending={len(self._pending)})"
 
-    def opening(self, history: Sequence[HistoryItem]) -> list[Frame]:
+    #: Nothing to wait for: the call was configured when it was created.
+    awaits_acknowledgement = False
+
+    def opening(self, history: Sequence[HistoryItem], *, first: bool) -> list[Frame]:
         """Nothing: the configuration, ``history`` and the greeting went into the call creation
         request (:meth:`~voxbridge.providers.ultravox_rest.UltravoxProvider.request_body`)."""
+        return []
+
+    def acknowledged(self, frame: Frame) -> list[Frame] | None:
+        """Nothing waits for an acknowledgement (never called: see
+        :attr:`awaits_acknowledgement`)."""
         return []
 
     def audio(self, payload: str) -> Frame:
@@ -193,12 +202,15 @@ class UltravoxCodec:
         else ``implementation-error``) and ``errorMessage`` (the ``error`` text of the output)
         instead of ``result``, as the documentation asks.
 
-        Not ``known`` (the session that asked was replaced): nothing. A resumed session is a new
-        Ultravox call that never made that invocation and would refuse a result for it; the
-        exchange reaches the model through the ``initialMessages`` of the next session.
+        Not ``known`` (the session that asked was replaced): a resumed session is a new Ultravox
+        call that never made that invocation and would refuse a result for it, so the exchange
+        is told as a ``user_text_message``
+        (:func:`~voxbridge.providers.events.tool_result_message`), which the agent answers; the
+        sessions after that one have it in their ``initialMessages``.
         """
         if not known:
-            return []
+            text = tool_result_message(exchange)
+            return [_json({"type": "user_text_message", "text": text, "urgency": "immediate"})]
         message: dict[str, Any] = {"type": "client_tool_result", "invocationId": exchange.call_id}
         if exchange.outcome == "ok":
             message |= {"result": exchange.output, "responseType": "tool-response"}
@@ -224,6 +236,17 @@ class UltravoxCodec:
     def closing(self) -> list[Frame]:
         """A ``hang_up`` data message, so Ultravox ends the call (and stops billing) at once."""
         return [json.dumps({"type": "hang_up", "message": self.hangup_message})]
+
+    def flush(self) -> list[ProviderEvent]:
+        """The utterances whose final message had not come, as the lines they were so far (in
+        the order last heard from): the session ends, so they are over."""
+        pending, self._pending = self._pending, {}
+        lines: list[ProviderEvent] = []
+        for role, text in pending.values():
+            mapped = _ROLES.get(role)
+            if mapped is not None and text.strip():
+                lines.append(Transcript(mapped, text))
+        return lines
 
     def close_reason(self, code: int) -> Reason:
         """What Ultravox closing the socket with ``code`` means: see :data:`CLOSE_REASONS`."""

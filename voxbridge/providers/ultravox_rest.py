@@ -39,7 +39,7 @@ import trio
 from ..deadlines import deadline
 from ..errors import SettingsError, UpstreamConnectFailed
 from .base import Provider, ProviderSession, configured
-from .endpoint import ProviderEndpoint
+from .endpoint import URL_SETTING, ProviderEndpoint, url_problem
 from .events import HistoryItem, ToolExchange, Usage, dtmf_message
 from .spec import ProviderSpec, option
 from .ultravox import CLOSE_REASONS, SAMPLE_RATE, UltravoxCodec, parse_duration
@@ -156,8 +156,9 @@ class UltravoxProvider:
             raise ValueError(f"Ultravox tool names must be unique, got {names!r}")
         return configured(self, agent, tools, instructions="system_prompt")
 
-    def request_body(self, history: Sequence[HistoryItem]) -> dict[str, Any]:
-        """The ``StartCallRequest`` for a session seeded with ``history``.
+    def request_body(self, history: Sequence[HistoryItem], *, first: bool) -> dict[str, Any]:
+        """The ``StartCallRequest`` for a session seeded with ``history`` (``first``: the call's
+        first session).
 
         * ``selectedTools``: one ``{"temporaryTool": {...}}`` per tool, a client tool
           (``"client": {}``) whose ``dynamicParameters`` are the schema's ``properties``, each
@@ -168,9 +169,9 @@ class UltravoxProvider:
           (:func:`~voxbridge.providers.events.dtmf_message`), a tool exchange as a
           ``MESSAGE_ROLE_TOOL_CALL`` (``text``: the arguments) and a ``MESSAGE_ROLE_TOOL_RESULT``
           (``text``: the output), both with ``invocationId`` and ``toolName``.
-        * ``firstSpeakerSettings``: on a resume the agent speaks first only to answer the
-          caller's last words or a tool's result, else it waits; at call start it follows
-          ``greeting``.
+        * ``firstSpeakerSettings``: on a resume (not ``first``) the agent speaks first only to
+          answer the caller's last words or a tool's result, else it waits (never the greeting
+          again, even with nothing to replay); in the first session it follows ``greeting``.
         """
         body: dict[str, Any] = {
             "systemPrompt": self.system_prompt,
@@ -191,9 +192,10 @@ class UltravoxProvider:
         messages = _initial_messages(history)
         if messages:
             body["initialMessages"] = messages
+        if not first:
             # Resuming: the agent answers a caller's last words (or a tool's result), else it
             # waits for the caller (agent first would make it speak up unprompted mid-conversation).
-            last = messages[-1]["role"]
+            last = messages[-1]["role"] if messages else None
             answers = last in ("MESSAGE_ROLE_USER", "MESSAGE_ROLE_TOOL_RESULT")
             body["firstSpeakerSettings"] = {"agent": {}} if answers else {"user": {}}
         elif self.greeting is None:
@@ -228,8 +230,9 @@ class UltravoxProvider:
             definition["timeout"] = f"{round(seconds, 3):g}s"
         return definition
 
-    async def session(self, history: Sequence[HistoryItem]) -> ProviderSession:
-        """Create an Ultravox call seeded with ``history`` and return how to join it.
+    async def session(self, history: Sequence[HistoryItem], *, first: bool) -> ProviderSession:
+        """Create an Ultravox call seeded with ``history`` and return how to join it (the
+        greeting only in the ``first`` session).
 
         The codec's ``call_id`` is the new call's ``callId`` (for :meth:`billed_usage`).
 
@@ -237,9 +240,9 @@ class UltravoxProvider:
             UpstreamConnectFailed: the request fails, times out, or is
                 refused (the detail has the HTTP status and Ultravox's error text, never the key).
         """
-        body = self.request_body(history)
+        body = self.request_body(history, first=first)
         # Resuming: no greeting prompt, or the agent would greet the caller again.
-        params = {"enableGreetingPrompt": "false"} if "initialMessages" in body else {}
+        params = {} if first else {"enableGreetingPrompt": "false"}
         slow = f"creating the call took longer than {self.connect_timeout:g} s"
         try:
             with deadline(self.connect_timeout, lambda waited: self._failed(slow)):
@@ -413,8 +416,11 @@ def _build(settings: Settings, own: UltravoxSettings, echo_url: str | None) -> U
     if not own.api_key and settings.provider_url is None:
         raise SettingsError("provider ultravox needs ULTRAVOX_API_KEY")
     base = settings.provider_url or ULTRAVOX_URL
-    if not base.startswith(("http://", "https://")):
-        raise SettingsError(f"the Ultravox URL is its REST base, http(s)://.../api; got {base!r}")
+    problem = url_problem(base, ("http", "https"))
+    if problem:
+        raise SettingsError(
+            f"{URL_SETTING} for ultravox is its REST base, http(s)://.../api: {problem}"
+        )
     return UltravoxProvider(
         own.api_key,
         base_url=base,
@@ -431,6 +437,7 @@ SPEC = ProviderSpec(
     settings=UltravoxSettings,
     build=_build,
     close_reasons=CLOSE_REASONS,
+    codec=UltravoxCodec,
     key_variables=("ULTRAVOX_API_KEY",),
     usage_kinds=(BILLED_SECONDS,),
     endpoint="REST base http(s)://.../api",

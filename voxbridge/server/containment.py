@@ -31,8 +31,10 @@ things, ``install()`` logs a warning and leaves that part alone rather than gues
 **Fast paths.** ``install()`` binds ``voxbridge.server.fastpaths.FastTCPServer``, a
 ``ContainedTCPServer`` that skips hypercorn's per-message lock, scopes and failed ``recv`` on plain
 TCP, and :class:`ReleasingTaskGroup` hands a message to an app with room in its queue without a
-yield (docs/library-notes.md, "Per-message fast paths"). When the fast paths do not fit the
-installed hypercorn, ``ContainedTCPServer`` is bound alone.
+yield (docs/library-notes.md, "Per-message fast paths in hypercorn's trio TCPServer"). When the
+fast paths do not fit the installed hypercorn, ``ContainedTCPServer`` is bound alone. It also
+binds ``fastpaths.NotifyingWSStream`` as ``hypercorn.protocol.h11.WSStream`` (an app is told when
+hypercorn refused a client that sent data before the 101).
 
 ``install()`` is idempotent (a server class it bound, or a ``ContainedTCPServer`` bound on
 purpose, is kept) and is called when ``voxbridge.server`` is imported, so it also protects
@@ -64,6 +66,7 @@ from hypercorn.typing import (
     ASGISendEvent,
     Scope,
 )
+from wsproto.events import Ping
 
 __all__ = ["ContainedTCPServer", "ReleasingTaskGroup", "install"]
 
@@ -75,7 +78,7 @@ _HANDLE_PARAMS = ("app", "config", "scope", "receive", "send", "sync_spawn", "ca
 _SPAWN_APP_PARAMS = ("self", "app", "config", "scope", "send")
 #: How long one write to a peer may block when the app has no ``send_timeout`` (seconds).
 WRITE_TIMEOUT = 5.0
-#: The WebSocket ping loop ``ReleasingTaskGroup.spawn`` recognises (``WSStream._send_pings``).
+#: The WebSocket ping loop ``ReleasingTaskGroup.spawn`` replaces (``WSStream._send_pings``).
 _PING_LOOP = "_send_pings"
 
 
@@ -143,41 +146,128 @@ class ContainedTCPServer(_TCPServer):
             if callable(notify):
                 notify(exc)
             await trio.aclose_forcefully(self.stream)
+        finally:
+            self._let_go()
+
+    def _let_go(self) -> None:
+        """Drop the connection's protocol and task group once it is over.
+
+        hypercorn hands its protocol the bound ``self.protocol_send``, so a finished connection
+        is a reference cycle (``TCPServer`` -> ``protocol`` -> bound method -> ``TCPServer``)
+        holding every object of the connection -- h11 and wsproto state, the WebSocket stream,
+        the app's queue -- until a cyclic collection finds it. Nothing uses them once ``run``
+        has returned (the connection's tasks are done), so the connection is freed by reference
+        counting the moment its last task ends.
+        """
+        self.__dict__.pop("protocol", None)
+        self.__dict__.pop("_task_group", None)
+
+
+class _Pinger:
+    """The WebSockets pinged every ``interval`` seconds in this trio run, and the one task that
+    pings them, while there are any (a system task: it belongs to no connection).
+
+    Each interval it pings them all, one after the other: what hypercorn's ``WSStream._send_pings``
+    does with a task per connection. A WebSocket joins ``interval`` seconds before its first ping
+    at the latest (hypercorn's first ping is sent at the accept) and leaves when its connection's
+    read loop ends; the task ends with the last one. A ping waits behind a write under way on its
+    connection (the send lock) at most ``interval`` seconds, then that connection is skipped this
+    round; a write already started is bounded by the connection's own write deadline
+    (``send_timeout``), which delays the pings after it by as much at worst.
+    """
+
+    __slots__ = ("_scope", "interval", "streams")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.streams: set[WSStream] = set()
+        self._scope = trio.CancelScope()
+        trio.lowlevel.spawn_system_task(
+            self._ping_every_interval, name=f"voxbridge WebSocket pings every {interval:g} s"
+        )
+
+    @classmethod
+    def every(cls, interval: float) -> _Pinger:
+        """This run's pinger for ``interval``, started if there is none."""
+        try:
+            pingers = _PINGERS.get()
+        except LookupError:
+            pingers = {}
+            _PINGERS.set(pingers)
+        pinger = pingers.get(interval)
+        if pinger is None:
+            pinger = pingers[interval] = cls(interval)
+        return pinger
+
+    def discard(self, stream: WSStream) -> None:
+        """``stream`` is pinged no more; the last one out ends the task (at once, not a sleep
+        later: nothing outlives the connections it served)."""
+        self.streams.discard(stream)
+        if self.streams:
+            return
+        self._scope.cancel()
+        pingers = _PINGERS.get()
+        if pingers.get(self.interval) is self:
+            del pingers[self.interval]
+
+    async def _ping_every_interval(self) -> None:
+        """Never raises: a system task's exception would end the whole run."""
+        with self._scope:
+            while True:
+                await trio.sleep(self.interval)
+                for stream in list(self.streams):
+                    if stream.closed:
+                        self.discard(stream)
+                        continue
+                    try:
+                        with trio.move_on_after(self.interval):
+                            await stream._send_wsproto_event(Ping())
+                    except Exception as exc:  # one connection's trouble stays with it
+                        self.discard(stream)
+                        log.debug(
+                            "WebSocket ping failed, no more pings on that connection: %r", exc
+                        )
+
+
+#: This trio run's pingers, by ping interval.
+_PINGERS: trio.lowlevel.RunVar[dict[float, _Pinger]] = trio.lowlevel.RunVar("voxbridge_pingers")
 
 
 class ReleasingTaskGroup(_TaskGroup):
     """hypercorn's per-connection task group, which lets go of its connection when it is over.
 
     * The app queue stops taking messages at app exit (see :meth:`spawn_app`).
-    * WebSocket ping loops end when the connection's reader does. hypercorn's
-      ``WSStream._send_pings`` sends a ping, then sleeps ``websocket_ping_interval`` (15 s) before
-      it looks at ``closed`` again, and the connection's ``TCPServer`` closes its socket only after
-      this group's tasks are done: a caller that reset its connection held the server's socket
-      (state CLOSE, an fd) and the connection's tasks for up to 15 s after its call ended. The group
-      body is hypercorn's read loop, so once it has exited nothing more can arrive or be sent, and
-      the ping loops are cancelled; the app keeps running to its own end.
+    * No ping task per connection. hypercorn spawns ``WSStream._send_pings`` per WebSocket, a
+      task that sends a ping, sleeps ``websocket_ping_interval`` and only then looks at
+      ``closed`` again: a task (and its scopes) per call, and a caller that reset its connection
+      held the server's socket (state CLOSE, an fd) and the connection's tasks for up to 15 s
+      after its call ended, since the connection's ``TCPServer`` closes its socket only after
+      this group's tasks are done. Here the stream joins the process's pinger instead
+      (:class:`_Pinger`: one task per process pings every open WebSocket each interval), and
+      leaves it when this group's body -- hypercorn's read loop -- exits: nothing more can
+      arrive or be sent then.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._ping_loops: list[trio.CancelScope] = []
+        self._pinged: list[tuple[_Pinger, WSStream]] = []
 
     def spawn(self, func: Callable[..., Awaitable[object]], *args: Any) -> None:
-        if getattr(func, "__name__", None) != _PING_LOOP:
+        stream = getattr(func, "__self__", None)
+        if getattr(func, "__name__", None) != _PING_LOOP or not isinstance(stream, WSStream):
             super().spawn(func, *args)
             return
-        scope = trio.CancelScope()
-        self._ping_loops.append(scope)
-
-        async def until_the_reader_ends() -> None:
-            with scope:
-                await func(*args)
-
-        super().spawn(until_the_reader_ends)
+        interval = stream.config.websocket_ping_interval
+        if interval is None:  # pragma: no cover - hypercorn spawns no ping loop then
+            return
+        pinger = _Pinger.every(interval)
+        pinger.streams.add(stream)
+        self._pinged.append((pinger, stream))
 
     async def __aexit__(self, exc_type: Any, exc_value: Any, tb: Any) -> None:
-        for scope in self._ping_loops:  # the read loop is over: no ping can matter any more
-            scope.cancel()
+        for pinger, stream in self._pinged:  # the read loop is over: no ping can matter any more
+            pinger.discard(stream)
+        self._pinged.clear()
         await super().__aexit__(exc_type, exc_value, tb)
 
     async def spawn_app(
@@ -211,7 +301,7 @@ class ReleasingTaskGroup(_TaskGroup):
             try:
                 # Room in the queue (the usual case): no checkpoint, no yield. ``send`` would
                 # do the same ``send_nowait`` between two checkpoints (library-notes.md,
-                # "Per-message fast paths").
+                # "Per-message fast paths in hypercorn's trio TCPServer").
                 put.send_nowait(message)
             except trio.WouldBlock:  # full: wait for the app to take one, as hypercorn does
                 try:
@@ -257,6 +347,7 @@ def _install_releasing_task_group() -> bool:
         or _params(getattr(_TaskGroup, "spawn_app", None)) != _SPAWN_APP_PARAMS
         or not hasattr(Config, "max_app_queue_size")
         or not hasattr(WSStream, _PING_LOOP)
+        or not hasattr(WSStream, "_send_wsproto_event")
     ):  # pragma: no cover - hypercorn changed shape
         log.warning(
             "hypercorn's trio TaskGroup is not laid out as expected: the app-queue release is "

@@ -1,4 +1,7 @@
-"""Per-message fast paths in hypercorn's trio ``TCPServer`` (docs/library-notes.md, "Per-message fast paths").
+"""Per-message fast paths in hypercorn's trio ``TCPServer``.
+
+docs/library-notes.md, "Per-message fast paths in hypercorn's trio TCPServer" and "Data before the
+101: the app is never told".
 
 hypercorn 0.18's trio worker pays, for every message a connection carries:
 
@@ -33,6 +36,9 @@ Both fast paths use ``read(2)``/``write(2)`` on the socket's file descriptor, so
 installed on POSIX only; on other systems, or over a hypercorn whose ``TCPServer`` methods
 reference other names than the ones this module was written against, ``install()`` keeps
 :class:`~voxbridge.server.containment.ContainedTCPServer` and logs a warning.
+
+:class:`NotifyingWSStream` closes a gap in hypercorn that the fast paths made reachable every
+time: a client that sends data before the 101 gets hypercorn's 400 and the app was never told.
 """
 
 from __future__ import annotations

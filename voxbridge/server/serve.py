@@ -9,7 +9,7 @@ Why not just ``config.bind = ["host:port"]`` (docs/library-notes.md, the hyperco
 * one worker per process (``-w N`` breaks graceful shutdown), started with ``hypercorn.trio.serve``
   and our own signal handling; drain happens inside the shutdown trigger, before hypercorn stops.
 * ``websocket_max_message_size`` 64 KiB (a Twilio frame is a few hundred bytes) and pings to the
-  carrier every ``websocket_ping_interval`` (<= 20 s) so proxies see traffic.
+  carrier every ``websocket_ping_interval`` (<= 20 s; 0: none) so proxies see traffic.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def hypercorn_config(settings: Settings, fd: int) -> Config:
     config.bind = [f"fd://{fd}"]
     config.workers = 1
     config.websocket_max_message_size = MAX_MESSAGE_SIZE
-    config.websocket_ping_interval = settings.websocket_ping_interval
+    config.websocket_ping_interval = settings.websocket_ping_interval or None  # 0: no pings
     # Drain (in the shutdown trigger) has ended every call before hypercorn starts its graceful
     # period, so what is left then is idle keep-alive connections (docs/operations.md, "Known
     # library behaviours"). Nothing there is worth waiting for.

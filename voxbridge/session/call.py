@@ -110,6 +110,7 @@ from ..providers.openai_realtime import OpenAIProvider
 from ..settings import Settings
 from ..tools import END_CALL, TRANSFER_CALL, Tool, ToolContext, run_tool
 from ..upstream import StreamConnector, open_tcp_stream_tuned
+from ..upstream.fastpaths import FastWebSocketConnection
 from .batch import AudioBatch
 from .carrier import CarrierSocket
 from .link import ProviderLink, Session
@@ -216,7 +217,7 @@ def _as_provider(provider: Provider | ProviderEndpoint, settings: Settings) -> P
 
 # Agent audio in one media message at most: 100 ms of mu-law. A mark follows every media message,
 # so this is also the worst-case granularity of barge-in truncation: chunks queued together are
-# merged up to it, and a provider chunk longer than it goes out in slices of it.
+# merged up to it (_coalesce), and a provider chunk longer than it goes out in slices of it.
 MAX_MEDIA_BYTES = 800
 
 IDLE_TIMEOUT = ends_call(Reason.IDLE_TIMEOUT)
@@ -267,40 +268,111 @@ MAX_TOOLS_RUNNING = 8
 _CALLER_LEFT = frozenset({Reason.CALLER_STOP, Reason.CALLER_CLOSED})
 
 
-def _coalesce(
-    first: AgentAudio, session: Session, decode: Callable[[Session, Frame], ProviderEvent | None]
-) -> tuple[bytes, ProviderEvent | None]:
-    """``first``'s audio joined with the audio of the same item already queued behind it, up to
-    ``MAX_MEDIA_BYTES`` (unless ``first`` alone is longer).
+#: How long the sender waits, in a burst, for the provider socket's reader to hand over what it
+#: has received before it sends a message under the bound (seconds; :func:`_coalesce`). A reader
+#: hands a socket read over in microseconds, and a burst is ahead of real time by far more.
+BURST_SETTLE = 0.001
 
-    Returns the audio and the first other event read ahead (to handle next), if any.
+
+def _whole_reads(session: Session) -> bool:
+    """Whether ``session``'s socket reader hands over every message of a socket read in one
+    scheduler pass (voxbridge's reader), not one per pass (trio-websocket's own)."""
+    return isinstance(getattr(session.upstream, "ws", None), FastWebSocketConnection)
+
+
+class _Merge:
+    """Agent audio of one item and response, joined up to ``MAX_MEDIA_BYTES`` (:func:`_coalesce`)."""
+
+    __slots__ = ("carry", "chunks", "item_id", "response_id", "size")
+
+    def __init__(self, first: AgentAudio) -> None:
+        self.chunks = [first.audio]
+        self.size = len(first.audio)
+        self.item_id = first.item_id
+        self.response_id = first.response_id
+        self.carry: ProviderEvent | None = None  # the event that ended the merge, read ahead
+
+    @property
+    def open(self) -> bool:
+        """Nothing read ahead yet: a full merge stays open until the next event is read (it is
+        then read ahead, so the next message knows it continues a burst)."""
+        return self.carry is None
+
+    def add(self, event: ProviderEvent | None) -> None:
+        """Join ``event``'s audio, or end the merge with it (``None``: a frame dropped)."""
+        if (
+            type(event) is AgentAudio
+            and event.item_id == self.item_id
+            and event.response_id == self.response_id
+            and self.size + len(event.audio) <= MAX_MEDIA_BYTES
+        ):
+            self.chunks.append(event.audio)
+            self.size += len(event.audio)
+        elif event is not None:
+            self.carry = event  # another item or event, or too much to join: handled next
+
+    def drain(
+        self, session: Session, decode: Callable[[Session, Frame], ProviderEvent | None]
+    ) -> bool:
+        """Take what ``session`` has queued while the merge is open; False if nothing was."""
+        took = False
+        while self.open and (frame := session.receive_nowait()) is not None:
+            took = True
+            self.add(decode(session, frame))
+        return took
+
+
+async def _coalesce(
+    first: AgentAudio,
+    session: Session,
+    decode: Callable[[Session, Frame], ProviderEvent | None],
+    link: ProviderLink,
+    read_ahead: bool,
+) -> tuple[bytes, ProviderEvent | None]:
+    """The agent audio of one media message: ``first``'s, joined with what is queued behind it.
+
+    Returns the audio and the event that ended the merge, read ahead (to handle next), if any.
+
+    The rule (docs/architecture.md, "The hot path"):
+
+    * **What merges**: chunks of ``first``'s item and response, in the order the provider sent
+      them, that the provider session has already received, up to ``MAX_MEDIA_BYTES`` (100 ms of
+      mu-law); a chunk that alone is longer goes alone (the caller slices it).
+    * **What ends a merge**: the bound (the chunk that would pass it begins the next message), or
+      any other event -- a ``SpeechStarted``, another item or response, a transcript, a tool
+      call -- which is returned and handled next, in order. So a barge-in's ``clear`` follows
+      exactly the audio the provider sent before it, and audio behind it is judged after it
+      (``Playback.admits``: late audio is dropped, never merged into a message sent before).
+    * **Marks**: the caller sends one mark per message (exact mode) or per burst (sparse), so the
+      heard position and a barge-in's truncation are exact to a message, at most 100 ms.
+    * **By construction, not by scheduling**: what merges depends on what the provider sent and
+      when it arrived, never on how often the carrier's sends yield (not at all with hypercorn's
+      fast path, twice without it) nor on how the provider socket's reader hands messages over
+      (voxbridge's reader: a whole socket read in one scheduler pass; trio-websocket's own: one
+      message per pass). A chunk with nothing queued behind it (a provider sending in real time)
+      goes at once. In a burst (``first`` was read ahead, or more was queued behind it) a message
+      under the bound waits ``BURST_SETTLE`` (1 ms) for what the socket has received and the
+      reader not yet handed over -- the next read of a burst -- and merges it, again while more
+      comes. With trio-websocket's own reader a chunk alone may be the first of a burst still
+      being handed over, so every message under the bound waits ``BURST_SETTLE``.
     """
     if len(first.audio) >= MAX_MEDIA_BYTES:
         return first.audio, None
-    receive_nowait = session.receive_nowait
-    frame = receive_nowait()
-    if frame is None:
-        return first.audio, None  # the common case in real time: nothing queued
-    chunks = [first.audio]
-    size = len(first.audio)
-    carry: ProviderEvent | None = None
-    while frame is not None:
-        event = decode(session, frame)
-        if (
-            type(event) is AgentAudio
-            and event.item_id == first.item_id
-            and event.response_id == first.response_id
-            and size + len(event.audio) <= MAX_MEDIA_BYTES
-        ):
-            chunks.append(event.audio)
-            size += len(event.audio)
-        elif event is not None:
-            carry = event  # another item, or too much to join: handled next
-            break
-        if size >= MAX_MEDIA_BYTES:
-            break
-        frame = receive_nowait()
-    return b"".join(chunks) if len(chunks) > 1 else first.audio, carry
+    whole_reads = _whole_reads(session)
+    frame = session.receive_nowait()
+    if frame is None and whole_reads and not read_ahead:
+        return first.audio, None  # the common case in real time: a chunk alone in its read
+    merge = _Merge(first)
+    if frame is not None:
+        merge.add(decode(session, frame))
+        merge.drain(session, decode)
+    if read_ahead or len(merge.chunks) > 1 or not whole_reads:
+        while merge.open and merge.size < MAX_MEDIA_BYTES and link.session is session:
+            await trio.sleep(BURST_SETTLE)  # the rest of the burst the socket has received
+            if not merge.drain(session, decode):
+                break
+    chunks = merge.chunks
+    return b"".join(chunks) if len(chunks) > 1 else first.audio, merge.carry
 
 
 def _ends_burst(event: ProviderEvent, playback: Playback, session: Session) -> bool:
@@ -323,6 +395,27 @@ def _counted_at_exit(
     finally:
         dropped.inc(sum(count for _, count in backlog) + (batch.clear() if batch else 0))
         backlog.clear()
+
+
+def _drop_frames(exc: BaseException) -> None:
+    """Drop the tracebacks of ``exc`` and of every exception chained to it or grouped in it.
+
+    A bug's exception (an ``internal_error``'s cause) holds the frames of the call's tasks, and
+    they hold the call: once its log line has formatted the traceback, the call keeps the
+    exceptions (their types and messages, the chain, the group's members) without the frames,
+    so a finished call is freed by reference counting, not left to the cyclic collector.
+    """
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending += [e for e in (current.__cause__, current.__context__) if e is not None]
+        if isinstance(current, BaseExceptionGroup):
+            pending += current.exceptions
 
 
 def _codec_of(carrier_name: str) -> CarrierCodec:
@@ -500,6 +593,7 @@ class Call:
                     await self._teardown()
         finally:
             self._account()
+            self._let_go()
         assert self._ending is not None
         return self._ending
 
@@ -522,6 +616,7 @@ class Call:
             call_id=self.state.call_id,
             live_until=self._scope.deadline + settings.teardown_timeout,
             on_usage=self._add_usage,
+            on_final=self._final_events,
         )
         # The carrier is read from here on, while the provider session opens too: a carrier that
         # is not read freezes its connection (docs/library-notes.md, "the queue trap").
@@ -604,7 +699,10 @@ class Call:
         idle_timeout, send_timeout = self.settings.idle_timeout, self.settings.send_timeout
         batch_ms = self.settings.upstream_batch_ms
         batch = AudioBatch(batch_ms) if batch_ms else None  # opt-in: off by default
-        listen_since: float | None = None
+        listen_since: float | None = None  # when the wait for the next frame began
+        # A frame (None: the end of a batching window) that came in the very tick the scope
+        # fired: the next pass handles it first.
+        arrived: tuple[str | bytes | None] | None = None
         flood = _RealTime(FLOOD_BURST_MS)
         now = trio.current_time()  # when the caller's last frame arrived
         watch = Deadline()
@@ -652,27 +750,41 @@ class Call:
             frames.inc(count)
 
         async def relay() -> None:
-            """Carrier frames to the provider until the call ends, or a provider send stalls."""
-            nonlocal listen_since, now
+            """Carrier frames to the provider until the call ends or a provider send stalls
+            (``UpstreamTimeout``), or until the deadline a send left armed fires while we
+            listen: then it returns, and the next pass listens on from the same instant."""
+            nonlocal listen_since, now, arrived
             with watch:
                 while True:
-                    # The idle deadline counts from when we are ready to listen again: the last
-                    # frame heard, or later if a send kept us from reading -- a caller is never
-                    # charged for our own delays.
-                    watch.arm(idle_timeout, IDLE_TIMEOUT, since=listen_since)
-                    listen_since = None
-                    if batch:  # audio gathered: wait for the next frame, up to the window
-                        frame: str | bytes | None = None
-                        with trio.move_on_at(batch.flush_at):
-                            frame = await carrier.receive()
-                        if frame is None:
-                            flushing = trio.current_time()
-                            await forward(*batch.take())
-                            # the silence still counts from the last frame (plus our send)
-                            listen_since = now + (trio.current_time() - flushing)
-                            continue
+                    frame: str | bytes | None
+                    if arrived is not None:
+                        (frame,), arrived = arrived, None
                     else:
-                        frame = await carrier.receive()
+                        # The idle deadline counts from when we are ready to listen again: the
+                        # last frame heard, or later if a send kept us from reading -- a caller
+                        # is never charged for our own delays. A receive can be started over,
+                        # so the earlier deadline the last send left armed stays (restartable):
+                        # one deadline move per LATENESS of frames instead of two per frame.
+                        if listen_since is None:
+                            listen_since = trio.current_time()
+                        watch.arm(idle_timeout, IDLE_TIMEOUT, since=listen_since, restartable=True)
+                        if batch:  # audio gathered: wait for the next frame, up to the window
+                            frame = None
+                            with trio.move_on_at(batch.flush_at):
+                                frame = await carrier.receive()
+                        else:
+                            frame = await carrier.receive()
+                        if watch.expired:  # it fired in the very tick the wait ended
+                            arrived = (frame,)  # handled first, under the next pass's scope
+                            return
+                        listen_since = None
+                    if frame is None:  # the batching window ended
+                        assert batch is not None
+                        flushing = trio.current_time()
+                        await forward(*batch.take())
+                        # the silence still counts from the last frame (plus our send)
+                        listen_since = now + (trio.current_time() - flushing)
+                        continue
                     now = state.last_caller_frame_at = trio.current_time()
                     event = self._decode(frame)
                     if type(event) is CallerAudio:
@@ -703,17 +815,16 @@ class Call:
         with _counted_at_exit(backlog, batch, dropped):
             while True:
                 try:
-                    await relay()
+                    await relay()  # returned: a deadline kept while listening fired; listen on
                 except UpstreamTimeout as exc:  # the provider stopped reading
-                    watch = Deadline()  # a scope is entered once: the next pass gets a new one
-                    if sending is None:
-                        continue  # the send finished in the very tick its deadline expired
-                    stalled, count = sending
-                    sending = None
-                    dropped.inc(count)
-                    await link.lose(
-                        stalled, Reason.UPSTREAM_STALLED, f"a send did not finish: {exc}"
-                    )
+                    if sending is not None:  # (else it finished in the very tick it expired)
+                        stalled, count = sending
+                        sending = None
+                        dropped.inc(count)
+                        await link.lose(
+                            stalled, Reason.UPSTREAM_STALLED, f"a send did not finish: {exc}"
+                        )
+                watch = Deadline()  # a scope is entered once: the next pass gets a new one
 
     async def _upstream_to_caller(self) -> None:
         """Play the provider to the caller; when the agent hangs up, let the goodbye be heard."""
@@ -724,7 +835,7 @@ class Call:
                 raise
             # sparse marks: the goodbye's last audio may still owe its mark (the provider closed
             # right after it); this task sends to the caller, so it sends that mark
-            owed = self._playback.owed_mark(trio.current_time())
+            owed = self._playback.owed_mark()
             if owed is not None and (mark_frame := self._codec.mark(owed)) is not None:
                 with trio.move_on_after(self.settings.send_timeout):
                     await self._carrier.send(mark_frame)
@@ -752,6 +863,7 @@ class Call:
         watchdog = Watchdog()
         with watchdog:
             while True:
+                read_ahead = carry is not None
                 if carry is not None:  # read ahead from ``session``, which is still the one
                     event, carry = carry, None
                 else:
@@ -763,7 +875,7 @@ class Call:
                 assert session is not None
                 if playback.owes_mark and _ends_burst(event, playback, session):
                     # sparse marks: the audio sent last ended its burst; send the mark it owes
-                    owed = playback.owed_mark(trio.current_time())
+                    owed = playback.owed_mark()
                     if owed is not None and (mark_frame := codec.mark(owed)) is not None:
                         watchdog.arm(send_timeout, Reason.CALLER_STALLED)
                         await carrier.send(mark_frame)
@@ -773,10 +885,10 @@ class Call:
                     if not playback.admits(item_id, response_id, session):
                         late.inc()  # an answer the caller interrupted: never played
                         continue
-                    # Providers send audio in bursts faster than real time. What is already
-                    # queued goes out as one media message and one mark (fewer messages on the
-                    # hot path); nothing ever waits for more to arrive.
-                    audio, carry = _coalesce(event, session, decode)
+                    # Providers send audio in bursts faster than real time. What the provider
+                    # socket has received goes out merged, up to 100 ms a message (fewer
+                    # messages on the hot path), whatever the scheduling (_coalesce's rule).
+                    audio, carry = await _coalesce(event, session, decode, link, read_ahead)
                     # sparse marks: the burst ends here if what is queued next will not play
                     ends = carry is not None and _ends_burst(carry, playback, session)
                     for start in range(0, len(audio), step):
@@ -840,7 +952,10 @@ class Call:
                 elif type(event) is AgentHangup:
                     raise Disconnect(Reason.AGENT_HANGUP, event.message or "agent hung up")
                 elif type(event) is SessionEnding:
-                    link.recycle_soon(session)  # make before break; a no-op if replaced already
+                    # make before break, at a turn boundary: at once, or when the answer in
+                    # flight has ended (at the latest RECYCLE_MARGIN before the end); a no-op if
+                    # replaced already
+                    link.recycle_soon(session, event.seconds_left if event.answering else None)
                 elif type(event) is ProviderError:
                     log.warning(
                         "provider error %s: %s",
@@ -1144,6 +1259,20 @@ class Call:
                 if not await link.send_within(session, frame):
                     break
 
+    def _final_events(self, events: Sequence[ProviderEvent]) -> None:
+        """What a session's codec still held when the link stopped reading it
+        (``ProviderCodec.flush``): its transcript lines are kept (the journal, the history the
+        next session is seeded with) and its usage metered; nothing else matters any more."""
+        state = self.state
+        for event in events:
+            if type(event) is Transcript:
+                state.transcript.append(event)
+                self._journal(self.journal.transcript_line, state, event)
+            elif type(event) is Usage:
+                self._add_usage(event)
+            elif type(event) is ResponseDone and event.usage is not None:
+                self._add_usage(event.usage)
+
     def _add_usage(self, usage: Usage) -> None:
         state, provider = self.state, self.provider.name
         for kind, amount in usage.counts:
@@ -1173,6 +1302,13 @@ class Call:
             if leaving is not None and disconnect.reason in _CALLER_LEFT:
                 detail = f"{leaving.detail}; the caller hung up during the goodbye"
                 disconnect = Disconnect(leaving.reason, detail)
+            # A raised Disconnect's traceback, and the exception it interrupted (its context),
+            # hold the frames of the call's tasks, and those hold the call: kept here, every
+            # finished call would be a reference cycle left to the cyclic collector. The log
+            # line and the journal need the reason and the detail; a bug's cause keeps its
+            # traceback until the log line has formatted it (``_account``).
+            disconnect.__traceback__ = None
+            disconnect.__context__ = None
             self._ending = disconnect
             self._scope.cancel()
 
@@ -1264,11 +1400,26 @@ class Call:
             extra=fields,
             exc_info=ending.__cause__ if reason is Reason.INTERNAL_ERROR else None,
         )
+        if ending.__cause__ is not None:
+            _drop_frames(ending.__cause__)  # logged: its type and message stay, the frames go
         if self._span.recording:
             self._trace_end(record, ending)
         if self.registry is not None:
             self.registry.remove(self, record)
         self.ended.set()
+
+    def _let_go(self) -> None:
+        """Drop the callbacks that refer back to this call, now that it has ended.
+
+        An app's ``on_start`` and ``configure`` are usually closures over the call (the server's
+        are), and the link's ``on_usage`` is this call's bound method: each a reference cycle
+        through the call, so a finished call would be freed only by the cyclic collector.
+        """
+        self.on_start = None
+        self.configure = None
+        if self._link is not None:
+            self._link.on_usage = None
+            self._link.on_final = None
 
     def _trace_end(self, record: CallRecord, ending: Disconnect) -> None:
         """What the call's span says about it, set once it ended (the span ends just after)."""

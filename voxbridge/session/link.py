@@ -10,7 +10,10 @@ reports what happened to a socket (:class:`~voxbridge.errors.UpstreamClosed`, ``
 The policy, in one place:
 
 * **open** at call start: prepare a session (the provider may do REST first), open the socket, send
-  the codec's opening frames. Failures are retried with exponential backoff and jitter within
+  the codec's opening frames (the greeting in the call's first session only: ``first``), and, for
+  a service that must acknowledge a session first (``ProviderCodec.awaits_acknowledgement``), read
+  until it has (within ``connect_timeout``) and send the rest: the call gets the session, and
+  sends it caller audio, only then. Failures are retried with exponential backoff and jitter within
   ``connect_timeout`` (when ``reconnect_budget`` > 0); then ``upstream_connect_failed``.
 * **drop**: a session is dropped when the provider closes it, when a send to it does not finish
   within ``send_timeout`` (it stopped reading), or when a ping gets no pong within ``pong_timeout``
@@ -31,14 +34,19 @@ The policy, in one place:
   calls a refusal (``ProviderCodec.close_reason`` -> ``upstream_rejected``), ends the call at once,
   never retried, so the carrier's fallback (Twilio's action URL) runs while the caller still listens.
   A close the table calls the agent hanging up ends the call ``agent_hangup``.
-* **recycle** before a session gets too old (OpenAI ends them at 60 minutes), or at once when the
+* **recycle** before a session gets too old (OpenAI ends them at 60 minutes), or when the
   provider announces that it will end the session (Gemini's ``goAway``, through
-  :meth:`ProviderLink.recycle_soon`): make before break -- open and seed a new session, wait for it
+  :meth:`ProviderLink.recycle_soon`: at once, or once the agent's answer has ended, at the latest
+  ``RECYCLE_MARGIN`` before the end): make before break -- open and seed a new session, wait for it
   to answer a ping (so it is alive and read the opening frames), switch to it, then close the old
   one. A recycle that fails in any way closes what it opened and keeps the working session; it
   never ends the call, and is tried again ``RECYCLE_RETRY`` later. If the old session drops before
   the switch, the recycle is abandoned (what it opened is closed) and the drop is resumed as any
   other: one replacement, never two.
+* **flush**: whenever the link stops reading a session (a drop, before it is resumed; a recycle,
+  at the switch; the end of the call) its codec gives up what it still holds
+  (``ProviderCodec.flush``: a transcript line not yet final, events not yet returned) to
+  ``on_final``, so the call journals them and a resumed session is seeded with them.
 * **keepalive**: every ``keepalive_interval`` the current session is pinged (no pong within
   ``pong_timeout`` drops it); a provider that wants a message of its own besides
   (:attr:`~voxbridge.providers.base.ProviderCodec.keepalive`: Deepgram's ``KeepAlive``) gets it on
@@ -46,7 +54,7 @@ The policy, in one place:
 
 Every socket the link opens is in :attr:`ProviderLink.sockets` until it is closed, and
 :meth:`ProviderLink.aclose` closes all of them on every path. Every wait is bounded by
-:func:`voxbridge.deadlines.deadline`; the reader tasks that host the sockets shield themselves only
+:func:`voxbridge.deadlines.deadline`; each socket's reader task (its only task) is shielded only
 until the call's own hard bound (``live_until``).
 """
 
@@ -74,7 +82,7 @@ from ..errors import (
 from ..metrics import Metrics
 from ..providers.base import Frame, Keepalive, ProviderCodec
 from ..providers.base import Provider as ProviderT
-from ..providers.events import HistoryItem, Usage
+from ..providers.events import HistoryItem, ProviderEvent, Usage
 from ..settings import Settings
 from ..upstream import StreamConnector, Upstream
 
@@ -87,6 +95,9 @@ MAX_BACKOFF = 2.0
 MIN_PROBATION = 1.0  # seconds a resumed session must stay up to count as resumed, at the least
 RECYCLE_RETRY = 60.0  # seconds between recycle attempts after one failed
 EARLY_FRAMES = 4096  # frames a recycled session may send before the switch (its history acks)
+#: Seconds before a provider's announced end of a session (``SessionEnding.seconds_left``) by which
+#: its recycle starts at the latest, answer or not: time to connect, set up and ping the next one.
+RECYCLE_MARGIN = 5.0
 
 
 class Session:
@@ -171,6 +182,9 @@ class ProviderLink:
         live_until: absolute trio time the call cannot outlive; no socket's reader outlives it.
         on_usage: told what each session cost, for providers that say so only after a session
             ended (asked at :meth:`aclose`, within ``close_timeout``).
+        on_final: told what a session's codec still held when the link stopped reading it
+            (``ProviderCodec.flush``): before a dropped session is resumed, at a recycle's switch,
+            and at :meth:`aclose`.
     """
 
     def __init__(
@@ -185,6 +199,7 @@ class ProviderLink:
         call_id: str,
         live_until: float,
         on_usage: Callable[[Usage], None] | None = None,
+        on_final: Callable[[Sequence[ProviderEvent]], None] | None = None,
     ) -> None:
         self.provider = provider
         self.settings = settings
@@ -206,8 +221,10 @@ class ProviderLink:
         self._pinging: tuple[Session, trio.CancelScope] | None = None  # upkeep's ping in flight
         self._recycling: trio.CancelScope | None = None  # upkeep's recycle in flight
         self._ending: Session | None = None  # the provider said it ends this one: recycle it
+        self._ending_by = -math.inf  # ...at this trio time at the latest
         self.resumes = 0  # sessions resumed that proved healthy
         self.on_usage = on_usage
+        self.on_final = on_final
         # How to ask what each session prepared so far cost, once it ended (Ultravox).
         self._usage_queries: list[Callable[[], Awaitable[Usage | None]]] = []
 
@@ -277,12 +294,14 @@ class ProviderLink:
         )
 
     async def _attempt(self, until: float) -> Session:
-        """One try: prepare, connect, send the opening frames. Leaves no socket open on failure."""
+        """One try: prepare, connect, send the opening frames (and wait for the service's
+        acknowledgement, for a codec that awaits one). Leaves no socket open on failure."""
         settings = self.settings
+        first = not self._opened.is_set()  # the call's first session: the greeting is its own
         give_up_at = min(until, trio.current_time() + settings.connect_timeout)
         try:
             with deadline_at(give_up_at, _not_in_time):
-                prepared = await self.provider.session(list(self._history))
+                prepared = await self.provider.session(list(self._history), first=first)
                 if prepared.usage is not None:
                     self._usage_queries.append(prepared.usage)  # it may bill from now on
                 upstream = await Upstream.open(
@@ -295,13 +314,22 @@ class ProviderLink:
             reason = Reason.UPSTREAM_REJECTED if exc.refused else Reason.UPSTREAM_CONNECT_FAILED
             raise _NoSession(reason, str(exc)) from None
         self.sockets.add(upstream)
-        session = Session(upstream, prepared.codec)
+        codec = prepared.codec
+        session = Session(upstream, codec)
         try:
             # Within send_timeout, and within what is left of the attempts' time.
             opening_by = min(trio.current_time() + settings.send_timeout, until)
             with deadline_at(opening_by, UpstreamTimeout):
-                for frame in prepared.codec.opening(self._history):
+                for frame in codec.opening(self._history, first=first):
                     await upstream.send(frame)
+            if codec.awaits_acknowledgement:
+                # Nothing else before the service says it started the session: the session is
+                # the call's (and gets caller audio) only once this returned.
+                rest = await self._acknowledgement(session, give_up_at)
+                opening_by = min(trio.current_time() + settings.send_timeout, until)
+                with deadline_at(opening_by, UpstreamTimeout):
+                    for frame in rest:
+                        await upstream.send(frame)
         except UpstreamClosed as exc:
             await self._discard(upstream)
             reason = prepared.codec.close_reason(exc.code)
@@ -313,10 +341,38 @@ class ProviderLink:
             raise _NoSession(
                 Reason.UPSTREAM_CONNECT_FAILED, f"the opening frames were not read: {exc}"
             ) from None
-        except BaseException:  # cancelled mid-opening: the socket goes with the attempt
+        except BaseException:  # cancelled mid-opening, or never acknowledged: the socket goes
             await self._discard(upstream)
             raise
         return session
+
+    async def _acknowledgement(self, session: Session, by: float) -> list[Frame]:
+        """Read ``session`` until its codec finds the service's acknowledgement of the session
+        (``ProviderCodec.acknowledged``), at trio time ``by`` at the latest; return what the
+        codec sends then. The frames read are kept in order (``early``): the call decodes them,
+        the acknowledgement included, once it has the session.
+
+        Raises:
+            UpstreamClosed: the service closed the session (refused its opening frames, say).
+            _NoSession: no acknowledgement in time (``UPSTREAM_CONNECT_FAILED``).
+        """
+        early = session.early = deque()
+
+        def unacknowledged(detail: str) -> _NoSession:
+            return _NoSession(
+                Reason.UPSTREAM_CONNECT_FAILED,
+                f"the service did not acknowledge the session within connect_timeout="
+                f"{self.settings.connect_timeout:g}s ({len(early)} frames read)",
+            )
+
+        with deadline_at(by, unacknowledged):
+            while len(early) < EARLY_FRAMES:
+                frame = await session.upstream.receive()
+                early.append(frame)
+                rest = session.codec.acknowledged(frame)
+                if rest is not None:
+                    return rest
+        raise unacknowledged("too many frames")
 
     # --- the session in use -------------------------------------------------------------------
 
@@ -389,10 +445,17 @@ class ProviderLink:
             log.info("provider session lost: %s", detail, extra=self._extra)
         await self._discard(session.upstream)
 
+    def _flush(self, session: Session) -> None:
+        """The link stops reading ``session``: what its codec still holds goes to ``on_final``."""
+        events = session.codec.flush()
+        if events and self.on_final is not None:
+            self.on_final(events)
+
     async def _recover(self, session: Session) -> None:
         """Replace the dropped ``session`` within the episode's budget, or give up."""
         assert session.lost is not None
         reason, detail = session.lost
+        self._flush(session)  # its last words belong to the history the next session is given
         self.session = None
         self._probation_until = None
         if self._pinging is not None and self._pinging[0] is session:
@@ -510,24 +573,43 @@ class ProviderLink:
                 await self._ping(session)
                 next_ping = trio.current_time() + settings.keepalive_interval
 
-    def recycle_soon(self, session: Session) -> None:
-        """The provider will end ``session`` soon (Gemini's ``goAway``): have upkeep recycle it
-        now, make before break, instead of at ``session_max_age``. Does not wait.
+    def recycle_soon(self, session: Session, ends_in: float | None = None) -> None:
+        """The provider will end ``session`` soon (Gemini's ``goAway``): have upkeep recycle it,
+        make before break, instead of at ``session_max_age``. Does not wait.
+
+        ``ends_in`` ``None``: at once (no answer in flight, or the one in flight has just ended).
+        A number: the agent is answering, and the provider ends the session in ``ends_in``
+        seconds; the recycle waits for the answer to end (the call calls this again, without
+        ``ends_in``), at the latest until ``RECYCLE_MARGIN`` seconds before that end (at once if
+        less is left). A later call can bring the recycle forward, never put it off.
 
         Nothing happens if ``session`` is no longer the current one (replaced already, or dropped
         and being resumed). After a failed recycle the next try still waits ``RECYCLE_RETRY``. If
         the provider closes ``session`` before the switch, the recycle is abandoned and the drop
         resumed like any other (:meth:`receive`), so one session replaces it, not two.
         """
-        if session is not self.session or session.lost is not None or self._ending is session:
+        if session is not self.session or session.lost is not None:
             return
-        log.info("the provider is ending the session: recycling it now", extra=self._extra)
+        now = trio.current_time()
+        by = now if ends_in is None else now + max(0.0, ends_in - RECYCLE_MARGIN)
+        if self._ending is session and by >= self._ending_by:
+            return
+        if by <= now:
+            log.info("the provider is ending the session: recycling it now", extra=self._extra)
+        else:
+            log.info(
+                "the provider is ending the session: recycling it when the agent's answer ends"
+                " (in %gs at the latest)",
+                by - now,
+                extra=self._extra,
+            )
         self._ending = session
+        self._ending_by = by
         self._wake_upkeep()
 
     def _recycle_at(self, session: Session, not_before: float) -> float:
         if self._ending is session:
-            return not_before
+            return max(self._ending_by, not_before)
         return max(session.upstream.opened_at + self.settings.session_max_age, not_before)
 
     async def _keep_alive(self, session: Session, now: float) -> None:
@@ -622,6 +704,7 @@ class ProviderLink:
         self.session = fresh
         self._recycling = None  # switched: a drop from now on is the fresh session's to resume
         self._wake_upkeep()
+        self._flush(old)  # the call reads the fresh session from now on
         log.info("provider session recycled", extra=self._extra)
         await self._close(old.upstream, 1000, "recycled")
         return True
@@ -638,7 +721,9 @@ class ProviderLink:
             UpstreamClosed: the session closed. UpstreamTimeout: too many frames to keep.
         """
         failure: UpstreamError | None = None
-        early = fresh.early = deque()
+        if fresh.early is None:
+            fresh.early = deque()
+        early = fresh.early  # (after what waiting for its acknowledgement read, in order)
 
         async def read(nursery: trio.Nursery) -> None:
             nonlocal failure
@@ -676,6 +761,8 @@ class ProviderLink:
         if self._probation_until is not None:
             self._proved_healthy()  # the call ends for another reason while it works: it resumed
         session, self.session = self.session, None
+        if session is not None:
+            self._flush(session)  # the agent's last words, if the provider never said they ended
         try:
             if session is not None and session.lost is None:
                 with trio.move_on_after(self.settings.close_timeout):

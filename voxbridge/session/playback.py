@@ -18,13 +18,16 @@ setting):
   of the last message whose mark came back, never from a clock. It can be short of the truth by
   at most one media message (the call sends at most ``MAX_MEDIA_BYTES``, 100 ms, per message) and
   is never past it.
-* **sparse** (marks, sparse): a mark only at the end of a burst (the call has nothing more queued
-  to play next) and whenever ``SPARSE_MARK_MS`` of audio has gone out since the last one, so a
-  long answer gets one mark per half second and a short one a single mark. Between echoes the
-  heard position comes from the *playout model* (below), re-anchored by every echo, and never past
-  the first mark still awaited (that audio has not finished playing). Whether anything is still
-  playing (a barge-in's ``clear``, the farewell) is still known from echoes: the last audio of a
-  burst always has its mark.
+* **sparse** (marks, sparse): a mark after the first message of each stretch of playout (an
+  answer after a silence), whenever ``SPARSE_MARK_MS`` of audio has gone out since the last one,
+  and at the end of each burst -- once the call knows it ended: the next thing from the provider
+  is not more audio to play (a transcript, the response's end, a tool call), or the agent hung
+  up. So a 2 s answer gets five or six marks instead of twenty. Between echoes the heard
+  position comes from the *playout model* (below), re-anchored by every echo, and never past the
+  first mark still awaited (that audio has not finished playing). Whether anything is still
+  playing (a barge-in's ``clear``, the farewell) is known from echoes as in exact mode, except
+  for audio still owing its mark (:attr:`Playback.owes_mark`: the end of a burst not yet known
+  to be one), for which the model decides.
 * **no marks** (``marks=False``; Vonage): no mark frame is sent and nothing is echoed; the heard
   position is the playout model alone, which is then also what settles the audio.
 
@@ -36,8 +39,10 @@ byte. The call passes its clock's ``now`` (seconds, ``trio.current_time()``) to 
 Without marks the latency is 0: the model knows neither the network's delay nor the carrier's
 jitter buffer and may run a little ahead of the truth. In sparse mode each echo re-anchors it: the
 audio up to the echoed mark ended when the echo came, what is queued behind it plays from then,
-and the latency becomes what explained the echo (the carrier's start latency plus the echo's
-way back), for the next audio sent after a silence. :meth:`finishes_at` says when the audio up to
+and, if the echoed audio began a stretch, the latency becomes what explains the echo (the
+carrier's start latency plus the echo's way back), for the next audio sent after a silence. The
+position is then short of the truth by about the echo's way back, where exact mode's is short by
+that plus up to one media message. :meth:`finishes_at` says when the audio up to
 a message will have played.
 
 **A clear settles its marks at once.** :meth:`Playback.interrupt` drops every pending message when
@@ -82,6 +87,10 @@ _PREFIX = "vb"
 #: second keeps a long answer's model re-anchored twice a second; measured in
 #: ``benchmarks/bargein.py``.
 SPARSE_MARK_MS = 500
+#: Seconds the model's carrier queue must have run dry before a message for it to begin a new
+#: stretch of playout (an answer after a silence: sparse mode marks it, and its echo teaches the
+#: latency). A provider sending in real time, a few milliseconds late now and then, does not.
+_GAP = 0.02
 #: The most playout latency (seconds) an echo may teach the model: beyond it, the echo says more
 #: about a stalled carrier than about its jitter buffer.
 MAX_LATENCY = 2.0
@@ -162,14 +171,15 @@ class Playback:
         # media message not yet known to have played; a list, not a deque: it stays short, and an
         # empty deque costs 600 bytes per call
         self._marks: list[tuple[int, _Item, int]] = []
-        # the model (timed only), in step with ``_marks``: (sent at, starts, ends, bytes) of each
-        # message; when the audio sent so far ends; the playout latency it assumes (seconds)
-        self._times: list[tuple[float, float, float, int]] = []
+        # the model (timed only), in step with ``_marks``: (sent at, starts, ends, bytes, whether
+        # it began a stretch) of each message; when the audio sent so far ends; the playout
+        # latency it assumes (seconds)
+        self._times: list[tuple[float, float, float, int, bool]] = []
         self._until = -math.inf
         self._latency = 0.0
-        # sparse: (number, whether its echo times the end of its audio) of each message whose
-        # mark was sent and not echoed yet, ascending; bytes sent since the last mark
-        self._named: list[tuple[int, bool]] = []
+        # sparse: the numbers of the messages whose mark was sent and not echoed yet, ascending;
+        # bytes sent since the last mark
+        self._named: list[int] = []
         self._unmarked = 0
         #: Sparse: the last media message has no mark after it yet (:meth:`owed_mark`).
         self.owes_mark = False
@@ -210,10 +220,10 @@ class Playback:
         have played, by the playout model; ``-inf`` if it has already (as of the last
         :meth:`elapse`). ``inf`` when a mark sent at or after it will tell (exact mode always;
         sparse mode unless that audio has no mark after it yet)."""
-        if not self.timed or (self._named and self._named[-1][0] >= mark):
+        if not self.timed or (self._named and self._named[-1] >= mark):
             return math.inf
         finished = -math.inf
-        for (seq, _, _), (_, _, end, _) in zip(self._marks, self._times, strict=True):
+        for (seq, _, _), (_, _, end, _, _) in zip(self._marks, self._times, strict=True):
             if seq > mark:
                 break
             finished = end
@@ -221,14 +231,17 @@ class Playback:
 
     # --- the model -------------------------------------------------------------------------------
 
-    def _place(self, nbytes: int, sent_at: float) -> None:
+    def _place(self, nbytes: int, sent_at: float) -> bool:
         """Model ``nbytes`` sent at ``sent_at``: it plays from ``latency`` later, or when the audio
-        before it ends, whichever is later."""
+        before it ends, whichever is later. Returns whether it begins a stretch (the queue had run
+        dry for more than ``_GAP``)."""
         start = sent_at + self._latency
+        fresh = start > self._until + _GAP
         if start < self._until:
             start = self._until
         self._until = start + nbytes / _BYTES_PER_SECOND
-        self._times.append((sent_at, start, self._until, nbytes))
+        self._times.append((sent_at, start, self._until, nbytes, fresh))
+        return fresh
 
     def _modelled(self, now: float, limit: int) -> tuple[int, int]:
         """Where the model says the caller is at ``now``: how many of the first ``limit`` pending
@@ -239,7 +252,7 @@ class Playback:
             done += 1
         if done == limit:
             return done, 0
-        _, start, _, nbytes = times[done]
+        _, start, _, nbytes, _ = times[done]
         if start >= now:
             return done, 0
         return done, min(nbytes, round((now - start) * _BYTES_PER_SECOND))
@@ -248,7 +261,7 @@ class Playback:
         """How many pending messages the model may say have played: in sparse mode, not past the
         first mark still awaited (that audio has not finished playing yet)."""
         if self._named and self._marks:
-            return self._named[0][0] - self._marks[0][0] + 1
+            return self._named[0] - self._marks[0][0] + 1
         return len(self._marks)
 
     def _settle(self, count: int) -> None:
@@ -308,16 +321,18 @@ class Playback:
         sent at ``now`` (the call's clock, seconds; read only when :attr:`timed`).
 
         Returns the name of the mark to send right after it, or ``None`` for no mark. Exact mode
-        names a mark after every message; without marks, never. Sparse mode names one when
-        ``burst_end`` (the call knows what comes next is not more audio to play) or when
-        ``SPARSE_MARK_MS`` of audio has gone out since the last mark; otherwise the message owes
-        its mark (:attr:`owes_mark`) until more audio covers it or the call learns that the burst
-        ended (:meth:`owed_mark`).
+        names a mark after every message; without marks, never. Sparse mode names one when the
+        message begins a stretch of playout (by the model, the carrier's queue had run dry: the
+        echo times the carrier's start latency), when ``burst_end`` (the call knows that what
+        comes next is not more audio to play), or when ``SPARSE_MARK_MS`` of audio has gone out
+        since the last mark; otherwise the message owes its mark (:attr:`owes_mark`) until a later
+        mark covers it or the call learns that the burst ended (:meth:`owed_mark`).
         """
+        fresh = False
         if self.timed:
             if not self.marks:
                 self.elapse(now)  # keeps the list as short as the audio still queued
-            self._place(nbytes, now)
+            fresh = self._place(nbytes, now)
         item = self._last
         if item is None or item.item_id != item_id or item.session is not session:
             item = self._item(session, item_id, response_id)
@@ -329,32 +344,31 @@ class Playback:
         if len(marks) > MAX_PENDING_MARKS:  # a carrier that does not echo: assume it played
             self._settle(1)
             named = self._named
-            if named and named[0][0] < marks[0][0]:
+            if named and named[0] < marks[0][0]:
                 del named[0]
         if not self.marks:
             return None
         if self.sparse:
             self._unmarked += nbytes
-            if not burst_end and self._unmarked < _SPARSE_MARK_BYTES:
+            if not (burst_end or fresh) and self._unmarked < _SPARSE_MARK_BYTES:
                 self.owes_mark = True
                 return None
             self._unmarked = 0
             self.owes_mark = False
-            self._named.append((seq, True))  # sent before its audio can have played
+            self._named.append(seq)
         return f"{_PREFIX}{seq}"
 
-    def owed_mark(self, now: float) -> str | None:
-        """Sparse: the burst ended after the last media message sent (at ``now``, the call's
-        clock, the call learned so); returns the name of the mark to send for it, or ``None`` if
-        no mark is owed. A mark sent once the model says that audio has played confirms it, but
-        its echo says nothing about when it ended: it re-anchors nothing."""
+    def owed_mark(self) -> str | None:
+        """Sparse: the call learned that the burst ended with the last media message sent;
+        returns the name of the mark to send for it, or ``None`` if no mark is owed. (Sent late,
+        after that audio ended, its echo still confirms the audio; the position it re-anchors is
+        the end of the burst, so it moves no audio still to play.)"""
         if not self.owes_mark:
             return None
         self.owes_mark = False
         self._unmarked = 0
-        seq = self._seq
-        self._named.append((seq, now < self._until))
-        return f"{_PREFIX}{seq}"
+        self._named.append(self._seq)
+        return f"{_PREFIX}{self._seq}"
 
     def _item(self, session: object, item_id: str | None, response_id: str | None) -> _Item:
         items = self._items
@@ -391,13 +405,12 @@ class Playback:
         seq = int(digits)
         if seq > self._seq:
             return False  # never sent: a forged echo confirms nothing
-        timing = False  # sparse: the echo says when the audio before the mark ended
+        timing = self.sparse and now is not None  # the echo times the end of that audio
         if self.sparse:
             named = self._named
-            at = bisect_left(named, (seq,))
-            if at == len(named) or named[at][0] != seq:
+            at = bisect_left(named, seq)
+            if at == len(named) or named[at] != seq:
                 return False  # no mark of that name is awaited: never sent, or settled
-            timing = named[at][1] and now is not None
             del named[: at + 1]
         marks = self._marks
         count = 0
@@ -405,21 +418,27 @@ class Playback:
             count += 1
         if not count:
             return False
-        ended = self._times[count - 1][2] if timing else 0.0
+        times = self._times
+        ended = times[count - 1][2] if timing else 0.0
+        began = timing and any(fresh for *_, fresh in times[:count])
         self._settle(count)
         if timing:
             assert now is not None
-            self._reanchor(ended, now)
+            self._reanchor(ended, now, began)
         return True
 
-    def _reanchor(self, ended: float, now: float) -> None:
-        """Sparse: audio the model had ending at ``ended`` ended at ``now`` (its mark's echo). The
-        latency becomes what explains that, and what is queued behind it plays from ``now`` on."""
-        self._latency = min(max(self._latency + now - ended, 0.0), MAX_LATENCY)
+    def _reanchor(self, ended: float, now: float, began: bool) -> None:
+        """Sparse: audio the model had ending at ``ended`` ended at ``now`` (its mark's echo);
+        what is queued behind it plays from ``now`` on. If that audio ``began`` a stretch, the
+        echo also times the stretch's start: the latency becomes what explains it. (A later echo
+        in the same stretch moves the position only: a stall in the middle of a stretch says
+        nothing about when the next one will start.)"""
+        if began:
+            self._latency = min(max(self._latency + now - ended, 0.0), MAX_LATENCY)
         rest = self._times[:]
         self._times.clear()
         self._until = now
-        for sent_at, _, _, nbytes in rest:
+        for sent_at, _, _, nbytes, _ in rest:
             self._place(nbytes, sent_at)
 
     def _model_heard(self, now: float) -> int:

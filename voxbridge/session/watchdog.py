@@ -30,9 +30,20 @@ class Watchdog(Deadline):
 
     __slots__ = ()
 
-    def arm(self, seconds: float, reason: Reason, *, since: float | None = None) -> None:  # type: ignore[override]
-        """The next wait must finish within ``seconds`` of ``since`` (default: now), or ``reason``."""
-        super().arm(seconds, ends_call(reason), since=since)
+    def arm(  # type: ignore[override]
+        self,
+        seconds: float,
+        reason: Reason,
+        *,
+        since: float | None = None,
+        restartable: bool = False,
+    ) -> None:
+        """The next wait must finish within ``seconds`` of ``since`` (default: now), or ``reason``.
+
+        Fires from that instant to :data:`~voxbridge.deadlines.LATENESS` after it, never before;
+        ``restartable`` as in :meth:`Deadline.arm <voxbridge.deadlines.Deadline.arm>`.
+        """
+        super().arm(seconds, ends_call(reason), since=since, restartable=restartable)
 
 
 def deadline(seconds: float, reason: Reason) -> Watchdog:

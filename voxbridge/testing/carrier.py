@@ -33,7 +33,9 @@ And for the playout itself (both 0 by default: audio plays the instant it arrive
 * ``jitter`` -- each agent audio message reaches the carrier up to this many seconds late
   (uniform, from a ``random.Random(seed)``), in order: what the bridge sends after it (marks, a
   clear) never overtakes it. Audio that arrives after the audio before it ran out starts a new
-  stretch, after ``playout_latency`` again.
+  stretch, after ``playout_latency`` again. Each mark echo goes back up to ``jitter`` late too
+  (in order, drawn from ``random.Random(f"{seed}/echoes")``, so the audio's delays do not depend
+  on how many marks there are).
 
 The same :class:`CarrierSimulator` drives in-memory tests (hand it a stream from
 ``trio.testing.memory_stream_pair``), ``voxbridge call`` and the demo (:func:`simulate_call`,
@@ -52,7 +54,7 @@ import random
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -81,6 +83,7 @@ from .faults import FaultStream
 __all__ = ["CallResult", "CarrierSimulator", "TwilioWire", "simulate_call", "wire_for"]
 
 FRAME_SECONDS = FRAME_BYTES / 8000  # 20 ms
+_T = TypeVar("_T")
 
 
 @attrs.define
@@ -115,6 +118,9 @@ class CallResult:
     #: For each clear: milliseconds of agent audio the caller had heard in the whole call, when
     #: it arrived (:meth:`heard_ms` at that instant).
     played_ms_at_clear: list[float] = attrs.Factory(list)
+    #: When each piece of :attr:`played` began playing, and its bytes, in order (what
+    #: :meth:`heard_ms_at` reads).
+    playout: list[tuple[float, int]] = attrs.field(factory=list, repr=False)
     clears_at: list[float] = attrs.Factory(list)
     audio_received: bytearray = attrs.field(factory=bytearray, repr=False)
     played: bytearray = attrs.field(factory=bytearray, repr=False)
@@ -141,6 +147,16 @@ class CallResult:
         if byte_value is None:
             return len(self.played) / BYTES_PER_MS
         return self.played.count(byte_value) / BYTES_PER_MS
+
+    def heard_ms_at(self, when: float) -> float:
+        """Milliseconds of agent audio the caller had heard by ``when`` (a
+        ``trio.current_time()`` value), exactly, from :attr:`playout`."""
+        heard = 0.0
+        for start, nbytes in self.playout:
+            if start >= when:
+                break
+            heard += min(nbytes / BYTES_PER_MS, (when - start) * 1000)
+        return heard
 
     @property
     def round_trip(self) -> float | None:
@@ -281,7 +297,9 @@ class CarrierSimulator:
             :class:`TwilioWire` if omitted.
         playout_latency: seconds from agent audio reaching an idle carrier to its playing.
         jitter: each agent audio message arrives up to this many seconds late (in order).
-        seed: the jitter's random seed (``random.Random(seed)``).
+        seed: the jitter's random seed: the audio's delays are ``random.Random(seed)``'s
+            ``uniform(0, jitter)`` draws in turn, the echoes' those of
+            ``random.Random(f"{seed}/echoes")``.
     """
 
     def __init__(
@@ -308,7 +326,9 @@ class CarrierSimulator:
         self.stream = FaultStream(stream)
         self.playout_latency = playout_latency
         self.jitter = jitter
-        self.random = random.Random(seed)
+        self.random = random.Random(seed)  # the audio's delays
+        # the echoes' delays, drawn apart: how many marks there are moves no audio
+        self.echo_random = random.Random(None if seed is None else f"{seed}/echoes")
         self.wire: CallerWire = wire if wire is not None else TwilioWire()
         self.host = host
         self.resource = resource if resource is not None else f"/{self.wire.carrier}/media"
@@ -458,7 +478,22 @@ class CarrierSimulator:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(player.echo_marks)
-                late = self._delay_line(nursery, arrived) if self.jitter > 0 else None
+                late: Callable[[WireEvent], None] | None = None
+                if self.jitter > 0:  # audio arrives up to jitter late; echoes go back the same
+                    audio = self.random
+                    late = _delay_line(
+                        nursery,
+                        arrived,
+                        lambda event: (
+                            audio.uniform(0.0, self.jitter)
+                            if isinstance(event, AgentSpoke)
+                            else 0.0
+                        ),
+                    )
+                    echoes = self.echo_random
+                    player.late_echo = _delay_line(
+                        nursery, player.send_echo, lambda _: echoes.uniform(0.0, self.jitter)
+                    )
                 try:
                     while True:
                         message = await ws.get_message()
@@ -486,31 +521,29 @@ class CarrierSimulator:
             player.stop(result.closed_at)  # the caller hears nothing more
             done.set()
 
-    def _delay_line(
-        self, nursery: trio.Nursery, arrived: Callable[[WireEvent], Awaitable[None]]
-    ) -> Callable[[WireEvent], None]:
-        """What the bridge sends, handed to ``arrived`` in order, each agent audio message up to
-        ``jitter`` seconds late (what follows it waits for it). Returns the function that takes
-        each event as it is read."""
-        send, receive = trio.open_memory_channel[tuple[float, WireEvent]](math.inf)
-        latest = -math.inf
 
-        def late(event: WireEvent) -> None:
-            nonlocal latest
-            at = trio.current_time()
-            if isinstance(event, AgentSpoke):
-                at += self.random.uniform(0.0, self.jitter)
-            latest = at = max(at, latest)
-            send.send_nowait((at, event))
+def _delay_line(
+    nursery: trio.Nursery, deliver: Callable[[_T], Awaitable[None]], delay: Callable[[_T], float]
+) -> Callable[[_T], None]:
+    """A network path with jitter: returns the function that takes each item as it is sent;
+    ``deliver`` gets them in order, each ``delay(item)`` seconds late, never before the one before
+    it (one ordered stream, as a WebSocket is)."""
+    send, receive = trio.open_memory_channel[tuple[float, _T]](math.inf)
+    latest = -math.inf
 
-        async def deliver() -> None:
-            async with receive:
-                async for at, event in receive:
-                    await trio.sleep_until(at)
-                    await arrived(event)
+    def put(item: _T) -> None:
+        nonlocal latest
+        latest = at = max(trio.current_time() + delay(item), latest)
+        send.send_nowait((at, item))
 
-        nursery.start_soon(deliver)
-        return late
+    async def run() -> None:
+        async with receive:
+            async for at, item in receive:
+                await trio.sleep_until(at)
+                await deliver(item)
+
+    nursery.start_soon(run)
+    return put
 
 
 class _Player:
@@ -536,6 +569,8 @@ class _Player:
         self._stopped = False
         self._pending: list[tuple[float, str]] = []  # (due, mark name)
         self._wake = trio.Event()
+        #: With jitter: takes each echo, to send it up to ``jitter`` late.
+        self.late_echo: Callable[[str], None] | None = None
 
     def queue(self, now: float, audio: bytes) -> None:
         if self._stopped:
@@ -553,21 +588,24 @@ class _Player:
 
     def _settle(self, now: float) -> None:
         """Move the chunks that have played out by ``now`` to ``played``."""
-        played = self._simulator.result.played
+        result = self._simulator.result
         while self._chunks:
             start, audio = self._chunks[0]
             if start + len(audio) / 8000 > now:
                 return
-            played.extend(audio)
+            result.played.extend(audio)
+            result.playout.append((start, len(audio)))
             self._chunks.popleft()
 
     def _cut(self, now: float) -> None:
         """Playback stops at ``now``: the part of the playing chunk heard so far is kept, the
         rest and everything queued behind it are dropped."""
-        played = self._simulator.result.played
+        result = self._simulator.result
         for start, audio in self._chunks:  # in order; those not yet started add nothing
             heard = min(len(audio), max(0, round((now - start) * 8000)))  # samples, 1 byte each
-            played.extend(audio[:heard])
+            if heard:
+                result.played.extend(audio[:heard])
+                result.playout.append((start, heard))
         self._chunks.clear()
 
     def stop(self, now: float) -> None:
@@ -616,6 +654,12 @@ class _Player:
                 await self._echo(name)
 
     async def _echo(self, name: str) -> None:
+        if self.late_echo is not None:
+            self.late_echo(name)
+        else:
+            await self.send_echo(name)
+
+    async def send_echo(self, name: str) -> None:
         simulator = self._simulator
         if simulator.stalled:
             return  # a stalled carrier sends nothing at all

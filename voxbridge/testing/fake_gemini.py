@@ -5,12 +5,17 @@ fakes. The handshake must name the ``BidiGenerateContent`` resource (404 otherwi
 missing ``?key=`` is accepted and then closed with 1007 ``API key not valid`` (what the service
 does); ``refuse_status`` rejects every handshake with that HTTP status instead.
 
-The first message must be ``setup`` (else close 1007); the fake answers ``setupComplete``. A
-``sessionResumption.handle`` must be one this fake issued (else close 1008); the session then
-continues that conversation. ``historyConfig.initialHistoryInClientContent`` makes the fake expect
-``clientContent`` turns (recorded) before realtime input.
+The first message must be ``setup`` (else close 1007); the fake answers ``setupComplete``,
+``setup_delay`` later (setting a session up takes the service a moment). Nothing may come before
+it: a client must wait for ``setupComplete`` (as ``google-genai``'s does), and every message that
+arrives earlier -- audio, text, turns -- is ignored and recorded as a protocol violation
+(``GeminiSession.before_setup_complete``, and in ``errors``). A ``sessionResumption.handle`` must
+be one this fake issued (else close 1008); the session then continues that conversation.
+``historyConfig.initialHistoryInClientContent`` makes the fake expect ``clientContent`` turns
+(recorded) before realtime input.
 
-What the fake does, each time relative to the session's opening:
+What the fake does, each time relative to the session's opening (and never before
+``setupComplete``):
 
 * **echo** (``echo=True``): every ``realtimeInput.audio`` (PCM16LE 16 kHz) is played back
   ``delay`` seconds later as ``serverContent.modelTurn`` ``inlineData`` at 24 kHz.
@@ -105,6 +110,11 @@ class GeminiSession:
     number: int = 0  # the connection's number (1-based, refused ones counted): ``only_session``
     query: dict[str, str] = attrs.Factory(dict)
     setup: dict[str, Any] | None = None
+    #: When ``setupComplete`` was sent (``None``: not yet).
+    setup_complete_at: float | None = None
+    #: The kind of every message received before ``setupComplete`` (ignored): a client that did
+    #: not wait for it.
+    before_setup_complete: list[str] = attrs.Factory(list)
     resumed_from: str | None = None
     client_content: list[dict[str, Any]] = attrs.Factory(list)
     texts: list[str] = attrs.Factory(list)
@@ -120,6 +130,7 @@ class GeminiSession:
     close_code: int | None = None
     close_reason: str | None = None
     closed: trio.Event = attrs.Factory(trio.Event)
+    _set_up: trio.Event = attrs.Factory(trio.Event)  # setupComplete was sent
     _speaking: trio.Lock = attrs.Factory(trio.Lock)
     _cut: int = 0  # bumped by interrupted: speech in progress stops
 
@@ -158,6 +169,7 @@ class FakeGemini:
         only_session: int | None = None,
         chunk_ms: int = 20,
         resumable: bool = True,
+        setup_delay: float = 0.05,
     ) -> None:
         self.api_key = api_key
         self.echo = echo
@@ -189,6 +201,7 @@ class FakeGemini:
         self.connections = 0
         self.chunk_ms = chunk_ms
         self.resumable = resumable
+        self.setup_delay = setup_delay
         self.url = ""
         self.sessions: list[GeminiSession] = []
         self.issued: set[str] = set()
@@ -296,11 +309,11 @@ class FakeGemini:
                 await self._close(session, ws, 1008, "invalid session resumption handle")
                 return
             session.resumed_from = handle
-        await self._send(session, ws, {"setupComplete": {}})
         scripted = self.scripted(session.number) and (
             self.only_sessions is None or session.index <= self.only_sessions
         )
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._complete_setup, session, ws)  # read on meanwhile
             playback_in, playback_out = trio.open_memory_channel[tuple[float, bytes]](256)
             nursery.start_soon(self._play, session, ws, playback_out)
             if scripted:
@@ -348,6 +361,10 @@ class FakeGemini:
             session.errors.append(f"not one client message: {message!r}"[:200])
             return
         ((kind, body),) = message.items()
+        if session.setup_complete_at is None:
+            session.before_setup_complete.append(kind)
+            session.errors.append(f"{kind} before setupComplete")
+            return
         if kind == "realtimeInput" and isinstance(body, dict):
             audio = body.get("audio")
             if isinstance(audio, dict):
@@ -380,8 +397,15 @@ class FakeGemini:
         else:
             session.errors.append(f"unexpected client message {kind!r}")
 
+    async def _complete_setup(self, session: GeminiSession, ws: WebSocketConnection) -> None:
+        await trio.sleep(self.setup_delay)
+        session.setup_complete_at = trio.current_time()
+        await self._send(session, ws, {"setupComplete": {}})
+        session._set_up.set()
+
     async def _at(self, session: GeminiSession, at: float, action: Any, *args: Any) -> None:
         await trio.sleep_until(session.opened_at + at)
+        await session._set_up.wait()  # the service says nothing before setupComplete
         await action(session, *args)
 
     async def _play(

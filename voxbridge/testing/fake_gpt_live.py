@@ -11,11 +11,14 @@ What it does for a bridge:
 * The handshake needs ``Authorization: Bearer <api_key>`` (401 otherwise; ``api_key=None``
   accepts anything). The first client event must be ``session.start``; it is checked (a
   ``model``; ``audio.format`` ``audio/pcmu`` at 8000 Hz, as a bridge asks; no unknown field; an
-  ``input`` of at most 128 text messages) and answered with ``session.started`` carrying the
-  resolved session, or with an ``error`` and close 1008 when invalid. Any other command before it
-  gets an ``error`` (``session_not_started``).
-* ``session.input_audio.append`` is counted (``LiveSession.audio_in``; one before
-  ``session.start`` gets an ``error`` and is counted in ``audio_before_start``); in echo mode
+  ``input`` of at most 128 text messages) and answered, ``start_delay`` later (starting a session
+  takes the service a moment), with ``session.started`` carrying the resolved session, or at once
+  with an ``error`` and close 1008 when invalid. The protocol says "send session.start first and
+  wait for session.started before application commands", and the fake holds a client to it: any
+  command that arrives before ``session.started`` was sent -- caller audio included -- gets an
+  ``error`` (``session_not_started``) and is not acted on, and each is a protocol violation the
+  tests assert on (``LiveSession.before_started``; the audio ones also in ``audio_before_start``).
+* ``session.input_audio.append`` is counted (``LiveSession.audio_in``); in echo mode
   (``echo_delay``) each chunk comes back that much later as ``session.output_audio.delta``.
 * Scripted speech (``speak``): audio sent as ``chunk_ms`` deltas, faster than real time
   (``speak_pace``), each with its share of ``session.output_transcript.delta``. At an
@@ -34,6 +37,8 @@ What it does for a bridge:
   created`` and a ``response.event`` wrapping ``response.output_item.done`` with the
   ``function_call``; ``response.item.create`` with its ``function_call_output`` is recorded and
   ``response.create`` makes the model speak :func:`~voxbridge.testing.fake_openai.tool_answer`.
+  A tool the session did not declare to a Responses backend (``delegation.responses.tools``) is
+  never called, as the service cannot: the fake records it in ``LiveSession.undeclared_tools``.
 * ``hangup_at``: the model ends the call, ``session.closed{reason: remote_hangup}`` then close
   1000 (what ``closed_at=(at, "remote_hangup")`` does, under the name the other fakes use).
 * Fault knobs, named as :class:`~voxbridge.testing.FakeOpenAIRealtime`'s: ``refuse_status``,
@@ -130,8 +135,13 @@ class LiveSession:
     events_in: list[Event] = attrs.Factory(list)
     events_out: list[Event] = attrs.Factory(list)
     audio_in: int = 0
-    #: Appends received before ``session.start`` (each answered with an ``error``).
+    #: Appends received before ``session.started`` was sent (each answered with an ``error``).
     audio_before_start: int = 0
+    #: The type of every command received before ``session.started`` was sent (answered with an
+    #: ``error`` and ignored): a client that did not wait.
+    before_started: list[str] = attrs.Factory(list)
+    #: Scripted tool calls not made: the session declared no Responses backend with the tool.
+    undeclared_tools: list[str] = attrs.Factory(list)
     audio_bytes_in: int = 0
     #: Agent audio bytes sent (scripted, echo and answers).
     audio_out: int = 0
@@ -180,6 +190,7 @@ class FakeGptLive:
         interrupt_at: at these times the model stops the turn it is speaking (no event says so).
         caller_transcripts: ``(at, text)``: ``session.input_transcript.delta`` with ``text``.
         usage_every: seconds between ``session.usage.updated`` events (``None``: none).
+        start_delay: seconds between ``session.start`` and ``session.started``.
         closed_at: ``(at, reason)``: ``session.closed`` with ``reason``, then close.
         close_at: ``(at, code)``: close the socket with ``code``, no ``session.closed``.
         close_reason: the close reason sent with ``close_at``.
@@ -205,6 +216,7 @@ class FakeGptLive:
         interrupt_at: Sequence[float] = (),
         caller_transcripts: Sequence[tuple[float, str]] = (),
         usage_every: float | None = 1.0,
+        start_delay: float = 0.05,
         closed_at: tuple[float, str] | None = None,
         close_at: tuple[float, int] | None = None,
         close_reason: str = "fake provider closes (fault knob)",
@@ -220,6 +232,8 @@ class FakeGptLive:
     ) -> None:
         if speak_pace <= 0 or chunk_ms <= 0 or answer_pace <= 0:
             raise ValueError("speak_pace, answer_pace and chunk_ms must be positive")
+        if start_delay < 0:
+            raise ValueError("start_delay must not be negative")
         if closed_at is not None and closed_at[1] not in CLOSED_REASONS:
             raise ValueError(f"closed_at reason must be one of {CLOSED_REASONS}")
         self.api_key = api_key
@@ -230,6 +244,7 @@ class FakeGptLive:
         self.interrupt_at = list(interrupt_at)
         self.caller_transcripts = list(caller_transcripts)
         self.usage_every = usage_every
+        self.start_delay = start_delay
         self.closed_at = closed_at
         self.close_at = close_at
         self.close_reason = close_reason
@@ -425,7 +440,10 @@ class FakeGptLive:
             session.audio_in += 1
             if session.started_at is None:
                 session.audio_before_start += 1
-                await self._error(session, send, "session_not_started", "Send session.start first.")
+                session.before_started.append(kind)
+                await self._error(
+                    session, send, "session_not_started", "Wait for session.started first."
+                )
                 return
             await self._audio_in(nursery, session, send, event)
             return
@@ -433,7 +451,10 @@ class FakeGptLive:
         if kind == "session.start":
             await self._start(nursery, session, ws, send, event)
         elif session.started_at is None:
-            await self._error(session, send, "session_not_started", "Send session.start first.")
+            session.before_started.append(kind)
+            await self._error(
+                session, send, "session_not_started", "Wait for session.started first."
+            )
         elif kind == "session.close":
             await self._finish(session, ws, send, "close_requested")
         elif kind == "session.commentary.append" and isinstance(event.get("content"), str):
@@ -465,15 +486,26 @@ class FakeGptLive:
         event: Event,
     ) -> None:
         config = event.get("session")
-        problem = _start_problem(config) if session.started_at is None else "already started"
+        problem = _start_problem(config) if session.start is None else "already started"
         if problem is not None:
             await self._error(session, send, "invalid_session", problem)
             await self._close(session, ws, 1008, "invalid session.start")
             return
         assert isinstance(config, dict)
         session.start = config
-        session.started_at = trio.current_time()
+        nursery.start_soon(self._started, nursery, session, ws, send)
+
+    async def _started(
+        self,
+        nursery: trio.Nursery,
+        session: LiveSession,
+        ws: WebSocketConnection,
+        send: Callable[[Event], Awaitable[bool]],
+    ) -> None:
+        """``session.started``, ``start_delay`` after ``session.start`` (read on meanwhile)."""
+        await trio.sleep(self.start_delay)
         resolved = self._resource(session)
+        session.started_at = trio.current_time()
         await send({"type": "session.started", "event_id": session.next_id("event"), **resolved})
         if self.usage_every is not None:
             nursery.start_soon(self._report_usage, session, send, self.usage_every)
@@ -592,6 +624,9 @@ class FakeGptLive:
     async def _tool_call(
         self, session: LiveSession, send: Callable[[Event], Awaitable[bool]], call: FakeLiveToolCall
     ) -> None:
+        if call.name not in _declared_tools(session.start):
+            session.undeclared_tools.append(call.name)  # no backend could run it: nothing happens
+            return
         delegation_id = session.next_id("deleg")
         call_id = session.next_id("call")
         session._calls[call_id] = call.name
@@ -660,6 +695,24 @@ def _spread(text: str, parts: int) -> list[str]:
     """``text`` cut into ``parts`` consecutive pieces (some possibly empty)."""
     size = math.ceil(len(text) / parts) if text else 0
     return [text[i * size : (i + 1) * size] for i in range(parts)]
+
+
+def _declared_tools(config: dict[str, Any] | None) -> set[str]:
+    """The function tools a ``session.start`` ``session`` declared to a Responses backend."""
+    delegation = (config or {}).get("delegation")
+    if not isinstance(delegation, dict) or delegation.get("type") != "responses":
+        return set()
+    responses = delegation.get("responses")
+    tools = responses.get("tools") if isinstance(responses, dict) else None
+    if not isinstance(tools, list):
+        return set()
+    return {
+        tool["name"]
+        for tool in tools
+        if isinstance(tool, dict)
+        and tool.get("type") == "function"
+        and isinstance(tool.get("name"), str)
+    }
 
 
 def _start_problem(config: object) -> str | None:

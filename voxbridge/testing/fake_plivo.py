@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
-import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
 from xml.etree import ElementTree
@@ -44,20 +41,14 @@ from xml.etree import ElementTree
 import attrs
 import httpx
 import trio
-from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
 from ..carriers.plivo import decode_extra_headers
 from ..carriers.plivo_webhooks import NONCE_HEADER, SIGNATURE_HEADER, sign
+from .rest_fake import WAIT_TIMEOUT, FakeRestApi, Receive, Scope, Send, respond
 
 __all__ = ["Answer", "FakePlivo", "PlivoRestRequest"]
 
-WAIT_TIMEOUT = 30.0
 _CALL = re.compile(r"/v1/Account/([^/]+)/Call/([^/]+)/")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @attrs.define(eq=False)
@@ -89,7 +80,7 @@ class Answer:
     parameters: dict[str, str] = attrs.Factory(dict)
 
 
-class FakePlivo:
+class FakePlivo(FakeRestApi):
     """A local Plivo REST API (hang-ups) and answer-webhook client, for tests.
 
     Args:
@@ -108,56 +99,23 @@ class FakePlivo:
         fail_with: tuple[int, str] | None = None,
         delay: float = 0.0,
     ) -> None:
+        super().__init__()
         self.auth_id = auth_id
         self.auth_token = auth_token
         self.fail_with = fail_with
         self.delay = delay
-        self.base_url = ""
         #: call uuid -> ``in-progress`` or ``completed``
         self.calls: dict[str, str] = {}
-        self.hangups: list[str] = []
         self.requests: list[PlivoRestRequest] = []
-        self._changed = trio.Event()
 
     def __repr__(self) -> str:
         return f"FakePlivo(auth_id={self.auth_id!r}, base_url={self.base_url!r})"
-
-    async def serve(
-        self,
-        host: str = "127.0.0.1",
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve the REST API on a free port until cancelled; ``await nursery.start(fake.serve)``
-        returns its base URL (``http://127.0.0.1:PORT``: the ``--plivo-api-url``)."""
-        config = Config()
-        config.bind = [f"{host}:0"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.graceful_timeout = 0.5
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(hypercorn_serve, self.app, config)
-            self.base_url = str(binds[0])
-            task_status.started(self.base_url)
-            await trio.sleep_forever()
 
     def add_call(self, call_uuid: str | None = None) -> str:
         """Make ``call_uuid`` (a fresh UUID if omitted) a live call; return it."""
         call_uuid = call_uuid or str(uuid.uuid4())
         self.calls[call_uuid] = "in-progress"
         return call_uuid
-
-    async def wait_hangup(self, count: int = 1) -> str:
-        """Wait (at most ``WAIT_TIMEOUT``, else ``trio.TooSlowError``) for ``count`` hang-ups;
-        return the ``count``-th call uuid."""
-        with trio.fail_after(WAIT_TIMEOUT):
-            while len(self.hangups) < count:
-                await self._changed.wait()
-        return self.hangups[count - 1]
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
 
     # --- the answer webhook -------------------------------------------------------------------
 
@@ -214,16 +172,8 @@ class FakePlivo:
 
     # --- REST ---------------------------------------------------------------------------------
 
-    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The REST API as an ASGI 3 application."""
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        if scope["type"] != "http":
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One REST request: recorded, answered (after ``delay``)."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         credentials = _basic_auth(headers.get("authorization"))
         request = PlivoRestRequest(
@@ -236,8 +186,8 @@ class FakePlivo:
             await trio.sleep(self.delay)
         status, body = self._handle(request, credentials)
         request.status = status
-        self._notify()
-        await _respond(send, status, body)
+        self.changed()
+        await respond(send, status, body)
 
     def _handle(
         self, request: PlivoRestRequest, credentials: tuple[str, str] | None
@@ -260,7 +210,7 @@ class FakePlivo:
             if not live:
                 return 404, {"api_id": api_id, "error": "not found"}
             self.calls[call_uuid] = "completed"
-            self.hangups.append(call_uuid)
+            self.hung_up(call_uuid)
             return 204, None
         if request.method == "GET":
             if not live:
@@ -289,12 +239,3 @@ def _basic_auth(header: str | None) -> tuple[str, str] | None:
         return None
     username, colon, password = decoded.partition(":")
     return (username, password) if colon else None
-
-
-async def _respond(send: Send, status: int, body: dict[str, Any] | None) -> None:
-    data = b"" if body is None else json.dumps(body).encode()
-    headers = [(b"content-length", str(len(data)).encode())]
-    if body is not None:
-        headers.append((b"content-type", b"application/json"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})

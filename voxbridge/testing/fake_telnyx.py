@@ -29,7 +29,7 @@ Usage::
     async with trio.open_nursery() as nursery:
         api_url = await nursery.start(fake.serve)  # http://127.0.0.1:PORT/v2: --telnyx-api-url
         ...
-        await fake.wait_for_hangup()
+        await fake.wait_hangup()
 """
 
 from __future__ import annotations
@@ -37,28 +37,20 @@ from __future__ import annotations
 import base64
 import hmac
 import json
-import logging
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
-import trio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
+
+from .rest_fake import FakeRestApi, Receive, Scope, Send, read_body, respond
 
 __all__ = ["FakeTelnyx", "RestRequest", "WebhookSigner"]
 
-WAIT_TIMEOUT = 30.0  # wait_for_hangup raises trio.TooSlowError after this
 MAX_BODY = 1 << 20
 ALREADY_ENDED = "90018"
 _ACTION = re.compile(r"/v2/calls/([^/]+)/actions/([a-z_]+)")
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @attrs.define
@@ -79,23 +71,22 @@ def _error(code: str, title: str, detail: str) -> dict[str, Any]:
     return {"errors": [{"code": code, "title": title, "detail": detail}]}
 
 
-class FakeTelnyx:
+class FakeTelnyx(FakeRestApi):
     """A local Telnyx Call Control API for tests and demos.
 
     Args:
         api_key: the key a request's ``Authorization: Bearer`` must carry.
     """
 
+    PATH = "/v2"
+
     def __init__(self, api_key: str) -> None:
+        super().__init__()  # hangups: the call_control_ids hung up through the API, in order
         self.api_key = api_key
         self.requests: list[RestRequest] = []
-        #: call_control_ids hung up through the API, in order.
-        self.hangups: list[str] = []
         #: ``(call_control_id, to)`` of each accepted transfer, in order.
         self.transfers: list[tuple[str, str]] = []
         self.ended: set[str] = set()
-        self.base_url: str | None = None
-        self._changed = trio.Event()
 
     def __repr__(self) -> str:
         return f"FakeTelnyx(base_url={self.base_url!r}, hangups={len(self.hangups)})"
@@ -104,44 +95,10 @@ class FakeTelnyx:
         """The call is over (the caller hung up): a hang-up now gets 422 code 90018."""
         self.ended.add(call_control_id)
 
-    async def serve(
-        self,
-        host: str = "127.0.0.1",
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve the API on a free port until cancelled; ``await nursery.start(fake.serve)``
-        returns ``http://host:port/v2`` (the ``--telnyx-api-url``)."""
-        config = Config()
-        config.bind = [f"{host}:0"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.graceful_timeout = 0.5
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(hypercorn_serve, self.app, config)
-            self.base_url = f"{binds[0]}/v2"
-            task_status.started(self.base_url)
-            await trio.sleep_forever()
-
-    async def wait_for_hangup(self, count: int = 1) -> str:
-        """Wait (at most ``WAIT_TIMEOUT``) for the ``count``-th hang-up; its call_control_id."""
-        with trio.fail_after(WAIT_TIMEOUT):
-            while len(self.hangups) < count:
-                await self._changed.wait()
-        return self.hangups[count - 1]
-
-    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The API as an ASGI 3 application."""
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        if scope["type"] != "http":
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request: recorded and answered."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        raw = await _read_body(receive)
+        raw = await read_body(receive, MAX_BODY)
         try:
             body = None if raw is None else json.loads(raw or b"null")
         except ValueError:
@@ -161,9 +118,8 @@ class FakeTelnyx:
         self.requests.append(request)
         status, answer = self._handle(request)
         request.status = status
-        self._changed.set()
-        self._changed = trio.Event()
-        await _respond(send, status, answer)
+        self.changed()
+        await respond(send, status, answer, content_type="application/json; charset=utf-8")
 
     def _handle(self, request: RestRequest) -> tuple[int, dict[str, Any]]:
         if not request.authorized:
@@ -186,7 +142,7 @@ class FakeTelnyx:
             )
         if action == "hangup":
             self.ended.add(call_control_id)
-            self.hangups.append(call_control_id)
+            self.hung_up(call_control_id)
             return 200, {"data": {"result": "ok"}}
         target = request.body.get("to")
         if not isinstance(target, str) or not target:
@@ -218,36 +174,3 @@ class WebhookSigner:
             "telnyx-timestamp": str(timestamp),
             "telnyx-signature-ed25519": base64.b64encode(signature).decode("ascii"),
         }
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The request body (``b""`` if the client left); ``None`` when larger than ``MAX_BODY``."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        with trio.fail_after(WAIT_TIMEOUT):
-            message = await receive()
-        if message["type"] != "http.request":
-            return b""
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _respond(send: Send, status: int, body: dict[str, Any]) -> None:
-    data = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json; charset=utf-8"),
-                (b"content-length", str(len(data)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": data})

@@ -39,11 +39,9 @@ Every wait here is bounded (``WAIT_TIMEOUT``).
 from __future__ import annotations
 
 import json
-import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -52,22 +50,16 @@ import jwt
 import trio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
 
 from ..carriers.vonage_webhooks import sign_request
+from .rest_fake import WAIT_TIMEOUT, FakeRestApi, Receive, Scope, Send, read_body, respond
 
 __all__ = ["Answer", "FakeVonage", "VonageRestRequest"]
 
-WAIT_TIMEOUT = 30.0
 _CALL = re.compile(r"/v1/calls/([^/]+)")
 #: The actions of ``PUT /v1/calls/{uuid}`` the fake accepts besides ``hangup``.
 _OTHER_ACTIONS = frozenset({"mute", "unmute", "earmuff", "unearmuff"})
 _ERRORS = "https://developer.nexmo.com/api-errors"
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @attrs.define(eq=False)
@@ -105,7 +97,7 @@ class Answer:
         return None if self.endpoint is None else self.endpoint.get("uri")
 
 
-class FakeVonage:
+class FakeVonage(FakeRestApi):
     """A local Vonage Voice REST API (hang-ups) and answer-webhook client, for tests.
 
     Args:
@@ -125,12 +117,12 @@ class FakeVonage:
         fail_with: tuple[int, str] | None = None,
         delay: float = 0.0,
     ) -> None:
+        super().__init__()
         self.application_id = application_id
         self.api_key = api_key
         self.signature_secret = signature_secret
         self.fail_with = fail_with
         self.delay = delay
-        self.base_url = ""
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         #: The application's private key, PKCS#8 PEM (``VONAGE_PRIVATE_KEY``).
         self.private_key = key.private_bytes(
@@ -141,49 +133,16 @@ class FakeVonage:
         self._public_key = key.public_key()
         #: call uuid -> ``answered`` or ``completed``
         self.calls: dict[str, str] = {}
-        self.hangups: list[str] = []
         self.requests: list[VonageRestRequest] = []
-        self._changed = trio.Event()
 
     def __repr__(self) -> str:
         return f"FakeVonage(application_id={self.application_id!r}, base_url={self.base_url!r})"
-
-    async def serve(
-        self,
-        host: str = "127.0.0.1",
-        *,
-        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
-    ) -> None:
-        """Serve the REST API on a free port until cancelled; ``await nursery.start(fake.serve)``
-        returns its base URL (``http://127.0.0.1:PORT``: the ``--vonage-api-url``)."""
-        config = Config()
-        config.bind = [f"{host}:0"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.graceful_timeout = 0.5
-        async with trio.open_nursery() as nursery:
-            binds = await nursery.start(hypercorn_serve, self.app, config)
-            self.base_url = str(binds[0])
-            task_status.started(self.base_url)
-            await trio.sleep_forever()
 
     def add_call(self, call_uuid: str | None = None) -> str:
         """Make ``call_uuid`` (a fresh UUID if omitted) a live call; return it."""
         call_uuid = call_uuid or str(uuid.uuid4())
         self.calls[call_uuid] = "answered"
         return call_uuid
-
-    async def wait_hangup(self, count: int = 1) -> str:
-        """Wait (at most ``WAIT_TIMEOUT``, else ``trio.TooSlowError``) for ``count`` hang-ups;
-        return the ``count``-th call uuid."""
-        with trio.fail_after(WAIT_TIMEOUT):
-            while len(self.hangups) < count:
-                await self._changed.wait()
-        return self.hangups[count - 1]
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
 
     def sign(
         self, body: bytes | None = None, *, secret: str | None = None, now: float | None = None
@@ -253,23 +212,10 @@ class FakeVonage:
 
     # --- REST ---------------------------------------------------------------------------------
 
-    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The REST API as an ASGI 3 application."""
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        if scope["type"] != "http":
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One REST request: recorded, answered (after ``delay``)."""
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        raw = bytearray()
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
@@ -285,8 +231,9 @@ class FakeVonage:
             await trio.sleep(self.delay)
         status, answer = self._handle(request)
         request.status = status
-        self._notify()
-        await _respond(send, status, answer)
+        self.changed()
+        kind = "application/problem+json" if status >= 400 else "application/json"
+        await respond(send, status, answer, content_type=kind)
 
     def _authorized(self, header: str) -> bool:
         scheme, _, token = header.partition(" ")
@@ -322,7 +269,7 @@ class FakeVonage:
             action = request.body.get("action") if isinstance(request.body, dict) else None
             if action == "hangup":
                 self.calls[call_uuid] = "completed"
-                self.hangups.append(call_uuid)
+                self.hung_up(call_uuid)
                 return 204, None
             if action in _OTHER_ACTIONS:
                 return 204, None
@@ -353,14 +300,3 @@ def _read_ncco(answer: Answer) -> None:
                 answer.endpoint = endpoint
                 answer.headers = dict(endpoint.get("headers") or {})
                 return
-
-
-async def _respond(send: Send, status: int, body: dict[str, Any] | None) -> None:
-    data = b"" if body is None else json.dumps(body).encode()
-    headers = [(b"content-length", str(len(data)).encode())]
-    if body is not None:
-        headers.append(
-            (b"content-type", b"application/problem+json" if status >= 400 else b"application/json")
-        )
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})

@@ -34,7 +34,6 @@ from ..carriers.plivo import (
     DTMF_DIGITS,
     L16_ENCODING,
     MULAW_ENCODING,
-    PRIMING,
     encode_extra_headers,
 )
 from ..carriers.plivo_webhooks import NONCE_HEADER, SIGNATURE_HEADER, sign
@@ -82,9 +81,8 @@ class PlivoWire:
         self.format: AudioFormat = CONTENT_TYPES[content_type]
         self.sign_upgrade = sign_upgrade
         self.epoch_ms = epoch_ms
-        self._caller: Transcoder | None = transcoder(self.format)  # caller audio, mu-law -> L16
-        if self._caller is not None and self.format.sample_rate != 8000:
-            self._caller.from_neutral(PRIMING)  # no empty media frame while the resampler fills
+        # caller audio, mu-law -> L16 (primed: no empty media frame while the resampler fills)
+        self._caller: Transcoder | None = transcoder(self.format)
         self._agent: dict[AudioFormat, Transcoder] = {}  # agent audio, L16 -> mu-law
         #: How many ``playAudio`` frames came in each format.
         self.formats: Counter[AudioFormat] = Counter()

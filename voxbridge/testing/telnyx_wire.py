@@ -25,7 +25,7 @@ from typing import Any
 
 from ..audio import b64_decode, b64_encode
 from ..carriers.base import Capabilities, Frame
-from ..carriers.telnyx import TelnyxStream, audio_format, prime
+from ..carriers.telnyx import TelnyxStream, audio_format
 from ..carriers.telnyx_webhooks import STREAM_TOKEN_HEADER
 from ..carriers.transcode import Transcoder, transcoder
 from .carrier_wire import AgentSpoke, Cleared, Marked, SimulatedCall, WireEvent
@@ -191,8 +191,6 @@ class TelnyxWire:
         self.sample_rate = sample_rate
         self.stream_token = stream_token
         self._up: Transcoder | None = transcoder(self.format)  # caller mu-law -> the stream's
-        if self._up is not None and sample_rate != 8000:
-            prime(self._up)
         self._down: Transcoder | None = transcoder(self.format)  # the bridge's audio -> mu-law
 
     def __repr__(self) -> str:

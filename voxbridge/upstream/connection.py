@@ -20,9 +20,9 @@ comes, and exiting a connection against a dead peer is unbounded otherwise (docs
 The connection is trio-websocket's with its per-message yields removed (the reader's hand-off
 and the send lock; over TLS, ``SSLStream``'s inner locks): :mod:`voxbridge.upstream.fastpaths`.
 
-The connection's reader task runs in a nursery the *caller* supplies (the call's sockets nursery),
-so the call decides how long a socket may live: the reader must outlive the call's own tasks for the
-close handshake to complete during teardown.
+The connection's reader task (trio-websocket's, the socket's only task) runs in a nursery the
+*caller* supplies (the call's sockets nursery), so the call decides how long a socket may live: the
+reader must outlive the call's own tasks for the close handshake to complete during teardown.
 """
 
 from __future__ import annotations
@@ -92,22 +92,9 @@ def open_tcp_stream_tuned(user_timeout: float) -> StreamConnector:
     return connect
 
 
-async def _open_websocket(
-    nursery: trio.Nursery, stream: trio.abc.Stream, endpoint: ProviderEndpoint
-) -> WebSocketConnection:
-    """trio-websocket's ``wrap_client_stream``, except that a connection closed during the opening
-    handshake fails it at once.
-
-    ``wrap_client_stream`` (0.12) waits only for the handshake to succeed. When the provider closes
-    or resets the connection half-way through it, the reader task ends the connection
-    (``_abort_web_socket`` sets ``_close_handshake``) but never sets ``_open_handshake``, so the
-    wait would last until the caller's deadline and a retry that could have succeeded at once
-    waits out ``connect_timeout`` (docs/library-notes.md). This waits for whichever comes first.
-
-    Raises:
-        UpstreamConnectFailed: the connection closed before the handshake completed.
-    """
-    ws = WEBSOCKET_CONNECTION(  # trio-websocket's, minus per-message yields (fastpaths.py)
+def _websocket(stream: trio.abc.Stream, endpoint: ProviderEndpoint) -> WebSocketConnection:
+    """The client connection over ``stream`` (not started: its reader sends the handshake)."""
+    return WEBSOCKET_CONNECTION(  # trio-websocket's, minus per-message yields (fastpaths.py)
         stream,  # any trio Stream works; memory ones in tests
         WSConnection(ConnectionType.CLIENT),
         host=endpoint.host,
@@ -116,18 +103,6 @@ async def _open_websocket(
         message_queue_size=MESSAGE_QUEUE_SIZE,
         max_message_size=MAX_MESSAGE_SIZE,
     )
-    nursery.start_soon(ws._reader_task)
-    async with trio.open_nursery() as race:
-
-        async def first(event: trio.Event) -> None:
-            await event.wait()
-            race.cancel_scope.cancel()
-
-        race.start_soon(first, ws._open_handshake)
-        race.start_soon(first, ws._close_handshake)
-    if not ws._open_handshake.is_set():
-        raise UpstreamConnectFailed(f"{endpoint.name}: the connection closed during the handshake")
-    return ws
 
 
 class Upstream:
@@ -139,7 +114,12 @@ class Upstream:
         self.ws = ws
         self.endpoint = endpoint
         self._stream = stream
-        self._host: trio.CancelScope | None = None
+        #: The scope of the reader task (shielded until the call's bound), once it is started.
+        self._reader: trio.CancelScope | None = None
+        self._reader_done = trio.Event()
+        self._opened = False
+        #: Why the opening handshake failed, as the reader found it (refused, or broken).
+        self._failure: UpstreamConnectFailed | None = None
         #: The close code the provider sent, once the session is closed (1006: no close frame).
         self.close_code: int | None = None
         self.opened_at = trio.current_time()
@@ -155,77 +135,18 @@ class Upstream:
     ) -> Upstream:
         """Open a session whose reader task runs in ``nursery``. The caller bounds the time.
 
-        The reader's host task shields itself, with ``live_until`` (an absolute trio time: the
-        latest instant the call itself can end) as the shield's deadline: cancelling the call's
-        tasks must not stop the reader before :meth:`aclose` completes the close handshake, and
-        nothing may outlive the call's bound. :meth:`aclose` and :meth:`abort` end the host task.
+        The reader is trio-websocket's own reader task, run in ``nursery`` as the socket's one
+        task (no host task around it). It is shielded, with ``live_until`` (an absolute trio
+        time: the latest instant the call itself can end) as the shield's deadline: cancelling
+        the call's tasks must not stop the reader before :meth:`aclose` completes the close
+        handshake, and nothing may outlive the call's bound. :meth:`aclose` and :meth:`abort`
+        end it, and so does any way out of this method but success. Whatever the reader raises
+        stays with this socket: nothing reaches ``nursery``.
 
         Raises:
-            UpstreamConnectFailed: refused (``status`` set), unreachable, TLS or handshake failure.
+            UpstreamConnectFailed: refused (``status`` set), unreachable, TLS or handshake failure,
+                or the connection closed during the handshake.
         """
-        upstream: Upstream = await nursery.start(
-            cls._host_task, endpoint, connect_stream, live_until
-        )
-        return upstream
-
-    @classmethod
-    async def _host_task(
-        cls,
-        endpoint: ProviderEndpoint,
-        connect_stream: StreamConnector,
-        live_until: float,
-        *,
-        task_status: trio.TaskStatus[Upstream],
-    ) -> None:
-        failure: UpstreamConnectFailed | None = None
-        upstream: Upstream | None = None
-        with trio.CancelScope() as scope:
-            try:
-                async with trio.open_nursery() as nursery:
-                    try:
-                        upstream = await cls._connect(nursery, endpoint, connect_stream)
-                    except UpstreamConnectFailed as exc:  # re-raised below, outside the nursery
-                        failure = exc
-                        nursery.cancel_scope.cancel()
-                    else:
-                        scope.shield = True
-                        scope.deadline = live_until
-                        upstream._host = scope
-                        task_status.started(upstream)
-                        await trio.sleep_forever()
-            except* ConnectionRejected as rejected:
-                # The handshake's refusal is raised by trio-websocket's reader task, the only
-                # child of the nursery above: ``except*`` hands over the flat group it raised.
-                status = getattr(rejected.exceptions[0], "status_code", None)
-                failure = UpstreamConnectFailed(
-                    f"{endpoint.name}: handshake refused with HTTP {status}", status=status
-                )
-            except* HandshakeError as failed:
-                failure = UpstreamConnectFailed(
-                    f"{endpoint.name}: handshake failed: {failed.exceptions[0]}"
-                )
-            except* Exception as failed:
-                # The reader failed on its own. Known case: the provider pings while we close,
-                # trio-websocket answers with a pong that wsproto refuses in the closing state
-                # (trio-websocket issue #184). One socket is dead; the call is not.
-                if upstream is None:
-                    failure = UpstreamConnectFailed(
-                        f"{endpoint.name}: connection failed: {failed.exceptions[0]!r}"
-                    )
-                else:
-                    log.info(
-                        "%s: the socket's reader failed; the session is closed",
-                        endpoint.name,
-                        exc_info=failed,
-                    )
-                    await upstream.abort()
-        if failure is not None:
-            raise failure
-
-    @classmethod
-    async def _connect(
-        cls, nursery: trio.Nursery, endpoint: ProviderEndpoint, connect_stream: StreamConnector
-    ) -> Upstream:
         stream: trio.abc.Stream | None = None
         upstream: Upstream | None = None
         try:
@@ -236,15 +157,77 @@ class Upstream:
                 )
                 direct_tls_locks(stream)  # the same per-message gains over TLS (fastpaths.py)
                 await stream.do_handshake()
-            ws = await _open_websocket(nursery, stream, endpoint)
-            upstream = cls(ws, stream, endpoint)
+            upstream = cls(_websocket(stream, endpoint), stream, endpoint)
+            upstream._reader = trio.CancelScope(shield=True, deadline=live_until)
+            nursery.start_soon(upstream._read)
+            await upstream._handshake()
+            upstream._opened = True
             return upstream
         except (OSError, trio.BrokenResourceError, ConnectionClosed) as exc:
             raise UpstreamConnectFailed(f"{endpoint.name}: {type(exc).__name__}: {exc}") from exc
         finally:
-            # Any way out but success (failure, timeout, cancellation) leaves no socket open.
-            if stream is not None and upstream is None:
+            # Any way out but success (failure, timeout, cancellation) leaves no socket open,
+            # and no reader.
+            if upstream is not None and not upstream._opened:
+                await upstream.abort()
+            elif upstream is None and stream is not None:
                 await trio.aclose_forcefully(stream)
+
+    async def _handshake(self) -> None:
+        """Wait for the opening handshake: accepted, or the reader ended without it.
+
+        trio-websocket's ``wrap_client_stream`` (0.12) waits only for the handshake to succeed.
+        When the provider closes or resets the connection half-way through it, the reader ends
+        the connection but never sets ``_open_handshake``, so the wait would last until the
+        caller's deadline and a retry that could have succeeded at once waits out
+        ``connect_timeout`` (docs/library-notes.md). This waits for whichever comes first.
+
+        Raises:
+            UpstreamConnectFailed: refused, or the connection closed during the handshake.
+        """
+        opened = self.ws._open_handshake
+        if not opened.is_set():
+            async with trio.open_nursery() as race:  # two short tasks, while connecting only
+
+                async def first(event: trio.Event) -> None:
+                    await event.wait()
+                    race.cancel_scope.cancel()
+
+                race.start_soon(first, opened)
+                race.start_soon(first, self._reader_done)
+        if not opened.is_set():
+            raise self._failure or UpstreamConnectFailed(
+                f"{self.endpoint.name}: the connection closed during the handshake"
+            )
+
+    async def _read(self) -> None:
+        """trio-websocket's reader task, its failures kept to this socket (never raised).
+
+        A refused or failed handshake is left in ``_failure`` for :meth:`open`. A reader that
+        fails on its own once the session is open closes the socket. Known case: the provider
+        pings while we close, trio-websocket answers with a pong that wsproto refuses in the
+        closing state (trio-websocket issue #184). One socket is dead; the call is not.
+        """
+        assert self._reader is not None
+        name = self.endpoint.name
+        try:
+            with self._reader:
+                await self.ws._reader_task()
+        except ConnectionRejected as refused:
+            status = getattr(refused, "status_code", None)
+            self._failure = UpstreamConnectFailed(
+                f"{name}: handshake refused with HTTP {status}", status=status
+            )
+        except HandshakeError as failed:
+            self._failure = UpstreamConnectFailed(f"{name}: handshake failed: {failed}")
+        except Exception as failed:
+            if not self._opened:
+                self._failure = UpstreamConnectFailed(f"{name}: connection failed: {failed!r}")
+            else:
+                log.info("%s: the socket's reader failed; the session is closed", name, exc_info=True)
+                await self.abort()
+        finally:
+            self._reader_done.set()
 
     @property
     def closed(self) -> bool:
@@ -314,10 +297,10 @@ class Upstream:
         """
         if self.close_code is None:
             self.close_code = 1006
-        if self._host is not None:
+        if self._reader is not None:
             # First, and without a checkpoint: in a cancelled caller the await below raises
             # Cancelled, and a reader left shielded would outlive the call.
-            self._host.cancel()
+            self._reader.cancel()
         await trio.aclose_forcefully(self._stream)  # closed even if that raises Cancelled
 
     def _closed(self, exc: ConnectionClosed) -> UpstreamClosed:
