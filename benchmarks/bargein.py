@@ -55,8 +55,8 @@ TARGET_P99_MS = 40.0
 class Params:
     """Barge-in parameters (``--turns`` ...)."""
 
-    turns: int = 30  # barge-ins per call
-    calls: int = 6  # calls (seeds) per mode, condition and pace
+    turns: int = 25  # barge-ins per call
+    calls: int = 4  # calls (seeds) per mode, condition and pace
     conditions: str = "0/0,60/20,150/40,60/80"  # playout latency / jitter, ms
     paces: str = "inf,5,1"  # how much faster than real time the agent sends (inf: at once)
     seed: int = 1

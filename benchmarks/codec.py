@@ -155,6 +155,7 @@ def _measure(bench: Bench, params: Params) -> dict[str, Any]:
         bench.advance(task)
     result["provider_audio"] = provider_audio(params)
     result["gemini_stamps_decoded"] = fig(gemini_stamps(), "%", note="of 200 random stamps")
+    result["deadlines"] = deadline_moves(params)
     return result
 
 
@@ -212,6 +213,72 @@ def provider_audio(params: Params) -> dict[str, Any]:
     for name in ("openai", "gemini", "soxr"):  # 50 frames each way
         per = (us[f"{name}_in"] + us[f"{name}_out"]) * 50 / 1000
         out[f"{name}_per_call_second"] = fig(per, "ms/call-s", note="50 frames each way")
+    return out
+
+
+def deadline_moves(params: Params) -> dict[str, Any]:
+    """The call's deadline work per frame (issue 15): each relay task keeps one cancel scope and
+    re-arms it per wait (``voxbridge.deadlines.Deadline``). Microseconds per frame of one task's
+    pattern, with a checkpoint per wait and the virtual clock 20 ms on per frame, less the same
+    loop without deadlines: ``caller_to_upstream`` (idle deadline, then ``send_timeout``) and
+    ``upstream_to_caller`` (disarmed for the provider, ``send_timeout`` for the carrier), as the
+    call re-arms them now and as it did before (a move of the scope's deadline per arm)."""
+    import contextlib  # (imported here: only this measurement runs trio)
+    import math
+    import time
+
+    import trio
+    import trio.testing
+
+    from voxbridge.deadlines import Deadline
+
+    class Before(Deadline):  # the re-arm as it was: every arm and disarm moves the deadline
+        __slots__ = ()
+
+        def arm(self, seconds: float, error: Any, *, since: float | None = None, **_: Any) -> None:
+            if not self._scope.cancel_called:
+                self._scope.deadline = (trio.current_time() if since is None else since) + seconds
+
+        def disarm(self) -> None:
+            if not self._scope.cancel_called:
+                self._scope.deadline = math.inf
+
+    checkpoint, frames = trio.lowlevel.checkpoint, params.number
+
+    async def loop(kind: type[Deadline] | None, task: str, clock: trio.testing.MockClock) -> None:
+        watch = kind() if kind is not None else None
+        with watch if watch is not None else contextlib.nullcontext():
+            for _ in range(frames):
+                clock.jump(0.02)
+                if watch is None:
+                    pass
+                elif task == "caller_to_upstream":
+                    watch.arm(60, TimeoutError, restartable=True)  # the receive
+                else:
+                    watch.disarm()  # the wait for the provider
+                await checkpoint()
+                if watch is not None:
+                    watch.arm(5, TimeoutError)  # the send
+                await checkpoint()
+
+    def per_frame(kind: type[Deadline] | None, task: str) -> float:
+        best = math.inf
+        for _ in range(params.repeat):
+            clock = trio.testing.MockClock()
+            started = time.process_time()
+            trio.run(loop, kind, task, clock, clock=clock)
+            best = min(best, time.process_time() - started)
+        return best / frames * 1e6
+
+    out: dict[str, Any] = {}
+    for task in ("caller_to_upstream", "upstream_to_caller"):
+        floor = per_frame(None, task)
+        before, after = per_frame(Before, task) - floor, per_frame(Deadline, task) - floor
+        out[task] = {
+            "before": fig(before, "us/frame"),
+            "after": fig(after, "us/frame"),
+            "saved_per_call_second": fig((before - after) * 50 / 1000, "ms/call-s"),
+        }
     return out
 
 

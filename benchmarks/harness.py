@@ -96,6 +96,11 @@ PEERS: dict[str, PeerSpec] = {
     "voxbridge-json": _voxbridge(
         "voxbridge-json", "voxbridge (stdlib json)", VOXBENCH_JSON="stdlib"
     ),
+    # Only on request (--peers voxbridge,voxbridge-sparse): --marks sparse, a mark per burst and
+    # per 500 ms of agent audio instead of per media message (benchmarks/bargein.py: accuracy).
+    "voxbridge-sparse": _voxbridge(
+        "voxbridge-sparse", "voxbridge (sparse marks)", VOXBRIDGE_MARKS="sparse"
+    ),
     # Only on request (--peers voxbridge,voxbridge-gemini), relay only: --provider gemini against
     # the fake speaking Gemini Live -- PCM16 16 kHz in, 24 kHz out, so voxbridge resamples (soxr)
     # both ways on the hot path. Next to the voxbridge peer: what resampling costs per call.

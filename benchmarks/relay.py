@@ -64,9 +64,10 @@ class Params:
 
     @classmethod
     def smoke(cls) -> Params:
-        # both modes over wss:// only: every other scenario runs ws:// (a minute's budget)
+        # both modes over wss:// only: every other scenario runs ws:// (a minute's budget); the
+        # longer warm-up leaves the TLS handshakes time on a busy machine
         return cls(
-            calls=3, seconds=0.5, warmup=0.1, variants="", tls="agent,echo", burst=10, rounds=1
+            calls=3, seconds=0.5, warmup=0.3, variants="", tls="agent,echo", burst=10, rounds=1
         )
 
 

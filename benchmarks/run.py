@@ -33,7 +33,7 @@ from .harness import PEERS, Bench, batching_available
 
 __all__ = ["SCENARIOS", "main"]
 
-SCENARIOS = ("relay", "floor", "capacity", "stall", "memory", "soak", "codec")
+SCENARIOS = ("relay", "floor", "capacity", "stall", "memory", "soak", "codec", "bargein")
 RESULTS = ROOT / "benchmarks" / "results"
 
 

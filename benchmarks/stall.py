@@ -44,7 +44,7 @@ class Params:
 
     calls: int = 5000
     idle_timeout: float = 10.0
-    ramp_rate: float = 250.0
+    ramp_rate: float = 100.0
     trickle: float = 5.0
     spread: float = 10.0
     orphan_wait: float = 5.0

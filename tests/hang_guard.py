@@ -31,6 +31,11 @@ virtual time has run. When the limit passes:
 
 The grace period is ``min(GRACE, limit)``. Reports go to the terminal's stderr (a dup taken while
 capture is off, as pytest's faulthandler plugin does), so they are seen even if the process exits.
+
+Under pytest-xdist (``just test`` runs the suite in workers) each worker is a process running its
+tests in its main thread, so the guard works there unchanged: its reports go to the worker's
+stderr, which is the controller's, and step 3 ends only that worker, which the controller reports
+as a crash of the test it was running (a failure) before starting a replacement.
 """
 
 from __future__ import annotations

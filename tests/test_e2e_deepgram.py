@@ -309,3 +309,98 @@ async def test_a_keepalive_the_server_never_reads_drops_the_session(autojump_clo
     assert second.accepted_at == approx(first.closed_at)
     assert second.keepalives_at[:2] == [approx(second.accepted_at + 8.0 * n) for n in (1, 2)]
     assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 1
+
+
+# --- the greeting is the first session's; a tool result outlives the session that asked ---------
+
+
+async def test_a_drop_before_any_line_is_final_does_not_greet_again(autojump_clock: Any) -> None:
+    # The first session drops 80 ms in, before the greeting's ConversationText: the history is
+    # empty, and the resumed session must still not greet (it did: "not history" decided).
+    fake = fake_deepgram(close_at=(0.08, 1011), only_session=1, speak_pace=1.0)  # 100 ms
+    options = {"greeting": "Hello, how can I help?"}
+    async with bridged(fake, Settings(), provider_options=options, seconds=2.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    first, second = fake.sessions
+    assert first.close_code == 1011 and first.greeting == "Hello, how can I help?"
+    assert second.settings is not None and second.greeting is None
+    assert second.context_messages == []  # nothing was final yet
+    assert outcome.registry.recent[0].transcript == ()  # and nobody said anything since
+    assert fake.errors == []
+
+
+async def test_a_tool_result_for_a_replaced_session_reaches_the_next_one(
+    autojump_clock: Any,
+) -> None:
+    # The tool takes 1 s; the session that asked drops at 0.5 s and is resumed before the result
+    # comes. Deepgram's new session knows no call id it did not make: it is told the exchange as
+    # InjectUserMessage, and answers it; a session after that has it in its context messages.
+    async def slow_order(arguments: dict[str, Any], context: ToolContext) -> object:
+        await trio.sleep(1.0)
+        return {"status": "shipped"}
+
+    lookup = Tool(
+        "lookup_order",
+        "Find an order.",
+        {"type": "object", "properties": {"number": {"type": "string"}}, "required": ["number"]},
+        handler=slow_order,
+    )
+    fake = fake_deepgram(
+        function_calls=[FakeFunctionCall("lookup_order", '{"number":"42"}', at=0.2)],
+        close_at=(0.5, 1011),
+        only_session=1,
+    )
+    told = (
+        'The result of the tool call lookup_order({"number":"42"}), asked for before the'
+        ' connection was restored: {"status":"shipped"}'
+    )
+    async with bridged(
+        fake, Settings(), call_options={"tools": [lookup]}, audio=SILENCE, seconds=4.0
+    ) as outcome:
+        second = await fake.wait_for_session(2)
+        answer = {"type": "ConversationText", "role": "assistant", "content": f"you said: {told}"}
+        while answer not in second.sent:  # the result, told to the session that did not ask,
+            await trio.sleep(0.01)  # and answered
+        assert second.ws is not None
+        with trio.move_on_after(0.5):  # the bridge aborts a dropped socket: no close reply
+            await second.ws.aclose(1011, "drop the second session too")
+        third = await fake.wait_for_session(3)
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    first = fake.sessions[0]
+    assert first.close_code == 1011 and first.function_responses == []
+    assert second.function_responses == [] and second.injected == [told]
+    assert speech_for(told) in bytes(outcome.caller.played)  # the agent answered it
+    assert third.context_messages == [
+        {
+            "type": "History",
+            "function_calls": [
+                {
+                    "id": "fc-1-1",
+                    "name": "lookup_order",
+                    "client_side": True,
+                    "arguments": '{"number":"42"}',
+                    "response": '{"status":"shipped"}',
+                }
+            ],
+        },
+        {"type": "History", "role": "assistant", "content": f"you said: {told}"},
+    ]
+    assert third.injected == []  # told once
+    assert outcome.sample("voxbridge_tool_calls_total", tool="lookup_order", outcome="ok") == 1
+    assert fake.errors == []
+
+
+async def test_the_first_session_greets_even_after_failed_attempts(autojump_clock: Any) -> None:
+    # the first connection is refused (503) and retried: the session that opens is still the
+    # call's first, and greets
+    fake = fake_deepgram(refuse_status=503, only_session=1)
+    options = {"greeting": "Hello, how can I help?"}
+    async with bridged(fake, Settings(), provider_options=options, seconds=1.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    assert len(fake.refused) == 1
+    [session] = fake.sessions
+    assert session.greeting == "Hello, how can I help?"

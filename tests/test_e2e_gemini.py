@@ -6,6 +6,7 @@ break with the handle, a failed one falling back to the resume, and the two neve
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,7 +17,8 @@ from pytest import approx
 from test_call_providers import Outcome, RecordingCarrier
 
 from voxbridge.errors import Reason
-from voxbridge.providers.gemini import GeminiProvider
+from voxbridge.providers.events import AgentAudio
+from voxbridge.providers.gemini import GREETING_PROMPT, GeminiCodec, GeminiProvider
 from voxbridge.session import run_call
 from voxbridge.settings import Settings
 from voxbridge.testing import CarrierSimulator
@@ -76,6 +78,7 @@ async def bridged(
     settings: Settings,
     *,
     call_options: dict[str, Any] | None = None,
+    provider_options: dict[str, Any] | None = None,
     connector: Callable[[trio.Nursery, FakeGemini], StreamConnector] | None = None,
     **caller: Any,
 ) -> AsyncIterator[Outcome]:
@@ -99,7 +102,8 @@ async def bridged(
                 connect_stream = memory_connector(nursery, fake)  # type: ignore[arg-type]
             else:
                 connect_stream = connector(nursery, fake)
-            provider = GeminiProvider(fake.endpoint(), instructions="be brief")
+            options = {"instructions": "be brief", **(provider_options or {})}
+            provider = GeminiProvider(fake.endpoint(), **options)
 
             async def bridge() -> None:
                 outcome.disconnect = await run_call(
@@ -235,15 +239,18 @@ async def test_a_frozen_provider_is_resumed(autojump_clock: Any) -> None:
 
 
 async def test_go_away_is_recycled_make_before_break_with_the_handle(autojump_clock: Any) -> None:
-    # goAway at 3 s with 10 s left: the bridge opens the next session at once, resuming with the
-    # handle the first turn left, switches to it, and only then closes the first one (1000
-    # "recycled"), long before the service would have (at 13 s). Nothing is counted as a drop,
-    # no caller audio is lost, and the agent's audio to the caller goes on through the switch.
+    # goAway at 3 s with 3 s left, while the echo plays: to the codec that is an answer in
+    # flight that never ends (no turnComplete), so the bridge waits for its end until the latest,
+    # RECYCLE_MARGIN (2 s) before the service's: at 4 s it opens the next session, resuming with
+    # the handle the first turn left, switches to it once the service has set it up (50 ms), and
+    # only then closes the first one (1000 "recycled"), before the service would have (at 6 s).
+    # Nothing is counted as a drop, no caller audio is lost, and the agent's audio to the caller
+    # goes on through the switch.
     fake = FakeGemini(
         echo=True,
         delay=0.05,
         speech=[Speech(0.3, "let me check")],
-        go_away_at=(3.0, 10.0),
+        go_away_at=(3.0, 3.0),
         only_sessions=1,
     )
     async with bridged(fake, Settings(), seconds=8.0) as outcome:
@@ -255,11 +262,12 @@ async def test_go_away_is_recycled_make_before_break_with_the_handle(autojump_cl
         assert second.setup is not None and not second.is_closed  # ...before broken
     assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
     assert fake.sessions == [first, second]
-    assert {"goAway": {"timeLeft": "10s"}} in first.sent
+    assert {"goAway": {"timeLeft": "3s"}} in first.sent
     assert second.resumed_from == "handle-1-1" and second.client_content == []  # nothing replayed
     assert second.texts == []  # no greeting, no nudge: the service restored the conversation
     assert (first.close_code, first.close_reason) == (1000, "recycled")  # by the bridge...
-    assert second.opened_at == first.closed_at == approx(first.opened_at + 3.0)  # ...not at 13 s
+    assert second.opened_at == approx(first.opened_at + 4.0)  # ...not at 6 s
+    assert second.setup_complete_at == first.closed_at == approx(second.opened_at + 0.05)
     # every frame the caller sent reached one of the two sessions: none dropped at the switch
     record = outcome.registry.recent[0]
     assert first.audio_in + second.audio_in == record.frames_from_caller > 350
@@ -272,7 +280,7 @@ async def test_go_away_is_recycled_make_before_break_with_the_handle(autojump_cl
     # echo delay) and the new session's resamplers filling (3 frames, 60 ms, at 8 -> 16 -> 24 ->
     # 8 kHz), and nothing more: the new session was ready before the old one was closed.
     assert isinstance(outcome.carrier, TimedCarrier)
-    media_at, switch = outcome.carrier.media_at, second.opened_at
+    media_at, switch = outcome.carrier.media_at, first.closed_at
     assert longest_gap(media_at, switch - 2.0, switch) == approx(0.02)
     assert longest_gap(media_at, switch, switch + 2.0) <= 0.05 + 0.06 + 0.02 + 0.01
     assert longest_gap(media_at, switch + 0.2, switch + 2.0) == approx(0.02)
@@ -281,12 +289,10 @@ async def test_go_away_is_recycled_make_before_break_with_the_handle(autojump_cl
 
 async def test_a_go_away_whose_recycle_fails_falls_back_to_the_resume(autojump_clock: Any) -> None:
     # The service refuses new connections (503) from 1 s to 9 s: the recycle the goAway at 2 s
-    # starts keeps failing until its time is up (max(reconnect_budget, 1 s) = 5 s), and the old
-    # session carries the call until the service closes it at 2 + 10 s; that drop is resumed as
-    # any other, with the handle.
+    # starts at once (the agent is not answering) keeps failing until its time is up
+    # (max(reconnect_budget, 1 s) = 5 s), and the old session carries the call until the service
+    # closes it at 2 + 10 s; that drop is resumed as any other, with the handle.
     fake = FakeGemini(
-        echo=True,
-        delay=0.05,
         speech=[Speech(0.3, "let me check")],
         go_away_at=(2.0, 10.0),
         only_sessions=1,
@@ -344,3 +350,88 @@ async def test_a_session_closed_before_its_recycle_switched_is_replaced_once(
     assert second.resumed_from == "handle-1-1" and second.audio_in > 0
     assert all(session.is_closed for session in fake.sessions)
     assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 1
+
+
+async def test_an_answer_in_flight_at_go_away_is_heard_whole(autojump_clock: Any) -> None:
+    # A 2 s answer from 1.5 s, and goAway at 2 s with 5 s left: the recycle waits for the turn to
+    # end (turnComplete at 3.5 s), so the caller hears every millisecond of the answer, then the
+    # next session (resumed with the handle the answer left) takes over. It used to recycle at
+    # once: the first session was closed mid-answer and the caller heard about 1.5 s of it.
+    fake = FakeGemini(
+        speech=[Speech(1.5, "a long answer", pcm24(2000))],
+        go_away_at=(2.0, 5.0),
+        only_sessions=1,
+    )
+    async with bridged(fake, Settings(), audio=SILENCE, seconds=6.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.caller is not None
+    assert outcome.disconnect.reason is Reason.CALLER_STOP
+    first, second = fake.sessions
+    # what the first session said, decoded as the bridge does: all of it reached the caller
+    said = GeminiCodec()
+    answer = b"".join(
+        event.audio
+        for event in (said.decode(json.dumps(message)) for message in first.sent)
+        if isinstance(event, AgentAudio)
+    )
+    assert len(answer) == approx(2000 * 8, abs=8)  # 2 s of 8 kHz mu-law, give or take a sample
+    assert bytes(outcome.caller.audio_received) == answer
+    turn_complete = first.opened_at + 1.5 + 2.0
+    assert second.opened_at == approx(turn_complete, abs=0.05)  # at the turn boundary...
+    assert (first.close_code, first.close_reason) == (1000, "recycled")  # ...not at 7 s
+    assert second.resumed_from == "handle-1-1" and second.client_content == []
+    record = outcome.registry.recent[0]
+    assert [(t.role, t.text) for t in record.transcript] == [("agent", "a long answer")]
+    assert outcome.sample("voxbridge_upstream_reconnects_total", outcome="resumed") == 0
+
+
+async def test_a_silent_session_is_recycled_at_once(autojump_clock: Any) -> None:
+    fake = FakeGemini(go_away_at=(2.0, 30.0), only_sessions=1)
+    async with bridged(fake, Settings(), audio=SILENCE, seconds=4.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    first, second = fake.sessions
+    assert second.opened_at == approx(first.opened_at + 2.0)
+    assert (first.close_code, first.close_reason) == (1000, "recycled")
+    assert first.audio_in + second.audio_in == outcome.registry.recent[0].frames_from_caller
+
+
+# --- the session is the call's once the service acknowledged it; the greeting is said once ---
+
+
+async def test_no_caller_audio_reaches_a_session_before_setup_complete(autojump_clock: Any) -> None:
+    # setupComplete comes 0.5 s after setup: the caller's first 0.5 s waits for it (the opening
+    # backlog), and then goes, in order; nothing reaches the service before it, nothing is lost
+    fake = FakeGemini(setup_delay=0.5)
+    async with bridged(fake, Settings(), seconds=2.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    [session] = fake.sessions
+    assert session.setup_complete_at == approx(session.opened_at + 0.5)
+    assert session.before_setup_complete == [] and session.errors == []
+    record = outcome.registry.recent[0]
+    assert session.audio_in == record.frames_from_caller == 100  # 2 s of 20 ms frames
+    assert outcome.sample("voxbridge_media_frames_dropped_total", direction="to_upstream") == 0
+
+
+async def test_a_session_that_never_completes_its_setup_is_not_used(autojump_clock: Any) -> None:
+    # the service takes 20 s to answer setup: longer than connect_timeout (2 s) every time
+    fake = FakeGemini(setup_delay=20.0)
+    settings = Settings(connect_timeout=2.0)
+    async with bridged(fake, settings, seconds=5.0) as outcome:
+        pass
+    assert outcome.disconnect is not None
+    assert outcome.disconnect.reason is Reason.UPSTREAM_CONNECT_FAILED
+    assert "did not acknowledge the session within connect_timeout=2s" in outcome.disconnect.detail
+    assert all(s.before_setup_complete == [] and s.audio_in == 0 for s in fake.sessions)
+
+
+async def test_a_drop_before_the_greeting_ended_does_not_greet_again(autojump_clock: Any) -> None:
+    fake = FakeGemini(close_at=(0.08, 1011), only_sessions=1)
+    options = {"greeting": "Hi there"}
+    async with bridged(fake, Settings(), provider_options=options, seconds=2.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    first, second = fake.sessions
+    assert first.texts == [GREETING_PROMPT + "Hi there"]
+    assert second.texts == [] and second.client_content == []  # no greeting, nothing to replay

@@ -4,17 +4,23 @@ drop resumed with the conversation replayed, a tool call, hang-ups and a content
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
+import pytest
 import trio
 import trio.testing
+from pytest import approx
 
 from voxbridge.audio import tone
 from voxbridge.errors import Disconnect, Reason
+from voxbridge.journal import MemoryJournal
 from voxbridge.metrics import Metrics
 from voxbridge.providers.gpt_live import GREETING_PROMPT, GptLiveProvider
+from voxbridge.server.app import VoxbridgeApp
 from voxbridge.session import CallRegistry, run_call
 from voxbridge.settings import Settings
 from voxbridge.testing import CallResult, CarrierSimulator
@@ -103,7 +109,11 @@ async def test_audio_both_ways_transcripts_and_usage(autojump_clock: Any) -> Non
     assert outcome.caller.audio_received  # the echo and the speech came back
     assert fake.sessions[0].closed_reason == "close_requested"  # closing() sent session.close
     record = outcome.registry.recent[0]
-    assert [(t.role, t.text) for t in record.transcript][:1] == [("caller", "hello there")]
+    # the agent's last line too: it never ends by an event, the end of the call ends it
+    assert [(t.role, t.text) for t in record.transcript] == [
+        ("caller", "hello there"),
+        ("agent", "hi, how can I help?"),
+    ]
     assert usage(outcome) >= 2
 
 
@@ -134,12 +144,24 @@ async def test_drop_is_resumed_with_the_conversation_replayed(autojump_clock: An
     assert len(fake.sessions) == 2
     resumed = fake.sessions[1].start
     assert resumed is not None
+    # the agent's line had not ended when the session dropped (no event ends a turn): the drop
+    # ends it, so the resumed model knows what it said last
     assert resumed["input"] == [
         {
             "type": "message",
             "role": "user",
             "content": [{"type": "input_text", "text": "my order number is 42"}],
-        }
+        },
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "let me check"}],
+        },
+    ]
+    record = outcome.registry.recent[0]
+    assert [(t.role, t.text) for t in record.transcript] == [
+        ("caller", "my order number is 42"),
+        ("agent", "let me check"),
     ]
 
 
@@ -226,12 +248,88 @@ async def test_greeting_and_key_presses(autojump_clock: Any) -> None:
     assert heard.endswith(text_answer("The caller pressed 7 on the keypad."))
 
 
-async def test_no_audio_reaches_the_service_before_session_start(autojump_clock: Any) -> None:
-    fake = FakeGptLive(usage_every=None)
-    async with bridged(fake, Settings(), seconds=1.0):
+async def test_no_audio_reaches_the_service_before_session_started(autojump_clock: Any) -> None:
+    # "wait for session.started before application commands": the service takes 0.5 s to start
+    # the session; the caller's audio meanwhile waits (the opening backlog) and then goes, in
+    # order, after the greeting. Nothing is refused, nothing lost.
+    fake = FakeGptLive(usage_every=None, start_delay=0.5)
+    provider = GptLiveProvider(fake_endpoint(fake), greeting="Welcome.")
+    async with bridged(fake, Settings(), provider=provider, seconds=2.0) as outcome:
         pass
     session = fake.sessions[0]
-    assert session.events_in[0]["type"] == "session.start"  # the opening goes first
-    assert session.audio_in > 0
-    assert session.audio_before_start == 0
+    assert session.started_at is not None
+    assert session.started_at - session.opened_at == approx(0.5)
+    assert [e["type"] for e in session.events_in[:2]] == [
+        "session.start",
+        "session.commentary.append",  # the greeting, once started
+    ]
+    assert session.audio_before_start == 0 and session.before_started == []
     assert session.errors_sent == []
+    record = outcome.registry.recent[0]
+    assert session.audio_in == record.frames_from_caller == 100  # 2 s of 20 ms frames
+    dropped = outcome.metrics.registry.get_sample_value(
+        "voxbridge_media_frames_dropped_total", {"direction": "to_upstream"}
+    )
+    assert not dropped
+
+
+async def test_a_drop_before_any_line_ended_does_not_greet_again(autojump_clock: Any) -> None:
+    # the first session drops while the greeting is still being said: no line is final, the
+    # history is empty, and the resumed session must not greet again
+    fake = FakeGptLive(close_at=(0.08, 1011), only_session=1, answer_pace=1.0, usage_every=None)
+    provider = GptLiveProvider(fake_endpoint(fake), greeting="Welcome to Acme.")
+    async with bridged(fake, Settings(), provider=provider, seconds=2.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    first, second = fake.sessions
+    assert first.commentaries == [GREETING_PROMPT + "Welcome to Acme."]
+    assert second.commentaries == []
+    # what the agent had said of it when the session dropped is the history's last line
+    assert second.start is not None
+    [line] = second.start["input"]
+    assert line["role"] == "assistant"
+    answer = text_answer(GREETING_PROMPT + "Welcome to Acme.")
+    assert answer.startswith(line["content"][0]["text"]) and line["content"][0]["text"]
+
+
+async def test_tools_without_a_tools_model_are_never_called(autojump_clock: Any) -> None:
+    # no --gpt-live-tools-model: no Responses backend is declared, and the service cannot run
+    # the tool (the fake, like it, never calls one that was not declared)
+    ran: list[object] = []
+
+    async def get_time(arguments: dict[str, Any], context: ToolContext) -> str:
+        ran.append(arguments)
+        return "noon"
+
+    tool = Tool("get_time", "The time now.", handler=get_time)
+    fake = FakeGptLive(tool_calls=[FakeLiveToolCall("get_time", at=0.5)], usage_every=None)
+    async with bridged(fake, Settings(), call_options={"tools": [tool]}, seconds=2.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    session = fake.sessions[0]
+    assert session.start is not None and "delegation" not in session.start
+    assert session.undeclared_tools == ["get_time"] and ran == []
+
+
+async def test_serve_warns_once_about_tools_gpt_live_cannot_declare(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tool = Tool("lookup_order", "Find an order.")
+    url = "ws://127.0.0.1:9/v1/live/sessions"
+
+    async def warnings(settings: Settings) -> list[str]:
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="voxbridge.server")
+        app = VoxbridgeApp(settings, journal=MemoryJournal(), tools=[tool])
+        async with trio.open_nursery() as nursery:
+            await app.start(nursery)
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+    plain = Settings(provider="gpt-live", provider_url=url, host="127.0.0.1")
+    assert [w for w in await warnings(plain) if "tools" in w] == [
+        "tools the model is never offered: agent default: lookup_order not declared to GPT-Live:"
+        " the Live model runs tools only through a Responses backend, and"
+        " --gpt-live-tools-model is not set"
+    ]
+    backed = attrs.evolve(plain, provider_settings={"gpt-live": {"tools_model": "gpt-5-mini"}})
+    assert [w for w in await warnings(backed) if "tools" in w] == []

@@ -320,15 +320,16 @@ async def test_user_started_speaking_cuts_the_turn() -> None:
     assert_sdk_valid(fake)
 
 
-async def test_caller_transcripts_and_errors() -> None:
+async def test_caller_transcripts_and_errors(autojump_clock: trio.abc.Clock) -> None:
+    # in memory, on the virtual clock: the scripted messages (10 and 20 ms after the accept)
+    # cannot overtake SettingsApplied on a loaded machine, as they could over real sockets
     fake = FakeDeepgram(
         caller_transcripts=[(0.01, "hello there")], error_at=[(0.02, "SLOW", "think timed out")]
     )
     codec = DeepgramCodec()
-    with trio.fail_after(BUDGET):
-        async with connected(fake) as ws:
-            await opened(ws, codec)
-            events = await events_until(ws, codec, ProviderError)
+    async with in_memory(fake) as ws:
+        await opened(ws, codec)
+        events = await events_until(ws, codec, ProviderError)
     assert events == [Transcript("caller", "hello there"), ProviderError("SLOW", "think timed out")]
     assert_sdk_valid(fake)
 

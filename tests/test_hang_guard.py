@@ -2,6 +2,7 @@
 
 Each hang is run in a *child* pytest with a 1-second ``hang_limit``, so if the guard ever fails to
 stop one, only the child hangs, and ``subprocess.run(timeout=...)`` kills it and fails this test.
+Every child runs twice: in one process, and in pytest-xdist workers as ``just test`` runs the suite.
 """
 
 from __future__ import annotations
@@ -100,13 +101,20 @@ def test_swallows_the_timeout():
 """
 
 
-def run_child(directory: Path, source: str) -> tuple[subprocess.CompletedProcess[str], float]:
+# How the child runs its tests: in one process, or as the suite runs under ``just test``, in
+# pytest-xdist workers (where the guard's thread, SIGALRM and its stderr must work the same).
+WORKERS = {"serial": [], "xdist": ["-p", "xdist", "--numprocesses=2", "--dist=worksteal"]}
+
+
+def run_child(
+    directory: Path, source: str, workers: str
+) -> tuple[subprocess.CompletedProcess[str], float]:
     (directory / "pytest.ini").write_text(CHILD_INI)
     (directory / "test_hangs.py").write_text(source)
     path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
     started = time.monotonic()
     child = subprocess.run(
-        [sys.executable, "-m", "pytest", "test_hangs.py"],
+        [sys.executable, "-m", "pytest", *WORKERS[workers], "test_hangs.py"],
         cwd=directory,
         env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
@@ -116,9 +124,11 @@ def run_child(directory: Path, source: str) -> tuple[subprocess.CompletedProcess
     return child, time.monotonic() - started
 
 
-@pytest.fixture(scope="module")
-def hung(tmp_path_factory: pytest.TempPathFactory) -> subprocess.CompletedProcess[str]:
-    child, elapsed = run_child(tmp_path_factory.mktemp("hangs"), HANGS)
+@pytest.fixture(scope="module", params=sorted(WORKERS))
+def hung(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> subprocess.CompletedProcess[str]:
+    child, elapsed = run_child(tmp_path_factory.mktemp("hangs"), HANGS, request.param)
     assert elapsed < 30, child.stdout + child.stderr
     return child
 
@@ -168,12 +178,16 @@ def test_a_hang_in_an_async_fixture_prints_the_task_tree(
     assert "in wedged_fixture" in "".join(report)
 
 
-def test_a_test_that_swallows_the_timeout_ends_the_process(tmp_path: Path) -> None:
-    child, elapsed = run_child(tmp_path, SWALLOWS)
+@pytest.mark.parametrize("workers", sorted(WORKERS))
+def test_a_test_that_swallows_the_timeout_ends_the_process(tmp_path: Path, workers: str) -> None:
+    """In an xdist worker the guard's exit is a crashed worker: the run still fails."""
+    child, elapsed = run_child(tmp_path, SWALLOWS, workers)
     assert child.returncode == 1, child.stdout + child.stderr
     assert elapsed < 30
     assert "test_hangs.py::test_swallows_the_timeout did not unwind; exiting" in child.stderr
     assert "in test_swallows_the_timeout" in child.stderr
+    if workers == "xdist":  # the controller names the test whose worker the guard ended
+        assert "crashed while running 'test_hangs.py::test_swallows_the_timeout'" in child.stdout
 
 
 # --- in this process --------------------------------------------------------------------------

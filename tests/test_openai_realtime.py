@@ -394,7 +394,7 @@ HISTORY_ITEMS = st.one_of(
 
 @given(history=st.lists(HISTORY_ITEMS, max_size=5))
 def test_any_history_validates(history: list[Transcript | ToolExchange]) -> None:
-    frames = OpenAIRealtimeCodec(greeting="Hi").opening(history, first=False)
+    frames = OpenAIRealtimeCodec(greeting="Hi").opening(history, first=not history)
     expected = sum(
         2 if isinstance(item, ToolExchange) else 1 if item.text else 0 for item in history
     )
@@ -432,9 +432,21 @@ def test_no_greeting_means_the_caller_speaks_first(greeting: str | None) -> None
     assert len(OpenAIRealtimeCodec(greeting=greeting).opening([], first=True)) == 1
 
 
-def test_a_resumed_session_is_not_greeted() -> None:
-    frames = OpenAIRealtimeCodec(greeting="Hi").opening([Transcript("caller", "")], first=False)
+@pytest.mark.parametrize("history", [[], [Transcript("caller", "")]])
+def test_a_resumed_session_is_not_greeted(history: list[Transcript]) -> None:
+    # nothing to replay (a session dropped before any line was final) is still a resume
+    frames = OpenAIRealtimeCodec(greeting="Hi").opening(history, first=False)
     assert [json.loads(frame)["type"] for frame in frames] == ["session.update"]
+
+
+def test_the_first_session_is_greeted_after_key_presses_too() -> None:
+    frames = OpenAIRealtimeCodec(greeting="Hi").opening([Transcript("dtmf", "1")], first=True)
+    assert [json.loads(frame)["type"] for frame in frames] == [
+        "session.update",
+        "conversation.item.create",
+        "response.create",
+    ]
+    assert "instructions" in json.loads(frames[-1])["response"]  # the greeting's
 
 
 # --- tool results and key presses ---------------------------------------------------------------

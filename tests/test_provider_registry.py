@@ -66,7 +66,7 @@ class StaleProvider:
 
     name = "openai"
 
-    async def session(self, history: Sequence[Any]) -> Any:
+    async def session(self, history: Sequence[Any], *, first: bool) -> Any:
         raise AssertionError("never called")
 
 
@@ -81,7 +81,7 @@ class SyncSessionProvider(StaleProvider):
     def for_agent(self, agent: Any, tools: Sequence[Any]) -> Provider:
         return self
 
-    def session(self, history: Sequence[Any]) -> Any:  # type: ignore[override]
+    def session(self, history: Sequence[Any], *, first: bool) -> Any:  # type: ignore[override]
         raise AssertionError("never called")
 
 
@@ -190,20 +190,18 @@ def test_serve_refuses_it_at_start_with_one_line(
         ({"voice": 3}, "--voice / VOXBRIDGE_VOICE must be text, got int"),
     ],
 )
-def test_a_bad_provider_setting_is_a_settings_error(
-    settings: dict[str, Any], message: str
-) -> None:
+def test_a_bad_provider_setting_is_a_settings_error(settings: dict[str, Any], message: str) -> None:
     with pytest.raises(SettingsError) as raised:
         Settings(**settings)
     assert str(raised.value).startswith(message)
 
 
 def test_for_provider_checks_the_types() -> None:
-    with pytest.raises(SettingsError, match="^--gemini-model / VOXBRIDGE_GEMINI_MODEL must be"):
+    with pytest.raises(SettingsError, match=r"^--gemini-model / VOXBRIDGE_GEMINI_MODEL must be"):
         Settings().for_provider("gemini", model=3)
     assert Settings().for_provider("gemini", model="m").provider_settings["gemini"].model == "m"
     built = PROVIDERS["gemini"].settings(model=3)  # attrs does not check types: Settings does
-    with pytest.raises(SettingsError, match="^--gemini-model / VOXBRIDGE_GEMINI_MODEL must be"):
+    with pytest.raises(SettingsError, match=r"^--gemini-model / VOXBRIDGE_GEMINI_MODEL must be"):
         Settings(provider_settings={"gemini": built})
 
 

@@ -74,7 +74,9 @@ async def server_apart(**overrides: Any) -> AsyncIterator[tuple[RunningServer, t
         settings = Settings(port=0, provider="echo", provider_url=url, **overrides)
         async with trio.open_nursery() as inside:
             server = await inside.start(
-                lambda task_status: serve(settings, shutdown_trigger=stop.wait, task_status=task_status)
+                lambda task_status: serve(
+                    settings, shutdown_trigger=stop.wait, task_status=task_status
+                )
             )
             try:
                 yield server, inside, outside
@@ -117,7 +119,9 @@ async def test_a_live_call_runs_six_tasks(ping_interval: float) -> None:
         }
     )
     # the carrier pings: one task for the whole process (none with pings off)
-    assert pingers == ([f"voxbridge WebSocket pings every {ping_interval:g} s"] if ping_interval else [])
+    assert pingers == (
+        [f"voxbridge WebSocket pings every {ping_interval:g} s"] if ping_interval else []
+    )
 
 
 async def pings_seen(url: str, seconds: float) -> int:

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -434,7 +435,10 @@ async def test_history_becomes_initial_messages() -> None:
             uv = provider(fake)
             await uv.session(history, first=False)
             await uv.session(history[:2], first=False)
-    resumed, answering = fake.requests
+            await uv.session([], first=False)  # dropped before any line was final
+    resumed, answering, empty = fake.requests
+    assert empty.query == {"enableGreetingPrompt": "false"}
+    assert empty.body["firstSpeakerSettings"] == {"user": {}} and empty.initial_messages == []
     assert resumed.status == answering.status == 201
     assert resumed.initial_messages == [
         {
@@ -564,7 +568,7 @@ def test_join_url_keeps_its_query() -> None:
         connect_timeout=2,
         client_factory=lambda: httpx.AsyncClient(transport=httpx.MockTransport(answer)),
     )
-    session = trio.run(uv.session, [])
+    session = trio.run(partial(uv.session, [], first=True))
     assert session.endpoint.url == "wss://uv.example/calls/c1?token=t&apiVersion=2"
     assert (session.endpoint.secure, session.endpoint.port) == (True, 443)
 

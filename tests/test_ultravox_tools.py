@@ -196,9 +196,17 @@ def test_tool_result_frames(outcome: str, output: str, expected: dict[str, Any])
 
 
 @pytest.mark.parametrize("outcome", ["ok", "error", "unknown_tool"])
-def test_tool_result_for_a_replaced_session_sends_nothing(outcome: str) -> None:
-    exchange = ToolExchange("inv-1", "lookup_order", "{}", '{"error":"x"}', outcome)
-    assert UltravoxCodec().tool_result(exchange, known=False) == []
+def test_tool_result_for_a_replaced_session_is_told_as_a_user_text_message(outcome: str) -> None:
+    # the new session is a new Ultravox call that never made the invocation (it would refuse a
+    # client_tool_result): the agent is told the exchange, and answers it
+    exchange = ToolExchange("inv-1", "lookup_order", '{"n":1}', '{"error":"x"}', outcome)
+    (frame,) = UltravoxCodec().tool_result(exchange, known=False)
+    assert json.loads(frame) == {
+        "type": "user_text_message",
+        "text": 'The result of the tool call lookup_order({"n":1}), asked for before the'
+        ' connection was restored: {"error":"x"}',
+        "urgency": "immediate",
+    }
 
 
 @pytest.mark.parametrize(
@@ -308,6 +316,10 @@ def test_greeting_is_not_repeated_on_resume(greeting: str | None) -> None:
     assert uv.request_body([Transcript("caller", "Hi.")], first=False)["firstSpeakerSettings"] == {
         "agent": {}
     }
+    # a session dropped before any line was final is resumed with nothing to replay: it still
+    # waits for the caller (no greeting, no greeting prompt)
+    resumed = uv.request_body([], first=False)
+    assert resumed["firstSpeakerSettings"] == {"user": {}} and "initialMessages" not in resumed
 
 
 def test_key_presses_and_tool_exchanges_become_initial_messages() -> None:

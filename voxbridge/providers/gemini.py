@@ -267,7 +267,8 @@ class GeminiCodec:
 
     def acknowledged(self, frame: Frame) -> list[Frame] | None:
         """``None`` unless ``frame`` is ``setupComplete``; then what waits for it (the replayed
-        turns, a nudge, the greeting). Does not change what :meth:`decode` does."""
+        turns, a nudge, the greeting). :meth:`decode` still decodes the frame, to the same
+        effect."""
         raw = frame.encode() if isinstance(frame, str) else bytes(frame)
         if b"setupComplete" not in raw:
             return None
@@ -277,6 +278,7 @@ class GeminiCodec:
             return None
         if not isinstance(message, dict) or "setupComplete" not in message:
             return None
+        self.setup_complete = True  # (a close from now on is not a refusal of the handle)
         frames, self._after_setup = self._after_setup, []
         return frames
 

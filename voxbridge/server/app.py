@@ -304,6 +304,18 @@ class VoxbridgeApp:
             ", ".join(self.agents.names) or "default",
             ", ".join(names) or "none",
         )
+        # A provider that cannot declare some tools to its model says why (GPT-Live without
+        # --gpt-live-tools-model): warned once, here, not left to a model that never calls them.
+        unheard = []
+        for agent in self.agents:
+            offered = names if agent.tools is None else [n for n in agent.tools if n in names]
+            provider = self._providers.get(agent.provider or self.settings.provider)
+            tools_warning = getattr(provider, "tools_warning", None)
+            problem = tools_warning(offered) if tools_warning is not None else None
+            if problem:
+                unheard.append(f"agent {agent.name}: {problem}")
+        if unheard:
+            log.warning("tools the model is never offered: %s", "; ".join(unheard))
 
     def _log_carriers(self) -> None:
         """Say at start what each carrier checks, and which carriers are disabled."""

@@ -298,6 +298,12 @@ class _Merge:
         then read ahead, so the next message knows it continues a burst)."""
         return self.carry is None
 
+    @property
+    def merged(self) -> tuple[bytes, ProviderEvent | None]:
+        """The audio, and the event that ended the merge (``None``: none read ahead)."""
+        chunks = self.chunks
+        return b"".join(chunks) if len(chunks) > 1 else chunks[0], self.carry
+
     def add(self, event: ProviderEvent | None) -> None:
         """Join ``event``'s audio, or end the merge with it (``None``: a frame dropped)."""
         if (
@@ -321,17 +327,31 @@ class _Merge:
             self.add(decode(session, frame))
         return took
 
+    async def settle(
+        self,
+        session: Session,
+        decode: Callable[[Session, Frame], ProviderEvent | None],
+        link: ProviderLink,
+    ) -> tuple[bytes, ProviderEvent | None]:
+        """Wait ``BURST_SETTLE`` at a time while the rest of a burst arrives (:func:`_coalesce`)."""
+        while self.open and self.size < MAX_MEDIA_BYTES and link.session is session:
+            await trio.sleep(BURST_SETTLE)  # the rest of the burst the socket has received
+            if not self.drain(session, decode):
+                break
+        return self.merged
 
-async def _coalesce(
+
+def _coalesce(
     first: AgentAudio,
     session: Session,
     decode: Callable[[Session, Frame], ProviderEvent | None],
-    link: ProviderLink,
     read_ahead: bool,
-) -> tuple[bytes, ProviderEvent | None]:
+) -> tuple[bytes, ProviderEvent | None] | _Merge:
     """The agent audio of one media message: ``first``'s, joined with what is queued behind it.
 
-    Returns the audio and the event that ended the merge, read ahead (to handle next), if any.
+    Returns the audio and the event that ended the merge, read ahead (to handle next), if any; or,
+    when the message continues a burst and may take more of it, the merge, whose
+    :meth:`_Merge.settle` returns them once the rest has arrived.
 
     The rule (docs/architecture.md, "The hot path"):
 
@@ -347,32 +367,29 @@ async def _coalesce(
       heard position and a barge-in's truncation are exact to a message, at most 100 ms.
     * **By construction, not by scheduling**: what merges depends on what the provider sent and
       when it arrived, never on how often the carrier's sends yield (not at all with hypercorn's
-      fast path, twice without it) nor on how the provider socket's reader hands messages over
-      (voxbridge's reader: a whole socket read in one scheduler pass; trio-websocket's own: one
-      message per pass). A chunk with nothing queued behind it (a provider sending in real time)
-      goes at once. In a burst (``first`` was read ahead, or more was queued behind it) a message
-      under the bound waits ``BURST_SETTLE`` (1 ms) for what the socket has received and the
-      reader not yet handed over -- the next read of a burst -- and merges it, again while more
-      comes. With trio-websocket's own reader a chunk alone may be the first of a burst still
-      being handed over, so every message under the bound waits ``BURST_SETTLE``.
+      fast path, twice without it) nor on how the provider socket's reader hands messages over.
+      voxbridge's reader (:class:`~voxbridge.upstream.fastpaths.FastWebSocketConnection`) hands
+      a whole socket read over in one scheduler pass, so what it has read is queued whenever the
+      sender looks. A message that continues a burst (``first`` was read ahead: the message
+      before it was full, or ended by another event) and is under the bound may be cut by the end
+      of a socket read, with the next read already arrived: it waits ``BURST_SETTLE`` (1 ms) at a
+      time while more of the burst comes. Any other message goes at once: nothing waits for
+      audio that has not arrived. trio-websocket's own reader (the fallback) hands over one
+      message per pass, so with it every message under the bound waits ``BURST_SETTLE``.
     """
     if len(first.audio) >= MAX_MEDIA_BYTES:
         return first.audio, None
-    whole_reads = _whole_reads(session)
     frame = session.receive_nowait()
-    if frame is None and whole_reads and not read_ahead:
+    whole_reads = _whole_reads(session)
+    if frame is None and not read_ahead and whole_reads:
         return first.audio, None  # the common case in real time: a chunk alone in its read
     merge = _Merge(first)
     if frame is not None:
         merge.add(decode(session, frame))
         merge.drain(session, decode)
-    if read_ahead or len(merge.chunks) > 1 or not whole_reads:
-        while merge.open and merge.size < MAX_MEDIA_BYTES and link.session is session:
-            await trio.sleep(BURST_SETTLE)  # the rest of the burst the socket has received
-            if not merge.drain(session, decode):
-                break
-    chunks = merge.chunks
-    return b"".join(chunks) if len(chunks) > 1 else first.audio, merge.carry
+    if (read_ahead or not whole_reads) and merge.open and merge.size < MAX_MEDIA_BYTES:
+        return merge  # the caller awaits merge.settle()
+    return merge.merged
 
 
 def _ends_burst(event: ProviderEvent, playback: Playback, session: Session) -> bool:
@@ -888,7 +905,10 @@ class Call:
                     # Providers send audio in bursts faster than real time. What the provider
                     # socket has received goes out merged, up to 100 ms a message (fewer
                     # messages on the hot path), whatever the scheduling (_coalesce's rule).
-                    audio, carry = await _coalesce(event, session, decode, link, read_ahead)
+                    merged = _coalesce(event, session, decode, read_ahead)
+                    if isinstance(merged, _Merge):  # a burst: the rest the socket has received
+                        merged = await merged.settle(session, decode, link)
+                    audio, carry = merged
                     # sparse marks: the burst ends here if what is queued next will not play
                     ends = carry is not None and _ends_burst(carry, playback, session)
                     for start in range(0, len(audio), step):
@@ -1412,8 +1432,9 @@ class Call:
         """Drop the callbacks that refer back to this call, now that it has ended.
 
         An app's ``on_start`` and ``configure`` are usually closures over the call (the server's
-        are), and the link's ``on_usage`` is this call's bound method: each a reference cycle
-        through the call, so a finished call would be freed only by the cyclic collector.
+        are), and the link's callbacks (``on_usage``, ``on_final``) are this call's bound methods:
+        each a reference cycle through the call, so a finished call would be freed only by the
+        cyclic collector.
         """
         self.on_start = None
         self.configure = None

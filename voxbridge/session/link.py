@@ -96,8 +96,10 @@ MIN_PROBATION = 1.0  # seconds a resumed session must stay up to count as resume
 RECYCLE_RETRY = 60.0  # seconds between recycle attempts after one failed
 EARLY_FRAMES = 4096  # frames a recycled session may send before the switch (its history acks)
 #: Seconds before a provider's announced end of a session (``SessionEnding.seconds_left``) by which
-#: its recycle starts at the latest, answer or not: time to connect, set up and ping the next one.
-RECYCLE_MARGIN = 5.0
+#: its recycle starts at the latest, answer or not: time to connect, set up and ping the next one
+#: (well under a second, as a rule). A recycle that takes longer is overtaken by the provider's
+#: close, which is resumed like any drop.
+RECYCLE_MARGIN = 2.0
 
 
 class Session:

@@ -173,7 +173,7 @@ class LiveSession:
         if self.started_at is None:
             return 0
         end = self.closed_at if self.closed_at is not None else trio.current_time()
-        return int(end - self.started_at)
+        return int(end - self.started_at + 1e-9)  # (whole seconds: 2.05 - 0.05 is 2)
 
 
 class FakeGptLive:

@@ -221,10 +221,12 @@ class Upstream:
         except HandshakeError as failed:
             self._failure = UpstreamConnectFailed(f"{name}: handshake failed: {failed}")
         except Exception as failed:
-            if not self._opened:
+            if not self.ws._open_handshake.is_set():  # open() raises it
                 self._failure = UpstreamConnectFailed(f"{name}: connection failed: {failed!r}")
             else:
-                log.info("%s: the socket's reader failed; the session is closed", name, exc_info=True)
+                log.info(
+                    "%s: the socket's reader failed; the session is closed", name, exc_info=True
+                )
                 await self.abort()
         finally:
             self._reader_done.set()
