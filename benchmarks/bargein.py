@@ -23,6 +23,7 @@ Run alone: ``python -m benchmarks.bargein`` (about a minute; ``--smoke`` for a f
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -127,7 +128,7 @@ async def one_call(
             settings=Settings(marks=mode),
             metrics=Metrics(),
             registry=CallRegistry(),
-            connect_stream=memory_connector(nursery, fake),  # type: ignore[arg-type]
+            connect_stream=memory_connector(nursery, fake),
         )
         nursery.cancel_scope.cancel()
     result, session = simulator.result, fake.sessions[0]
@@ -140,7 +141,7 @@ async def one_call(
             result.heard_ms_at(at) - earlier
             for at, earlier in zip(session.speech_started_at, before, strict=False)
         ],
-        at_clear=[b - a for a, b in zip(before, before[1:], strict=False)],
+        at_clear=[b - a for a, b in itertools.pairwise(before)],
         marks=result.marks_received,
         media=result.frames_received,
         agent_ms=len(result.audio_received) / BYTES_PER_MS,
@@ -155,13 +156,15 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def spread(errors: list[float], prefix: str) -> dict[str, Any]:
-    """p50, p99 and max of the absolute errors, and their mean (the bias), in ms."""
+    """p50, p99 and max of the absolute errors, their mean (the bias) and the most the call said
+    was heard beyond the truth, in ms."""
     absolute = [abs(e) for e in errors]
     return {
         f"{prefix}p50": fig(percentile(absolute, 50), "ms"),
         f"{prefix}p99": fig(percentile(absolute, 99), "ms"),
         f"{prefix}max": fig(max(absolute, default=math.nan), "ms"),
         f"{prefix}mean": fig(sum(errors) / len(errors) if errors else None, "ms", note="bias"),
+        f"{prefix}ahead": fig(max(errors, default=math.nan), "ms", note="most past the truth"),
     }
 
 
@@ -172,8 +175,14 @@ def summary(outcomes: list[Outcome], exact: list[Outcome] | None) -> dict[str, A
     figures = {
         "barge_ins": fig(sum(len(o.computed) for o in done), "barge-ins"),
         "incomplete": fig(len(outcomes) - len(done), "calls", note="truncates and clears differ"),
-        **spread([c - t for o in done for c, t in zip(o.computed, o.at_barge_in)], "error_"),
-        **spread([c - t for o in done for c, t in zip(o.computed, o.at_clear)], "at_clear_"),
+        **spread(
+            [c - t for o in done for c, t in zip(o.computed, o.at_barge_in, strict=True)],
+            "error_",
+        ),
+        **spread(
+            [c - t for o in done for c, t in zip(o.computed, o.at_clear, strict=True)],
+            "at_clear_",
+        ),
         "marks_per_agent_second": fig(
             sum(o.marks for o in outcomes) / agent_s if agent_s else None, "marks/s"
         ),
@@ -186,7 +195,7 @@ def summary(outcomes: list[Outcome], exact: list[Outcome] | None) -> dict[str, A
             c - e
             for o, x in zip(outcomes, exact, strict=True)
             if o.complete and x.complete and len(o.computed) == len(x.computed)
-            for c, e in zip(o.computed, x.computed)
+            for c, e in zip(o.computed, x.computed, strict=True)
         ]
         figures |= spread(differences, "vs_exact_")
     return figures
@@ -262,9 +271,9 @@ def check(result: dict[str, Any]) -> list[str]:
 def table(result: dict[str, Any]) -> str:
     """The result as a Markdown table."""
     lines = [
-        "| latency / jitter, pace | mode | barge-ins | error p50 | p99 | max | bias "
+        "| latency / jitter, pace | mode | barge-ins | error p50 | p99 | max | bias | most ahead "
         "| p99 at the clear | p99 vs exact | marks / s | media / s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case, modes in result["cases"].items():
         for mode, f in modes.items():
@@ -275,7 +284,7 @@ def table(result: dict[str, Any]) -> str:
 
             lines.append(
                 f"| {case} | {mode} | {f['barge_ins']['value']} | {v('error_p50')} | "
-                f"{v('error_p99')} | {v('error_max')} | {v('error_mean')} | "
+                f"{v('error_p99')} | {v('error_max')} | {v('error_mean')} | {v('error_ahead')} | "
                 f"{v('at_clear_p99')} | {v('vs_exact_p99')} | "
                 f"{v('marks_per_agent_second')} | {v('media_per_agent_second')} |"
             )

@@ -48,6 +48,32 @@ class NoMarks(TwilioStream):
         raise AssertionError("a mark frame built for a carrier without marks")
 
 
+class HoldsBack(TwilioStream):
+    """A carrier codec with a minimum chunk (as Vonage's whole frames): ``audio`` sends nothing
+    until 250 ms of audio is ready, then all of it in one frame."""
+
+    MIN_BYTES = 250 * MS
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending = bytearray()
+        self.bytes_out = self.frames_out = 0
+
+    def audio(self, mulaw: bytes) -> str:
+        self.pending += mulaw
+        if len(self.pending) < self.MIN_BYTES:
+            return ""  # held back: the call must neither send nor mark nor count it
+        frame = super().audio(bytes(self.pending))
+        self.bytes_out += len(self.pending)
+        self.frames_out += 1
+        self.pending.clear()
+        return frame
+
+    def clear(self) -> str:
+        self.pending.clear()
+        return super().clear()
+
+
 class TimedCarrier(RecordingCarrier):
     """Records when the bridge sent each frame. With ``drop_cleared_echoes``, the echoes of the
     marks a ``clear`` discarded never reach the call (Plivo sends none)."""
@@ -266,3 +292,40 @@ async def test_transfer_call_is_offered_only_when_the_carrier_can_transfer(
     [update] = fake.sessions[0].session_updates
     offered = [tool["name"] for tool in update["session"]["tools"]]
     assert offered == (["end_call", "transfer_call"] if can_transfer else ["end_call"])
+
+
+# --- audio a codec holds back ------------------------------------------------------------------
+
+
+async def test_audio_the_codec_holds_back_is_neither_marked_nor_counted_until_it_goes_out(
+    autojump_clock: Any,
+) -> None:
+    # The answer (2 s) goes to the codec at most 100 ms at a time; the codec sends at least
+    # 250 ms at a time and holds what is left at the end for ever. A mark follows only audio that went out (an early mark
+    # would be echoed before its audio played), and the counts are what the caller got.
+    answer = b"\x11" * (2000 * MS)
+    fake = await served(FakeOpenAIRealtime(speak=[(0.5, answer, "a long answer")]))
+    codec = HoldsBack()
+    async with bridged(
+        fake,
+        Settings(),
+        call_options={"codec": codec},
+        carrier_type=TimedCarrier,
+        audio=SILENCE,
+        seconds=4.0,
+    ) as outcome:
+        pass
+    caller, carrier = outcome.caller, outcome.carrier
+    assert caller is not None and isinstance(carrier, TimedCarrier)
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    events = carrier.events()
+    media = events.count("media")
+    assert codec.bytes_out + len(codec.pending) == len(answer) and codec.pending
+    assert bytes(caller.audio_received) == answer[: codec.bytes_out]
+    assert media == codec.frames_out >= 6
+    assert all(events[i - 1] == "media" for i, event in enumerate(events) if event == "mark")
+    assert 1 <= events.count("mark") <= media
+    assert caller.marks_received == events.count("mark")
+    assert outcome.sample("voxbridge_media_frames_total", direction="to_caller") == media
+    [record] = outcome.journal.records
+    assert (record.frames_to_caller, record.bytes_to_caller) == (media, codec.bytes_out)

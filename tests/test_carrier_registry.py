@@ -19,16 +19,21 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import attrs
 import httpx
 import pytest
 import trio
 from carrierkit import TOKEN_HEADER, FakeSettings, FakeWire, registered
+from hypothesis import given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 from rich.console import Console
 from test_e2e_server import raw_websocket, running, scrape
 from trio_websocket import ConnectionRejected
 
+from voxbridge.carriers.base import HttpAnswer
 from voxbridge.carriers.registry import CARRIERS, SPECS
 from voxbridge.carriers.twilio_webhooks import TwilioWebhooks
 from voxbridge.cli import _settings, build_parser
@@ -172,7 +177,7 @@ async def test_a_registered_carrier_is_served_end_to_end(monkeypatch: pytest.Mon
     assert signed.headers["content-type"] == "application/json"
     assert answer["stream"] == media  # the Host's URL: no --public-url on loopback
     assert set(answer["parameters"]) == {"voxbridge_token"}  # the agent is in the signed token
-    CallTokens([TOKEN], ttl=60).verify(token, call_id, now=time.time())
+    CallTokens([TOKEN], ttl=60, carrier="fake").verify(token, call_id, now=time.time())
     assert nameless.status_code == 400 and nameless.text == "no call in the request\n"
     assert twilio.status_code == 200  # Twilio, unconfigured on loopback, is served too
     assert bare.value.status_code == 403
@@ -250,6 +255,50 @@ async def test_beyond_loopback_a_carrier_without_credentials_is_disabled(
     assert "0.0.0.0" in disabled
     assert "/fake/answer and /fake/media answer 404" in disabled
     assert not any("twilio is disabled" in line for line in lines)
+
+
+async def test_carriers_names_the_carriers_served_and_insecure_opens_only_those(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--carriers twilio --insecure`` on a public bind (an existing Twilio deployment behind
+    an authenticating proxy): Twilio is served unchecked, every other carrier answers 404 (with
+    ``--insecure`` alone they were all opened unchecked); the start log says, per carrier,
+    whether it is served and whether its checks are on."""
+    registered(monkeypatch)
+    settings = Settings(host="0.0.0.0", insecure=True, carriers="twilio", **ECHO)
+    app = VoxbridgeApp(settings, journal=MemoryJournal())
+    lines = await started(app, caplog)
+
+    assert [name for name, route in app.carriers.items() if route.enabled] == ["twilio"]
+    for name in (*REGISTERED, "fake"):
+        spec = app.carriers[name].spec
+        served = name == "twilio"
+        status = await asgi_http(app, spec.webhook_path, b"")
+        assert (status != 404) if served else (status == 404)
+        if not served:
+            assert await asgi_upgrade(app, spec.media_path) == 404
+            [line] = [line for line in lines if f"carrier {name} is not served" in line]
+            assert "--carriers twilio" in line
+    assert any("Twilio signature validation is OFF" in line for line in lines)
+    check_exposure(settings)  # --insecure: allowed, for the carriers named
+    # a public bind whose only credentialed carrier is not among --carriers serves nothing
+    only_plivo = Settings(
+        host="0.0.0.0", carriers="plivo", twilio_auth_token=TWILIO_TOKEN, public_url=PUBLIC
+    )
+    check_exposure(attrs.evolve(only_plivo, carriers=None))  # Twilio's credentials: allowed
+    with pytest.raises(SettingsError, match="refusing to bind"):
+        check_exposure(only_plivo)
+
+
+@pytest.mark.parametrize("value", ["", "twilio,", "twilio,nope", "TWILIO", 5])
+def test_carriers_takes_only_registered_names(value: Any) -> None:
+    with pytest.raises(SettingsError, match="--carriers"):
+        Settings(carriers=value)
+
+
+def test_carriers_defaults_to_every_registered_carrier() -> None:
+    assert Settings().enabled_carriers == tuple(CARRIERS)
+    assert Settings(carriers="vonage, twilio").enabled_carriers == ("vonage", "twilio")
 
 
 @pytest.mark.parametrize(
@@ -338,3 +387,50 @@ async def test_the_demo_tours_a_registered_carriers_route(monkeypatch: pytest.Mo
     assert status == 0, text  # every call was recorded: it reached /fake/media
     assert "fake calls to /fake/media" in text
     assert "idle_timeout" in text
+
+
+# --- every carrier's answer builders, fuzzed (finding 3) -------------------------------------------
+
+# what can reach an answer: header and form text (no control characters: h11 refuses them in
+# headers, and names come from the agents file)
+_TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=700)
+
+
+@pytest.mark.parametrize("name", REGISTERED)
+@given(
+    call_id=_TEXT,
+    agent=_TEXT,
+    host=st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=300),
+    token=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-_.", max_size=600),
+)
+@hyp_settings(max_examples=150, deadline=None)
+def test_answer_builders_raise_nothing_but_value_error(
+    name: str, call_id: str, agent: str, host: str, token: str
+) -> None:
+    """Whatever the request put in the answer (the call id, an agent name, a ``Host`` header in
+    the stream URL, a token), a carrier's ``connect`` and ``hangup`` give an answer or raise
+    ``ValueError`` (the app answers that with a 400, counted ``bad_request``): nothing else; an
+    answer given is a well-formed document (XML, or JSON)."""
+    spec = CARRIERS[name]
+    webhooks = spec.build_webhooks(Settings())
+    parameters = {"voxbridge_token": token, "agent": agent}
+    if spec.call_parameter:
+        parameters[spec.call_parameter] = call_id
+    for url in (
+        f"ws://{host}{spec.media_path}",
+        f"wss://h{spec.media_path}?voxbridge_token={token}",
+    ):
+        try:
+            answer = webhooks.connect(url, parameters)
+        except ValueError:
+            continue
+        well_formed(answer)
+    well_formed(webhooks.hangup())
+
+
+def well_formed(answer: HttpAnswer) -> None:
+    if "json" in answer.content_type:
+        json.loads(answer.body)
+    else:
+        assert "xml" in answer.content_type
+        ElementTree.fromstring(answer.body)

@@ -27,6 +27,13 @@ The provider-side endings (``upstream_*``, ``agent_hangup``) run on every regist
 table, ``PROVIDER_FAKES``, says how each provider's fake produces each of them (its knobs are named
 alike in every fake), or why its protocol cannot (the case is then skipped with that reason); the
 caller-side cases run on OpenAI only, and the variant whose caller stops reading once per reason.
+
+Every other registered carrier with a simulator wire (the registry decides, ``CARRIERS``: a new
+carrier gets its rows without an edit here) runs every reason it can produce: the caller-side
+cases (``caller_stop`` only for a carrier with a stop event), ``max_duration``,
+``server_shutdown``, the ``upstream_*`` endings on one provider fake (OpenAI's), and
+``agent_hangup`` through its own REST API's fake (``CARRIER_APIS``: the goodbye wait, then its
+hang-up, which the fake must have received for the call).
 ``transferred`` has Twilio's REST API at ``FakeTwilio`` and a call it places (``PlacedCall``): the
 model calls ``transfer_call``, the server redirects the call to ``<Dial>`` through that API.
 
@@ -53,6 +60,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream
 
 from voxbridge.audio import FRAME_BYTES
+from voxbridge.carriers.registry import CARRIERS as CARRIER_SPECS
 from voxbridge.errors import Reason
 from voxbridge.providers.registry import PROVIDERS
 from voxbridge.server import RunningServer, serve
@@ -61,7 +69,11 @@ from voxbridge.settings import Settings
 from voxbridge.testing import FakeCall, FakeOpenAIRealtime, FakeTwilio, FaultStream, fake_for
 from voxbridge.testing.carrier import wire_for
 from voxbridge.testing.carrier_wire import CallerWire, Marked, SimulatedCall
-from voxbridge.testing.fake_openai import FakeToolCall
+from voxbridge.testing.fake_openai import FakeToolCall, speech
+from voxbridge.testing.fake_plivo import FakePlivo
+from voxbridge.testing.fake_telnyx import FakeTelnyx
+from voxbridge.testing.fake_vonage import FakeVonage
+from voxbridge.testing.plivo_wire import PlivoWire
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/proc/self/fd"), reason="reads this process's sockets from Linux /proc"
@@ -191,7 +203,15 @@ class Caller:
         fault = CallerStream(stream)
         try:
             async with trio.open_nursery() as nursery:
-                ws = await wrap_client_stream(nursery, fault, parts.hostname, parts.path)
+                resource = f"{parts.path}?{parts.query}" if parts.query else parts.path
+                headers = self.wire.upgrade_headers(self.call)  # e.g. a signature
+                ws = await wrap_client_stream(
+                    nursery,
+                    fault,
+                    parts.hostname,
+                    resource,
+                    extra_headers=[(k.encode(), v.encode()) for k, v in headers],
+                )
                 async with trio.open_nursery() as talking:
                     if self.reads:
                         talking.start_soon(self._read, ws)
@@ -340,6 +360,7 @@ class Rig:
     stop: trio.Event  # the server's shutdown trigger
     fake_nursery: trio.Nursery
     twilio: FakeTwilio | None = None  # Twilio's REST API, for the cases that need it
+    api: Any = None  # another carrier's REST API fake (CARRIER_APIS), for agent_hangup
 
 
 Hook = Callable[[Rig], Awaitable[None]]
@@ -374,6 +395,8 @@ class Case:
     never_reads: bool = True  # whether the caller-that-stops-reading variant applies
     #: Twilio's REST API is FakeTwilio, and the caller is a call it places (``PlacedCall``)
     twilio: bool = False
+    #: the carrier's REST API is its fake (``CARRIER_APIS``): the agent's hang-up must reach it
+    carrier_api: bool = False
 
 
 # --- the provider-side endings, for every provider ------------------------------------------------
@@ -520,9 +543,17 @@ CASES: dict[str, Case | Cannot] = {
 }
 
 
-#: The carriers besides Twilio whose callers run the caller-side cases (the provider-side ones do
-#: not depend on the carrier), and those cases.
-CARRIERS = ("telnyx", "vonage", "plivo")
+#: A carrier without a stop event (``capabilities.sends_stop`` false) hangs up by closing its
+#: WebSocket cleanly (a close frame): ``caller_stop``, as Twilio's stop; a TCP drop stays
+#: ``caller_closed``.
+HANGS_UP_BY_CLOSING = Case(Reason.CALLER_STOP, Script.CLOSE, never_reads=False)
+
+#: Every registered carrier besides Twilio (the default above) with a simulator wire: the registry
+#: decides, so a new carrier gets its rows without an edit here.
+CARRIERS = tuple(
+    name for name, spec in CARRIER_SPECS.items() if name != "twilio" and spec.simulator
+)
+#: The cases every carrier runs, with the variant whose caller stops reading for these.
 CALLER_SIDE = (
     "caller_stop",
     "caller_closed",
@@ -531,6 +562,61 @@ CALLER_SIDE = (
     "idle_timeout",
     "start_timeout",
     "protocol_error",
+)
+#: ... and these once each (the reads-on variant): the server's deadlines and shutdown, and the
+#: provider-side endings on one provider's fake (what the provider does does not depend on the
+#: carrier; how the call ends towards the carrier does).
+CARRIER_TOO = (
+    "max_duration",
+    "server_shutdown",
+    "upstream_connect_failed-openai",
+    "upstream_closed-openai",
+    "upstream_rejected-openai",
+    "upstream_keepalive_timeout-openai",
+)
+
+
+@attrs.frozen
+class CarrierApi:
+    """A carrier's REST API fake for ``agent_hangup``: how to make it (``make``), the carrier's
+    settings that point voxbridge at it (``own``, given the fake; ``api_url`` is added), and
+    whether the call needs the answer webhook first (the carrier's checks are on because its
+    REST credential is also its signing secret: Plivo)."""
+
+    make: Callable[[], Any]
+    own: Callable[[Any], dict[str, Any]]
+    answered: bool = False
+
+
+PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN = "MA" + "E" * 18, "endings-plivo-token"
+PUBLIC = "https://voice.example.test"  # the public URL Plivo signs its answer webhook for
+
+#: carrier -> its REST API fake (every carrier in ``CARRIERS`` that can hang up).
+CARRIER_APIS: dict[str, CarrierApi] = {
+    "telnyx": CarrierApi(
+        lambda: FakeTelnyx(api_key="KEYendings"), lambda api: {"api_key": "KEYendings"}
+    ),
+    "plivo": CarrierApi(
+        lambda: FakePlivo(PLIVO_AUTH_ID, PLIVO_AUTH_TOKEN),
+        lambda api: {"auth_id": PLIVO_AUTH_ID, "auth_token": PLIVO_AUTH_TOKEN},
+        answered=True,
+    ),
+    "vonage": CarrierApi(
+        FakeVonage,
+        lambda api: {"application_id": api.application_id, "private_key": api.private_key},
+    ),
+}
+
+#: The agent hangs up (``end_call``, after a goodbye) once the caller's first turn is in: the
+#: call waits for the goodbye to play, then hangs up through the carrier's REST API.
+CARRIER_HANGUP = Case(
+    Reason.AGENT_HANGUP,
+    fake=echo_fake(
+        caller_transcripts=[(0.2, "That is all, thanks.")],
+        tool_calls=[FakeToolCall("end_call", {}, say=speech("Goodbye!"))],
+    ),
+    never_reads=False,
+    carrier_api=True,
 )
 
 
@@ -550,10 +636,39 @@ def _params() -> Iterator[Any]:
             case = CASES[name]
             assert isinstance(case, Case)
             if case.script is Script.STOP and not stops:
-                continue  # a carrier without a stop event: its caller_closed is the normal end
+                continue  # a carrier without a stop event: its clean close is its stop
+            if case.script is Script.CLOSE and not stops:
+                # the clean close (a close frame, 1000) is that carrier's hang-up: caller_stop
+                case, name = HANGS_UP_BY_CLOSING, "caller_stop_by_close"
             yield pytest.param(case, True, carrier, id=f"{carrier}-{name}")
             if case.never_reads:
                 yield pytest.param(case, False, carrier, id=f"{carrier}-{name}-caller_never_reads")
+        for name in CARRIER_TOO:
+            yield pytest.param(CASES[name], True, carrier, id=f"{carrier}-{name}")
+        if carrier in CARRIER_APIS:
+            yield pytest.param(CARRIER_HANGUP, True, carrier, id=f"{carrier}-agent_hangup")
+
+
+def test_every_registered_carrier_runs_the_matrix() -> None:
+    # A carrier without a simulator wire, or without a REST fake here, would get fewer cases
+    # silently: every registered carrier has both.
+    assert set(CARRIERS) == set(CARRIER_SPECS) - {"twilio"}
+    assert set(CARRIER_APIS) == set(CARRIERS)
+    assert all(isinstance(CASES[name], Case) for name in CARRIER_TOO)
+    params = list(_params())
+    for carrier in CARRIERS:
+        mine = [param.values[0] for param in params if param.values[2] == carrier]
+        stops = wire_for(carrier).capabilities.sends_stop
+        reasons = {case.reason for case in mine}
+        expected = set(Reason) - {
+            Reason.INTERNAL_ERROR,
+            Reason.CALLER_STALLED,
+            Reason.UPSTREAM_STALLED,
+            Reason.TRANSFERRED,
+        }
+        assert reasons == expected, carrier  # caller_stop too: a clean close is its hang-up
+        assert (CASES["caller_stop"] in mine) is stops
+        assert (HANGS_UP_BY_CLOSING in mine) is not stops
 
 
 def test_every_registered_provider_has_its_provider_side_endings() -> None:
@@ -578,12 +693,19 @@ def test_every_registered_provider_has_its_provider_side_endings() -> None:
 
 
 @asynccontextmanager
-async def rig_for(case: Case) -> AsyncIterator[Rig]:
+async def rig_for(case: Case, carrier: str = "twilio") -> AsyncIterator[Rig]:
     fake = case.fake()
     stop = trio.Event()
     async with trio.open_nursery() as fakes:
         url = await fakes.start(fake.serve)
-        twilio, rest = None, {}
+        twilio, rest, api = None, {}, None
+        if case.carrier_api:
+            row = CARRIER_APIS[carrier]
+            api = row.make()
+            own = {**row.own(api), "api_url": await fakes.start(api.serve)}
+            rest = {"carrier_settings": {carrier: own}}
+            if row.answered:
+                rest["public_url"] = PUBLIC
         if case.twilio:
             twilio = FakeTwilio(ACCOUNT_SID, credentials=[(API_KEY, API_SECRET)], caller_seconds=10)
             rest = {
@@ -602,7 +724,7 @@ async def rig_for(case: Case) -> AsyncIterator[Rig]:
                 )
             )
             try:
-                yield Rig(server, fake, stop, fakes, twilio)
+                yield Rig(server, fake, stop, fakes, twilio, api)
             finally:
                 servers.cancel_scope.cancel()  # the checks are done: no graceful stop needed
         fakes.cancel_scope.cancel()
@@ -730,21 +852,48 @@ class Outcome:
     new_tasks: list[str] = attrs.Factory(list)  # tasks the call left behind
     samples: Samples = attrs.Factory(dict)
     dialled: dict[str, str] = attrs.Factory(dict)  # FakeTwilio: CallSid -> <Dial> target
+    hangups: list[str] = attrs.Factory(list)  # the carrier's REST API fake: calls hung up
 
 
-async def run_case(case: Case, caller: Caller | PlacedCall) -> Outcome:
+async def answered(rig: Rig, carrier: str, caller: Caller) -> str:
+    """The carrier's answer webhook, as the carrier sends it (signed): the stream URL the server
+    answered with (on this server), its parameters handed to ``caller``'s start, its upgrade
+    signed."""
+    api = rig.api
+    assert isinstance(api, FakePlivo), carrier  # the one carrier that needs it (CARRIER_APIS)
+    api.add_call(CALL_SID)
+    server = rig.server
+    _, answer = await api.answer(
+        f"{server.url}/{carrier}/answer",
+        call_uuid=CALL_SID,
+        signed_url=f"{PUBLIC}/{carrier}/answer",
+    )
+    assert answer.status == 200 and answer.stream_url is not None, answer.body
+    caller.call.custom_parameters = answer.parameters
+    # the upgrade signed as Plivo may sign it, for the stream URL as the answer wrote it
+    caller.wire = PlivoWire(sign_upgrade=(PLIVO_AUTH_TOKEN, answer.stream_url))
+    public = urlsplit(answer.stream_url)
+    query = f"?{public.query}" if public.query else ""
+    return server.media_url.replace("/twilio/media", public.path + query)
+
+
+async def run_case(case: Case, caller: Caller | PlacedCall, carrier: str = "twilio") -> Outcome:
     """Run one call to its end; check what the server still holds by the teardown bound."""
     outcome = Outcome()
-    async with rig_for(case) as rig:
+    async with rig_for(case, carrier) as rig:
         server = rig.server
         outcome.bound = server.app.settings.teardown_timeout
         baseline, baseline_sockets = all_tasks(), socket_inodes()
         if isinstance(caller, PlacedCall):
             caller.twilio = rig.twilio
+        if isinstance(rig.api, FakeVonage):
+            rig.api.add_call(CALL_SID)  # a live call its REST API can hang up
         async with trio.open_nursery() as callers:
             url = server.media_url
             if isinstance(caller, Caller):
                 url = url.replace("/twilio/media", f"/{caller.carrier}/media")
+                if case.carrier_api and CARRIER_APIS[carrier].answered:
+                    url = await answered(rig, carrier, caller)
             callers.start_soon(caller.run, url)
             await poll_until(
                 lambda: len(server.app.registry) > 0 and caller.port > 0, trio.current_time() + 5
@@ -769,6 +918,10 @@ async def run_case(case: Case, caller: Caller | PlacedCall) -> Outcome:
                 twilio = rig.twilio
                 await poll_until(lambda: bool(twilio.dialled), deadline)
                 outcome.dialled = dict(twilio.dialled)
+            if rig.api is not None:
+                api = rig.api
+                await poll_until(lambda: bool(api.hangups), deadline)
+                outcome.hangups = list(api.hangups)
             callers.cancel_scope.cancel()
         outcome.reason = call.disconnect.reason if call.disconnect else None
 
@@ -800,7 +953,7 @@ async def _decided(call: Call) -> float:
 async def test_nothing_outlives_the_call(case: Case, reads: bool, carrier: str) -> None:
     caller = PlacedCall() if case.twilio else Caller(case.script, reads=reads, carrier=carrier)
     with trio.fail_after(CASE_BUDGET):
-        outcome = await run_case(case, caller)
+        outcome = await run_case(case, caller, carrier)
 
     assert outcome.reason is case.reason
     by = f"{outcome.bound + MARGIN:g} s after the end"
@@ -811,6 +964,8 @@ async def test_nothing_outlives_the_call(case: Case, reads: bool, carrier: str) 
     assert disconnects(outcome.samples) == {case.reason.value: 1}
     if reads and case.script not in (Script.CLOSE, Script.FIN, Script.RESET):
         assert caller.close == (case.reason.close_code, case.reason.value)
+    if case.carrier_api:  # the goodbye played, then the hang-up through the carrier's REST API
+        assert outcome.hangups == [CALL_SID]
     if isinstance(caller, PlacedCall):  # the transfer: the call went on to Twilio's <Dial>
         assert caller.call is not None
         assert outcome.dialled == {caller.call.sid: TRANSFER_TARGET}

@@ -435,3 +435,24 @@ async def test_a_drop_before_the_greeting_ended_does_not_greet_again(autojump_cl
     first, second = fake.sessions
     assert first.texts == [GREETING_PROMPT + "Hi there"]
     assert second.texts == [] and second.client_content == []  # no greeting, nothing to replay
+
+
+def test_two_calls_on_one_provider_never_share_a_resumption_handle() -> None:
+    """Each call configures its own copy of the provider, so the resumption handle one call's
+    session learns is never offered by another call's resume (even for the default agent, with
+    no tools, where 0.1 used the shared provider as is)."""
+    from voxbridge.metrics import Metrics
+    from voxbridge.session.call import Call
+
+    shared = GeminiProvider(FakeGemini().endpoint(), instructions="be brief")
+    calls = []
+    for _ in range(2):
+        socket = trio.testing.memory_stream_pair()[0]
+        call = Call(socket, shared, settings=Settings(), metrics=Metrics())  # type: ignore[arg-type]
+        call._set_up_agent()
+        calls.append(call.provider)
+    first, second = calls
+    assert isinstance(first, GeminiProvider) and isinstance(second, GeminiProvider)
+    first.resumption.handle = "handle-of-call-1"
+    assert second.resumption.handle is None
+    assert shared.resumption.handle is None

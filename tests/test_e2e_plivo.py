@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,6 +29,7 @@ from test_e2e_providers import TURN_MS, disconnects
 
 from voxbridge.audio import tone, ulaw_to_pcm16
 from voxbridge.carriers.base import AudioFormat
+from voxbridge.server.security import CallTokens
 from voxbridge.session.playback import Playback
 from voxbridge.testing import CallResult, simulate_call
 from voxbridge.testing.fake_openai import FakeToolCall as OpenAIToolCall
@@ -63,21 +65,33 @@ class PlivoRig(Rig):
 
     async def answered_call(self, *, sign_upgrade: bool = True, **options: Any) -> CallResult:
         """The whole inbound call: the answer webhook, then the stream it names (its token in
-        ``extraHeaders``, its ``contentType``), the upgrade signed as Plivo may sign it."""
+        the URL's query string and in ``extraHeaders``, its ``contentType``), the upgrade signed
+        as Plivo may sign it (over the URL as written, query included)."""
         call_uuid, answer = await self.answer()
         assert answer.status == 200, answer.body
-        assert answer.stream_url == STREAM_URL
+        query = stream_query(answer)
         wire = PlivoWire(
             answer.stream["contentType"],
-            sign_upgrade=(AUTH_TOKEN, STREAM_URL) if sign_upgrade else None,
+            sign_upgrade=(AUTH_TOKEN, STREAM_URL + query) if sign_upgrade else None,
         )
         return await simulate_call(
-            self.media_url,
+            self.media_url + query,
             wire=wire,
             call_sid=call_uuid,
             custom_parameters=answer.parameters,
             **options,
         )
+
+
+def stream_query(answer: Answer) -> str:
+    """The query string of the answer's stream URL (``?voxbridge_token=<the per-call token>``),
+    checked to be the only difference from the media route and to carry the ``extraHeaders``
+    token."""
+    assert answer.stream_url is not None
+    assert answer.stream_url.startswith(STREAM_URL + "?voxbridge_token=")
+    query = answer.stream_url[len(STREAM_URL) :]
+    assert query == "?voxbridge_token=" + answer.parameters["voxbridge_token"]
+    return query
 
 
 @asynccontextmanager
@@ -101,7 +115,7 @@ async def rig(
 @pytest.mark.parametrize("provider", PROVIDERS)
 async def test_audio_round_trips_byte_for_byte(provider: str) -> None:
     """mu-law both ways: what the provider echoes is what the caller sent, byte for byte; the
-    caller hangs up by closing the socket (Plivo has no stop): ``caller_closed``."""
+    caller hangs up by closing the socket (Plivo has no stop): ``caller_stop``."""
     async with rig(provider, ROWS[provider].echo) as deployed:
         result = await simulate_call(deployed.media_url, carrier="plivo", seconds=1.0)
         samples = await deployed.settled()
@@ -113,7 +127,7 @@ async def test_audio_round_trips_byte_for_byte(provider: str) -> None:
     back = bytes(result.audio_received)
     assert len(back) > 4000
     assert back == SENT[: len(back)]
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
     assert metric(samples, "voxbridge_calls_started_total", carrier="plivo", provider=provider) == 1
 
 
@@ -137,7 +151,7 @@ async def test_l16_16k_round_trips_within_bounds() -> None:
     spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
     peak = float(np.fft.rfftfreq(len(pcm), 1 / 8000)[int(np.argmax(spectrum))])
     assert abs(peak - 440) < 5
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
 
 
 # --- barge-in ----------------------------------------------------------------------------------------
@@ -149,34 +163,30 @@ async def test_barge_in_clears_and_waits_for_no_cleared_checkpoint(
 ) -> None:
     """The agent speaks 2 s from 0.2 s; at 0.7 s the provider says the caller started speaking.
     The caller gets ``clearAudio``; Plivo never echoes the checkpoints that clear discarded, and
-    the call does not wait for them: 200 ms after the clear, its playback counts every one of
-    them as heard (white box: the call's ``Playback``, the last checkpoint number at the clear)."""
+    the call does not wait for them: as the clear goes out, its playback counts every one of
+    them as heard, and still does when the call has ended (white box: the call's ``Playback``,
+    the last checkpoint number at the clear, read by a spy on ``Playback.interrupt``)."""
     row = ROWS[provider]
     assert callable(row.interrupt)
-    cleared: list[tuple[Playback, int]] = []  # the last checkpoint sent when the clear went out
+    # the playback, the last checkpoint sent when the clear went out, whether it was heard just
+    # before the clear and just after
+    cleared: list[tuple[Playback, int, bool, bool]] = []
     interrupt = Playback.interrupt
 
     def spy(self: Playback, session: object, now: float | None = None) -> Any:
+        before = self.heard_through(self.last_mark)
         truncations = interrupt(self, session, now)
         if truncations is not None:
-            cleared.append((self, self.last_mark))
+            cleared.append((self, self.last_mark, before, self.heard_through(self.last_mark)))
         return truncations
 
     monkeypatch.setattr(Playback, "interrupt", spy)
-    settled: list[bool] = []
-
-    async def watch() -> None:
-        while not cleared:
-            await trio.sleep(0.005)
-        await trio.sleep(0.2)
-        playback, mark = cleared[0]
-        settled.append(mark > 0 and playback.heard_through(mark))
-
     async with rig(provider, row.speak(0.2, TURN_MS), row.interrupt(0.7)) as deployed:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch)
-            result = await simulate_call(deployed.media_url, carrier="plivo", seconds=1.2)
+        result = await simulate_call(deployed.media_url, carrier="plivo", seconds=1.2)
         samples = await deployed.settled()
+    [(playback, mark, heard_before, heard_after)] = cleared
+    assert mark > 0 and not heard_before  # checkpoints were pending: the clear settled them
+    assert heard_after and playback.heard_through(mark)
     assert result.protocol_errors == []
     assert result.clears_received == 1
     # the checkpoints whose audio played were echoed, those the clear discarded never were
@@ -185,8 +195,7 @@ async def test_barge_in_clears_and_waits_for_no_cleared_checkpoint(
     assert metric(samples, "voxbridge_barge_ins_total") == 1
     [heard] = result.heard_ms_at_clear
     assert 0 < heard < TURN_MS  # the caller had heard some of the turn, not all
-    assert settled == [True]
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
 
 
 # --- a stalled caller ---------------------------------------------------------------------------------
@@ -214,7 +223,7 @@ async def test_signed_answer_then_signed_stream_is_a_call() -> None:
         samples = await deployed.settled()
     assert result.rejected_status is None and result.frames_received > 0
     assert len(deployed.fake.sessions) == 1
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
     assert metric(samples, "voxbridge_connections_rejected_total", reason="bad_signature") == 0
 
 
@@ -223,7 +232,7 @@ async def test_the_token_alone_admits_an_unsigned_upgrade() -> None:
         result = await deployed.answered_call(sign_upgrade=False, seconds=0.6)
         samples = await deployed.settled()
     assert result.rejected_status is None and result.frames_received > 0
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
 
 
 async def test_a_forged_answer_webhook_is_refused() -> None:
@@ -237,9 +246,10 @@ async def test_a_forged_answer_webhook_is_refused() -> None:
 async def test_a_forged_upgrade_signature_gets_403_before_accept() -> None:
     async with rig("openai", signed=True) as deployed:
         call_uuid, answer = await deployed.answer()
-        wire = PlivoWire(sign_upgrade=("not-the-token", STREAM_URL))
+        query = stream_query(answer)
+        wire = PlivoWire(sign_upgrade=("not-the-token", STREAM_URL + query))
         result = await simulate_call(
-            deployed.media_url,
+            deployed.media_url + query,  # even with the right token in the URL
             wire=wire,
             call_sid=call_uuid,
             custom_parameters=answer.parameters,  # even with the right token
@@ -262,13 +272,19 @@ async def test_a_forged_upgrade_signature_gets_403_before_accept() -> None:
 async def test_a_stream_without_its_token_ends_before_any_provider_session(
     parameters: Any,
 ) -> None:
+    """The upgrade carries a valid token (from an answer) in its URL, the start does not carry
+    the call's token: refused at start."""
     async with rig("openai", signed=True) as deployed:
+        call_uuid, answer = await deployed.answer()
+        query = stream_query(answer)
         if parameters == "another call's":
-            _, answer = await deployed.answer()
-            parameters = answer.parameters  # minted for that call, presented for another
+            call_uuid, other = await deployed.answer()
+            parameters = answer.parameters  # minted for the first call, presented for this one
+            query = stream_query(other)
         result = await simulate_call(
-            deployed.media_url,
+            deployed.media_url + query,
             carrier="plivo",
+            call_sid=call_uuid,
             custom_parameters=parameters,
             seconds=0.5,
         )
@@ -276,6 +292,41 @@ async def test_a_stream_without_its_token_ends_before_any_provider_session(
     assert result.close_reason == "protocol_error"
     assert deployed.fake.sessions == []
     assert disconnects(samples) == {"protocol_error": 1}
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["", "?voxbridge_token=forged", "expired", "twilio's", "?voxbridge_token=a&voxbridge_token=b"],
+    ids=["no-token", "forged", "expired", "another-carriers-key", "two-tokens"],
+)
+async def test_an_upgrade_without_a_valid_token_in_its_url_gets_403_before_accept(
+    query: str,
+) -> None:
+    """The stream URL's token is the upgrade's credential (Plivo need not sign the upgrade): an
+    upgrade without a valid one is refused before accept, taking no slot, even with the right
+    token in ``extraHeaders`` (what a bare socket could not know anyway)."""
+    async with rig("openai", signed=True, call_token_ttl=1.0) as deployed:
+        call_uuid, answer = await deployed.answer()
+        if query == "expired":
+            query = stream_query(answer)
+            await trio.sleep(2.1)  # past the 1 s token's expiry (whole seconds)
+        elif query == "twilio's":  # the same secret, keyed for Twilio
+            token = CallTokens([AUTH_TOKEN], 60).mint(call_uuid, now=time.time())
+            query = "?voxbridge_token=" + token
+        result = await simulate_call(
+            deployed.media_url + query,
+            carrier="plivo",
+            call_sid=call_uuid,
+            custom_parameters=answer.parameters,
+            seconds=0.5,
+        )
+        samples = await deployed.settled()
+    assert result.rejected_status == 403
+    assert result.frames_sent == 0
+    assert deployed.fake.sessions == []
+    assert not list(deployed.server.app.registry.recent)
+    assert metric(samples, "voxbridge_connections_rejected_total", reason="bad_signature") == 1
+    assert disconnects(samples) == {}
 
 
 # --- end_call -----------------------------------------------------------------------------------------
@@ -322,7 +373,7 @@ async def test_voxbridge_call_speaks_plivo() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "the caller hung up" in done.stdout
     assert metric(samples, "voxbridge_calls_started_total", carrier="plivo", provider="echo") == 1
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
 
 
 @pytest.mark.hang_limit(60)
@@ -330,4 +381,4 @@ async def test_the_demo_tours_plivo() -> None:
     status, text = await demo_tour("plivo")
     assert status == 0, text  # every call reached /plivo/media and its upstream closed
     assert "plivo calls to /plivo/media" in text
-    assert "caller_closed" in text and "idle_timeout" in text
+    assert "caller_stop" in text and "idle_timeout" in text

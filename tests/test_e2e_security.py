@@ -482,3 +482,166 @@ def test_voxbridge_serve_refuses_a_token_without_a_public_url() -> None:
     output = done.stdout + done.stderr
     assert "--twilio-auth-token" in output and "--public-url" in output
     assert token not in output
+
+
+# --- no credential, no slot (finding 1) ----------------------------------------------------------
+
+PLIVO_TOKEN = secrets.token_hex(16)
+TELNYX_KEY = "KEY" + secrets.token_hex(8)
+
+
+async def test_bare_sockets_on_every_carrier_get_403_and_take_no_slot() -> None:
+    """Every carrier's checks on, ``max_calls=2``: bare upgrades to ``/plivo/media`` and
+    ``/telnyx/media`` (no V3 headers, no stream token: what Plivo and a TeXML stream send) and
+    ``/vonage/media`` are refused 403 before accept, while two of them are held open; a signed
+    Twilio call is then admitted. (Before: Plivo's and Telnyx's were accepted and held a slot
+    until ``start_timeout``, and the Twilio call got 503.)"""
+    from voxbridge.testing.fake_telnyx import WebhookSigner
+
+    carriers = {
+        "plivo": {"auth_token": PLIVO_TOKEN},
+        "telnyx": {"public_key": WebhookSigner().public_key, "api_key": TELNYX_KEY},
+        "vonage": {"signature_secret": secrets.token_hex(32)},
+    }
+    with trio.fail_after(BUDGET):
+        async with secured(max_calls=2, start_timeout=10.0, carrier_settings=carriers) as (
+            server,
+            agent,
+        ):
+            base = server.url.replace("http://", "ws://", 1)
+            statuses = []
+            for path in ("/plivo/media", "/telnyx/media", "/vonage/media") * 2:
+                with pytest.raises(ConnectionRejected) as refused:
+                    async with raw_websocket(base + path):
+                        pass
+                statuses.append(refused.value.status_code)
+            result = await place_call(server, seconds=0.3)
+            await server.app.registry.wait_empty()
+            samples = await scrape(server)
+    assert statuses == [403] * 6
+    assert result.rejected_status is None and result.close_reason == "caller_stop"
+    assert rejected(samples, "bad_signature") == 6
+    assert rejected(samples, "capacity") == 0
+    assert len(agent.sessions) == 1
+
+
+async def test_unchecked_sockets_wait_in_their_own_small_pool_with_a_short_start_deadline() -> None:
+    """Twilio checked, Plivo unconfigured (served unchecked on loopback), ``max_calls=2``: bare
+    Plivo sockets take the unauthenticated pool (``UNAUTHENTICATED_STREAMS``), not the calls'
+    slots: with the pool full the next bare socket gets 503 ``capacity`` and a signed Twilio
+    call is still admitted; each waiting socket is closed ``start_timeout`` after
+    ``UNAUTHENTICATED_START_TIMEOUT`` (2 s), not the configured 10 s."""
+    from trio_websocket import ConnectionClosed
+
+    from voxbridge.server.app import UNAUTHENTICATED_START_TIMEOUT, UNAUTHENTICATED_STREAMS
+
+    with trio.fail_after(BUDGET):
+        async with secured(max_calls=2, start_timeout=10.0) as (server, agent):
+            media = server.url.replace("http://", "ws://", 1) + "/plivo/media"
+            closed: list[tuple[float, str | None]] = []
+            pool_full = trio.Event()
+            opened = 0
+
+            async def bare(started_at: float) -> None:
+                nonlocal opened
+                async with raw_websocket(media) as ws:
+                    opened += 1
+                    if opened == UNAUTHENTICATED_STREAMS:
+                        pool_full.set()
+                    with pytest.raises(ConnectionClosed):
+                        await ws.get_message()
+                    assert ws.closed is not None
+                    closed.append((trio.current_time() - started_at, ws.closed.reason))
+
+            async with trio.open_nursery() as nursery:
+                began = trio.current_time()
+                for _ in range(UNAUTHENTICATED_STREAMS):
+                    nursery.start_soon(bare, began)
+                await pool_full.wait()
+                with pytest.raises(ConnectionRejected) as over:
+                    async with raw_websocket(media):
+                        pass
+                result = await place_call(server, seconds=0.3)
+            await server.app.registry.wait_empty()
+            samples = await scrape(server)
+    assert over.value.status_code == 503
+    assert result.rejected_status is None and result.close_reason == "caller_stop"
+    assert len(closed) == UNAUTHENTICATED_STREAMS
+    assert all(reason == "start_timeout" for _, reason in closed)
+    assert all(
+        UNAUTHENTICATED_START_TIMEOUT <= took < UNAUTHENTICATED_START_TIMEOUT + 1.5
+        for took, _ in closed
+    )
+    assert rejected(samples, "capacity") == 1
+    assert disconnects(samples)["start_timeout"] == UNAUTHENTICATED_STREAMS
+    assert len(agent.sessions) == 1  # the Twilio call's; no bare socket reached the provider
+
+
+# --- a webhook answer that cannot be built (finding 3) -------------------------------------------
+
+
+async def test_an_answer_that_cannot_be_built_is_a_400_counted_bad_request() -> None:
+    """Vonage's answer webhook with a 600-character ``uuid`` (no checks, loopback): its call id
+    goes into the websocket headers, over Vonage's 512-byte limit, so no answer can be built: a
+    400 counted ``bad_request`` (before: an uncaught ValueError, HTTP 500)."""
+    import json
+
+    with trio.fail_after(BUDGET):
+        async with running() as (server, _):
+            async with httpx.AsyncClient(base_url=server.url, timeout=5) as client:
+                long = await client.post(
+                    "/vonage/answer",
+                    content=json.dumps({"uuid": "u" * 600, "to": "447700900000"}),
+                    headers={"content-type": "application/json"},
+                )
+                fine = await client.post(
+                    "/vonage/answer",
+                    content=json.dumps({"uuid": "u" * 40, "to": "447700900000"}),
+                    headers={"content-type": "application/json"},
+                )
+            samples = await scrape(server)
+    assert long.status_code == 400 and "cannot answer this call" in long.text
+    assert fine.status_code == 200
+    assert rejected(samples, "bad_request") == 1
+
+
+# --- an oversized carrier frame (finding 10) -----------------------------------------------------
+
+
+@pytest.mark.parametrize("carrier", ["twilio", "telnyx", "plivo", "vonage"])
+@pytest.mark.parametrize("frame", ["text", "binary"])
+async def test_a_frame_over_the_size_limit_ends_protocol_error(carrier: str, frame: str) -> None:
+    """A started stream sends a 70 KiB frame (over ``websocket_max_message_size``, 64 KiB):
+    hypercorn closes 1009 and the call ends ``protocol_error`` (before: ``caller_closed``, as
+    if the caller had hung up)."""
+    from trio_websocket import ConnectionClosed
+
+    from voxbridge.testing.carrier import wire_for
+    from voxbridge.testing.carrier_wire import SimulatedCall
+
+    huge: str | bytes = "x" * (70 * 1024) if frame == "text" else b"\x00" * (70 * 1024)
+    wire = wire_for(carrier)
+    call = SimulatedCall(new_call_sid(), "MZ" + secrets.token_hex(16), "AC" + "0" * 32, {})
+    with trio.fail_after(BUDGET):
+        async with running() as (server, _):
+            media = server.url.replace("http://", "ws://", 1) + f"/{carrier}/media"
+            async with raw_websocket(media) as ws:
+                for handshake in wire.handshake(call):
+                    await ws.send_message(handshake)
+                await ws.send_message(wire.audio(call, b"\xff" * 160))
+                with trio.fail_after(5):  # the call has started
+                    while not sum(
+                        value
+                        for (name, _), value in (await scrape(server)).items()
+                        if name == "voxbridge_calls_started_total"
+                    ):
+                        await trio.sleep(0.01)
+                await ws.send_message(huge)
+                with pytest.raises(ConnectionClosed):
+                    while True:
+                        await ws.get_message()
+            assert ws.closed is not None
+            await server.app.registry.wait_empty()
+            samples = await scrape(server)
+    assert ws.closed.code == 1009
+    assert {reason: n for reason, n in disconnects(samples).items() if n} == {"protocol_error": 1}

@@ -15,12 +15,16 @@ Ultravox fake), the caller being :class:`voxbridge.testing.CarrierSimulator` spe
   without it (or with another) gets HTTP 403 and no provider session opens; a webhook without a
   valid Ed25519 signature gets 403; a signed webhook's TeXML carries the per-call token, and a
   stream presenting it is a normal call;
+* the documented TeXML setup (public key in the DER form the docs show, API key): a start
+  without the call's token, or with a forged one, ends ``protocol_error`` before any provider
+  session, and the call's own token is a normal call;
 * ``end_call`` hangs up through the Call Control API (the fake Telnyx REST server);
 * ``voxbridge call --carrier telnyx`` and ``voxbridge demo --carrier telnyx`` speak Telnyx.
 """
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -37,6 +41,7 @@ from test_e2e_providers import TURN_MS
 from test_e2e_server import scrape
 
 from voxbridge.audio import FRAME_BYTES, tone
+from voxbridge.server.security import CallTokens
 from voxbridge.testing import CallResult, simulate_call
 from voxbridge.testing.fake_openai import FakeToolCall as OpenAIToolCall
 from voxbridge.testing.fake_telnyx import FakeTelnyx, WebhookSigner
@@ -212,6 +217,117 @@ async def test_auth_is_checked_before_accept(provider: str) -> None:
     assert accepted.rejected_status is None
     assert (accepted.close_code, accepted.close_reason) == (1000, "caller_stop")
     assert metric(samples, "voxbridge_connections_rejected_total", reason="bad_signature") == 4
+
+
+async def test_the_texml_setup_checks_the_token_in_the_stream_url_before_accept() -> None:
+    """The documented TeXML setup (public key + API key, no stream token): the TeXML's stream URL
+    carries the per-call token in its query string; an upgrade without it, with a forged one or
+    with the same API key's token minted for another carrier gets 403 before accept (no slot, no
+    provider session); the answer's URL with its ``<Parameter>`` is a call; the URL of one call
+    with another call's start ends ``protocol_error`` before any provider session."""
+    signer = WebhookSigner()
+    telnyx = {"public_key": signer.public_key}
+    with trio.fail_after(BUDGET):
+        async with telnyx_rig("echo", ROWS["echo"].echo, telnyx=telnyx) as rig:
+            answers = []
+            async with httpx.AsyncClient(base_url=rig.server.url, timeout=5) as client:
+                for call_id in ("v3:texml-1", "v3:texml-2"):
+                    body, headers = signed_form(signer, call_id)
+                    answer = await client.post("/telnyx/voice", content=body, headers=headers)
+                    assert answer.status_code == 200
+                    stream = ElementTree.fromstring(answer.content).find("./Connect/Stream")
+                    assert stream is not None
+                    named = {p.get("name"): p.get("value") for p in stream.findall("Parameter")}
+                    url, token = str(stream.get("url")), str(named["voxbridge_token"])
+                    assert url.endswith("/telnyx/media?" + urlencode({"voxbridge_token": token}))
+                    answers.append((call_id, "?" + url.split("?", 1)[1], token))
+            twilio_keyed = CallTokens([API_KEY], 60).mint("v3:texml-1", now=time.time())
+            refused = [
+                await simulate_call(rig.media_url + query, wire=TelnyxWire(), seconds=0.3)
+                for query in ("", "?voxbridge_token=a.b.c", "?voxbridge_token=" + twilio_keyed)
+            ]
+            sessions_after_refusals = len(rig.fake.sessions)
+            (first, first_query, first_token), (second, _, _) = answers
+            crossed = await simulate_call(
+                rig.media_url + first_query,
+                wire=TelnyxWire(),
+                seconds=0.3,
+                call_sid=second,
+                custom_parameters={"voxbridge_token": first_token},
+            )
+            sessions_after_crossed = len(rig.fake.sessions)
+            accepted = await simulate_call(
+                rig.media_url + first_query,
+                wire=TelnyxWire(),
+                seconds=0.4,
+                call_sid=first,
+                custom_parameters={"voxbridge_token": first_token},
+            )
+            await rig.server.app.registry.wait_empty()
+            samples = await scrape(rig.server)
+    assert [r.rejected_status for r in refused] == [403, 403, 403]
+    assert sessions_after_refusals == 0
+    assert (crossed.rejected_status, crossed.close_reason) == (None, "protocol_error")
+    assert sessions_after_crossed == 0
+    assert (accepted.close_code, accepted.close_reason) == (1000, "caller_stop")
+    assert metric(samples, "voxbridge_connections_rejected_total", reason="bad_signature") == 3
+
+
+def der_form(raw_base64: str) -> str:
+    """The base64 DER ``SubjectPublicKeyInfo`` of a raw base64 Ed25519 key (``MCowBQYDK2VwAyEA``
+    and the key): the form carriers.md's example shows."""
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(raw_base64))
+    der = key.public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode()
+
+
+@pytest.mark.parametrize("start_token", ["missing", "forged", "the call's"])
+async def test_the_documented_texml_setup_checks_the_start_token(start_token: str) -> None:
+    """carriers.md's Telnyx setup as written: the public key (in the DER form its example shows)
+    and the API key, no stream token, a TeXML application. The stream URL of a signed answer
+    carries a valid token, so the upgrade is accepted; the start's ``voxbridge_token``
+    ``<Parameter>`` is then the call's check: missing or forged, the call ends ``protocol_error``
+    before any provider session; the answer's own token makes a normal call."""
+    signer = WebhookSigner()
+    telnyx = {"public_key": der_form(signer.public_key)}
+    call_id = "v3:documented-1"
+    with trio.fail_after(BUDGET):
+        async with telnyx_rig("echo", ROWS["echo"].echo, telnyx=telnyx) as rig:
+            async with httpx.AsyncClient(base_url=rig.server.url, timeout=5) as client:
+                body, headers = signed_form(signer, call_id)
+                answer = await client.post("/telnyx/voice", content=body, headers=headers)
+            assert answer.status_code == 200, answer.text
+            stream = ElementTree.fromstring(answer.content).find("./Connect/Stream")
+            assert stream is not None
+            named = {p.get("name"): str(p.get("value")) for p in stream.findall("Parameter")}
+            url = str(stream.get("url"))
+            query = "?" + url.split("?", 1)[1] if "?" in url else ""
+            parameters = {
+                "missing": {},
+                "forged": {"voxbridge_token": named["voxbridge_token"][:-4] + "AAAA"},
+                "the call's": named,
+            }[start_token]
+            result = await simulate_call(
+                rig.media_url + query,
+                wire=TelnyxWire(),
+                seconds=0.4,
+                call_sid=call_id,
+                custom_parameters=parameters,
+            )
+            await rig.server.app.registry.wait_empty()
+            samples = await scrape(rig.server)
+    assert result.rejected_status is None  # the upgrade's own check passed
+    if start_token == "the call's":
+        assert (result.close_code, result.close_reason) == (1000, "caller_stop")
+        assert len(rig.fake.sessions) == 1
+        assert metric(samples, "voxbridge_call_disconnects_total", reason="caller_stop") == 1
+    else:
+        assert result.close_reason == "protocol_error"
+        assert rig.fake.sessions == []  # refused before any provider session
+        assert metric(samples, "voxbridge_call_disconnects_total", reason="protocol_error") == 1
 
 
 # --- end_call -------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ async def test_8k_audio_round_trips_byte_for_byte(provider: str) -> None:
     """``--vonage-sample-rate 8000``: L16 at 8 kHz is G.711 decoded, nothing is resampled, so
     what the provider echoes is what the caller sent, byte for byte (but mu-law 0x7F, -0, which
     re-encodes as 0xFF, +0); each binary frame is exactly 20 ms (320 bytes) both ways; the
-    caller hangs up by closing the socket (Vonage has no stop): ``caller_closed``."""
+    caller hangs up by closing the socket (Vonage has no stop): ``caller_stop``."""
     async with rig(provider, ROWS[provider].echo, **rate(8000)) as deployed:
         wire = VonageWire(8000)
         result = await simulate_call(deployed.media_url, wire=wire, seconds=1.0, audio=SENT)
@@ -120,7 +120,7 @@ async def test_8k_audio_round_trips_byte_for_byte(provider: str) -> None:
     assert len(back) > 4000
     assert back == SENT.replace(b"\x7f", b"\xff")[: len(back)]
     assert wire.agent_frames and set(wire.agent_frames) == {320}  # 20 ms each, no other size
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
     assert (
         metric(samples, "voxbridge_calls_started_total", carrier="vonage", provider=provider) == 1
     )
@@ -144,7 +144,7 @@ async def test_16k_audio_round_trips_within_bounds_in_20_ms_frames(provider: str
     assert wire.agent_frames and set(wire.agent_frames) == {640}  # 20 ms each, no other size
     # 20 ms of mu-law per frame once converted back, less the caller's resampler delay (15 ms)
     assert 160 * (result.frames_received - 1) <= len(back) <= 160 * result.frames_received
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
 
 
 async def test_the_wire_sees_only_whole_20_ms_frames() -> None:
@@ -196,7 +196,7 @@ async def test_barge_in_clears_and_the_heard_position_is_estimated(provider: str
     [heard] = result.heard_ms_at_clear
     assert 0 < heard < TURN_MS
     assert outstanding_after_clear == [False]
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
 
 
 # --- a stalled caller ---------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ async def test_signed_answer_then_signed_stream_is_a_call() -> None:
     assert result.rejected_status is None and result.frames_received > 0
     assert len(deployed.fake.sessions) == 1
     assert record.call_sid == result.call_sid  # the uuid of the answer webhook
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
     assert metric(samples, "voxbridge_connections_rejected_total", reason="bad_signature") == 0
 
 
@@ -355,7 +355,7 @@ async def test_voxbridge_call_speaks_vonage() -> None:
     assert "the caller hung up" in done.stdout
     assert record.carrier == "vonage"
     assert metric(samples, "voxbridge_calls_started_total", carrier="vonage", provider="echo") == 1
-    assert disconnects(samples) == {"caller_closed": 1}
+    assert disconnects(samples) == {"caller_stop": 1}
 
 
 @pytest.mark.hang_limit(60)
@@ -363,4 +363,4 @@ async def test_the_demo_tours_vonage() -> None:
     status, text = await demo_tour("vonage")
     assert status == 0, text  # every call reached /vonage/media and its upstream closed
     assert "vonage calls to /vonage/media" in text
-    assert "caller_closed" in text and "idle_timeout" in text
+    assert "caller_stop" in text and "idle_timeout" in text

@@ -359,12 +359,39 @@ def test_a_token_is_an_hs256_jwt_bound_to_the_call() -> None:
 
 def test_the_key_is_derived_from_the_auth_token() -> None:
     key = token_key(TOKEN_A)
-    assert key == hmac.new(TOKEN_A.encode(), b"voxbridge call token v1", "sha256").digest()
+    context = b"voxbridge call token v1\x00twilio"
+    assert key == hmac.new(TOKEN_A.encode(), context, "sha256").digest()
     assert len(key) == 32 and TOKEN_A.encode() not in key
     assert token_key(TOKEN_A) != token_key(TOKEN_B)
     # Stateless: another replica (another instance, same auth token) verifies it.
     token = CallTokens([TOKEN_A], ttl=60).mint(CALL, now=NOW)
     CallTokens([TOKEN_A], ttl=60).verify(token, CALL, now=NOW + 1)
+
+
+def test_the_key_is_derived_per_carrier() -> None:
+    """The same secret on two carriers gives two keys: a token minted for one carrier's call is
+    refused by the other's checks (finding 15: it was one key for every carrier)."""
+    assert token_key(TOKEN_A, "plivo") != token_key(TOKEN_A, "twilio")
+    assert (
+        token_key(TOKEN_A, "plivo")
+        == hmac.new(TOKEN_A.encode(), b"voxbridge call token v1\x00plivo", "sha256").digest()
+    )
+    token = CallTokens([TOKEN_A], ttl=60, carrier="vonage").mint(CALL, now=NOW)
+    CallTokens([TOKEN_A], ttl=60, carrier="vonage").verify(token, CALL, now=NOW + 1)
+    for other in ("twilio", "plivo", "telnyx"):
+        with pytest.raises(CallTokenError, match="not signed"):
+            CallTokens([TOKEN_A], ttl=60, carrier=other).verify(token, CALL, now=NOW + 1)
+
+
+def test_an_upgrade_check_skips_only_the_call_binding() -> None:
+    """``call_sid`` ``None`` (a media upgrade names no call yet): signature and expiry still."""
+    tokens = CallTokens([TOKEN_A], ttl=60)
+    token = tokens.mint(CALL, now=NOW)
+    assert tokens.verify(token, None, now=NOW + 1)["sub"] == CALL
+    with pytest.raises(CallTokenError, match="expired"):
+        tokens.verify(token, None, now=NOW + 61)
+    with pytest.raises(CallTokenError, match="not signed"):
+        CallTokens([TOKEN_B], ttl=60).verify(token, None, now=NOW + 1)
 
 
 KEY_A = token_key(TOKEN_A)

@@ -433,7 +433,41 @@ def test_settings_keep_secrets_out_of_repr() -> None:
     assert "secret" not in repr(own)
 
 
-@pytest.mark.parametrize("key", ["not base64!", base64.b64encode(b"x" * 31).decode()])
+def test_settings_take_the_public_key_raw_der_or_pem() -> None:
+    # Mission Control and the docs show the key's DER SubjectPublicKeyInfo (MCowBQYDK2VwAyEA...);
+    # the raw 32 bytes and PEM are the same key: all three give the same 32 bytes.
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    public = Ed25519PrivateKey.generate().public_key()
+    raw = public.public_bytes(ser.Encoding.Raw, ser.PublicFormat.Raw)
+    der = public.public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
+    pem = public.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert base64.b64encode(der).decode().startswith("MCowBQYDK2VwAyEA")
+    for form in (base64.b64encode(raw).decode(), base64.b64encode(der).decode(), pem):
+        assert TelnyxSettings(public_key=form).public_key_bytes == raw
+
+
+def _ec_der() -> str:
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+
+    public = generate_private_key(SECP256R1()).public_key()
+    return base64.b64encode(
+        public.public_bytes(ser.Encoding.DER, ser.PublicFormat.SubjectPublicKeyInfo)
+    ).decode()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "not base64!",
+        base64.b64encode(b"x" * 31).decode(),
+        base64.b64encode(b"x" * 44).decode(),  # 44 bytes, not DER
+        _ec_der(),  # DER, but not an Ed25519 key
+        "-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----",
+    ],
+)
 def test_settings_refuse_a_bad_public_key(key: str) -> None:
     with pytest.raises(SettingsError, match="telnyx-public-key") as info:
         TelnyxSettings(public_key=key)

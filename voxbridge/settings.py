@@ -142,6 +142,18 @@ def _auth_tokens(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> 
         )
 
 
+def _carrier_names(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    names = [name.strip() for name in value.split(",")] if isinstance(value, str) else []
+    unknown = [name for name in names if name not in CARRIER_SPECS]
+    if not names or unknown or not all(names):
+        raise SettingsError(
+            f"--carriers must be a comma-separated list of {', '.join(CARRIER_SPECS)}, "
+            f"got {value!r}"
+        )
+
+
 def _text(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A string, or ``None`` where the field's default is ``None``. (Not quoted back: a provider
     URL may carry a key.)"""
@@ -219,12 +231,20 @@ class Settings:
         validator=_positive,
         metadata=_help("seconds the per-call token in the TwiML stays valid"),
     )
+    carriers: str | None = attrs.field(
+        default=None,
+        validator=_carrier_names,
+        metadata=_help(
+            "comma-separated carriers to serve (default: every registered one); the routes of "
+            "the others answer 404"
+        ),
+    )
     insecure: bool = attrs.field(
         default=False,
         validator=_boolean,
         metadata=_help(
-            "allow a non-loopback --host without --twilio-auth-token, serving carriers without "
-            "credentials there"
+            "allow a non-loopback --host without --twilio-auth-token, serving the --carriers "
+            "without credentials there"
         ),
     )
     max_calls: int = attrs.field(
@@ -453,6 +473,13 @@ class Settings:
     def teardown_timeout(self) -> float:
         """The bound on the whole teardown: the provider's goodbye, two close handshakes, a margin."""
         return 3 * self.close_timeout + 1 * SECONDS
+
+    @property
+    def enabled_carriers(self) -> tuple[str, ...]:
+        """``carriers`` as a tuple of names; every registered carrier when unset."""
+        if self.carriers is None:
+            return tuple(CARRIER_SPECS)
+        return tuple(dict.fromkeys(name.strip() for name in self.carriers.split(",")))
 
     @property
     def twilio_auth_tokens(self) -> tuple[str, ...]:

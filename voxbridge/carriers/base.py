@@ -155,13 +155,19 @@ class Capabilities:
             the audio sent before it has played. Without marks (Vonage), the heard position is an
             estimate from the time audio was sent.
         echoes_cleared_marks: a mark whose audio a ``clear`` discarded is still echoed (Twilio,
-            Telnyx); when false (Plivo), the call counts the marks it cleared as settled itself.
-        sends_stop: the carrier sends a stop event before it closes (Twilio, Telnyx); when false
-            (Plivo, Vonage) the socket closing is the normal end of the call.
+            Telnyx), or never (false: Plivo). The call does not read it: a ``clear`` settles
+            every pending mark itself, either way, and a late echo of one finds nothing. It is
+            declared for the caller simulator, which echoes as the carrier does.
+        sends_stop: the carrier sends a stop event when the caller hangs up (Twilio, Telnyx):
+            ``caller_stop``, and a close without it is ``caller_closed``. When false (Plivo,
+            Vonage) the carrier hangs up by closing its WebSocket: after the start, a clean close
+            (a close frame, 1000 or 1005; RFC 6455 section 7.4.1) ends the call ``caller_stop``,
+            a connection dropped without one (1006) ``caller_closed``.
         binary_audio: audio travels in binary frames (Vonage), else base64 in text frames.
         frame_ms: agent audio must go out in messages of exactly this many milliseconds
             (Vonage: 20), so the call hands :meth:`CarrierCodec.audio` at most that much at a
-            time; 0: any size.
+            time; 0: any size. Audio the codec holds back (``audio`` returns an empty frame) is
+            not sent, marked nor counted until a later frame carries it.
     """
 
     marks: bool = True

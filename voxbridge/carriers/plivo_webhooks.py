@@ -35,9 +35,11 @@ twice: the same exposure as Twilio's signatures, which have no timestamp either.
 that it connects the stream "validating signatures if configured", but they do not show the
 WebSocket upgrade's headers. So: an upgrade that carries V3 headers must verify (over the stream
 URL as written in the XML, as a GET, or the same URL with ``https://`` for ``wss://``), else it
-is refused with HTTP 403 before it is accepted; an upgrade without them is accepted, and the
-per-call token that our answer put in ``extraHeaders`` is the check, verified at ``start``
-before any provider session opens (as Twilio's token is).
+is refused with HTTP 403 before it is accepted. Whether or not it carries them, the server puts
+the per-call token in the stream URL's query string (``?voxbridge_token=...``,
+:attr:`PlivoWebhooks.upgrade_token_in_query`) and refuses an upgrade without a valid one
+(signature and expiry) before accepting it; the same token in ``extraHeaders`` is verified again
+at ``start`` for the call it was minted for, before any provider session opens.
 
 **The answer** (:meth:`PlivoWebhooks.connect`)::
 
@@ -209,6 +211,13 @@ class PlivoWebhooks:
         mints, either verifies); ``()`` without checks."""
         return self._tokens
 
+    @property
+    def upgrade_token_in_query(self) -> bool:
+        """Whether the server puts the per-call token in the stream URL's query string and
+        refuses an upgrade without a valid one: with checks on (Plivo's documentation does not
+        promise a signed upgrade)."""
+        return self.checks
+
     # --- checks ------------------------------------------------------------------------------------
 
     def valid(
@@ -251,9 +260,10 @@ class PlivoWebhooks:
         )
 
     def upgrade_signed(self, request: HttpRequest, *, now: float) -> bool:
-        """Whether the media WebSocket upgrade may be accepted: true without checks, true when
-        it carries no V3 signature (the per-call token is checked at ``start``), else whether
-        the signature is valid for the stream URL (``wss://`` or ``https://``) as a GET."""
+        """Whether the media WebSocket upgrade's own signature allows it: true without checks,
+        true when it carries no V3 signature (the server checks the per-call token in the query
+        string, :attr:`upgrade_token_in_query`), else whether the signature is valid for the
+        stream URL (``wss://`` or ``https://``) as a GET."""
         if not self.checks:
             return True
         headers = request.headers

@@ -12,8 +12,10 @@ from its clock, either way (the official package's rule: a captured webhook cann
 later, and a clock far ahead is no better).
 
 **The media stream upgrade.** TeXML's ``<Stream>`` documents no authentication attribute, so the
-stream our TeXML answer starts carries nothing the upgrade could be judged by: the per-call token
-(a ``<Parameter>``, verified at ``start`` before any provider session opens) is the check. A
+stream our TeXML answer starts carries no credential of Telnyx's own: the server puts the per-call
+token in the stream URL's query string (``?voxbridge_token=...``) and refuses an upgrade without
+a valid one (signature and expiry) before accepting it; the same token, as a ``<Parameter>``, is
+verified again at ``start`` for the call it was minted for, before any provider session opens. A
 stream started through Call Control with ``stream_auth_token`` carries that token in the
 ``x-telnyx-streaming-auth-token`` header of the upgrade (D.6): with ``--telnyx-stream-token``
 set (environment only), an upgrade without that exact token (constant-time comparison) is refused
@@ -46,7 +48,8 @@ from urllib.parse import parse_qs, urlsplit
 from xml.etree import ElementTree
 
 import attrs
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import RemoteProtocolError, SettingsError
@@ -125,8 +128,8 @@ class TelnyxWebhooks:
         public_key: the account's Ed25519 public key (32 bytes); ``None``: no signature checks.
         stream_token: the ``x-telnyx-streaming-auth-token`` the upgrade must carry; ``None``: the
             upgrade carries nothing to check.
-        token_secrets: the secrets per-call tokens are keyed from (the API key, the stream token);
-            with checks on, at least one.
+        token_secrets: the secrets per-call tokens are keyed from (the API key; the stream token
+            only without one); with checks on, at least one.
         codec: ``PCMU`` or ``L16``, asked both ways in the answer.
         sample_rate: its rate in Hz.
         tolerance: seconds a webhook timestamp may differ from ``now``.
@@ -159,7 +162,9 @@ class TelnyxWebhooks:
             SettingsError: a public key without a secret to key per-call tokens from (the API
                 key or the stream token): the public key is public, so it cannot be one.
         """
-        secrets = tuple(s for s in (own.api_key, own.stream_token) if s)
+        # The API key keys per-call tokens; the stream token (it travels in every upgrade's
+        # header, so more places see it) only when there is no API key.
+        secrets = (own.api_key,) if own.api_key else (own.stream_token,) if own.stream_token else ()
         if own.public_key and not secrets:
             raise SettingsError(
                 "--telnyx-public-key needs TELNYX_API_KEY (or VOXBRIDGE_TELNYX_STREAM_TOKEN): "
@@ -188,9 +193,17 @@ class TelnyxWebhooks:
 
     @property
     def token_secrets(self) -> tuple[str, ...]:
-        """The secrets per-call tokens are keyed from (the API key, then the stream token; the
-        first mints); ``()`` without checks. The public key is public: never one of them."""
+        """The secrets per-call tokens are keyed from (the API key; the stream token only
+        without one, since it travels in a header); ``()`` without checks. The public key is
+        public: never one of them."""
         return self._token_secrets if self.checks else ()
+
+    @property
+    def upgrade_token_in_query(self) -> bool:
+        """Whether the server puts the per-call token in the stream URL's query string and
+        refuses an upgrade without a valid one: with checks on and no stream token (a TeXML
+        ``<Stream>`` carries no credential header of its own)."""
+        return self.checks and self._stream_token is None
 
     def webhook_signed(self, request: HttpRequest, *, now: float) -> bool:
         """Whether ``request`` carries a valid ``telnyx-signature-ed25519`` over
@@ -219,7 +232,8 @@ class TelnyxWebhooks:
 
     def upgrade_signed(self, request: HttpRequest, *, now: float) -> bool:
         """Whether the media upgrade carries the configured stream token (constant-time); true
-        without one (TeXML streams carry none: the per-call token at ``start`` is the check)."""
+        without one (TeXML streams carry none: the server checks the per-call token in the
+        stream URL's query string instead, :attr:`upgrade_token_in_query`)."""
         expected = self._stream_token
         if expected is None:
             return True
@@ -274,20 +288,32 @@ def _fields(request: HttpRequest) -> dict[str, str]:
 
 
 def _public_key_bytes(value: str) -> bytes:
-    """A base64 Ed25519 public key as its 32 bytes.
+    """An Ed25519 public key as its 32 raw bytes, from any of the forms it is shown in: the raw
+    32-byte key in base64, the DER ``SubjectPublicKeyInfo`` in base64 (44 bytes, ``MCowBQYDK2Vw
+    AyEA...``), or that DER as PEM (``-----BEGIN PUBLIC KEY-----``); loaded with
+    ``cryptography``.
 
     Raises:
-        SettingsError: not base64, or not 32 bytes (the value is not quoted back).
+        SettingsError: not base64 or PEM, or not an Ed25519 public key (the value is not quoted
+            back).
     """
+    text = value.strip()
     try:
-        raw = base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise SettingsError("--telnyx-public-key must be base64 (Mission Control's key)") from None
-    if len(raw) != 32:
+        if text.startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(text.encode())
+        else:
+            raw = base64.b64decode(text, validate=True)
+            if len(raw) == 32:
+                return raw
+            key = serialization.load_der_public_key(raw)
+    except (binascii.Error, ValueError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
         raise SettingsError(
-            f"--telnyx-public-key must be a 32-byte Ed25519 key in base64, got {len(raw)} bytes"
+            "--telnyx-public-key must be an Ed25519 public key: the raw 32 bytes or the"
+            " DER SubjectPublicKeyInfo, in base64 (or PEM)"
         )
-    return raw
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 @attrs.frozen
@@ -297,7 +323,7 @@ class TelnyxSettings:
 
     Raises:
         SettingsError: a codec or rate voxbridge does not convert, or a public key that is not
-            a base64 Ed25519 key.
+            an Ed25519 public key (raw or DER in base64, or PEM).
     """
 
     codec: str = option(
@@ -308,8 +334,9 @@ class TelnyxSettings:
     )
     public_key: str | None = option(
         None,
-        "Telnyx account public key (base64 Ed25519, Mission Control > Keys & Credentials): "
-        "webhook signatures are checked with it",
+        "Telnyx account public key (Ed25519, Mission Control > Keys & Credentials; base64 of "
+        "the raw 32 bytes or of the DER SubjectPublicKeyInfo, or PEM): webhook signatures are "
+        "checked with it",
     )
     api_key: str | None = option(None, "Telnyx API key (also TELNYX_API_KEY)", secret=True)
     stream_token: str | None = option(

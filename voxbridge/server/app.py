@@ -39,7 +39,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 import attrs
 import trio
@@ -82,6 +82,10 @@ Receive = Any
 Send = Any
 
 MAX_BODY = 64 * 1024
+#: At most this many streams of carriers that check nothing may wait for their start at once,
+#: outside ``max_calls``; they get at most ``UNAUTHENTICATED_START_TIMEOUT`` seconds to start.
+UNAUTHENTICATED_STREAMS = 8
+UNAUTHENTICATED_START_TIMEOUT = 2.0
 BODY_TIMEOUT = 10.0
 JOURNAL_CLOSE_TIMEOUT = 10.0  # seconds to flush the journal at shutdown
 
@@ -177,6 +181,11 @@ class VoxbridgeApp:
         self.metrics.drain_timeout.set(settings.drain_timeout)
         self.ready = trio.Event()
         self._admitting = 0  # WebSockets admitted but not registered as calls yet
+        # Unauthenticated streams (a carrier that checks nothing) not yet started: their own pool.
+        self._unauthenticated = 0
+        self._unauthenticated_settings = attrs.evolve(
+            settings, start_timeout=min(settings.start_timeout, UNAUTHENTICATED_START_TIMEOUT)
+        )
         rest = dict(carrier_rest or {})
         #: Every registered carrier, by name: its checks, REST API and whether it is enabled.
         self.carriers: dict[str, CarrierRoute] = {}
@@ -186,9 +195,10 @@ class VoxbridgeApp:
                 spec=spec,
                 auth=auth,
                 rest=rest[name] if name in rest else spec.build_rest(settings),
-                enabled=carrier_enabled(settings, auth.checks),
+                enabled=carrier_enabled(settings, auth.checks, name),
             )
         enabled = [route for route in self.carriers.values() if route.enabled]
+        self._checked_carriers = any(route.auth.checks for route in enabled)
         self._media_routes = {route.spec.media_path: route for route in enabled}
         self._webhook_routes = {route.spec.webhook_path: route for route in enabled}
         # (carrier, call id) of every stream whose start was admitted, until its call has ended.
@@ -321,7 +331,13 @@ class VoxbridgeApp:
         """Say at start what each carrier checks, and which carriers are disabled."""
         for name, route in self.carriers.items():
             auth = route.auth
-            if not route.enabled:
+            if name not in self.settings.enabled_carriers:
+                log.info(
+                    "carrier %s is not served (--carriers %s): its routes answer 404",
+                    name,
+                    self.settings.carriers,
+                )
+            elif not route.enabled:
                 log.warning(
                     "carrier %s is disabled: its credentials are not configured and --host %s is "
                     "not loopback (its routes %s and %s answer 404; docs/carriers.md)",
@@ -348,9 +364,10 @@ class VoxbridgeApp:
                 )
             else:
                 log.info(
-                    "carrier %s: signatures checked%s",
+                    "carrier %s: signatures checked%s%s",
                     name,
                     " and per-call tokens issued" if auth.tokens is not None else "",
+                    " (the media upgrade's in the stream URL)" if auth.upgrade_token else "",
                 )
 
     def provider_for_agent(self, agent: AgentConfig) -> Provider:
@@ -410,26 +427,58 @@ class VoxbridgeApp:
             await self._reject(send, 404, "bad_request", b"no WebSocket route here\n")
             return
         # Before anything else: an unauthenticated client learns nothing, not even capacity.
-        webhooks = route.auth.webhooks
+        auth = route.auth
+        webhooks = auth.webhooks
         if webhooks.checks and not webhooks.upgrade_signed(
             self._request(scope, route.spec.media_path, "GET", websocket=True), now=time.time()
         ):
             await self._reject(send, 403, "bad_signature", b"bad or missing signature\n")
             return
+        upgrade_claims: dict[str, Any] | None = None
+        if auth.upgrade_token:
+            upgrade_claims = auth.upgrade_token_valid(
+                scope.get("query_string", b""), now=time.time()
+            )
+            if upgrade_claims is None:
+                await self._reject(send, 403, "bad_signature", b"bad or missing signature\n")
+                return
         if self.draining:
             await self._reject(send, 503, "draining", b"draining: not accepting calls\n")
             return
-        if self._at_capacity() or self.provider is None:
+        # A stream nothing authenticated (its carrier checks nothing: loopback or --insecure)
+        # while another carrier's streams are authenticated waits for its start in a small pool
+        # of its own, with a short start deadline, so it cannot take the slots authenticated
+        # streams need. (With no carrier checked there is nothing to keep slots for.)
+        unauthenticated = not webhooks.checks and self._checked_carriers
+        if self.provider is None or (
+            self._unauthenticated >= UNAUTHENTICATED_STREAMS
+            if unauthenticated
+            else self._at_capacity()
+        ):
             await self._reject(send, 503, "capacity", b"at capacity\n")
             return
         # The slot is taken now, before the awaits below: otherwise several upgrades arriving
         # together all pass the check before any of them is registered.
         self._admitting += 1
+        waiting = unauthenticated  # holds an unauthenticated slot until its start is admitted
+        if waiting:
+            self._unauthenticated += 1
         live: tuple[str, str] | None = None  # the call held, once its start is admitted
         decided: Mapping[str, str] = {}  # what the webhook decided (agent, answering machine)
 
         def on_start(start: StreamStarted) -> None:
-            nonlocal live, decided
+            nonlocal live, decided, waiting
+            if upgrade_claims is not None and str(upgrade_claims.get("sub")) != start.call_id:
+                raise Disconnect(
+                    Reason.PROTOCOL_ERROR, "per-call token of the upgrade minted for another call"
+                )
+            if waiting:
+                # it leaves its pool for the calls' slots: refused when the calls fill them
+                if self._at_capacity():
+                    self.metrics.connections_rejected.labels(reason="capacity").inc()
+                    raise Disconnect(Reason.PROTOCOL_ERROR, "at capacity")
+                self._unauthenticated -= 1
+                waiting = False
             live, decided = self._admit_stream(call, start, route)
 
         def configure(start: StreamStarted) -> AgentConfig | None:
@@ -442,6 +491,7 @@ class VoxbridgeApp:
                 raise Disconnect(Reason.PROTOCOL_ERROR, f"no agent named {str(name)[:64]!r}")
             return agent
 
+        built = False
         try:
             message = await receive()
             if message["type"] != "websocket.connect":
@@ -450,7 +500,7 @@ class VoxbridgeApp:
             call = Call(
                 AsgiCarrier(receive, send),
                 self.provider,
-                settings=self.settings,
+                settings=self._unauthenticated_settings if unauthenticated else self.settings,
                 metrics=self.metrics,
                 registry=self.registry,
                 journal=self.journal,
@@ -463,11 +513,16 @@ class VoxbridgeApp:
                 providers=self.provider_for_agent,
                 carrier_rest=route.rest,
             )
+            built = True
         finally:
             self._admitting -= 1
+            if not built and waiting:
+                self._unauthenticated -= 1
         try:
             await call.run()  # registers the call before its first checkpoint: the slot stays taken
         finally:
+            if waiting:
+                self._unauthenticated -= 1
             if live is not None:
                 self._live_calls.discard(live)
 
@@ -513,7 +568,10 @@ class VoxbridgeApp:
         return live, decided
 
     def _at_capacity(self) -> bool:
-        return len(self.registry) + self._admitting >= self.settings.max_calls
+        """Whether the authenticated slots are full (streams waiting in the unauthenticated
+        pool do not count)."""
+        taken = len(self.registry) + self._admitting - self._unauthenticated
+        return taken >= self.settings.max_calls
 
     async def _reject(self, send: Send, status: int, reason: str, body: bytes) -> None:
         """Refuse a WebSocket before accepting it, with an HTTP status and a short body."""
@@ -622,7 +680,7 @@ class VoxbridgeApp:
                 extra={"call_sid": call.call_id, "carrier": route.spec.name},
             )
             if agent.on_machine == "hangup":
-                await _answer(send, webhooks.hangup())
+                await self._answer(send, webhooks.hangup)
                 return
             if agent.on_machine == "leave_message":
                 decided[MACHINE_PARAMETER] = "1"
@@ -636,7 +694,21 @@ class VoxbridgeApp:
         if route.spec.call_parameter and call.call_id:  # a stream that does not name its call
             parameters[route.spec.call_parameter] = call.call_id
         media_url = self.media_url(scope, route.spec.name)
-        await _answer(send, webhooks.connect(media_url, parameters))
+        if auth.upgrade_token and TOKEN_PARAMETER in parameters:
+            # the upgrade carries no signature of the carrier's: the token is its credential
+            media_url += "?" + urlencode({TOKEN_PARAMETER: parameters[TOKEN_PARAMETER]})
+        await self._answer(send, lambda: webhooks.connect(media_url, parameters))
+
+    async def _answer(self, send: Send, build: Callable[[], HttpAnswer]) -> None:
+        """Send the answer ``build`` makes; one it cannot make from the request's fields (a
+        carrier limit, e.g. Vonage's 512-byte headers) is a 400, counted ``bad_request``."""
+        try:
+            answer = build()
+        except ValueError as exc:
+            self.metrics.connections_rejected.labels(reason="bad_request").inc()
+            await _respond(send, 400, f"cannot answer this call: {str(exc)[:200]}\n".encode())
+            return
+        await _answer(send, answer)
 
     def _request(
         self, scope: Scope, path: str, method: str, *, body: bytes = b"", websocket: bool = False

@@ -3,7 +3,12 @@
 hypercorn reports close code 1006 for every peer close and silently ignores sends after the peer
 left (docs/library-notes.md, "The app always sees 1006"), so this transport learns that the carrier
 is gone only from the ``websocket.disconnect`` message; the call's deadlines and the carrier's stop
-(Twilio's and Telnyx's ``stop``; Plivo and Vonage send none) cover the rest. Frames go out as text
+(Twilio's and Telnyx's ``stop``; Plivo and Vonage send none) cover the rest. Two closes are
+told apart: a frame over the size limit (hypercorn closes 1009, and ``NotifyingWSStream`` reports
+that code) ends the call ``protocol_error``, not ``caller_closed``; and a peer's close frame
+(``NotifyingWSStream`` reports its code, 1000 or 1005, where hypercorn says 1006) raises
+:class:`~voxbridge.session.carrier.CarrierClosed` with that code, which for a carrier without a
+stop event is its hang-up (``caller_stop``). Frames go out as text
 (``str``) or binary (``bytes``: Vonage's audio), one ``websocket.send`` message each.
 
 Closing drains. hypercorn feeds the app through a queue of ten messages and its connection reader
@@ -21,8 +26,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import Disconnect, Reason
+from ..session.carrier import CarrierClosed
 
 __all__ = ["AsgiCarrier"]
+
+#: The close code hypercorn sends (and, through ``fastpaths.NotifyingWSStream``, reports to the
+#: app) for a message over ``websocket_max_message_size`` (RFC 6455 section 7.4.1).
+MESSAGE_TOO_BIG = 1009
 
 
 class AsgiCarrier:
@@ -48,7 +58,9 @@ class AsgiCarrier:
             return text if text is not None else (message.get("bytes") or b"")
         self._gone = True
         code = message.get("code", 1006)
-        raise Disconnect(Reason.CALLER_CLOSED, f"carrier disconnected ({kind}, code {code})")
+        if code == MESSAGE_TOO_BIG:  # hypercorn refused a frame over its size limit: bad input
+            raise Disconnect(Reason.PROTOCOL_ERROR, "carrier frame over the size limit (1009)")
+        raise CarrierClosed(code, f"carrier disconnected ({kind}, code {code})")
 
     async def send(self, frame: str | bytes) -> None:
         """Send ``frame``: a ``str`` as ``{"type": "websocket.send", "text": ...}`` (a text

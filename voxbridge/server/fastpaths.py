@@ -45,19 +45,24 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Any
 
 import hypercorn.protocol.h11 as _hypercorn_h11
 import hypercorn.trio.tcp_server as _hypercorn_tcp_server
 import trio
 from hypercorn.config import Config
 from hypercorn.events import Closed, Event, RawData
-from hypercorn.protocol.events import Body, Data
+from hypercorn.protocol.events import Body, Data, StreamClosed
 from hypercorn.protocol.events import Event as StreamEvent
-from hypercorn.protocol.ws_stream import WSStream
+from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from hypercorn.trio.tcp_server import TCPServer as _TCPServer
+from wsproto.connection import ConnectionState
+from wsproto.events import CloseConnection
 from wsproto.frame_protocol import CloseReason
 
 from .containment import ContainedTCPServer
+
+REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
 
 __all__ = ["FastTCPServer", "NotifyingWSStream", "fits", "install_notifying_ws_stream"]
 
@@ -290,8 +295,21 @@ class NotifyingWSStream(WSStream):
     per-message fast paths the reader answers such a client before the app runs, every time.
     """
 
+    #: The code of the close frame the peer sent (1005: one without a code); ``None``: none yet.
+    peer_close_code: int | None = None
+
     async def handle(self, event: StreamEvent) -> None:
         app_put = self.app_put
+        if (
+            isinstance(event, StreamClosed)
+            and self.peer_close_code is not None
+            and app_put is not None
+            and not self.closed
+            and self.state is ASGIWebsocketState.CONNECTED
+        ):  # the peer closed with a close frame: say so, not 1006 (as for a dropped connection)
+            self.closed = True
+            await app_put({"type": "websocket.disconnect", "code": self.peer_close_code})
+            return
         early = not self.closed and isinstance(event, Body | Data) and app_put is not None
         if not early or self.handshake.accepted:
             await super().handle(event)
@@ -301,6 +319,21 @@ class NotifyingWSStream(WSStream):
             await app_put(
                 {"type": "websocket.disconnect", "code": CloseReason.ABNORMAL_CLOSURE.value}
             )
+
+    async def _send_wsproto_event(self, event: Any) -> None:
+        """hypercorn closes a connection whose message exceeds ``websocket_max_message_size``
+        with 1009 and tells the app only 1006 once the peer is gone: tell it 1009 at once, so
+        the call ends ``protocol_error`` (``AsgiCarrier``), not ``caller_closed``.
+
+        Also remembers the code of the peer's close frame (our reply echoes it) for
+        :meth:`handle`: hypercorn tells the app 1006 for a clean close and a dropped connection
+        alike, and for a carrier without a stop event the clean close is its hang-up."""
+        if isinstance(event, CloseConnection) and self.connection.state is REMOTE_CLOSING:
+            self.peer_close_code = int(event.code)  # the reply to the peer's close frame
+        await super()._send_wsproto_event(event)
+        too_big = CloseReason.MESSAGE_TOO_BIG
+        if isinstance(event, CloseConnection) and event.code == too_big and self.app_put:
+            await self.app_put({"type": "websocket.disconnect", "code": too_big.value})
 
 
 def install_notifying_ws_stream() -> str | None:

@@ -11,8 +11,11 @@ server applies it in three places:
    ``--public-url`` (:func:`webhook_url`), never from the ``Host`` header (which the client
    chooses).
 2. **The media WebSocket upgrade** (``/<carrier>/media``) must carry whatever the carrier signs
-   it with (Twilio: a signature over the stream's ``wss://`` URL, :func:`stream_url`). Both are
-   checked before the upgrade is accepted; a missing or bad signature is an HTTP 403.
+   it with (Twilio: a signature over the stream's ``wss://`` URL, :func:`stream_url`; Vonage: a
+   JWT). A carrier that cannot sign the upgrade (Plivo, Telnyx's TeXML ``<Stream>``) gets the
+   per-call token in the stream URL's query string instead (``?voxbridge_token=...``,
+   :attr:`CarrierAuth.upgrade_token`), checked for signature and expiry. Both are checked before
+   the upgrade is accepted; a missing or bad signature or token is an HTTP 403.
 3. **The stream's start** must carry the per-call token that the webhook put in its answer
    (Twilio: ``<Parameter name="voxbridge_token" .../>``, :data:`TOKEN_PARAMETER`): a short-lived
    JWT (HS256) whose subject is the webhook's call id. A stream presenting no token, a bad one,
@@ -22,8 +25,9 @@ server applies it in three places:
    :func:`token_key`), so any replica verifies a token any other replica minted, and nothing is
    stored. :class:`CarrierAuth` is one carrier's checks and tokens, from the settings.
 
-A carrier whose credentials are not configured checks nothing. On loopback, or with
-``--insecure``, it serves anyway (Twilio's :func:`unauthenticated_warning` is logged at start);
+``--carriers`` names the carriers served (default: every registered one); the others' routes
+answer 404 whatever their credentials. An enabled carrier whose credentials are not configured
+checks nothing. On loopback, or with ``--insecure``, it serves anyway (Twilio's :func:`unauthenticated_warning` is logged at start);
 on any other bind it is disabled (its routes answer 404, :func:`carrier_enabled`), and
 :func:`check_exposure` refuses to start when that leaves no carrier at all.
 
@@ -39,7 +43,7 @@ import ipaddress
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import attrs
 import jwt
@@ -133,12 +137,14 @@ class CallTokenError(Exception):
     """A per-call token was refused. The message says why, never what the token was."""
 
 
-def token_key(secret: str) -> bytes:
+def token_key(secret: str, carrier: str = "twilio") -> bytes:
     """The per-call token key for a carrier's shared ``secret`` (Twilio's auth token):
-    HMAC-SHA256(secret, "voxbridge call token v1"). Deterministic, so every replica with the same
-    secret derives the same key, and it is not the secret itself (a leaked key cannot sign
-    webhooks)."""
-    return hmac.new(secret.encode("utf-8"), TOKEN_KEY_CONTEXT, hashlib.sha256).digest()
+    HMAC-SHA256(secret, "voxbridge call token v1" NUL ``carrier``). Deterministic, so every
+    replica with the same secret derives the same key; it is not the secret itself (a leaked key
+    cannot sign webhooks); and the carrier's name is in the context, so the same secret configured
+    for two carriers gives two keys (a token minted for one carrier is refused by the other)."""
+    context = TOKEN_KEY_CONTEXT + b"\x00" + carrier.encode("utf-8")
+    return hmac.new(secret.encode("utf-8"), context, hashlib.sha256).digest()
 
 
 class CallTokens:
@@ -151,6 +157,7 @@ class CallTokens:
         auth_tokens: the carrier's shared secret(s) (Twilio's auth tokens); tokens are minted with
             the first, accepted under any.
         ttl: seconds a token stays valid after it is minted.
+        carrier: the carrier's name, part of the key derivation (:func:`token_key`).
 
     Raises:
         ValueError: no secret, or ``ttl`` not positive.
@@ -158,12 +165,12 @@ class CallTokens:
 
     __slots__ = ("_keys", "ttl")
 
-    def __init__(self, auth_tokens: Sequence[str], ttl: float) -> None:
+    def __init__(self, auth_tokens: Sequence[str], ttl: float, carrier: str = "twilio") -> None:
         if not auth_tokens:
             raise ValueError("expected at least one auth token")
         if not ttl > 0:
             raise ValueError("ttl must be positive")
-        self._keys = tuple(token_key(token) for token in auth_tokens)
+        self._keys = tuple(token_key(token, carrier) for token in auth_tokens)
         self.ttl = ttl
 
     def __repr__(self) -> str:
@@ -179,8 +186,11 @@ class CallTokens:
         claims.update(sub=call_sid, iat=math.floor(now), exp=math.ceil(now + self.ttl))
         return jwt.encode(claims, self._keys[0], algorithm=TOKEN_ALGORITHM)
 
-    def verify(self, token: str | None, call_sid: str, *, now: float) -> dict[str, Any]:
+    def verify(self, token: str | None, call_sid: str | None, *, now: float) -> dict[str, Any]:
         """Check that ``token`` was minted by us, for ``call_sid``, and has not expired at ``now``.
+
+        ``call_sid`` ``None`` skips the call binding: the check of a media upgrade, which does
+        not name its call yet (the binding is checked again at the stream's start).
 
         Returns:
             The token's claims (``sub``, ``iat``, ``exp`` and the ``extra`` it was minted with).
@@ -220,7 +230,9 @@ class CallTokens:
             raise CallTokenError("expired")
         if issued > now + CLOCK_SKEW:
             raise CallTokenError("issued in the future")
-        if not hmac.compare_digest(str(claims["sub"]).encode(), call_sid.encode()):
+        if call_sid is not None and not hmac.compare_digest(
+            str(claims["sub"]).encode(), call_sid.encode()
+        ):
             raise CallTokenError("minted for another call")
         return claims
 
@@ -237,13 +249,18 @@ class CarrierAuth:
     Attributes:
         carrier: the carrier's name.
         webhooks: its :class:`~voxbridge.carriers.base.CarrierWebhooks` (the signature checks).
-        tokens: its per-call tokens, keyed with its ``token_secrets``; ``None`` when its checks
-            are off (no credentials) or it has no shared secret.
+        tokens: its per-call tokens, keyed with its ``token_secrets`` and its name; ``None``
+            when its checks are off (no credentials) or it has no shared secret.
+        upgrade_token: the per-call token rides in the stream URL's query string
+            (``?voxbridge_token=...``, :data:`TOKEN_PARAMETER`) and the media upgrade is refused
+            (403) without a valid one: for a carrier whose upgrade carries no signature of its own
+            (the webhooks' ``upgrade_token_in_query``: Plivo, Telnyx TeXML). Needs ``tokens``.
     """
 
     carrier: str
     webhooks: CarrierWebhooks
     tokens: CallTokens | None
+    upgrade_token: bool = False
 
     @property
     def checks(self) -> bool:
@@ -259,8 +276,23 @@ class CarrierAuth:
         """
         webhooks = spec.build_webhooks(settings)
         secrets = webhooks.token_secrets if webhooks.checks else ()
-        tokens = CallTokens(secrets, settings.call_token_ttl) if secrets else None
-        return cls(spec.name, webhooks, tokens)
+        tokens = CallTokens(secrets, settings.call_token_ttl, spec.name) if secrets else None
+        in_query = bool(getattr(webhooks, "upgrade_token_in_query", False))
+        return cls(spec.name, webhooks, tokens, upgrade_token=in_query and tokens is not None)
+
+    def upgrade_token_valid(self, query_string: bytes, *, now: float) -> dict[str, Any] | None:
+        """The claims of the per-call token in a media upgrade's query string
+        (``voxbridge_token``), checked for signature and expiry (not yet for the call, which the
+        upgrade does not name); ``None`` when it is missing or refused."""
+        if self.tokens is None:
+            return None
+        values = parse_qs(query_string.decode("latin-1")).get(TOKEN_PARAMETER)
+        if not values or len(values) != 1:
+            return None
+        try:
+            return self.tokens.verify(values[0], None, now=now)
+        except CallTokenError:
+            return None
 
 
 def is_loopback(host: str) -> bool:
@@ -274,9 +306,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def carrier_enabled(settings: Settings, checks: bool) -> bool:
-    """Whether a carrier serves calls: with its checks on (credentials configured), or on a
-    loopback bind, or with ``--insecure``. Otherwise its routes answer 404."""
+def carrier_enabled(settings: Settings, checks: bool, name: str | None = None) -> bool:
+    """Whether a carrier serves calls: it is among ``--carriers`` (every carrier by default) and
+    its checks are on (credentials configured), or the bind is loopback, or ``--insecure`` is
+    set. Otherwise its routes answer 404. ``name`` ``None`` skips the ``--carriers`` test."""
+    if name is not None and name not in settings.enabled_carriers:
+        return False
     return checks or settings.insecure or is_loopback(settings.host)
 
 
@@ -299,6 +334,8 @@ def check_exposure(
     if settings.insecure or is_loopback(settings.host):
         return
     specs = CARRIERS if carriers is None else carriers
+    enabled = settings.enabled_carriers
+    specs = {name: spec for name, spec in specs.items() if name in enabled}
     if any(spec.build_webhooks(settings).checks for spec in specs.values()):
         return
     others = [name for name in specs if name != "twilio"]

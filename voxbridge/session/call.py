@@ -112,7 +112,7 @@ from ..tools import END_CALL, TRANSFER_CALL, Tool, ToolContext, run_tool
 from ..upstream import StreamConnector, open_tcp_stream_tuned
 from ..upstream.fastpaths import FastWebSocketConnection
 from .batch import AudioBatch
-from .carrier import CarrierSocket
+from .carrier import CarrierClosed, CarrierSocket
 from .link import ProviderLink, Session
 from .playback import Playback
 from .registry import CallRegistry
@@ -686,7 +686,10 @@ class Call:
             offered = {name: offered[name] for name in agent.tools if name in offered}
         self._offered = offered
         base = self._providers(agent) if self._providers is not None else self.provider
-        if offered or agent != AgentConfig(name=agent.name):  # (a provider of 0.1 has no for_agent)
+        # Every call configures its own copy: per-call provider state (Gemini's resumption handle)
+        # must never be shared by two calls. (An embedder's provider of 0.1 has no for_agent; it
+        # still works for the default agent without tools.)
+        if hasattr(base, "for_agent") or offered or agent != AgentConfig(name=agent.name):
             base = base.for_agent(agent, list(offered.values()))
         self.provider = base
         self.state.provider = base.name
@@ -833,6 +836,15 @@ class Call:
             while True:
                 try:
                     await relay()  # returned: a deadline kept while listening fired; listen on
+                except CarrierClosed as closed:
+                    if not closed.clean or self._codec.capabilities.sends_stop:
+                        raise  # a dropped connection, or a carrier whose stop says it hung up
+                    # a carrier without a stop event hangs up by closing its socket cleanly
+                    if batch:
+                        await forward(*batch.take())  # the caller's last words still count
+                    raise Disconnect(
+                        Reason.CALLER_STOP, f"carrier hung up: {closed.detail}"
+                    ) from None
                 except UpstreamTimeout as exc:  # the provider stopped reading
                     if sending is not None:  # (else it finished in the very tick it expired)
                         stalled, count = sending
@@ -875,6 +887,7 @@ class Call:
         send_timeout = self.settings.send_timeout
         decode = self._provider_event
         carry: ProviderEvent | None = None  # an event read ahead while coalescing audio
+        held = 0  # bytes of agent audio the codec holds back (not sent, marked nor counted yet)
         event: ProviderEvent | None
         session: Session | None = None
         watchdog = Watchdog()
@@ -913,18 +926,22 @@ class Call:
                     ends = carry is not None and _ends_burst(carry, playback, session)
                     for start in range(0, len(audio), step):
                         media = audio[start : start + step]  # (no copy if it is all)
+                        audio_frame = codec.audio(media)
+                        if not audio_frame:  # held back by the codec (frame_ms): nothing went
+                            held += len(media)  # out, so no mark and no count until it does
+                            continue
+                        nbytes, held = held + len(media), 0  # what the codec held goes out now
                         now = trio.current_time() if timed else 0.0  # (the model's clock)
                         last = ends and start + step >= len(audio)
                         mark = playback.sent(
-                            len(media), item_id, response_id, session, now, burst_end=last
+                            nbytes, item_id, response_id, session, now, burst_end=last
                         )
                         watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                        if audio_frame := codec.audio(media):  # empty: held back (frame_ms)
-                            await carrier.send(audio_frame)
+                        await carrier.send(audio_frame)
                         if mark is not None and (mark_frame := codec.mark(mark)) is not None:
                             await carrier.send(mark_frame)
                         state.frames_to_caller += 1
-                        state.bytes_to_caller += len(media)
+                        state.bytes_to_caller += nbytes
                         frames.inc()
                 elif type(event) is SpeechStarted:
                     truncations = playback.interrupt(
@@ -935,6 +952,7 @@ class Call:
                         if truncations is not None:  # the caller talks over the agent: barge-in
                             watchdog.arm(send_timeout, Reason.CALLER_STALLED)
                             await carrier.send(codec.clear())
+                            held = 0  # the clear dropped what the codec held back too
                             watchdog.disarm()  # the link bounds its own sends
                             self._goodbye_played()  # the clear settled every pending mark
                             state.barge_ins += 1
@@ -1031,7 +1049,7 @@ class Call:
         A barge-in's ``clear`` ends the wait (nothing is left to play). Without marks, the wait
         ends when the playout estimate says the audio has played (``Playback.finishes_at``)."""
         playback = self._playback
-        playback.elapse(trio.current_time())  # (without marks; with marks, a no-op)
+        playback.elapse(trio.current_time())  # (the model: without marks, or audio owing one)
         until = self._goodbye_mark = playback.last_mark
         if playback.heard_through(until) or self.settings.farewell_timeout <= 0:
             return

@@ -3,7 +3,8 @@
 voxbridge ships two: the ASGI one the server uses (``voxbridge.server.asgi_carrier``) and
 :class:`TrioWebSocketCarrier` for apps that accept carrier WebSockets with trio-websocket (and for
 tests, over ``trio.testing.memory_stream_pair``). An implementation maps its library's "the peer is
-gone" signals to ``Disconnect(CALLER_CLOSED)`` and nothing else; deadlines are the call's job.
+gone" signals to ``Disconnect(CALLER_CLOSED)`` (:class:`CarrierClosed`, with the close code the
+peer sent) and nothing else; deadlines are the call's job.
 """
 
 from __future__ import annotations
@@ -15,7 +16,33 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ..errors import Disconnect, Reason
 
-__all__ = ["CarrierSocket", "TrioWebSocketCarrier"]
+__all__ = ["CLEAN_CLOSE_CODES", "CarrierClosed", "CarrierSocket", "TrioWebSocketCarrier"]
+
+#: Close codes of a peer that closed with a close frame, normally (RFC 6455 section 7.4.1: 1000
+#: normal closure; 1005 a close frame without a code).
+CLEAN_CLOSE_CODES = frozenset({1000, 1005})
+
+
+class CarrierClosed(Disconnect):
+    """``Disconnect(CALLER_CLOSED)``: the carrier's socket is gone, with the close ``code`` the
+    peer sent (RFC 6455 section 7.4.1: 1000 or 1005 for a close frame, :attr:`clean`; 1006 for a
+    connection that dropped without one). For a carrier without a stop event
+    (``capabilities.sends_stop`` false) the call takes a clean close after the start as the
+    caller hanging up (``caller_stop``).
+
+    Args:
+        code: the close code.
+        detail: a short human sentence for the log.
+    """
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(Reason.CALLER_CLOSED, detail)
+        self.code = code
+
+    @property
+    def clean(self) -> bool:
+        """Whether the peer closed with a normal close frame (1000, 1005)."""
+        return self.code in CLEAN_CLOSE_CODES
 
 
 def _code(exc: ConnectionClosed) -> int:
@@ -26,7 +53,8 @@ class CarrierSocket(Protocol):
     """One accepted carrier WebSocket."""
 
     async def receive(self) -> str | bytes:
-        """The next frame. Raises ``Disconnect(CALLER_CLOSED)`` once the peer is gone."""
+        """The next frame. Raises ``Disconnect(CALLER_CLOSED)`` once the peer is gone
+        (:class:`CarrierClosed` when the close code is known)."""
         ...
 
     async def send(self, frame: str | bytes) -> None:
@@ -50,18 +78,16 @@ class TrioWebSocketCarrier:
         try:
             message: str | bytes = await self.ws.get_message()
         except ConnectionClosed as exc:
-            raise Disconnect(
-                Reason.CALLER_CLOSED, f"carrier socket closed (code {_code(exc)})"
-            ) from None
+            code = _code(exc)
+            raise CarrierClosed(code, f"carrier socket closed (code {code})") from None
         return message
 
     async def send(self, frame: str | bytes) -> None:
         try:
             await self.ws.send_message(frame)
         except ConnectionClosed as exc:
-            raise Disconnect(
-                Reason.CALLER_CLOSED, f"carrier socket closed (code {_code(exc)})"
-            ) from None
+            code = _code(exc)
+            raise CarrierClosed(code, f"carrier socket closed (code {code})") from None
 
     async def close(self, code: int, reason: str) -> None:
         # No drain needed here, unlike AsgiCarrier.close: trio-websocket (0.12) pauses its reader

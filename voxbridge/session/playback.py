@@ -279,9 +279,10 @@ class Playback:
         """Move the heard position to what the playout model says has played by ``now`` (the
         call's clock, seconds; within a message, in proportion). Returns True if it moved.
 
-        Without marks the model is all there is. In sparse mode it settles only audio no mark
-        sent covers (a mark's echo settles the rest); in exact mode it does nothing (only echoes
-        move the heard position) and returns False."""
+        Without marks the model is all there is. In sparse mode it moves nothing while a mark is
+        awaited (its echo settles that audio); once every mark sent has come back, what is left
+        owes its mark, and the model settles it. In exact mode it does nothing (only echoes move
+        the heard position) and returns False."""
         marks = self._marks
         if not (self.timed and marks) or self._named:
             return False

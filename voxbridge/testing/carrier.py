@@ -671,7 +671,8 @@ async def simulate_call(url: str, *, carrier: str | None = None, **options: Any)
     """Open a TCP connection to ``url`` (``ws://host:port/path``) and play one call on it.
 
     Args:
-        url: the bridge's media route, e.g. ``ws://127.0.0.1:8080/twilio/media``.
+        url: the bridge's media route, e.g. ``ws://127.0.0.1:8080/twilio/media``; a query string
+            (``?voxbridge_token=...``, a stream URL as a webhook answer wrote it) is kept.
         carrier: a registered carrier whose wire to speak (:func:`wire_for`); Twilio's if
             omitted (or the ``wire`` option).
         options: :class:`CarrierSimulator`'s keyword arguments.
@@ -692,7 +693,7 @@ async def simulate_call(url: str, *, carrier: str | None = None, **options: Any)
     simulator = CarrierSimulator(
         stream,
         host=f"{parts.hostname}:{port}",
-        resource=parts.path or "/",
+        resource=(parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
         **options,
     )
     return await simulator.run()
