@@ -175,20 +175,21 @@ CASES = [
         started=False,
     ),
     # hypercorn enforces websocket_max_message_size and closes with 1009 itself: voxbridge never
-    # sees the message, only the disconnect that follows (docs/security.md, "Bounded input").
+    # sees the message, only the disconnect that follows, which the contained WSStream reports
+    # with its 1009 (docs/security.md, "Bounded input"): bad input, labelled protocol_error.
     Case(
         "oversized_text_frame",
         (padded_media(MAX_MESSAGE + 1),),
-        Reason.CALLER_CLOSED,
+        Reason.PROTOCOL_ERROR,
         1009,
-        "carrier disconnected",
+        "over the size limit",
     ),
     Case(
         "oversized_binary_frame",
         (padded_media(MAX_MESSAGE + 1).encode(),),
-        Reason.CALLER_CLOSED,
+        Reason.PROTOCOL_ERROR,
         1009,
-        "carrier disconnected",
+        "over the size limit",
     ),
     Case(
         "binary_not_utf8",

@@ -151,16 +151,15 @@ def test_the_console_handler_has_the_filter_too() -> None:
 async def test_every_line_of_a_call_names_it_whichever_task_and_logger_wrote_it(
     autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A line from the host task of each provider socket (the call's `sockets` nursery, not its
-    # task nursery): the socket is opened from the call's task, so the host inherits its context.
-    connect = Upstream._connect.__func__  # type: ignore[attr-defined]
+    # A line from the reader task of each provider socket (the call's `sockets` nursery, not its
+    # task nursery): the socket is opened from the call's task, so its reader inherits the context.
+    read = Upstream._read
 
-    async def logged_connect(cls: type[Upstream], *args: Any) -> Upstream:
-        logging.getLogger("voxbridge.upstream").debug("opening a provider socket")
-        upstream: Upstream = await connect(cls, *args)
-        return upstream
+    async def logged_read(self: Upstream) -> None:
+        logging.getLogger("voxbridge.upstream").debug("reading a provider socket")
+        await read(self)
 
-    monkeypatch.setattr(Upstream, "_connect", classmethod(logged_connect))
+    monkeypatch.setattr(Upstream, "_read", logged_read)
 
     async def lookup(arguments: dict[str, Any], context: ToolContext) -> object:
         # Lines a tool's libraries write, in the tool call's task.
@@ -198,7 +197,7 @@ async def test_every_line_of_a_call_names_it_whichever_task_and_logger_wrote_it(
         "voxbridge.providers.openai_realtime",
         "hypercorn.error",
     } <= loggers
-    assert sum(line["message"] == "opening a provider socket" for line in lines) == 2
+    assert sum(line["message"] == "reading a provider socket" for line in lines) == 2
     for line in lines:
         ids = tuple(line.get(field) for field in CALL_FIELDS)
         assert ids == (ended.call_id, caller.call_sid, caller.stream_sid), line

@@ -150,11 +150,15 @@ def test_upgrade_needs_the_stream_token_when_one_is_set(
 
 def test_upgrade_without_a_stream_token_carries_nothing_to_check(signer: WebhookSigner) -> None:
     assert webhooks(signer).upgrade_signed(HttpRequest(MEDIA, "GET", {}), now=0.0)
+    # ... so the server checks the per-call token in the stream URL's query instead
+    assert webhooks(signer).upgrade_token_in_query
+    assert not webhooks(signer, stream_token="tok").upgrade_token_in_query
 
 
 def test_token_secrets_are_the_secrets_never_the_public_key(signer: WebhookSigner) -> None:
     assert webhooks(signer).token_secrets == ("KEYtest",)
-    assert webhooks(signer, api_key="KEYapi", stream_token="tok").token_secrets == ("KEYapi", "tok")
+    # the stream token travels in every upgrade's header: a token secret only without an API key
+    assert webhooks(signer, api_key="KEYapi", stream_token="tok").token_secrets == ("KEYapi",)
     assert webhooks(signer, api_key=None, stream_token="tok").token_secrets == ("tok",)
     with pytest.raises(SettingsError, match="needs TELNYX_API_KEY"):
         webhooks(signer, api_key=None)

@@ -20,9 +20,13 @@ Rejections before accept (bad signature, capacity, draining) are HTTP responses 
 
 With a carrier's credentials configured (Twilio: ``twilio_auth_token``), who may call is checked
 in three places (``security``): the webhook's signature (403 before the answer), the media
-upgrade's (403 before ``websocket.accept``), and the per-call token in the stream's start
-(``protocol_error`` before any provider session opens). A carrier without credentials checks
-nothing; on a non-loopback bind without ``--insecure`` it is disabled (its routes answer 404).
+upgrade's (403 before ``websocket.accept``: the carrier's signature, or, for a carrier that
+cannot sign it, the per-call token in the stream URL's query string), and the per-call token in
+the stream's start (``protocol_error`` before any provider session opens). A carrier not among
+``--carriers`` is not served (404); one without credentials checks nothing, and on a non-loopback
+bind without ``--insecure`` it is disabled (its routes answer 404). While another carrier's checks
+are on, the streams of one that checks nothing wait for their start in a small pool of their own
+(``UNAUTHENTICATED_STREAMS``, ``UNAUTHENTICATED_START_TIMEOUT``), outside ``max_calls``.
 Whatever the settings, a second live stream for a call this process is already bridging is
 refused (``protocol_error``, counted ``duplicate``).
 

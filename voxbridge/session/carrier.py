@@ -54,7 +54,9 @@ class CarrierSocket(Protocol):
 
     async def receive(self) -> str | bytes:
         """The next frame. Raises ``Disconnect(CALLER_CLOSED)`` once the peer is gone
-        (:class:`CarrierClosed` when the close code is known)."""
+        (:class:`CarrierClosed` when the close code is known). Cancelling it loses no frame: the
+        call may cancel a receive and receive again (docs/timeouts.md, "How precise a deadline
+        is")."""
         ...
 
     async def send(self, frame: str | bytes) -> None:
