@@ -38,8 +38,19 @@ def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Freeze what collection left (every module imported, every test and parameter: half a
+    million objects), so the collection after each test scans only what tests made since. It took
+    about 0.35 s per test, most of the suite's time; after this, milliseconds. What is frozen lives
+    until the process ends, as it would anyway: modules, classes, fixtures' functions."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _collect_garbage_per_test() -> Iterator[None]:
-    """Collect after each test so a leaked socket's ResourceWarning names the test that leaked it."""
+    """Collect after each test so a leaked socket's ResourceWarning names the test that leaked it.
+    Objects frozen after collection are not scanned (see ``pytest_collection_finish``); a socket
+    a test leaks is the test's own, so it is collected here, and warns, as before."""
     yield
     gc.collect()

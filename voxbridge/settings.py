@@ -420,9 +420,9 @@ class Settings:
         default="exact",
         validator=_one_of(*MARK_MODES),
         metadata=_help(
-            "exact: a mark after every media message to the caller; sparse: one at the end of "
-            "each burst and every 500 ms of audio, the heard position between them from a "
-            "playout model (fewer messages; carriers with marks only)"
+            "exact: a mark after every media message to the caller; sparse: one at the start "
+            "and the end of each burst and every 500 ms of audio, the heard position between "
+            "them from a playout model (fewer messages; carriers with marks only)"
         ),
     )
     # --- journal and logs ------------------------------------------------------------------------

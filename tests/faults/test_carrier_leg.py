@@ -137,7 +137,11 @@ async def test_a_caller_that_never_reads_ends_send_timeout_after_the_blocked_wri
     assert_clean_end(outcome, {Reason.CALLER_STALLED, Reason.CALLER_CLOSED})
     stalled = outcome.decided_at - progress.at
     # (Seen by polling while the loop relays a flood: the last send may be noticed a bit late.)
-    assert within(stalled, settings.send_timeout - 0.3, settings.send_timeout + MARGIN)
+    assert within(stalled, settings.send_timeout - 0.3, settings.send_timeout + MARGIN), (
+        stalled,
+        outcome.reason,
+        (progress.at, outcome.decided_after, outcome.decided_at),
+    )
     assert trial.rig.fake.sessions[0].is_closed
 
 

@@ -83,9 +83,10 @@ from ..providers.events import Truncation
 __all__ = ["BYTES_PER_MS", "SPARSE_MARK_MS", "Playback"]
 
 _PREFIX = "vb"
-#: Sparse mode: the most audio (ms) that goes out between two marks within a burst. Half a
-#: second keeps a long answer's model re-anchored twice a second; measured in
-#: ``benchmarks/bargein.py``.
+#: Sparse mode: the most audio (ms) that goes out between two marks within a burst: a long
+#: answer's model is re-anchored twice a second. In ``benchmarks/bargein.py`` 250 and 1,000 ms
+#: were as accurate (the error is the echoes' way back); the fewer marks the better, as long as a
+#: stall in mid-answer is corrected soon.
 SPARSE_MARK_MS = 500
 #: Seconds the model's carrier queue must have run dry before a message for it to begin a new
 #: stretch of playout (an answer after a silence: sparse mode marks it, and its echo teaches the
@@ -135,9 +136,10 @@ class Playback:
     Args:
         marks: the carrier echoes marks (``Capabilities.marks``). When false, the heard position
             is the playout model's (see the module docstring), and the call sends no mark frames.
-        sparse: with marks, mark only the end of each burst and every ``SPARSE_MARK_MS`` of audio,
-            and take the heard position from the playout model re-anchored by each echo (the
-            ``marks`` setting's ``sparse``); else a mark after every media message (``exact``).
+        sparse: with marks, mark only the first message of each stretch of playout, the end of
+            each burst and every ``SPARSE_MARK_MS`` of audio, and take the heard position from the
+            playout model re-anchored by each echo (the ``marks`` setting's ``sparse``); else a
+            mark after every media message (``exact``).
     """
 
     __slots__ = (
