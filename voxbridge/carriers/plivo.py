@@ -21,7 +21,7 @@ shapes are also those of Plivo's own stream SDKs, ``plivo-stream-sdk-java``)::
                  checkpoint    {"event":"checkpoint","streamId":"<uuid>","name":"<checkpoint>"}
                  clearAudio    {"event":"clearAudio","streamId":"<uuid>"}
 
-Note the types (PROTOCOLS.md D.6, which wins over D.2): ``sequenceNumber`` and ``media.chunk``
+Note the types (docs/carriers.md, "Plivo"): ``sequenceNumber`` and ``media.chunk``
 are JSON numbers, ``media.timestamp`` a string of Unix epoch milliseconds. The codec reads
 counters either way (a number or a string of digits) and checks them, but does not require them.
 

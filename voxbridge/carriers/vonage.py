@@ -7,7 +7,7 @@ in binary frames with no envelope and no base64. Control travels in JSON text fr
 turns those frames into the neutral events of :mod:`voxbridge.carriers.base` and builds the frames
 we send back; it never touches a socket, a clock or a logger. The wire (Vonage's "WebSockets"
 guide, developer.vonage.com/voice/voice-api/concepts/websockets, and the NCCO reference; the DTMF
-shape from PROTOCOLS.md D.6; the 24 kHz rate and the ``authorization`` object from the official
+shape recorded in docs/carriers.md, "Vonage"; the 24 kHz rate and the ``authorization`` object from the official
 SDKs, ``vonage-voice`` 1.5 and vonage-node-sdk's ``WebsocketEndpoint``)::
 
     Vonage -> us  websocket:connected  {"event":"websocket:connected",

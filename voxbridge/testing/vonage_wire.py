@@ -44,7 +44,8 @@ from .carrier_wire import AgentSpoke, Cleared, SimulatedCall, WireEvent
 
 __all__ = ["DTMF_DURATION_MS", "VonageWire"]
 
-#: ``duration`` of a simulated key press, milliseconds (the value of PROTOCOLS.md D.6's example).
+#: ``duration`` of a simulated key press, milliseconds (the value of the documented example,
+#: docs/carriers.md, "Vonage").
 DTMF_DURATION_MS = 260
 
 
