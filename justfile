@@ -4,9 +4,10 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 venv := ".venv/bin"
 paths := "voxbridge tests docs benchmarks"
-# pytest-xdist: one worker per logical core, at most 4 (the suite's bar is 10 min on 2 cores);
-# worksteal evens out tests from 0.01 s to 20 s. `-n 0` after it runs in one process.
-workers := "--numprocesses=logical --maxprocesses=4 --dist=worksteal"
+# The suite runs in one process: under pytest-xdist workers (`just test -n 2`) one timing-sensitive
+# fault test (tests/faults/test_carrier_leg.py, a caller that never reads) failed 2 runs in 5
+# with the machine's cores contended; it stays serial until that test's margin is understood.
+workers := ""
 
 # list the recipes
 default:
