@@ -221,8 +221,9 @@ def deadline_moves(params: Params) -> dict[str, Any]:
     re-arms it per wait (``voxbridge.deadlines.Deadline``). Microseconds per frame of one task's
     pattern, with a checkpoint per wait and the virtual clock 20 ms on per frame, less the same
     loop without deadlines: ``caller_to_upstream`` (idle deadline, then ``send_timeout``) and
-    ``upstream_to_caller`` (disarmed for the provider, ``send_timeout`` for the carrier), as the
-    call re-arms them now and as it did before (a move of the scope's deadline per arm)."""
+    ``upstream_to_caller`` (no deadline for the provider, ``send_timeout`` for the carrier), as
+    the call re-arms them now (both waits restartable) and as it did before (a move of the
+    scope's deadline per arm and per disarm)."""
     import contextlib  # (imported here: only this measurement runs trio)
     import math
     import time
@@ -239,7 +240,7 @@ def deadline_moves(params: Params) -> dict[str, Any]:
             if not self._scope.cancel_called:
                 self._scope.deadline = (trio.current_time() if since is None else since) + seconds
 
-        def disarm(self) -> None:
+        def disarm(self, **_: Any) -> None:
             if not self._scope.cancel_called:
                 self._scope.deadline = math.inf
 
@@ -255,7 +256,7 @@ def deadline_moves(params: Params) -> dict[str, Any]:
                 elif task == "caller_to_upstream":
                     watch.arm(60, TimeoutError, restartable=True)  # the receive
                 else:
-                    watch.disarm()  # the wait for the provider
+                    watch.disarm(restartable=True)  # the wait for the provider
                 await checkpoint()
                 if watch is not None:
                     watch.arm(5, TimeoutError)  # the send

@@ -13,6 +13,8 @@ relative to when it really fell.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import trio
 import trio.testing
@@ -559,7 +561,9 @@ async def test_caller_stalled(autojump_clock):
     assert disconnect.reason is Reason.CALLER_STALLED
     # the first echo after 1.005 is that of the frame sent at 0.92 (agent delay 0.1)
     assert r.rel(r.carrier_tap.first_blocked_write_at) == approx(1.02)
-    decided = 1.02 + 5
+    # the send's deadline is re-armed, the one the send before it left kept (LATENESS)
+    decided = r.rel(r.carrier_tap.first_close_at)
+    assert decided == on_time(1.02 + 5)
     # the provider is fine: it is closed first, at once, normally
     assert r.upstream.close_frames == [(approx(r.t0 + decided), 1000, "caller_stalled")]
     assert r.rel(r.session.closed_at) == approx(decided)
@@ -1001,6 +1005,115 @@ async def test_a_frame_that_comes_as_the_kept_deadline_fires_is_not_lost(autojum
     assert [d.ended_early for d in counted] == [False, False]  # handed over, not cut short
 
 
+class CountingWatchdog(Watchdog):
+    """The call's Watchdogs, remembered (the upstream_to_caller scope among them)."""
+
+    __slots__ = ()
+    made: list[CountingWatchdog] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        CountingWatchdog.made.append(self)
+
+
+@pytest.fixture
+def watchdogs(monkeypatch: pytest.MonkeyPatch) -> list[CountingWatchdog]:
+    made: list[CountingWatchdog] = []
+    monkeypatch.setattr(CountingWatchdog, "made", made)
+    monkeypatch.setattr(call_module, "Watchdog", CountingWatchdog)
+    return made
+
+
+def talk_pause_talk(pause_from: float, pause_to: float, stop_at: float) -> list[tuple[float, str]]:
+    """A second of caller audio, a pause (the echo agent says nothing either), a second more."""
+    script = [(0, start_frame())]
+    script += [(0.1 + 0.02 * i, media_frame(i)) for i in range(50)]
+    script += [(pause_to + 0.02 * i, media_frame(50 + i)) for i in range(50)]
+    script += [(stop_at, stop_frame(102))]
+    assert 0.1 + 0.02 * 49 < pause_from <= pause_to
+    return script
+
+
+async def test_a_provider_silence_longer_than_send_timeout_does_not_end_the_call(
+    autojump_clock, watchdogs
+):
+    """upstream_to_caller waits for the provider with no deadline of its own, keeping the
+    send_timeout deadline its last send to the carrier left (restartable). The agent is silent
+    for 7 s: that deadline fires while the task listens, the task listens on under a fresh scope,
+    and every echo after the silence reaches the caller."""
+    async with rig(Settings(idle_timeout=10)) as r:
+        await r.accept_script(talk_pause_talk(1.1, 8.08, 9.5))
+        disconnect = await r.run()
+        returned = r.now()
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert returned == approx(9.5)
+    record = r.registry.recent[0]
+    assert record.bytes_to_caller == 100 * 160  # every echo, before and after the silence
+    sender = [w for w in watchdogs if w.ended_early]
+    assert len(sender) == 1  # it fired once, in the silence (the start's scope never did)
+    r.assert_accounted_once(Reason.CALLER_STOP)
+
+
+async def test_a_provider_frame_that_comes_as_the_kept_deadline_fires_is_not_lost(
+    autojump_clock, watchdogs, monkeypatch
+):
+    """The provider's frame arrives in the very tick the send deadline kept while listening fires
+    (the clock is moved onto it while the receive returns): the receive has the frame, the scope
+    is cancelled. The frame is handed to the next pass's fresh scope and reaches the caller."""
+    from voxbridge.session.link import ProviderLink
+
+    receive = ProviderLink.receive
+    jumped: list[float] = []
+
+    async def late_receive(self: ProviderLink, **kwargs: object) -> object:
+        got = await receive(self, **kwargs)  # type: ignore[arg-type]
+        if not jumped and trio.current_time() - r.t0 > 3:  # the first echo after the pause
+            watch = watchdogs[-1]
+            jumped.append(watch.deadline)
+            autojump_clock.jump(watch.deadline - trio.current_time())
+            await trio.lowlevel.cancel_shielded_checkpoint()  # the deadline expires here
+            assert watch.expired
+        return got
+
+    monkeypatch.setattr(ProviderLink, "receive", late_receive)
+    async with rig(Settings(idle_timeout=100)) as r:
+        await r.accept_script(talk_pause_talk(1.1, 3.0, 9.0))
+        disconnect = await r.run()
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert jumped  # the case happened
+    # every echo, the one of the expiring tick too (the jump merges the queued ones: bytes count)
+    assert r.registry.recent[0].bytes_to_caller == 100 * 160
+    assert not any(w.ended_early for w in watchdogs)  # handed over, not cut short
+
+
+async def test_a_resume_is_not_cut_short_by_the_kept_send_deadline(autojump_clock, watchdogs):
+    """The provider drops the session at 4 s (1011: resumed), and the new connection takes 2.5 s.
+    The send deadline the last echo left (about 6.2 s) falls inside the resume: the link disarms
+    it before resuming (``before_resume``), so the resume completes once and the echoes after the
+    pause reach the caller through the new session."""
+    slow: list[float] = []
+
+    async with rig(Settings(idle_timeout=10), agent=FakeEchoAgent(delay=0.1, hangup_after=4)) as r:
+        fast = r.connector()
+
+        async def connect(host: str, port: int) -> trio.abc.Stream:
+            if r.connects:  # the resume's connection
+                slow.append(r.now())
+                await trio.sleep(2.5)
+            return await fast(host, port)
+
+        await r.accept_script(talk_pause_talk(1.1, 8.08, 9.5))
+        disconnect = await r.run(connect)
+    assert disconnect.reason is Reason.CALLER_STOP
+    assert slow == [approx(4)] and r.connects == 2
+    first, second = r.agent.sessions
+    assert first.close_code == 1011 and second.audio_in == 50
+    record = r.registry.recent[0]
+    assert record.resumes == 1 and record.bytes_to_caller == 100 * 160
+    assert not any(w.ended_early for w in watchdogs)  # the resume ran with nothing kept
+    r.assert_accounted_once(Reason.CALLER_STOP)
+
+
 async def test_caller_stalled_in_a_burst_fires_on_time(autojump_clock):
     """The agent floods 4 s of audio at once; the carrier stops taking writes in the middle of it.
     The blocked send's deadline was kept from the send before it (re-armed): caller_stalled comes
@@ -1256,6 +1369,29 @@ async def test_a_restartable_wait_keeps_an_earlier_deadline_and_ends_quietly(aut
         await trio.sleep_forever()
     assert elapsed(t0) == approx(5)
     assert not watch.ended_early
+
+
+async def test_a_restartable_disarm_keeps_the_deadline_and_ends_quietly(autojump_clock):
+    """``disarm(restartable=True)``: the next wait has no deadline of its own and can be started
+    over, so the deadline left armed is not moved; if it fires, the block ends without an error.
+    A plain disarm moves it to never."""
+    t0 = trio.current_time()
+    watch = Deadline()
+    with watch:
+        watch.arm(5, TimeoutError)  # a send's deadline
+        watch.disarm(restartable=True)  # then a wait with none of its own
+        assert watch.deadline == t0 + 5
+        await trio.sleep_forever()
+    assert elapsed(t0) == approx(5)
+    assert watch.ended_early and watch.expired
+
+    watch = Deadline()
+    with watch:
+        watch.arm(5, TimeoutError)
+        watch.disarm()
+        assert watch.deadline == math.inf
+        await trio.sleep(10)
+    assert not watch.ended_early and not watch.expired
 
 
 async def test_deadline_fires_with_its_reason(autojump_clock):

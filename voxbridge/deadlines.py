@@ -118,12 +118,17 @@ class Deadline:
         elif armed > needed + LATENESS:
             scope.deadline = needed
 
-    def disarm(self) -> None:
-        """The next wait has no deadline of this one's (something else bounds it)."""
+    def disarm(self, *, restartable: bool = False) -> None:
+        """The next wait has no deadline of this one's (something else bounds it).
+
+        With ``restartable`` (a wait that can be abandoned and begun again without loss) the
+        deadline a previous wait left armed is kept, not moved: if it fires during this wait, the
+        block ends without an error and :attr:`ended_early` is set, as for :meth:`arm`'s.
+        """
         scope = self._scope
         if not scope.cancel_called:
             self._needed = math.inf
-            if scope.deadline != math.inf:
+            if not restartable and scope.deadline != math.inf:
                 scope.deadline = math.inf
 
     @property

@@ -890,117 +890,135 @@ class Call:
         held = 0  # bytes of agent audio the codec holds back (not sent, marked nor counted yet)
         event: ProviderEvent | None
         session: Session | None = None
-        watchdog = Watchdog()
-        with watchdog:
-            while True:
-                read_ahead = carry is not None
-                if carry is not None:  # read ahead from ``session``, which is still the one
-                    event, carry = carry, None
-                else:
-                    watchdog.disarm()  # liveness of a quiet provider is the link's upkeep
-                    session, frame = await link.receive()
-                    event = decode(session, frame)
-                    if event is None:
-                        continue
-                assert session is not None
-                if playback.owes_mark and _ends_burst(event, playback, session):
-                    # sparse marks: the audio sent last ended its burst; send the mark it owes
-                    owed = playback.owed_mark()
-                    if owed is not None and (mark_frame := codec.mark(owed)) is not None:
-                        watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                        await carrier.send(mark_frame)
-                        watchdog.disarm()
-                if type(event) is AgentAudio:
-                    item_id, response_id = event.item_id, event.response_id
-                    if not playback.admits(item_id, response_id, session):
-                        late.inc()  # an answer the caller interrupted: never played
-                        continue
-                    # Providers send audio in bursts faster than real time. What the provider
-                    # socket has received goes out merged, up to 100 ms a message (fewer
-                    # messages on the hot path), whatever the scheduling (_coalesce's rule).
-                    merged = _coalesce(event, session, decode, read_ahead)
-                    if isinstance(merged, _Merge):  # a burst: the rest the socket has received
-                        merged = await merged.settle(session, decode, link)
-                    audio, carry = merged
-                    # sparse marks: the burst ends here if what is queued next will not play
-                    ends = carry is not None and _ends_burst(carry, playback, session)
-                    for start in range(0, len(audio), step):
-                        media = audio[start : start + step]  # (no copy if it is all)
-                        audio_frame = codec.audio(media)
-                        if not audio_frame:  # held back by the codec (frame_ms): nothing went
-                            held += len(media)  # out, so no mark and no count until it does
-                            continue
-                        nbytes, held = held + len(media), 0  # what the codec held goes out now
-                        now = trio.current_time() if timed else 0.0  # (the model's clock)
-                        last = ends and start + step >= len(audio)
-                        mark = playback.sent(
-                            nbytes, item_id, response_id, session, now, burst_end=last
-                        )
-                        watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                        await carrier.send(audio_frame)
-                        if mark is not None and (mark_frame := codec.mark(mark)) is not None:
-                            await carrier.send(mark_frame)
-                        state.frames_to_caller += 1
-                        state.bytes_to_caller += nbytes
-                        frames.inc()
-                elif type(event) is SpeechStarted:
-                    truncations = playback.interrupt(
-                        session, trio.current_time() if timed else None
-                    )
-                    messages = session.codec.interrupt(truncations or ())
-                    with self._barge_in_span(truncations):
-                        if truncations is not None:  # the caller talks over the agent: barge-in
-                            watchdog.arm(send_timeout, Reason.CALLER_STALLED)
-                            await carrier.send(codec.clear())
-                            held = 0  # the clear dropped what the codec held back too
-                            watchdog.disarm()  # the link bounds its own sends
-                            self._goodbye_played()  # the clear settled every pending mark
-                            state.barge_ins += 1
-                            self.metrics.barge_ins.inc()
-                            if log.isEnabledFor(logging.DEBUG):
-                                log.debug(
-                                    "barge-in: %s",
-                                    ", ".join(
-                                        f"{t.item_id[:64]} at {t.audio_end_ms} ms"
-                                        for t in truncations
-                                    )
-                                    or "no item to truncate",
-                                    extra={"call_id": state.call_id},
-                                )
-                        for message in messages:
-                            if not await link.send_within(session, message):
+        arrived: tuple[Session, Frame] | None = None  # received as a kept deadline fired
+        while True:  # a pass per scope: see "listen on" below
+            watchdog = Watchdog()
+            with watchdog:
+                while True:
+                    read_ahead = carry is not None
+                    if carry is not None:  # read ahead from ``session``, which is still the one
+                        event, carry = carry, None
+                    else:
+                        if arrived is not None:
+                            (session, frame), arrived = arrived, None
+                        else:
+                            # Liveness of a quiet provider is the link's upkeep: this wait has
+                            # no deadline. It can be started over, so the send deadline the
+                            # last send left stays armed (restartable) instead of moving to
+                            # "never" and back per message; the link disarms it before it
+                            # resumes a dropped session (not restartable). If it fires while
+                            # we listen, the scope ends quietly and the next pass listens on.
+                            watchdog.disarm(restartable=True)
+                            session, frame = await link.receive(before_resume=watchdog.disarm)
+                            if watchdog.expired:  # it fired in the very tick the wait ended
+                                arrived = (session, frame)  # handled under the next scope
                                 break
-                elif type(event) is ResponseStarted:
-                    playback.response_started(event.response_id, session)
-                elif type(event) is ResponseDone:
-                    if event.usage is not None:
-                        self._add_usage(event.usage)
-                    for call in event.tool_calls:
-                        self._start_tool(session, call)
-                elif type(event) is ToolCall:
-                    self._start_tool(session, event)
-                elif type(event) is Usage:
-                    self._add_usage(event)
-                elif type(event) is Transcript:
-                    state.transcript.append(event)
-                    self._journal(journal.transcript_line, state, event)
-                    if self.answered_by_machine and event.role == "agent":
-                        self._leave_message()  # the message is spoken: hang up once heard
-                    log.debug("%s: %s", event.role, event.text, extra={"call_id": state.call_id})
-                elif type(event) is AgentHangup:
-                    raise Disconnect(Reason.AGENT_HANGUP, event.message or "agent hung up")
-                elif type(event) is SessionEnding:
-                    # make before break, at a turn boundary: at once, or when the answer in
-                    # flight has ended (at the latest RECYCLE_MARGIN before the end); a no-op if
-                    # replaced already
-                    link.recycle_soon(session, event.seconds_left if event.answering else None)
-                elif type(event) is ProviderError:
-                    log.warning(
-                        "provider error %s: %s",
-                        event.code,
-                        event.message,
-                        extra={"call_id": state.call_id},
-                    )
+                        event = decode(session, frame)
+                        if event is None:
+                            continue
+                    assert session is not None
+                    if playback.owes_mark and _ends_burst(event, playback, session):
+                        # sparse marks: the audio sent last ended its burst; send the mark it owes
+                        owed = playback.owed_mark()
+                        if owed is not None and (mark_frame := codec.mark(owed)) is not None:
+                            watchdog.arm(send_timeout, Reason.CALLER_STALLED)
+                            await carrier.send(mark_frame)
+                    if type(event) is AgentAudio:
+                        item_id, response_id = event.item_id, event.response_id
+                        if not playback.admits(item_id, response_id, session):
+                            late.inc()  # an answer the caller interrupted: never played
+                            continue
+                        # Providers send audio in bursts faster than real time. What the provider
+                        # socket has received goes out merged, up to 100 ms a message (fewer
+                        # messages on the hot path), whatever the scheduling (_coalesce's rule).
+                        merged = _coalesce(event, session, decode, read_ahead)
+                        if isinstance(merged, _Merge):  # a burst: the rest the socket has received
+                            # (not restartable: bounded by the send it precedes, up to 100 ms)
+                            watchdog.arm(send_timeout, Reason.CALLER_STALLED)
+                            merged = await merged.settle(session, decode, link)
+                        audio, carry = merged
+                        # sparse marks: the burst ends here if what is queued next will not play
+                        ends = carry is not None and _ends_burst(carry, playback, session)
+                        for start in range(0, len(audio), step):
+                            media = audio[start : start + step]  # (no copy if it is all)
+                            audio_frame = codec.audio(media)
+                            if not audio_frame:  # held back by the codec (frame_ms): nothing went
+                                held += len(media)  # out, so no mark and no count until it does
+                                continue
+                            nbytes, held = held + len(media), 0  # what the codec held goes out now
+                            now = trio.current_time() if timed else 0.0  # (the model's clock)
+                            last = ends and start + step >= len(audio)
+                            mark = playback.sent(
+                                nbytes, item_id, response_id, session, now, burst_end=last
+                            )
+                            watchdog.arm(send_timeout, Reason.CALLER_STALLED)
+                            await carrier.send(audio_frame)
+                            if mark is not None and (mark_frame := codec.mark(mark)) is not None:
+                                await carrier.send(mark_frame)
+                            state.frames_to_caller += 1
+                            state.bytes_to_caller += nbytes
+                            frames.inc()
+                    elif type(event) is SpeechStarted:
+                        truncations = playback.interrupt(
+                            session, trio.current_time() if timed else None
+                        )
+                        messages = session.codec.interrupt(truncations or ())
+                        with self._barge_in_span(truncations):
+                            if truncations is not None:  # the caller talks over the agent: barge-in
+                                watchdog.arm(send_timeout, Reason.CALLER_STALLED)
+                                await carrier.send(codec.clear())
+                                held = 0  # the clear dropped what the codec held back too
+                                self._goodbye_played()  # the clear settled every pending mark
+                                state.barge_ins += 1
+                                self.metrics.barge_ins.inc()
+                                if log.isEnabledFor(logging.DEBUG):
+                                    log.debug(
+                                        "barge-in: %s",
+                                        ", ".join(
+                                            f"{t.item_id[:64]} at {t.audio_end_ms} ms"
+                                            for t in truncations
+                                        )
+                                        or "no item to truncate",
+                                        extra={"call_id": state.call_id},
+                                    )
+                            if messages:
+                                watchdog.disarm()  # the link bounds its own sends
+                            for message in messages:
+                                if not await link.send_within(session, message):
+                                    break
+                    elif type(event) is ResponseStarted:
+                        playback.response_started(event.response_id, session)
+                    elif type(event) is ResponseDone:
+                        if event.usage is not None:
+                            self._add_usage(event.usage)
+                        for call in event.tool_calls:
+                            self._start_tool(session, call)
+                    elif type(event) is ToolCall:
+                        self._start_tool(session, event)
+                    elif type(event) is Usage:
+                        self._add_usage(event)
+                    elif type(event) is Transcript:
+                        state.transcript.append(event)
+                        self._journal(journal.transcript_line, state, event)
+                        if self.answered_by_machine and event.role == "agent":
+                            self._leave_message()  # the message is spoken: hang up once heard
+                        log.debug(
+                            "%s: %s", event.role, event.text, extra={"call_id": state.call_id}
+                        )
+                    elif type(event) is AgentHangup:
+                        raise Disconnect(Reason.AGENT_HANGUP, event.message or "agent hung up")
+                    elif type(event) is SessionEnding:
+                        # make before break, at a turn boundary: at once, or when the answer in
+                        # flight has ended (at the latest RECYCLE_MARGIN before the end); a no-op if
+                        # replaced already
+                        link.recycle_soon(session, event.seconds_left if event.answering else None)
+                    elif type(event) is ProviderError:
+                        log.warning(
+                            "provider error %s: %s",
+                            event.code,
+                            event.message,
+                            extra={"call_id": state.call_id},
+                        )
 
     def _barge_in_span(
         self, truncations: list[Truncation] | None

@@ -378,11 +378,17 @@ class ProviderLink:
 
     # --- the session in use -------------------------------------------------------------------
 
-    async def receive(self) -> tuple[Session, Frame]:
+    async def receive(
+        self, *, before_resume: Callable[[], None] | None = None
+    ) -> tuple[Session, Frame]:
         """The next frame of the current session, and that session (its codec decodes the frame).
 
         A dropped session is resumed here, in the task that reads the provider; a recycled one is
         replaced by the new one. Waits while the first session opens.
+
+        The waits can be abandoned (cancelled) and begun again without losing a frame; resuming
+        cannot, so ``before_resume`` is called first: the caller drops there any deadline it
+        kept for the restartable wait (``Deadline.disarm``).
 
         Raises:
             LinkDown: the link gave up (budget spent, a refusal) or the agent hung up.
@@ -402,6 +408,8 @@ class ProviderLink:
                     continue  # recycled under us: read the new session
                 if session.lost is None:
                     session.lost = (session.codec.close_reason(exc.code), str(exc))
+                if before_resume is not None:
+                    before_resume()
                 await self._recover(session)
 
     async def send(self, session: Session, frame: Frame) -> bool:
