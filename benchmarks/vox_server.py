@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,49 @@ async def report_stats(interval: float) -> None:
         sys.stdout.flush()
 
 
-def _write_trace(path: str, snapshot: Any, total: int) -> None:
+#: A held call has exactly one provider socket reader task: the calls a trace was taken with.
+CALL_TASK = "voxbridge.upstream.connection.Upstream._read"
+
+
+def _package(filename: str) -> str:
+    """The package an allocation's file belongs to (``trio``, ``wsproto``, ``voxbridge``, ...);
+    attrs-generated methods count as the class's package."""
+    if filename.startswith("<attrs generated"):
+        return filename.split()[-1].split(".")[0].lstrip("<")
+    parts = filename.replace("\\", "/").split("/")
+    if "site-packages" in parts[:-1]:
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    if "voxbridge" in parts[:-1]:  # a checkout
+        return "voxbridge"
+    return "stdlib and other"
+
+
+def by_package(snapshot: Any) -> Counter[str]:
+    """Traced bytes per package (:func:`_package`)."""
+    totals: Counter[str] = Counter()
+    for stat in snapshot.statistics("filename"):
+        totals[_package(stat.traceback[0].filename)] += stat.size
+    return totals
+
+
+def _write_trace(path: str, snapshot: Any, total: int, idle: Counter[str]) -> None:
     by_line = snapshot.statistics("lineno")
-    lines = [f"traced {total / 1024:.0f} KiB", "", "by file"]
-    lines += [str(stat) for stat in snapshot.statistics("filename")[:25]]
-    lines += ["", "tasks"] + [f"{n:6d} {name}" for name, n in task_names().most_common(25)]
+    tasks = task_names()
+    calls = tasks[CALL_TASK]
+    grown = by_package(snapshot)
+    grown.subtract(idle)
+    lines = [f"traced {total / 1024:.0f} KiB; {calls} calls held", ""]
+    if calls:
+        per_call = {name: size / calls / 1024 for name, size in grown.items() if size > 0}
+        lines += [
+            f"per held call, by package (vs the first trace): {sum(per_call.values()):.1f} KiB"
+        ]
+        lines += [
+            f"{kib:8.2f} KiB {name}" for name, kib in sorted(per_call.items(), key=lambda i: -i[1])
+        ]
+        lines += [""]
+    lines += ["by file"] + [str(stat) for stat in snapshot.statistics("filename")[:25]]
+    lines += ["", "tasks"] + [f"{n:6d} {name}" for name, n in tasks.most_common(25)]
     lines += ["", "by line"] + [str(stat) for stat in by_line[:60]]
     lines += ["", "voxbridge, by line"]
     lines += [str(stat) for stat in by_line if "/voxbridge/" in stat.traceback[0].filename]
@@ -56,20 +95,24 @@ def _write_trace(path: str, snapshot: Any, total: int) -> None:
 
 async def trace_peak(path: str, interval: float = 2.0) -> None:
     """Keep in ``path`` the tracemalloc top allocation sites (and live tasks) at the highest
-    traced total seen: where a held call's memory goes.
+    traced total seen: where a held call's memory goes. The first trace (before any call) is the
+    baseline of the per-package figures per held call.
 
     Diagnostics only (``VOXBENCH_TRACEMALLOC=path``): tracing slows the server down several times.
     """
     import tracemalloc
 
     peak = 0
+    idle: Counter[str] | None = None
     while True:
         await trio.sleep(interval)
         snapshot = tracemalloc.take_snapshot()
+        if idle is None:
+            idle = by_package(snapshot)
         total = sum(stat.size for stat in snapshot.statistics("filename"))
         if total > peak:
             peak = total
-            _write_trace(path, snapshot, total)
+            _write_trace(path, snapshot, total, idle)
 
 
 async def run(settings: Settings, stats_interval: float) -> None:

@@ -969,10 +969,16 @@ async def test_a_silence_longer_than_send_timeout_does_not_end_the_call(autojump
     assert [d.ended_early for d in counted] == [True, False]  # it fired once, in the silence
 
 
-async def test_a_frame_that_comes_as_the_kept_deadline_fires_is_not_lost(autojump_clock, counted):
+@pytest.mark.parametrize("then", ["stop", "silence"])
+async def test_a_frame_that_comes_as_the_kept_deadline_fires_is_not_lost(
+    autojump_clock, counted, then
+):
     """The frame arrives in the very tick the deadline kept while listening fires (the clock is
     moved onto it while the receive returns): the receive has the frame, the scope is cancelled.
-    The frame is handed to the next pass's fresh scope and reaches the provider."""
+    The frame is handed to the next pass's fresh scope and reaches the provider; and it ends the
+    silence like any frame: a caller silent after it is idle only idle_timeout after it (not
+    after the frame before it, as when the handed-over frame did not restart the count)."""
+    received_at: list[float] = []
 
     class LateFrame:
         def __init__(self, inner: object) -> None:
@@ -985,6 +991,7 @@ async def test_a_frame_that_comes_as_the_kept_deadline_fires_is_not_lost(autojum
                 autojump_clock.jump(watch.deadline - trio.current_time())
                 await trio.lowlevel.cancel_shielded_checkpoint()  # the deadline expires here
                 assert watch.expired
+                received_at.append(r.now())
                 self.receive = self.inner.receive  # type: ignore[method-assign,attr-defined]
             return frame
 
@@ -995,14 +1002,24 @@ async def test_a_frame_that_comes_as_the_kept_deadline_fires_is_not_lost(autojum
             await self.inner.close(code, reason)  # type: ignore[attr-defined]
 
     script = [(0, start_frame())] + [(0.1 + 0.02 * i, media_frame(i)) for i in range(50)]
-    script += [(3.0, media_frame(50)), (3.0, stop_frame(52))]
-    async with rig(Settings(idle_timeout=100)) as r:
+    script += [(3.0, media_frame(50))]
+    if then == "stop":
+        script += [(3.0, stop_frame(52))]
+    async with rig(Settings(idle_timeout=100 if then == "stop" else 10)) as r:
         await r.accept_script(script)
         r.carrier = LateFrame(r.carrier)
         disconnect = await r.run()
-    assert disconnect.reason is Reason.CALLER_STOP
+        returned = r.now()
     assert r.session.audio_in == 51  # the frame of the expiring tick too
-    assert [d.ended_early for d in counted] == [False, False]  # handed over, not cut short
+    assert counted[0].ended_early is False  # handed over, not cut short
+    if then == "stop":
+        assert disconnect.reason is Reason.CALLER_STOP
+        assert [d.ended_early for d in counted] == [False, False]
+    else:
+        (late,) = received_at
+        assert late == approx(0.1 + 0.02 * 49 + 5 + LATENESS)  # the send's kept deadline
+        assert disconnect.reason is Reason.IDLE_TIMEOUT
+        assert returned == on_time(late + 10)
 
 
 class CountingWatchdog(Watchdog):

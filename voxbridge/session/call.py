@@ -779,6 +779,7 @@ class Call:
                     frame: str | bytes | None
                     if arrived is not None:
                         (frame,), arrived = arrived, None
+                        listen_since = None  # it ended the silence, as any frame does
                     else:
                         # The idle deadline counts from when we are ready to listen again: the
                         # last frame heard, or later if a send kept us from reading -- a caller
