@@ -552,6 +552,7 @@ def _stall(sc: dict[str, Any]) -> list[str]:
         ("upstream sessions", num("upstream_sessions")),
         ("closed by bridge", num("closed_by_bridge")),
         ("orphaned", num("orphaned")),
+        ("closed early", num("closed_early")),
         ("teardown p50 ms", num("teardown_p50", digits=1)),
         ("p99 ms", num("teardown_p99", digits=1)),
         ("max ms", num("teardown_max", digits=1)),
@@ -565,8 +566,8 @@ def _stall(sc: dict[str, Any]) -> list[str]:
         f"{p['trickle']:g} s, then all go silent within {p['spread']:g} s with TCP open. "
         f"voxbridge idle_timeout = {p['idle_timeout']:g} s. Teardown delay = time from the "
         "caller's last frame to the upstream TCP connection closed, seen by the upstream fake, "
-        f"minus idle_timeout. Orphans counted {p['orphan_wait']:g} s after every idle timeout "
-        "expired.",
+        f"minus idle_timeout; *closed early* counts calls closed before it. Orphans counted "
+        f"{p['orphan_wait']:g} s after every idle timeout expired.",
         peer_table(stall["peers"], columns),
         "A baseline's teardown is '-': it never closes a stalled call's upstream socket.",
         "![teardown delay histogram](stall_teardown.png)",

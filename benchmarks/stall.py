@@ -15,6 +15,8 @@ Figures, measured by the upstream fake on its side of the bridge:
 
 * per call, the time from the send of the caller's last frame (decoded from the audio the fake
   received) to the upstream TCP connection being closed, minus ``idle_timeout``: p50, p99, max;
+* calls closed early: before ``idle_timeout`` had passed since the caller's last frame (never
+  right; the harness reports it as a problem);
 * orphaned upstream sockets: connections still open ``orphan_wait`` (5 s) after every call's idle
   timeout has passed. The baselines keep every one open -- that is what they do, and it is reported
   as measured.
@@ -142,6 +144,9 @@ def run(bench: Bench, params: Params) -> dict[str, Any]:
                         "upstream_sessions": fig(up["opened"], "sessions"),
                         "closed_by_bridge": fig(len(teardown), "sessions"),
                         "orphaned": fig(up["open_since_reset"], "sessions"),
+                        # closed before idle_timeout had passed since the last frame was sent:
+                        # never right (the bridge hears a frame after it was sent)
+                        "closed_early": fig(sum(1 for ms in teardown if ms < 0), "sessions"),
                         "teardown_p50": fig(td["p50"], "ms", note="minus idle_timeout"),
                         "teardown_p99": fig(td["p99"], "ms", note="minus idle_timeout"),
                         "teardown_max": fig(td["max"], "ms", note="minus idle_timeout"),
@@ -177,6 +182,11 @@ def check(result: dict[str, Any]) -> list[str]:
             problems.append(f"stall voxbridge: {vox['orphaned']['value']} orphaned sockets")
         if vox["closed_by_bridge"]["value"] != vox["calls"]["value"]:
             problems.append("stall voxbridge: not every upstream session was closed")
+        if vox.get("closed_early", {}).get("value"):
+            problems.append(
+                f"stall voxbridge: {vox['closed_early']['value']} sessions closed before"
+                " idle_timeout had passed since the caller's last frame"
+            )
         p99 = vox["teardown_p99"]["value"]
         if p99 is None or not math.isfinite(p99) or p99 < 0:
             problems.append(f"stall voxbridge: teardown p99 = {p99}")
