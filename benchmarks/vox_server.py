@@ -79,7 +79,7 @@ def _write_trace(path: str, snapshot: Any, total: int, idle: Counter[str]) -> No
     if calls:
         per_call = {name: size / calls / 1024 for name, size in grown.items() if size > 0}
         lines += [
-            f"per held call, by package (vs the first trace): {sum(per_call.values()):.1f} KiB"
+            f"per held call, by package (grown since serving began): {sum(per_call.values()):.1f} KiB"
         ]
         lines += [
             f"{kib:8.2f} KiB {name}" for name, kib in sorted(per_call.items(), key=lambda i: -i[1])
@@ -93,22 +93,19 @@ def _write_trace(path: str, snapshot: Any, total: int, idle: Counter[str]) -> No
     Path(path).write_text("\n".join(lines) + "\n")
 
 
-async def trace_peak(path: str, interval: float = 2.0) -> None:
+async def trace_peak(path: str, idle: Counter[str], interval: float = 2.0) -> None:
     """Keep in ``path`` the tracemalloc top allocation sites (and live tasks) at the highest
-    traced total seen: where a held call's memory goes. The first trace (before any call) is the
-    baseline of the per-package figures per held call.
+    traced total seen: where a held call's memory goes. ``idle`` (traced bytes per package while
+    serving, before any call) is the baseline of the figures per held call.
 
     Diagnostics only (``VOXBENCH_TRACEMALLOC=path``): tracing slows the server down several times.
     """
     import tracemalloc
 
     peak = 0
-    idle: Counter[str] | None = None
     while True:
         await trio.sleep(interval)
         snapshot = tracemalloc.take_snapshot()
-        if idle is None:
-            idle = by_package(snapshot)
         total = sum(stat.size for stat in snapshot.statistics("filename"))
         if total > peak:
             peak = total
@@ -122,13 +119,14 @@ async def run(settings: Settings, stats_interval: float) -> None:
             import tracemalloc
 
             tracemalloc.start()
-            nursery.start_soon(trace_peak, trace_path)
 
         async def serve_then_stop(*, task_status: trio.TaskStatus[object]) -> None:
             await serve(settings, task_status=task_status)
             nursery.cancel_scope.cancel()
 
         server = await nursery.start(serve_then_stop)
+        if trace_path:  # the baseline: serving, before any call (none can come before this line)
+            nursery.start_soon(trace_peak, trace_path, by_package(tracemalloc.take_snapshot()))
         sys.stdout.write(f"voxbridge listening on {server.url}\n")  # type: ignore[attr-defined]
         sys.stdout.flush()
         if stats_interval > 0:

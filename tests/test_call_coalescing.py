@@ -33,8 +33,10 @@ import voxbridge.upstream.connection as upstream_connection
 from voxbridge.carriers.twilio_wire import encode_start, encode_stop
 from voxbridge.errors import Disconnect, Reason
 from voxbridge.providers.endpoint import ProviderEndpoint
+from voxbridge.session import call as call_module
 from voxbridge.session import run_call
 from voxbridge.session.call import BURST_SETTLE, MAX_MEDIA_BYTES
+from voxbridge.session.watchdog import Watchdog
 from voxbridge.settings import Settings
 from voxbridge.testing.fake_openai import FakeOpenAIRealtime
 from voxbridge.upstream.fastpaths import FastWebSocketConnection
@@ -252,3 +254,34 @@ async def test_a_burst_gives_the_same_carrier_frames_whatever_the_scheduling(
         waits = 1 if reader == "voxbridge-reader" else 2
         for at, (arrival, _, _, _) in zip(times, EXPECTED, strict=True):
             assert arrival - 1e-9 <= at <= arrival + waits * BURST_SETTLE + 1e-9
+
+
+async def test_a_settle_runs_under_the_sends_own_deadline(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The sender waits for the provider under the deadline its last send left (restartable); a
+    # settle cannot be started over (it holds chunks already taken), so it arms the send's own
+    # deadline first: never less than send_timeout ahead while it waits. With trio-websocket's
+    # own reader a message settles right after that wait (the kept deadline, from a send 0.5 s
+    # earlier, would have 4.55 s left).
+    monkeypatch.setattr(upstream_connection, "WEBSOCKET_CONNECTION", WebSocketConnection)
+    made: list[Watchdog] = []
+
+    class Recorded(Watchdog):
+        __slots__ = ()
+
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    settle = call_module._Merge.settle
+    left: list[float] = []
+
+    async def settling(self: call_module._Merge, *args: Any) -> tuple[bytes, Any]:
+        left.append(made[-1].deadline - trio.current_time())
+        return await settle(self, *args)
+
+    monkeypatch.setattr(call_module, "Watchdog", Recorded)
+    monkeypatch.setattr(call_module._Merge, "settle", settling)
+    await bridge_bursts(0)
+    assert len(left) >= 3 and min(left) >= Settings().send_timeout

@@ -1017,7 +1017,7 @@ async def test_a_frame_that_comes_as_the_kept_deadline_fires_is_not_lost(
         assert [d.ended_early for d in counted] == [False, False]
     else:
         (late,) = received_at
-        assert late == approx(0.1 + 0.02 * 49 + 5 + LATENESS)  # the send's kept deadline
+        assert late == on_time(0.1 + 0.02 * 49 + 5)  # the send's kept deadline
         assert disconnect.reason is Reason.IDLE_TIMEOUT
         assert returned == on_time(late + 10)
 
@@ -1129,6 +1129,76 @@ async def test_a_resume_is_not_cut_short_by_the_kept_send_deadline(autojump_cloc
     assert record.resumes == 1 and record.bytes_to_caller == 100 * 160
     assert not any(w.ended_early for w in watchdogs)  # the resume ran with nothing kept
     r.assert_accounted_once(Reason.CALLER_STOP)
+
+
+async def test_a_provider_close_that_comes_as_the_kept_deadline_fires_is_resumed(
+    autojump_clock, watchdogs, monkeypatch
+):
+    """The provider drops the session (1011, at 4 s) and the close reaches the sender in the very
+    tick the send deadline kept while it listened fires (the clock is moved onto it as the close
+    is reported). That deadline can no longer be dropped: the wait ends before the resume begins,
+    and the next pass resumes under a fresh scope -- the call goes on (not ``internal_error``
+    from a resume cut short)."""
+    from voxbridge.upstream.connection import Upstream, UpstreamClosed
+
+    receive = Upstream.receive
+    jumped: list[float] = []
+
+    async def closing_late(self: Upstream) -> str | bytes:
+        try:
+            return await receive(self)
+        except UpstreamClosed:
+            if not jumped:
+                watch = watchdogs[-1]
+                jumped.append(r.now())
+                autojump_clock.jump(watch.deadline - trio.current_time())
+                await trio.lowlevel.cancel_shielded_checkpoint()  # the deadline expires here
+                assert watch.expired
+            raise
+
+    monkeypatch.setattr(Upstream, "receive", closing_late)
+    agent = FakeEchoAgent(delay=0.1, hangup_after=4)
+    async with rig(Settings(idle_timeout=20), agent=agent) as r:
+        await r.accept_script(talk_pause_talk(1.1, 8.08, 9.5))
+        disconnect = await r.run()
+    assert jumped == [approx(4)]  # the case happened
+    assert disconnect.reason is Reason.CALLER_STOP
+    first, second = r.agent.sessions
+    assert first.close_code == 1011 and second.audio_in == 50
+    record = r.registry.recent[0]
+    assert record.resumes == 1 and record.bytes_to_caller == 100 * 160
+    r.assert_accounted_once(Reason.CALLER_STOP)
+
+
+async def test_barge_in_frames_to_the_provider_never_run_under_a_kept_deadline(
+    autojump_clock, watchdogs, monkeypatch
+):
+    """Between two carrier sends the sender waits for the provider under the deadline the last
+    send left (restartable). Its other waits cannot be started over, so none may run under it:
+    the barge-in frames to the provider (``response.cancel``, the truncate) run under none of
+    the task's (the link bounds them). (A burst's settle: tests/test_call_coalescing.py.)"""
+    from test_call_providers import bridged, served
+
+    from voxbridge.audio import tone
+    from voxbridge.session.link import ProviderLink
+    from voxbridge.testing.fake_openai import FakeOpenAIRealtime
+
+    send_within = ProviderLink.send_within
+    armed_at_send_within: list[float] = []
+
+    async def sending_within(self: ProviderLink, *args: object) -> bool:
+        armed_at_send_within.append(watchdogs[-1].deadline)
+        return await send_within(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ProviderLink, "send_within", sending_within)
+    fake = await served(
+        FakeOpenAIRealtime(speak=[(0.5, tone(3.0, 300), "a long answer")], speech_started_at=[1.7])
+    )
+    async with bridged(fake, Settings(), seconds=4.0) as outcome:
+        pass
+    assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
+    assert len(fake.sessions[0].truncates) == 1  # the barge-in happened
+    assert armed_at_send_within and set(armed_at_send_within) == {math.inf}
 
 
 async def test_caller_stalled_in_a_burst_fires_on_time(autojump_clock):

@@ -102,7 +102,7 @@ class Progress:
         rig.tools.start_soon(self._watch)
 
     async def _watch(self) -> None:
-        looked = trio.current_time()
+        looked = self.after  # (the first look: when the window closed)
         while True:
             if self.state.bytes_to_caller != self.sent:
                 self.sent, self.after, self.at = (

@@ -894,6 +894,7 @@ class Call:
         arrived: tuple[Session, Frame] | None = None  # received as a kept deadline fired
         while True:  # a pass per scope: see "listen on" below
             watchdog = Watchdog()
+            disarm = watchdog.disarm  # (the link's before_resume: bound once per pass)
             with watchdog:
                 while True:
                     read_ahead = carry is not None
@@ -910,7 +911,7 @@ class Call:
                             # resumes a dropped session (not restartable). If it fires while
                             # we listen, the scope ends quietly and the next pass listens on.
                             watchdog.disarm(restartable=True)
-                            session, frame = await link.receive(before_resume=watchdog.disarm)
+                            session, frame = await link.receive(before_resume=disarm)
                             if watchdog.expired:  # it fired in the very tick the wait ended
                                 arrived = (session, frame)  # handled under the next scope
                                 break

@@ -388,7 +388,8 @@ class ProviderLink:
 
         The waits can be abandoned (cancelled) and begun again without losing a frame; resuming
         cannot, so ``before_resume`` is called first: the caller drops there any deadline it
-        kept for the restartable wait (``Deadline.disarm``).
+        kept for the restartable wait (``Deadline.disarm``). If that deadline has already fired,
+        the wait ends there (``Cancelled``), before the resume began, and is begun again.
 
         Raises:
             LinkDown: the link gave up (budget spent, a refusal) or the agent hung up.
@@ -410,6 +411,10 @@ class ProviderLink:
                     session.lost = (session.codec.close_reason(exc.code), str(exc))
                 if before_resume is not None:
                     before_resume()
+                    # A kept deadline that fired in the very tick the close came cannot be
+                    # dropped any more: end the caller's wait here, before anything changed, and
+                    # it calls again (the closed socket reports the close again).
+                    await trio.lowlevel.checkpoint_if_cancelled()
                 await self._recover(session)
 
     async def send(self, session: Session, frame: Frame) -> bool:
