@@ -27,6 +27,7 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from test_call_deadlines import remembered
 from trio_websocket import WebSocketConnection
 
 import voxbridge.upstream.connection as upstream_connection
@@ -36,7 +37,6 @@ from voxbridge.providers.endpoint import ProviderEndpoint
 from voxbridge.session import call as call_module
 from voxbridge.session import run_call
 from voxbridge.session.call import BURST_SETTLE, MAX_MEDIA_BYTES
-from voxbridge.session.watchdog import Watchdog
 from voxbridge.settings import Settings
 from voxbridge.testing.fake_openai import FakeOpenAIRealtime
 from voxbridge.upstream.fastpaths import FastWebSocketConnection
@@ -265,15 +265,7 @@ async def test_a_settle_runs_under_the_sends_own_deadline(
     # own reader a message settles right after that wait (the kept deadline, from a send 0.5 s
     # earlier, would have 4.55 s left).
     monkeypatch.setattr(upstream_connection, "WEBSOCKET_CONNECTION", WebSocketConnection)
-    made: list[Watchdog] = []
-
-    class Recorded(Watchdog):
-        __slots__ = ()
-
-        def __init__(self) -> None:
-            super().__init__()
-            made.append(self)
-
+    made = remembered(monkeypatch, "Watchdog")
     settle = call_module._Merge.settle
     left: list[float] = []
 
@@ -281,7 +273,6 @@ async def test_a_settle_runs_under_the_sends_own_deadline(
         left.append(made[-1].deadline - trio.current_time())
         return await settle(self, *args)
 
-    monkeypatch.setattr(call_module, "Watchdog", Recorded)
     monkeypatch.setattr(call_module._Merge, "settle", settling)
     await bridge_bursts(0)
     assert len(left) >= 3 and min(left) >= Settings().send_timeout

@@ -14,6 +14,7 @@ relative to when it really fell.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import trio
@@ -898,22 +899,32 @@ async def test_teardown_is_bounded_when_carrier_close_never_returns(autojump_clo
 # --- how precise a re-armed deadline is (docs/timeouts.md) ----------------------------------------
 
 
-class CountingDeadline(Deadline):
-    """The call's caller_to_upstream scope, remembered: did a deadline kept while it listened fire?"""
+def remembered(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
+    """Every ``Deadline`` or ``Watchdog`` (``name``) the call makes from now on, in order: did a
+    deadline kept while a task listened fire (``ended_early``)? What does the scope hold now?"""
+    made: list[Any] = []
 
-    made: list[CountingDeadline] = []
+    class Remembered(getattr(call_module, name)):  # type: ignore[misc]
+        __slots__ = ()
 
-    def __init__(self) -> None:
-        super().__init__()
-        CountingDeadline.made.append(self)
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(call_module, name, Remembered)
+    return made
 
 
 @pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> list[CountingDeadline]:
-    made: list[CountingDeadline] = []
-    monkeypatch.setattr(CountingDeadline, "made", made)
-    monkeypatch.setattr(call_module, "Deadline", CountingDeadline)
-    return made
+def counted(monkeypatch: pytest.MonkeyPatch) -> list[Deadline]:
+    """caller_to_upstream's scopes."""
+    return remembered(monkeypatch, "Deadline")
+
+
+@pytest.fixture
+def watchdogs(monkeypatch: pytest.MonkeyPatch) -> list[Watchdog]:
+    """The call's Watchdogs: the start's, then upstream_to_caller's scopes."""
+    return remembered(monkeypatch, "Watchdog")
 
 
 @pytest.mark.parametrize("idle_timeout", [5, 60])
@@ -1020,25 +1031,6 @@ async def test_a_frame_that_comes_as_the_kept_deadline_fires_is_not_lost(
         assert late == on_time(0.1 + 0.02 * 49 + 5)  # the send's kept deadline
         assert disconnect.reason is Reason.IDLE_TIMEOUT
         assert returned == on_time(late + 10)
-
-
-class CountingWatchdog(Watchdog):
-    """The call's Watchdogs, remembered (the upstream_to_caller scope among them)."""
-
-    __slots__ = ()
-    made: list[CountingWatchdog] = []
-
-    def __init__(self) -> None:
-        super().__init__()
-        CountingWatchdog.made.append(self)
-
-
-@pytest.fixture
-def watchdogs(monkeypatch: pytest.MonkeyPatch) -> list[CountingWatchdog]:
-    made: list[CountingWatchdog] = []
-    monkeypatch.setattr(CountingWatchdog, "made", made)
-    monkeypatch.setattr(call_module, "Watchdog", CountingWatchdog)
-    return made
 
 
 def talk_pause_talk(pause_from: float, pause_to: float, stop_at: float) -> list[tuple[float, str]]:
