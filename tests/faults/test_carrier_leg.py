@@ -91,31 +91,42 @@ async def test_blackhole_swallows_the_close_too_idle_timeout_and_a_bounded_close
 
 
 class Progress:
-    """When the server last finished a send to the caller (``bytes_to_caller`` moved): after
-    ``after`` and by ``at`` (two looks; under load the looks can be far apart, so a check uses
-    the side of the window that makes it honest, never a fudge)."""
+    """The call's sends to the caller, timed: ``(start, end)`` each, ``end`` None while in flight.
+
+    Timed in the call itself (its carrier socket's ``send``, wrapped), not by polling: a write
+    that blocked and was cut off returns as if sent (hypercorn reports nothing to the app), and
+    a send after it to the closed connection returns at once, so only each send's own times say
+    which one blocked and since when.
+    """
 
     def __init__(self, rig: Rig) -> None:
-        self.state = rig.call().state
-        self.sent = self.state.bytes_to_caller
-        self.after = self.at = trio.current_time()
-        rig.tools.start_soon(self._watch)
+        carrier = rig.call()._carrier
+        inner = carrier.send
+        self.sends: list[list[float | None]] = []
 
-    async def _watch(self) -> None:
-        looked = self.after  # (the first look: when the window closed)
-        while True:
-            if self.state.bytes_to_caller != self.sent:
-                self.sent, self.after, self.at = (
-                    self.state.bytes_to_caller,
-                    looked,
-                    trio.current_time(),
-                )
-            looked = trio.current_time()
-            await trio.sleep(0.005)
+        async def timed(frame: str | bytes) -> None:
+            times: list[float | None] = [trio.current_time(), None]
+            self.sends.append(times)
+            try:
+                await inner(frame)
+            finally:
+                times[1] = trio.current_time()
+
+        carrier.send = timed  # type: ignore[method-assign]
+
+    def blocked(self, until: float) -> tuple[float, float]:
+        """The send that took longest (up to ``until`` if still in flight): (start, seconds)."""
+        spans = [(start, (end if end is not None else until) - start) for start, end in self.sends]
+        assert spans, "the call sent nothing to the caller"
+        return max(spans, key=lambda span: span[1])  # type: ignore[arg-type,return-value]
 
     async def wait_blocked(self, quiet: float) -> None:
-        """Until no send has finished for ``quiet`` seconds (a write is blocked)."""
-        while trio.current_time() - self.at < quiet:
+        """Until a send has been in flight for ``quiet`` seconds (a write is blocked)."""
+        while not (
+            self.sends
+            and self.sends[-1][1] is None
+            and trio.current_time() - self.sends[-1][0] >= quiet  # type: ignore[operator]
+        ):
             await trio.sleep(0.01)
 
 
@@ -126,8 +137,11 @@ async def window_closes(rig: Rig, side: Side) -> Progress:
     conn = await rig.carrier_proxy.wait_for_connection()
     state = rig.call().state
     await wait_for(lambda: state.started_at is not None)  # the caller's start is through
+    # Timed from before the window closes: the agent floods faster than real time, so a write
+    # may already be blocked on a caller that reads slower than the flood.
+    progress = Progress(rig)
     conn.stop_reading(side)
-    return Progress(rig)
+    return progress
 
 
 @pytest.mark.parametrize(
@@ -143,16 +157,18 @@ async def test_a_caller_that_never_reads_ends_send_timeout_after_the_blocked_wri
         outcome = await trial.ended(caller_too=False)
     settings = trial.rig.settings
     assert_clean_end(outcome, {Reason.CALLER_STALLED, Reason.CALLER_CLOSED})
-    # The blocked write began once the last send finished, so the end came no sooner than
-    # send_timeout after the last progress, and no later than MARGIN past it. Both instants are
-    # known only between two looks: each bound takes the side of its window that cannot fail
-    # for a late look, however loaded the machine.
-    longest = outcome.decided_at - progress.after
-    shortest = outcome.decided_after - progress.at
+    # The end came no sooner than send_timeout after the blocked send began (the call's own
+    # deadline and the server's write bound both count from then), and no later than MARGIN
+    # past it; when it was decided is known between two looks, and each bound takes the side
+    # of that window that cannot fail for a late look.
+    began, took = progress.blocked(until=outcome.decided_at)
+    assert took >= settings.send_timeout - MARGIN, (began, took)  # it did block, this long
+    longest = outcome.decided_at - began
+    shortest = outcome.decided_after - began
     assert longest >= settings.send_timeout and shortest <= settings.send_timeout + MARGIN, (
         (shortest, longest),
         outcome.reason,
-        (progress.after, progress.at, outcome.decided_after, outcome.decided_at),
+        (began, took, outcome.decided_after, outcome.decided_at),
     )
     assert trial.rig.fake.sessions[0].is_closed
 
