@@ -177,7 +177,8 @@ class Targets:
             status, note = "not evaluated", why if ok is None else short
         else:
             status = "met" if ok else "not met"
-            note = "" if ok else (self.cpu_profile() if kind == "cpu" else explain)
+            profile = self.cpu_profile() if kind == "cpu" else ""
+            note = "" if ok else "; ".join(part for part in (explain, profile) if part)
         self.rows.append(
             {
                 "figure": figure,
@@ -228,6 +229,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, str]]:
             f"{f(vc, 0)} vs {f(tc, 0)}: {rx(vc, tc)}" + (f" ({notes})" if notes else ""),
             None if r is None else r >= 1.5,
             kind="cpu",
+            explain=_echo_messages(sc.get("relay", {})),
         )
     p99 = v(sc.get("bargein", {}).get("sparse_p99_worst"))  # the worst carrier condition's
     cases = sc.get("bargein", {}).get("cases", {})
@@ -310,11 +312,26 @@ def _stall_targets(t: Targets, sc: dict[str, Any]) -> None:
         )
 
 
+def _echo_messages(relay: dict[str, Any]) -> str:
+    """What a miss under the echo load owes to the messages to the caller (exact marks: a mark
+    per media message), from the relay's echo variant."""
+    echo = relay.get("variants", {}).get("echo", {})
+    vox, trio = (
+        v(echo.get(k, {}).get("caller_messages_per_call_second")) for k in ("voxbridge", "trio")
+    )
+    if vox is None or trio is None:
+        return ""
+    return (
+        f"echo load: voxbridge sends each caller {vox:.0f} messages a call-second (media and"
+        f" marks, and as many mark echoes come back), the trio baseline {trio:.0f}"
+    )
+
+
 def _relay_targets(t: Targets, relay: dict[str, Any]) -> None:
     variants = relay.get("variants", {})
 
-    def cost(variant: str, peer: str) -> float | None:
-        return v(variants.get(variant, {}).get(peer, {}).get("cpu_per_call_second"))
+    def cost(variant: str, peer: str, name: str = "cpu_per_call_second") -> float | None:
+        return v(variants.get(variant, {}).get(peer, {}).get(name))
 
     for mode, asyncio_bound in (("agent", 1.0), ("echo", None)):
         vox, trio, aio = cost(mode, "voxbridge"), cost(mode, "trio"), cost(mode, "asyncio")
@@ -332,6 +349,7 @@ def _relay_targets(t: Targets, relay: dict[str, Any]) -> None:
             f"asyncio ({f(aio, 2, 'ms')})",
             ok,
             kind="cpu",
+            explain=_echo_messages(relay) if mode == "echo" else "",
         )
     agent = variants.get("agent", {}).get("voxbridge")
     if agent is not None:
@@ -379,7 +397,7 @@ def _soak_targets(t: Targets, soak: dict[str, Any]) -> None:
     t.add(
         "soak: RSS growth after warm-up",
         "<= 2 % over >= 10,000 calls",
-        f"{f(growth, 2, '%')} over {n:,.0f} calls",
+        f"{f(growth, 2, '%')} over {n:,.0f} calls (median RSS of the load's last fifth vs its second)",
         None if growth is None else growth <= 2,
         short=short,
         explain=f"cyclic garbage per finished call: {f(garbage, 1)}" if garbage is not None else "",
