@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 from pytest import approx
-from test_call_providers import RecordingCarrier, bridged, served
+from test_call_providers import Outcome, RecordingCarrier, bridged, served
 
 from voxbridge.agents import AgentConfig
 from voxbridge.audio import tone
@@ -27,6 +27,7 @@ from voxbridge.carriers.twilio import TwilioStream
 from voxbridge.errors import Reason
 from voxbridge.session import CarrierSocket
 from voxbridge.settings import Settings
+from voxbridge.testing.carrier import CallResult
 from voxbridge.testing.fake_openai import FakeOpenAIRealtime, FakeToolCall, speech
 
 SILENCE = b"\xff" * 8000
@@ -110,6 +111,18 @@ class TimedCarrier(RecordingCarrier):
 
     def events(self) -> list[str]:
         return [json.loads(frame)["event"] for _, frame in self.times]
+
+
+async def timed_call(
+    fake: FakeOpenAIRealtime, settings: Settings, **options: Any
+) -> tuple[Outcome, CallResult, TimedCarrier]:
+    """One whole call through :func:`bridged` with a :class:`TimedCarrier` (``options`` as
+    ``bridged``'s): its outcome, what the caller got, and the carrier's timed frames."""
+    async with bridged(fake, settings, carrier_type=TimedCarrier, **options) as outcome:
+        pass
+    caller, carrier = outcome.caller, outcome.carrier
+    assert caller is not None and isinstance(carrier, TimedCarrier)
+    return outcome, caller, carrier
 
 
 class Rest:
@@ -225,17 +238,13 @@ async def test_the_goodbye_wait_ends_when_the_goodbye_has_played(
         )
     )
     rest = Rest()
-    async with bridged(
+    outcome, caller, carrier = await timed_call(
         fake,
         Settings(),
         call_options={"carrier_rest": rest, "codec": codec()},
-        carrier_type=TimedCarrier,
         audio=SILENCE,
         seconds=30.0,
-    ) as outcome:
-        pass
-    caller, carrier = outcome.caller, outcome.carrier
-    assert caller is not None and isinstance(carrier, TimedCarrier)
+    )
     assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.AGENT_HANGUP
     assert bytes(caller.audio_received) == goodbye  # the only agent audio of the call
     assert caller.first_received_at is not None
@@ -255,12 +264,9 @@ async def test_without_marks_a_barge_in_truncates_at_the_estimated_position(
     fake = await served(
         FakeOpenAIRealtime(speak=[(0.5, tone(3.0, 300), "a long answer")], speech_started_at=[1.7])
     )
-    async with bridged(
-        fake, Settings(), call_options={"codec": NoMarks()}, carrier_type=TimedCarrier, seconds=4.0
-    ) as outcome:
-        pass
-    caller, carrier = outcome.caller, outcome.carrier
-    assert caller is not None and isinstance(carrier, TimedCarrier)
+    outcome, caller, carrier = await timed_call(
+        fake, Settings(), call_options={"codec": NoMarks()}, seconds=4.0
+    )
     assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
     assert caller.clears_received == 1 and caller.marks_received == 0
     assert set(carrier.events()) == {"media", "clear"}
@@ -306,17 +312,9 @@ async def test_audio_the_codec_holds_back_is_neither_marked_nor_counted_until_it
     answer = b"\x11" * (2000 * MS)
     fake = await served(FakeOpenAIRealtime(speak=[(0.5, answer, "a long answer")]))
     codec = HoldsBack()
-    async with bridged(
-        fake,
-        Settings(),
-        call_options={"codec": codec},
-        carrier_type=TimedCarrier,
-        audio=SILENCE,
-        seconds=4.0,
-    ) as outcome:
-        pass
-    caller, carrier = outcome.caller, outcome.carrier
-    assert caller is not None and isinstance(carrier, TimedCarrier)
+    outcome, caller, carrier = await timed_call(
+        fake, Settings(), call_options={"codec": codec}, audio=SILENCE, seconds=4.0
+    )
     assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.CALLER_STOP
     events = carrier.events()
     media = events.count("media")

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import trio
 from pytest import approx
-from test_call_carriers import NoMarks, Rest, TimedCarrier
+from test_call_carriers import NoMarks, Rest, TimedCarrier, timed_call
 from test_call_providers import BYE, A, HangingUpProvider, bridged, item, served
 
 from voxbridge.errors import Reason
@@ -64,12 +64,7 @@ async def test_the_marks_sent_for_a_burst(autojump_clock: Any, marks: str) -> No
     fake = await served(
         FakeOpenAIRealtime(speak=[(0.5, item(A, 1.2), "an answer")], speak_pace=math.inf)
     )
-    async with bridged(
-        fake, Settings(marks=marks), carrier_type=TimedCarrier, seconds=3.0
-    ) as outcome:
-        pass
-    caller, carrier = outcome.caller, outcome.carrier
-    assert caller is not None and isinstance(carrier, TimedCarrier)
+    _outcome, caller, carrier = await timed_call(fake, Settings(marks=marks), seconds=3.0)
     sizes, after = media_and_marks(carrier)
     assert sum(sizes) == 1200 and max(sizes) <= 100  # (how it merges is _coalesce's business)
     if marks == "exact":
@@ -87,12 +82,7 @@ async def test_a_second_answer_after_a_silence_begins_a_new_stretch(autojump_clo
             speak=[(0.5, item(A, 0.3), "one"), (2.0, item(A, 0.3), "two")], speak_pace=math.inf
         )
     )
-    async with bridged(
-        fake, Settings(marks="sparse"), carrier_type=TimedCarrier, seconds=3.0
-    ) as outcome:
-        pass
-    carrier = outcome.carrier
-    assert isinstance(carrier, TimedCarrier)
+    _outcome, _caller, carrier = await timed_call(fake, Settings(marks="sparse"), seconds=3.0)
     sizes, after = media_and_marks(carrier)
     start = carrier.times[0][0]  # the first answer goes out at 0.5 s, the second at 2.0 s
     first = sum(1 for at, frame in carrier.times if at < start + 1.0 and '"media"' in str(frame))
@@ -174,17 +164,13 @@ async def test_the_goodbye_wait_ends_at_the_echo_of_the_burst_end(
         )
     )
     rest = Rest()
-    async with bridged(
+    outcome, caller, carrier = await timed_call(
         fake,
         Settings(marks=marks),
         call_options={"carrier_rest": rest},
-        carrier_type=TimedCarrier,
         audio=SILENCE,
         seconds=30.0,
-    ) as outcome:
-        pass
-    caller, carrier = outcome.caller, outcome.carrier
-    assert caller is not None and isinstance(carrier, TimedCarrier)
+    )
     assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.AGENT_HANGUP
     assert caller.first_received_at is not None
     [(_, asked_at)] = rest.completed
@@ -218,17 +204,13 @@ async def test_a_goodbye_whose_end_owes_its_mark_gets_it_when_the_agent_hangs_up
         )
     )
     t0 = trio.current_time()
-    async with bridged(
+    outcome, caller, carrier = await timed_call(
         fake,
         Settings(marks="sparse"),
         provider_type=HangingUpProvider,
-        carrier_type=TimedCarrier,
         seconds=10.0,
         playout_latency=0.1,
-    ) as outcome:
-        pass
-    caller, carrier = outcome.caller, outcome.carrier
-    assert caller is not None and isinstance(carrier, TimedCarrier)
+    )
     assert outcome.disconnect is not None and outcome.disconnect.reason is Reason.AGENT_HANGUP
     sizes, after = media_and_marks(carrier)
     assert sum(sizes) == 300
@@ -246,16 +228,9 @@ async def test_without_marks_the_sparse_setting_sends_no_mark(autojump_clock: An
     fake = await served(
         FakeOpenAIRealtime(speak=[(0.5, tone(3.0, 300), "a long answer")], speech_started_at=[1.7])
     )
-    async with bridged(
-        fake,
-        Settings(marks="sparse"),
-        call_options={"codec": NoMarks()},
-        carrier_type=TimedCarrier,
-        seconds=4.0,
-    ) as outcome:
-        pass
-    caller, carrier = outcome.caller, outcome.carrier
-    assert caller is not None and isinstance(carrier, TimedCarrier)
+    _outcome, caller, carrier = await timed_call(
+        fake, Settings(marks="sparse"), call_options={"codec": NoMarks()}, seconds=4.0
+    )
     assert set(carrier.events()) == {"media", "clear"}  # no mark frame: NoMarks would fail
     assert caller.marks_received == 0
     heard = caller.heard_ms_at_clear[0]
