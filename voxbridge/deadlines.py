@@ -29,7 +29,8 @@ one-shot :func:`deadline` fires exactly. A wait that may be abandoned and starte
 losing anything (a receive from a queue) can go further (``arm(..., restartable=True)``): it keeps
 an *earlier* deadline that the previous wait left armed, and if that one fires first, the block ends
 quietly (:attr:`Deadline.ended_early`) and the caller starts the wait again under a fresh
-``Deadline``; ``disarm(restartable=True)`` does the same for a wait with no deadline of its own. See docs/timeouts.md, "How precise a deadline is".
+``Deadline``; ``disarm(restartable=True)`` does the same for a wait with no deadline of its own.
+See docs/timeouts.md, "How precise a deadline is".
 
 This module imports trio only, so every layer above the sans-IO codecs may use it.
 """
@@ -134,9 +135,8 @@ class Deadline:
     @property
     def deadline(self) -> float:
         """The absolute trio time at which the scope fires (``inf`` when disarmed, unless
-        restartable): from the
-        armed wait's own deadline to :data:`LATENESS` after it, or earlier for a restartable
-        wait (:meth:`arm`)."""
+        restartable): from the armed wait's own deadline to :data:`LATENESS` after it, or
+        earlier for a restartable wait (:meth:`arm`, :meth:`disarm`)."""
         return self._scope.deadline
 
     @property
